@@ -1,0 +1,171 @@
+//! The admin HTTP endpoint of pylon-xds, and the small client `pylon-xds status` uses.
+//!
+//! Read-only: `/healthz` (the process answers), `/readyz` (a valid snapshot is
+//! served and the server is not stopping), `/metrics` (Prometheus text),
+//! `/nodes` (JSON: every connected stream and its per-type sync state) and
+//! `/status` (JSON: the config source, version, last reload error, resource
+//! counts and the nodes). Anything but GET is refused with 405.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::cache::Cache;
+use crate::registry::{Registry, StreamStatus};
+use crate::source::{Reloader, SourceStatus};
+
+/// What the admin endpoint reads.
+#[derive(Debug, Clone)]
+pub struct AdminState {
+    /// The snapshot being served.
+    pub cache: Cache,
+    /// Connected streams (and the metrics).
+    pub registry: Arc<Registry>,
+    /// The source's status.
+    pub reloader: Arc<Reloader>,
+    /// Cancelled while stopping: `/readyz` turns 503.
+    pub shutdown: CancellationToken,
+}
+
+/// The body of `/status`.
+#[derive(Debug, Serialize)]
+pub struct Status {
+    /// The source of truth and its reload state.
+    #[serde(flatten)]
+    pub source: SourceStatus,
+    /// Resources being served, by kind.
+    pub resources: ResourceCounts,
+    /// Connected streams.
+    pub nodes: Vec<StreamStatus>,
+}
+
+/// Resource counts of the snapshot being served.
+#[derive(Debug, Serialize)]
+pub struct ResourceCounts {
+    /// Clusters.
+    pub clusters: usize,
+    /// Load assignments.
+    pub endpoints: usize,
+    /// Listeners.
+    pub listeners: usize,
+    /// Route configurations.
+    pub routes: usize,
+}
+
+impl AdminState {
+    /// The `/status` document.
+    pub fn status(&self) -> Status {
+        let [clusters, endpoints, listeners, routes] = self.cache.current().counts();
+        Status {
+            source: self.reloader.status(),
+            resources: ResourceCounts {
+                clusters,
+                endpoints,
+                listeners,
+                routes,
+            },
+            nodes: self.registry.list(),
+        }
+    }
+
+    fn handle(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+        if req.method() != Method::GET {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "only GET is supported\n".into());
+        }
+        match req.uri().path() {
+            "/healthz" => text(StatusCode::OK, "ok\n".into()),
+            "/readyz" if self.shutdown.is_cancelled() => {
+                text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n".into())
+            }
+            "/readyz" => text(StatusCode::OK, "ready\n".into()),
+            "/metrics" => {
+                let mut r = text(StatusCode::OK, self.registry.metrics().encode());
+                r.headers_mut().insert(
+                    hyper::header::CONTENT_TYPE,
+                    hyper::header::HeaderValue::from_static(
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    ),
+                );
+                r
+            }
+            "/nodes" => json(&self.registry.list()),
+            "/status" => json(&self.status()),
+            "/" => text(
+                StatusCode::OK,
+                "pylon-xds admin: /healthz /readyz /metrics /nodes /status\n".into(),
+            ),
+            _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
+        }
+    }
+}
+
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r
+}
+
+fn json<T: Serialize>(value: &T) -> Response<Full<Bytes>> {
+    match serde_json::to_vec_pretty(value) {
+        Ok(body) => {
+            let mut r = Response::new(Full::new(Bytes::from(body)));
+            r.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("application/json"),
+            );
+            r
+        }
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+    }
+}
+
+/// Serves the admin endpoint on `listener` until `stop` is cancelled.
+pub async fn serve(listener: TcpListener, state: AdminState, stop: CancellationToken) {
+    let state = Arc::new(state);
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    warn!(error = %e, "admin accept failed");
+                    continue;
+                }
+            },
+        };
+        let state = Arc::clone(&state);
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let resp = state.handle(&req);
+                async move { Ok::<_, Infallible>(resp) }
+            });
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            if let Err(e) = builder.serve_connection(TokioIo::new(stream), svc).await {
+                debug!(%peer, error = %e, "admin connection ended");
+            }
+        });
+    }
+}
+
+/// GETs `path` from an admin endpoint; returns the status code and body.
+pub async fn get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let req = Request::get(path)
+        .header(hyper::header::HOST, addr.to_string())
+        .body(http_body_util::Empty::<Bytes>::new())?;
+    let resp = sender.send_request(req).await?;
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await?.to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}

@@ -1,0 +1,394 @@
+//! The file as serde reads it: the concise form's types, and the top-level map
+//! that holds them next to the Envoy-native `static_resources`.
+//!
+//! This file owns field names, defaults and the shape of each value (one serde
+//! pass, so every structural error keeps its line and column). It does not
+//! check relations between values (`validate`) or build protos (`translate`).
+//! Every struct denies unknown fields, so a misspelt key is an error, not a
+//! silently ignored setting.
+
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+
+use super::address::Address;
+use super::duration::Duration;
+use super::native::StaticResources;
+
+/// One config file: concise clusters and listeners plus Envoy-native ones.
+#[derive(Debug, Default)]
+pub struct File {
+    pub clusters: Vec<Cluster>,
+    pub listeners: Vec<Listener>,
+    pub static_resources: Option<StaticResources>,
+}
+
+/// A concise upstream cluster, served as an EDS cluster plus its endpoints.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cluster {
+    pub name: String,
+    /// Default 5s.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: Duration,
+    /// Default round robin.
+    #[serde(default)]
+    pub lb_policy: LbPolicy,
+    #[serde(default)]
+    pub health_check: Option<HealthCheck>,
+    /// May be empty: a cluster with no hosts is valid (and fails requests).
+    #[serde(default)]
+    pub endpoints: Vec<Endpoint>,
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+/// The load balancing policies the concise form offers.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LbPolicy {
+    #[default]
+    RoundRobin,
+    LeastRequest,
+    Random,
+}
+
+/// An active health check. Exactly one of `tcp` and `http` (checked by
+/// `validate`, so both problems can be reported at once).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    /// `tcp: {}` (or just `tcp:`): connect, send nothing, expect nothing.
+    #[serde(default, deserialize_with = "present")]
+    pub tcp: Option<TcpCheck>,
+    #[serde(default)]
+    pub http: Option<HttpCheck>,
+    /// Default 10s.
+    #[serde(default = "default_interval")]
+    pub interval: Duration,
+    /// Default 1s.
+    #[serde(default = "default_timeout")]
+    pub timeout: Duration,
+    /// Default 3.
+    #[serde(default = "default_unhealthy_threshold")]
+    pub unhealthy_threshold: u32,
+    /// Default 2.
+    #[serde(default = "default_healthy_threshold")]
+    pub healthy_threshold: u32,
+    /// Default: `interval`. Envoy's own default (60s) means a freshly started
+    /// Envoy notices a dead host only after a minute, which surprises users.
+    #[serde(default)]
+    pub no_traffic_interval: Option<Duration>,
+}
+
+fn default_interval() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+
+fn default_unhealthy_threshold() -> u32 {
+    3
+}
+
+fn default_healthy_threshold() -> u32 {
+    2
+}
+
+/// A key that is present counts even when its value is empty (`tcp:`).
+fn present<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Some(Option::<T>::deserialize(deserializer)?.unwrap_or_default()))
+}
+
+/// A TCP connect check; it has no settings.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpCheck {}
+
+/// An HTTP GET check.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpCheck {
+    pub path: String,
+    /// The Host header; Envoy sends the cluster name when absent.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Statuses counted as healthy; empty means Envoy's default (200).
+    #[serde(default)]
+    pub expected_statuses: Vec<u32>,
+}
+
+/// One upstream host: `"ip:port"` or `{address: "ip:port", weight: 2}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Endpoint {
+    pub address: Address,
+    /// Default 1; 0 is rejected by `validate`.
+    pub weight: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EndpointMap {
+    address: Address,
+    #[serde(default = "default_weight")]
+    weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+impl<'de> Deserialize<'de> for Endpoint {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(EndpointVisitor)
+    }
+}
+
+struct EndpointVisitor;
+
+impl<'de> Visitor<'de> for EndpointVisitor {
+    type Value = Endpoint;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"ip:port\" or {address: \"ip:port\", weight: N}")
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Endpoint, E> {
+        let address = super::address::parse(v).map_err(E::custom)?;
+        Ok(Endpoint { address, weight: 1 })
+    }
+
+    fn visit_seq<A: de::SeqAccess<'de>>(self, _: A) -> Result<Endpoint, A::Error> {
+        Err(de::Error::custom(super::address::UNQUOTED_IPV6))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Endpoint, A::Error> {
+        let EndpointMap { address, weight } =
+            EndpointMap::deserialize(de::value::MapAccessDeserializer::new(map))?;
+        Ok(Endpoint { address, weight })
+    }
+}
+
+/// A concise listener: exactly one of `tcp_proxy` and `http` (checked by
+/// `validate`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    pub name: String,
+    pub address: Address,
+    #[serde(default)]
+    pub tcp_proxy: Option<TcpProxy>,
+    #[serde(default)]
+    pub http: Option<Http>,
+}
+
+/// Forward every connection to one cluster.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpProxy {
+    pub cluster: String,
+    /// Envoy's default is 1h; `0s` disables the idle timeout.
+    #[serde(default)]
+    pub idle_timeout: Option<Duration>,
+    /// At least 1; Envoy's default is 1.
+    #[serde(default)]
+    pub max_connect_attempts: Option<u32>,
+}
+
+/// HTTP routing: `routes` (one virtual host matching every domain) or
+/// `virtual_hosts`, exactly one of the two.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Http {
+    #[serde(default)]
+    pub routes: Option<Vec<Route>>,
+    #[serde(default)]
+    pub virtual_hosts: Option<Vec<VirtualHost>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VirtualHost {
+    pub name: String,
+    pub domains: Vec<String>,
+    pub routes: Vec<Route>,
+}
+
+/// One route: exactly one match (`prefix`, `path` or `path_separated_prefix`)
+/// and the cluster to send matching requests to.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// An exact path.
+    #[serde(default)]
+    pub path: Option<String>,
+    #[serde(default)]
+    pub path_separated_prefix: Option<String>,
+    pub cluster: String,
+    #[serde(default)]
+    pub prefix_rewrite: Option<String>,
+    /// The route timeout; Envoy's default is 15s, `0s` disables it.
+    #[serde(default)]
+    pub timeout: Option<Duration>,
+}
+
+/// Keys that only make sense in an Envoy bootstrap.
+const BOOTSTRAP_KEYS: &[&str] = &[
+    "admin",
+    "node",
+    "dynamic_resources",
+    "layered_runtime",
+    "cluster_manager",
+    "overload_manager",
+    "stats_config",
+    "stats_sinks",
+    "tracing",
+];
+
+const TOP_LEVEL_KEYS: &[&str] = &["clusters", "listeners", "static_resources"];
+
+fn unknown_top_level_key(key: &str) -> String {
+    if BOOTSTRAP_KEYS.contains(&key) {
+        format!(
+            "`{key}` belongs to an Envoy bootstrap, not a pylon-xds config \
+             (top-level keys: `clusters`, `listeners`, `static_resources`)"
+        )
+    } else {
+        format!(
+            "unknown top-level key `{key}`: expected `clusters`, `listeners` or `static_resources`"
+        )
+    }
+}
+
+impl<'de> Deserialize<'de> for File {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(FileVisitor)
+    }
+}
+
+struct FileVisitor;
+
+impl<'de> Visitor<'de> for FileVisitor {
+    type Value = File;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a map with `clusters`, `listeners` and/or `static_resources`")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<File, A::Error> {
+        let mut file = File::default();
+        let mut seen = Vec::new();
+        let keys = KeySeed {
+            allowed: TOP_LEVEL_KEYS,
+            unknown: unknown_top_level_key,
+        };
+        while let Some(key) = map.next_key_seed(keys)? {
+            if seen.contains(&key) {
+                return Err(de::Error::custom(format!("duplicate key `{key}`")));
+            }
+            seen.push(key);
+            match key {
+                "clusters" => {
+                    file.clusters = map.next_value::<Option<Vec<_>>>()?.unwrap_or_default()
+                }
+                "listeners" => {
+                    file.listeners = map.next_value::<Option<Vec<_>>>()?.unwrap_or_default()
+                }
+                _ => file.static_resources = map.next_value()?,
+            }
+        }
+        Ok(file)
+    }
+}
+
+/// Reads a map key, accepting only `allowed`; any other key is an error whose
+/// message `unknown` writes. Reading keys this way (rather than with
+/// `deny_unknown_fields`) lets the message explain what belongs where.
+#[derive(Clone, Copy)]
+pub struct KeySeed {
+    pub allowed: &'static [&'static str],
+    pub unknown: fn(&str) -> String,
+}
+
+impl<'de> DeserializeSeed<'de> for KeySeed {
+    type Value = &'static str;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_identifier(self)
+    }
+}
+
+impl Visitor<'_> for KeySeed {
+    type Value = &'static str;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a key")
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<&'static str, E> {
+        self.allowed
+            .iter()
+            .copied()
+            .find(|allowed| *allowed == v)
+            .ok_or_else(|| E::custom((self.unknown)(v)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<File, String> {
+        serde_yaml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_are_filled_in() {
+        let file = parse(
+            "clusters:\n- name: c\n  health_check: {tcp: }\n  endpoints: [127.0.0.1:1]\n",
+        )
+        .unwrap();
+        let c = &file.clusters[0];
+        assert_eq!(c.connect_timeout, Duration::from_secs(5));
+        assert_eq!(c.lb_policy, LbPolicy::RoundRobin);
+        let hc = c.health_check.as_ref().unwrap();
+        assert!(hc.tcp.is_some() && hc.http.is_none());
+        assert_eq!(hc.interval, Duration::from_secs(10));
+        assert_eq!(hc.timeout, Duration::from_secs(1));
+        assert_eq!((hc.unhealthy_threshold, hc.healthy_threshold), (3, 2));
+        assert_eq!(hc.no_traffic_interval, None);
+        assert_eq!(c.endpoints[0].weight, 1);
+    }
+
+    #[test]
+    fn endpoints_take_both_spellings() {
+        let file = parse(
+            "clusters:\n- name: c\n  endpoints:\n  - 127.0.0.1:1\n  - {address: 127.0.0.2:2, weight: 3}\n",
+        )
+        .unwrap();
+        let e = &file.clusters[0].endpoints;
+        assert_eq!((e[0].address.to_string().as_str(), e[0].weight), ("127.0.0.1:1", 1));
+        assert_eq!((e[1].address.to_string().as_str(), e[1].weight), ("127.0.0.2:2", 3));
+    }
+
+    #[test]
+    fn top_level_keys_are_explained() {
+        let err = parse("admin: {}\n").unwrap_err();
+        assert!(err.starts_with("`admin` belongs to an Envoy bootstrap"), "{err}");
+        let err = parse("clustres: []\n").unwrap_err();
+        assert!(err.starts_with("unknown top-level key `clustres`"), "{err}");
+        let err = parse("clusters: []\nclusters: []\n").unwrap_err();
+        assert!(err.starts_with("duplicate key `clusters`"), "{err}");
+    }
+}

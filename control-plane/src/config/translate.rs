@@ -1,0 +1,586 @@
+//! Pure functions from the concise model to Envoy v3 protos, plus the few
+//! building blocks the Envoy-native normalisation shares (the ADS config
+//! source, locality weights).
+//!
+//! This file owns what a concise setting means in Envoy terms. It assumes its
+//! input passed `validate` (exactly one health check kind, one route match, one
+//! listener kind); given input that did not, it still returns something rather
+//! than panicking, and that result is never served.
+
+use envoy_types::pb::envoy::config::cluster::v3::{
+    cluster::{ClusterDiscoveryType, DiscoveryType, EdsClusterConfig, LbPolicy},
+    Cluster,
+};
+use envoy_types::pb::envoy::config::core::v3::{
+    config_source::ConfigSourceSpecifier, health_check, AggregatedConfigSource, ApiVersion,
+    ConfigSource, HealthCheck,
+};
+use envoy_types::pb::envoy::config::endpoint::v3::{
+    lb_endpoint::HostIdentifier, ClusterLoadAssignment, Endpoint, LbEndpoint,
+    LocalityLbEndpoints,
+};
+use envoy_types::pb::envoy::config::listener::v3::{filter, Filter, FilterChain, Listener};
+use envoy_types::pb::envoy::config::route::v3::{
+    route, route_action, route_match, Route, RouteAction, RouteConfiguration, RouteMatch,
+    VirtualHost,
+};
+use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    http_connection_manager::RouteSpecifier, http_filter, HttpConnectionManager, HttpFilter, Rds,
+};
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
+    tcp_proxy, TcpProxy,
+};
+use envoy_types::pb::envoy::r#type::v3::Int64Range;
+use envoy_types::pb::google::protobuf::{Any, UInt32Value};
+use prost::Message;
+use pylon::type_url;
+
+use super::schema;
+
+/// `ads: {}` with `resource_api_version: V3`: fetch the resource over the same
+/// ADS stream that delivered the resource naming it.
+pub fn ads_config_source() -> ConfigSource {
+    ConfigSource {
+        resource_api_version: ApiVersion::V3 as i32,
+        config_source_specifier: Some(ConfigSourceSpecifier::Ads(AggregatedConfigSource {})),
+        ..Default::default()
+    }
+}
+
+/// Makes `cluster` an EDS cluster whose endpoints come over ADS.
+pub fn make_eds(cluster: &mut Cluster) {
+    cluster.cluster_discovery_type = Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32));
+    cluster.eds_cluster_config = Some(EdsClusterConfig {
+        eds_config: Some(ads_config_source()),
+        service_name: String::new(),
+    });
+}
+
+/// Gives every locality without a weight the weight 1. gRPC's xDS client
+/// ignores localities without a weight, so an unset weight would leave gRPC
+/// clients with no endpoints while Envoy works.
+pub fn default_locality_weights(cla: &mut ClusterLoadAssignment) {
+    for locality in &mut cla.endpoints {
+        if locality.load_balancing_weight.is_none() {
+            locality.load_balancing_weight = Some(UInt32Value { value: 1 });
+        }
+    }
+}
+
+/// `message` packed in an `Any` of type `type_url`.
+pub fn pack(type_url: &str, message: &impl Message) -> Any {
+    Any {
+        type_url: type_url.to_string(),
+        value: message.encode_to_vec(),
+    }
+}
+
+/// A concise cluster: an EDS cluster over ADS, and its endpoints in one
+/// locality of weight 1.
+pub fn cluster(c: &schema::Cluster) -> (Cluster, ClusterLoadAssignment) {
+    let mut cluster = Cluster {
+        name: c.name.clone(),
+        connect_timeout: Some(c.connect_timeout.to_proto()),
+        lb_policy: match c.lb_policy {
+            schema::LbPolicy::RoundRobin => LbPolicy::RoundRobin,
+            schema::LbPolicy::LeastRequest => LbPolicy::LeastRequest,
+            schema::LbPolicy::Random => LbPolicy::Random,
+        } as i32,
+        health_checks: c.health_check.iter().map(health_check).collect(),
+        ..Default::default()
+    };
+    make_eds(&mut cluster);
+    let cla = ClusterLoadAssignment {
+        cluster_name: c.name.clone(),
+        endpoints: vec![LocalityLbEndpoints {
+            lb_endpoints: c.endpoints.iter().map(lb_endpoint).collect(),
+            load_balancing_weight: Some(UInt32Value { value: 1 }),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    (cluster, cla)
+}
+
+fn lb_endpoint(e: &schema::Endpoint) -> LbEndpoint {
+    LbEndpoint {
+        host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
+            address: Some(e.address.to_proto()),
+            ..Default::default()
+        })),
+        // Unset means 1 to Envoy and gRPC alike; leaving it out keeps the
+        // concise and native spellings of the same endpoints identical.
+        load_balancing_weight: (e.weight != 1).then_some(UInt32Value { value: e.weight }),
+        ..Default::default()
+    }
+}
+
+/// A concise health check. `no_traffic_interval` defaults to `interval`.
+pub fn health_check(hc: &schema::HealthCheck) -> HealthCheck {
+    let checker = match &hc.http {
+        Some(http) => health_check::HealthChecker::HttpHealthCheck(health_check::HttpHealthCheck {
+            path: http.path.clone(),
+            host: http.host.clone().unwrap_or_default(),
+            expected_statuses: http
+                .expected_statuses
+                .iter()
+                .map(|&status| Int64Range {
+                    start: i64::from(status),
+                    end: i64::from(status) + 1,
+                })
+                .collect(),
+            ..Default::default()
+        }),
+        None => health_check::HealthChecker::TcpHealthCheck(health_check::TcpHealthCheck::default()),
+    };
+    HealthCheck {
+        timeout: Some(hc.timeout.to_proto()),
+        interval: Some(hc.interval.to_proto()),
+        unhealthy_threshold: Some(UInt32Value {
+            value: hc.unhealthy_threshold,
+        }),
+        healthy_threshold: Some(UInt32Value {
+            value: hc.healthy_threshold,
+        }),
+        no_traffic_interval: Some(hc.no_traffic_interval.unwrap_or(hc.interval).to_proto()),
+        health_checker: Some(checker),
+        ..Default::default()
+    }
+}
+
+/// A concise listener, and for an HTTP listener the route configuration (named
+/// as the listener) its connection manager fetches over ADS.
+pub fn listener(l: &schema::Listener) -> (Listener, Option<RouteConfiguration>) {
+    let (filters, routes) = match (&l.tcp_proxy, &l.http) {
+        (Some(tcp), _) => (vec![tcp_proxy_filter(&l.name, tcp)], None),
+        (None, Some(http)) => {
+            let (filter, routes) = http_filter(&l.name, http);
+            (vec![filter], Some(routes))
+        }
+        (None, None) => (Vec::new(), None),
+    };
+    let listener = Listener {
+        name: l.name.clone(),
+        address: Some(l.address.to_proto()),
+        filter_chains: vec![FilterChain {
+            filters,
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    (listener, routes)
+}
+
+fn tcp_proxy_filter(name: &str, tcp: &schema::TcpProxy) -> Filter {
+    let config = TcpProxy {
+        stat_prefix: name.to_string(),
+        cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(tcp.cluster.clone())),
+        idle_timeout: tcp.idle_timeout.map(|d| d.to_proto()),
+        max_connect_attempts: tcp
+            .max_connect_attempts
+            .map(|value| UInt32Value { value }),
+        ..Default::default()
+    };
+    Filter {
+        name: type_url::TCP_PROXY_FILTER.to_string(),
+        config_type: Some(filter::ConfigType::TypedConfig(pack(
+            type_url::TCP_PROXY,
+            &config,
+        ))),
+    }
+}
+
+fn http_filter(name: &str, http: &schema::Http) -> (Filter, RouteConfiguration) {
+    let manager = HttpConnectionManager {
+        stat_prefix: name.to_string(),
+        route_specifier: Some(RouteSpecifier::Rds(Rds {
+            config_source: Some(ads_config_source()),
+            route_config_name: name.to_string(),
+        })),
+        http_filters: vec![HttpFilter {
+            name: type_url::ROUTER_FILTER.to_string(),
+            config_type: Some(http_filter::ConfigType::TypedConfig(pack(
+                type_url::ROUTER,
+                &Router::default(),
+            ))),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let virtual_hosts = match (&http.routes, &http.virtual_hosts) {
+        (Some(routes), _) => vec![VirtualHost {
+            name: name.to_string(),
+            domains: vec!["*".to_string()],
+            routes: routes.iter().map(route).collect(),
+            ..Default::default()
+        }],
+        (None, Some(hosts)) => hosts
+            .iter()
+            .map(|vh| VirtualHost {
+                name: vh.name.clone(),
+                domains: vh.domains.clone(),
+                routes: vh.routes.iter().map(route).collect(),
+                ..Default::default()
+            })
+            .collect(),
+        (None, None) => Vec::new(),
+    };
+    let filter = Filter {
+        name: type_url::HCM_FILTER.to_string(),
+        config_type: Some(filter::ConfigType::TypedConfig(pack(
+            type_url::HTTP_CONNECTION_MANAGER,
+            &manager,
+        ))),
+    };
+    let routes = RouteConfiguration {
+        name: name.to_string(),
+        virtual_hosts,
+        ..Default::default()
+    };
+    (filter, routes)
+}
+
+/// A concise route: one match, one cluster, optional prefix rewrite and timeout.
+pub fn route(r: &schema::Route) -> Route {
+    let path_specifier = match (&r.prefix, &r.path, &r.path_separated_prefix) {
+        (Some(prefix), _, _) => route_match::PathSpecifier::Prefix(prefix.clone()),
+        (None, Some(path), _) => route_match::PathSpecifier::Path(path.clone()),
+        (None, None, Some(prefix)) => {
+            route_match::PathSpecifier::PathSeparatedPrefix(prefix.clone())
+        }
+        (None, None, None) => route_match::PathSpecifier::Prefix(String::new()),
+    };
+    Route {
+        r#match: Some(RouteMatch {
+            path_specifier: Some(path_specifier),
+            ..Default::default()
+        }),
+        action: Some(route::Action::Route(RouteAction {
+            cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(r.cluster.clone())),
+            prefix_rewrite: r.prefix_rewrite.clone().unwrap_or_default(),
+            timeout: r.timeout.map(|d| d.to_proto()),
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::envoy::config::core::v3::{
+        address, socket_address, Address, SocketAddress,
+    };
+    use envoy_types::pb::google::protobuf::Duration;
+
+    fn secs(seconds: i64) -> Option<Duration> {
+        Some(Duration { seconds, nanos: 0 })
+    }
+
+    fn address(ip: &str, port: u32) -> Option<Address> {
+        Some(Address {
+            address: Some(address::Address::SocketAddress(SocketAddress {
+                address: ip.to_string(),
+                port_specifier: Some(socket_address::PortSpecifier::PortValue(port)),
+                ..Default::default()
+            })),
+        })
+    }
+
+    fn clusters(yaml: &str) -> Vec<(Cluster, ClusterLoadAssignment)> {
+        let file: schema::File = serde_yaml::from_str(yaml).unwrap();
+        file.clusters.iter().map(cluster).collect()
+    }
+
+    fn listeners(yaml: &str) -> Vec<(Listener, Option<RouteConfiguration>)> {
+        let file: schema::File = serde_yaml::from_str(yaml).unwrap();
+        file.listeners.iter().map(listener).collect()
+    }
+
+    fn eds_cluster(name: &str) -> Cluster {
+        let mut c = Cluster {
+            name: name.to_string(),
+            connect_timeout: secs(5),
+            ..Default::default()
+        };
+        make_eds(&mut c);
+        c
+    }
+
+    fn lb(ip: &str, port: u32, weight: u32) -> LbEndpoint {
+        LbEndpoint {
+            host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
+                address: address(ip, port),
+                ..Default::default()
+            })),
+            load_balancing_weight: (weight != 1).then_some(UInt32Value { value: weight }),
+            ..Default::default()
+        }
+    }
+
+    fn cla(name: &str, lb_endpoints: Vec<LbEndpoint>) -> ClusterLoadAssignment {
+        ClusterLoadAssignment {
+            cluster_name: name.to_string(),
+            endpoints: vec![LocalityLbEndpoints {
+                lb_endpoints,
+                load_balancing_weight: Some(UInt32Value { value: 1 }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn tcp_check(interval: i64, no_traffic: i64) -> HealthCheck {
+        HealthCheck {
+            timeout: secs(1),
+            interval: secs(interval),
+            unhealthy_threshold: Some(UInt32Value { value: 3 }),
+            healthy_threshold: Some(UInt32Value { value: 2 }),
+            no_traffic_interval: secs(no_traffic),
+            health_checker: Some(health_check::HealthChecker::TcpHealthCheck(
+                health_check::TcpHealthCheck::default(),
+            )),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn clusters_table() {
+        let table: Vec<(&str, Cluster, ClusterLoadAssignment)> = vec![
+            (
+                "clusters: [{name: a, endpoints: [127.0.0.1:7001]}]",
+                eds_cluster("a"),
+                cla("a", vec![lb("127.0.0.1", 7001, 1)]),
+            ),
+            (
+                "clusters: [{name: empty}]",
+                eds_cluster("empty"),
+                cla("empty", vec![]),
+            ),
+            (
+                "clusters:\n- name: b\n  connect_timeout: 250ms\n  lb_policy: least_request\n  endpoints:\n  - '[::1]:80'\n  - {address: 127.0.0.2:81, weight: 2}\n",
+                Cluster {
+                    connect_timeout: Some(Duration { seconds: 0, nanos: 250_000_000 }),
+                    lb_policy: LbPolicy::LeastRequest as i32,
+                    ..eds_cluster("b")
+                },
+                cla("b", vec![lb("::1", 80, 1), lb("127.0.0.2", 81, 2)]),
+            ),
+            (
+                "clusters: [{name: r, lb_policy: random, health_check: {tcp: {}}}]",
+                Cluster {
+                    lb_policy: LbPolicy::Random as i32,
+                    health_checks: vec![tcp_check(10, 10)],
+                    ..eds_cluster("r")
+                },
+                cla("r", vec![]),
+            ),
+            (
+                "clusters: [{name: t, health_check: {tcp: {}, interval: 2s, no_traffic_interval: 60s}}]",
+                Cluster {
+                    health_checks: vec![tcp_check(2, 60)],
+                    ..eds_cluster("t")
+                },
+                cla("t", vec![]),
+            ),
+            (
+                "clusters:\n- name: h\n  health_check:\n    http: {path: /healthz, host: svc, expected_statuses: [200, 204]}\n    timeout: 2s\n    unhealthy_threshold: 5\n    healthy_threshold: 1\n",
+                Cluster {
+                    health_checks: vec![HealthCheck {
+                        timeout: secs(2),
+                        interval: secs(10),
+                        unhealthy_threshold: Some(UInt32Value { value: 5 }),
+                        healthy_threshold: Some(UInt32Value { value: 1 }),
+                        no_traffic_interval: secs(10),
+                        health_checker: Some(health_check::HealthChecker::HttpHealthCheck(
+                            health_check::HttpHealthCheck {
+                                path: "/healthz".to_string(),
+                                host: "svc".to_string(),
+                                expected_statuses: vec![
+                                    Int64Range { start: 200, end: 201 },
+                                    Int64Range { start: 204, end: 205 },
+                                ],
+                                ..Default::default()
+                            },
+                        )),
+                        ..Default::default()
+                    }],
+                    ..eds_cluster("h")
+                },
+                cla("h", vec![]),
+            ),
+        ];
+        for (yaml, want_cluster, want_cla) in table {
+            let got = clusters(yaml);
+            assert_eq!(got, vec![(want_cluster, want_cla)], "{yaml}");
+        }
+    }
+
+    fn filter_config<M: Message + Default>(l: &Listener) -> (String, String, M) {
+        let f = &l.filter_chains[0].filters[0];
+        let Some(filter::ConfigType::TypedConfig(any)) = &f.config_type else {
+            panic!("no typed_config")
+        };
+        (
+            f.name.clone(),
+            any.type_url.clone(),
+            M::decode(any.value.as_slice()).unwrap(),
+        )
+    }
+
+    #[test]
+    fn tcp_listeners_table() {
+        let table = [
+            (
+                "listeners: [{name: k8s, address: 127.0.0.1:6443, tcp_proxy: {cluster: api}}]",
+                TcpProxy {
+                    stat_prefix: "k8s".to_string(),
+                    cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster("api".to_string())),
+                    ..Default::default()
+                },
+            ),
+            (
+                "listeners: [{name: k8s, address: 127.0.0.1:6443, tcp_proxy: {cluster: api, idle_timeout: 1h, max_connect_attempts: 3}}]",
+                TcpProxy {
+                    stat_prefix: "k8s".to_string(),
+                    cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster("api".to_string())),
+                    idle_timeout: secs(3600),
+                    max_connect_attempts: Some(UInt32Value { value: 3 }),
+                    ..Default::default()
+                },
+            ),
+        ];
+        for (yaml, want) in table {
+            let got = listeners(yaml);
+            let (l, routes) = &got[0];
+            assert_eq!(l.name, "k8s");
+            assert_eq!(l.address, address("127.0.0.1", 6443));
+            assert_eq!(routes, &None);
+            let (name, url, config) = filter_config::<TcpProxy>(l);
+            assert_eq!(name, "envoy.filters.network.tcp_proxy");
+            assert_eq!(url, type_url::TCP_PROXY);
+            assert_eq!(config, want, "{yaml}");
+        }
+    }
+
+    fn prefix_route(prefix: &str, cluster: &str) -> Route {
+        Route {
+            r#match: Some(RouteMatch {
+                path_specifier: Some(route_match::PathSpecifier::Prefix(prefix.to_string())),
+                ..Default::default()
+            }),
+            action: Some(route::Action::Route(RouteAction {
+                cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(
+                    cluster.to_string(),
+                )),
+                ..Default::default()
+            })),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn http_listeners_table() {
+        let mut rewritten = prefix_route("/service/2", "service2");
+        if let Some(route::Action::Route(action)) = &mut rewritten.action {
+            action.prefix_rewrite = "/".to_string();
+            action.timeout = secs(30);
+        }
+        let exact = Route {
+            r#match: Some(RouteMatch {
+                path_specifier: Some(route_match::PathSpecifier::Path("/x".to_string())),
+                ..Default::default()
+            }),
+            ..prefix_route("", "c")
+        };
+        let separated = Route {
+            r#match: Some(RouteMatch {
+                path_specifier: Some(route_match::PathSpecifier::PathSeparatedPrefix(
+                    "/api".to_string(),
+                )),
+                ..Default::default()
+            }),
+            ..prefix_route("", "c")
+        };
+        let table = [
+            (
+                "listeners:\n- name: front\n  address: 127.0.0.1:8000\n  http:\n    routes:\n    - {prefix: /service/1, cluster: service1}\n    - {prefix: /service/2, cluster: service2, prefix_rewrite: /, timeout: 30s}\n",
+                vec![VirtualHost {
+                    name: "front".to_string(),
+                    domains: vec!["*".to_string()],
+                    routes: vec![prefix_route("/service/1", "service1"), rewritten],
+                    ..Default::default()
+                }],
+            ),
+            (
+                "listeners:\n- name: front\n  address: 127.0.0.1:8000\n  http:\n    virtual_hosts:\n    - {name: a, domains: [a.test], routes: [{path: /x, cluster: c}]}\n    - {name: b, domains: [b.test, '*.b.test'], routes: [{path_separated_prefix: /api, cluster: c}]}\n",
+                vec![
+                    VirtualHost {
+                        name: "a".to_string(),
+                        domains: vec!["a.test".to_string()],
+                        routes: vec![exact],
+                        ..Default::default()
+                    },
+                    VirtualHost {
+                        name: "b".to_string(),
+                        domains: vec!["b.test".to_string(), "*.b.test".to_string()],
+                        routes: vec![separated],
+                        ..Default::default()
+                    },
+                ],
+            ),
+        ];
+        for (yaml, want_hosts) in table {
+            let got = listeners(yaml);
+            let (l, routes) = &got[0];
+            assert_eq!(l.address, address("127.0.0.1", 8000));
+            let (name, url, hcm) = filter_config::<HttpConnectionManager>(l);
+            assert_eq!(name, "envoy.filters.network.http_connection_manager");
+            assert_eq!(url, type_url::HTTP_CONNECTION_MANAGER);
+            assert_eq!(hcm.stat_prefix, "front");
+            assert_eq!(
+                hcm.route_specifier,
+                Some(RouteSpecifier::Rds(Rds {
+                    config_source: Some(ads_config_source()),
+                    route_config_name: "front".to_string(),
+                }))
+            );
+            assert_eq!(hcm.http_filters.len(), 1);
+            assert_eq!(hcm.http_filters[0].name, "envoy.filters.http.router");
+            assert_eq!(
+                hcm.http_filters[0].config_type,
+                Some(http_filter::ConfigType::TypedConfig(pack(
+                    type_url::ROUTER,
+                    &Router::default()
+                )))
+            );
+            assert_eq!(
+                routes,
+                &Some(RouteConfiguration {
+                    name: "front".to_string(),
+                    virtual_hosts: want_hosts,
+                    ..Default::default()
+                }),
+                "{yaml}"
+            );
+        }
+    }
+
+    #[test]
+    fn locality_weights_default_to_one() {
+        let mut cla = ClusterLoadAssignment {
+            endpoints: vec![
+                LocalityLbEndpoints::default(),
+                LocalityLbEndpoints {
+                    load_balancing_weight: Some(UInt32Value { value: 7 }),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        default_locality_weights(&mut cla);
+        assert_eq!(cla.endpoints[0].load_balancing_weight, Some(UInt32Value { value: 1 }));
+        assert_eq!(cla.endpoints[1].load_balancing_weight, Some(UInt32Value { value: 7 }));
+    }
+}

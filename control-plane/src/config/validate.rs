@@ -1,0 +1,455 @@
+//! Semantic checks: the rules serde cannot express, all collected and reported
+//! together.
+//!
+//! This file owns two things: the checks on concise values (one health check
+//! kind, thresholds, statuses, one route match, non-empty route lists...) and
+//! the cross-reference checks over both forms (duplicate names and addresses,
+//! references to clusters that do not exist). Envoy-native values are checked by
+//! `native`, which feeds the same [`Catalog`]. Each problem is an [`Issue`] with
+//! a path; `mod.rs` turns paths into lines and columns.
+
+use std::collections::{HashMap, HashSet};
+
+use super::schema::{Cluster, File, HealthCheck, Http, Listener, Route};
+
+/// One semantic problem, at a path such as `clusters[1].endpoints[2]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issue {
+    pub path: String,
+    pub message: String,
+}
+
+impl Issue {
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Issue {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// A name (or address) and the path where it was written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Named {
+    pub name: String,
+    pub path: String,
+}
+
+impl Named {
+    pub fn new(name: impl Into<String>, path: impl Into<String>) -> Self {
+        Named {
+            name: name.into(),
+            path: path.into(),
+        }
+    }
+}
+
+/// Everything defined and referenced in one file, from both forms, in file
+/// order; the input of [`cross_references`].
+#[derive(Debug, Default)]
+pub struct Catalog {
+    pub clusters: Vec<Named>,
+    pub listeners: Vec<Named>,
+    pub route_configs: Vec<Named>,
+    /// Listener socket addresses, written as `ip:port`.
+    pub addresses: Vec<Named>,
+    /// Every place a cluster is named by a listener or a route.
+    pub cluster_refs: Vec<Named>,
+}
+
+/// Checks the concise part of `file` and records its names in `catalog`.
+pub fn concise(file: &File, catalog: &mut Catalog, issues: &mut Vec<Issue>) {
+    for (i, c) in file.clusters.iter().enumerate() {
+        cluster(c, &format!("clusters[{i}]"), catalog, issues);
+    }
+    for (i, l) in file.listeners.iter().enumerate() {
+        listener(l, &format!("listeners[{i}]"), catalog, issues);
+    }
+}
+
+fn non_empty_name(name: &str, what: &str, path: &str, issues: &mut Vec<Issue>) {
+    if name.is_empty() {
+        issues.push(Issue::new(
+            format!("{path}.name"),
+            format!("{what} name must not be empty"),
+        ));
+    }
+}
+
+fn cluster(c: &Cluster, path: &str, catalog: &mut Catalog, issues: &mut Vec<Issue>) {
+    non_empty_name(&c.name, "cluster", path, issues);
+    catalog
+        .clusters
+        .push(Named::new(&c.name, format!("{path}.name")));
+    if c.connect_timeout.is_zero() {
+        issues.push(Issue::new(
+            format!("{path}.connect_timeout"),
+            "connect_timeout must be greater than 0s",
+        ));
+    }
+    for (k, e) in c.endpoints.iter().enumerate() {
+        if e.weight == 0 {
+            issues.push(Issue::new(
+                format!("{path}.endpoints[{k}].weight"),
+                "weight must be at least 1",
+            ));
+        }
+    }
+    if let Some(hc) = &c.health_check {
+        health_check(hc, &format!("{path}.health_check"), issues);
+    }
+}
+
+fn health_check(hc: &HealthCheck, path: &str, issues: &mut Vec<Issue>) {
+    match (&hc.tcp, &hc.http) {
+        (None, None) => issues.push(Issue::new(
+            path,
+            "health check needs a kind: `tcp: {}` or `http: {path: /healthz}`",
+        )),
+        (Some(_), Some(_)) => issues.push(Issue::new(
+            path,
+            "health check has both `tcp` and `http`; keep one",
+        )),
+        _ => {}
+    }
+    let durations = [
+        ("interval", Some(hc.interval)),
+        ("timeout", Some(hc.timeout)),
+        ("no_traffic_interval", hc.no_traffic_interval),
+    ];
+    for (field, value) in durations {
+        if value.is_some_and(|d| d.is_zero()) {
+            issues.push(Issue::new(
+                format!("{path}.{field}"),
+                format!("{field} must be greater than 0s"),
+            ));
+        }
+    }
+    let thresholds = [
+        ("unhealthy_threshold", hc.unhealthy_threshold),
+        ("healthy_threshold", hc.healthy_threshold),
+    ];
+    for (field, value) in thresholds {
+        if value == 0 {
+            issues.push(Issue::new(
+                format!("{path}.{field}"),
+                format!("{field} must be at least 1"),
+            ));
+        }
+    }
+    if let Some(http) = &hc.http {
+        if !http.path.starts_with('/') {
+            issues.push(Issue::new(
+                format!("{path}.http.path"),
+                "health check path must start with `/`",
+            ));
+        }
+        for (k, status) in http.expected_statuses.iter().enumerate() {
+            if !(100..=599).contains(status) {
+                issues.push(Issue::new(
+                    format!("{path}.http.expected_statuses[{k}]"),
+                    format!("status {status} is outside 100..=599"),
+                ));
+            }
+        }
+    }
+}
+
+fn listener(l: &Listener, path: &str, catalog: &mut Catalog, issues: &mut Vec<Issue>) {
+    non_empty_name(&l.name, "listener", path, issues);
+    catalog
+        .listeners
+        .push(Named::new(&l.name, format!("{path}.name")));
+    catalog
+        .addresses
+        .push(Named::new(l.address.to_string(), format!("{path}.address")));
+    match (&l.tcp_proxy, &l.http) {
+        (None, None) => issues.push(Issue::new(
+            path,
+            "listener needs one of `tcp_proxy` or `http`",
+        )),
+        (Some(_), Some(_)) => issues.push(Issue::new(
+            path,
+            "listener has both `tcp_proxy` and `http`; keep one",
+        )),
+        _ => {}
+    }
+    if let Some(tcp) = &l.tcp_proxy {
+        catalog.cluster_refs.push(Named::new(
+            &tcp.cluster,
+            format!("{path}.tcp_proxy.cluster"),
+        ));
+        if tcp.max_connect_attempts == Some(0) {
+            issues.push(Issue::new(
+                format!("{path}.tcp_proxy.max_connect_attempts"),
+                "max_connect_attempts must be at least 1",
+            ));
+        }
+    }
+    if let Some(h) = &l.http {
+        // The route configuration is named after the listener.
+        catalog
+            .route_configs
+            .push(Named::new(&l.name, format!("{path}.name")));
+        http(h, &format!("{path}.http"), catalog, issues);
+    }
+}
+
+fn http(h: &Http, path: &str, catalog: &mut Catalog, issues: &mut Vec<Issue>) {
+    match (&h.routes, &h.virtual_hosts) {
+        (None, None) => issues.push(Issue::new(
+            path,
+            "http needs one of `routes` or `virtual_hosts`",
+        )),
+        (Some(_), Some(_)) => issues.push(Issue::new(
+            path,
+            "http has both `routes` and `virtual_hosts`; keep one",
+        )),
+        _ => {}
+    }
+    if let Some(list) = &h.routes {
+        routes(list, &format!("{path}.routes"), catalog, issues);
+    }
+    let Some(hosts) = &h.virtual_hosts else {
+        return;
+    };
+    if hosts.is_empty() {
+        issues.push(Issue::new(
+            format!("{path}.virtual_hosts"),
+            "virtual_hosts must not be empty",
+        ));
+    }
+    let mut names = HashMap::new();
+    let mut domains = HashMap::new();
+    for (v, vh) in hosts.iter().enumerate() {
+        let vpath = format!("{path}.virtual_hosts[{v}]");
+        non_empty_name(&vh.name, "virtual host", &vpath, issues);
+        if let Some(first) = names.insert(vh.name.as_str(), v) {
+            if !vh.name.is_empty() {
+                issues.push(Issue::new(
+                    format!("{vpath}.name"),
+                    format!(
+                        "duplicate virtual host name `{}` (first at {path}.virtual_hosts[{first}].name)",
+                        vh.name
+                    ),
+                ));
+            }
+        }
+        if vh.domains.is_empty() {
+            issues.push(Issue::new(
+                format!("{vpath}.domains"),
+                "domains must not be empty (write [\"*\"] to match every host)",
+            ));
+        }
+        for (d, domain) in vh.domains.iter().enumerate() {
+            let dpath = format!("{vpath}.domains[{d}]");
+            if let Some(first) = domains.get(domain.as_str()) {
+                issues.push(Issue::new(
+                    &dpath,
+                    format!("duplicate domain `{domain}` (first at {first})"),
+                ));
+            } else {
+                domains.insert(domain.as_str(), dpath);
+            }
+        }
+        routes(&vh.routes, &format!("{vpath}.routes"), catalog, issues);
+    }
+}
+
+fn routes(list: &[Route], path: &str, catalog: &mut Catalog, issues: &mut Vec<Issue>) {
+    if list.is_empty() {
+        issues.push(Issue::new(
+            path,
+            "routes must not be empty (with no routes every request gets a 404)",
+        ));
+    }
+    for (k, r) in list.iter().enumerate() {
+        let rpath = format!("{path}[{k}]");
+        let matches = [&r.prefix, &r.path, &r.path_separated_prefix]
+            .iter()
+            .filter(|m| m.is_some())
+            .count();
+        if matches != 1 {
+            issues.push(Issue::new(
+                &rpath,
+                "route needs exactly one of `prefix`, `path` or `path_separated_prefix`",
+            ));
+        }
+        catalog
+            .cluster_refs
+            .push(Named::new(&r.cluster, format!("{rpath}.cluster")));
+    }
+}
+
+/// Duplicate names and addresses, and references to undefined clusters, over
+/// everything both forms put in `catalog`.
+pub fn cross_references(catalog: &Catalog, issues: &mut Vec<Issue>) {
+    duplicates(&catalog.clusters, "cluster name", issues);
+    duplicates(&catalog.listeners, "listener name", issues);
+    // A concise HTTP listener's route configuration is recorded at the
+    // listener's name, so a duplicate listener is not reported twice.
+    duplicates(&catalog.route_configs, "route configuration name", issues);
+    duplicates(&catalog.addresses, "listener address", issues);
+    let defined: HashSet<&str> = catalog.clusters.iter().map(|c| c.name.as_str()).collect();
+    for reference in &catalog.cluster_refs {
+        if !defined.contains(reference.name.as_str()) {
+            issues.push(Issue::new(
+                &reference.path,
+                format!("cluster `{}` is not defined", reference.name),
+            ));
+        }
+    }
+}
+
+fn duplicates(entries: &[Named], what: &str, issues: &mut Vec<Issue>) {
+    let mut first: HashMap<&str, &str> = HashMap::new();
+    for entry in entries {
+        if entry.name.is_empty() {
+            // Reported as an empty name.
+            continue;
+        }
+        match first.get(entry.name.as_str()) {
+            Some(first_path) => {
+                if !issues.iter().any(|i| i.path == entry.path) {
+                    issues.push(Issue::new(
+                        &entry.path,
+                        format!("duplicate {what} `{}` (first at {first_path})", entry.name),
+                    ));
+                }
+            }
+            None => {
+                first.insert(&entry.name, &entry.path);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(yaml: &str) -> Vec<(String, String)> {
+        let file: File = serde_yaml::from_str(yaml).unwrap();
+        let mut catalog = Catalog::default();
+        let mut issues = Vec::new();
+        concise(&file, &mut catalog, &mut issues);
+        cross_references(&catalog, &mut issues);
+        issues.into_iter().map(|i| (i.path, i.message)).collect()
+    }
+
+    #[test]
+    fn valid_files_have_no_issues() {
+        let yaml = "\
+clusters:
+- {name: a, endpoints: [127.0.0.1:1]}
+- {name: b}
+listeners:
+- {name: t, address: 127.0.0.1:2, tcp_proxy: {cluster: a}}
+- name: h
+  address: 127.0.0.1:3
+  http:
+    virtual_hosts:
+    - {name: x, domains: [x.test], routes: [{prefix: /, cluster: b}]}
+    - {name: y, domains: ['*'], routes: [{path: /y, cluster: a}]}
+";
+        assert_eq!(check(yaml), vec![]);
+    }
+
+    #[test]
+    fn issues_table() {
+        let table: &[(&str, &[(&str, &str)])] = &[
+            (
+                "clusters: [{name: a}, {name: a}]",
+                &[("clusters[1].name", "duplicate cluster name `a` (first at clusters[0].name)")],
+            ),
+            (
+                "clusters: [{name: ''}]",
+                &[("clusters[0].name", "cluster name must not be empty")],
+            ),
+            (
+                "clusters: [{name: a, connect_timeout: 0s, endpoints: [{address: 127.0.0.1:1, weight: 0}]}]",
+                &[
+                    ("clusters[0].connect_timeout", "connect_timeout must be greater than 0s"),
+                    ("clusters[0].endpoints[0].weight", "weight must be at least 1"),
+                ],
+            ),
+            (
+                "clusters: [{name: a, health_check: {interval: 5s}}]",
+                &[("clusters[0].health_check", "health check needs a kind: `tcp: {}` or `http: {path: /healthz}`")],
+            ),
+            (
+                "clusters: [{name: a, health_check: {tcp: {}, http: {path: /}}}]",
+                &[("clusters[0].health_check", "health check has both `tcp` and `http`; keep one")],
+            ),
+            (
+                "clusters: [{name: a, health_check: {tcp: {}, healthy_threshold: 0, unhealthy_threshold: 0, timeout: 0s}}]",
+                &[
+                    ("clusters[0].health_check.timeout", "timeout must be greater than 0s"),
+                    ("clusters[0].health_check.unhealthy_threshold", "unhealthy_threshold must be at least 1"),
+                    ("clusters[0].health_check.healthy_threshold", "healthy_threshold must be at least 1"),
+                ],
+            ),
+            (
+                "clusters: [{name: a, health_check: {http: {path: healthz, expected_statuses: [200, 99, 600]}}}]",
+                &[
+                    ("clusters[0].health_check.http.path", "health check path must start with `/`"),
+                    ("clusters[0].health_check.http.expected_statuses[1]", "status 99 is outside 100..=599"),
+                    ("clusters[0].health_check.http.expected_statuses[2]", "status 600 is outside 100..=599"),
+                ],
+            ),
+            (
+                "listeners: [{name: l, address: 127.0.0.1:1}]",
+                &[("listeners[0]", "listener needs one of `tcp_proxy` or `http`")],
+            ),
+            (
+                "clusters: [{name: c}]\nlisteners: [{name: l, address: 127.0.0.1:1, tcp_proxy: {cluster: c}, http: {routes: [{prefix: /, cluster: c}]}}]",
+                &[("listeners[0]", "listener has both `tcp_proxy` and `http`; keep one")],
+            ),
+            (
+                "listeners: [{name: l, address: 127.0.0.1:1, tcp_proxy: {cluster: nope, max_connect_attempts: 0}}]",
+                &[
+                    ("listeners[0].tcp_proxy.max_connect_attempts", "max_connect_attempts must be at least 1"),
+                    ("listeners[0].tcp_proxy.cluster", "cluster `nope` is not defined"),
+                ],
+            ),
+            (
+                "listeners: [{name: l, address: 127.0.0.1:1, http: {routes: []}}]",
+                &[("listeners[0].http.routes", "routes must not be empty (with no routes every request gets a 404)")],
+            ),
+            (
+                "listeners: [{name: l, address: 127.0.0.1:1, http: {}}]",
+                &[("listeners[0].http", "http needs one of `routes` or `virtual_hosts`")],
+            ),
+            (
+                "clusters: [{name: c}]\nlisteners: [{name: l, address: 127.0.0.1:1, http: {routes: [{cluster: c}, {prefix: /, path: /x, cluster: c}]}}]",
+                &[
+                    ("listeners[0].http.routes[0]", "route needs exactly one of `prefix`, `path` or `path_separated_prefix`"),
+                    ("listeners[0].http.routes[1]", "route needs exactly one of `prefix`, `path` or `path_separated_prefix`"),
+                ],
+            ),
+            (
+                "clusters: [{name: c}]\nlisteners: [{name: l, address: 127.0.0.1:1, http: {virtual_hosts: [{name: v, domains: [], routes: [{prefix: /, cluster: c}]}, {name: v, domains: ['*', '*'], routes: []}]}}]",
+                &[
+                    ("listeners[0].http.virtual_hosts[0].domains", "domains must not be empty (write [\"*\"] to match every host)"),
+                    ("listeners[0].http.virtual_hosts[1].name", "duplicate virtual host name `v` (first at listeners[0].http.virtual_hosts[0].name)"),
+                    ("listeners[0].http.virtual_hosts[1].domains[1]", "duplicate domain `*` (first at listeners[0].http.virtual_hosts[1].domains[0])"),
+                    ("listeners[0].http.virtual_hosts[1].routes", "routes must not be empty (with no routes every request gets a 404)"),
+                ],
+            ),
+            (
+                "clusters: [{name: c}]\nlisteners:\n- {name: l, address: 127.0.0.1:1, http: {routes: [{prefix: /, cluster: c}]}}\n- {name: l, address: 127.0.0.1:1, http: {routes: [{prefix: /, cluster: c}]}}",
+                &[
+                    ("listeners[1].name", "duplicate listener name `l` (first at listeners[0].name)"),
+                    ("listeners[1].address", "duplicate listener address `127.0.0.1:1` (first at listeners[0].address)"),
+                ],
+            ),
+        ];
+        for (yaml, want) in table {
+            let want: Vec<(String, String)> = want
+                .iter()
+                .map(|(p, m)| (p.to_string(), m.to_string()))
+                .collect();
+            assert_eq!(check(yaml), want, "{yaml}");
+        }
+    }
+}

@@ -1,0 +1,27 @@
+//! pylon-xds: a YAML source of truth served to Envoy fleets over xDS.
+//!
+//! The crate is a pipeline, one module per stage; each stage knows only its
+//! neighbours:
+//!
+//! `config` (YAML, validation, translation to Envoy protos) -> `resources`
+//! (the typed protos of one revision) -> `snapshot` (checked for consistency,
+//! encoded once, content-hashed versions) -> `cache` (the current snapshot;
+//! publishing wakes every open stream) -> `server` (tonic; streams, nonces,
+//! ACK/NACK). The cache knows no gRPC; the server knows no YAML. `source`
+//! watches the file and feeds the cache; `registry` and `metrics` record what
+//! streams hold; `admin` serves them; `app` wires everything for `main` and
+//! for tests; `bootstrap` prints an Envoy bootstrap pointing at this server.
+
+pub mod admin;
+pub mod app;
+pub mod bootstrap;
+pub mod cache;
+pub mod config;
+pub mod metrics;
+pub mod registry;
+pub mod resources;
+pub mod server;
+pub mod snapshot;
+pub mod source;
+
+pub use app::{serve, Running, ServeOptions};

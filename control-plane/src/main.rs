@@ -1,0 +1,286 @@
+//! `pylon-xds`: the command line. Parses arguments, sets up logging and
+//! signals, and calls into the library; no protocol or config logic lives here.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use control_plane::bootstrap::{envoy_bootstrap, BootstrapOptions};
+use control_plane::snapshot::ResourceType;
+use control_plane::{app, source, ServeOptions};
+
+#[derive(Parser, Debug)]
+#[command(name = "pylon-xds", version, about = "A YAML source of truth served to Envoy over xDS")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve the config over ADS (SotW and delta) and the standalone xDS services.
+    Serve {
+        /// The YAML source of truth (watched; SIGHUP also reloads).
+        #[arg(long, short = 'c')]
+        config: PathBuf,
+        /// gRPC (xDS) listen address.
+        #[arg(long, default_value = app::DEFAULT_XDS)]
+        listen: SocketAddr,
+        /// Admin HTTP listen address (/healthz /readyz /metrics /nodes /status).
+        #[arg(long, default_value = app::DEFAULT_ADMIN)]
+        admin: SocketAddr,
+        /// Quiet period after the last file change before reloading, in milliseconds.
+        #[arg(long, default_value_t = 100)]
+        debounce_ms: u64,
+        /// Log format.
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
+    },
+    /// Check config files; print every error with file, line, column and path.
+    Validate {
+        /// Files to check.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Print an Envoy bootstrap that connects Envoy to pylon-xds over ADS.
+    Bootstrap {
+        /// The node id Envoy presents.
+        #[arg(long)]
+        node_id: String,
+        /// The node cluster Envoy presents.
+        #[arg(long, default_value = "pylon")]
+        node_cluster: String,
+        /// pylon-xds's gRPC address.
+        #[arg(long, default_value = app::DEFAULT_XDS)]
+        xds: SocketAddr,
+        /// Use delta (incremental) ADS instead of state-of-the-world.
+        #[arg(long)]
+        delta: bool,
+        /// Envoy's admin address.
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: SocketAddr,
+    },
+    /// Show the served version, the last reload error and every connected node.
+    Status {
+        /// pylon-xds's admin address.
+        #[arg(long, default_value = app::DEFAULT_ADMIN)]
+        admin: SocketAddr,
+        /// Print the raw JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("pylon-xds: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve {
+            config,
+            listen,
+            admin,
+            debounce_ms,
+            log_format,
+        } => {
+            init_logging(log_format);
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(serve(ServeOptions {
+                config,
+                xds_listen: listen,
+                admin_listen: Some(admin),
+                debounce: Duration::from_millis(debounce_ms),
+            }))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Validate { files } => Ok(validate(&files)),
+        Command::Bootstrap {
+            node_id,
+            node_cluster,
+            xds,
+            delta,
+            admin,
+        } => {
+            print!(
+                "{}",
+                envoy_bootstrap(&BootstrapOptions {
+                    node_id,
+                    node_cluster,
+                    xds,
+                    delta,
+                    admin,
+                })
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { admin, json } => {
+            let rt = tokio::runtime::Runtime::new()?;
+            let (code, body) = rt
+                .block_on(control_plane::admin::get(admin, "/status"))
+                .with_context(|| format!("cannot reach pylon-xds admin at {admin}"))?;
+            anyhow::ensure!(code == 200, "admin answered {code}: {body}");
+            if json {
+                println!("{body}");
+            } else {
+                let status: serde_json::Value = serde_json::from_str(&body)?;
+                print!("{}", render_status(&status));
+            }
+            let failing = body.contains("\"last_reload_error\": \"");
+            Ok(if failing { ExitCode::from(1) } else { ExitCode::SUCCESS })
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let running = control_plane::serve(opts).await?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            _ = hup.recv() => running.reload(),
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    tracing::info!("shutting down");
+    running.shutdown().await;
+    Ok(())
+}
+
+fn validate(files: &[PathBuf]) -> ExitCode {
+    let mut failed = false;
+    for f in files {
+        match source::load(f, None) {
+            Ok(snap) => {
+                let [c, e, l, r] = snap.counts();
+                println!(
+                    "{}: ok, version {} ({c} clusters, {e} load assignments, {l} listeners, {r} route configurations)",
+                    f.display(),
+                    snap.version
+                );
+            }
+            Err(e) => {
+                failed = true;
+                eprintln!("{e}");
+            }
+        }
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// The `/status` document as a table, like `istioctl proxy-status`.
+fn render_status(s: &serde_json::Value) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let str_of = |v: &serde_json::Value| v.as_str().unwrap_or("").to_string();
+    let _ = writeln!(out, "config:   {}", str_of(&s["config"]));
+    let _ = writeln!(out, "version:  {}", str_of(&s["version"]));
+    let r = &s["resources"];
+    let _ = writeln!(
+        out,
+        "serving:  {} clusters, {} load assignments, {} listeners, {} route configurations",
+        r["clusters"], r["endpoints"], r["listeners"], r["routes"]
+    );
+    match s["last_reload_error"].as_str() {
+        Some(e) => {
+            let _ = writeln!(out, "reload:   FAILED, still serving the version above:");
+            for line in e.lines() {
+                let _ = writeln!(out, "  {line}");
+            }
+        }
+        None => {
+            let _ = writeln!(out, "reload:   ok");
+        }
+    }
+    let nodes = s["nodes"].as_array().cloned().unwrap_or_default();
+    let _ = writeln!(out, "\n{} stream(s)", nodes.len());
+    if nodes.is_empty() {
+        return out;
+    }
+    let mut rows = vec![vec![
+        "NODE".to_string(),
+        "CLUSTER".into(),
+        "STREAM".into(),
+        "AGENT".into(),
+        "CDS".into(),
+        "EDS".into(),
+        "LDS".into(),
+        "RDS".into(),
+    ]];
+    let mut nacks = Vec::new();
+    for n in &nodes {
+        let mut row = vec![
+            str_of(&n["node"]),
+            str_of(&n["cluster"]),
+            format!("{}#{}", str_of(&n["protocol"]), n["stream"]),
+            str_of(&n["user_agent"]),
+        ];
+        for ty in ResourceType::ALL {
+            let t = &n["types"][ty.short()];
+            let state = str_of(&t["state"]);
+            row.push(match state.as_str() {
+                "NOT_SENT" => "-".to_string(),
+                _ => format!("{} {}", state, short(&str_of(&t["acked_version"]))),
+            });
+            if let Some(m) = t["last_nack"]["message"].as_str() {
+                nacks.push(format!("{} {}: {}", str_of(&n["node"]), ty.short(), m));
+            }
+        }
+        rows.push(row);
+    }
+    let widths: Vec<usize> = (0..rows[0].len())
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    for r in &rows {
+        let line: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        let _ = writeln!(out, "{}", line.join("  ").trim_end());
+    }
+    if !nacks.is_empty() {
+        let _ = writeln!(out, "\nlast NACKs:");
+        for n in nacks {
+            let _ = writeln!(out, "  {n}");
+        }
+    }
+    out
+}
+
+fn short(v: &str) -> String {
+    v.chars().take(8).collect()
+}

@@ -1,0 +1,301 @@
+//! Who is connected and what each stream holds: the data behind `/nodes`,
+//! `pylon-xds status` and the NACK metrics.
+//!
+//! Streams register themselves and update their entry as they send responses
+//! and receive ACKs and NACKs; an entry disappears when its stream ends (the
+//! [`StreamGuard`] is dropped). Readers take a consistent copy with
+//! [`Registry::list`].
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use dashmap::DashMap;
+use serde::Serialize;
+
+use crate::metrics::{Metrics, NackLabels};
+use crate::snapshot::ResourceType;
+
+/// The last NACK a stream received for one type.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Nack {
+    /// The version the client rejected.
+    pub version: String,
+    /// The nonce of the rejected response.
+    pub nonce: String,
+    /// The client's `error_detail.message`.
+    pub message: String,
+    /// When it arrived (milliseconds since the Unix epoch).
+    pub at_unix_ms: u64,
+}
+
+/// Sync state of one type on one stream.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TypeStatus {
+    /// `NOT_SENT`, `SYNCED`, `STALE` or `ERROR` (see [`TypeStatus::state`]);
+    /// filled in by [`Registry::list`].
+    pub state: &'static str,
+    /// The version of the last response sent.
+    pub sent_version: Option<String>,
+    /// The nonce of the last response sent.
+    pub sent_nonce: Option<String>,
+    /// The last version the client ACKed.
+    pub acked_version: Option<String>,
+    /// Names in the last response sent (SotW) or known to be held (delta).
+    pub resources: usize,
+    /// The last NACK, kept until a later version is ACKed.
+    pub last_nack: Option<Nack>,
+}
+
+impl TypeStatus {
+    /// `NOT_SENT`, `SYNCED` (the last response was ACKed), `STALE` (sent, not
+    /// yet ACKed) or `ERROR` (the last response was NACKed).
+    pub fn state(&self) -> &'static str {
+        match (&self.sent_nonce, &self.last_nack) {
+            (None, _) => "NOT_SENT",
+            (Some(nonce), Some(n)) if &n.nonce == nonce => "ERROR",
+            _ if self.acked_version.is_some() && self.acked_version == self.sent_version => "SYNCED",
+            _ => "STALE",
+        }
+    }
+}
+
+/// One open stream.
+#[derive(Debug, Clone, Serialize)]
+pub struct StreamStatus {
+    /// Server-local stream id.
+    pub stream: u64,
+    /// `node.id` (empty until the first request carrying a node).
+    pub node: String,
+    /// `node.cluster`.
+    pub cluster: String,
+    /// `node.user_agent_name` and version, e.g. `envoy 1.40.0`.
+    pub user_agent: String,
+    /// Peer address.
+    pub peer: Option<SocketAddr>,
+    /// `ads`, `cds`, `eds`, `lds` or `rds`, with `-delta` for incremental streams.
+    pub protocol: String,
+    /// When the stream opened (milliseconds since the Unix epoch).
+    pub connected_at_unix_ms: u64,
+    /// Per type: `cds`, `eds`, `lds`, `rds`.
+    pub types: TypeStatuses,
+}
+
+/// Per-type status, serialised as an object keyed by short type name.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TypeStatuses {
+    /// Clusters.
+    pub cds: TypeStatus,
+    /// Endpoints.
+    pub eds: TypeStatus,
+    /// Listeners.
+    pub lds: TypeStatus,
+    /// Routes.
+    pub rds: TypeStatus,
+}
+
+impl TypeStatuses {
+    /// The status of one type.
+    pub fn get(&self, ty: ResourceType) -> &TypeStatus {
+        match ty {
+            ResourceType::Cluster => &self.cds,
+            ResourceType::Endpoint => &self.eds,
+            ResourceType::Listener => &self.lds,
+            ResourceType::Route => &self.rds,
+        }
+    }
+
+    fn get_mut(&mut self, ty: ResourceType) -> &mut TypeStatus {
+        match ty {
+            ResourceType::Cluster => &mut self.cds,
+            ResourceType::Endpoint => &mut self.eds,
+            ResourceType::Listener => &mut self.lds,
+            ResourceType::Route => &mut self.rds,
+        }
+    }
+}
+
+/// Every open stream of one server.
+#[derive(Debug)]
+pub struct Registry {
+    streams: DashMap<u64, StreamStatus>,
+    next_id: AtomicU64,
+    metrics: Arc<Metrics>,
+}
+
+impl Registry {
+    /// An empty registry that counts streams and NACKs in `metrics`.
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Registry {
+            streams: DashMap::new(),
+            next_id: AtomicU64::new(1),
+            metrics,
+        }
+    }
+
+    /// Registers a new stream; it is removed when the guard drops.
+    pub fn open(self: &Arc<Self>, protocol: &str, peer: Option<SocketAddr>) -> StreamGuard {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.streams.insert(
+            id,
+            StreamStatus {
+                stream: id,
+                node: String::new(),
+                cluster: String::new(),
+                user_agent: String::new(),
+                peer,
+                protocol: protocol.to_string(),
+                connected_at_unix_ms: now_ms(),
+                types: TypeStatuses::default(),
+            },
+        );
+        self.metrics.connected_streams.inc();
+        StreamGuard {
+            id,
+            registry: Arc::clone(self),
+            node: String::new(),
+        }
+    }
+
+    /// A copy of every stream's status, ordered by node then stream id.
+    pub fn list(&self) -> Vec<StreamStatus> {
+        let mut v: Vec<StreamStatus> = self.streams.iter().map(|e| e.value().clone()).collect();
+        for s in &mut v {
+            for t in [&mut s.types.cds, &mut s.types.eds, &mut s.types.lds, &mut s.types.rds] {
+                t.state = t.state();
+            }
+        }
+        v.sort_by(|a, b| (&a.node, a.stream).cmp(&(&b.node, b.stream)));
+        v
+    }
+
+    /// The metrics this registry updates.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+}
+
+/// A stream's handle on its registry entry.
+#[derive(Debug)]
+pub struct StreamGuard {
+    id: u64,
+    registry: Arc<Registry>,
+    node: String,
+}
+
+impl StreamGuard {
+    /// This stream's id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The server's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.registry.metrics
+    }
+
+    /// The node id (empty until known).
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// Records the node from the first request that carries one.
+    pub fn set_node(&mut self, node: &envoy_types::pb::envoy::config::core::v3::Node) {
+        use envoy_types::pb::envoy::config::core::v3::node::UserAgentVersionType;
+        self.node = node.id.clone();
+        let version = match &node.user_agent_version_type {
+            Some(UserAgentVersionType::UserAgentVersion(v)) => v.clone(),
+            Some(UserAgentVersionType::UserAgentBuildVersion(b)) => b
+                .version
+                .as_ref()
+                .map(|v| format!("{}.{}.{}", v.major_number, v.minor_number, v.patch))
+                .unwrap_or_default(),
+            None => String::new(),
+        };
+        if let Some(mut s) = self.registry.streams.get_mut(&self.id) {
+            s.node = node.id.clone();
+            s.cluster = node.cluster.clone();
+            s.user_agent = format!("{} {}", node.user_agent_name, version).trim().to_string();
+        }
+    }
+
+    /// Records a response sent.
+    pub fn sent(&self, ty: ResourceType, version: &str, nonce: &str, resources: usize) {
+        if let Some(mut s) = self.registry.streams.get_mut(&self.id) {
+            let t = s.types.get_mut(ty);
+            t.sent_version = Some(version.to_string());
+            t.sent_nonce = Some(nonce.to_string());
+            t.resources = resources;
+        }
+    }
+
+    /// Records an ACK of `version`.
+    pub fn acked(&self, ty: ResourceType, version: &str) {
+        if let Some(mut s) = self.registry.streams.get_mut(&self.id) {
+            let t = s.types.get_mut(ty);
+            t.acked_version = Some(version.to_string());
+        }
+    }
+
+    /// Records a NACK and counts it.
+    pub fn nacked(&self, ty: ResourceType, version: &str, nonce: &str, message: &str) {
+        self.registry
+            .metrics
+            .nacks
+            .get_or_create(&NackLabels {
+                node: self.node.clone(),
+                r#type: ty.short().to_string(),
+            })
+            .inc();
+        if let Some(mut s) = self.registry.streams.get_mut(&self.id) {
+            s.types.get_mut(ty).last_nack = Some(Nack {
+                version: version.to_string(),
+                nonce: nonce.to_string(),
+                message: message.to_string(),
+                at_unix_ms: now_ms(),
+            });
+        }
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.registry.streams.remove(&self.id);
+        self.registry.metrics.connected_streams.dec();
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_follow_sends_acks_and_nacks() {
+        let reg = Arc::new(Registry::new(Arc::new(Metrics::new())));
+        let g = reg.open("ads", None);
+        let st = |reg: &Registry| reg.list()[0].types.cds.state();
+        assert_eq!(st(&reg), "NOT_SENT");
+        g.sent(ResourceType::Cluster, "v1", "1", 2);
+        assert_eq!(st(&reg), "STALE");
+        g.acked(ResourceType::Cluster, "v1");
+        assert_eq!(st(&reg), "SYNCED");
+        g.sent(ResourceType::Cluster, "v2", "2", 2);
+        g.nacked(ResourceType::Cluster, "v2", "2", "bad");
+        assert_eq!(st(&reg), "ERROR");
+        g.sent(ResourceType::Cluster, "v3", "3", 2);
+        g.acked(ResourceType::Cluster, "v3");
+        assert_eq!(st(&reg), "SYNCED");
+        assert_eq!(reg.metrics().connected_streams.get(), 1);
+        drop(g);
+        assert!(reg.list().is_empty());
+        assert_eq!(reg.metrics().connected_streams.get(), 0);
+    }
+}

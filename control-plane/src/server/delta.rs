@@ -1,0 +1,486 @@
+//! Incremental (delta) xDS streams (aggregated or single-type).
+//!
+//! [`DeltaStream`] is the per-stream state machine, free of I/O; [`run`]
+//! drives it. What the client holds is recorded **at send time** (name ->
+//! version): a resource is never sent twice with the same version, and a NACKed
+//! version is therefore not resent; the next different version is. Rules:
+//!
+//! - subscription changes are applied even when the request's nonce is stale;
+//! - the first wildcard request is answered even when there is nothing to send;
+//! - after a reconnect, `initial_resource_versions` seeds what the client holds,
+//!   so identical versions are not resent and different ones are;
+//! - an explicit (re)subscription of a name forces it to be sent again (Envoy
+//!   re-subscribes while warming a cluster and waits for the answer);
+//! - `removed_resources` lists only names the client holds that no longer
+//!   exist, never names that never existed;
+//! - a wildcard client that unsubscribes a name gets an answer;
+//! - on a new snapshot: cluster updates, endpoints, listeners, routes, and
+//!   cluster removals last. A changed cluster's load assignment is resent so a
+//!   warming cluster completes. Removed endpoints and routes go last too.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource as WireResource,
+};
+use futures::{Stream, StreamExt};
+use tokio::sync::mpsc;
+use tonic::Status;
+use tracing::{debug, info, warn};
+
+use super::Shared;
+use crate::metrics::TypeLabel;
+use crate::registry::StreamGuard;
+use crate::snapshot::{Resource, ResourceType, Snapshot};
+
+#[derive(Debug, Default)]
+struct TypeState {
+    seen: bool,
+    wildcard: bool,
+    names: BTreeSet<String>,
+    /// What the client holds: name -> version (recorded when sent).
+    client: HashMap<String, String>,
+    last_nonce: Option<String>,
+    sent_version: Option<String>,
+}
+
+impl TypeState {
+    fn in_scope(&self, name: &str) -> bool {
+        self.wildcard || self.names.contains(name)
+    }
+}
+
+/// Updates and removals of one type for one response.
+#[derive(Debug, Default)]
+struct Diff {
+    updates: Vec<Arc<Resource>>,
+    removed: Vec<String>,
+}
+
+impl Diff {
+    fn is_empty(&self) -> bool {
+        self.updates.is_empty() && self.removed.is_empty()
+    }
+}
+
+/// The protocol state of one delta stream.
+#[derive(Debug)]
+pub struct DeltaStream {
+    types: [TypeState; 4],
+    nonce: u64,
+    only: Option<ResourceType>,
+    guard: StreamGuard,
+}
+
+impl DeltaStream {
+    /// A stream serving every type (`only: None`, ADS) or one type.
+    pub fn new(guard: StreamGuard, only: Option<ResourceType>) -> Self {
+        DeltaStream {
+            types: Default::default(),
+            nonce: 0,
+            only,
+            guard,
+        }
+    }
+
+    /// Handles one request against the snapshot currently served.
+    pub fn on_request(
+        &mut self,
+        req: DeltaDiscoveryRequest,
+        snap: &Snapshot,
+    ) -> Result<Vec<DeltaDiscoveryResponse>, Status> {
+        if self.guard.node().is_empty() {
+            if let Some(node) = &req.node {
+                self.guard.set_node(node);
+            }
+        }
+        let Some(ty) = ResourceType::from_type_url(&req.type_url) else {
+            self.guard.metrics().unknown_types.inc();
+            warn!(node = self.guard.node(), type_url = %req.type_url, "delta request for a type that is not served; ignored");
+            return Ok(Vec::new());
+        };
+        if self.only.is_some_and(|o| o != ty) {
+            return Err(Status::invalid_argument(format!(
+                "this service serves {}, not {}",
+                self.only.map(|o| o.type_url()).unwrap_or_default(),
+                req.type_url
+            )));
+        }
+        let node = self.guard.node().to_string();
+        let t = &mut self.types[ty as usize];
+        let stale = !req.response_nonce.is_empty()
+            && t.last_nonce.is_some()
+            && t.last_nonce.as_deref() != Some(req.response_nonce.as_str());
+        if stale {
+            self.guard.metrics().stale_nonces.get_or_create(&label(ty)).inc();
+            debug!(node, r#type = ty.short(), nonce = %req.response_nonce, "stale nonce; applying subscription changes only");
+        } else if let Some(err) = &req.error_detail {
+            let rejected = t.sent_version.clone().unwrap_or_default();
+            warn!(node, r#type = ty.short(), version = %rejected, message = %err.message, "NACK");
+            self.guard
+                .nacked(ty, &rejected, &req.response_nonce, &err.message);
+        } else if !req.response_nonce.is_empty() {
+            if let Some(v) = &t.sent_version {
+                self.guard.acked(ty, v);
+            }
+        }
+
+        let first = !t.seen;
+        if first {
+            t.seen = true;
+            t.client.extend(req.initial_resource_versions);
+            t.wildcard = ty.is_full_set() && req.resource_names_subscribe.is_empty();
+        }
+        for name in req.resource_names_subscribe {
+            if name == pylon::type_url::WILDCARD {
+                t.wildcard = true;
+            } else {
+                if !first {
+                    t.client.remove(&name);
+                }
+                t.names.insert(name);
+            }
+        }
+        let mut wildcard_unsubscribed = false;
+        for name in req.resource_names_unsubscribe {
+            if name == pylon::type_url::WILDCARD {
+                t.wildcard = false;
+            } else {
+                t.names.remove(&name);
+                wildcard_unsubscribed |= t.wildcard;
+            }
+        }
+        if !t.wildcard {
+            let names = &t.names;
+            t.client.retain(|n, _| names.contains(n));
+        }
+        let diff = self.diff(ty, snap);
+        let answer_anyway = (first && self.types[ty as usize].wildcard) || wildcard_unsubscribed;
+        if diff.is_empty() && !answer_anyway {
+            return Ok(Vec::new());
+        }
+        Ok(vec![self.respond(ty, snap, diff)])
+    }
+
+    /// Handles a new snapshot: updates in make-before-break order, cluster removals last.
+    pub fn on_snapshot(&mut self, snap: &Snapshot) -> Vec<DeltaDiscoveryResponse> {
+        let mut out = Vec::new();
+        let mut cds = self.diff(ResourceType::Cluster, snap);
+        let cds_removed = std::mem::take(&mut cds.removed);
+        if !cds.updates.is_empty() {
+            // A changed cluster warms until it gets its load assignment again.
+            let eds = &mut self.types[ResourceType::Endpoint as usize];
+            for c in &cds.updates {
+                eds.client.remove(&c.name);
+            }
+            out.push(self.respond(ResourceType::Cluster, snap, cds));
+        }
+        // Endpoints and routes of a retiring cluster or listener are removed
+        // with it, at the end; listener removals break nothing and go in order.
+        let mut eds = self.diff(ResourceType::Endpoint, snap);
+        let eds_removed = std::mem::take(&mut eds.removed);
+        if !eds.is_empty() {
+            out.push(self.respond(ResourceType::Endpoint, snap, eds));
+        }
+        let lds = self.diff(ResourceType::Listener, snap);
+        if !lds.is_empty() {
+            out.push(self.respond(ResourceType::Listener, snap, lds));
+        }
+        let mut rds = self.diff(ResourceType::Route, snap);
+        let rds_removed = std::mem::take(&mut rds.removed);
+        if !rds.is_empty() {
+            out.push(self.respond(ResourceType::Route, snap, rds));
+        }
+        for (ty, removed) in [
+            (ResourceType::Cluster, cds_removed),
+            (ResourceType::Endpoint, eds_removed),
+            (ResourceType::Route, rds_removed),
+        ] {
+            if !removed.is_empty() {
+                let diff = Diff {
+                    updates: Vec::new(),
+                    removed,
+                };
+                out.push(self.respond(ty, snap, diff));
+            }
+        }
+        let latency = snap.created.elapsed().as_secs_f64();
+        for _ in &out {
+            self.guard.metrics().push_latency.observe(latency);
+        }
+        out
+    }
+
+    fn diff(&self, ty: ResourceType, snap: &Snapshot) -> Diff {
+        let t = &self.types[ty as usize];
+        if !t.seen {
+            return Diff::default();
+        }
+        let all = &snap.get(ty).resources;
+        let updates = if t.wildcard {
+            all.values()
+                .filter(|r| t.client.get(&r.name) != Some(&r.version))
+                .cloned()
+                .collect()
+        } else {
+            t.names
+                .iter()
+                .filter_map(|n| all.get(n))
+                .filter(|r| t.client.get(&r.name) != Some(&r.version))
+                .cloned()
+                .collect()
+        };
+        let mut removed: Vec<String> = t
+            .client
+            .keys()
+            .filter(|n| t.in_scope(n) && !all.contains_key(*n))
+            .cloned()
+            .collect();
+        removed.sort();
+        Diff { updates, removed }
+    }
+
+    fn respond(&mut self, ty: ResourceType, snap: &Snapshot, diff: Diff) -> DeltaDiscoveryResponse {
+        self.nonce += 1;
+        let nonce = self.nonce.to_string();
+        let version = snap.get(ty).version.clone();
+        let t = &mut self.types[ty as usize];
+        for r in &diff.updates {
+            t.client.insert(r.name.clone(), r.version.clone());
+        }
+        for n in &diff.removed {
+            t.client.remove(n);
+        }
+        t.last_nonce = Some(nonce.clone());
+        t.sent_version = Some(version.clone());
+        let held = t.client.len();
+        self.guard.sent(ty, &version, &nonce, held);
+        self.guard.metrics().pushes.get_or_create(&label(ty)).inc();
+        debug!(
+            node = self.guard.node(), r#type = ty.short(), %version, %nonce,
+            updates = diff.updates.len(), removed = diff.removed.len(), "send delta"
+        );
+        DeltaDiscoveryResponse {
+            system_version_info: version,
+            resources: diff
+                .updates
+                .iter()
+                .map(|r| WireResource {
+                    name: r.name.clone(),
+                    version: r.version.clone(),
+                    resource: Some(r.body.clone()),
+                    ..Default::default()
+                })
+                .collect(),
+            type_url: ty.type_url().to_string(),
+            removed_resources: diff.removed,
+            nonce,
+            ..Default::default()
+        }
+    }
+}
+
+fn label(ty: ResourceType) -> TypeLabel {
+    TypeLabel {
+        r#type: ty.short().to_string(),
+    }
+}
+
+/// Drives one delta stream until the client or the server ends it.
+pub async fn run<S>(
+    shared: Arc<Shared>,
+    mut requests: S,
+    tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    mut state: DeltaStream,
+) where
+    S: Stream<Item = Result<DeltaDiscoveryRequest, Status>> + Unpin,
+{
+    let mut snapshots = shared.cache.subscribe();
+    let mut snap = snapshots.borrow_and_update().clone();
+    let id = state.guard.id();
+    loop {
+        let out = tokio::select! {
+            _ = shared.shutdown.cancelled() => break,
+            req = requests.next() => match req {
+                None => break,
+                Some(Err(status)) => {
+                    debug!(stream = id, %status, "delta stream error");
+                    break;
+                }
+                Some(Ok(req)) => match state.on_request(req, &snap) {
+                    Ok(out) => out,
+                    Err(status) => {
+                        let _ = tx.send(Err(status)).await;
+                        break;
+                    }
+                },
+            },
+            changed = snapshots.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                snap = snapshots.borrow_and_update().clone();
+                state.on_snapshot(&snap)
+            }
+        };
+        for resp in out {
+            if tx.send(Ok(resp)).await.is_err() {
+                return;
+            }
+        }
+    }
+    info!(stream = id, node = state.guard.node(), "delta stream closed");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::registry::Registry;
+    use crate::server::tests::{names_of, node, snapshot, Fixture};
+    use envoy_types::pb::google::rpc;
+
+    fn registry() -> Arc<Registry> {
+        Arc::new(Registry::new(Arc::new(Metrics::new())))
+    }
+
+    fn req(ty: ResourceType, sub: &[&str], unsub: &[&str], nonce: &str) -> DeltaDiscoveryRequest {
+        DeltaDiscoveryRequest {
+            type_url: ty.type_url().into(),
+            resource_names_subscribe: sub.iter().map(|s| s.to_string()).collect(),
+            resource_names_unsubscribe: unsub.iter().map(|s| s.to_string()).collect(),
+            response_nonce: nonce.into(),
+            node: Some(node("n1")),
+            ..Default::default()
+        }
+    }
+
+    fn names(r: &DeltaDiscoveryResponse) -> Vec<String> {
+        let anys: Vec<_> = r.resources.iter().filter_map(|r| r.resource.clone()).collect();
+        names_of(&anys)
+    }
+
+    #[test]
+    fn first_wildcard_request_is_answered_even_when_empty() {
+        let reg = registry();
+        let mut s = DeltaStream::new(reg.open("ads-delta", None), None);
+        let empty = snapshot(&Fixture::empty());
+        let out = s.on_request(req(ResourceType::Listener, &[], &[], ""), &empty).unwrap();
+        assert_eq!(out.len(), 1);
+        assert!(out[0].resources.is_empty());
+    }
+
+    #[test]
+    fn updates_and_removals_are_incremental() {
+        let reg = registry();
+        let mut s = DeltaStream::new(reg.open("ads-delta", None), None);
+        let v1 = snapshot(&Fixture::two_clusters());
+        let out = s.on_request(req(ResourceType::Cluster, &[], &[], ""), &v1).unwrap();
+        assert_eq!(names(&out[0]), ["a", "b"]);
+        assert!(s
+            .on_request(req(ResourceType::Cluster, &[], &[], &out[0].nonce), &v1)
+            .unwrap()
+            .is_empty());
+        let out = s.on_snapshot(&snapshot(&Fixture::one_cluster()));
+        assert_eq!(out.len(), 1);
+        assert!(out[0].resources.is_empty());
+        assert_eq!(out[0].removed_resources, ["b"]);
+        let out = s.on_snapshot(&snapshot(&Fixture::two_clusters_timeout_changed()));
+        assert_eq!(names(&out[0]), ["a", "b"]);
+    }
+
+    #[test]
+    fn reconnect_with_initial_versions_resends_only_differences() {
+        let reg = registry();
+        let v1 = snapshot(&Fixture::two_clusters());
+        let a = v1.get(ResourceType::Cluster).resources["a"].version.clone();
+        let mut s = DeltaStream::new(reg.open("ads-delta", None), None);
+        let mut r = req(ResourceType::Cluster, &[], &[], "");
+        r.initial_resource_versions = [("a".to_string(), a), ("b".to_string(), "old".to_string())].into();
+        let out = s.on_request(r, &v1).unwrap();
+        assert_eq!(names(&out[0]), ["b"]);
+    }
+
+    #[test]
+    fn never_existing_names_are_not_listed_as_removed() {
+        let reg = registry();
+        let mut s = DeltaStream::new(reg.open("ads-delta", None), None);
+        let v1 = snapshot(&Fixture::one_cluster());
+        let out = s.on_request(req(ResourceType::Endpoint, &["a", "ghost"], &[], ""), &v1).unwrap();
+        assert_eq!(names(&out[0]), ["a"]);
+        assert!(out[0].removed_resources.is_empty());
+        // "ghost" appears later and is sent.
+        let out = s.on_snapshot(&snapshot(&Fixture::with_ghost()));
+        assert_eq!(out.iter().flat_map(names).collect::<Vec<_>>(), ["ghost"]);
+    }
+
+    #[test]
+    fn stale_nonce_still_applies_subscriptions_and_nack_is_not_resent() {
+        let reg = registry();
+        let mut s = DeltaStream::new(reg.open("ads-delta", None), None);
+        let v1 = snapshot(&Fixture::two_clusters());
+        let first = s.on_request(req(ResourceType::Endpoint, &["a"], &[], ""), &v1).unwrap();
+        let second = s.on_request(req(ResourceType::Endpoint, &["b"], &[], &first[0].nonce), &v1).unwrap();
+        assert_eq!(names(&second[0]), ["b"]);
+        // Stale nonce (first) but a new subscription: still applied... to a name that does
+        // not exist, so nothing to send.
+        assert!(s
+            .on_request(req(ResourceType::Endpoint, &["zzz"], &[], &first[0].nonce), &v1)
+            .unwrap()
+            .is_empty());
+        let mut nack = req(ResourceType::Endpoint, &[], &[], &second[0].nonce);
+        nack.error_detail = Some(rpc::Status {
+            code: 3,
+            message: "no".into(),
+            details: vec![],
+        });
+        assert!(s.on_request(nack, &v1).unwrap().is_empty());
+        assert!(s.on_snapshot(&snapshot(&Fixture::two_clusters())).is_empty());
+        assert_eq!(reg.list()[0].types.eds.state(), "ERROR");
+    }
+
+    #[test]
+    fn changed_cluster_gets_its_endpoints_again_and_removals_come_last() {
+        let reg = registry();
+        let mut s = DeltaStream::new(reg.open("ads-delta", None), None);
+        let v1 = snapshot(&Fixture::two_clusters_listener_on_b());
+        for ty in [ResourceType::Cluster, ResourceType::Listener] {
+            s.on_request(req(ty, &[], &[], ""), &v1).unwrap();
+        }
+        s.on_request(req(ResourceType::Endpoint, &["a", "b"], &[], ""), &v1).unwrap();
+        let out = s.on_snapshot(&snapshot(&Fixture::one_cluster_listener_on_a_changed()));
+        let order: Vec<(&str, Vec<String>, Vec<String>)> = out
+            .iter()
+            .map(|r| {
+                (
+                    ResourceType::from_type_url(&r.type_url).unwrap().short(),
+                    names(r),
+                    r.removed_resources.clone(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            order,
+            vec![
+                ("cds", vec!["a".into()], vec![]),
+                ("eds", vec!["a".into()], vec![]),
+                ("lds", vec!["l".into()], vec![]),
+                ("cds", vec![], vec!["b".into()]),
+                ("eds", vec![], vec!["b".into()]),
+            ]
+        );
+    }
+
+    #[test]
+    fn wildcard_unsubscribe_is_answered() {
+        let reg = registry();
+        let mut s = DeltaStream::new(reg.open("ads-delta", None), None);
+        let v1 = snapshot(&Fixture::two_clusters());
+        let out = s.on_request(req(ResourceType::Cluster, &[], &[], ""), &v1).unwrap();
+        let out = s
+            .on_request(req(ResourceType::Cluster, &[], &["a"], &out[0].nonce), &v1)
+            .unwrap();
+        assert_eq!(out.len(), 1);
+    }
+}

@@ -1,0 +1,363 @@
+//! The gRPC edge: ADS (state-of-the-world and delta) and the standalone
+//! CDS/EDS/LDS/RDS services, all over one tonic server.
+//!
+//! Each stream gets a task running a protocol state machine ([`sotw`],
+//! [`delta`]) fed by its requests and by the cache's snapshot channel. The
+//! server knows no YAML; `tonic::Status` appears only here.
+
+pub mod delta;
+pub mod sotw;
+
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::service::cluster::v3::cluster_discovery_service_server::{
+    ClusterDiscoveryService, ClusterDiscoveryServiceServer,
+};
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
+    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use envoy_types::pb::envoy::service::endpoint::v3::endpoint_discovery_service_server::{
+    EndpointDiscoveryService, EndpointDiscoveryServiceServer,
+};
+use envoy_types::pb::envoy::service::listener::v3::listener_discovery_service_server::{
+    ListenerDiscoveryService, ListenerDiscoveryServiceServer,
+};
+use envoy_types::pb::envoy::service::route::v3::route_discovery_service_server::{
+    RouteDiscoveryService, RouteDiscoveryServiceServer,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::cache::Cache;
+use crate::registry::Registry;
+use crate::snapshot::ResourceType;
+
+/// Responses queued per stream before the stream task waits for the client.
+const STREAM_BUFFER: usize = 16;
+
+/// What every stream task shares.
+#[derive(Debug)]
+pub struct Shared {
+    /// The snapshot source.
+    pub cache: Cache,
+    /// Connected streams and their sync state.
+    pub registry: Arc<Registry>,
+    /// Cancelled when the server stops: every stream ends.
+    pub shutdown: CancellationToken,
+}
+
+/// The xDS services, cheap to clone (one per tonic service).
+#[derive(Debug, Clone)]
+pub struct XdsServer {
+    shared: Arc<Shared>,
+}
+
+type SotwOut = ReceiverStream<Result<DiscoveryResponse, Status>>;
+type DeltaOut = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
+
+impl XdsServer {
+    /// Services backed by `shared`.
+    pub fn new(shared: Arc<Shared>) -> Self {
+        XdsServer { shared }
+    }
+
+    /// A tonic router with ADS and the four standalone services.
+    pub fn router(&self) -> tonic::transport::server::Router {
+        tonic::transport::Server::builder()
+            .add_service(AggregatedDiscoveryServiceServer::new(self.clone()))
+            .add_service(ClusterDiscoveryServiceServer::new(self.clone()))
+            .add_service(EndpointDiscoveryServiceServer::new(self.clone()))
+            .add_service(ListenerDiscoveryServiceServer::new(self.clone()))
+            .add_service(RouteDiscoveryServiceServer::new(self.clone()))
+    }
+
+    fn sotw(
+        &self,
+        req: Request<Streaming<DiscoveryRequest>>,
+        only: Option<ResourceType>,
+    ) -> Response<SotwOut> {
+        let protocol = only.map_or("ads", ResourceType::short);
+        let guard = self.shared.registry.open(protocol, req.remote_addr());
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let state = sotw::SotwStream::new(guard, only);
+        tokio::spawn(sotw::run(Arc::clone(&self.shared), req.into_inner(), tx, state));
+        Response::new(ReceiverStream::new(rx))
+    }
+
+    fn delta(
+        &self,
+        req: Request<Streaming<DeltaDiscoveryRequest>>,
+        only: Option<ResourceType>,
+    ) -> Response<DeltaOut> {
+        let protocol = format!("{}-delta", only.map_or("ads", ResourceType::short));
+        let guard = self.shared.registry.open(&protocol, req.remote_addr());
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let state = delta::DeltaStream::new(guard, only);
+        tokio::spawn(delta::run(Arc::clone(&self.shared), req.into_inner(), tx, state));
+        Response::new(ReceiverStream::new(rx))
+    }
+
+    /// Unary fetch: the named resources (all of a full-set type when none are named).
+    fn fetch(&self, req: DiscoveryRequest, ty: ResourceType) -> Result<DiscoveryResponse, Status> {
+        if req.type_url != ty.type_url() && !req.type_url.is_empty() {
+            return Err(Status::invalid_argument(format!(
+                "this service serves {}, not {}",
+                ty.type_url(),
+                req.type_url
+            )));
+        }
+        let snap = self.shared.cache.current();
+        let all = &snap.get(ty).resources;
+        let wildcard = req.resource_names.is_empty() || req.resource_names.iter().any(|n| n == "*");
+        let resources = if wildcard {
+            all.values().map(|r| r.body.clone()).collect()
+        } else {
+            req.resource_names
+                .iter()
+                .filter_map(|n| all.get(n).map(|r| r.body.clone()))
+                .collect()
+        };
+        Ok(DiscoveryResponse {
+            version_info: snap.get(ty).version.clone(),
+            resources,
+            type_url: ty.type_url().to_string(),
+            ..Default::default()
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for XdsServer {
+    type StreamAggregatedResourcesStream = SotwOut;
+    type DeltaAggregatedResourcesStream = DeltaOut;
+
+    async fn stream_aggregated_resources(
+        &self,
+        req: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<SotwOut>, Status> {
+        Ok(self.sotw(req, None))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        req: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<DeltaOut>, Status> {
+        Ok(self.delta(req, None))
+    }
+}
+
+/// Implements one standalone discovery service by delegating to the shared
+/// stream machinery with the type fixed.
+macro_rules! single_type_service {
+    ($trait:ident, $ty:expr, $stream:ident, $delta_stream:ident, $sotw:ident, $delta:ident, $fetch:ident) => {
+        #[tonic::async_trait]
+        impl $trait for XdsServer {
+            type $stream = SotwOut;
+            type $delta_stream = DeltaOut;
+
+            async fn $sotw(
+                &self,
+                req: Request<Streaming<DiscoveryRequest>>,
+            ) -> Result<Response<SotwOut>, Status> {
+                Ok(self.sotw(req, Some($ty)))
+            }
+
+            async fn $delta(
+                &self,
+                req: Request<Streaming<DeltaDiscoveryRequest>>,
+            ) -> Result<Response<DeltaOut>, Status> {
+                Ok(self.delta(req, Some($ty)))
+            }
+
+            async fn $fetch(
+                &self,
+                req: Request<DiscoveryRequest>,
+            ) -> Result<Response<DiscoveryResponse>, Status> {
+                self.fetch(req.into_inner(), $ty).map(Response::new)
+            }
+        }
+    };
+}
+
+single_type_service!(
+    ClusterDiscoveryService,
+    ResourceType::Cluster,
+    StreamClustersStream,
+    DeltaClustersStream,
+    stream_clusters,
+    delta_clusters,
+    fetch_clusters
+);
+single_type_service!(
+    EndpointDiscoveryService,
+    ResourceType::Endpoint,
+    StreamEndpointsStream,
+    DeltaEndpointsStream,
+    stream_endpoints,
+    delta_endpoints,
+    fetch_endpoints
+);
+single_type_service!(
+    ListenerDiscoveryService,
+    ResourceType::Listener,
+    StreamListenersStream,
+    DeltaListenersStream,
+    stream_listeners,
+    delta_listeners,
+    fetch_listeners
+);
+single_type_service!(
+    RouteDiscoveryService,
+    ResourceType::Route,
+    StreamRoutesStream,
+    DeltaRoutesStream,
+    stream_routes,
+    delta_routes,
+    fetch_routes
+);
+
+#[cfg(test)]
+pub(crate) mod tests {
+    //! Fixtures shared by the stream state-machine tests.
+    use envoy_types::pb::envoy::config::cluster::v3::{cluster, Cluster};
+    use envoy_types::pb::envoy::config::core::v3::Node;
+    use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+    use envoy_types::pb::envoy::config::listener::v3::{filter, Filter, FilterChain, Listener};
+    use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{tcp_proxy, TcpProxy};
+    use envoy_types::pb::google::protobuf::{Any, Duration};
+    use prost::Message;
+
+    use crate::resources::Resources;
+    use crate::snapshot::Snapshot;
+
+    pub fn node(id: &str) -> Node {
+        Node {
+            id: id.into(),
+            cluster: "test".into(),
+            ..Default::default()
+        }
+    }
+
+    pub fn snapshot(r: &Resources) -> Snapshot {
+        Snapshot::build(r.clone(), None).unwrap()
+    }
+
+    /// The `name` of each encoded Cluster/ClusterLoadAssignment/Listener.
+    pub fn names_of(anys: &[Any]) -> Vec<String> {
+        anys.iter()
+            .map(|a| match a.type_url.as_str() {
+                pylon::type_url::CLUSTER => Cluster::decode(a.value.as_slice()).unwrap().name,
+                pylon::type_url::ENDPOINT => {
+                    ClusterLoadAssignment::decode(a.value.as_slice()).unwrap().cluster_name
+                }
+                pylon::type_url::LISTENER => Listener::decode(a.value.as_slice()).unwrap().name,
+                other => panic!("unexpected {other}"),
+            })
+            .collect()
+    }
+
+    pub struct Fixture;
+
+    fn cluster(name: &str, timeout_s: i64) -> Cluster {
+        Cluster {
+            name: name.into(),
+            cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
+                cluster::DiscoveryType::Eds as i32,
+            )),
+            eds_cluster_config: Some(cluster::EdsClusterConfig::default()),
+            connect_timeout: Some(Duration {
+                seconds: timeout_s,
+                nanos: 0,
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn cla(name: &str) -> ClusterLoadAssignment {
+        ClusterLoadAssignment {
+            cluster_name: name.into(),
+            ..Default::default()
+        }
+    }
+
+    fn listener(cluster: &str) -> Listener {
+        let tp = TcpProxy {
+            stat_prefix: format!("l-{cluster}"),
+            cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(cluster.into())),
+            ..Default::default()
+        };
+        Listener {
+            name: "l".into(),
+            filter_chains: vec![FilterChain {
+                filters: vec![Filter {
+                    name: pylon::type_url::TCP_PROXY_FILTER.into(),
+                    config_type: Some(filter::ConfigType::TypedConfig(Any {
+                        type_url: pylon::type_url::TCP_PROXY.into(),
+                        value: tp.encode_to_vec(),
+                    })),
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    impl Fixture {
+        pub fn empty() -> Resources {
+            Resources::default()
+        }
+        pub fn one_cluster() -> Resources {
+            Resources {
+                clusters: vec![cluster("a", 5)],
+                endpoints: vec![cla("a")],
+                ..Default::default()
+            }
+        }
+        pub fn two_clusters() -> Resources {
+            Resources {
+                clusters: vec![cluster("a", 5), cluster("b", 5)],
+                endpoints: vec![cla("a"), cla("b")],
+                ..Default::default()
+            }
+        }
+        pub fn two_clusters_timeout_changed() -> Resources {
+            Resources {
+                clusters: vec![cluster("a", 7), cluster("b", 7)],
+                endpoints: vec![cla("a"), cla("b")],
+                ..Default::default()
+            }
+        }
+        pub fn with_ghost() -> Resources {
+            Resources {
+                clusters: vec![cluster("a", 5), cluster("ghost", 5)],
+                endpoints: vec![cla("a"), cla("ghost")],
+                ..Default::default()
+            }
+        }
+        pub fn two_clusters_listener_on_b() -> Resources {
+            Resources {
+                listeners: vec![listener("b")],
+                ..Self::two_clusters()
+            }
+        }
+        pub fn one_cluster_listener_on_a() -> Resources {
+            Resources {
+                listeners: vec![listener("a")],
+                ..Self::one_cluster()
+            }
+        }
+        pub fn one_cluster_listener_on_a_changed() -> Resources {
+            Resources {
+                clusters: vec![cluster("a", 9)],
+                endpoints: vec![cla("a")],
+                listeners: vec![listener("a")],
+                ..Default::default()
+            }
+        }
+    }
+}

@@ -1,0 +1,483 @@
+//! State-of-the-world xDS streams (aggregated or single-type).
+//!
+//! [`SotwStream`] is the per-stream protocol state machine, free of I/O: it
+//! takes a request or a new snapshot and returns the responses to send, in
+//! order. [`run`] drives it from a gRPC stream. The rules it implements are in
+//! `shared/reference/xds-protocol.md`:
+//!
+//! - nonces are per type; a request carrying an older nonce is stale and
+//!   ignored (counted);
+//! - a request with `error_detail` is a NACK: it is recorded and the rejected
+//!   content is never sent again; only new content is;
+//! - LDS/CDS responses carry the full set; an empty first LDS/CDS request is a
+//!   (legacy) wildcard until the client names resources; `*` is an explicit one;
+//! - names requested before they exist are remembered and sent when they appear;
+//!   a request that adds names is answered even if nothing changed;
+//! - after every CDS (LDS) response, the next EDS (RDS) request is answered
+//!   even if unchanged, because Envoy waits for it to finish warming;
+//! - on a new snapshot, types are sent clusters, endpoints, listeners, routes;
+//!   clusters that disappear are kept in an interim CDS response until the
+//!   listeners and routes that used them have been replaced, then removed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use futures::{Stream, StreamExt};
+use tokio::sync::mpsc;
+use tonic::Status;
+use tracing::{debug, info, warn};
+
+use super::Shared;
+use crate::metrics::TypeLabel;
+use crate::registry::StreamGuard;
+use crate::snapshot::{Resource, ResourceType, Snapshot};
+
+#[derive(Debug, Default)]
+struct TypeState {
+    /// A request of this type has arrived on this stream.
+    seen: bool,
+    wildcard: bool,
+    names: BTreeSet<String>,
+    last_nonce: Option<String>,
+    sent_version: Option<String>,
+    /// What the last response of this type carried.
+    sent: BTreeMap<String, Arc<Resource>>,
+    /// Answer the next request even if nothing changed (warming).
+    always_respond: bool,
+}
+
+/// The protocol state of one SotW stream.
+#[derive(Debug)]
+pub struct SotwStream {
+    types: [TypeState; 4],
+    nonce: u64,
+    only: Option<ResourceType>,
+    guard: StreamGuard,
+}
+
+impl SotwStream {
+    /// A stream serving every type (`only: None`, ADS) or one type.
+    pub fn new(guard: StreamGuard, only: Option<ResourceType>) -> Self {
+        SotwStream {
+            types: Default::default(),
+            nonce: 0,
+            only,
+            guard,
+        }
+    }
+
+    /// Handles one request against the snapshot currently served.
+    pub fn on_request(
+        &mut self,
+        req: DiscoveryRequest,
+        snap: &Snapshot,
+    ) -> Result<Vec<DiscoveryResponse>, Status> {
+        if self.guard.node().is_empty() {
+            if let Some(node) = &req.node {
+                self.guard.set_node(node);
+            }
+        }
+        let Some(ty) = ResourceType::from_type_url(&req.type_url) else {
+            self.guard.metrics().unknown_types.inc();
+            warn!(node = self.guard.node(), type_url = %req.type_url, "request for a type that is not served; ignored");
+            return Ok(Vec::new());
+        };
+        if self.only.is_some_and(|o| o != ty) {
+            return Err(Status::invalid_argument(format!(
+                "this service serves {}, not {}",
+                self.only.map(|o| o.type_url()).unwrap_or_default(),
+                req.type_url
+            )));
+        }
+        let node = self.guard.node().to_string();
+        let t = &mut self.types[ty as usize];
+        let initial = t.last_nonce.is_none();
+        if !initial && t.last_nonce.as_deref() != Some(req.response_nonce.as_str()) {
+            if req.response_nonce.is_empty() {
+                // A client that lost track of the stream's nonces: answer it.
+                debug!(node, r#type = ty.short(), "request without nonce on a live stream");
+            } else {
+                self.guard.metrics().stale_nonces.get_or_create(&label(ty)).inc();
+                debug!(node, r#type = ty.short(), nonce = %req.response_nonce, "stale nonce; ignored");
+                return Ok(Vec::new());
+            }
+        }
+        let nack = req.error_detail.as_ref();
+        if let Some(err) = nack {
+            let rejected = t.sent_version.clone().unwrap_or_default();
+            warn!(node, r#type = ty.short(), version = %rejected, message = %err.message, "NACK");
+            self.guard
+                .nacked(ty, &rejected, &req.response_nonce, &err.message);
+        } else if !req.response_nonce.is_empty() {
+            self.guard.acked(ty, &req.version_info);
+        }
+
+        let explicit_wildcard = req.resource_names.iter().any(|n| n == pylon::type_url::WILDCARD);
+        let names: BTreeSet<String> = req
+            .resource_names
+            .into_iter()
+            .filter(|n| n != pylon::type_url::WILDCARD)
+            .collect();
+        let was_wildcard = t.wildcard;
+        if !t.seen {
+            t.seen = true;
+            t.wildcard = explicit_wildcard || (ty.is_full_set() && names.is_empty());
+        } else if explicit_wildcard {
+            t.wildcard = true;
+        } else if !names.is_empty() || !ty.is_full_set() {
+            // A legacy wildcard lasts while the client keeps naming nothing.
+            t.wildcard = false;
+        }
+        let grew = (t.wildcard && !was_wildcard) || names.difference(&t.names).next().is_some();
+        t.names = names;
+        let respond = initial || grew || (t.always_respond && nack.is_none());
+        if !respond {
+            return Ok(Vec::new());
+        }
+        t.always_respond = false;
+        Ok(vec![self.respond(ty, snap, &BTreeMap::new(), "")])
+    }
+
+    /// Handles a new snapshot: sends whatever changed for this stream, in
+    /// make-before-break order.
+    pub fn on_snapshot(&mut self, snap: &Snapshot) -> Vec<DiscoveryResponse> {
+        let mut out = Vec::new();
+        let changed: Vec<ResourceType> = ResourceType::ALL
+            .into_iter()
+            .filter(|&ty| {
+                let t = &self.types[ty as usize];
+                t.seen && !same_content(&t.sent, &self.select(ty, snap))
+            })
+            .collect();
+        // Clusters the stream holds that the new snapshot drops: keep them in an
+        // interim CDS response while listeners/routes that used them change.
+        let cds = &self.types[ResourceType::Cluster as usize];
+        let retiring: BTreeMap<String, Arc<Resource>> = cds
+            .sent
+            .iter()
+            .filter(|(name, _)| !snap.get(ResourceType::Cluster).resources.contains_key(*name))
+            .map(|(n, r)| (n.clone(), Arc::clone(r)))
+            .collect();
+        let later_types_change = changed
+            .iter()
+            .any(|t| matches!(t, ResourceType::Listener | ResourceType::Route));
+        let two_phase = !retiring.is_empty() && later_types_change;
+        for &ty in &changed {
+            if ty == ResourceType::Cluster && two_phase {
+                out.push(self.respond(ty, snap, &retiring, "-retiring"));
+            } else {
+                out.push(self.respond(ty, snap, &BTreeMap::new(), ""));
+            }
+        }
+        if two_phase {
+            out.push(self.respond(ResourceType::Cluster, snap, &BTreeMap::new(), ""));
+        }
+        let latency = snap.created.elapsed().as_secs_f64();
+        for _ in &out {
+            self.guard.metrics().push_latency.observe(latency);
+        }
+        out
+    }
+
+    /// The resources of `ty` this stream should hold in `snap`.
+    fn select(&self, ty: ResourceType, snap: &Snapshot) -> BTreeMap<String, Arc<Resource>> {
+        let t = &self.types[ty as usize];
+        let all = &snap.get(ty).resources;
+        if t.wildcard {
+            all.clone()
+        } else {
+            t.names
+                .iter()
+                .filter_map(|n| all.get(n).map(|r| (n.clone(), Arc::clone(r))))
+                .collect()
+        }
+    }
+
+    fn respond(
+        &mut self,
+        ty: ResourceType,
+        snap: &Snapshot,
+        extra: &BTreeMap<String, Arc<Resource>>,
+        version_suffix: &str,
+    ) -> DiscoveryResponse {
+        let mut selected = self.select(ty, snap);
+        for (n, r) in extra {
+            selected.entry(n.clone()).or_insert_with(|| Arc::clone(r));
+        }
+        self.nonce += 1;
+        let nonce = self.nonce.to_string();
+        let version = format!("{}{}", snap.get(ty).version, version_suffix);
+        let resources = selected.values().map(|r| r.body.clone()).collect();
+        self.guard.sent(ty, &version, &nonce, selected.len());
+        self.guard.metrics().pushes.get_or_create(&label(ty)).inc();
+        debug!(node = self.guard.node(), r#type = ty.short(), %version, %nonce, n = selected.len(), "send");
+        let t = &mut self.types[ty as usize];
+        t.last_nonce = Some(nonce.clone());
+        t.sent_version = Some(version.clone());
+        t.sent = selected;
+        match ty {
+            ResourceType::Cluster => self.types[ResourceType::Endpoint as usize].always_respond = true,
+            ResourceType::Listener => self.types[ResourceType::Route as usize].always_respond = true,
+            _ => {}
+        }
+        DiscoveryResponse {
+            version_info: version,
+            resources,
+            type_url: ty.type_url().to_string(),
+            nonce,
+            ..Default::default()
+        }
+    }
+}
+
+fn same_content(a: &BTreeMap<String, Arc<Resource>>, b: &BTreeMap<String, Arc<Resource>>) -> bool {
+    a.len() == b.len()
+        && a
+            .iter()
+            .zip(b.iter())
+            .all(|((n1, r1), (n2, r2))| n1 == n2 && r1.version == r2.version)
+}
+
+fn label(ty: ResourceType) -> TypeLabel {
+    TypeLabel {
+        r#type: ty.short().to_string(),
+    }
+}
+
+/// Drives one SotW stream until the client or the server ends it.
+pub async fn run<S>(
+    shared: Arc<Shared>,
+    mut requests: S,
+    tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+    mut state: SotwStream,
+) where
+    S: Stream<Item = Result<DiscoveryRequest, Status>> + Unpin,
+{
+    let mut snapshots = shared.cache.subscribe();
+    let mut snap = snapshots.borrow_and_update().clone();
+    let id = state.guard.id();
+    loop {
+        let out = tokio::select! {
+            _ = shared.shutdown.cancelled() => break,
+            req = requests.next() => match req {
+                None => break,
+                Some(Err(status)) => {
+                    debug!(stream = id, %status, "stream error");
+                    break;
+                }
+                Some(Ok(req)) => match state.on_request(req, &snap) {
+                    Ok(out) => out,
+                    Err(status) => {
+                        let _ = tx.send(Err(status)).await;
+                        break;
+                    }
+                },
+            },
+            changed = snapshots.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                snap = snapshots.borrow_and_update().clone();
+                state.on_snapshot(&snap)
+            }
+        };
+        for resp in out {
+            if tx.send(Ok(resp)).await.is_err() {
+                return;
+            }
+        }
+    }
+    info!(stream = id, node = state.guard.node(), "stream closed");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::registry::Registry;
+    use crate::server::tests::{node, snapshot, Fixture};
+    use envoy_types::pb::google::rpc;
+
+    fn stream(reg: &Arc<Registry>) -> SotwStream {
+        SotwStream::new(reg.open("ads", None), None)
+    }
+
+    fn req(ty: ResourceType, names: &[&str], version: &str, nonce: &str) -> DiscoveryRequest {
+        DiscoveryRequest {
+            type_url: ty.type_url().into(),
+            resource_names: names.iter().map(|s| s.to_string()).collect(),
+            version_info: version.into(),
+            response_nonce: nonce.into(),
+            node: Some(node("n1")),
+            ..Default::default()
+        }
+    }
+
+    fn names(resp: &DiscoveryResponse) -> Vec<String> {
+        crate::server::tests::names_of(&resp.resources)
+    }
+
+    fn registry() -> Arc<Registry> {
+        Arc::new(Registry::new(Arc::new(Metrics::new())))
+    }
+
+    #[test]
+    fn wildcard_full_set_then_ack_then_push() {
+        let reg = registry();
+        let mut s = stream(&reg);
+        let v1 = snapshot(&Fixture::two_clusters());
+        let out = s.on_request(req(ResourceType::Cluster, &[], "", ""), &v1).unwrap();
+        assert_eq!(out.len(), 1);
+        assert_eq!(names(&out[0]), ["a", "b"]);
+        // ACK: nothing to send.
+        let ack = req(ResourceType::Cluster, &[], &out[0].version_info, &out[0].nonce);
+        assert!(s.on_request(ack, &v1).unwrap().is_empty());
+        assert_eq!(reg.list()[0].types.cds.state(), "SYNCED");
+        // A cluster removed: full set without it.
+        let v2 = snapshot(&Fixture::one_cluster());
+        let out2 = s.on_snapshot(&v2);
+        assert_eq!(out2.len(), 1);
+        assert_eq!(names(&out2[0]), ["a"]);
+        assert_ne!(out2[0].version_info, out[0].version_info);
+        // Same content again: nothing.
+        assert!(s.on_snapshot(&snapshot(&Fixture::one_cluster())).is_empty());
+    }
+
+    #[test]
+    fn stale_nonce_is_ignored_and_counted() {
+        let reg = registry();
+        let mut s = stream(&reg);
+        let v1 = snapshot(&Fixture::two_clusters());
+        let first = s.on_request(req(ResourceType::Cluster, &[], "", ""), &v1).unwrap();
+        let second = s.on_snapshot(&snapshot(&Fixture::one_cluster()));
+        assert_eq!(second.len(), 1);
+        // The client ACKs the first response after the second was sent: stale.
+        let stale = req(ResourceType::Cluster, &[], &first[0].version_info, &first[0].nonce);
+        assert!(s.on_request(stale, &v1).unwrap().is_empty());
+        assert!(reg.metrics().encode().contains("pylon_xds_stale_nonces_total{type=\"cds\"} 1"));
+    }
+
+    #[test]
+    fn nack_is_recorded_and_not_resent() {
+        let reg = registry();
+        let mut s = stream(&reg);
+        let v1 = snapshot(&Fixture::two_clusters());
+        let out = s.on_request(req(ResourceType::Cluster, &[], "", ""), &v1).unwrap();
+        let mut nack = req(ResourceType::Cluster, &[], "", &out[0].nonce);
+        nack.error_detail = Some(rpc::Status {
+            code: 3,
+            message: "cluster a: bad".into(),
+            details: vec![],
+        });
+        assert!(s.on_request(nack, &v1).unwrap().is_empty());
+        // The same content published again is not resent.
+        assert!(s.on_snapshot(&snapshot(&Fixture::two_clusters())).is_empty());
+        let st = &reg.list()[0];
+        assert_eq!(st.types.cds.state(), "ERROR");
+        assert_eq!(st.types.cds.last_nack.as_ref().unwrap().message, "cluster a: bad");
+        assert!(reg
+            .metrics()
+            .encode()
+            .contains("pylon_xds_nacks_total{node=\"n1\",type=\"cds\"} 1"));
+        // New content is sent normally.
+        assert_eq!(s.on_snapshot(&snapshot(&Fixture::one_cluster())).len(), 1);
+    }
+
+    #[test]
+    fn eds_names_requested_before_they_exist_arrive_later() {
+        let reg = registry();
+        let mut s = stream(&reg);
+        let v1 = snapshot(&Fixture::one_cluster());
+        let out = s.on_request(req(ResourceType::Endpoint, &["a", "b"], "", ""), &v1).unwrap();
+        assert_eq!(names(&out[0]), ["a"]);
+        let ack = req(ResourceType::Endpoint, &["a", "b"], &out[0].version_info, &out[0].nonce);
+        assert!(s.on_request(ack, &v1).unwrap().is_empty());
+        let out = s.on_snapshot(&snapshot(&Fixture::two_clusters()));
+        assert_eq!(out.len(), 1);
+        assert_eq!(names(&out[0]), ["a", "b"]);
+    }
+
+    #[test]
+    fn new_names_are_answered_without_a_version_change() {
+        let reg = registry();
+        let mut s = stream(&reg);
+        let v = snapshot(&Fixture::two_clusters());
+        let out = s.on_request(req(ResourceType::Endpoint, &["a"], "", ""), &v).unwrap();
+        let more = req(ResourceType::Endpoint, &["a", "b"], &out[0].version_info, &out[0].nonce);
+        let out2 = s.on_request(more, &v).unwrap();
+        assert_eq!(out2.len(), 1);
+        assert_eq!(names(&out2[0]), ["a", "b"]);
+        assert_eq!(out2[0].version_info, out[0].version_info);
+    }
+
+    #[test]
+    fn eds_is_answered_after_a_cluster_push_even_if_unchanged() {
+        let reg = registry();
+        let mut s = stream(&reg);
+        let v1 = snapshot(&Fixture::two_clusters());
+        let c = s.on_request(req(ResourceType::Cluster, &[], "", ""), &v1).unwrap();
+        let e = s.on_request(req(ResourceType::Endpoint, &["a", "b"], "", ""), &v1).unwrap();
+        s.on_request(req(ResourceType::Cluster, &[], &c[0].version_info, &c[0].nonce), &v1)
+            .unwrap();
+        let ack = req(ResourceType::Endpoint, &["a", "b"], &e[0].version_info, &e[0].nonce);
+        assert!(s.on_request(ack.clone(), &v1).unwrap().is_empty());
+        // A cluster changes but endpoints do not: Envoy re-requests EDS to warm.
+        let v2 = snapshot(&Fixture::two_clusters_timeout_changed());
+        let pushed = s.on_snapshot(&v2);
+        assert_eq!(pushed.len(), 1);
+        assert_eq!(pushed[0].type_url, ResourceType::Cluster.type_url());
+        let again = s.on_request(ack.clone(), &v2).unwrap();
+        assert_eq!(again.len(), 1, "EDS must be answered while the cluster warms");
+        assert_eq!(names(&again[0]), ["a", "b"]);
+        // Only once.
+        let ack2 = req(ResourceType::Endpoint, &["a", "b"], &again[0].version_info, &again[0].nonce);
+        assert!(s.on_request(ack2, &v2).unwrap().is_empty());
+    }
+
+    #[test]
+    fn removed_clusters_outlive_the_listeners_that_used_them() {
+        let reg = registry();
+        let mut s = stream(&reg);
+        let v1 = snapshot(&Fixture::two_clusters_listener_on_b());
+        for ty in [ResourceType::Cluster, ResourceType::Listener] {
+            let out = s.on_request(req(ty, &[], "", ""), &v1).unwrap();
+            s.on_request(req(ty, &[], &out[0].version_info, &out[0].nonce), &v1)
+                .unwrap();
+        }
+        let out = s.on_snapshot(&snapshot(&Fixture::one_cluster_listener_on_a()));
+        let kinds: Vec<(&str, Vec<String>)> = out
+            .iter()
+            .map(|r| (ResourceType::from_type_url(&r.type_url).unwrap().short(), names(r)))
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                ("cds", vec!["a".to_string(), "b".to_string()]),
+                ("lds", vec!["l".to_string()]),
+                ("cds", vec!["a".to_string()]),
+            ]
+        );
+    }
+
+    #[test]
+    fn legacy_wildcard_ends_when_names_are_given_and_star_is_explicit() {
+        let reg = registry();
+        let mut s = stream(&reg);
+        let v = snapshot(&Fixture::two_clusters());
+        let out = s.on_request(req(ResourceType::Cluster, &["a"], "", ""), &v).unwrap();
+        assert_eq!(names(&out[0]), ["a"]);
+        let star = req(ResourceType::Cluster, &["*"], &out[0].version_info, &out[0].nonce);
+        let out = s.on_request(star, &v).unwrap();
+        assert_eq!(names(&out[0]), ["a", "b"]);
+    }
+
+    #[test]
+    fn single_type_services_reject_other_types() {
+        let reg = registry();
+        let mut s = SotwStream::new(reg.open("cds", None), Some(ResourceType::Cluster));
+        let v = snapshot(&Fixture::two_clusters());
+        assert!(s.on_request(req(ResourceType::Listener, &[], "", ""), &v).is_err());
+        assert_eq!(s.on_request(req(ResourceType::Cluster, &[], "", ""), &v).unwrap().len(), 1);
+    }
+}

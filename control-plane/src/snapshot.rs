@@ -1,0 +1,570 @@
+//! Versioned, consistent, encoded-once snapshots of every resource.
+//!
+//! A [`Snapshot`] is built from one [`Resources`] revision. Building it checks
+//! consistency (rule 9 of the protocol notes: every referenced cluster, route
+//! configuration and load assignment exists), encodes each resource into its
+//! `Any` exactly once, and derives every version from content:
+//!
+//! - a resource's version is a hash of its canonical JSON form (map fields
+//!   sorted), so it is the same across restarts and replicas even though
+//!   protobuf map encoding order is not deterministic;
+//! - a type's version hashes the (name, version) pairs of that type;
+//! - the snapshot version hashes the four type versions.
+//!
+//! Streams share the encoded bytes through `Arc`s and never re-encode. This
+//! module knows no gRPC and no YAML.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Instant;
+
+use envoy_types::pb::envoy::config::{
+    cluster::v3::{cluster::ClusterDiscoveryType, cluster::DiscoveryType, Cluster},
+    listener::v3::filter::ConfigType,
+    route::v3::{route::Action, route_action::ClusterSpecifier, RouteConfiguration},
+};
+use envoy_types::pb::envoy::extensions::filters::network::{
+    http_connection_manager::v3::{http_connection_manager::RouteSpecifier, HttpConnectionManager},
+    tcp_proxy::v3::{tcp_proxy, TcpProxy},
+};
+use envoy_types::pb::google::protobuf::Any;
+use prost::Message;
+use sha2::{Digest, Sha256};
+
+use crate::resources::Resources;
+
+/// The four resource kinds Pylon serves, in make-before-break order:
+/// clusters, then endpoints, then listeners, then routes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ResourceType {
+    /// CDS.
+    Cluster = 0,
+    /// EDS.
+    Endpoint = 1,
+    /// LDS.
+    Listener = 2,
+    /// RDS.
+    Route = 3,
+}
+
+impl ResourceType {
+    /// Every type, in the order a stream sends them.
+    pub const ALL: [ResourceType; 4] = [
+        ResourceType::Cluster,
+        ResourceType::Endpoint,
+        ResourceType::Listener,
+        ResourceType::Route,
+    ];
+
+    /// The type URL on the wire.
+    pub fn type_url(self) -> &'static str {
+        match self {
+            ResourceType::Cluster => pylon::type_url::CLUSTER,
+            ResourceType::Endpoint => pylon::type_url::ENDPOINT,
+            ResourceType::Listener => pylon::type_url::LISTENER,
+            ResourceType::Route => pylon::type_url::ROUTE,
+        }
+    }
+
+    /// The type a type URL names, if Pylon serves it.
+    pub fn from_type_url(url: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.type_url() == url)
+    }
+
+    /// Short name used in logs, metrics and status ("cds", "eds", "lds", "rds").
+    pub fn short(self) -> &'static str {
+        match self {
+            ResourceType::Cluster => "cds",
+            ResourceType::Endpoint => "eds",
+            ResourceType::Listener => "lds",
+            ResourceType::Route => "rds",
+        }
+    }
+
+    /// Whether a response of this type carries the full set (LDS, CDS), so that
+    /// absence means deletion, and an empty first request means wildcard.
+    pub fn is_full_set(self) -> bool {
+        matches!(self, ResourceType::Cluster | ResourceType::Listener)
+    }
+
+    fn full_name(self) -> &'static str {
+        self.type_url()
+            .strip_prefix("type.googleapis.com/")
+            .unwrap_or_else(|| self.type_url())
+    }
+}
+
+/// One encoded resource, shared by every stream that sends it.
+#[derive(Debug, PartialEq)]
+pub struct Resource {
+    /// The resource name.
+    pub name: String,
+    /// Content hash of the resource.
+    pub version: String,
+    /// The encoded resource, ready for a response.
+    pub body: Any,
+}
+
+/// All resources of one type.
+#[derive(Debug, Default)]
+pub struct TypeSnapshot {
+    /// Hash of the (name, version) pairs of this type.
+    pub version: String,
+    /// Resources by name.
+    pub resources: BTreeMap<String, Arc<Resource>>,
+}
+
+/// One consistent revision of the whole config.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Hash of the four type versions.
+    pub version: String,
+    types: [TypeSnapshot; 4],
+    /// When this snapshot was built (push latency is measured from here).
+    pub created: Instant,
+}
+
+/// Why a set of resources cannot form a snapshot.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SnapshotError {
+    /// Two resources of one type share a name.
+    #[error("duplicate {kind} name {name:?}")]
+    Duplicate {
+        /// "cds", "eds", "lds" or "rds".
+        kind: &'static str,
+        /// The repeated name.
+        name: String,
+    },
+    /// A resource names another that is not in the snapshot.
+    #[error("{from} refers to {kind} {name:?}, which does not exist")]
+    Dangling {
+        /// The referring resource, e.g. `listener "front"`.
+        from: String,
+        /// The missing kind.
+        kind: &'static str,
+        /// The missing name.
+        name: String,
+    },
+    /// An embedded `Any` could not be decoded.
+    #[error("{from}: cannot decode {type_url}: {message}")]
+    Decode {
+        /// The resource holding the `Any`.
+        from: String,
+        /// The `Any`'s type URL.
+        type_url: String,
+        /// The decode error.
+        message: String,
+    },
+}
+
+impl Snapshot {
+    /// Checks and encodes `resources`. Resources whose content did not change
+    /// since `previous` are shared with it rather than kept twice.
+    pub fn build(resources: Resources, previous: Option<&Snapshot>) -> Result<Self, SnapshotError> {
+        check_consistency(&resources)?;
+        let Resources {
+            clusters,
+            endpoints,
+            listeners,
+            routes,
+        } = resources;
+        let mut types: [TypeSnapshot; 4] = Default::default();
+        let encoded: [Vec<(String, Vec<u8>)>; 4] = [
+            clusters.iter().map(|r| (r.name.clone(), r.encode_to_vec())).collect(),
+            endpoints
+                .iter()
+                .map(|r| (r.cluster_name.clone(), r.encode_to_vec()))
+                .collect(),
+            listeners.iter().map(|r| (r.name.clone(), r.encode_to_vec())).collect(),
+            routes.iter().map(|r| (r.name.clone(), r.encode_to_vec())).collect(),
+        ];
+        for (ty, items) in ResourceType::ALL.into_iter().zip(encoded) {
+            let slot = &mut types[ty as usize];
+            for (name, bytes) in items {
+                let version = content_version(ty, &bytes);
+                let reused = previous
+                    .and_then(|p| p.get(ty).resources.get(&name))
+                    .filter(|r| r.version == version)
+                    .cloned();
+                let resource = reused.unwrap_or_else(|| {
+                    Arc::new(Resource {
+                        name: name.clone(),
+                        version,
+                        body: Any {
+                            type_url: ty.type_url().to_string(),
+                            value: bytes,
+                        },
+                    })
+                });
+                slot.resources.insert(name, resource);
+            }
+            let mut h = Sha256::new();
+            for (name, r) in &slot.resources {
+                h.update(name.as_bytes());
+                h.update([0]);
+                h.update(r.version.as_bytes());
+                h.update([0]);
+            }
+            slot.version = short_hex(&h.finalize());
+        }
+        let mut h = Sha256::new();
+        for t in &types {
+            h.update(t.version.as_bytes());
+        }
+        Ok(Snapshot {
+            version: short_hex(&h.finalize()),
+            types,
+            created: Instant::now(),
+        })
+    }
+
+    /// The resources of one type.
+    pub fn get(&self, ty: ResourceType) -> &TypeSnapshot {
+        &self.types[ty as usize]
+    }
+
+    /// Number of resources of each type, in [`ResourceType::ALL`] order.
+    pub fn counts(&self) -> [usize; 4] {
+        [0, 1, 2, 3].map(|i| self.types[i].resources.len())
+    }
+}
+
+fn short_hex(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(16);
+    for b in &bytes[..8] {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+/// A version derived from content only: the canonical JSON of the resource
+/// (keys sorted at every level, `Any`s expanded) when the descriptor pool knows
+/// every type in it, else the encoded bytes.
+fn content_version(ty: ResourceType, bytes: &[u8]) -> String {
+    let mut h = Sha256::new();
+    match canonical_json(ty, bytes) {
+        Some(json) => h.update(json.as_bytes()),
+        None => h.update(bytes),
+    }
+    short_hex(&h.finalize())
+}
+
+fn canonical_json(ty: ResourceType, bytes: &[u8]) -> Option<String> {
+    let desc = pylon::descriptor_pool().get_message_by_name(ty.full_name())?;
+    let msg = prost_reflect::DynamicMessage::decode(desc, bytes).ok()?;
+    let value = serde_json::to_value(&msg).ok()?;
+    let mut out = String::new();
+    write_canonical(&value, &mut out);
+    Some(out)
+}
+
+fn write_canonical(v: &serde_json::Value, out: &mut String) {
+    use serde_json::Value;
+    match v {
+        Value::Object(map) => {
+            let sorted: BTreeMap<&String, &Value> = map.iter().collect();
+            out.push('{');
+            for (i, (k, v)) in sorted.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(k.clone()).to_string());
+                out.push(':');
+                write_canonical(v, out);
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_canonical(item, out);
+            }
+            out.push(']');
+        }
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+/// Rule 9: every reference inside the revision resolves within it.
+fn check_consistency(r: &Resources) -> Result<(), SnapshotError> {
+    let clusters = unique("cds", r.clusters.iter().map(|c| c.name.as_str()))?;
+    let cla = unique("eds", r.endpoints.iter().map(|e| e.cluster_name.as_str()))?;
+    let _ = unique("lds", r.listeners.iter().map(|l| l.name.as_str()))?;
+    let routes = unique("rds", r.routes.iter().map(|rc| rc.name.as_str()))?;
+
+    for c in &r.clusters {
+        if is_eds(c) {
+            let service = c
+                .eds_cluster_config
+                .as_ref()
+                .map(|e| e.service_name.as_str())
+                .filter(|s| !s.is_empty())
+                .unwrap_or(&c.name);
+            if !cla.contains(service) {
+                return Err(SnapshotError::Dangling {
+                    from: format!("cluster {:?}", c.name),
+                    kind: "ClusterLoadAssignment",
+                    name: service.to_string(),
+                });
+            }
+        }
+    }
+    let need_cluster = |from: &dyn Fn() -> String, name: &str| {
+        if clusters.contains(name) {
+            Ok(())
+        } else {
+            Err(SnapshotError::Dangling {
+                from: from(),
+                kind: "cluster",
+                name: name.to_string(),
+            })
+        }
+    };
+    for l in &r.listeners {
+        let from = || format!("listener {:?}", l.name);
+        for chain in l.filter_chains.iter().chain(l.default_filter_chain.iter()) {
+            for f in &chain.filters {
+                let Some(ConfigType::TypedConfig(any)) = &f.config_type else {
+                    continue;
+                };
+                if any.type_url == pylon::type_url::TCP_PROXY {
+                    let tp: TcpProxy = decode(&from, any)?;
+                    match tp.cluster_specifier {
+                        Some(tcp_proxy::ClusterSpecifier::Cluster(name)) => need_cluster(&from, &name)?,
+                        Some(tcp_proxy::ClusterSpecifier::WeightedClusters(w)) => {
+                            for c in &w.clusters {
+                                need_cluster(&from, &c.name)?;
+                            }
+                        }
+                        None => {}
+                    }
+                } else if any.type_url == pylon::type_url::HTTP_CONNECTION_MANAGER {
+                    let hcm: HttpConnectionManager = decode(&from, any)?;
+                    match hcm.route_specifier {
+                        Some(RouteSpecifier::Rds(rds)) => {
+                            if !routes.contains(rds.route_config_name.as_str()) {
+                                return Err(SnapshotError::Dangling {
+                                    from: from(),
+                                    kind: "RouteConfiguration",
+                                    name: rds.route_config_name,
+                                });
+                            }
+                        }
+                        Some(RouteSpecifier::RouteConfig(rc)) => check_routes(&rc, &need_cluster)?,
+                        _ => {}
+                    }
+                }
+            }
+        }
+        if let Some(api) = &l.api_listener {
+            if let Some(any) = &api.api_listener {
+                if any.type_url == pylon::type_url::HTTP_CONNECTION_MANAGER {
+                    let hcm: HttpConnectionManager = decode(&from, any)?;
+                    if let Some(RouteSpecifier::Rds(rds)) = hcm.route_specifier {
+                        if !routes.contains(rds.route_config_name.as_str()) {
+                            return Err(SnapshotError::Dangling {
+                                from: from(),
+                                kind: "RouteConfiguration",
+                                name: rds.route_config_name,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+    for rc in &r.routes {
+        check_routes(rc, &need_cluster)?;
+    }
+    Ok(())
+}
+
+fn check_routes(
+    rc: &RouteConfiguration,
+    need_cluster: &dyn Fn(&dyn Fn() -> String, &str) -> Result<(), SnapshotError>,
+) -> Result<(), SnapshotError> {
+    let from = || format!("route configuration {:?}", rc.name);
+    for vh in &rc.virtual_hosts {
+        for route in &vh.routes {
+            if let Some(Action::Route(action)) = &route.action {
+                match &action.cluster_specifier {
+                    Some(ClusterSpecifier::Cluster(name)) => need_cluster(&from, name)?,
+                    Some(ClusterSpecifier::WeightedClusters(w)) => {
+                        for c in &w.clusters {
+                            need_cluster(&from, &c.name)?;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn is_eds(c: &Cluster) -> bool {
+    matches!(
+        c.cluster_discovery_type,
+        Some(ClusterDiscoveryType::Type(t)) if t == DiscoveryType::Eds as i32
+    )
+}
+
+fn unique<'a>(
+    kind: &'static str,
+    names: impl Iterator<Item = &'a str>,
+) -> Result<BTreeSet<&'a str>, SnapshotError> {
+    let mut set = BTreeSet::new();
+    for n in names {
+        if !set.insert(n) {
+            return Err(SnapshotError::Duplicate {
+                kind,
+                name: n.to_string(),
+            });
+        }
+    }
+    Ok(set)
+}
+
+fn decode<M: Message + Default>(from: &dyn Fn() -> String, any: &Any) -> Result<M, SnapshotError> {
+    M::decode(any.value.as_slice()).map_err(|e| SnapshotError::Decode {
+        from: from(),
+        type_url: any.type_url.clone(),
+        message: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::envoy::config::cluster::v3::cluster::EdsClusterConfig;
+    use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+    use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener};
+    use envoy_types::pb::google::protobuf::{Struct, Value};
+
+    fn eds_cluster(name: &str) -> Cluster {
+        Cluster {
+            name: name.into(),
+            cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
+            eds_cluster_config: Some(EdsClusterConfig::default()),
+            ..Default::default()
+        }
+    }
+
+    fn cla(name: &str) -> ClusterLoadAssignment {
+        ClusterLoadAssignment {
+            cluster_name: name.into(),
+            ..Default::default()
+        }
+    }
+
+    fn tcp_listener(name: &str, cluster: &str) -> Listener {
+        let tp = TcpProxy {
+            stat_prefix: name.into(),
+            cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(cluster.into())),
+            ..Default::default()
+        };
+        Listener {
+            name: name.into(),
+            filter_chains: vec![FilterChain {
+                filters: vec![Filter {
+                    name: pylon::type_url::TCP_PROXY_FILTER.into(),
+                    config_type: Some(ConfigType::TypedConfig(Any {
+                        type_url: pylon::type_url::TCP_PROXY.into(),
+                        value: tp.encode_to_vec(),
+                    })),
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn resources() -> Resources {
+        Resources {
+            clusters: vec![eds_cluster("a"), eds_cluster("b")],
+            endpoints: vec![cla("a"), cla("b")],
+            listeners: vec![tcp_listener("l", "a")],
+            routes: vec![],
+        }
+    }
+
+    #[test]
+    fn versions_depend_on_content_only() {
+        let s1 = Snapshot::build(resources(), None).unwrap();
+        let s2 = Snapshot::build(resources(), None).unwrap();
+        assert_eq!(s1.version, s2.version);
+        let mut changed = resources();
+        changed.clusters[1].connect_timeout = Some(envoy_types::pb::google::protobuf::Duration {
+            seconds: 3,
+            nanos: 0,
+        });
+        let s3 = Snapshot::build(changed, Some(&s1)).unwrap();
+        assert_ne!(s1.version, s3.version);
+        assert_ne!(
+            s1.get(ResourceType::Cluster).version,
+            s3.get(ResourceType::Cluster).version
+        );
+        // Unchanged types keep their version and share their encoded resources.
+        assert_eq!(
+            s1.get(ResourceType::Endpoint).version,
+            s3.get(ResourceType::Endpoint).version
+        );
+        let a1 = &s1.get(ResourceType::Cluster).resources["a"];
+        let a3 = &s3.get(ResourceType::Cluster).resources["a"];
+        assert!(Arc::ptr_eq(a1, a3));
+    }
+
+    #[test]
+    fn map_order_does_not_change_the_version() {
+        // Struct is a protobuf map: its encoding order follows HashMap order,
+        // which differs between instances. The version must not.
+        let mut versions = BTreeSet::new();
+        for _ in 0..8 {
+            let mut r = resources();
+            let mut fields = std::collections::HashMap::new();
+            for k in ["zeta", "alpha", "mid", "beta", "omega"] {
+                fields.insert(k.to_string(), Value::default());
+            }
+            r.clusters[0].metadata = Some(envoy_types::pb::envoy::config::core::v3::Metadata {
+                filter_metadata: [("pylon".to_string(), Struct { fields })].into(),
+                ..Default::default()
+            });
+            versions.insert(Snapshot::build(r, None).unwrap().version);
+        }
+        assert_eq!(versions.len(), 1);
+    }
+
+    #[test]
+    fn inconsistent_revisions_are_refused() {
+        let mut r = resources();
+        r.endpoints.pop();
+        assert_eq!(
+            Snapshot::build(r, None).unwrap_err().to_string(),
+            "cluster \"b\" refers to ClusterLoadAssignment \"b\", which does not exist"
+        );
+        let mut r = resources();
+        r.listeners.push(tcp_listener("m", "nope"));
+        assert_eq!(
+            Snapshot::build(r, None).unwrap_err().to_string(),
+            "listener \"m\" refers to cluster \"nope\", which does not exist"
+        );
+        let mut r = resources();
+        r.clusters.push(eds_cluster("a"));
+        assert_eq!(
+            Snapshot::build(r, None).unwrap_err().to_string(),
+            "duplicate cds name \"a\""
+        );
+    }
+
+    #[test]
+    fn type_urls_round_trip() {
+        for t in ResourceType::ALL {
+            assert_eq!(ResourceType::from_type_url(t.type_url()), Some(t));
+        }
+        assert_eq!(ResourceType::from_type_url("type.googleapis.com/nope"), None);
+    }
+}

@@ -1,0 +1,76 @@
+//! Pylon's shared foundation: the descriptor set compiled from `proto/` and the
+//! xDS protocol constants every crate uses.
+//!
+//! This crate owns no behaviour. The control plane (`control-plane`) and the
+//! data plane (`data-plane`) depend on it; it depends on neither.
+
+use std::sync::OnceLock;
+
+use prost_reflect::DescriptorPool;
+
+/// The encoded `FileDescriptorSet` of `proto/` and the Envoy protos it imports.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/pylon_descriptor.bin"));
+
+/// The descriptor pool decoded from [`FILE_DESCRIPTOR_SET`].
+///
+/// Decoded once on first use: it is immutable data compiled into the binary, not
+/// process state, so sharing it does not couple two servers in one process.
+pub fn descriptor_pool() -> &'static DescriptorPool {
+    static POOL: OnceLock<DescriptorPool> = OnceLock::new();
+    POOL.get_or_init(|| {
+        // The bytes were produced by protox in build.rs from the same sources, so
+        // a decode failure is a build defect, not an input error.
+        #[allow(clippy::expect_used)]
+        DescriptorPool::decode(FILE_DESCRIPTOR_SET).expect("descriptor set built by build.rs decodes")
+    })
+}
+
+/// xDS type URLs and other protocol constants, in one place.
+pub mod type_url {
+    /// `envoy.config.cluster.v3.Cluster` (CDS).
+    pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+    /// `envoy.config.endpoint.v3.ClusterLoadAssignment` (EDS).
+    pub const ENDPOINT: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+    /// `envoy.config.listener.v3.Listener` (LDS).
+    pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+    /// `envoy.config.route.v3.RouteConfiguration` (RDS).
+    pub const ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+    /// The tcp_proxy network filter's config.
+    pub const TCP_PROXY: &str =
+        "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
+    /// The HTTP connection manager network filter's config.
+    pub const HTTP_CONNECTION_MANAGER: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+    /// The router HTTP filter's config.
+    pub const ROUTER: &str = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router";
+    /// Upstream HTTP protocol options (used to make the xDS cluster speak HTTP/2).
+    pub const HTTP_PROTOCOL_OPTIONS: &str =
+        "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+
+    /// Filter names, as Envoy spells them.
+    pub const TCP_PROXY_FILTER: &str = "envoy.filters.network.tcp_proxy";
+    /// The HTTP connection manager's filter name.
+    pub const HCM_FILTER: &str = "envoy.filters.network.http_connection_manager";
+    /// The router's HTTP filter name.
+    pub const ROUTER_FILTER: &str = "envoy.filters.http.router";
+
+    /// The explicit wildcard resource name.
+    pub const WILDCARD: &str = "*";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn descriptor_set_has_the_native_types() {
+        let pool = descriptor_pool();
+        for name in [
+            "envoy.config.bootstrap.v3.Bootstrap",
+            "envoy.config.cluster.v3.Cluster",
+            "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+            "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        ] {
+            assert!(pool.get_message_by_name(name).is_some(), "{name} missing");
+        }
+    }
+}
