@@ -79,7 +79,10 @@ impl AdminState {
 
     fn handle(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         if req.method() != Method::GET {
-            return text(StatusCode::METHOD_NOT_ALLOWED, "only GET is supported\n".into());
+            return text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "only GET is supported\n".into(),
+            );
         }
         match req.uri().path() {
             "/healthz" => text(StatusCode::OK, "ok\n".into()),

@@ -95,7 +95,11 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<Running> {
                 .await
                 .with_context(|| format!("binding admin address {addr}"))?;
             let bound = l.local_addr()?;
-            tasks.push(tokio::spawn(admin::serve(l, admin_state.clone(), shutdown.clone())));
+            tasks.push(tokio::spawn(admin::serve(
+                l,
+                admin_state.clone(),
+                shutdown.clone(),
+            )));
             info!(addr = %bound, "admin listening");
             Some(bound)
         }

@@ -66,7 +66,11 @@ static_resources:
                   address:
                     socket_address: {{ address: {xds_ip}, port_value: {xds_port} }}
 "#,
-        mode = if o.delta { "delta" } else { "state of the world" },
+        mode = if o.delta {
+            "delta"
+        } else {
+            "state of the world"
+        },
         id = q(&o.node_id),
         cluster = q(&o.node_cluster),
         admin_ip = q(&o.admin.ip().to_string()),

@@ -65,10 +65,11 @@ mod tests {
         assert!(!cache.publish(Snapshot::build(Resources::default(), None).unwrap()));
         assert!(!rx.has_changed().unwrap());
         let mut r = Resources::default();
-        r.clusters.push(envoy_types::pb::envoy::config::cluster::v3::Cluster {
-            name: "x".into(),
-            ..Default::default()
-        });
+        r.clusters
+            .push(envoy_types::pb::envoy::config::cluster::v3::Cluster {
+                name: "x".into(),
+                ..Default::default()
+            });
         assert!(cache.publish(Snapshot::build(r, None).unwrap()));
         assert!(rx.has_changed().unwrap());
         assert_eq!(rx.borrow_and_update().counts(), [1, 0, 0, 0]);

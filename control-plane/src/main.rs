@@ -13,7 +13,11 @@ use control_plane::snapshot::ResourceType;
 use control_plane::{app, source, ServeOptions};
 
 #[derive(Parser, Debug)]
-#[command(name = "pylon-xds", version, about = "A YAML source of truth served to Envoy over xDS")]
+#[command(
+    name = "pylon-xds",
+    version,
+    about = "A YAML source of truth served to Envoy over xDS"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -143,7 +147,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 print!("{}", render_status(&status));
             }
             let failing = body.contains("\"last_reload_error\": \"");
-            Ok(if failing { ExitCode::from(1) } else { ExitCode::SUCCESS })
+            Ok(if failing {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
         }
     }
 }
@@ -151,7 +159,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

@@ -71,7 +71,11 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("pylon_xds");
         let connected_streams = Gauge::default();
-        registry.register("connected_streams", "Open xDS streams", connected_streams.clone());
+        registry.register(
+            "connected_streams",
+            "Open xDS streams",
+            connected_streams.clone(),
+        );
         let pushes = Family::<TypeLabel, Counter>::default();
         registry.register("pushes", "xDS responses sent, by type", pushes.clone());
         let push_latency = Histogram::new(exponential_buckets(0.0001, 2.0, 18));
@@ -95,7 +99,11 @@ impl Metrics {
             unknown_types.clone(),
         );
         let reloads = Counter::default();
-        registry.register("reloads", "Reloads that published a new snapshot", reloads.clone());
+        registry.register(
+            "reloads",
+            "Reloads that published a new snapshot",
+            reloads.clone(),
+        );
         let reload_errors = Counter::default();
         registry.register(
             "reload_errors",

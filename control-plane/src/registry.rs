@@ -55,7 +55,9 @@ impl TypeStatus {
         match (&self.sent_nonce, &self.last_nack) {
             (None, _) => "NOT_SENT",
             (Some(nonce), Some(n)) if &n.nonce == nonce => "ERROR",
-            _ if self.acked_version.is_some() && self.acked_version == self.sent_version => "SYNCED",
+            _ if self.acked_version.is_some() && self.acked_version == self.sent_version => {
+                "SYNCED"
+            }
             _ => "STALE",
         }
     }
@@ -162,7 +164,12 @@ impl Registry {
     pub fn list(&self) -> Vec<StreamStatus> {
         let mut v: Vec<StreamStatus> = self.streams.iter().map(|e| e.value().clone()).collect();
         for s in &mut v {
-            for t in [&mut s.types.cds, &mut s.types.eds, &mut s.types.lds, &mut s.types.rds] {
+            for t in [
+                &mut s.types.cds,
+                &mut s.types.eds,
+                &mut s.types.lds,
+                &mut s.types.rds,
+            ] {
                 t.state = t.state();
             }
         }
@@ -216,7 +223,9 @@ impl StreamGuard {
         if let Some(mut s) = self.registry.streams.get_mut(&self.id) {
             s.node = node.id.clone();
             s.cluster = node.cluster.clone();
-            s.user_agent = format!("{} {}", node.user_agent_name, version).trim().to_string();
+            s.user_agent = format!("{} {}", node.user_agent_name, version)
+                .trim()
+                .to_string();
         }
     }
 

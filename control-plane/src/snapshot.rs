@@ -171,13 +171,22 @@ impl Snapshot {
         } = resources;
         let mut types: [TypeSnapshot; 4] = Default::default();
         let encoded: [Vec<(String, Vec<u8>)>; 4] = [
-            clusters.iter().map(|r| (r.name.clone(), r.encode_to_vec())).collect(),
+            clusters
+                .iter()
+                .map(|r| (r.name.clone(), r.encode_to_vec()))
+                .collect(),
             endpoints
                 .iter()
                 .map(|r| (r.cluster_name.clone(), r.encode_to_vec()))
                 .collect(),
-            listeners.iter().map(|r| (r.name.clone(), r.encode_to_vec())).collect(),
-            routes.iter().map(|r| (r.name.clone(), r.encode_to_vec())).collect(),
+            listeners
+                .iter()
+                .map(|r| (r.name.clone(), r.encode_to_vec()))
+                .collect(),
+            routes
+                .iter()
+                .map(|r| (r.name.clone(), r.encode_to_vec()))
+                .collect(),
         ];
         for (ty, items) in ResourceType::ALL.into_iter().zip(encoded) {
             let slot = &mut types[ty as usize];
@@ -291,10 +300,12 @@ fn write_canonical(v: &serde_json::Value, out: &mut String) {
 
 /// Rule 9: every reference inside the revision resolves within it.
 fn check_consistency(r: &Resources) -> Result<(), SnapshotError> {
-    let clusters = unique("cds", r.clusters.iter().map(|c| c.name.as_str()))?;
+    let known = Known {
+        clusters: unique("cds", r.clusters.iter().map(|c| c.name.as_str()))?,
+        routes: unique("rds", r.routes.iter().map(|rc| rc.name.as_str()))?,
+    };
     let cla = unique("eds", r.endpoints.iter().map(|e| e.cluster_name.as_str()))?;
     let _ = unique("lds", r.listeners.iter().map(|l| l.name.as_str()))?;
-    let routes = unique("rds", r.routes.iter().map(|rc| rc.name.as_str()))?;
 
     for c in &r.clusters {
         if is_eds(c) {
@@ -305,105 +316,108 @@ fn check_consistency(r: &Resources) -> Result<(), SnapshotError> {
                 .filter(|s| !s.is_empty())
                 .unwrap_or(&c.name);
             if !cla.contains(service) {
-                return Err(SnapshotError::Dangling {
-                    from: format!("cluster {:?}", c.name),
-                    kind: "ClusterLoadAssignment",
-                    name: service.to_string(),
-                });
+                return Err(dangling(
+                    format!("cluster {:?}", c.name),
+                    "ClusterLoadAssignment",
+                    service,
+                ));
             }
         }
     }
-    let need_cluster = |from: &dyn Fn() -> String, name: &str| {
-        if clusters.contains(name) {
-            Ok(())
-        } else {
-            Err(SnapshotError::Dangling {
-                from: from(),
-                kind: "cluster",
-                name: name.to_string(),
-            })
-        }
-    };
     for l in &r.listeners {
-        let from = || format!("listener {:?}", l.name);
-        for chain in l.filter_chains.iter().chain(l.default_filter_chain.iter()) {
-            for f in &chain.filters {
-                let Some(ConfigType::TypedConfig(any)) = &f.config_type else {
-                    continue;
-                };
-                if any.type_url == pylon::type_url::TCP_PROXY {
-                    let tp: TcpProxy = decode(&from, any)?;
-                    match tp.cluster_specifier {
-                        Some(tcp_proxy::ClusterSpecifier::Cluster(name)) => need_cluster(&from, &name)?,
-                        Some(tcp_proxy::ClusterSpecifier::WeightedClusters(w)) => {
-                            for c in &w.clusters {
-                                need_cluster(&from, &c.name)?;
-                            }
-                        }
-                        None => {}
+        let from = format!("listener {:?}", l.name);
+        let typed = l
+            .filter_chains
+            .iter()
+            .chain(l.default_filter_chain.iter())
+            .flat_map(|chain| chain.filters.iter())
+            .filter_map(|f| match &f.config_type {
+                Some(ConfigType::TypedConfig(any)) => Some(any),
+                _ => None,
+            })
+            .chain(
+                l.api_listener
+                    .as_ref()
+                    .and_then(|a| a.api_listener.as_ref()),
+            );
+        for any in typed {
+            if any.type_url == pylon::type_url::TCP_PROXY {
+                let tp: TcpProxy = decode(&from, any)?;
+                match tp.cluster_specifier {
+                    Some(tcp_proxy::ClusterSpecifier::Cluster(name)) => {
+                        known.cluster(&from, &name)?
                     }
-                } else if any.type_url == pylon::type_url::HTTP_CONNECTION_MANAGER {
-                    let hcm: HttpConnectionManager = decode(&from, any)?;
-                    match hcm.route_specifier {
-                        Some(RouteSpecifier::Rds(rds)) => {
-                            if !routes.contains(rds.route_config_name.as_str()) {
-                                return Err(SnapshotError::Dangling {
-                                    from: from(),
-                                    kind: "RouteConfiguration",
-                                    name: rds.route_config_name,
-                                });
-                            }
+                    Some(tcp_proxy::ClusterSpecifier::WeightedClusters(w)) => {
+                        for c in &w.clusters {
+                            known.cluster(&from, &c.name)?;
                         }
-                        Some(RouteSpecifier::RouteConfig(rc)) => check_routes(&rc, &need_cluster)?,
-                        _ => {}
                     }
+                    None => {}
                 }
-            }
-        }
-        if let Some(api) = &l.api_listener {
-            if let Some(any) = &api.api_listener {
-                if any.type_url == pylon::type_url::HTTP_CONNECTION_MANAGER {
-                    let hcm: HttpConnectionManager = decode(&from, any)?;
-                    if let Some(RouteSpecifier::Rds(rds)) = hcm.route_specifier {
-                        if !routes.contains(rds.route_config_name.as_str()) {
-                            return Err(SnapshotError::Dangling {
-                                from: from(),
-                                kind: "RouteConfiguration",
-                                name: rds.route_config_name,
-                            });
-                        }
-                    }
+            } else if any.type_url == pylon::type_url::HTTP_CONNECTION_MANAGER {
+                let hcm: HttpConnectionManager = decode(&from, any)?;
+                match hcm.route_specifier {
+                    Some(RouteSpecifier::Rds(rds)) => known.route(&from, &rds.route_config_name)?,
+                    Some(RouteSpecifier::RouteConfig(rc)) => known.routes_of(&rc)?,
+                    _ => {}
                 }
             }
         }
     }
     for rc in &r.routes {
-        check_routes(rc, &need_cluster)?;
+        known.routes_of(rc)?;
     }
     Ok(())
 }
 
-fn check_routes(
-    rc: &RouteConfiguration,
-    need_cluster: &dyn Fn(&dyn Fn() -> String, &str) -> Result<(), SnapshotError>,
-) -> Result<(), SnapshotError> {
-    let from = || format!("route configuration {:?}", rc.name);
-    for vh in &rc.virtual_hosts {
-        for route in &vh.routes {
+/// The names references may point at.
+struct Known<'a> {
+    clusters: BTreeSet<&'a str>,
+    routes: BTreeSet<&'a str>,
+}
+
+impl Known<'_> {
+    fn cluster(&self, from: &str, name: &str) -> Result<(), SnapshotError> {
+        if self.clusters.contains(name) {
+            Ok(())
+        } else {
+            Err(dangling(from.to_string(), "cluster", name))
+        }
+    }
+
+    fn route(&self, from: &str, name: &str) -> Result<(), SnapshotError> {
+        if self.routes.contains(name) {
+            Ok(())
+        } else {
+            Err(dangling(from.to_string(), "RouteConfiguration", name))
+        }
+    }
+
+    fn routes_of(&self, rc: &RouteConfiguration) -> Result<(), SnapshotError> {
+        let from = format!("route configuration {:?}", rc.name);
+        for route in rc.virtual_hosts.iter().flat_map(|vh| vh.routes.iter()) {
             if let Some(Action::Route(action)) = &route.action {
                 match &action.cluster_specifier {
-                    Some(ClusterSpecifier::Cluster(name)) => need_cluster(&from, name)?,
+                    Some(ClusterSpecifier::Cluster(name)) => self.cluster(&from, name)?,
                     Some(ClusterSpecifier::WeightedClusters(w)) => {
                         for c in &w.clusters {
-                            need_cluster(&from, &c.name)?;
+                            self.cluster(&from, &c.name)?;
                         }
                     }
                     _ => {}
                 }
             }
         }
+        Ok(())
     }
-    Ok(())
+}
+
+fn dangling(from: String, kind: &'static str, name: &str) -> SnapshotError {
+    SnapshotError::Dangling {
+        from,
+        kind,
+        name: name.to_string(),
+    }
 }
 
 fn is_eds(c: &Cluster) -> bool {
@@ -429,9 +443,9 @@ fn unique<'a>(
     Ok(set)
 }
 
-fn decode<M: Message + Default>(from: &dyn Fn() -> String, any: &Any) -> Result<M, SnapshotError> {
+fn decode<M: Message + Default>(from: &str, any: &Any) -> Result<M, SnapshotError> {
     M::decode(any.value.as_slice()).map_err(|e| SnapshotError::Decode {
-        from: from(),
+        from: from.to_string(),
         type_url: any.type_url.clone(),
         message: e.to_string(),
     })
@@ -565,6 +579,9 @@ mod tests {
         for t in ResourceType::ALL {
             assert_eq!(ResourceType::from_type_url(t.type_url()), Some(t));
         }
-        assert_eq!(ResourceType::from_type_url("type.googleapis.com/nope"), None);
+        assert_eq!(
+            ResourceType::from_type_url("type.googleapis.com/nope"),
+            None
+        );
     }
 }

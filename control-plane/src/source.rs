@@ -194,13 +194,14 @@ pub async fn watch(
         .unwrap_or(Path::new("."))
         .to_path_buf();
     let (tx, mut rx) = mpsc::channel::<()>(64);
-    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
-        // A full channel already holds a wake-up: dropping this one loses nothing.
-        Ok(_) => {
-            let _ = tx.try_send(());
-        }
-        Err(e) => warn!(error = %e, "file watch error"),
-    })?;
+    let mut watcher =
+        notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
+            // A full channel already holds a wake-up: dropping this one loses nothing.
+            Ok(_) => {
+                let _ = tx.try_send(());
+            }
+            Err(e) => warn!(error = %e, "file watch error"),
+        })?;
     watcher.watch(&dir, RecursiveMode::NonRecursive)?;
     info!(dir = %dir.display(), "watching for config changes");
     loop {

@@ -127,7 +127,10 @@ mod tests {
             panic!("not a socket address")
         };
         assert_eq!(sa.address, "127.0.0.2");
-        assert_eq!(sa.port_specifier, Some(socket_address::PortSpecifier::PortValue(1)));
+        assert_eq!(
+            sa.port_specifier,
+            Some(socket_address::PortSpecifier::PortValue(1))
+        );
     }
 
     #[test]

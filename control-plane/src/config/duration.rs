@@ -79,8 +79,7 @@ pub fn parse(text: &str) -> Result<Duration, String> {
         Some((whole, fraction)) => (whole, fraction),
         None => (number, ""),
     };
-    if whole.is_empty() || fraction.contains('.') || (number.contains('.') && fraction.is_empty())
-    {
+    if whole.is_empty() || fraction.contains('.') || (number.contains('.') && fraction.is_empty()) {
         return Err(invalid());
     }
     let too_long = || format!("duration `{text}` is too long (at most 10000 years)");
@@ -88,13 +87,17 @@ pub fn parse(text: &str) -> Result<Duration, String> {
     let mut nanos = whole.checked_mul(unit_nanos).ok_or_else(too_long)?;
     if !fraction.is_empty() {
         if fraction.len() > 18 {
-            return Err(format!("duration `{text}` is more precise than a nanosecond"));
+            return Err(format!(
+                "duration `{text}` is more precise than a nanosecond"
+            ));
         }
         let scale = 10u128.pow(u32::try_from(fraction.len()).unwrap_or(18));
         let fraction: u128 = fraction.parse().map_err(|_| invalid())?;
         let scaled = fraction * unit_nanos;
-        if scaled % scale != 0 {
-            return Err(format!("duration `{text}` is more precise than a nanosecond"));
+        if !scaled.is_multiple_of(scale) {
+            return Err(format!(
+                "duration `{text}` is more precise than a nanosecond"
+            ));
         }
         nanos += scaled / scale;
     }
@@ -190,10 +193,23 @@ mod tests {
 
     #[test]
     fn bare_numbers_ask_for_a_unit() {
-        let err = serde_yaml::from_str::<Duration>("5").unwrap_err().to_string();
-        assert!(err.starts_with("a bare number is not a duration: write \"5s\""), "{err}");
-        let err = serde_yaml::from_str::<Duration>("1.5").unwrap_err().to_string();
-        assert!(err.starts_with("a bare number is not a duration: write \"1.5s\""), "{err}");
-        assert_eq!(serde_yaml::from_str::<Duration>("\"5s\"").ok(), Some(Duration::from_secs(5)));
+        let err = serde_yaml::from_str::<Duration>("5")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("a bare number is not a duration: write \"5s\""),
+            "{err}"
+        );
+        let err = serde_yaml::from_str::<Duration>("1.5")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("a bare number is not a duration: write \"1.5s\""),
+            "{err}"
+        );
+        assert_eq!(
+            serde_yaml::from_str::<Duration>("\"5s\"").ok(),
+            Some(Duration::from_secs(5))
+        );
     }
 }

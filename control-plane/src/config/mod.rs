@@ -23,7 +23,7 @@
 //! serde_path_to_error and its position from serde_yaml. (2) Semantic checks
 //! run on the typed values and collect every problem (duplicate names and
 //! addresses, undefined clusters, health check and route rules...); their
-//! positions come from the [`position`] index. (3) Translation and
+//! positions come from the `position` index. (3) Translation and
 //! normalisation produce the protos, returned only when no problem was found.
 //!
 //! This module does not watch files, version or encode resources: `source` and
@@ -229,3 +229,412 @@ fn bare_message(error: &serde_yaml::Error) -> String {
     text
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(text: &str) -> String {
+        match load_str("pylon.yaml", text) {
+            Ok(_) => "loaded".to_string(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    /// The seed TCP scenario: a TCP proxy for three kube-apiservers.
+    const KUBE_CONCISE: &str = "\
+clusters:
+  - name: kube-apiserver
+    health_check:
+      tcp: {}
+      interval: 10s
+      unhealthy_threshold: 3
+      healthy_threshold: 2
+    endpoints:
+      - 127.0.0.1:6443
+      - 127.0.0.2:6443
+      - 127.0.0.3:6443
+listeners:
+  - name: kube-apiserver
+    address: 127.0.0.1:7443
+    tcp_proxy: {cluster: kube-apiserver}
+";
+
+    const KUBE_NATIVE: &str = r#"
+static_resources:
+  listeners:
+  - name: kube-apiserver
+    address:
+      socket_address: {address: 127.0.0.1, port_value: 7443}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: kube-apiserver
+          cluster: kube-apiserver
+  clusters:
+  - name: kube-apiserver
+    connect_timeout: 5s
+    type: STATIC
+    lb_policy: ROUND_ROBIN
+    health_checks:
+    - timeout: 1s
+      interval: 10s
+      no_traffic_interval: 10s
+      unhealthy_threshold: 3
+      healthy_threshold: 2
+      tcp_health_check: {}
+    load_assignment:
+      cluster_name: kube-apiserver
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: 6443}}}
+        - endpoint: {address: {socket_address: {address: 127.0.0.2, port_value: 6443}}}
+        - endpoint: {address: {socket_address: {address: 127.0.0.3, port_value: 6443}}}
+"#;
+
+    /// The seed HTTP scenario: the front proxy for /service/1 and /service/2.
+    const FRONT_CONCISE: &str = "\
+clusters:
+  - {name: service1, endpoints: [127.0.0.1:8081, 127.0.0.1:8082, 127.0.0.1:8083]}
+  - {name: service2, endpoints: [127.0.0.1:8084]}
+listeners:
+  - name: front
+    address: 127.0.0.1:8000
+    http:
+      routes:
+        - {prefix: /service/1, cluster: service1}
+        - {prefix: /service/2, cluster: service2}
+";
+
+    const FRONT_NATIVE: &str = r#"
+static_resources:
+  listeners:
+  - name: front
+    address: {socketAddress: {address: 127.0.0.1, portValue: 8000}}
+    filterChains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typedConfig:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          statPrefix: front
+          routeConfig:
+            name: front
+            virtualHosts:
+            - name: front
+              domains: ["*"]
+              routes:
+              - {match: {prefix: /service/1}, route: {cluster: service1}}
+              - {match: {prefix: /service/2}, route: {cluster: service2}}
+          httpFilters:
+          - name: envoy.filters.http.router
+            typedConfig: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}
+  clusters:
+  - name: service1
+    connectTimeout: 5s
+    loadAssignment:
+      endpoints:
+      - lbEndpoints:
+        - endpoint: {address: {socketAddress: {address: 127.0.0.1, portValue: 8081}}}
+        - endpoint: {address: {socketAddress: {address: 127.0.0.1, portValue: 8082}}}
+        - endpoint: {address: {socketAddress: {address: 127.0.0.1, portValue: 8083}}}
+  - name: service2
+    connectTimeout: 5s
+    type: STATIC
+    loadAssignment:
+      endpoints:
+      - lbEndpoints:
+        - endpoint: {address: {socketAddress: {address: 127.0.0.1, portValue: 8084}}}
+"#;
+
+    #[test]
+    fn seed_scenarios_load_identically_in_both_forms() {
+        let concise = load_str("kube.yaml", KUBE_CONCISE).unwrap();
+        assert_eq!(concise.clusters.len(), 1);
+        assert_eq!(concise.endpoints[0].endpoints[0].lb_endpoints.len(), 3);
+        assert_eq!(concise.listeners.len(), 1);
+        assert!(concise.routes.is_empty());
+        let native = load_str("kube-native.yaml", KUBE_NATIVE).unwrap();
+        assert_eq!(concise, native);
+
+        let concise = load_str("front.yaml", FRONT_CONCISE).unwrap();
+        assert_eq!(concise.clusters.len(), 2);
+        assert_eq!(concise.endpoints.len(), 2);
+        assert_eq!(concise.routes.len(), 1);
+        assert_eq!(concise.routes[0].virtual_hosts[0].routes.len(), 2);
+        let native = load_str("front-native.yaml", FRONT_NATIVE).unwrap();
+        assert_eq!(concise, native);
+    }
+
+    #[test]
+    fn both_forms_mix_in_one_file() {
+        let mixed = format!("{KUBE_CONCISE}{}", FRONT_NATIVE.trim_start());
+        let resources = load_str("mixed.yaml", &mixed).unwrap();
+        let names = |v: Vec<&str>| v.into_iter().map(str::to_string).collect::<Vec<_>>();
+        assert_eq!(
+            resources
+                .clusters
+                .iter()
+                .map(|c| c.name.clone())
+                .collect::<Vec<_>>(),
+            names(vec!["kube-apiserver", "service1", "service2"])
+        );
+        assert_eq!(
+            resources
+                .listeners
+                .iter()
+                .map(|l| l.name.clone())
+                .collect::<Vec<_>>(),
+            names(vec!["kube-apiserver", "front"])
+        );
+    }
+
+    #[test]
+    fn every_example_loads() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        let mut loaded = Vec::new();
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+                let resources = load_file(&path).unwrap_or_else(|e| panic!("{e}"));
+                assert!(!resources.listeners.is_empty(), "{}", path.display());
+                loaded.push(path.file_name().unwrap().to_string_lossy().to_string());
+            }
+        }
+        loaded.sort();
+        for name in [
+            "front-proxy-native.yaml",
+            "front-proxy.yaml",
+            "kube-apiserver.yaml",
+        ] {
+            assert!(
+                loaded.iter().any(|l| l == name),
+                "{name} missing from {loaded:?}"
+            );
+        }
+        let concise = load_file(&dir.join("front-proxy.yaml")).unwrap();
+        let native = load_file(&dir.join("front-proxy-native.yaml")).unwrap();
+        assert_eq!(concise, native);
+    }
+
+    #[test]
+    fn structural_errors_table() {
+        let native_cluster = "static_resources:\n  clusters:\n  - name: a\n";
+        let table = [
+            ("", "pylon.yaml: .: file is empty; write `clusters: []` to serve nothing"),
+            ("# nothing yet\n\n", "pylon.yaml: .: file is empty; write `clusters: []` to serve nothing"),
+            (
+                "admin: {}\n",
+                "pylon.yaml:1:1: admin: `admin` belongs to an Envoy bootstrap, not a pylon-xds config (top-level keys: `clusters`, `listeners`, `static_resources`)",
+            ),
+            (
+                "clusters: []\nroutes: []\n",
+                "pylon.yaml:2:1: routes: unknown top-level key `routes`: expected `clusters`, `listeners` or `static_resources`",
+            ),
+            (
+                "clusters:\n  - name: a\n    conect_timeout: 5s\n",
+                "pylon.yaml:3:5: clusters[0].conect_timeout: unknown field `conect_timeout`, expected one of `name`, `connect_timeout`, `lb_policy`, `health_check`, `endpoints`",
+            ),
+            (
+                "clusters:\n  - name: a\n    connect_timeout: 5\n",
+                "pylon.yaml:3:22: clusters[0].connect_timeout: a bare number is not a duration: write \"5s\" (units: ms, s, m, h)",
+            ),
+            (
+                "clusters:\n  - name: a\n    connect_timeout: 5x\n",
+                "pylon.yaml:3:22: clusters[0].connect_timeout: invalid duration `5x`: expected a number and a unit (ms, s, m or h), like \"5s\" or \"250ms\"",
+            ),
+            (
+                "clusters:\n  - name: a\n    endpoints:\n      - 127.0.0.1:1\n      - backend.test:80\n",
+                "pylon.yaml:5:9: clusters[0].endpoints[1]: `backend.test` in address `backend.test:80` is not an IP address; hostnames are not supported (endpoints are served over EDS, which carries IP addresses)",
+            ),
+            (
+                "clusters:\n  - name: a\n    endpoints: [{address: 127.0.0.1:70000}]\n",
+                "pylon.yaml:3:27: clusters[0].endpoints[0].address: port 70000 in address `127.0.0.1:70000` is out of range 1..=65535",
+            ),
+            (
+                "clusters:\n  - endpoints: []\n",
+                "pylon.yaml:2:5: clusters[0]: missing field `name`",
+            ),
+            (
+                "clusters:\n  - name: a\n    lb_policy: maglev\n",
+                "pylon.yaml:3:16: clusters[0].lb_policy: unknown variant `maglev`, expected one of `round_robin`, `least_request`, `random`",
+            ),
+            (
+                "clusters:\n  - name: a\n    endpoints: 127.0.0.1:1\n",
+                "pylon.yaml:3:16: clusters[0].endpoints: invalid type: string \"127.0.0.1:1\", expected a sequence",
+            ),
+            (
+                "clusters: [\n",
+                "pylon.yaml:2:1: clusters: did not find expected node content, while parsing a flow node",
+            ),
+            (
+                "- name: a\n",
+                "pylon.yaml:1:1: .: invalid type: sequence, expected a map with `clusters`, `listeners` and/or `static_resources`",
+            ),
+            (
+                "static_resources:\n  secrets: []\n",
+                "pylon.yaml:2:3: static_resources.secrets: `secrets` are not served by pylon-xds: static_resources may hold only `clusters` and `listeners`",
+            ),
+            (
+                "static_resources:\n  clusters:\n  - name: a\n    conectTimeout: 5s\n",
+                "pylon.yaml:4:5: static_resources.clusters[0].conectTimeout: unrecognized field name 'conectTimeout'",
+            ),
+            (
+                &format!("{native_cluster}    connect_timeout: 5\n"),
+                "pylon.yaml:4:22: static_resources.clusters[0].connect_timeout: failed to parse duration: native durations are seconds with an `s`, like \"5s\" or \"0.25s\"",
+            ),
+            (
+                &format!("{native_cluster}    type: STATICX\n"),
+                "pylon.yaml:4:11: static_resources.clusters[0].type: unrecognized enum value 'STATICX'",
+            ),
+            (
+                "static_resources:\n  listeners:\n  - name: a\n    filter_chains:\n    - filters:\n      - name: x\n        typed_config:\n          '@type': type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy\n          stat_prefix: x\n          clustr: y\n",
+                "pylon.yaml:10:11: static_resources.listeners[0].filter_chains[0].filters[0].typed_config.clustr: unrecognized field name 'clustr'",
+            ),
+        ];
+        for (yaml, want) in table {
+            assert_eq!(errors(yaml), want, "{yaml}");
+        }
+    }
+
+    #[test]
+    fn semantic_errors_are_all_reported_with_positions() {
+        let yaml = "\
+clusters:
+  - name: a
+    health_check:
+      interval: 5s
+      healthy_threshold: 0
+    endpoints:
+      - 127.0.0.1:1
+      - {address: 127.0.0.2:1, weight: 0}
+  - name: a
+    health_check:
+      http: {path: /healthz, expected_statuses: [200, 700]}
+listeners:
+  - name: web
+    address: 127.0.0.1:8000
+    http:
+      routes: []
+  - name: web
+    address: 127.0.0.1:8000
+    tcp_proxy: {cluster: nope}
+  - name: api
+    address: 127.0.0.1:8001
+    http:
+      routes:
+        - {prefix: /, path: /x, cluster: a}
+        - {prefix: /b, cluster: b}
+";
+        let want = "\
+pylon.yaml:3:5: clusters[0].health_check: health check needs a kind: `tcp: {}` or `http: {path: /healthz}`
+pylon.yaml:5:26: clusters[0].health_check.healthy_threshold: healthy_threshold must be at least 1
+pylon.yaml:8:40: clusters[0].endpoints[1].weight: weight must be at least 1
+pylon.yaml:9:11: clusters[1].name: duplicate cluster name `a` (first at clusters[0].name)
+pylon.yaml:11:55: clusters[1].health_check.http.expected_statuses[1]: status 700 is outside 100..=599
+pylon.yaml:16:15: listeners[0].http.routes: routes must not be empty (with no routes every request gets a 404)
+pylon.yaml:17:11: listeners[1].name: duplicate listener name `web` (first at listeners[0].name)
+pylon.yaml:18:14: listeners[1].address: duplicate listener address `127.0.0.1:8000` (first at listeners[0].address)
+pylon.yaml:19:26: listeners[1].tcp_proxy.cluster: cluster `nope` is not defined
+pylon.yaml:24:11: listeners[2].http.routes[0]: route needs exactly one of `prefix`, `path` or `path_separated_prefix`
+pylon.yaml:25:33: listeners[2].http.routes[1].cluster: cluster `b` is not defined";
+        assert_eq!(errors(yaml), want);
+    }
+
+    #[test]
+    fn semantic_errors_span_both_forms() {
+        let yaml = r#"
+clusters:
+  - name: service1
+listeners:
+  - name: front
+    address: 127.0.0.1:8000
+    http: {routes: [{prefix: /, cluster: service1}]}
+static_resources:
+  clusters:
+  - name: service1
+  - name: eds
+    type: EDS
+  listeners:
+  - name: front
+    address: {socket_address: {address: 127.0.0.1, port_value: 8000}}
+    filter_chains:
+    - filters:
+      - name: hcm
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: x
+          routeConfig:
+            virtualHosts:
+            - name: x
+              domains: ["*"]
+              routes:
+              - match: {prefix: /}
+                route: {cluster: service9}
+  - name: other
+    address: {socket_address: {address: 127.0.0.1, port_value: 99999}}
+    filter_chains:
+    - filters:
+      - name: hcm
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: x
+          rds: {route_config_name: front}
+"#;
+        let want = "\
+pylon.yaml:10:11: static_resources.clusters[0].name: duplicate cluster name `service1` (first at clusters[0].name)
+pylon.yaml:12:11: static_resources.clusters[1].type: EDS clusters cannot be given in static_resources: pylon-xds serves endpoints itself; make the cluster STATIC and list its endpoints in `load_assignment`
+pylon.yaml:14:11: static_resources.listeners[0].name: duplicate listener name `front` (first at listeners[0].name)
+pylon.yaml:15:14: static_resources.listeners[0].address: duplicate listener address `127.0.0.1:8000` (first at listeners[0].address)
+pylon.yaml:22:11: static_resources.listeners[0].filter_chains[0].filters[0].typed_config.route_config: duplicate route configuration name `front` (first at listeners[0].name)
+pylon.yaml:28:34: static_resources.listeners[0].filter_chains[0].filters[0].typed_config.route_config.virtual_hosts[0].routes[0].route.cluster: cluster `service9` is not defined
+pylon.yaml:30:64: static_resources.listeners[1].address.socket_address.port_value: port 99999 is out of range 1..=65535
+pylon.yaml:37:16: static_resources.listeners[1].filter_chains[0].filters[0].typed_config.rds: `rds` cannot be used in static_resources: nothing would serve that route configuration; give the routes inline in `route_config`";
+        assert_eq!(errors(yaml), want);
+    }
+
+    #[test]
+    fn display_formats() {
+        let known = ConfigError {
+            file: "a.yaml".to_string(),
+            line: 3,
+            column: 7,
+            path: "clusters[1].endpoints[2]".to_string(),
+            message: "bad".to_string(),
+        };
+        let unknown = ConfigError {
+            line: 0,
+            column: 0,
+            ..known.clone()
+        };
+        assert_eq!(
+            known.to_string(),
+            "a.yaml:3:7: clusters[1].endpoints[2]: bad"
+        );
+        assert_eq!(unknown.to_string(), "a.yaml: clusters[1].endpoints[2]: bad");
+        assert_eq!(
+            ConfigErrors(vec![known, unknown]).to_string(),
+            "a.yaml:3:7: clusters[1].endpoints[2]: bad\na.yaml: clusters[1].endpoints[2]: bad"
+        );
+    }
+
+    #[test]
+    fn load_file_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pylon.yaml");
+        std::fs::write(&path, "clusters:\n  - name: a\n    weight: 1\n").unwrap();
+        let err = load_file(&path).unwrap_err();
+        assert_eq!(err.0.len(), 1);
+        assert_eq!(err.0[0].file, path.display().to_string());
+        assert_eq!((err.0[0].line, err.0[0].column), (3, 5));
+        assert_eq!(err.0[0].path, "clusters[0].weight");
+
+        let missing = dir.path().join("missing.yaml");
+        let err = load_file(&missing).unwrap_err();
+        assert_eq!(err.0[0].line, 0);
+        assert!(err.to_string().contains("cannot read the file"), "{err}");
+
+        std::fs::write(&path, "clusters: []\n").unwrap();
+        assert_eq!(load_file(&path), Ok(Resources::default()));
+    }
+}

@@ -33,9 +33,7 @@ use envoy_types::pb::envoy::config::route::v3::{route, route_action, RouteConfig
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     http_connection_manager::RouteSpecifier, HttpConnectionManager, Rds,
 };
-use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
-    tcp_proxy, TcpProxy,
-};
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{tcp_proxy, TcpProxy};
 use prost::Message;
 use prost_reflect::DynamicMessage;
 use pylon::type_url;
@@ -146,10 +144,22 @@ pub fn normalise(
     issues: &mut Vec<Issue>,
 ) {
     for (i, NativeCluster(c)) in resources.clusters.into_iter().enumerate() {
-        cluster(c, &format!("static_resources.clusters[{i}]"), out, catalog, issues);
+        cluster(
+            c,
+            &format!("static_resources.clusters[{i}]"),
+            out,
+            catalog,
+            issues,
+        );
     }
     for (i, NativeListener(l)) in resources.listeners.into_iter().enumerate() {
-        listener(l, &format!("static_resources.listeners[{i}]"), out, catalog, issues);
+        listener(
+            l,
+            &format!("static_resources.listeners[{i}]"),
+            out,
+            catalog,
+            issues,
+        );
     }
 }
 
@@ -288,7 +298,9 @@ fn listener(
         Some(address::Address::SocketAddress(socket)) => {
             let apath = format!("{path}.address.socket_address");
             let key = socket_address(socket, &apath, true, issues);
-            catalog.addresses.push(Named::new(key, format!("{path}.address")));
+            catalog
+                .addresses
+                .push(Named::new(key, format!("{path}.address")));
         }
         Some(_) => {}
         None => issues.push(Issue::new(path, "listener needs an `address`")),
@@ -497,7 +509,10 @@ clusters:
         );
         assert!(out.clusters[1].load_assignment.is_some());
         assert_eq!(
-            out.clusters[1].load_assignment.as_ref().map(|l| &l.endpoints[0].load_balancing_weight),
+            out.clusters[1]
+                .load_assignment
+                .as_ref()
+                .map(|l| &l.endpoints[0].load_balancing_weight),
             Some(&None)
         );
     }
@@ -580,7 +595,10 @@ listeners:
         );
         assert_eq!(
             catalog.addresses,
-            vec![Named::new("127.0.0.1:8000", "static_resources.listeners[0].address")]
+            vec![Named::new(
+                "127.0.0.1:8000",
+                "static_resources.listeners[0].address"
+            )]
         );
     }
 

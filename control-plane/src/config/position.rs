@@ -37,11 +37,18 @@ impl PositionIndex {
     }
 
     /// The start of the node at `path`, or of its nearest indexed ancestor.
+    ///
+    /// A block collection starts on the line after its key (`health_check:`
+    /// then `  tcp: {}`); for those the key's position is returned, since the
+    /// key is what names the node in the message.
     pub fn value(&self, path: &str) -> Option<Position> {
         let mut path = path;
         loop {
-            if let Some(position) = self.values.get(path) {
-                return Some(*position);
+            if let Some(&position) = self.values.get(path) {
+                return Some(match self.keys.get(path) {
+                    Some(&key) if key.0 < position.0 => key,
+                    _ => position,
+                });
             }
             path = parent(path)?;
         }
@@ -101,7 +108,9 @@ enum Frame {
         index: usize,
     },
     /// A node used as a map key (not a scalar): nothing inside is indexed.
-    ComplexKey { depth: usize },
+    ComplexKey {
+        depth: usize,
+    },
 }
 
 #[derive(Default)]
@@ -197,26 +206,24 @@ impl MarkedEventReceiver for Builder {
                     self.node_done();
                 }
             }
-            Event::MappingStart(..) | Event::SequenceStart(..) => {
-                match self.node_path(&ev, mark) {
-                    Some(path) => {
-                        self.index
-                            .values
-                            .entry(path.clone())
-                            .or_insert_with(|| Self::position(mark));
-                        self.stack.push(match ev {
-                            Event::MappingStart(..) => Frame::Map {
-                                path,
-                                key: None,
-                                start: mark,
-                                first_key_seen: false,
-                            },
-                            _ => Frame::Seq { path, index: 0 },
-                        });
-                    }
-                    None => self.stack.push(Frame::ComplexKey { depth: 1 }),
+            Event::MappingStart(..) | Event::SequenceStart(..) => match self.node_path(&ev, mark) {
+                Some(path) => {
+                    self.index
+                        .values
+                        .entry(path.clone())
+                        .or_insert_with(|| Self::position(mark));
+                    self.stack.push(match ev {
+                        Event::MappingStart(..) => Frame::Map {
+                            path,
+                            key: None,
+                            start: mark,
+                            first_key_seen: false,
+                        },
+                        _ => Frame::Seq { path, index: 0 },
+                    });
                 }
-            }
+                None => self.stack.push(Frame::ComplexKey { depth: 1 }),
+            },
             Event::MappingEnd | Event::SequenceEnd => {
                 self.stack.pop();
                 self.node_done();
@@ -246,13 +253,18 @@ static_resources:
     fn indexes_values_and_keys() {
         let index = PositionIndex::build(TEXT);
         assert_eq!(index.value(""), Some((1, 1)));
-        assert_eq!(index.value("clusters"), Some((2, 3)));
+        // A block collection is placed at its key.
+        assert_eq!(index.value("clusters"), Some((1, 1)));
+        assert_eq!(index.value("clusters[0].endpoints"), Some((3, 5)));
         assert_eq!(index.value("clusters[0]"), Some((2, 5)));
         assert_eq!(index.value("clusters[0].name"), Some((2, 11)));
         assert_eq!(index.key("clusters[0].name"), Some((2, 5)));
         assert_eq!(index.value("clusters[0].endpoints[0]"), Some((4, 9)));
         assert_eq!(index.value("clusters[0].endpoints[1]"), Some((5, 9)));
-        assert_eq!(index.value("clusters[0].endpoints[1].weight"), Some((5, 40)));
+        assert_eq!(
+            index.value("clusters[0].endpoints[1].weight"),
+            Some((5, 40))
+        );
         assert_eq!(
             index.value("static_resources.listeners[0].filter_chains[0].filters"),
             Some((9, 30))
@@ -262,8 +274,11 @@ static_resources:
     #[test]
     fn falls_back_to_the_nearest_ancestor() {
         let index = PositionIndex::build(TEXT);
-        assert_eq!(index.value("clusters[0].health_check.interval"), Some((2, 5)));
-        assert_eq!(index.value("clusters[7]"), Some((2, 3)));
+        assert_eq!(
+            index.value("clusters[0].health_check.interval"),
+            Some((2, 5))
+        );
+        assert_eq!(index.value("clusters[7]"), Some((1, 1)));
         assert_eq!(index.key("clusters[0].nothing"), None);
     }
 

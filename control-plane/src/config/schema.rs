@@ -106,7 +106,9 @@ where
     D: Deserializer<'de>,
     T: Deserialize<'de> + Default,
 {
-    Ok(Some(Option::<T>::deserialize(deserializer)?.unwrap_or_default()))
+    Ok(Some(
+        Option::<T>::deserialize(deserializer)?.unwrap_or_default(),
+    ))
 }
 
 /// A TCP connect check; it has no settings.
@@ -355,10 +357,9 @@ mod tests {
 
     #[test]
     fn defaults_are_filled_in() {
-        let file = parse(
-            "clusters:\n- name: c\n  health_check: {tcp: }\n  endpoints: [127.0.0.1:1]\n",
-        )
-        .unwrap();
+        let file =
+            parse("clusters:\n- name: c\n  health_check: {tcp: }\n  endpoints: [127.0.0.1:1]\n")
+                .unwrap();
         let c = &file.clusters[0];
         assert_eq!(c.connect_timeout, Duration::from_secs(5));
         assert_eq!(c.lb_policy, LbPolicy::RoundRobin);
@@ -378,14 +379,23 @@ mod tests {
         )
         .unwrap();
         let e = &file.clusters[0].endpoints;
-        assert_eq!((e[0].address.to_string().as_str(), e[0].weight), ("127.0.0.1:1", 1));
-        assert_eq!((e[1].address.to_string().as_str(), e[1].weight), ("127.0.0.2:2", 3));
+        assert_eq!(
+            (e[0].address.to_string().as_str(), e[0].weight),
+            ("127.0.0.1:1", 1)
+        );
+        assert_eq!(
+            (e[1].address.to_string().as_str(), e[1].weight),
+            ("127.0.0.2:2", 3)
+        );
     }
 
     #[test]
     fn top_level_keys_are_explained() {
         let err = parse("admin: {}\n").unwrap_err();
-        assert!(err.starts_with("`admin` belongs to an Envoy bootstrap"), "{err}");
+        assert!(
+            err.starts_with("`admin` belongs to an Envoy bootstrap"),
+            "{err}"
+        );
         let err = parse("clustres: []\n").unwrap_err();
         assert!(err.starts_with("unknown top-level key `clustres`"), "{err}");
         let err = parse("clusters: []\nclusters: []\n").unwrap_err();

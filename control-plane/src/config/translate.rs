@@ -16,8 +16,7 @@ use envoy_types::pb::envoy::config::core::v3::{
     ConfigSource, HealthCheck,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::{
-    lb_endpoint::HostIdentifier, ClusterLoadAssignment, Endpoint, LbEndpoint,
-    LocalityLbEndpoints,
+    lb_endpoint::HostIdentifier, ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
 };
 use envoy_types::pb::envoy::config::listener::v3::{filter, Filter, FilterChain, Listener};
 use envoy_types::pb::envoy::config::route::v3::{
@@ -28,9 +27,7 @@ use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     http_connection_manager::RouteSpecifier, http_filter, HttpConnectionManager, HttpFilter, Rds,
 };
-use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
-    tcp_proxy, TcpProxy,
-};
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{tcp_proxy, TcpProxy};
 use envoy_types::pb::envoy::r#type::v3::Int64Range;
 use envoy_types::pb::google::protobuf::{Any, UInt32Value};
 use prost::Message;
@@ -132,7 +129,9 @@ pub fn health_check(hc: &schema::HealthCheck) -> HealthCheck {
                 .collect(),
             ..Default::default()
         }),
-        None => health_check::HealthChecker::TcpHealthCheck(health_check::TcpHealthCheck::default()),
+        None => {
+            health_check::HealthChecker::TcpHealthCheck(health_check::TcpHealthCheck::default())
+        }
     };
     HealthCheck {
         timeout: Some(hc.timeout.to_proto()),
@@ -177,9 +176,7 @@ fn tcp_proxy_filter(name: &str, tcp: &schema::TcpProxy) -> Filter {
         stat_prefix: name.to_string(),
         cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(tcp.cluster.clone())),
         idle_timeout: tcp.idle_timeout.map(|d| d.to_proto()),
-        max_connect_attempts: tcp
-            .max_connect_attempts
-            .map(|value| UInt32Value { value }),
+        max_connect_attempts: tcp.max_connect_attempts.map(|value| UInt32Value { value }),
         ..Default::default()
     };
     Filter {
@@ -580,7 +577,13 @@ mod tests {
             ..Default::default()
         };
         default_locality_weights(&mut cla);
-        assert_eq!(cla.endpoints[0].load_balancing_weight, Some(UInt32Value { value: 1 }));
-        assert_eq!(cla.endpoints[1].load_balancing_weight, Some(UInt32Value { value: 7 }));
+        assert_eq!(
+            cla.endpoints[0].load_balancing_weight,
+            Some(UInt32Value { value: 1 })
+        );
+        assert_eq!(
+            cla.endpoints[1].load_balancing_weight,
+            Some(UInt32Value { value: 7 })
+        );
     }
 }

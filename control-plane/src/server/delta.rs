@@ -113,7 +113,11 @@ impl DeltaStream {
             && t.last_nonce.is_some()
             && t.last_nonce.as_deref() != Some(req.response_nonce.as_str());
         if stale {
-            self.guard.metrics().stale_nonces.get_or_create(&label(ty)).inc();
+            self.guard
+                .metrics()
+                .stale_nonces
+                .get_or_create(&label(ty))
+                .inc();
             debug!(node, r#type = ty.short(), nonce = %req.response_nonce, "stale nonce; applying subscription changes only");
         } else if let Some(err) = &req.error_detail {
             let rejected = t.sent_version.clone().unwrap_or_default();
@@ -330,7 +334,11 @@ pub async fn run<S>(
             }
         }
     }
-    info!(stream = id, node = state.guard.node(), "delta stream closed");
+    info!(
+        stream = id,
+        node = state.guard.node(),
+        "delta stream closed"
+    );
 }
 
 #[cfg(test)]
@@ -357,7 +365,11 @@ mod tests {
     }
 
     fn names(r: &DeltaDiscoveryResponse) -> Vec<String> {
-        let anys: Vec<_> = r.resources.iter().filter_map(|r| r.resource.clone()).collect();
+        let anys: Vec<_> = r
+            .resources
+            .iter()
+            .filter_map(|r| r.resource.clone())
+            .collect();
         names_of(&anys)
     }
 
@@ -366,7 +378,9 @@ mod tests {
         let reg = registry();
         let mut s = DeltaStream::new(reg.open("ads-delta", None), None);
         let empty = snapshot(&Fixture::empty());
-        let out = s.on_request(req(ResourceType::Listener, &[], &[], ""), &empty).unwrap();
+        let out = s
+            .on_request(req(ResourceType::Listener, &[], &[], ""), &empty)
+            .unwrap();
         assert_eq!(out.len(), 1);
         assert!(out[0].resources.is_empty());
     }
@@ -376,7 +390,9 @@ mod tests {
         let reg = registry();
         let mut s = DeltaStream::new(reg.open("ads-delta", None), None);
         let v1 = snapshot(&Fixture::two_clusters());
-        let out = s.on_request(req(ResourceType::Cluster, &[], &[], ""), &v1).unwrap();
+        let out = s
+            .on_request(req(ResourceType::Cluster, &[], &[], ""), &v1)
+            .unwrap();
         assert_eq!(names(&out[0]), ["a", "b"]);
         assert!(s
             .on_request(req(ResourceType::Cluster, &[], &[], &out[0].nonce), &v1)
@@ -397,7 +413,8 @@ mod tests {
         let a = v1.get(ResourceType::Cluster).resources["a"].version.clone();
         let mut s = DeltaStream::new(reg.open("ads-delta", None), None);
         let mut r = req(ResourceType::Cluster, &[], &[], "");
-        r.initial_resource_versions = [("a".to_string(), a), ("b".to_string(), "old".to_string())].into();
+        r.initial_resource_versions =
+            [("a".to_string(), a), ("b".to_string(), "old".to_string())].into();
         let out = s.on_request(r, &v1).unwrap();
         assert_eq!(names(&out[0]), ["b"]);
     }
@@ -407,7 +424,9 @@ mod tests {
         let reg = registry();
         let mut s = DeltaStream::new(reg.open("ads-delta", None), None);
         let v1 = snapshot(&Fixture::one_cluster());
-        let out = s.on_request(req(ResourceType::Endpoint, &["a", "ghost"], &[], ""), &v1).unwrap();
+        let out = s
+            .on_request(req(ResourceType::Endpoint, &["a", "ghost"], &[], ""), &v1)
+            .unwrap();
         assert_eq!(names(&out[0]), ["a"]);
         assert!(out[0].removed_resources.is_empty());
         // "ghost" appears later and is sent.
@@ -420,13 +439,23 @@ mod tests {
         let reg = registry();
         let mut s = DeltaStream::new(reg.open("ads-delta", None), None);
         let v1 = snapshot(&Fixture::two_clusters());
-        let first = s.on_request(req(ResourceType::Endpoint, &["a"], &[], ""), &v1).unwrap();
-        let second = s.on_request(req(ResourceType::Endpoint, &["b"], &[], &first[0].nonce), &v1).unwrap();
+        let first = s
+            .on_request(req(ResourceType::Endpoint, &["a"], &[], ""), &v1)
+            .unwrap();
+        let second = s
+            .on_request(
+                req(ResourceType::Endpoint, &["b"], &[], &first[0].nonce),
+                &v1,
+            )
+            .unwrap();
         assert_eq!(names(&second[0]), ["b"]);
         // Stale nonce (first) but a new subscription: still applied... to a name that does
         // not exist, so nothing to send.
         assert!(s
-            .on_request(req(ResourceType::Endpoint, &["zzz"], &[], &first[0].nonce), &v1)
+            .on_request(
+                req(ResourceType::Endpoint, &["zzz"], &[], &first[0].nonce),
+                &v1
+            )
             .unwrap()
             .is_empty());
         let mut nack = req(ResourceType::Endpoint, &[], &[], &second[0].nonce);
@@ -436,7 +465,9 @@ mod tests {
             details: vec![],
         });
         assert!(s.on_request(nack, &v1).unwrap().is_empty());
-        assert!(s.on_snapshot(&snapshot(&Fixture::two_clusters())).is_empty());
+        assert!(s
+            .on_snapshot(&snapshot(&Fixture::two_clusters()))
+            .is_empty());
         assert_eq!(reg.list()[0].types.eds.state(), "ERROR");
     }
 
@@ -448,7 +479,8 @@ mod tests {
         for ty in [ResourceType::Cluster, ResourceType::Listener] {
             s.on_request(req(ty, &[], &[], ""), &v1).unwrap();
         }
-        s.on_request(req(ResourceType::Endpoint, &["a", "b"], &[], ""), &v1).unwrap();
+        s.on_request(req(ResourceType::Endpoint, &["a", "b"], &[], ""), &v1)
+            .unwrap();
         let out = s.on_snapshot(&snapshot(&Fixture::one_cluster_listener_on_a_changed()));
         let order: Vec<(&str, Vec<String>, Vec<String>)> = out
             .iter()
@@ -477,7 +509,9 @@ mod tests {
         let reg = registry();
         let mut s = DeltaStream::new(reg.open("ads-delta", None), None);
         let v1 = snapshot(&Fixture::two_clusters());
-        let out = s.on_request(req(ResourceType::Cluster, &[], &[], ""), &v1).unwrap();
+        let out = s
+            .on_request(req(ResourceType::Cluster, &[], &[], ""), &v1)
+            .unwrap();
         let out = s
             .on_request(req(ResourceType::Cluster, &[], &["a"], &out[0].nonce), &v1)
             .unwrap();

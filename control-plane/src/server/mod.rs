@@ -85,7 +85,12 @@ impl XdsServer {
         let guard = self.shared.registry.open(protocol, req.remote_addr());
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let state = sotw::SotwStream::new(guard, only);
-        tokio::spawn(sotw::run(Arc::clone(&self.shared), req.into_inner(), tx, state));
+        tokio::spawn(sotw::run(
+            Arc::clone(&self.shared),
+            req.into_inner(),
+            tx,
+            state,
+        ));
         Response::new(ReceiverStream::new(rx))
     }
 
@@ -98,7 +103,12 @@ impl XdsServer {
         let guard = self.shared.registry.open(&protocol, req.remote_addr());
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let state = delta::DeltaStream::new(guard, only);
-        tokio::spawn(delta::run(Arc::clone(&self.shared), req.into_inner(), tx, state));
+        tokio::spawn(delta::run(
+            Arc::clone(&self.shared),
+            req.into_inner(),
+            tx,
+            state,
+        ));
         Response::new(ReceiverStream::new(rx))
     }
 
@@ -228,7 +238,9 @@ pub(crate) mod tests {
     use envoy_types::pb::envoy::config::core::v3::Node;
     use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
     use envoy_types::pb::envoy::config::listener::v3::{filter, Filter, FilterChain, Listener};
-    use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{tcp_proxy, TcpProxy};
+    use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
+        tcp_proxy, TcpProxy,
+    };
     use envoy_types::pb::google::protobuf::{Any, Duration};
     use prost::Message;
 
@@ -253,7 +265,9 @@ pub(crate) mod tests {
             .map(|a| match a.type_url.as_str() {
                 pylon::type_url::CLUSTER => Cluster::decode(a.value.as_slice()).unwrap().name,
                 pylon::type_url::ENDPOINT => {
-                    ClusterLoadAssignment::decode(a.value.as_slice()).unwrap().cluster_name
+                    ClusterLoadAssignment::decode(a.value.as_slice())
+                        .unwrap()
+                        .cluster_name
                 }
                 pylon::type_url::LISTENER => Listener::decode(a.value.as_slice()).unwrap().name,
                 other => panic!("unexpected {other}"),

@@ -96,9 +96,17 @@ impl SotwStream {
         if !initial && t.last_nonce.as_deref() != Some(req.response_nonce.as_str()) {
             if req.response_nonce.is_empty() {
                 // A client that lost track of the stream's nonces: answer it.
-                debug!(node, r#type = ty.short(), "request without nonce on a live stream");
+                debug!(
+                    node,
+                    r#type = ty.short(),
+                    "request without nonce on a live stream"
+                );
             } else {
-                self.guard.metrics().stale_nonces.get_or_create(&label(ty)).inc();
+                self.guard
+                    .metrics()
+                    .stale_nonces
+                    .get_or_create(&label(ty))
+                    .inc();
                 debug!(node, r#type = ty.short(), nonce = %req.response_nonce, "stale nonce; ignored");
                 return Ok(Vec::new());
             }
@@ -113,7 +121,10 @@ impl SotwStream {
             self.guard.acked(ty, &req.version_info);
         }
 
-        let explicit_wildcard = req.resource_names.iter().any(|n| n == pylon::type_url::WILDCARD);
+        let explicit_wildcard = req
+            .resource_names
+            .iter()
+            .any(|n| n == pylon::type_url::WILDCARD);
         let names: BTreeSet<String> = req
             .resource_names
             .into_iter()
@@ -156,7 +167,12 @@ impl SotwStream {
         let retiring: BTreeMap<String, Arc<Resource>> = cds
             .sent
             .iter()
-            .filter(|(name, _)| !snap.get(ResourceType::Cluster).resources.contains_key(*name))
+            .filter(|(name, _)| {
+                !snap
+                    .get(ResourceType::Cluster)
+                    .resources
+                    .contains_key(*name)
+            })
             .map(|(n, r)| (n.clone(), Arc::clone(r)))
             .collect();
         let later_types_change = changed
@@ -217,8 +233,12 @@ impl SotwStream {
         t.sent_version = Some(version.clone());
         t.sent = selected;
         match ty {
-            ResourceType::Cluster => self.types[ResourceType::Endpoint as usize].always_respond = true,
-            ResourceType::Listener => self.types[ResourceType::Route as usize].always_respond = true,
+            ResourceType::Cluster => {
+                self.types[ResourceType::Endpoint as usize].always_respond = true
+            }
+            ResourceType::Listener => {
+                self.types[ResourceType::Route as usize].always_respond = true
+            }
             _ => {}
         }
         DiscoveryResponse {
@@ -233,8 +253,7 @@ impl SotwStream {
 
 fn same_content(a: &BTreeMap<String, Arc<Resource>>, b: &BTreeMap<String, Arc<Resource>>) -> bool {
     a.len() == b.len()
-        && a
-            .iter()
+        && a.iter()
             .zip(b.iter())
             .all(|((n1, r1), (n2, r2))| n1 == n2 && r1.version == r2.version)
 }
@@ -327,11 +346,18 @@ mod tests {
         let reg = registry();
         let mut s = stream(&reg);
         let v1 = snapshot(&Fixture::two_clusters());
-        let out = s.on_request(req(ResourceType::Cluster, &[], "", ""), &v1).unwrap();
+        let out = s
+            .on_request(req(ResourceType::Cluster, &[], "", ""), &v1)
+            .unwrap();
         assert_eq!(out.len(), 1);
         assert_eq!(names(&out[0]), ["a", "b"]);
         // ACK: nothing to send.
-        let ack = req(ResourceType::Cluster, &[], &out[0].version_info, &out[0].nonce);
+        let ack = req(
+            ResourceType::Cluster,
+            &[],
+            &out[0].version_info,
+            &out[0].nonce,
+        );
         assert!(s.on_request(ack, &v1).unwrap().is_empty());
         assert_eq!(reg.list()[0].types.cds.state(), "SYNCED");
         // A cluster removed: full set without it.
@@ -349,13 +375,23 @@ mod tests {
         let reg = registry();
         let mut s = stream(&reg);
         let v1 = snapshot(&Fixture::two_clusters());
-        let first = s.on_request(req(ResourceType::Cluster, &[], "", ""), &v1).unwrap();
+        let first = s
+            .on_request(req(ResourceType::Cluster, &[], "", ""), &v1)
+            .unwrap();
         let second = s.on_snapshot(&snapshot(&Fixture::one_cluster()));
         assert_eq!(second.len(), 1);
         // The client ACKs the first response after the second was sent: stale.
-        let stale = req(ResourceType::Cluster, &[], &first[0].version_info, &first[0].nonce);
+        let stale = req(
+            ResourceType::Cluster,
+            &[],
+            &first[0].version_info,
+            &first[0].nonce,
+        );
         assert!(s.on_request(stale, &v1).unwrap().is_empty());
-        assert!(reg.metrics().encode().contains("pylon_xds_stale_nonces_total{type=\"cds\"} 1"));
+        assert!(reg
+            .metrics()
+            .encode()
+            .contains("pylon_xds_stale_nonces_total{type=\"cds\"} 1"));
     }
 
     #[test]
@@ -363,7 +399,9 @@ mod tests {
         let reg = registry();
         let mut s = stream(&reg);
         let v1 = snapshot(&Fixture::two_clusters());
-        let out = s.on_request(req(ResourceType::Cluster, &[], "", ""), &v1).unwrap();
+        let out = s
+            .on_request(req(ResourceType::Cluster, &[], "", ""), &v1)
+            .unwrap();
         let mut nack = req(ResourceType::Cluster, &[], "", &out[0].nonce);
         nack.error_detail = Some(rpc::Status {
             code: 3,
@@ -372,10 +410,15 @@ mod tests {
         });
         assert!(s.on_request(nack, &v1).unwrap().is_empty());
         // The same content published again is not resent.
-        assert!(s.on_snapshot(&snapshot(&Fixture::two_clusters())).is_empty());
+        assert!(s
+            .on_snapshot(&snapshot(&Fixture::two_clusters()))
+            .is_empty());
         let st = &reg.list()[0];
         assert_eq!(st.types.cds.state(), "ERROR");
-        assert_eq!(st.types.cds.last_nack.as_ref().unwrap().message, "cluster a: bad");
+        assert_eq!(
+            st.types.cds.last_nack.as_ref().unwrap().message,
+            "cluster a: bad"
+        );
         assert!(reg
             .metrics()
             .encode()
@@ -389,9 +432,16 @@ mod tests {
         let reg = registry();
         let mut s = stream(&reg);
         let v1 = snapshot(&Fixture::one_cluster());
-        let out = s.on_request(req(ResourceType::Endpoint, &["a", "b"], "", ""), &v1).unwrap();
+        let out = s
+            .on_request(req(ResourceType::Endpoint, &["a", "b"], "", ""), &v1)
+            .unwrap();
         assert_eq!(names(&out[0]), ["a"]);
-        let ack = req(ResourceType::Endpoint, &["a", "b"], &out[0].version_info, &out[0].nonce);
+        let ack = req(
+            ResourceType::Endpoint,
+            &["a", "b"],
+            &out[0].version_info,
+            &out[0].nonce,
+        );
         assert!(s.on_request(ack, &v1).unwrap().is_empty());
         let out = s.on_snapshot(&snapshot(&Fixture::two_clusters()));
         assert_eq!(out.len(), 1);
@@ -403,8 +453,15 @@ mod tests {
         let reg = registry();
         let mut s = stream(&reg);
         let v = snapshot(&Fixture::two_clusters());
-        let out = s.on_request(req(ResourceType::Endpoint, &["a"], "", ""), &v).unwrap();
-        let more = req(ResourceType::Endpoint, &["a", "b"], &out[0].version_info, &out[0].nonce);
+        let out = s
+            .on_request(req(ResourceType::Endpoint, &["a"], "", ""), &v)
+            .unwrap();
+        let more = req(
+            ResourceType::Endpoint,
+            &["a", "b"],
+            &out[0].version_info,
+            &out[0].nonce,
+        );
         let out2 = s.on_request(more, &v).unwrap();
         assert_eq!(out2.len(), 1);
         assert_eq!(names(&out2[0]), ["a", "b"]);
@@ -416,11 +473,23 @@ mod tests {
         let reg = registry();
         let mut s = stream(&reg);
         let v1 = snapshot(&Fixture::two_clusters());
-        let c = s.on_request(req(ResourceType::Cluster, &[], "", ""), &v1).unwrap();
-        let e = s.on_request(req(ResourceType::Endpoint, &["a", "b"], "", ""), &v1).unwrap();
-        s.on_request(req(ResourceType::Cluster, &[], &c[0].version_info, &c[0].nonce), &v1)
+        let c = s
+            .on_request(req(ResourceType::Cluster, &[], "", ""), &v1)
             .unwrap();
-        let ack = req(ResourceType::Endpoint, &["a", "b"], &e[0].version_info, &e[0].nonce);
+        let e = s
+            .on_request(req(ResourceType::Endpoint, &["a", "b"], "", ""), &v1)
+            .unwrap();
+        s.on_request(
+            req(ResourceType::Cluster, &[], &c[0].version_info, &c[0].nonce),
+            &v1,
+        )
+        .unwrap();
+        let ack = req(
+            ResourceType::Endpoint,
+            &["a", "b"],
+            &e[0].version_info,
+            &e[0].nonce,
+        );
         assert!(s.on_request(ack.clone(), &v1).unwrap().is_empty());
         // A cluster changes but endpoints do not: Envoy re-requests EDS to warm.
         let v2 = snapshot(&Fixture::two_clusters_timeout_changed());
@@ -428,10 +497,19 @@ mod tests {
         assert_eq!(pushed.len(), 1);
         assert_eq!(pushed[0].type_url, ResourceType::Cluster.type_url());
         let again = s.on_request(ack.clone(), &v2).unwrap();
-        assert_eq!(again.len(), 1, "EDS must be answered while the cluster warms");
+        assert_eq!(
+            again.len(),
+            1,
+            "EDS must be answered while the cluster warms"
+        );
         assert_eq!(names(&again[0]), ["a", "b"]);
         // Only once.
-        let ack2 = req(ResourceType::Endpoint, &["a", "b"], &again[0].version_info, &again[0].nonce);
+        let ack2 = req(
+            ResourceType::Endpoint,
+            &["a", "b"],
+            &again[0].version_info,
+            &again[0].nonce,
+        );
         assert!(s.on_request(ack2, &v2).unwrap().is_empty());
     }
 
@@ -448,7 +526,12 @@ mod tests {
         let out = s.on_snapshot(&snapshot(&Fixture::one_cluster_listener_on_a()));
         let kinds: Vec<(&str, Vec<String>)> = out
             .iter()
-            .map(|r| (ResourceType::from_type_url(&r.type_url).unwrap().short(), names(r)))
+            .map(|r| {
+                (
+                    ResourceType::from_type_url(&r.type_url).unwrap().short(),
+                    names(r),
+                )
+            })
             .collect();
         assert_eq!(
             kinds,
@@ -465,9 +548,16 @@ mod tests {
         let reg = registry();
         let mut s = stream(&reg);
         let v = snapshot(&Fixture::two_clusters());
-        let out = s.on_request(req(ResourceType::Cluster, &["a"], "", ""), &v).unwrap();
+        let out = s
+            .on_request(req(ResourceType::Cluster, &["a"], "", ""), &v)
+            .unwrap();
         assert_eq!(names(&out[0]), ["a"]);
-        let star = req(ResourceType::Cluster, &["*"], &out[0].version_info, &out[0].nonce);
+        let star = req(
+            ResourceType::Cluster,
+            &["*"],
+            &out[0].version_info,
+            &out[0].nonce,
+        );
         let out = s.on_request(star, &v).unwrap();
         assert_eq!(names(&out[0]), ["a", "b"]);
     }
@@ -477,7 +567,14 @@ mod tests {
         let reg = registry();
         let mut s = SotwStream::new(reg.open("cds", None), Some(ResourceType::Cluster));
         let v = snapshot(&Fixture::two_clusters());
-        assert!(s.on_request(req(ResourceType::Listener, &[], "", ""), &v).is_err());
-        assert_eq!(s.on_request(req(ResourceType::Cluster, &[], "", ""), &v).unwrap().len(), 1);
+        assert!(s
+            .on_request(req(ResourceType::Listener, &[], "", ""), &v)
+            .is_err());
+        assert_eq!(
+            s.on_request(req(ResourceType::Cluster, &[], "", ""), &v)
+                .unwrap()
+                .len(),
+            1
+        );
     }
 }
