@@ -54,9 +54,11 @@ fn envoy_types_dir() -> Result<PathBuf, String> {
             String::from_utf8_lossy(&output.stderr)
         ));
     }
-    let meta: serde_json::Value =
-        serde_json::from_slice(&output.stdout).map_err(|e| format!("cargo metadata output: {e}"))?;
-    let packages = meta["packages"].as_array().ok_or("cargo metadata: no packages")?;
+    let meta: serde_json::Value = serde_json::from_slice(&output.stdout)
+        .map_err(|e| format!("cargo metadata output: {e}"))?;
+    let packages = meta["packages"]
+        .as_array()
+        .ok_or("cargo metadata: no packages")?;
     let manifest = packages
         .iter()
         .find(|p| p["name"] == "envoy-types")

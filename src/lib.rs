@@ -9,7 +9,8 @@ use std::sync::OnceLock;
 use prost_reflect::DescriptorPool;
 
 /// The encoded `FileDescriptorSet` of `proto/` and the Envoy protos it imports.
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/pylon_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/pylon_descriptor.bin"));
 
 /// The descriptor pool decoded from [`FILE_DESCRIPTOR_SET`].
 ///
@@ -21,7 +22,8 @@ pub fn descriptor_pool() -> &'static DescriptorPool {
         // The bytes were produced by protox in build.rs from the same sources, so
         // a decode failure is a build defect, not an input error.
         #[allow(clippy::expect_used)]
-        DescriptorPool::decode(FILE_DESCRIPTOR_SET).expect("descriptor set built by build.rs decodes")
+        DescriptorPool::decode(FILE_DESCRIPTOR_SET)
+            .expect("descriptor set built by build.rs decodes")
     })
 }
 

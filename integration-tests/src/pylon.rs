@@ -1,0 +1,144 @@
+//! One pylon-xds server per test, run in-process through its public API
+//! (`control_plane::serve`) on port 0, with its YAML in a private temp dir.
+//!
+//! Owns: starting and stopping the server, rewriting its config file the two
+//! ways editors do (atomic rename, truncate + write), reading its admin
+//! `/status`, and rendering the Envoy bootstrap that points at it. It does not
+//! know what the YAML means: `config` builds it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use control_plane::bootstrap::{envoy_bootstrap, BootstrapOptions};
+use control_plane::{Running, ServeOptions};
+use tempfile::TempDir;
+
+use crate::envoy::Envoy;
+
+/// Quiet period after the last file event before pylon-xds reloads.
+pub const DEBOUNCE: Duration = Duration::from_millis(50);
+
+/// Which ADS flavour Envoy is bootstrapped with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ads {
+    /// State-of-the-world.
+    Sotw,
+    /// Delta (incremental).
+    Delta,
+}
+
+impl Ads {
+    pub fn is_delta(self) -> bool {
+        self == Ads::Delta
+    }
+}
+
+/// A running pylon-xds.
+#[derive(Debug)]
+pub struct Pylon {
+    running: Option<Running>,
+    config: PathBuf,
+    _dir: TempDir,
+}
+
+impl Pylon {
+    /// Writes `yaml` and serves it (xDS and admin on 127.0.0.1:0).
+    pub async fn start(yaml: &str) -> anyhow::Result<Pylon> {
+        let dir = tempfile::Builder::new().prefix("pylon-xds-").tempdir()?;
+        let config = dir.path().join("pylon.yaml");
+        std::fs::write(&config, yaml)?;
+        let running = control_plane::serve(ServeOptions {
+            config: config.clone(),
+            xds_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            debounce: DEBOUNCE,
+        })
+        .await
+        .context("control_plane::serve")?;
+        Ok(Pylon {
+            running: Some(running),
+            config,
+            _dir: dir,
+        })
+    }
+
+    fn running(&self) -> anyhow::Result<&Running> {
+        self.running.as_ref().context("pylon-xds was shut down")
+    }
+
+    /// The xDS (gRPC) address.
+    pub fn xds_addr(&self) -> anyhow::Result<SocketAddr> {
+        Ok(self.running()?.xds_addr)
+    }
+
+    /// The admin HTTP address.
+    pub fn admin_addr(&self) -> anyhow::Result<SocketAddr> {
+        self.running()?
+            .admin_addr
+            .context("pylon-xds has no admin listener")
+    }
+
+    /// The config file being watched.
+    pub fn config_path(&self) -> &Path {
+        &self.config
+    }
+
+    /// Replaces the config the way most editors and `kubectl cp` do: write a
+    /// sibling file, then rename it over the original.
+    pub fn write_config_atomic(&self, yaml: &str) -> anyhow::Result<()> {
+        let tmp = self.config.with_extension("yaml.tmp");
+        std::fs::write(&tmp, yaml)?;
+        std::fs::rename(&tmp, &self.config)?;
+        Ok(())
+    }
+
+    /// Replaces the config in place: truncate, then write (as `>` in a shell).
+    pub fn write_config_in_place(&self, yaml: &str) -> anyhow::Result<()> {
+        use std::io::Write as _;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&self.config)?;
+        f.write_all(yaml.as_bytes())?;
+        f.sync_all()?;
+        Ok(())
+    }
+
+    /// `GET /status` on the admin API, as JSON.
+    pub async fn status(&self) -> anyhow::Result<serde_json::Value> {
+        let r = crate::http::get(self.admin_addr()?, "/status").await?;
+        anyhow::ensure!(r.status.is_success(), "/status: {} {}", r.status, r.body);
+        serde_json::from_str(&r.body).with_context(|| format!("/status body: {}", r.body))
+    }
+
+    /// The bootstrap for an Envoy with `node_id`, admin on 127.0.0.1:0.
+    pub fn bootstrap(&self, node_id: &str, ads: Ads) -> anyhow::Result<String> {
+        Ok(envoy_bootstrap(&BootstrapOptions {
+            node_id: node_id.to_string(),
+            node_cluster: "pylon-test".to_string(),
+            xds: self.xds_addr()?,
+            delta: ads.is_delta(),
+            admin: SocketAddr::from(([127, 0, 0, 1], 0)),
+        }))
+    }
+
+    /// Starts an Envoy bootstrapped against this server.
+    pub async fn start_envoy(
+        &self,
+        binary: &Path,
+        node_id: &str,
+        ads: Ads,
+    ) -> anyhow::Result<Envoy> {
+        let bootstrap = self.bootstrap(node_id, ads)?;
+        Envoy::start(binary, node_id, &bootstrap).await
+    }
+
+    /// Stops the server and waits for its tasks.
+    pub async fn shutdown(mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await;
+        }
+    }
+}
