@@ -429,7 +429,7 @@ async fn a_file_written_in_several_pieces_is_served_whole() {
     // Truncate, then write the new file in three pieces with pauses shorter
     // than the debounce. The first piece alone is valid YAML (one cluster
     // fewer): it must never be served.
-    let new = format!("{CONFIG}").replace(
+    let new = CONFIG.replace(
         "clusters:\n",
         "clusters:\n  - name: c\n    endpoints: [127.0.0.1:7004]\n",
     );
