@@ -1,0 +1,197 @@
+//! TCP proxy (`envoy.filters.network.tcp_proxy`).
+//!
+//! Owns one downstream connection's life: pick a host of the cluster, connect
+//! with the cluster's `connect_timeout` (up to `max_connect_attempts` hosts),
+//! then copy bytes both ways with half-close propagation until both sides are
+//! done, the connection is idle for `idle_timeout`, or the listener's drain
+//! time runs out. Per byte there is only the copy; per read, one clock read
+//! for the idle timer; stats are added once when the connection ends.
+//!
+//! No cluster or no host: the downstream connection is closed. Established
+//! connections are never closed because a host turned unhealthy or the
+//! endpoints changed.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::model::TcpProxy;
+use crate::runtime::stats::{stats_struct, Counter};
+use crate::upstream::ClusterSlot;
+
+/// Copy buffer size, each direction.
+pub const COPY_BUFFER: usize = 64 * 1024;
+
+stats_struct! {
+    /// Envoy's `tcp.<stat_prefix>.` stats.
+    pub struct TcpStats {
+        downstream_cx_total: Counter => "downstream_cx_total",
+        downstream_cx_no_route: Counter => "downstream_cx_no_route",
+        downstream_cx_rx_bytes_total: Counter => "downstream_cx_rx_bytes_total",
+        downstream_cx_tx_bytes_total: Counter => "downstream_cx_tx_bytes_total",
+        idle_timeout: Counter => "idle_timeout",
+    }
+}
+
+/// Everything the connections of one TCP proxy listener share.
+#[derive(Debug)]
+pub struct TcpCtx {
+    cfg: TcpProxy,
+    cluster: Arc<ClusterSlot>,
+    stats: Arc<TcpStats>,
+}
+
+impl TcpCtx {
+    /// A context for `cfg`, with its cluster's slot and its stats.
+    pub fn new(cfg: TcpProxy, cluster: Arc<ClusterSlot>, stats: Arc<TcpStats>) -> TcpCtx {
+        TcpCtx {
+            cfg,
+            cluster,
+            stats,
+        }
+    }
+}
+
+/// Proxies one downstream connection until it ends or `close` is cancelled.
+pub async fn serve(downstream: TcpStream, ctx: Arc<TcpCtx>, close: CancellationToken) {
+    let stats = &ctx.stats;
+    stats.downstream_cx_total.inc();
+    let Some(cluster) = ctx.cluster.get() else {
+        stats.downstream_cx_no_route.inc();
+        tracing::debug!(cluster = ctx.cluster.name(), "tcp proxy: unknown cluster");
+        return;
+    };
+    let connect = async {
+        for _ in 0..ctx.cfg.max_connect_attempts.max(1) {
+            let host = cluster.pick()?;
+            match cluster.connect(&host).await {
+                Ok(up) => return Some(up),
+                Err(e) => {
+                    tracing::debug!(host = %host.addr(), error = %e, "tcp proxy: connect failed")
+                }
+            }
+        }
+        None
+    };
+    let upstream = tokio::select! {
+        up = connect => up,
+        _ = close.cancelled() => None,
+    };
+    let Some((upstream, cx)) = upstream else {
+        return;
+    };
+    let _ = downstream.set_nodelay(true);
+
+    let base = Instant::now();
+    let last = AtomicU64::new(0);
+    let mut down = Tracked::new(downstream, &last, base);
+    let mut up = Tracked::new(upstream, &last, base);
+    let copy =
+        tokio::io::copy_bidirectional_with_sizes(&mut down, &mut up, COPY_BUFFER, COPY_BUFFER);
+    let idle = async {
+        match ctx.cfg.idle_timeout {
+            Some(t) if !t.is_zero() => idle_watch(&last, base, t).await,
+            _ => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        r = copy => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "tcp proxy: connection error");
+            }
+        }
+        _ = idle => stats.idle_timeout.inc(),
+        _ = close.cancelled() => {}
+    }
+    stats.downstream_cx_rx_bytes_total.add(down.read_bytes);
+    stats.downstream_cx_tx_bytes_total.add(up.read_bytes);
+    cx.stats().upstream_cx_rx_bytes_total.add(up.read_bytes);
+    cx.stats().upstream_cx_tx_bytes_total.add(down.read_bytes);
+}
+
+/// Returns once nothing was read for `idle` (the last read time is kept in
+/// `last`, in milliseconds since `base`).
+async fn idle_watch(last: &AtomicU64, base: Instant, idle: Duration) {
+    loop {
+        let deadline = base + Duration::from_millis(last.load(Ordering::Relaxed)) + idle;
+        if Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep_until(deadline).await;
+    }
+}
+
+/// A stream that records when it last read something and how much it read.
+struct Tracked<'a, S> {
+    inner: S,
+    last: &'a AtomicU64,
+    base: Instant,
+    read_bytes: u64,
+}
+
+impl<'a, S> Tracked<'a, S> {
+    fn new(inner: S, last: &'a AtomicU64, base: Instant) -> Self {
+        Tracked {
+            inner,
+            last,
+            base,
+            read_bytes: 0,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Tracked<'_, S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            self.read_bytes += n as u64;
+            let ms = self.base.elapsed().as_millis() as u64;
+            self.last.store(ms, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<'_, S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}

@@ -1,0 +1,322 @@
+//! `pylon-proxy`: the command line. Reads the bootstrap or flags, builds the
+//! runtime, the xDS client and the admin API, and wires signals; no proxying
+//! or protocol logic lives here.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::{Parser, ValueEnum};
+use data_plane::admin::{self, Admin};
+use data_plane::bootstrap;
+use data_plane::model::{self, NackError};
+use data_plane::runtime::{Runtime, RuntimeOptions};
+use data_plane::xds::{self, ConfigSink, XdsClient, XdsOptions};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+/// Envoy's default admin address.
+const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "pylon-proxy",
+    version,
+    about = "A small Envoy-compatible proxy configured over ADS",
+    long_about = "Runs from an Envoy bootstrap (-c), reading node, admin, dynamic_resources (ADS) and \
+static_resources, or from flags (--xds and --node-id). Delta ADS is the default over flags: a change \
+sends only the changed resources and a reconnect resends only what differs."
+)]
+struct Cli {
+    /// An Envoy bootstrap (the subset pylon-proxy supports; anything else is an error).
+    #[arg(short = 'c', long = "config-path")]
+    config: Option<PathBuf>,
+    /// The ADS server (pylon-xds), when not given by a bootstrap.
+    #[arg(long)]
+    xds: Option<SocketAddr>,
+    /// Node id presented to the control plane (overrides the bootstrap's).
+    #[arg(long)]
+    node_id: Option<String>,
+    /// Node cluster presented to the control plane (overrides the bootstrap's).
+    #[arg(long)]
+    node_cluster: Option<String>,
+    /// Admin address (overrides the bootstrap's; default 127.0.0.1:9901).
+    #[arg(long)]
+    admin: Option<SocketAddr>,
+    /// Worker threads (default: one per core).
+    #[arg(long)]
+    concurrency: Option<usize>,
+    /// ADS flavour over flags, or to override the bootstrap's api_type.
+    #[arg(long, value_enum)]
+    ads: Option<AdsMode>,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum, PartialEq, Eq)]
+enum AdsMode {
+    /// Incremental xDS (the default).
+    Delta,
+    /// State of the world.
+    Sotw,
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pylon-proxy: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Everything the process runs, resolved from the bootstrap and the flags.
+struct Plan {
+    node_id: String,
+    node_cluster: String,
+    admin: SocketAddr,
+    xds: Option<XdsOptions>,
+    clusters: Vec<model::Cluster>,
+    listeners: Vec<model::Listener>,
+    concurrency: usize,
+}
+
+fn plan(cli: Cli) -> anyhow::Result<Plan> {
+    let boot = match &cli.config {
+        Some(path) => Some(bootstrap::load(path)?),
+        None => None,
+    };
+    let node_id = cli
+        .node_id
+        .or_else(|| {
+            boot.as_ref()
+                .map(|b| b.node_id.clone())
+                .filter(|s| !s.is_empty())
+        })
+        .unwrap_or_default();
+    let node_cluster = cli
+        .node_cluster
+        .or_else(|| {
+            boot.as_ref()
+                .map(|b| b.node_cluster.clone())
+                .filter(|s| !s.is_empty())
+        })
+        .unwrap_or_else(|| "pylon-proxy".to_string());
+    let admin = match cli.admin.or_else(|| boot.as_ref().and_then(|b| b.admin)) {
+        Some(a) => a,
+        None => DEFAULT_ADMIN.parse()?,
+    };
+    let target = match (cli.xds, boot.as_ref().and_then(|b| b.xds)) {
+        (Some(addr), from_boot) => Some((addr, from_boot.is_none_or(|t| t.delta))),
+        (None, Some(t)) => Some((t.addr, t.delta)),
+        (None, None) => None,
+    };
+    let xds = match target {
+        Some((addr, delta)) => {
+            anyhow::ensure!(
+                !node_id.is_empty(),
+                "a node id is needed to talk to the control plane: --node-id or node.id in the bootstrap"
+            );
+            let delta = match cli.ads {
+                Some(mode) => mode == AdsMode::Delta,
+                None => delta,
+            };
+            Some(XdsOptions {
+                addr,
+                node: xds::node(&node_id, &node_cluster),
+                delta,
+            })
+        }
+        None => None,
+    };
+    let (clusters, listeners) = match boot {
+        Some(b) => (b.clusters, b.listeners),
+        None => (Vec::new(), Vec::new()),
+    };
+    anyhow::ensure!(
+        xds.is_some() || !listeners.is_empty(),
+        "nothing to run: give --xds ADDR --node-id ID, or -c with a bootstrap that has dynamic_resources or static listeners"
+    );
+    let concurrency = cli
+        .concurrency
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
+    Ok(Plan {
+        node_id,
+        node_cluster,
+        admin,
+        xds,
+        clusters,
+        listeners,
+        concurrency,
+    })
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let plan = plan(cli)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(plan.concurrency)
+        .enable_all()
+        .build()?;
+    rt.block_on(serve(plan))
+}
+
+/// Applies xDS updates on top of the static resources: the runtime always
+/// receives the full set, static first. A dynamic resource may not reuse a
+/// static name.
+struct Sink {
+    runtime: Arc<Runtime>,
+    static_clusters: Vec<model::Cluster>,
+    static_listeners: Vec<model::Listener>,
+}
+
+fn no_shadowing<'a>(
+    kind: &'static str,
+    statics: impl Iterator<Item = &'a str>,
+    dynamic: impl Iterator<Item = &'a str>,
+) -> Result<(), NackError> {
+    let statics: std::collections::HashSet<&str> = statics.collect();
+    for name in dynamic {
+        if statics.contains(name) {
+            return Err(NackError {
+                kind,
+                name: name.to_string(),
+                message: "name already used by static_resources in the bootstrap".into(),
+            });
+        }
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl ConfigSink for Sink {
+    async fn set_clusters(&self, v: Vec<model::Cluster>) -> Result<(), NackError> {
+        no_shadowing(
+            "cluster",
+            self.static_clusters.iter().map(|c| c.name.as_str()),
+            v.iter().map(|c| c.name.as_str()),
+        )?;
+        let mut all = self.static_clusters.clone();
+        all.extend(v);
+        self.runtime.set_clusters(all).await
+    }
+
+    async fn set_load_assignments(&self, v: Vec<model::LoadAssignment>) -> Result<(), NackError> {
+        self.runtime.set_load_assignments(v).await
+    }
+
+    async fn set_listeners(&self, v: Vec<model::Listener>) -> Result<(), NackError> {
+        no_shadowing(
+            "listener",
+            self.static_listeners.iter().map(|l| l.name.as_str()),
+            v.iter().map(|l| l.name.as_str()),
+        )?;
+        let mut all = self.static_listeners.clone();
+        all.extend(v);
+        self.runtime.set_listeners(all).await
+    }
+
+    async fn set_route_configs(&self, v: Vec<model::RouteConfig>) -> Result<(), NackError> {
+        self.runtime.set_route_configs(v).await
+    }
+}
+
+async fn serve(plan: Plan) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let shutdown = CancellationToken::new();
+    let runtime = Runtime::new(RuntimeOptions {
+        shutdown: shutdown.clone(),
+        ..Default::default()
+    });
+    runtime.mark_static_clusters(plan.clusters.iter().map(|c| c.name.clone()));
+    runtime
+        .set_clusters(plan.clusters.clone())
+        .await
+        .context("static_resources")?;
+    runtime
+        .set_listeners(plan.listeners.clone())
+        .await
+        .context("static_resources")?;
+
+    let (xds_client, xds_state) = match plan.xds.clone() {
+        Some(opts) => {
+            info!(addr = %opts.addr, delta = opts.delta, node = %plan.node_id, "subscribing over ADS");
+            let (c, s) = XdsClient::new(opts);
+            (Some(c), Some(s))
+        }
+        None => (None, None),
+    };
+    let admin = Arc::new(Admin::new(
+        Arc::clone(&runtime),
+        plan.node_id.clone(),
+        plan.node_cluster.clone(),
+        plan.concurrency,
+        xds_state,
+    ));
+    admin.initialized.store(true, Ordering::Relaxed);
+    let admin_listener = tokio::net::TcpListener::bind(plan.admin)
+        .await
+        .with_context(|| format!("binding admin address {}", plan.admin))?;
+    info!(addr = %admin_listener.local_addr()?, "admin listening");
+    let admin_stop = CancellationToken::new();
+    let admin_task = tokio::spawn(admin::serve(
+        admin_listener,
+        Arc::clone(&admin),
+        admin_stop.clone(),
+    ));
+
+    let xds_stop = CancellationToken::new();
+    let xds_task = xds_client.map(|c| {
+        let sink = Arc::new(Sink {
+            runtime: Arc::clone(&runtime),
+            static_clusters: plan.clusters.clone(),
+            static_listeners: plan.listeners.clone(),
+        });
+        tokio::spawn(c.run(sink, xds_stop.clone()))
+    });
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM: draining"),
+        _ = int.recv() => info!("SIGINT: draining"),
+    }
+    admin.set_shutting_down();
+    xds_stop.cancel();
+    runtime.drain().await;
+    shutdown.cancel();
+    admin_stop.cancel();
+    if let Some(t) = xds_task {
+        if let Err(e) = t.await {
+            error!(error = %e, "xDS task failed");
+        }
+    }
+    let _ = admin_task.await;
+    info!("stopped");
+    Ok(())
+}

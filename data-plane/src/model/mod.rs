@@ -1,0 +1,221 @@
+//! Pylon's own, validated view of the Envoy resources pylon-proxy honours.
+//!
+//! Everything past the xDS client works on these types, never on protos. The
+//! conversions (`TryFrom` the envoy-types protos, in `convert`) destructure
+//! every field: a field pylon-proxy cannot honour makes the resource fail with
+//! a [`NackError`] that names the resource and the field, so the update is
+//! NACKed and the last good config stays.
+//!
+//! Defaults documented here are Envoy's (see shared/reference/envoy-behaviour.md).
+
+mod convert;
+
+pub use convert::{decode, Decoded};
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Why a resource cannot be applied: names the resource and the field.
+///
+/// Display: `listener front: http filter envoy.filters.http.jwt_authn is not supported`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{kind} {name}: {message}")]
+pub struct NackError {
+    /// `cluster`, `listener`, `route configuration`, `load assignment`.
+    pub kind: &'static str,
+    /// The resource name.
+    pub name: String,
+    /// What is wrong, naming the field.
+    pub message: String,
+}
+
+/// An upstream cluster (CDS, or `static_resources`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cluster {
+    /// Name.
+    pub name: String,
+    /// Where the endpoints come from.
+    pub discovery: Discovery,
+    /// Upstream connect timeout (default 5 s).
+    pub connect_timeout: Duration,
+    /// Load balancing policy (default round robin).
+    pub lb_policy: LbPolicy,
+    /// Active health checking (at most one checker is supported).
+    pub health_check: Option<HealthCheck>,
+    /// Healthy-host percentage below which every host is used (default 50; 0 disables panic mode).
+    pub healthy_panic_threshold: f64,
+}
+
+/// Where a cluster's endpoints come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Discovery {
+    /// From EDS: the ClusterLoadAssignment of this name (the cluster name unless `service_name` is set).
+    Eds {
+        /// The load assignment name to subscribe to.
+        service_name: String,
+    },
+    /// Inline `load_assignment` (STATIC).
+    Static(LoadAssignment),
+}
+
+/// Load balancing policies pylon-proxy implements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LbPolicy {
+    /// Weighted round robin (earliest deadline first when weights differ).
+    RoundRobin,
+}
+
+/// A cluster's endpoints (EDS `ClusterLoadAssignment`, or inline).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct LoadAssignment {
+    /// The load assignment name (`cluster_name`).
+    pub name: String,
+    /// Endpoints, flattened across localities (locality and priority are not used).
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// One upstream host.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    /// Its address (IP literal and port).
+    pub addr: SocketAddr,
+    /// Load balancing weight (>= 1, default 1).
+    pub weight: u32,
+}
+
+/// Active health checking, with Envoy's semantics.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthCheck {
+    /// Time between checks of a host (required).
+    pub interval: Duration,
+    /// Time a check may take before it fails (required).
+    pub timeout: Duration,
+    /// Consecutive network failures that make a healthy host unhealthy (required).
+    pub unhealthy_threshold: u32,
+    /// Consecutive successes that make an unhealthy host healthy (required; the first check after a host is added decides alone).
+    pub healthy_threshold: u32,
+    /// Interval used until the cluster has carried traffic (default 60 s).
+    pub no_traffic_interval: Duration,
+    /// Interval for unhealthy hosts (default `interval`).
+    pub unhealthy_interval: Duration,
+    /// What a check does.
+    pub kind: HealthCheckKind,
+}
+
+/// The kind of health check.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HealthCheckKind {
+    /// Connect, then close; success on connect.
+    Tcp,
+    /// `GET path`; a status outside `expected_statuses` fails the host at once.
+    Http {
+        /// Request path.
+        path: String,
+        /// Host header (default: the cluster name, as Envoy does).
+        host: Option<String>,
+        /// Half-open ranges `[start, end)`; default `[200, 201)`.
+        expected_statuses: Vec<(u16, u16)>,
+    },
+}
+
+/// A listener (LDS, or `static_resources`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listener {
+    /// Name.
+    pub name: String,
+    /// Address to bind.
+    pub addr: SocketAddr,
+    /// What it does with connections.
+    pub kind: ListenerKind,
+}
+
+/// The (single) network filter of a listener's (single) filter chain.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ListenerKind {
+    /// `envoy.filters.network.tcp_proxy`.
+    Tcp(TcpProxy),
+    /// `envoy.filters.network.http_connection_manager` with the router filter.
+    Http(HttpManager),
+}
+
+/// TCP proxy settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TcpProxy {
+    /// Stats prefix (`tcp.<stat_prefix>.`).
+    pub stat_prefix: String,
+    /// Upstream cluster.
+    pub cluster: String,
+    /// Connect attempts, moving to the next host on failure (default 1).
+    pub max_connect_attempts: u32,
+    /// Idle timeout; `None` disables it (default 1 h).
+    pub idle_timeout: Option<Duration>,
+}
+
+/// HTTP connection manager settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpManager {
+    /// Stats prefix (`http.<stat_prefix>.`).
+    pub stat_prefix: String,
+    /// Where the routes come from.
+    pub routes: RouteSource,
+}
+
+/// Route configuration source of an HTTP listener.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RouteSource {
+    /// Over RDS, by name.
+    Rds(String),
+    /// Inline.
+    Inline(RouteConfig),
+}
+
+/// A route configuration (RDS, or inline).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RouteConfig {
+    /// Name.
+    pub name: String,
+    /// Virtual hosts, matched by domain.
+    pub virtual_hosts: Vec<VirtualHost>,
+}
+
+/// A virtual host.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VirtualHost {
+    /// Name.
+    pub name: String,
+    /// Domains: exact, `*.suffix`, `prefix.*` or `*`.
+    pub domains: Vec<String>,
+    /// Routes, first match wins.
+    pub routes: Vec<Route>,
+}
+
+/// One route.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Route {
+    /// How the path is matched.
+    pub path: PathMatch,
+    /// Where a match goes.
+    pub action: RouteAction,
+}
+
+/// Path matching.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathMatch {
+    /// Plain string prefix (`/service/1` also matches `/service/10`).
+    Prefix(String),
+    /// Exact path (query excluded).
+    Exact(String),
+    /// Prefix that respects `/` segments.
+    SeparatedPrefix(String),
+}
+
+/// What a matched route does.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteAction {
+    /// Upstream cluster.
+    pub cluster: String,
+    /// Replaces the matched prefix; sets `x-envoy-original-path`.
+    pub prefix_rewrite: Option<String>,
+    /// Route timeout; `None` disables it (default 15 s).
+    pub timeout: Option<Duration>,
+}

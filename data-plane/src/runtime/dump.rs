@@ -1,0 +1,251 @@
+//! `/config_dump`: the model resources in force as JSON shaped like Envoy's
+//! admin `ConfigDump` (v3 field names, durations as `"5s"`).
+//!
+//! Owns only the model -> JSON mapping; the admin server decides how to serve it.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde_json::{json, Map, Value};
+
+use crate::model::{
+    Cluster, Discovery, HealthCheck, HealthCheckKind, ListenerKind, LoadAssignment, PathMatch,
+    RouteConfig, RouteSource,
+};
+use crate::upstream::ClusterManager;
+
+const T_CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+const T_CLA: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+const T_LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+const T_ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+const T_TCP: &str = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
+const T_HCM: &str =
+    "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+const T_ROUTER: &str = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router";
+
+/// The whole dump.
+pub fn config_dump(
+    clusters: &ClusterManager,
+    listeners: &[crate::model::Listener],
+    routes: &[RouteConfig],
+) -> Value {
+    let mut static_clusters = Vec::new();
+    let mut dynamic_clusters = Vec::new();
+    for c in clusters.clusters() {
+        let entry = json!({ "cluster": cluster(c.config()) });
+        if clusters.is_static(c.name()) {
+            static_clusters.push(entry);
+        } else {
+            dynamic_clusters.push(entry);
+        }
+    }
+    let endpoints: Vec<Value> = clusters
+        .load_assignments()
+        .iter()
+        .map(|la| json!({ "endpoint_config": load_assignment(la) }))
+        .collect();
+    let listeners: Vec<Value> = listeners
+        .iter()
+        .map(|l| json!({ "name": l.name, "active_state": { "listener": listener(l) } }))
+        .collect();
+    let routes: Vec<Value> = routes
+        .iter()
+        .map(|r| json!({ "route_config": route_config(r, true) }))
+        .collect();
+    json!({
+        "configs": [
+            {
+                "@type": "type.googleapis.com/envoy.admin.v3.ClustersConfigDump",
+                "static_clusters": static_clusters,
+                "dynamic_active_clusters": dynamic_clusters,
+            },
+            {
+                "@type": "type.googleapis.com/envoy.admin.v3.EndpointsConfigDump",
+                "dynamic_endpoint_configs": endpoints,
+            },
+            {
+                "@type": "type.googleapis.com/envoy.admin.v3.ListenersConfigDump",
+                "dynamic_listeners": listeners,
+            },
+            {
+                "@type": "type.googleapis.com/envoy.admin.v3.RoutesConfigDump",
+                "dynamic_route_configs": routes,
+            },
+        ]
+    })
+}
+
+/// Protobuf JSON duration: `5s`, `0.250s`.
+pub fn duration(d: Duration) -> String {
+    let (s, n) = (d.as_secs(), d.subsec_nanos());
+    if n == 0 {
+        format!("{s}s")
+    } else if n % 1_000_000 == 0 {
+        format!("{s}.{:03}s", n / 1_000_000)
+    } else if n % 1_000 == 0 {
+        format!("{s}.{:06}s", n / 1_000)
+    } else {
+        format!("{s}.{n:09}s")
+    }
+}
+
+fn address(a: SocketAddr) -> Value {
+    json!({ "socket_address": { "address": a.ip().to_string(), "port_value": a.port() } })
+}
+
+fn cluster(c: &Cluster) -> Value {
+    let mut m = Map::new();
+    m.insert("@type".into(), T_CLUSTER.into());
+    m.insert("name".into(), c.name.clone().into());
+    match &c.discovery {
+        Discovery::Eds { service_name } => {
+            m.insert("type".into(), "EDS".into());
+            m.insert(
+                "eds_cluster_config".into(),
+                json!({ "eds_config": { "ads": {} }, "service_name": service_name }),
+            );
+        }
+        Discovery::Static(la) => {
+            m.insert("type".into(), "STATIC".into());
+            m.insert("load_assignment".into(), load_assignment(la));
+        }
+    }
+    m.insert("connect_timeout".into(), duration(c.connect_timeout).into());
+    m.insert("lb_policy".into(), "ROUND_ROBIN".into());
+    if let Some(hc) = &c.health_check {
+        m.insert("health_checks".into(), json!([health_check(hc)]));
+    }
+    m.insert(
+        "common_lb_config".into(),
+        json!({ "healthy_panic_threshold": { "value": c.healthy_panic_threshold } }),
+    );
+    Value::Object(m)
+}
+
+fn health_check(hc: &HealthCheck) -> Value {
+    let mut v = json!({
+        "timeout": duration(hc.timeout),
+        "interval": duration(hc.interval),
+        "unhealthy_threshold": hc.unhealthy_threshold,
+        "healthy_threshold": hc.healthy_threshold,
+        "no_traffic_interval": duration(hc.no_traffic_interval),
+        "unhealthy_interval": duration(hc.unhealthy_interval),
+    });
+    let kind = match &hc.kind {
+        HealthCheckKind::Tcp => ("tcp_health_check", json!({})),
+        HealthCheckKind::Http {
+            path,
+            host,
+            expected_statuses,
+        } => {
+            let mut h = json!({ "path": path });
+            if let Some(host) = host {
+                h["host"] = host.clone().into();
+            }
+            if !expected_statuses.is_empty() {
+                h["expected_statuses"] = expected_statuses
+                    .iter()
+                    .map(|(s, e)| json!({ "start": s, "end": e }))
+                    .collect();
+            }
+            ("http_health_check", h)
+        }
+    };
+    v[kind.0] = kind.1;
+    v
+}
+
+fn load_assignment(la: &LoadAssignment) -> Value {
+    let lb_endpoints: Vec<Value> = la
+        .endpoints
+        .iter()
+        .map(|e| json!({ "endpoint": { "address": address(e.addr) }, "load_balancing_weight": e.weight }))
+        .collect();
+    json!({
+        "@type": T_CLA,
+        "cluster_name": la.name,
+        "endpoints": [ { "lb_endpoints": lb_endpoints } ],
+    })
+}
+
+fn listener(l: &crate::model::Listener) -> Value {
+    let filter = match &l.kind {
+        ListenerKind::Tcp(t) => {
+            let mut c = json!({
+                "@type": T_TCP,
+                "stat_prefix": t.stat_prefix,
+                "cluster": t.cluster,
+                "max_connect_attempts": t.max_connect_attempts,
+            });
+            c["idle_timeout"] = duration(t.idle_timeout.unwrap_or(Duration::ZERO)).into();
+            json!({ "name": "envoy.filters.network.tcp_proxy", "typed_config": c })
+        }
+        ListenerKind::Http(h) => {
+            let mut c = json!({
+                "@type": T_HCM,
+                "stat_prefix": h.stat_prefix,
+                "http_filters": [ { "name": "envoy.filters.http.router", "typed_config": { "@type": T_ROUTER } } ],
+            });
+            match &h.routes {
+                RouteSource::Rds(name) => {
+                    c["rds"] = json!({ "route_config_name": name, "config_source": { "ads": {} } });
+                }
+                RouteSource::Inline(rc) => c["route_config"] = route_config(rc, false),
+            }
+            json!({ "name": "envoy.filters.network.http_connection_manager", "typed_config": c })
+        }
+    };
+    json!({
+        "@type": T_LISTENER,
+        "name": l.name,
+        "address": address(l.addr),
+        "filter_chains": [ { "filters": [ filter ] } ],
+    })
+}
+
+fn route_config(rc: &RouteConfig, typed: bool) -> Value {
+    let vhosts: Vec<Value> = rc
+        .virtual_hosts
+        .iter()
+        .map(|vh| {
+            let routes: Vec<Value> = vh
+                .routes
+                .iter()
+                .map(|r| {
+                    let m = match &r.path {
+                        PathMatch::Prefix(p) => json!({ "prefix": p }),
+                        PathMatch::Exact(p) => json!({ "path": p }),
+                        PathMatch::SeparatedPrefix(p) => json!({ "path_separated_prefix": p }),
+                    };
+                    let mut a = json!({
+                        "cluster": r.action.cluster,
+                        "timeout": duration(r.action.timeout.unwrap_or(Duration::ZERO)),
+                    });
+                    if let Some(rw) = &r.action.prefix_rewrite {
+                        a["prefix_rewrite"] = rw.clone().into();
+                    }
+                    json!({ "match": m, "route": a })
+                })
+                .collect();
+            json!({ "name": vh.name, "domains": vh.domains, "routes": routes })
+        })
+        .collect();
+    let mut v = json!({ "name": rc.name, "virtual_hosts": vhosts });
+    if typed {
+        v["@type"] = T_ROUTE.into();
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(duration(Duration::from_secs(5)), "5s");
+        assert_eq!(duration(Duration::from_millis(250)), "0.250s");
+        assert_eq!(duration(Duration::from_micros(1_500_001)), "1.500001s");
+        assert_eq!(duration(Duration::from_nanos(1)), "0.000000001s");
+    }
+}

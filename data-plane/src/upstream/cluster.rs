@@ -1,0 +1,677 @@
+//! Clusters and the cluster manager.
+//!
+//! Owns: one [`Cluster`] per cluster version in force (config, hosts, load
+//! balancer, health checkers, stats), the [`ClusterSlot`] through which
+//! listeners and routes reach the current version of a cluster by name without
+//! a map lookup or a lock, and the [`ClusterManager`] that reconciles the set of
+//! clusters and load assignments.
+//!
+//! Invariants:
+//! - a cluster whose model did not change is kept as is; a changed one is
+//!   replaced by a new version that reuses the hosts (health, stats, idle
+//!   connections) of the old one for every address that remains, and the
+//!   cluster's stats; the swap is one `ArcSwap` store;
+//! - an EDS update changes the hosts of the current version in place (new load
+//!   balancer snapshot, checkers started for new hosts and stopped for removed ones);
+//! - established connections are never touched by any of this.
+//!
+//! Does not own connections to hosts beyond opening them ([`Cluster::connect`]).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use crate::model::{self, Discovery, Endpoint, LoadAssignment, NackError};
+use crate::runtime::stats::{stats_struct, Counter, Gauge, StatGroup};
+use crate::upstream::health::{run_checker, CheckerCtx, Probe};
+use crate::upstream::host::Host;
+use crate::upstream::lb::LoadBalancer;
+use crate::upstream::ConnectError;
+
+/// How long an EDS cluster waits for its first load assignment before it
+/// counts as initialised anyway (Envoy's `initial_fetch_timeout` default).
+pub const INITIAL_FETCH_TIMEOUT: Duration = Duration::from_secs(15);
+
+stats_struct! {
+    /// Envoy's `cluster.<name>.` stats (computed gauges such as
+    /// `membership_total` are added by [`Cluster::collect_stats`]).
+    pub struct ClusterStats {
+        upstream_cx_total: Counter => "upstream_cx_total",
+        upstream_cx_active: Gauge => "upstream_cx_active",
+        upstream_cx_connect_fail: Counter => "upstream_cx_connect_fail",
+        upstream_cx_connect_timeout: Counter => "upstream_cx_connect_timeout",
+        upstream_cx_none_healthy: Counter => "upstream_cx_none_healthy",
+        upstream_cx_rx_bytes_total: Counter => "upstream_cx_rx_bytes_total",
+        upstream_cx_tx_bytes_total: Counter => "upstream_cx_tx_bytes_total",
+        upstream_rq_total: Counter => "upstream_rq_total",
+        upstream_rq_active: Gauge => "upstream_rq_active",
+        upstream_rq_timeout: Counter => "upstream_rq_timeout",
+        upstream_rq_1xx: Counter => "upstream_rq_1xx",
+        upstream_rq_2xx: Counter => "upstream_rq_2xx",
+        upstream_rq_3xx: Counter => "upstream_rq_3xx",
+        upstream_rq_4xx: Counter => "upstream_rq_4xx",
+        upstream_rq_5xx: Counter => "upstream_rq_5xx",
+        hc_attempt: Counter => "health_check.attempt",
+        hc_success: Counter => "health_check.success",
+        hc_failure: Counter => "health_check.failure",
+        hc_network_failure: Counter => "health_check.network_failure",
+    }
+}
+
+impl ClusterStats {
+    /// Whether the cluster ever opened an upstream connection (Envoy uses
+    /// `no_traffic_interval` until then).
+    pub fn had_traffic(&self) -> bool {
+        self.upstream_cx_total.get() > 0
+    }
+
+    /// Counts a response status in `upstream_rq_<N>xx`.
+    #[inline]
+    pub fn count_status(&self, status: u16) {
+        match status / 100 {
+            1 => self.upstream_rq_1xx.inc(),
+            2 => self.upstream_rq_2xx.inc(),
+            3 => self.upstream_rq_3xx.inc(),
+            4 => self.upstream_rq_4xx.inc(),
+            _ => self.upstream_rq_5xx.inc(),
+        }
+    }
+}
+
+/// An open upstream connection's share of the stats: holds `cx_active` of
+/// the host and the cluster until dropped.
+#[derive(Debug)]
+pub struct UpstreamCx {
+    host: Arc<Host>,
+    stats: Arc<ClusterStats>,
+}
+
+impl UpstreamCx {
+    fn new(host: Arc<Host>, stats: Arc<ClusterStats>) -> UpstreamCx {
+        host.stats.cx_active.inc();
+        stats.upstream_cx_active.inc();
+        UpstreamCx { host, stats }
+    }
+
+    /// The host connected to.
+    pub fn host(&self) -> &Arc<Host> {
+        &self.host
+    }
+
+    /// The cluster's stats.
+    pub fn stats(&self) -> &Arc<ClusterStats> {
+        &self.stats
+    }
+}
+
+impl Drop for UpstreamCx {
+    fn drop(&mut self) {
+        self.host.stats.cx_active.dec();
+        self.stats.upstream_cx_active.dec();
+    }
+}
+
+/// One version of a cluster.
+#[derive(Debug)]
+pub struct Cluster {
+    config: model::Cluster,
+    stats: Arc<ClusterStats>,
+    lb: Arc<LoadBalancer>,
+    checker: Option<CheckerCtx>,
+    checkers: Mutex<HashMap<SocketAddr, DropGuard>>,
+    /// Parent of this version's checker tokens.
+    token: CancellationToken,
+    created: Instant,
+    endpoints_known: AtomicBool,
+    initialized: AtomicBool,
+}
+
+impl Cluster {
+    /// Builds a cluster version. `endpoints` is `None` for an EDS cluster whose
+    /// load assignment has not arrived. `previous` is the version it replaces:
+    /// its hosts are reused for addresses that remain.
+    pub fn new(
+        config: model::Cluster,
+        stats: Arc<ClusterStats>,
+        endpoints: Option<&[Endpoint]>,
+        previous: Option<&Cluster>,
+        parent: &CancellationToken,
+    ) -> Arc<Cluster> {
+        let health_checked = config.health_check.is_some();
+        let prev_hosts: HashMap<SocketAddr, Arc<Host>> = previous
+            .map(|p| {
+                p.lb.members()
+                    .hosts()
+                    .iter()
+                    .map(|h| (h.addr(), h.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let prev_checked = previous.is_some_and(|p| p.config.health_check.is_some());
+        let hosts = reuse_hosts(endpoints.unwrap_or(&[]), &prev_hosts, health_checked, |h| {
+            if health_checked && !prev_checked {
+                // A cluster that gains a health check: its hosts start over.
+                h.reset_for_health_check();
+            } else if !health_checked {
+                h.clear_health();
+            }
+        });
+        let start = rand::random::<u32>() as usize;
+        let lb = Arc::new(LoadBalancer::new(
+            hosts.clone(),
+            config.healthy_panic_threshold,
+            start,
+        ));
+        let checker = config.health_check.as_ref().map(|hc| CheckerCtx {
+            cfg: Arc::new(hc.clone()),
+            probe: Probe::new(hc, &config.name),
+            stats: stats.clone(),
+            lb: Arc::downgrade(&lb),
+        });
+        let cluster = Arc::new(Cluster {
+            config,
+            stats,
+            lb,
+            checker,
+            checkers: Mutex::new(HashMap::new()),
+            token: parent.child_token(),
+            created: Instant::now(),
+            endpoints_known: AtomicBool::new(endpoints.is_some()),
+            initialized: AtomicBool::new(false),
+        });
+        cluster.sync_checkers(&hosts);
+        cluster
+    }
+
+    /// The cluster's name.
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// The model this version was built from.
+    pub fn config(&self) -> &model::Cluster {
+        &self.config
+    }
+
+    /// The cluster's stats (shared by every version of the cluster).
+    pub fn stats(&self) -> &Arc<ClusterStats> {
+        &self.stats
+    }
+
+    /// The load balancer.
+    pub fn lb(&self) -> &LoadBalancer {
+        &self.lb
+    }
+
+    /// The next host to use; `None` (counted in `upstream_cx_none_healthy`)
+    /// when there is none.
+    #[inline]
+    pub fn pick(&self) -> Option<Arc<Host>> {
+        let h = self.lb.pick();
+        if h.is_none() {
+            self.stats.upstream_cx_none_healthy.inc();
+        }
+        h
+    }
+
+    /// Opens a TCP connection to `host` within `connect_timeout`, with
+    /// `TCP_NODELAY`, counting it in the host's and the cluster's stats.
+    pub async fn connect(&self, host: &Arc<Host>) -> Result<(TcpStream, UpstreamCx), ConnectError> {
+        self.stats.upstream_cx_total.inc();
+        host.stats.cx_total.inc();
+        let r = tokio::time::timeout(self.config.connect_timeout, TcpStream::connect(host.addr()))
+            .await;
+        match r {
+            Ok(Ok(s)) => {
+                // Nagle only delays proxied writes.
+                let _ = s.set_nodelay(true);
+                Ok((s, UpstreamCx::new(host.clone(), self.stats.clone())))
+            }
+            Ok(Err(e)) => {
+                self.stats.upstream_cx_connect_fail.inc();
+                host.stats.cx_connect_fail.inc();
+                Err(ConnectError::Io(e))
+            }
+            Err(_) => {
+                self.stats.upstream_cx_connect_fail.inc();
+                self.stats.upstream_cx_connect_timeout.inc();
+                host.stats.cx_connect_fail.inc();
+                Err(ConnectError::Timeout)
+            }
+        }
+    }
+
+    /// Replaces the hosts (EDS update), keeping the state of hosts that remain.
+    pub fn set_endpoints(&self, endpoints: &[Endpoint]) {
+        let members = self.lb.members();
+        let prev: HashMap<SocketAddr, Arc<Host>> = members
+            .hosts()
+            .iter()
+            .map(|h| (h.addr(), h.clone()))
+            .collect();
+        let hosts = reuse_hosts(endpoints, &prev, self.checker.is_some(), |_| {});
+        self.lb.set_hosts(hosts.clone());
+        self.sync_checkers(&hosts);
+        self.endpoints_known.store(true, Ordering::Release);
+    }
+
+    /// Starts checkers for hosts that have none, stops those of hosts that left.
+    fn sync_checkers(&self, hosts: &[Arc<Host>]) {
+        let Some(ctx) = &self.checker else { return };
+        let mut checkers = self.checkers.lock().unwrap_or_else(PoisonError::into_inner);
+        let wanted: HashSet<SocketAddr> = hosts.iter().map(|h| h.addr()).collect();
+        checkers.retain(|addr, _| wanted.contains(addr));
+        for h in hosts {
+            if checkers.contains_key(&h.addr()) {
+                continue;
+            }
+            let token = self.token.child_token();
+            tokio::spawn(run_checker(h.clone(), ctx.clone(), token.clone()));
+            checkers.insert(h.addr(), token.drop_guard());
+        }
+    }
+
+    /// Stops this version's health checkers (the version was replaced or removed).
+    pub fn stop(&self) {
+        self.token.cancel();
+    }
+
+    /// Envoy's cluster warming: an EDS cluster waits for its load assignment
+    /// (at most [`INITIAL_FETCH_TIMEOUT`]), a health-checked cluster for the
+    /// first check of each of its hosts. Latches once true.
+    pub fn initialized(&self) -> bool {
+        if self.initialized.load(Ordering::Acquire) {
+            return true;
+        }
+        let done = if !self.endpoints_known.load(Ordering::Acquire) {
+            self.created.elapsed() >= INITIAL_FETCH_TIMEOUT
+        } else if self.checker.is_some() {
+            self.lb
+                .members()
+                .hosts()
+                .iter()
+                .all(|h| h.first_check_done())
+        } else {
+            true
+        };
+        if done {
+            self.initialized.store(true, Ordering::Release);
+        }
+        done
+    }
+
+    /// Appends the `cluster.<name>.` stats, computed gauges included.
+    pub fn collect_stats(&self, out: &mut Vec<(String, u64)>) {
+        let prefix = format!("cluster.{}.", self.config.name);
+        self.stats.collect(&prefix, out);
+        let members = self.lb.members();
+        let total = members.hosts().len() as u64;
+        let healthy = members.healthy_count() as u64;
+        out.push((format!("{prefix}membership_total"), total));
+        out.push((format!("{prefix}membership_healthy"), healthy));
+        out.push((
+            format!("{prefix}lb_healthy_panic"),
+            u64::from(members.in_panic()),
+        ));
+        if self.checker.is_some() {
+            out.push((format!("{prefix}health_check.healthy"), healthy));
+        }
+    }
+}
+
+/// The hosts for `endpoints` (first occurrence of an address wins), reusing
+/// `prev` hosts (weight updated, `on_reuse` applied) and creating the others.
+fn reuse_hosts(
+    endpoints: &[Endpoint],
+    prev: &HashMap<SocketAddr, Arc<Host>>,
+    health_checked: bool,
+    on_reuse: impl Fn(&Host),
+) -> Vec<Arc<Host>> {
+    let mut seen = HashSet::with_capacity(endpoints.len());
+    let mut hosts = Vec::with_capacity(endpoints.len());
+    for ep in endpoints {
+        if !seen.insert(ep.addr) {
+            continue;
+        }
+        let host = match prev.get(&ep.addr) {
+            Some(h) => {
+                h.set_weight(ep.weight);
+                on_reuse(h);
+                h.clone()
+            }
+            None => Arc::new(Host::new(ep.addr, ep.weight, health_checked)),
+        };
+        hosts.push(host);
+    }
+    hosts
+}
+
+/// The current version of a cluster, by name. Listeners and routes hold the
+/// slot, so a cluster that changes, disappears or appears later is seen by
+/// the next connection or request without a lookup.
+#[derive(Debug)]
+pub struct ClusterSlot {
+    name: String,
+    current: ArcSwapOption<Cluster>,
+}
+
+impl ClusterSlot {
+    /// The cluster name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The current version, if the cluster exists.
+    #[inline]
+    pub fn get(&self) -> Option<Arc<Cluster>> {
+        self.current.load_full()
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    slots: HashMap<String, Arc<ClusterSlot>>,
+    active: BTreeMap<String, Arc<Cluster>>,
+    load_assignments: BTreeMap<String, LoadAssignment>,
+    static_names: HashSet<String>,
+}
+
+/// The clusters and load assignments in force.
+#[derive(Debug)]
+pub struct ClusterManager {
+    shutdown: CancellationToken,
+    state: Mutex<State>,
+}
+
+fn check_unique<'a>(
+    kind: &'static str,
+    names: impl Iterator<Item = &'a str>,
+) -> Result<(), NackError> {
+    let mut seen = HashSet::new();
+    for n in names {
+        if !seen.insert(n) {
+            return Err(NackError {
+                kind,
+                name: n.to_owned(),
+                message: format!("duplicate {kind} name"),
+            });
+        }
+    }
+    Ok(())
+}
+
+impl ClusterManager {
+    /// An empty manager; health checkers stop when `shutdown` is cancelled.
+    pub fn new(shutdown: CancellationToken) -> ClusterManager {
+        ClusterManager {
+            shutdown,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The slot of cluster `name` (created empty if the cluster does not exist yet).
+    pub fn slot(&self, name: &str) -> Arc<ClusterSlot> {
+        let mut st = self.lock();
+        slot_in(&mut st, name)
+    }
+
+    /// Replaces the set of clusters. Needs a tokio runtime (checkers are spawned).
+    pub fn set_clusters(&self, clusters: Vec<model::Cluster>) -> Result<(), NackError> {
+        check_unique("cluster", clusters.iter().map(|c| c.name.as_str()))?;
+        let mut st = self.lock();
+        let mut next = BTreeMap::new();
+        for c in clusters {
+            let name = c.name.clone();
+            let old = st.active.get(&name).cloned();
+            let cluster = match old {
+                Some(old) if old.config == c => old,
+                old => {
+                    let stats = old.as_ref().map(|o| o.stats.clone()).unwrap_or_default();
+                    let endpoints: Option<Vec<Endpoint>> =
+                        endpoints_of(&c, &st.load_assignments).map(<[Endpoint]>::to_vec);
+                    let new = Cluster::new(
+                        c,
+                        stats,
+                        endpoints.as_deref(),
+                        old.as_deref(),
+                        &self.shutdown,
+                    );
+                    slot_in(&mut st, &name).current.store(Some(new.clone()));
+                    if let Some(old) = old {
+                        old.stop();
+                    }
+                    new
+                }
+            };
+            next.insert(name, cluster);
+        }
+        let removed: Vec<Arc<Cluster>> = st
+            .active
+            .iter()
+            .filter(|(n, _)| !next.contains_key(*n))
+            .map(|(_, c)| c.clone())
+            .collect();
+        for old in removed {
+            if let Some(slot) = st.slots.get(old.name()) {
+                slot.current.store(None);
+            }
+            old.stop();
+        }
+        st.active = next;
+        let State { slots, active, .. } = &mut *st;
+        slots.retain(|name, s| Arc::strong_count(s) > 1 || active.contains_key(name));
+        Ok(())
+    }
+
+    /// Replaces the set of load assignments and updates the EDS clusters whose assignment changed.
+    pub fn set_load_assignments(&self, las: Vec<LoadAssignment>) -> Result<(), NackError> {
+        check_unique("load assignment", las.iter().map(|l| l.name.as_str()))?;
+        let mut st = self.lock();
+        let next: BTreeMap<String, LoadAssignment> =
+            las.into_iter().map(|l| (l.name.clone(), l)).collect();
+        for cluster in st.active.values() {
+            let Discovery::Eds { service_name } = &cluster.config.discovery else {
+                continue;
+            };
+            let (old, new) = (
+                st.load_assignments.get(service_name),
+                next.get(service_name),
+            );
+            if old == new {
+                continue;
+            }
+            // A removed assignment leaves the cluster without hosts.
+            cluster.set_endpoints(new.map(|l| l.endpoints.as_slice()).unwrap_or(&[]));
+        }
+        st.load_assignments = next;
+        Ok(())
+    }
+
+    /// Records which clusters come from `static_resources` (for `added_via_api`).
+    pub fn mark_static(&self, names: impl IntoIterator<Item = String>) {
+        self.lock().static_names.extend(names);
+    }
+
+    /// Whether `name` came from `static_resources`.
+    pub fn is_static(&self, name: &str) -> bool {
+        self.lock().static_names.contains(name)
+    }
+
+    /// The clusters in force, by name.
+    pub fn clusters(&self) -> Vec<Arc<Cluster>> {
+        self.lock().active.values().cloned().collect()
+    }
+
+    /// The load assignments in force, by name.
+    pub fn load_assignments(&self) -> Vec<LoadAssignment> {
+        self.lock().load_assignments.values().cloned().collect()
+    }
+
+    /// Stops every health checker.
+    pub fn stop_all(&self) {
+        for c in self.lock().active.values() {
+            c.stop();
+        }
+    }
+}
+
+fn slot_in(st: &mut State, name: &str) -> Arc<ClusterSlot> {
+    if let Some(s) = st.slots.get(name) {
+        return s.clone();
+    }
+    let s = Arc::new(ClusterSlot {
+        name: name.to_owned(),
+        current: ArcSwapOption::from(st.active.get(name).cloned()),
+    });
+    st.slots.insert(name.to_owned(), s.clone());
+    s
+}
+
+fn endpoints_of<'a>(
+    c: &'a model::Cluster,
+    las: &'a BTreeMap<String, LoadAssignment>,
+) -> Option<&'a [Endpoint]> {
+    match &c.discovery {
+        Discovery::Static(la) => Some(&la.endpoints),
+        Discovery::Eds { service_name } => las.get(service_name).map(|l| l.endpoints.as_slice()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{HealthCheck, HealthCheckKind, LbPolicy};
+
+    fn ep(port: u16) -> Endpoint {
+        Endpoint {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            weight: 1,
+        }
+    }
+
+    fn eds(name: &str) -> model::Cluster {
+        model::Cluster {
+            name: name.into(),
+            discovery: Discovery::Eds {
+                service_name: name.into(),
+            },
+            connect_timeout: Duration::from_secs(5),
+            lb_policy: LbPolicy::RoundRobin,
+            health_check: None,
+            healthy_panic_threshold: 50.0,
+        }
+    }
+
+    fn la(name: &str, ports: &[u16]) -> LoadAssignment {
+        LoadAssignment {
+            name: name.into(),
+            endpoints: ports.iter().map(|&p| ep(p)).collect(),
+        }
+    }
+
+    fn ports(c: &Cluster) -> Vec<u16> {
+        c.lb()
+            .members()
+            .hosts()
+            .iter()
+            .map(|h| h.addr().port())
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn eds_updates_keep_hosts_and_changed_cluster_keeps_state() {
+        let cm = ClusterManager::new(CancellationToken::new());
+        let slot = cm.slot("a");
+        assert!(slot.get().is_none());
+        cm.set_clusters(vec![eds("a")]).unwrap();
+        let v1 = slot.get().unwrap();
+        assert!(ports(&v1).is_empty());
+        assert!(!v1.initialized(), "waits for EDS");
+        cm.set_load_assignments(vec![la("a", &[1, 2])]).unwrap();
+        assert!(v1.initialized());
+        assert_eq!(ports(&v1), vec![1, 2]);
+        let h2 = v1.lb().members().hosts()[1].clone();
+        h2.stats.rq_total.add(7);
+        // EDS update: host 2 stays (same Arc), 1 leaves, 3 arrives.
+        cm.set_load_assignments(vec![la("a", &[2, 3])]).unwrap();
+        assert_eq!(ports(&v1), vec![2, 3]);
+        assert!(Arc::ptr_eq(&v1.lb().members().hosts()[0], &h2));
+        // Unchanged cluster: same version.
+        cm.set_clusters(vec![eds("a")]).unwrap();
+        assert!(Arc::ptr_eq(&slot.get().unwrap(), &v1));
+        // Changed cluster: new version, same hosts and stats.
+        v1.stats().upstream_cx_total.inc();
+        let mut changed = eds("a");
+        changed.connect_timeout = Duration::from_secs(1);
+        cm.set_clusters(vec![changed]).unwrap();
+        let v2 = slot.get().unwrap();
+        assert!(!Arc::ptr_eq(&v2, &v1));
+        assert_eq!(v2.config().connect_timeout, Duration::from_secs(1));
+        assert!(Arc::ptr_eq(&v2.lb().members().hosts()[0], &h2));
+        assert_eq!(v2.stats().upstream_cx_total.get(), 1);
+        // Removed: the slot empties; the duplicate check rejects without applying.
+        let err = cm.set_clusters(vec![eds("b"), eds("b")]).unwrap_err();
+        assert_eq!(err.to_string(), "cluster b: duplicate cluster name");
+        assert!(slot.get().is_some());
+        cm.set_clusters(vec![]).unwrap();
+        assert!(slot.get().is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn eds_wait_times_out() {
+        let cm = ClusterManager::new(CancellationToken::new());
+        cm.set_clusters(vec![eds("a")]).unwrap();
+        let c = cm.slot("a").get().unwrap();
+        assert!(!c.initialized());
+        tokio::time::sleep(INITIAL_FETCH_TIMEOUT).await;
+        assert!(c.initialized());
+    }
+
+    #[tokio::test]
+    async fn health_checked_hosts_start_failed_and_warm() {
+        let cm = ClusterManager::new(CancellationToken::new());
+        let live = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let live_port = live.local_addr().unwrap().port();
+        let mut c = eds("a");
+        c.health_check = Some(HealthCheck {
+            interval: Duration::from_secs(10),
+            timeout: Duration::from_secs(1),
+            unhealthy_threshold: 1,
+            healthy_threshold: 1,
+            no_traffic_interval: Duration::from_secs(60),
+            unhealthy_interval: Duration::from_secs(10),
+            kind: HealthCheckKind::Tcp,
+        });
+        c.healthy_panic_threshold = 0.0;
+        c.discovery = Discovery::Static(la("a", &[live_port]));
+        cm.set_clusters(vec![c]).unwrap();
+        let cl = cm.slot("a").get().unwrap();
+        let h = cl.lb().members().hosts()[0].clone();
+        // Before the first check: failed, and (panic off) nothing to pick.
+        if !h.first_check_done() {
+            assert_eq!(h.health_flags(), "/failed_active_hc");
+        }
+        for _ in 0..200 {
+            if cl.initialized() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(cl.initialized());
+        assert_eq!(h.health_flags(), "healthy");
+        assert_eq!(cl.pick().unwrap().addr().port(), live_port);
+        assert_eq!(cl.stats().hc_success.get(), 1);
+        cm.stop_all();
+    }
+}

@@ -1,0 +1,161 @@
+//! One upstream host: its address, weight, health flags, stats and idle
+//! HTTP/1 connections.
+//!
+//! A host is shared (`Arc<Host>`) by every version of its cluster and every
+//! load-balancer snapshot that contains it, so a host that stays across an EDS
+//! update or a cluster change keeps its health state, stats and pooled
+//! connections. Everything a request touches is an atomic.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
+
+use crate::runtime::stats::{stats_struct, Counter, Gauge};
+use crate::upstream::pool::Pool;
+
+/// Health flag: the active health checker failed the host (Envoy `FAILED_ACTIVE_HC`).
+pub const FAILED_ACTIVE_HC: u8 = 1;
+/// Health flag: the last failed check timed out (Envoy `ACTIVE_HC_TIMEOUT`); informational.
+pub const ACTIVE_HC_TIMEOUT: u8 = 2;
+
+stats_struct! {
+    /// Per-host stats, as `/clusters` shows them.
+    pub struct HostStats {
+        /// Connections opened (attempts included).
+        cx_total: Counter => "cx_total",
+        /// Connections open now.
+        cx_active: Gauge => "cx_active",
+        /// Connection attempts that failed or timed out.
+        cx_connect_fail: Counter => "cx_connect_fail",
+        /// Requests sent.
+        rq_total: Counter => "rq_total",
+        /// Requests in flight.
+        rq_active: Gauge => "rq_active",
+        /// Requests answered with a non-5xx status.
+        rq_success: Counter => "rq_success",
+        /// Requests that failed (5xx, reset, timeout).
+        rq_error: Counter => "rq_error",
+    }
+}
+
+/// One upstream host.
+#[derive(Debug)]
+pub struct Host {
+    addr: SocketAddr,
+    weight: AtomicU32,
+    flags: AtomicU8,
+    /// Whether the health checker has finished at least one check of this host.
+    first_check_done: AtomicBool,
+    /// Stats.
+    pub stats: HostStats,
+    /// Idle upstream HTTP/1 connections.
+    pub(crate) pool: Pool,
+}
+
+impl Host {
+    /// A new host. A host of a health-checked cluster starts unhealthy
+    /// (`/failed_active_hc`) until its first check, as in Envoy.
+    pub fn new(addr: SocketAddr, weight: u32, health_checked: bool) -> Host {
+        Host {
+            addr,
+            weight: AtomicU32::new(weight.max(1)),
+            flags: AtomicU8::new(if health_checked { FAILED_ACTIVE_HC } else { 0 }),
+            first_check_done: AtomicBool::new(false),
+            stats: HostStats::default(),
+            pool: Pool::default(),
+        }
+    }
+
+    /// The host's address.
+    #[inline]
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Load balancing weight (>= 1).
+    #[inline]
+    pub fn weight(&self) -> u32 {
+        self.weight.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_weight(&self, weight: u32) {
+        self.weight.store(weight.max(1), Ordering::Relaxed);
+    }
+
+    /// Whether the host may receive traffic outside panic mode.
+    #[inline]
+    pub fn is_healthy(&self) -> bool {
+        self.flags.load(Ordering::Acquire) & FAILED_ACTIVE_HC == 0
+    }
+
+    /// Raw health flags ([`FAILED_ACTIVE_HC`], [`ACTIVE_HC_TIMEOUT`]).
+    pub fn flags(&self) -> u8 {
+        self.flags.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set_flag(&self, flag: u8) {
+        self.flags.fetch_or(flag, Ordering::AcqRel);
+    }
+
+    pub(crate) fn clear_flag(&self, flag: u8) {
+        self.flags.fetch_and(!flag, Ordering::AcqRel);
+    }
+
+    /// Envoy's `health_flags`: `healthy`, or the flags joined (`/failed_active_hc/active_hc_timeout`).
+    pub fn health_flags(&self) -> String {
+        let flags = self.flags();
+        if flags == 0 {
+            return "healthy".to_owned();
+        }
+        let mut s = String::new();
+        if flags & FAILED_ACTIVE_HC != 0 {
+            s.push_str("/failed_active_hc");
+        }
+        if flags & ACTIVE_HC_TIMEOUT != 0 {
+            s.push_str("/active_hc_timeout");
+        }
+        s
+    }
+
+    /// Whether the health checker has completed a first check of this host.
+    pub fn first_check_done(&self) -> bool {
+        self.first_check_done.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn mark_first_check_done(&self) {
+        self.first_check_done.store(true, Ordering::Release);
+    }
+
+    /// Puts the host back in the state of a freshly added host of a
+    /// health-checked cluster (used when a cluster gains a health check).
+    pub(crate) fn reset_for_health_check(&self) {
+        self.flags.store(FAILED_ACTIVE_HC, Ordering::Release);
+        self.first_check_done.store(false, Ordering::Release);
+    }
+
+    /// Clears every health flag (used when a cluster loses its health check).
+    pub(crate) fn clear_health(&self) {
+        self.flags.store(0, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_flags_strings() {
+        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let h = Host::new(addr, 0, true);
+        assert_eq!(h.weight(), 1);
+        assert!(!h.is_healthy());
+        assert_eq!(h.health_flags(), "/failed_active_hc");
+        h.set_flag(ACTIVE_HC_TIMEOUT);
+        assert_eq!(h.health_flags(), "/failed_active_hc/active_hc_timeout");
+        h.clear_flag(FAILED_ACTIVE_HC);
+        assert!(h.is_healthy());
+        assert_eq!(h.health_flags(), "/active_hc_timeout");
+        h.clear_health();
+        assert_eq!(h.health_flags(), "healthy");
+        assert_eq!(Host::new(addr, 3, false).health_flags(), "healthy");
+    }
+}

@@ -1,0 +1,34 @@
+//! Upstream side: clusters, hosts, load balancing, health checking and
+//! connections to hosts.
+//!
+//! Owns everything between "this request/connection goes to cluster X" and an
+//! open connection to one of X's hosts:
+//! - [`cluster`]: cluster versions, the cluster manager (CDS/EDS reconciliation)
+//!   and the [`ClusterSlot`]s through which the request path reaches a cluster;
+//! - [`host`]: hosts with atomic stats and health flags;
+//! - [`lb`]: weighted round robin with the panic threshold, lock-free picks;
+//! - [`health`]: active TCP/HTTP health checks with Envoy's state machine;
+//! - [`pool`]: upstream HTTP/1.1 exchanges with per-host connection reuse.
+//!
+//! Does not own listeners, routing or the config in force (see `listener` and
+//! `runtime`).
+
+pub mod cluster;
+pub mod health;
+pub mod host;
+pub mod lb;
+pub mod pool;
+
+pub use cluster::{Cluster, ClusterManager, ClusterSlot, ClusterStats, UpstreamCx};
+pub use host::Host;
+
+/// Why an upstream TCP connection could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// Not connected within the cluster's `connect_timeout`.
+    #[error("connection timeout")]
+    Timeout,
+    /// The connect failed.
+    #[error("connection failure: {0}")]
+    Io(#[from] std::io::Error),
+}

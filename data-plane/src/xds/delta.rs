@@ -1,0 +1,184 @@
+//! The incremental (delta) side of one ADS stream.
+//!
+//! The first request of each type carries `initial_resource_versions`: what
+//! the client holds (name -> version) from before a reconnect, so the server
+//! sends only what changed. CDS and LDS are subscribed as wildcards (empty
+//! `resource_names_subscribe`, as Envoy does); EDS and RDS by name, with
+//! later changes sent as subscribe/unsubscribe diffs. An ACK or NACK carries
+//! only the nonce (and, for a NACK, `error_detail`).
+
+use std::collections::BTreeSet;
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
+};
+use tracing::{debug, warn};
+
+use super::store::{Kind, Update};
+use super::{check_unique, decode_any, error_detail, kind_word, ClientState, Protocol};
+use crate::model::NackError;
+
+/// Per-stream delta state.
+#[derive(Debug)]
+pub(super) struct DeltaStream {
+    /// Sent in the first request only.
+    node: Option<Node>,
+    /// Names subscribed to on this stream for EDS and RDS; `None` before the
+    /// first request of that type.
+    subscribed: [Option<BTreeSet<String>>; 4],
+}
+
+impl DeltaStream {
+    pub(super) fn new(node: Node) -> Self {
+        DeltaStream {
+            node: Some(node),
+            subscribed: Default::default(),
+        }
+    }
+
+    fn request(&mut self, kind: Kind) -> DeltaDiscoveryRequest {
+        DeltaDiscoveryRequest {
+            node: self.node.take(),
+            type_url: kind.type_url().to_string(),
+            ..Default::default()
+        }
+    }
+
+    /// Decodes a response into an update; `Err` NACKs it.
+    fn decode(
+        kind: Kind,
+        resp: &DeltaDiscoveryResponse,
+        cs: &ClientState,
+    ) -> Result<Update, NackError> {
+        let mut decoded = Vec::with_capacity(resp.resources.len());
+        for r in &resp.resources {
+            let Resource {
+                name,
+                version,
+                resource,
+                // xdstp names, VHDS aliases and response metadata: unused.
+                resource_name: _,
+                aliases: _,
+                cache_control: _,
+                metadata: _,
+                // Resource TTLs are not implemented: a resource stays until
+                // removed (the server's heartbeats are harmless).
+                ttl: _,
+            } = r;
+            let Some(any) = resource else {
+                // A resource without a body only refreshes a TTL, which
+                // pylon-proxy does not use.
+                debug!(r#type = kind.short(), name = %name, "resource without a body; ignored");
+                continue;
+            };
+            let d = decode_any(kind, any)?;
+            if d.name() != name {
+                return Err(NackError {
+                    kind: kind_word(kind),
+                    name: d.name().to_string(),
+                    message: format!("sent under the name {name:?}"),
+                });
+            }
+            decoded.push((d, version.clone()));
+        }
+        check_unique(kind, decoded.iter().map(|(d, _)| d.name()))?;
+        let wanted = cs.store.names(kind);
+        let upserts = decoded
+            .into_iter()
+            .filter(|(d, _)| {
+                let keep = kind.is_wildcard() || wanted.contains(d.name());
+                if !keep {
+                    debug!(
+                        r#type = kind.short(),
+                        name = d.name(),
+                        "ignoring a resource not subscribed to"
+                    );
+                }
+                keep
+            })
+            .collect();
+        let removed = resp
+            .removed_resources
+            .iter()
+            .cloned()
+            .chain(resp.removed_resource_names.iter().map(|r| r.name.clone()))
+            .collect();
+        Ok(Update {
+            kind,
+            full_set: false,
+            upserts,
+            removed,
+        })
+    }
+}
+
+impl Protocol for DeltaStream {
+    type Request = DeltaDiscoveryRequest;
+    type Response = DeltaDiscoveryResponse;
+
+    fn initial(&mut self, cs: &ClientState) -> Vec<DeltaDiscoveryRequest> {
+        let mut out = Vec::new();
+        for kind in Kind::ALL {
+            let names = cs.store.names(kind);
+            if !kind.is_wildcard() && names.is_empty() {
+                continue;
+            }
+            let mut req = self.request(kind);
+            req.resource_names_subscribe = names.iter().cloned().collect();
+            req.initial_resource_versions = cs
+                .store
+                .versions(kind)
+                .into_iter()
+                .filter(|(name, _)| kind.is_wildcard() || names.contains(name))
+                .collect();
+            self.subscribed[kind.index()] = Some(names);
+            out.push(req);
+        }
+        out
+    }
+
+    async fn on_response(
+        &mut self,
+        resp: DeltaDiscoveryResponse,
+        cs: &mut ClientState,
+    ) -> Vec<DeltaDiscoveryRequest> {
+        let Some(kind) = Kind::from_type_url(&resp.type_url) else {
+            warn!(type_url = %resp.type_url, "ignoring a response of a type not subscribed to");
+            return Vec::new();
+        };
+        debug!(
+            r#type = kind.short(), version = %resp.system_version_info, nonce = %resp.nonce,
+            updates = resp.resources.len(), removed = resp.removed_resources.len(), "delta response"
+        );
+        let result = match Self::decode(kind, &resp, cs) {
+            Ok(update) => cs.apply(update, &resp.system_version_info).await,
+            Err(e) => Err(cs.nacked(kind, e)),
+        };
+        let mut ack = self.request(kind);
+        ack.response_nonce = resp.nonce;
+        ack.error_detail = result.err().as_ref().map(error_detail);
+        let mut out = vec![ack];
+        out.extend(self.resubscribe(cs));
+        out
+    }
+
+    fn resubscribe(&mut self, cs: &ClientState) -> Vec<DeltaDiscoveryRequest> {
+        let mut out = Vec::new();
+        for kind in [Kind::Endpoint, Kind::Route] {
+            let names = cs.store.names(kind);
+            let sent = self.subscribed[kind.index()].clone().unwrap_or_default();
+            let subscribe: Vec<String> = names.difference(&sent).cloned().collect();
+            let unsubscribe: Vec<String> = sent.difference(&names).cloned().collect();
+            if subscribe.is_empty() && unsubscribe.is_empty() {
+                continue;
+            }
+            let mut req = self.request(kind);
+            req.resource_names_subscribe = subscribe;
+            req.resource_names_unsubscribe = unsubscribe;
+            self.subscribed[kind.index()] = Some(names);
+            out.push(req);
+        }
+        out
+    }
+}

@@ -1,0 +1,545 @@
+//! The ADS client: one gRPC stream to the control plane carrying CDS, EDS,
+//! LDS and RDS, state-of-the-world or delta.
+//!
+//! This module owns the stream, its requests (subscriptions, ACKs, NACKs),
+//! reconnecting, and the order in which accepted configuration reaches the
+//! runtime through a [`ConfigSink`]. It does not own the configuration in
+//! force (the runtime does) nor decoding rules (`model`).
+//!
+//! # Use
+//! ```ignore
+//! let (client, state) = XdsClient::new(XdsOptions { addr, node: xds::node(id, cluster), delta: true });
+//! tokio::spawn(client.run(sink, shutdown.clone()));
+//! state.status(); // for admin: connected, versions, last NACK, initialized
+//! ```
+//!
+//! # Protocol
+//! - Subscriptions: CDS and LDS as (legacy, empty-names) wildcards, as Envoy
+//!   does; EDS for the `service_name` of every EDS cluster and RDS for the
+//!   route configuration of every RDS listener, updated whenever clusters or
+//!   listeners change (names still used by the version in force stay
+//!   subscribed until it is replaced).
+//! - Each response is decoded in full first (`model::decode`): an `Any` that
+//!   does not decode, has the wrong type, fails validation, or repeats a name
+//!   NACKs the whole response (`error_detail` code 3, INVALID_ARGUMENT, with
+//!   the [`NackError`] text), keeping the previous version and the last good
+//!   config; the sink is not called.
+//! - Otherwise the update is applied (see `store` for warming and order), and
+//!   ACKed with the response's version and nonce. If the sink rejects the
+//!   response's own type, that is a NACK too.
+//! - SotW: CDS and LDS responses are full sets (absent = removed); EDS and
+//!   RDS responses are merged by name, and the assignments and routes of
+//!   removed clusters and listeners are dropped by the client. Delta:
+//!   `removed_resources` are applied; after a reconnect the first request of
+//!   each type carries `initial_resource_versions` of what is held, so the
+//!   server resends only what changed.
+//! - The node goes in the first request of each stream only.
+//! - Control plane down: the last config stays in force; reconnect with
+//!   jittered exponential backoff from 100 ms to 10 s (reset once a stream
+//!   has delivered a response). Connection events are logged at info.
+//!
+//! # SotW or delta
+//! Delta is the better default for pylon-proxy (`pylon-xds bootstrap --delta`
+//! and `api_type: DELTA_GRPC`): a change to one cluster or listener sends that
+//! resource only, where SotW resends every cluster (or listener) on each
+//! change and the client re-decodes and re-compares all of them; and after a
+//! reconnect `initial_resource_versions` spares resending everything. Both are
+//! implemented; the bootstrap's `api_type` chooses (`XdsOptions::delta`).
+//!
+//! # Status
+//! [`XdsClient::new`] returns an `Arc<XdsState>`; [`XdsState::status`] gives
+//! an [`XdsStatus`] snapshot (connected, accepted version per type, last NACK,
+//! whether the initial config has arrived and warmed) for the admin endpoints.
+
+mod delta;
+mod sotw;
+mod store;
+
+#[cfg(test)]
+mod testing;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::core::v3::{node::UserAgentVersionType, Node};
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use envoy_types::pb::google::protobuf::Any;
+use envoy_types::pb::google::rpc;
+use rand::Rng;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::Streaming;
+use tracing::{info, warn};
+
+use crate::model::{self, Decoded, NackError};
+pub use store::WARMING_TIMEOUT;
+use store::{Kind, Store, Update};
+
+/// Where the runtime takes the configuration the client accepted.
+///
+/// Each call carries the complete set of its type in force (a name absent
+/// from the set is removed). Calls come in make-before-break order:
+/// assignments before the clusters that use them, clusters before the
+/// listeners that use them, route configurations before their listeners, and
+/// removals of assignments and routes after their users. Two cases to expect:
+/// `set_load_assignments` may carry an assignment whose cluster is still
+/// warming (not yet given to `set_clusters`); and after the warming timeout an
+/// EDS cluster may arrive without its assignment (no hosts yet), a listener
+/// without its RDS route configuration (no routes: 404).
+///
+/// Resources from the bootstrap's `static_resources` are not included: an
+/// implementation that also serves them must merge them into each set
+/// (Envoy refuses xDS resources named like static ones; so may the sink).
+///
+/// `Err` rejects the set: for the type of the response being applied, the
+/// response is NACKed with the error's text; the client keeps the previous
+/// set in force and does not call again until something changes.
+#[tonic::async_trait]
+pub trait ConfigSink: Send + Sync + 'static {
+    /// All clusters.
+    async fn set_clusters(&self, v: Vec<model::Cluster>) -> Result<(), model::NackError>;
+    /// All load assignments (EDS).
+    async fn set_load_assignments(
+        &self,
+        v: Vec<model::LoadAssignment>,
+    ) -> Result<(), model::NackError>;
+    /// All listeners.
+    async fn set_listeners(&self, v: Vec<model::Listener>) -> Result<(), model::NackError>;
+    /// All route configurations (RDS).
+    async fn set_route_configs(&self, v: Vec<model::RouteConfig>) -> Result<(), model::NackError>;
+}
+
+/// How to reach the control plane, and who we are.
+#[derive(Debug, Clone)]
+pub struct XdsOptions {
+    /// The ADS server (the single endpoint of the bootstrap's xDS cluster).
+    pub addr: SocketAddr,
+    /// Sent in the first request of each stream; see [`node`].
+    pub node: Node,
+    /// Incremental (delta) ADS instead of state-of-the-world.
+    pub delta: bool,
+}
+
+/// The `Node` pylon-proxy presents: id, cluster, user agent `pylon-proxy`
+/// and this crate's version.
+pub fn node(id: &str, cluster: &str) -> Node {
+    Node {
+        id: id.to_string(),
+        cluster: cluster.to_string(),
+        user_agent_name: "pylon-proxy".to_string(),
+        user_agent_version_type: Some(UserAgentVersionType::UserAgentVersion(
+            env!("CARGO_PKG_VERSION").to_string(),
+        )),
+        ..Default::default()
+    }
+}
+
+/// Accepted versions per type (`None`: nothing accepted yet). SotW: the
+/// response's `version_info`; delta: its `system_version_info`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TypeVersions {
+    /// CDS.
+    pub clusters: Option<String>,
+    /// EDS.
+    pub endpoints: Option<String>,
+    /// LDS.
+    pub listeners: Option<String>,
+    /// RDS.
+    pub routes: Option<String>,
+}
+
+impl TypeVersions {
+    fn slot(&mut self, kind: Kind) -> &mut Option<String> {
+        match kind {
+            Kind::Cluster => &mut self.clusters,
+            Kind::Endpoint => &mut self.endpoints,
+            Kind::Listener => &mut self.listeners,
+            Kind::Route => &mut self.routes,
+        }
+    }
+
+    fn get(&self, kind: Kind) -> Option<&String> {
+        match kind {
+            Kind::Cluster => self.clusters.as_ref(),
+            Kind::Endpoint => self.endpoints.as_ref(),
+            Kind::Listener => self.listeners.as_ref(),
+            Kind::Route => self.routes.as_ref(),
+        }
+    }
+}
+
+/// A snapshot of the client's state, for admin.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct XdsStatus {
+    /// A stream to the control plane is open.
+    pub connected: bool,
+    /// Accepted version per type.
+    pub versions: TypeVersions,
+    /// The text of the last NACK sent (kept after later ACKs).
+    pub last_nack: Option<String>,
+    /// The last error applying an already ACKed update (a warming resource
+    /// the runtime refused); retried on the next change.
+    pub last_apply_error: Option<String>,
+    /// CDS and LDS have been accepted once and what they brought has warmed
+    /// (or timed out): Envoy's end of initialization. Stays true.
+    pub initialized: bool,
+}
+
+/// The client's shared status; see [`XdsState::status`].
+#[derive(Debug, Default)]
+pub struct XdsState {
+    status: Mutex<XdsStatus>,
+}
+
+impl XdsState {
+    /// The current status.
+    pub fn status(&self) -> XdsStatus {
+        self.lock().clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, XdsStatus> {
+        // The status is plain data; a panic while holding the lock cannot
+        // leave it inconsistent.
+        self.status.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The ADS client. Build with [`XdsClient::new`], then [`XdsClient::run`].
+#[derive(Debug)]
+pub struct XdsClient {
+    opts: XdsOptions,
+    state: Arc<XdsState>,
+}
+
+/// Runs an ADS client until `shutdown` (when no status is needed).
+pub async fn run(opts: XdsOptions, sink: Arc<dyn ConfigSink>, shutdown: CancellationToken) {
+    XdsClient::new(opts).0.run(sink, shutdown).await;
+}
+
+/// First reconnect delay.
+const BACKOFF_BASE: Duration = Duration::from_millis(100);
+/// Longest reconnect delay.
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// Time to establish the TCP + HTTP/2 connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// HTTP/2 keepalive: detects a control plane that vanished without closing.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest response accepted (tonic's default of 4 MiB is small for big fleets).
+const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
+/// `google.rpc.Code.INVALID_ARGUMENT`, the code of a NACK's `error_detail`.
+const INVALID_ARGUMENT: i32 = 3;
+
+/// Why a stream ended.
+#[derive(Debug, thiserror::Error)]
+enum StreamError {
+    #[error("cannot connect: {0}")]
+    Connect(#[from] tonic::transport::Error),
+    #[error("stream failed: {0}")]
+    Status(#[from] tonic::Status),
+    #[error("the server closed the stream")]
+    Closed,
+}
+
+impl XdsClient {
+    /// A client for `opts`, and its status handle.
+    pub fn new(opts: XdsOptions) -> (XdsClient, Arc<XdsState>) {
+        let state = Arc::new(XdsState::default());
+        (
+            XdsClient {
+                opts,
+                state: Arc::clone(&state),
+            },
+            state,
+        )
+    }
+
+    /// Connects, and keeps reconnecting, until `shutdown` is cancelled.
+    pub async fn run(self, sink: Arc<dyn ConfigSink>, shutdown: CancellationToken) {
+        let mut cs = ClientState {
+            store: Store::default(),
+            versions: TypeVersions::default(),
+            state: Arc::clone(&self.state),
+            sink,
+        };
+        let mut backoff = Backoff::default();
+        let mode = if self.opts.delta {
+            "delta"
+        } else {
+            "state of the world"
+        };
+        loop {
+            info!(addr = %self.opts.addr, mode, "connecting to the xDS server");
+            let mut got_response = false;
+            let result = tokio::select! {
+                () = shutdown.cancelled() => break,
+                r = self.stream(&mut cs, &mut got_response) => r,
+            };
+            self.state.lock().connected = false;
+            match result {
+                Ok(()) => {}
+                Err(e) => {
+                    info!(addr = %self.opts.addr, error = %e, "xDS stream ended; keeping the last config")
+                }
+            }
+            if got_response {
+                backoff.reset();
+            }
+            let delay = backoff.next_delay();
+            info!(
+                delay_ms = delay.as_millis() as u64,
+                "reconnecting to the xDS server"
+            );
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(delay) => {}
+            }
+        }
+        self.state.lock().connected = false;
+        info!("xDS client stopped");
+    }
+
+    /// One stream, from connecting until it ends.
+    async fn stream(
+        &self,
+        cs: &mut ClientState,
+        got_response: &mut bool,
+    ) -> Result<(), StreamError> {
+        let channel =
+            tonic::transport::Endpoint::from_shared(format!("http://{}", self.opts.addr))?
+                .connect_timeout(CONNECT_TIMEOUT)
+                .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+                .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+                .keep_alive_while_idle(true)
+                .connect()
+                .await?;
+        let mut grpc = AggregatedDiscoveryServiceClient::new(channel)
+            .max_decoding_message_size(MAX_RESPONSE_BYTES);
+        if self.opts.delta {
+            let mut proto = delta::DeltaStream::new(self.opts.node.clone());
+            let (tx, rx) = mpsc::channel(16);
+            send_all(&tx, proto.initial(cs)).await?;
+            let inbound = grpc
+                .delta_aggregated_resources(ReceiverStream::new(rx))
+                .await?
+                .into_inner();
+            self.connected();
+            drive(&mut proto, inbound, tx, cs, got_response).await
+        } else {
+            let mut proto = sotw::SotwStream::new(self.opts.node.clone());
+            let (tx, rx) = mpsc::channel(16);
+            send_all(&tx, proto.initial(cs)).await?;
+            let inbound = grpc
+                .stream_aggregated_resources(ReceiverStream::new(rx))
+                .await?
+                .into_inner();
+            self.connected();
+            drive(&mut proto, inbound, tx, cs, got_response).await
+        }
+    }
+
+    fn connected(&self) {
+        self.state.lock().connected = true;
+        info!(addr = %self.opts.addr, "connected to the xDS server");
+    }
+}
+
+/// What the SotW and delta stream state machines have in common.
+trait Protocol: Send {
+    type Request: Send + 'static;
+    type Response: Send + 'static;
+
+    /// The first requests of a stream.
+    fn initial(&mut self, cs: &ClientState) -> Vec<Self::Request>;
+
+    /// Handles a response: applies it, and returns the ACK or NACK followed
+    /// by any subscription changes.
+    fn on_response(
+        &mut self,
+        resp: Self::Response,
+        cs: &mut ClientState,
+    ) -> impl Future<Output = Vec<Self::Request>> + Send;
+
+    /// Subscription changes since the last requests (after a reconcile).
+    fn resubscribe(&mut self, cs: &ClientState) -> Vec<Self::Request>;
+}
+
+async fn send_all<T>(tx: &mpsc::Sender<T>, reqs: Vec<T>) -> Result<(), StreamError> {
+    for r in reqs {
+        tx.send(r).await.map_err(|_| StreamError::Closed)?;
+    }
+    Ok(())
+}
+
+async fn drive<P: Protocol>(
+    proto: &mut P,
+    mut inbound: Streaming<P::Response>,
+    tx: mpsc::Sender<P::Request>,
+    cs: &mut ClientState,
+    got_response: &mut bool,
+) -> Result<(), StreamError> {
+    loop {
+        let deadline = cs.store.next_deadline(Instant::now());
+        let reqs = tokio::select! {
+            msg = inbound.message() => match msg? {
+                None => return Err(StreamError::Closed),
+                Some(resp) => {
+                    *got_response = true;
+                    proto.on_response(resp, cs).await
+                }
+            },
+            () = sleep_until(deadline) => {
+                cs.reconcile().await;
+                proto.resubscribe(cs)
+            }
+        };
+        send_all(&tx, reqs).await?;
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// What outlives a stream: the held config, accepted versions, the status
+/// handle and the sink.
+struct ClientState {
+    store: Store,
+    versions: TypeVersions,
+    state: Arc<XdsState>,
+    sink: Arc<dyn ConfigSink>,
+}
+
+impl ClientState {
+    /// The last accepted version of `kind`, or empty.
+    fn version(&self, kind: Kind) -> String {
+        self.versions.get(kind).cloned().unwrap_or_default()
+    }
+
+    /// Applies a decoded response; `Err` means NACK (recorded in the status).
+    async fn apply(&mut self, update: Update, version: &str) -> Result<(), NackError> {
+        let kind = update.kind;
+        let now = Instant::now();
+        match self.store.apply(update, &*self.sink, now).await {
+            Ok(errors) => {
+                *self.versions.slot(kind) = Some(version.to_string());
+                let mut st = self.state.lock();
+                *st.versions.slot(kind) = Some(version.to_string());
+                if let Some(e) = errors.last() {
+                    st.last_apply_error = Some(e.to_string());
+                }
+                drop(st);
+                self.update_initialized(now);
+                Ok(())
+            }
+            Err(e) => Err(self.nacked(kind, e)),
+        }
+    }
+
+    /// Records a NACK in the status and the log.
+    fn nacked(&self, kind: Kind, e: NackError) -> NackError {
+        warn!(r#type = kind.short(), error = %e, "NACK: keeping the previous config");
+        self.state.lock().last_nack = Some(e.to_string());
+        e
+    }
+
+    /// Pushes what finished warming or timed out.
+    async fn reconcile(&mut self) {
+        let now = Instant::now();
+        let errors = self.store.reconcile(&*self.sink, now).await;
+        if let Some(e) = errors.last() {
+            self.state.lock().last_apply_error = Some(e.to_string());
+        }
+        self.update_initialized(now);
+    }
+
+    fn update_initialized(&self, now: Instant) {
+        let ready = self.versions.clusters.is_some()
+            && self.versions.listeners.is_some()
+            && self.store.is_warm(now);
+        if ready {
+            let mut st = self.state.lock();
+            if !st.initialized {
+                st.initialized = true;
+                info!("initial xDS config applied");
+            }
+        }
+    }
+}
+
+/// The `kind` word of a [`NackError`] for resources of `kind`.
+fn kind_word(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Cluster => "cluster",
+        Kind::Endpoint => "load assignment",
+        Kind::Listener => "listener",
+        Kind::Route => "route configuration",
+    }
+}
+
+/// Decodes one resource of a `kind` response.
+fn decode_any(kind: Kind, any: &Any) -> Result<Decoded, NackError> {
+    if any.type_url != kind.type_url() {
+        return Err(NackError {
+            kind: "resource",
+            name: any.type_url.clone(),
+            message: format!("unexpected in a {} response", kind.type_url()),
+        });
+    }
+    model::decode(&any.type_url, &any.value)
+}
+
+/// Rejects a response naming the same resource twice.
+fn check_unique<'a>(kind: Kind, names: impl Iterator<Item = &'a str>) -> Result<(), NackError> {
+    let mut seen = HashSet::new();
+    for name in names {
+        if !seen.insert(name) {
+            return Err(NackError {
+                kind: kind_word(kind),
+                name: name.to_string(),
+                message: "appears twice in one response".to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// A NACK's `error_detail`.
+fn error_detail(e: &NackError) -> rpc::Status {
+    rpc::Status {
+        code: INVALID_ARGUMENT,
+        message: e.to_string(),
+        details: Vec::new(),
+    }
+}
+
+/// Exponential backoff with jitter: each delay is drawn from
+/// `[d/2, d]` where `d` doubles from [`BACKOFF_BASE`] up to [`BACKOFF_MAX`].
+#[derive(Debug, Default)]
+struct Backoff {
+    attempt: u32,
+}
+
+impl Backoff {
+    fn next_delay(&mut self) -> Duration {
+        let factor = 1u32 << self.attempt.min(16);
+        let d = BACKOFF_BASE.saturating_mul(factor).min(BACKOFF_MAX);
+        self.attempt = self.attempt.saturating_add(1);
+        let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        Duration::from_millis(rand::rng().random_range(ms / 2..=ms))
+    }
+
+    fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}

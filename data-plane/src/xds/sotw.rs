@@ -1,0 +1,154 @@
+//! The state-of-the-world side of one ADS stream: requests, ACKs and NACKs.
+//!
+//! Per stream it tracks the last nonce received and the names last requested
+//! for each type. Every request of a type carries the current subscription
+//! (`resource_names`): CDS and LDS are empty-name wildcards; EDS and RDS name
+//! what the held clusters and listeners need. A NACK carries the previous
+//! accepted version and the rejected nonce; an ACK the new version.
+
+use std::collections::BTreeSet;
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use tracing::{debug, warn};
+
+use super::store::{Kind, Update};
+use super::{check_unique, decode_any, error_detail, ClientState, Protocol};
+use crate::model::{Decoded, NackError};
+
+/// Per-stream SotW state.
+#[derive(Debug)]
+pub(super) struct SotwStream {
+    /// Sent in the first request only.
+    node: Option<Node>,
+    /// The nonce of the last response of each type.
+    nonces: [String; 4],
+    /// The names last requested for each type; `None` before the first
+    /// request of that type on this stream.
+    requested: [Option<BTreeSet<String>>; 4],
+}
+
+impl SotwStream {
+    pub(super) fn new(node: Node) -> Self {
+        SotwStream {
+            node: Some(node),
+            nonces: Default::default(),
+            requested: Default::default(),
+        }
+    }
+
+    fn request(
+        &mut self,
+        kind: Kind,
+        names: BTreeSet<String>,
+        version: String,
+        error: Option<&NackError>,
+    ) -> DiscoveryRequest {
+        let req = DiscoveryRequest {
+            version_info: version,
+            node: self.node.take(),
+            resource_names: names.iter().cloned().collect(),
+            type_url: kind.type_url().to_string(),
+            response_nonce: self.nonces[kind.index()].clone(),
+            error_detail: error.map(error_detail),
+            ..Default::default()
+        };
+        self.requested[kind.index()] = Some(names);
+        req
+    }
+
+    /// Decodes a response into an update; `Err` NACKs it.
+    fn decode(kind: Kind, resp: &DiscoveryResponse, cs: &ClientState) -> Result<Update, NackError> {
+        let decoded = resp
+            .resources
+            .iter()
+            .map(|any| decode_any(kind, any))
+            .collect::<Result<Vec<_>, _>>()?;
+        check_unique(kind, decoded.iter().map(Decoded::name))?;
+        let wanted = cs.store.names(kind);
+        let upserts = decoded
+            .into_iter()
+            .filter(|d| {
+                // EDS and RDS: keep only what we asked for.
+                let keep = kind.is_wildcard() || wanted.contains(d.name());
+                if !keep {
+                    debug!(
+                        r#type = kind.short(),
+                        name = d.name(),
+                        "ignoring a resource not subscribed to"
+                    );
+                }
+                keep
+            })
+            .map(|d| (d, resp.version_info.clone()))
+            .collect();
+        Ok(Update {
+            kind,
+            full_set: kind.is_wildcard(),
+            upserts,
+            removed: Vec::new(),
+        })
+    }
+}
+
+impl Protocol for SotwStream {
+    type Request = DiscoveryRequest;
+    type Response = DiscoveryResponse;
+
+    fn initial(&mut self, cs: &ClientState) -> Vec<DiscoveryRequest> {
+        let mut out = Vec::new();
+        for kind in Kind::ALL {
+            let names = cs.store.names(kind);
+            if kind.is_wildcard() || !names.is_empty() {
+                // After a reconnect, the version held tells the server what we have.
+                out.push(self.request(kind, names, cs.version(kind), None));
+            }
+        }
+        out
+    }
+
+    async fn on_response(
+        &mut self,
+        resp: DiscoveryResponse,
+        cs: &mut ClientState,
+    ) -> Vec<DiscoveryRequest> {
+        let Some(kind) = Kind::from_type_url(&resp.type_url) else {
+            warn!(type_url = %resp.type_url, "ignoring a response of a type not subscribed to");
+            return Vec::new();
+        };
+        debug!(r#type = kind.short(), version = %resp.version_info, nonce = %resp.nonce, n = resp.resources.len(), "response");
+        self.nonces[kind.index()] = resp.nonce.clone();
+        let result = match Self::decode(kind, &resp, cs) {
+            Ok(update) => cs.apply(update, &resp.version_info).await,
+            Err(e) => Err(cs.nacked(kind, e)),
+        };
+        let mut out = Vec::new();
+        match result {
+            Ok(()) => {
+                let names = cs.store.names(kind);
+                out.push(self.request(kind, names, resp.version_info.clone(), None));
+            }
+            Err(e) => {
+                let names = self.requested[kind.index()].clone().unwrap_or_default();
+                out.push(self.request(kind, names, cs.version(kind), Some(&e)));
+            }
+        }
+        out.extend(self.resubscribe(cs));
+        out
+    }
+
+    fn resubscribe(&mut self, cs: &ClientState) -> Vec<DiscoveryRequest> {
+        let mut out = Vec::new();
+        for kind in [Kind::Endpoint, Kind::Route] {
+            let names = cs.store.names(kind);
+            let changed = match &self.requested[kind.index()] {
+                Some(sent) => *sent != names,
+                None => !names.is_empty(),
+            };
+            if changed {
+                out.push(self.request(kind, names, cs.version(kind), None));
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,736 @@
+//! The configuration received over xDS, and what of it is in force.
+//!
+//! [`Store`] keeps, per type, every accepted resource with its version
+//! (`held`), and what was last handed to the [`ConfigSink`] (`pushed`). It is
+//! free of gRPC: the stream modules feed it validated [`Update`]s and it calls
+//! the sink. Warming follows Envoy:
+//!
+//! - an EDS cluster is pushed once its load assignment has been pushed (a
+//!   changed cluster whose assignment is already held is pushed at once); a
+//!   STATIC cluster at once;
+//! - a listener is pushed once its RDS route configuration has been pushed
+//!   and every cluster it names that exists in CDS is in force in its current
+//!   version. A cluster CDS does not know is not waited for: Envoy serves such
+//!   a listener and answers 503, and waiting would block on a typo forever;
+//! - while a changed cluster or listener warms, the previous version stays in
+//!   force; a new one is simply absent;
+//! - after [`WARMING_TIMEOUT`] (Envoy's `initial_fetch_timeout`, 15 s) a
+//!   warming resource is pushed anyway: an EDS cluster without an assignment
+//!   has no hosts, a listener without its routes has no routes.
+//!
+//! Assignments and route configurations are kept while a held or pushed
+//! cluster or listener names them, so a warming replacement never removes
+//! what the version in force uses; then they are dropped.
+//!
+//! Every sink call carries the complete set of its type. Calls go in
+//! make-before-break order: endpoints, clusters, routes, listeners, then the
+//! endpoints and routes nothing uses any more. The response's own type goes
+//! first: if the sink rejects it, the response is NACKed and nothing changes.
+//! A later call failing (the consequence of an earlier, ACKed response) is
+//! logged and retried at the next reconcile.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use super::ConfigSink;
+use crate::model::{
+    Cluster, Decoded, Discovery, Listener, ListenerKind, LoadAssignment, NackError, RouteConfig,
+    RouteSource,
+};
+
+/// How long a cluster or listener may warm before it is used anyway
+/// (Envoy's default `initial_fetch_timeout`).
+pub const WARMING_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The four xDS resource types, in make-before-break order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    /// CDS.
+    Cluster,
+    /// EDS.
+    Endpoint,
+    /// LDS.
+    Listener,
+    /// RDS.
+    Route,
+}
+
+impl Kind {
+    /// All kinds, in the order requests are sent.
+    pub const ALL: [Kind; 4] = [Kind::Cluster, Kind::Endpoint, Kind::Listener, Kind::Route];
+
+    /// The type URL.
+    pub fn type_url(self) -> &'static str {
+        match self {
+            Kind::Cluster => pylon::type_url::CLUSTER,
+            Kind::Endpoint => pylon::type_url::ENDPOINT,
+            Kind::Listener => pylon::type_url::LISTENER,
+            Kind::Route => pylon::type_url::ROUTE,
+        }
+    }
+
+    /// The kind of a type URL, if it is one of the four.
+    pub fn from_type_url(url: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.type_url() == url)
+    }
+
+    /// `cds`, `eds`, `lds`, `rds`.
+    pub fn short(self) -> &'static str {
+        match self {
+            Kind::Cluster => "cds",
+            Kind::Endpoint => "eds",
+            Kind::Listener => "lds",
+            Kind::Route => "rds",
+        }
+    }
+
+    /// LDS and CDS responses carry the full set (in SotW) and are wildcard
+    /// subscriptions; EDS and RDS name what they want.
+    pub fn is_wildcard(self) -> bool {
+        matches!(self, Kind::Cluster | Kind::Listener)
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// An accepted resource and the version it came with.
+#[derive(Debug, Clone, PartialEq)]
+struct Held<T> {
+    value: T,
+    version: String,
+}
+
+/// Every accepted resource, by type and name.
+#[derive(Debug, Clone, Default)]
+struct HeldSet {
+    clusters: BTreeMap<String, Held<Cluster>>,
+    endpoints: BTreeMap<String, Held<LoadAssignment>>,
+    listeners: BTreeMap<String, Held<Listener>>,
+    routes: BTreeMap<String, Held<RouteConfig>>,
+}
+
+/// What the sink was last given, by type and name.
+#[derive(Debug, Clone, Default)]
+struct Pushed {
+    clusters: BTreeMap<String, Cluster>,
+    endpoints: BTreeMap<String, LoadAssignment>,
+    listeners: BTreeMap<String, Listener>,
+    routes: BTreeMap<String, RouteConfig>,
+}
+
+/// One validated response, as a change to one type.
+#[derive(Debug, Clone)]
+pub struct Update {
+    /// The type.
+    pub kind: Kind,
+    /// The resources are the full set: anything else of this type is removed
+    /// (SotW CDS and LDS).
+    pub full_set: bool,
+    /// Added or changed resources, with their versions.
+    pub upserts: Vec<(Decoded, String)>,
+    /// Names removed (delta).
+    pub removed: Vec<String>,
+}
+
+/// Held config, pushed config and warming deadlines. See the module docs.
+#[derive(Debug, Default)]
+pub struct Store {
+    held: HeldSet,
+    live: InForce,
+}
+
+/// What is in force, and since when what is not yet has been warming.
+#[derive(Debug, Default)]
+struct InForce {
+    pushed: Pushed,
+    /// Clusters and listeners whose held version is not in force yet, since when.
+    warming: BTreeMap<(Kind, String), Instant>,
+}
+
+impl Store {
+    /// Applies a validated update. `Err` (the sink rejected this type's new
+    /// set) means NACK: nothing was changed. `Ok` carries the errors of the
+    /// consequent pushes of other types, which do not NACK this response.
+    pub async fn apply(
+        &mut self,
+        update: Update,
+        sink: &dyn ConfigSink,
+        now: Instant,
+    ) -> Result<Vec<NackError>, NackError> {
+        let kind = update.kind;
+        let mut candidate = self.held.clone();
+        apply_to(&mut candidate, update);
+        self.live.push(kind, &candidate, sink, now).await?;
+        self.held = candidate;
+        Ok(self.reconcile(sink, now).await)
+    }
+
+    /// Pushes whatever became ready (after an update, or when a warming
+    /// deadline passed), in make-before-break order, then drops assignments
+    /// and route configurations nothing names. Returns the sink's errors.
+    pub async fn reconcile(&mut self, sink: &dyn ConfigSink, now: Instant) -> Vec<NackError> {
+        let mut errors = Vec::new();
+        for kind in [
+            Kind::Endpoint,
+            Kind::Cluster,
+            Kind::Route,
+            Kind::Listener,
+            Kind::Endpoint,
+            Kind::Route,
+        ] {
+            if let Err(e) = self.live.push(kind, &self.held, sink, now).await {
+                warn!(r#type = kind.short(), error = %e, "applying an accepted update failed; will retry");
+                errors.push(e);
+            }
+        }
+        self.prune();
+        self.track_warming(now);
+        errors
+    }
+
+    /// Drops assignments and route configurations that neither a held nor a
+    /// pushed cluster or listener names.
+    fn prune(&mut self) {
+        let eds = eds_names(&self.held.clusters, &self.live.pushed.clusters);
+        self.held.endpoints.retain(|name, _| eds.contains(name));
+        let rds = rds_names(&self.held.listeners, &self.live.pushed.listeners);
+        self.held.routes.retain(|name, _| rds.contains(name));
+    }
+
+    /// Starts the clock for clusters and listeners whose held version is not
+    /// in force, and stops it for the others.
+    fn track_warming(&mut self, now: Instant) {
+        let mut warming = BTreeMap::new();
+        for (name, h) in &self.held.clusters {
+            if self.live.pushed.clusters.get(name) != Some(&h.value) {
+                let key = (Kind::Cluster, name.clone());
+                let since = self.live.warming.get(&key).copied().unwrap_or(now);
+                warming.insert(key, since);
+            }
+        }
+        for (name, h) in &self.held.listeners {
+            if self.live.pushed.listeners.get(name) != Some(&h.value) {
+                let key = (Kind::Listener, name.clone());
+                let since = self.live.warming.get(&key).copied().unwrap_or(now);
+                warming.insert(key, since);
+            }
+        }
+        self.live.warming = warming;
+    }
+
+    /// When the next warming resource times out, if any is warming.
+    pub fn next_deadline(&self, now: Instant) -> Option<Instant> {
+        self.live
+            .warming
+            .values()
+            .map(|since| *since + WARMING_TIMEOUT)
+            .filter(|deadline| *deadline > now)
+            .min()
+    }
+
+    /// Whether nothing is warming (or everything warming timed out).
+    pub fn is_warm(&self, now: Instant) -> bool {
+        self.next_deadline(now).is_none()
+    }
+
+    /// The load assignment names to subscribe to: those of held or pushed
+    /// EDS clusters.
+    pub fn eds_names(&self) -> BTreeSet<String> {
+        eds_names(&self.held.clusters, &self.live.pushed.clusters)
+    }
+
+    /// The route configuration names to subscribe to: those of held or
+    /// pushed RDS listeners.
+    pub fn rds_names(&self) -> BTreeSet<String> {
+        rds_names(&self.held.listeners, &self.live.pushed.listeners)
+    }
+
+    /// The names to subscribe to for `kind` (empty for the wildcard types).
+    pub fn names(&self, kind: Kind) -> BTreeSet<String> {
+        match kind {
+            Kind::Endpoint => self.eds_names(),
+            Kind::Route => self.rds_names(),
+            Kind::Cluster | Kind::Listener => BTreeSet::new(),
+        }
+    }
+
+    /// The versions of the held resources of `kind`, by name (delta's
+    /// `initial_resource_versions`).
+    pub fn versions(&self, kind: Kind) -> BTreeMap<String, String> {
+        fn v<T>(m: &BTreeMap<String, Held<T>>) -> BTreeMap<String, String> {
+            m.iter()
+                .map(|(n, h)| (n.clone(), h.version.clone()))
+                .collect()
+        }
+        match kind {
+            Kind::Cluster => v(&self.held.clusters),
+            Kind::Endpoint => v(&self.held.endpoints),
+            Kind::Listener => v(&self.held.listeners),
+            Kind::Route => v(&self.held.routes),
+        }
+    }
+}
+
+impl InForce {
+    /// Computes what of `kind` should be in force given `held`, and gives it
+    /// to the sink if it differs from what is.
+    async fn push(
+        &mut self,
+        kind: Kind,
+        held: &HeldSet,
+        sink: &dyn ConfigSink,
+        now: Instant,
+    ) -> Result<(), NackError> {
+        match kind {
+            Kind::Endpoint => {
+                let eff = self.effective_endpoints(held);
+                if eff != self.pushed.endpoints {
+                    debug!(n = eff.len(), "set_load_assignments");
+                    sink.set_load_assignments(eff.values().cloned().collect())
+                        .await?;
+                    self.pushed.endpoints = eff;
+                }
+            }
+            Kind::Cluster => {
+                let eff = self.effective_clusters(held, now);
+                if eff != self.pushed.clusters {
+                    debug!(n = eff.len(), "set_clusters");
+                    sink.set_clusters(eff.values().cloned().collect()).await?;
+                    self.pushed.clusters = eff;
+                }
+            }
+            Kind::Route => {
+                let eff = self.effective_routes(held);
+                if eff != self.pushed.routes {
+                    debug!(n = eff.len(), "set_route_configs");
+                    sink.set_route_configs(eff.values().cloned().collect())
+                        .await?;
+                    self.pushed.routes = eff;
+                }
+            }
+            Kind::Listener => {
+                let eff = self.effective_listeners(held, now);
+                if eff != self.pushed.listeners {
+                    debug!(n = eff.len(), "set_listeners");
+                    sink.set_listeners(eff.values().cloned().collect()).await?;
+                    self.pushed.listeners = eff;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn effective_endpoints(&self, held: &HeldSet) -> BTreeMap<String, LoadAssignment> {
+        let wanted = eds_names(&held.clusters, &self.pushed.clusters);
+        held.endpoints
+            .iter()
+            .filter(|(name, _)| wanted.contains(*name))
+            .map(|(name, h)| (name.clone(), h.value.clone()))
+            .collect()
+    }
+
+    fn effective_clusters(&self, held: &HeldSet, now: Instant) -> BTreeMap<String, Cluster> {
+        let mut eff = BTreeMap::new();
+        for (name, h) in &held.clusters {
+            let ready = match &h.value.discovery {
+                Discovery::Static(_) => true,
+                Discovery::Eds { service_name } => {
+                    self.pushed.endpoints.contains_key(service_name)
+                        || self.expired(Kind::Cluster, name, now)
+                }
+            };
+            if ready {
+                eff.insert(name.clone(), h.value.clone());
+            } else if let Some(old) = self.pushed.clusters.get(name) {
+                eff.insert(name.clone(), old.clone());
+            }
+        }
+        eff
+    }
+
+    fn effective_routes(&self, held: &HeldSet) -> BTreeMap<String, RouteConfig> {
+        let wanted = rds_names(&held.listeners, &self.pushed.listeners);
+        held.routes
+            .iter()
+            .filter(|(name, _)| wanted.contains(*name))
+            .map(|(name, h)| (name.clone(), h.value.clone()))
+            .collect()
+    }
+
+    fn effective_listeners(&self, held: &HeldSet, now: Instant) -> BTreeMap<String, Listener> {
+        let mut eff = BTreeMap::new();
+        for (name, h) in &held.listeners {
+            if self.listener_ready(&h.value, held, now) {
+                eff.insert(name.clone(), h.value.clone());
+            } else if let Some(old) = self.pushed.listeners.get(name) {
+                eff.insert(name.clone(), old.clone());
+            }
+        }
+        eff
+    }
+
+    fn listener_ready(&self, l: &Listener, held: &HeldSet, now: Instant) -> bool {
+        if self.expired(Kind::Listener, &l.name, now) {
+            return true;
+        }
+        let mut clusters: Vec<&str> = Vec::new();
+        match &l.kind {
+            ListenerKind::Tcp(t) => clusters.push(&t.cluster),
+            ListenerKind::Http(h) => {
+                let routes = match &h.routes {
+                    RouteSource::Inline(rc) => rc,
+                    RouteSource::Rds(name) => match self.pushed.routes.get(name) {
+                        Some(rc) => rc,
+                        None => return false,
+                    },
+                };
+                clusters.extend(route_clusters(routes));
+            }
+        }
+        clusters.into_iter().all(|c| match held.clusters.get(c) {
+            // Not in CDS: nothing to wait for (requests get 503).
+            None => true,
+            Some(h) => self.pushed.clusters.get(c) == Some(&h.value),
+        })
+    }
+
+    fn expired(&self, kind: Kind, name: &str, now: Instant) -> bool {
+        self.warming
+            .get(&(kind, name.to_string()))
+            .is_some_and(|since| now.saturating_duration_since(*since) >= WARMING_TIMEOUT)
+    }
+}
+
+/// Applies `update` to `held` (no checks: the update was validated).
+fn apply_to(held: &mut HeldSet, update: Update) {
+    fn merge<T>(
+        map: &mut BTreeMap<String, Held<T>>,
+        full_set: bool,
+        upserts: Vec<(String, T, String)>,
+        removed: &[String],
+    ) {
+        if full_set {
+            map.clear();
+        }
+        for name in removed {
+            map.remove(name);
+        }
+        for (name, value, version) in upserts {
+            map.insert(name, Held { value, version });
+        }
+    }
+    let Update {
+        kind,
+        full_set,
+        upserts,
+        removed,
+    } = update;
+    let mut clusters = Vec::new();
+    let mut endpoints = Vec::new();
+    let mut listeners = Vec::new();
+    let mut routes = Vec::new();
+    for (resource, version) in upserts {
+        match resource {
+            Decoded::Cluster(c) => clusters.push((c.name.clone(), c, version)),
+            Decoded::LoadAssignment(l) => endpoints.push((l.name.clone(), l, version)),
+            Decoded::Listener(l) => listeners.push((l.name.clone(), l, version)),
+            Decoded::RouteConfig(r) => routes.push((r.name.clone(), r, version)),
+        }
+    }
+    match kind {
+        Kind::Cluster => merge(&mut held.clusters, full_set, clusters, &removed),
+        Kind::Endpoint => merge(&mut held.endpoints, full_set, endpoints, &removed),
+        Kind::Listener => merge(&mut held.listeners, full_set, listeners, &removed),
+        Kind::Route => merge(&mut held.routes, full_set, routes, &removed),
+    }
+}
+
+fn eds_names(
+    held: &BTreeMap<String, Held<Cluster>>,
+    pushed: &BTreeMap<String, Cluster>,
+) -> BTreeSet<String> {
+    held.values()
+        .map(|h| &h.value)
+        .chain(pushed.values())
+        .filter_map(|c| match &c.discovery {
+            Discovery::Eds { service_name } => Some(service_name.clone()),
+            Discovery::Static(_) => None,
+        })
+        .collect()
+}
+
+fn rds_names(
+    held: &BTreeMap<String, Held<Listener>>,
+    pushed: &BTreeMap<String, Listener>,
+) -> BTreeSet<String> {
+    held.values()
+        .map(|h| &h.value)
+        .chain(pushed.values())
+        .filter_map(|l| match &l.kind {
+            ListenerKind::Http(h) => match &h.routes {
+                RouteSource::Rds(name) => Some(name.clone()),
+                RouteSource::Inline(_) => None,
+            },
+            ListenerKind::Tcp(_) => None,
+        })
+        .collect()
+}
+
+fn route_clusters(rc: &RouteConfig) -> impl Iterator<Item = &str> {
+    rc.virtual_hosts
+        .iter()
+        .flat_map(|vh| vh.routes.iter())
+        .map(|r| r.action.cluster.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::xds::testing::{cla, eds, http_rds, route_config, tcp, Call, FakeSink};
+
+    fn update(kind: Kind, full_set: bool, items: Vec<Decoded>) -> Update {
+        Update {
+            kind,
+            full_set,
+            upserts: items.into_iter().map(|d| (d, "1".to_string())).collect(),
+            removed: vec![],
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn eds_cluster_warms_until_its_assignment() {
+        let sink = FakeSink::default();
+        let mut s = Store::default();
+        let t0 = Instant::now();
+        s.apply(
+            update(Kind::Cluster, true, vec![Decoded::Cluster(eds("a"))]),
+            &sink,
+            t0,
+        )
+        .await
+        .unwrap();
+        // Warming: nothing pushed yet, but subscribed.
+        assert_eq!(sink.take(), vec![]);
+        assert_eq!(s.eds_names(), BTreeSet::from(["a".to_string()]));
+        assert!(!s.is_warm(t0));
+        // A listener using it waits too.
+        s.apply(
+            update(Kind::Listener, true, vec![Decoded::Listener(tcp("l", "a"))]),
+            &sink,
+            t0,
+        )
+        .await
+        .unwrap();
+        assert_eq!(sink.take(), vec![]);
+        s.apply(
+            update(
+                Kind::Endpoint,
+                false,
+                vec![Decoded::LoadAssignment(cla("a", 1))],
+            ),
+            &sink,
+            t0,
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            sink.take(),
+            vec![
+                Call::LoadAssignments(vec!["a".into()]),
+                Call::Clusters(vec!["a".into()]),
+                Call::Listeners(vec!["l".into()]),
+            ]
+        );
+        assert!(s.is_warm(t0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn listener_waits_for_rds_then_times_out() {
+        let sink = FakeSink::default();
+        let mut s = Store::default();
+        let t0 = Instant::now();
+        s.apply(
+            update(
+                Kind::Listener,
+                true,
+                vec![Decoded::Listener(http_rds("front", "r"))],
+            ),
+            &sink,
+            t0,
+        )
+        .await
+        .unwrap();
+        assert_eq!(sink.take(), vec![]);
+        assert_eq!(s.rds_names(), BTreeSet::from(["r".to_string()]));
+        assert_eq!(s.next_deadline(t0), Some(t0 + WARMING_TIMEOUT));
+        // Not yet.
+        assert!(s
+            .reconcile(&sink, t0 + Duration::from_secs(14))
+            .await
+            .is_empty());
+        assert_eq!(sink.take(), vec![]);
+        // Timed out: served without its routes.
+        s.reconcile(&sink, t0 + WARMING_TIMEOUT).await;
+        assert_eq!(sink.take(), vec![Call::Listeners(vec!["front".into()])]);
+        assert!(s.is_warm(t0 + WARMING_TIMEOUT));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn changed_listener_keeps_old_version_while_warming() {
+        let sink = FakeSink::default();
+        let mut s = Store::default();
+        let t0 = Instant::now();
+        s.apply(
+            update(
+                Kind::Listener,
+                true,
+                vec![Decoded::Listener(http_rds("front", "r1"))],
+            ),
+            &sink,
+            t0,
+        )
+        .await
+        .unwrap();
+        s.apply(
+            update(
+                Kind::Route,
+                false,
+                vec![Decoded::RouteConfig(route_config("r1", "c"))],
+            ),
+            &sink,
+            t0,
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            sink.take(),
+            vec![
+                Call::RouteConfigs(vec!["r1".into()]),
+                Call::Listeners(vec!["front".into()])
+            ]
+        );
+        // Switch to r2: the old listener (and r1) stay until r2 arrives.
+        s.apply(
+            update(
+                Kind::Listener,
+                true,
+                vec![Decoded::Listener(http_rds("front", "r2"))],
+            ),
+            &sink,
+            t0,
+        )
+        .await
+        .unwrap();
+        assert_eq!(sink.take(), vec![]);
+        assert_eq!(
+            s.rds_names(),
+            BTreeSet::from(["r1".to_string(), "r2".to_string()])
+        );
+        s.apply(
+            update(
+                Kind::Route,
+                false,
+                vec![Decoded::RouteConfig(route_config("r2", "c"))],
+            ),
+            &sink,
+            t0,
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            sink.take(),
+            vec![
+                Call::RouteConfigs(vec!["r1".into(), "r2".into()]),
+                Call::Listeners(vec!["front".into()]),
+                Call::RouteConfigs(vec!["r2".into()]),
+            ]
+        );
+        assert_eq!(s.rds_names(), BTreeSet::from(["r2".to_string()]));
+        assert_eq!(s.versions(Kind::Route).len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rejected_own_set_changes_nothing() {
+        let sink = FakeSink::default();
+        let mut s = Store::default();
+        let t0 = Instant::now();
+        let static_cluster = |name: &str| Cluster {
+            discovery: Discovery::Static(cla(name, 1)),
+            ..eds(name)
+        };
+        s.apply(
+            update(
+                Kind::Cluster,
+                true,
+                vec![Decoded::Cluster(static_cluster("a"))],
+            ),
+            &sink,
+            t0,
+        )
+        .await
+        .unwrap();
+        assert_eq!(sink.take(), vec![Call::Clusters(vec!["a".into()])]);
+        sink.reject(
+            Kind::Cluster,
+            NackError {
+                kind: "cluster",
+                name: "b".into(),
+                message: "no".into(),
+            },
+        );
+        let err = s
+            .apply(
+                update(
+                    Kind::Cluster,
+                    true,
+                    vec![Decoded::Cluster(static_cluster("b"))],
+                ),
+                &sink,
+                t0,
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(err.to_string(), "cluster b: no");
+        assert_eq!(s.versions(Kind::Cluster).keys().collect::<Vec<_>>(), ["a"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn removed_cluster_drops_its_assignment_after_it() {
+        let sink = FakeSink::default();
+        let mut s = Store::default();
+        let t0 = Instant::now();
+        s.apply(
+            update(Kind::Cluster, true, vec![Decoded::Cluster(eds("a"))]),
+            &sink,
+            t0,
+        )
+        .await
+        .unwrap();
+        s.apply(
+            update(
+                Kind::Endpoint,
+                false,
+                vec![Decoded::LoadAssignment(cla("a", 2))],
+            ),
+            &sink,
+            t0,
+        )
+        .await
+        .unwrap();
+        sink.take();
+        s.apply(update(Kind::Cluster, true, vec![]), &sink, t0)
+            .await
+            .unwrap();
+        assert_eq!(
+            sink.take(),
+            vec![Call::Clusters(vec![]), Call::LoadAssignments(vec![])]
+        );
+        assert!(s.eds_names().is_empty());
+        assert!(s.versions(Kind::Endpoint).is_empty());
+    }
+}

@@ -1,0 +1,790 @@
+//! Client tests against a scripted in-test ADS server: the test reads each
+//! request the client sends and answers with hand-made responses, then checks
+//! the ACKs/NACKs and the calls the client made on a recording sink.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
+    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
+};
+use envoy_types::pb::google::protobuf::Any;
+use pylon::type_url;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::store::Kind;
+use super::testing::*;
+use super::*;
+
+const WAIT: Duration = Duration::from_secs(5);
+
+/// One accepted stream: the client's requests and our responses.
+struct Conn<Req, Resp> {
+    requests: Streaming<Req>,
+    responses: mpsc::Sender<Result<Resp, Status>>,
+}
+
+impl<Req, Resp> Conn<Req, Resp> {
+    async fn recv(&mut self) -> Req {
+        match tokio::time::timeout(WAIT, self.requests.message()).await {
+            Ok(Ok(Some(r))) => r,
+            other => panic!(
+                "expected a request, got {}",
+                match other {
+                    Err(_) => "a timeout".to_string(),
+                    Ok(Ok(None)) => "end of stream".to_string(),
+                    Ok(Err(s)) => format!("error {s}"),
+                    Ok(Ok(Some(_))) => unreachable!(),
+                }
+            ),
+        }
+    }
+
+    /// Asserts that nothing more is sent for a while.
+    async fn silent(&mut self) {
+        if let Ok(r) =
+            tokio::time::timeout(Duration::from_millis(200), self.requests.message()).await
+        {
+            panic!("unexpected request: {:?}", r.map(|o| o.is_some()));
+        }
+    }
+
+    async fn send(&self, resp: Resp) {
+        self.responses.send(Ok(resp)).await.unwrap();
+    }
+}
+
+type SotwConn = Conn<DiscoveryRequest, DiscoveryResponse>;
+type DeltaConn = Conn<DeltaDiscoveryRequest, DeltaDiscoveryResponse>;
+
+/// The scripted ADS service: hands each new stream to the test.
+struct Script {
+    sotw: mpsc::UnboundedSender<SotwConn>,
+    delta: mpsc::UnboundedSender<DeltaConn>,
+}
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for Script {
+    type StreamAggregatedResourcesStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
+    type DeltaAggregatedResourcesStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        req: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        let (tx, rx) = mpsc::channel(16);
+        let _ = self.sotw.send(Conn {
+            requests: req.into_inner(),
+            responses: tx,
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        req: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        let (tx, rx) = mpsc::channel(16);
+        let _ = self.delta.send(Conn {
+            requests: req.into_inner(),
+            responses: tx,
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// A running scripted server.
+struct Server {
+    addr: SocketAddr,
+    sotw: mpsc::UnboundedReceiver<SotwConn>,
+    delta: mpsc::UnboundedReceiver<DeltaConn>,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+impl Server {
+    /// Serves on `addr` (port 0: any free port).
+    async fn start(addr: SocketAddr) -> Server {
+        let listener = TcpListener::bind(addr).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (sotw_tx, sotw) = mpsc::unbounded_channel();
+        let (delta_tx, delta) = mpsc::unbounded_channel();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let svc = AggregatedDiscoveryServiceServer::new(Script {
+            sotw: sotw_tx,
+            delta: delta_tx,
+        });
+        let task = tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                    let _ = stopped.await;
+                })
+                .await
+                .unwrap();
+        });
+        Server {
+            addr,
+            sotw,
+            delta,
+            stop,
+            task,
+        }
+    }
+
+    async fn sotw_conn(&mut self) -> SotwConn {
+        tokio::time::timeout(WAIT, self.sotw.recv())
+            .await
+            .unwrap()
+            .unwrap()
+    }
+
+    async fn delta_conn(&mut self) -> DeltaConn {
+        tokio::time::timeout(WAIT, self.delta.recv())
+            .await
+            .unwrap()
+            .unwrap()
+    }
+
+    /// Stops accepting at once (the listening socket closes); open streams
+    /// end when their `Conn`s are dropped.
+    async fn kill(self) {
+        self.task.abort();
+        let _ = self.task.await;
+        drop(self.stop);
+    }
+}
+
+fn start_client(
+    addr: SocketAddr,
+    delta: bool,
+) -> (
+    Arc<FakeSink>,
+    Arc<XdsState>,
+    CancellationToken,
+    JoinHandle<()>,
+) {
+    let sink = Arc::new(FakeSink::default());
+    let (client, state) = XdsClient::new(XdsOptions {
+        addr,
+        node: node("n1", "c1"),
+        delta,
+    });
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(client.run(Arc::clone(&sink) as Arc<dyn ConfigSink>, shutdown.clone()));
+    (sink, state, shutdown, task)
+}
+
+async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !f() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn sotw_resp(url: &str, version: &str, nonce: &str, resources: Vec<Any>) -> DiscoveryResponse {
+    DiscoveryResponse {
+        version_info: version.into(),
+        resources,
+        type_url: url.into(),
+        nonce: nonce.into(),
+        ..Default::default()
+    }
+}
+
+fn names(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+/// Checks a SotW request: type, names, version, nonce, and NACK message.
+fn check(
+    req: &DiscoveryRequest,
+    url: &str,
+    res: &[&str],
+    version: &str,
+    nonce: &str,
+    nack: Option<&str>,
+) {
+    assert_eq!(req.type_url, url, "{req:?}");
+    assert_eq!(req.resource_names, names(res), "{req:?}");
+    assert_eq!(req.version_info, version, "{req:?}");
+    assert_eq!(req.response_nonce, nonce, "{req:?}");
+    match nack {
+        None => assert_eq!(req.error_detail, None, "{req:?}"),
+        Some(msg) => {
+            let e = req.error_detail.as_ref().unwrap();
+            assert_eq!(e.code, 3);
+            assert_eq!(e.message, msg);
+        }
+    }
+}
+
+#[tokio::test]
+async fn sotw_warming_order_ack_and_nack() {
+    let mut server = Server::start("127.0.0.1:0".parse().unwrap()).await;
+    let (sink, state, shutdown, task) = start_client(server.addr, false);
+    let mut c = server.sotw_conn().await;
+
+    // Wildcard CDS and LDS; the node in the first request only.
+    let r = c.recv().await;
+    check(&r, type_url::CLUSTER, &[], "", "", None);
+    let n = r.node.unwrap();
+    assert_eq!(
+        (
+            n.id.as_str(),
+            n.cluster.as_str(),
+            n.user_agent_name.as_str()
+        ),
+        ("n1", "c1", "pylon-proxy")
+    );
+    let r = c.recv().await;
+    check(&r, type_url::LISTENER, &[], "", "", None);
+    assert!(r.node.is_none());
+    eventually("connected", || state.status().connected).await;
+
+    // CDS: ACK, then EDS for the new cluster; it warms (no sink call).
+    c.send(sotw_resp(type_url::CLUSTER, "c1", "1", vec![pb_eds("a")]))
+        .await;
+    check(&c.recv().await, type_url::CLUSTER, &[], "c1", "1", None);
+    check(&c.recv().await, type_url::ENDPOINT, &["a"], "", "", None);
+    c.silent().await;
+    assert_eq!(sink.take(), vec![]);
+
+    // EDS: the assignment, then the cluster.
+    c.send(sotw_resp(
+        type_url::ENDPOINT,
+        "e1",
+        "2",
+        vec![pb_cla("a", &[8081, 8082]), pb_cla("unasked", &[1])],
+    ))
+    .await;
+    check(&c.recv().await, type_url::ENDPOINT, &["a"], "e1", "2", None);
+    assert_eq!(
+        sink.wait_calls(2).await,
+        vec![
+            Call::LoadAssignments(names(&["a"])),
+            Call::Clusters(names(&["a"]))
+        ]
+    );
+    assert_eq!(sink.endpoints(), vec![cla("a", 2)]);
+
+    // LDS: ACK, RDS subscription; the listener waits for its routes.
+    c.send(sotw_resp(
+        type_url::LISTENER,
+        "l1",
+        "3",
+        vec![pb_http_rds("front", "front-routes")],
+    ))
+    .await;
+    check(&c.recv().await, type_url::LISTENER, &[], "l1", "3", None);
+    check(
+        &c.recv().await,
+        type_url::ROUTE,
+        &["front-routes"],
+        "",
+        "",
+        None,
+    );
+    c.silent().await;
+    assert_eq!(sink.take(), vec![]);
+    c.send(sotw_resp(
+        type_url::ROUTE,
+        "r1",
+        "4",
+        vec![pb_routes("front-routes", "a")],
+    ))
+    .await;
+    check(
+        &c.recv().await,
+        type_url::ROUTE,
+        &["front-routes"],
+        "r1",
+        "4",
+        None,
+    );
+    assert_eq!(
+        sink.wait_calls(2).await,
+        vec![
+            Call::RouteConfigs(names(&["front-routes"])),
+            Call::Listeners(names(&["front"]))
+        ]
+    );
+    eventually("initialized", || state.status().initialized).await;
+
+    // A resource that fails validation: NACK with the previous version; the
+    // sink is not called and the previous clusters stay.
+    c.send(sotw_resp(
+        type_url::CLUSTER,
+        "c2",
+        "5",
+        vec![pb_eds("a"), pb_maglev("b")],
+    ))
+    .await;
+    check(
+        &c.recv().await,
+        type_url::CLUSTER,
+        &[],
+        "c1",
+        "5",
+        Some("cluster b: lb_policy MAGLEV is not supported"),
+    );
+    c.silent().await;
+    assert_eq!(sink.take(), vec![]);
+
+    // Bytes that do not decode, and an Any of the wrong type: NACK too.
+    let garbage = Any {
+        type_url: type_url::CLUSTER.into(),
+        value: vec![0xff, 0xff],
+    };
+    c.send(sotw_resp(type_url::CLUSTER, "c3", "6", vec![garbage]))
+        .await;
+    let r = c.recv().await;
+    assert_eq!(
+        (r.version_info.as_str(), r.response_nonce.as_str()),
+        ("c1", "6")
+    );
+    assert!(r.error_detail.unwrap().message.starts_with(
+        "resource type.googleapis.com/envoy.config.cluster.v3.Cluster: does not decode"
+    ));
+    c.send(sotw_resp(
+        type_url::CLUSTER,
+        "c4",
+        "7",
+        vec![pb_tcp("l", "a")],
+    ))
+    .await;
+    check(&c.recv().await, type_url::CLUSTER, &[], "c1", "7", Some("resource type.googleapis.com/envoy.config.listener.v3.Listener: unexpected in a type.googleapis.com/envoy.config.cluster.v3.Cluster response"));
+    c.send(sotw_resp(
+        type_url::CLUSTER,
+        "c5",
+        "8",
+        vec![pb_eds("a"), pb_eds("a")],
+    ))
+    .await;
+    check(
+        &c.recv().await,
+        type_url::CLUSTER,
+        &[],
+        "c1",
+        "8",
+        Some("cluster a: appears twice in one response"),
+    );
+
+    // The runtime refusing the new set is a NACK as well.
+    sink.reject(
+        Kind::Listener,
+        NackError {
+            kind: "listener",
+            name: "k8s".into(),
+            message: "address in use".into(),
+        },
+    );
+    c.send(sotw_resp(
+        type_url::LISTENER,
+        "l2",
+        "9",
+        vec![pb_http_rds("front", "front-routes"), pb_tcp("k8s", "a")],
+    ))
+    .await;
+    check(
+        &c.recv().await,
+        type_url::LISTENER,
+        &[],
+        "l1",
+        "9",
+        Some("listener k8s: address in use"),
+    );
+    sink.accept(Kind::Listener);
+    let st = state.status();
+    assert_eq!(
+        st.last_nack.as_deref(),
+        Some("listener k8s: address in use")
+    );
+    assert_eq!(st.versions.clusters.as_deref(), Some("c1"));
+    assert_eq!(st.versions.listeners.as_deref(), Some("l1"));
+
+    // CDS without the cluster: removed, then its assignment; EDS unsubscribed.
+    c.send(sotw_resp(type_url::CLUSTER, "c6", "10", vec![]))
+        .await;
+    check(&c.recv().await, type_url::CLUSTER, &[], "c6", "10", None);
+    check(&c.recv().await, type_url::ENDPOINT, &[], "e1", "2", None);
+    assert_eq!(
+        sink.wait_calls(2).await,
+        vec![Call::Clusters(vec![]), Call::LoadAssignments(vec![])]
+    );
+
+    // LDS without the listener: removed, then its routes; RDS unsubscribed.
+    c.send(sotw_resp(type_url::LISTENER, "l3", "11", vec![]))
+        .await;
+    check(&c.recv().await, type_url::LISTENER, &[], "l3", "11", None);
+    check(&c.recv().await, type_url::ROUTE, &[], "r1", "4", None);
+    assert_eq!(
+        sink.wait_calls(2).await,
+        vec![Call::Listeners(vec![]), Call::RouteConfigs(vec![])]
+    );
+
+    shutdown.cancel();
+    tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
+    assert!(!state.status().connected);
+}
+
+#[tokio::test]
+async fn sotw_reconnect_resends_versions_and_keeps_config() {
+    let mut server = Server::start("127.0.0.1:0".parse().unwrap()).await;
+    let addr = server.addr;
+    let (sink, state, shutdown, task) = start_client(addr, false);
+    let mut c = server.sotw_conn().await;
+    c.recv().await;
+    c.recv().await;
+    c.send(sotw_resp(type_url::CLUSTER, "c1", "1", vec![pb_eds("a")]))
+        .await;
+    c.recv().await;
+    c.recv().await;
+    c.send(sotw_resp(
+        type_url::ENDPOINT,
+        "e1",
+        "2",
+        vec![pb_cla("a", &[8081])],
+    ))
+    .await;
+    c.recv().await;
+    sink.wait_calls(2).await;
+
+    // The control plane goes away: the config stays, the client reconnects.
+    drop(c);
+    server.kill().await;
+    eventually("disconnected", || !state.status().connected).await;
+    let mut server = Server::start(addr).await;
+    let mut c = server.sotw_conn().await;
+    let r = c.recv().await;
+    check(&r, type_url::CLUSTER, &[], "c1", "", None);
+    assert!(
+        r.node.is_some(),
+        "node in the first request of the new stream"
+    );
+    check(&c.recv().await, type_url::ENDPOINT, &["a"], "e1", "", None);
+    check(&c.recv().await, type_url::LISTENER, &[], "", "", None);
+    eventually("connected", || state.status().connected).await;
+    // The same content again changes nothing in the runtime.
+    c.send(sotw_resp(type_url::CLUSTER, "c1", "1", vec![pb_eds("a")]))
+        .await;
+    check(&c.recv().await, type_url::CLUSTER, &[], "c1", "1", None);
+    c.silent().await;
+    assert_eq!(sink.take(), vec![]);
+
+    shutdown.cancel();
+    tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
+}
+
+fn delta_resp(
+    url: &str,
+    nonce: &str,
+    resources: Vec<(&str, &str, Any)>,
+    removed: &[&str],
+) -> DeltaDiscoveryResponse {
+    DeltaDiscoveryResponse {
+        system_version_info: format!("v{nonce}"),
+        resources: resources
+            .into_iter()
+            .map(|(name, version, any)| Resource {
+                name: name.into(),
+                version: version.into(),
+                resource: Some(any),
+                ..Default::default()
+            })
+            .collect(),
+        type_url: url.into(),
+        removed_resources: names(removed),
+        nonce: nonce.into(),
+        ..Default::default()
+    }
+}
+
+fn check_delta(
+    req: &DeltaDiscoveryRequest,
+    url: &str,
+    nonce: &str,
+    sub: &[&str],
+    unsub: &[&str],
+    nack: Option<&str>,
+) {
+    assert_eq!(req.type_url, url, "{req:?}");
+    assert_eq!(req.response_nonce, nonce, "{req:?}");
+    assert_eq!(req.resource_names_subscribe, names(sub), "{req:?}");
+    assert_eq!(req.resource_names_unsubscribe, names(unsub), "{req:?}");
+    assert_eq!(
+        req.error_detail.as_ref().map(|e| e.message.as_str()),
+        nack,
+        "{req:?}"
+    );
+}
+
+fn versions(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
+}
+
+#[tokio::test]
+async fn delta_ack_nack_reconnect_with_initial_versions() {
+    let mut server = Server::start("127.0.0.1:0".parse().unwrap()).await;
+    let addr = server.addr;
+    let (sink, state, shutdown, task) = start_client(addr, true);
+    let mut c = server.delta_conn().await;
+    let r = c.recv().await;
+    check_delta(&r, type_url::CLUSTER, "", &[], &[], None);
+    assert!(r.node.is_some() && r.initial_resource_versions.is_empty());
+    let r = c.recv().await;
+    check_delta(&r, type_url::LISTENER, "", &[], &[], None);
+    assert!(r.node.is_none());
+
+    c.send(delta_resp(
+        type_url::CLUSTER,
+        "1",
+        vec![("a", "ca1", pb_eds("a")), ("b", "cb1", pb_eds("b"))],
+        &[],
+    ))
+    .await;
+    check_delta(&c.recv().await, type_url::CLUSTER, "1", &[], &[], None);
+    check_delta(
+        &c.recv().await,
+        type_url::ENDPOINT,
+        "",
+        &["a", "b"],
+        &[],
+        None,
+    );
+    c.send(delta_resp(
+        type_url::ENDPOINT,
+        "2",
+        vec![
+            ("a", "ea1", pb_cla("a", &[8081])),
+            ("b", "eb1", pb_cla("b", &[8082])),
+        ],
+        &[],
+    ))
+    .await;
+    check_delta(&c.recv().await, type_url::ENDPOINT, "2", &[], &[], None);
+    assert_eq!(
+        sink.wait_calls(2).await,
+        vec![
+            Call::LoadAssignments(names(&["a", "b"])),
+            Call::Clusters(names(&["a", "b"]))
+        ]
+    );
+    c.send(delta_resp(
+        type_url::LISTENER,
+        "3",
+        vec![("k8s", "l1", pb_tcp("k8s", "a"))],
+        &[],
+    ))
+    .await;
+    check_delta(&c.recv().await, type_url::LISTENER, "3", &[], &[], None);
+    assert_eq!(
+        sink.wait_calls(1).await,
+        vec![Call::Listeners(names(&["k8s"]))]
+    );
+
+    // NACK: the nonce and the message; nothing applied.
+    c.send(delta_resp(
+        type_url::LISTENER,
+        "4",
+        vec![("bad", "x", pb_bad_listener("bad"))],
+        &[],
+    ))
+    .await;
+    check_delta(
+        &c.recv().await,
+        type_url::LISTENER,
+        "4",
+        &[],
+        &[],
+        Some("listener bad: address is required"),
+    );
+    c.send(delta_resp(
+        type_url::LISTENER,
+        "5",
+        vec![("other", "x", pb_tcp("k8s", "a"))],
+        &[],
+    ))
+    .await;
+    check_delta(
+        &c.recv().await,
+        type_url::LISTENER,
+        "5",
+        &[],
+        &[],
+        Some("listener k8s: sent under the name \"other\""),
+    );
+    assert_eq!(sink.take(), vec![]);
+    assert_eq!(state.status().versions.listeners.as_deref(), Some("v3"));
+
+    // Control plane restarts: same config in force; the new stream says what is held.
+    drop(c);
+    server.kill().await;
+    eventually("disconnected", || !state.status().connected).await;
+    let mut server = Server::start(addr).await;
+    let mut c = server.delta_conn().await;
+    let r = c.recv().await;
+    check_delta(&r, type_url::CLUSTER, "", &[], &[], None);
+    assert_eq!(
+        r.initial_resource_versions,
+        versions(&[("a", "ca1"), ("b", "cb1")])
+    );
+    let r = c.recv().await;
+    check_delta(&r, type_url::ENDPOINT, "", &["a", "b"], &[], None);
+    assert_eq!(
+        r.initial_resource_versions,
+        versions(&[("a", "ea1"), ("b", "eb1")])
+    );
+    let r = c.recv().await;
+    check_delta(&r, type_url::LISTENER, "", &[], &[], None);
+    assert_eq!(r.initial_resource_versions, versions(&[("k8s", "l1")]));
+
+    // A removal: the cluster, then its assignment; EDS unsubscribed.
+    c.send(delta_resp(type_url::CLUSTER, "1", vec![], &["b"]))
+        .await;
+    check_delta(&c.recv().await, type_url::CLUSTER, "1", &[], &[], None);
+    check_delta(&c.recv().await, type_url::ENDPOINT, "", &[], &["b"], None);
+    assert_eq!(
+        sink.wait_calls(2).await,
+        vec![
+            Call::Clusters(names(&["a"])),
+            Call::LoadAssignments(names(&["a"]))
+        ]
+    );
+    // An endpoint update for a held cluster.
+    c.send(delta_resp(
+        type_url::ENDPOINT,
+        "2",
+        vec![("a", "ea2", pb_cla("a", &[8081, 8083]))],
+        &[],
+    ))
+    .await;
+    check_delta(&c.recv().await, type_url::ENDPOINT, "2", &[], &[], None);
+    assert_eq!(
+        sink.wait_calls(1).await,
+        vec![Call::LoadAssignments(names(&["a"]))]
+    );
+    assert_eq!(sink.endpoints()[0].endpoints.len(), 2);
+
+    shutdown.cancel();
+    tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn delta_rds_subscriptions_follow_listeners() {
+    let mut server = Server::start("127.0.0.1:0".parse().unwrap()).await;
+    let (sink, _state, shutdown, task) = start_client(server.addr, true);
+    let mut c = server.delta_conn().await;
+    c.recv().await;
+    c.recv().await;
+    c.send(delta_resp(
+        type_url::LISTENER,
+        "1",
+        vec![("front", "l1", pb_http_rds("front", "r1"))],
+        &[],
+    ))
+    .await;
+    check_delta(&c.recv().await, type_url::LISTENER, "1", &[], &[], None);
+    check_delta(&c.recv().await, type_url::ROUTE, "", &["r1"], &[], None);
+    c.send(delta_resp(
+        type_url::ROUTE,
+        "2",
+        vec![("r1", "v1", pb_routes("r1", "a"))],
+        &[],
+    ))
+    .await;
+    check_delta(&c.recv().await, type_url::ROUTE, "2", &[], &[], None);
+    assert_eq!(
+        sink.wait_calls(2).await,
+        vec![
+            Call::RouteConfigs(names(&["r1"])),
+            Call::Listeners(names(&["front"]))
+        ]
+    );
+    // The listener moves to r2: r1 stays subscribed until r2 is in force.
+    c.send(delta_resp(
+        type_url::LISTENER,
+        "3",
+        vec![("front", "l2", pb_http_rds("front", "r2"))],
+        &[],
+    ))
+    .await;
+    check_delta(&c.recv().await, type_url::LISTENER, "3", &[], &[], None);
+    check_delta(&c.recv().await, type_url::ROUTE, "", &["r2"], &[], None);
+    c.send(delta_resp(
+        type_url::ROUTE,
+        "4",
+        vec![("r2", "v1", pb_routes("r2", "a"))],
+        &[],
+    ))
+    .await;
+    check_delta(&c.recv().await, type_url::ROUTE, "4", &[], &[], None);
+    check_delta(&c.recv().await, type_url::ROUTE, "", &[], &["r1"], None);
+    assert_eq!(
+        sink.wait_calls(3).await,
+        vec![
+            Call::RouteConfigs(names(&["r1", "r2"])),
+            Call::Listeners(names(&["front"])),
+            Call::RouteConfigs(names(&["r2"])),
+        ]
+    );
+    shutdown.cancel();
+    tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_while_the_server_is_down() {
+    // Nothing listens here: the client keeps backing off until shutdown.
+    let addr = {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        l.local_addr().unwrap()
+    };
+    let (_sink, state, shutdown, task) = start_client(addr, false);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!state.status().connected);
+    shutdown.cancel();
+    tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
+}
+
+#[test]
+fn backoff_doubles_with_jitter_up_to_the_cap() {
+    let mut b = Backoff::default();
+    let delays: Vec<Duration> = (0..12).map(|_| b.next_delay()).collect();
+    for (i, d) in delays.iter().enumerate() {
+        let full = BACKOFF_BASE.saturating_mul(1 << i).min(BACKOFF_MAX);
+        assert!(
+            *d >= full / 2 && *d <= full,
+            "attempt {i}: {d:?} not in [{:?}, {full:?}]",
+            full / 2
+        );
+    }
+    b.reset();
+    assert!(b.next_delay() <= BACKOFF_BASE);
+}
+
+#[test]
+fn kinds_round_trip_their_type_urls() {
+    let urls: BTreeSet<_> = Kind::ALL.iter().map(|k| k.type_url()).collect();
+    assert_eq!(urls.len(), 4);
+    for k in Kind::ALL {
+        assert_eq!(Kind::from_type_url(k.type_url()), Some(k));
+    }
+    assert_eq!(Kind::from_type_url(type_url::TCP_PROXY), None);
+}
