@@ -84,6 +84,22 @@ def tree_rss_kib(pid):
     return total
 
 
+def cpu_seconds(pid):
+    """User + system CPU time of a process and its children, in seconds."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / ticks
+        out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+        for child in out.split():
+            total += cpu_seconds(int(child))
+    except (OSError, IndexError, ValueError):
+        pass
+    return total
+
+
 def envoy_bin():
     env = os.environ.get("PYLON_ENVOY")
     if env:
@@ -283,7 +299,8 @@ def start_proxy(name, tmp):
 
 # ---------------------------------------------------------------- measurements
 
-def wrk(port, duration, connections=50):
+def wrk(port, duration, pid, connections=50):
+    cpu0, t0 = cpu_seconds(pid), time.time()
     out = subprocess.run(
         ["taskset", "-c", LOAD_CPUS, "wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency",
          f"http://{HOST}:{port}/"],
@@ -294,7 +311,8 @@ def wrk(port, duration, connections=50):
     sock_err = re.search(r"Socket errors: (.*)", out)
     if errors or sock_err:
         log(f"  wrk on {port}: {errors.group(0) if errors else ''} {sock_err.group(0) if sock_err else ''}")
-    return rps, p99
+    util = (cpu_seconds(pid) - cpu0) / (time.time() - t0)
+    return rps, p99, util
 
 
 def parse_latency(s):
@@ -303,14 +321,16 @@ def parse_latency(s):
     return v / 1000.0 if unit == "us" else v if unit == "ms" else v * 1000.0
 
 
-def iperf(port, duration):
+def iperf(port, duration, pid):
+    cpu0, t0 = cpu_seconds(pid), time.time()
     out = subprocess.run(
         ["taskset", "-c", LOAD_CPUS, "iperf3", "-c", HOST, "-p", str(port), "-t", str(duration), "-J"],
         capture_output=True, text=True)
     data = json.loads(out.stdout)
     if "error" in data:
         raise RuntimeError(f"iperf3 through {port}: {data['error']}")
-    return data["end"]["sum_received"]["bits_per_second"] / 1e9
+    util = (cpu_seconds(pid) - cpu0) / (time.time() - t0)
+    return data["end"]["sum_received"]["bits_per_second"] / 1e9, util
 
 
 def main():
@@ -333,7 +353,8 @@ def main():
     tmp = tempfile.mkdtemp(prefix="pylon-bench-")
     backends = []
     running = {}
-    results = {p: {"rps": [], "p99": [], "gbps": [], "rss": None} for p in proxies}
+    results = {p: {"rps": [], "p99": [], "http_cpu": [], "gbps": [], "tcp_cpu": [], "rss": None}
+               for p in proxies}
     try:
         with open(os.path.join(tmp, "nginx-backend.conf"), "w") as f:
             f.write(nginx_conf(0, 0, 0, tmp, role="backend"))
@@ -351,18 +372,20 @@ def main():
             results[p]["rss"] = tree_rss_kib(running[p].p.pid) / 1024.0
             log(f"{p}: idle RSS {results[p]['rss']:.1f} MiB")
         for p in proxies:  # warm-up
-            wrk(PORTS[p][0], 2)
+            wrk(PORTS[p][0], 2, running[p].p.pid)
         for r in range(args.rounds):
             order = proxies[r % len(proxies):] + proxies[:r % len(proxies)]
             for p in order:
-                rps, p99 = wrk(PORTS[p][0], args.duration)
+                rps, p99, util = wrk(PORTS[p][0], args.duration, running[p].p.pid)
                 results[p]["rps"].append(rps)
                 results[p]["p99"].append(p99)
-                log(f"round {r + 1} {p}: {rps:,.0f} req/s, p99 {p99:.2f} ms")
+                results[p]["http_cpu"].append(util)
+                log(f"round {r + 1} {p}: {rps:,.0f} req/s, p99 {p99:.2f} ms, proxy CPU {util:.2f}")
             for p in order:
-                gbps = iperf(PORTS[p][1], args.tcp_duration)
+                gbps, util = iperf(PORTS[p][1], args.tcp_duration, running[p].p.pid)
                 results[p]["gbps"].append(gbps)
-                log(f"round {r + 1} {p}: {gbps:.2f} Gbit/s")
+                results[p]["tcp_cpu"].append(util)
+                log(f"round {r + 1} {p}: {gbps:.2f} Gbit/s, proxy CPU {util:.2f}")
     finally:
         for proc in list(running.values()) + backends:
             proc.stop()
@@ -384,21 +407,33 @@ def report(results, proxies, args):
         f"load and backends on CPUs {LOAD_CPUS}; {args.rounds} rounds of {args.duration} s (HTTP) and "
         f"{args.tcp_duration} s (TCP); medians.",
         "",
-        "| proxy | HTTP req/s | HTTP p99 (ms) | TCP Gbit/s | idle RSS (MiB) |",
-        "|---|---:|---:|---:|---:|",
+        "| proxy | HTTP req/s | HTTP p99 (ms) | proxy CPU (cores) | req/s per proxy core | TCP Gbit/s | proxy CPU (cores) | Gbit/s per proxy core | idle RSS (MiB) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for p in proxies:
         m = med[p]
-        lines.append(f"| {p} | {m['rps']:,.0f} | {m['p99']:.2f} | {m['gbps']:.2f} | {results[p]['rss']:.1f} |")
+        m["rps_per_core"] = statistics.median(
+            r / max(c, 1e-6) for r, c in zip(results[p]["rps"], results[p]["http_cpu"]))
+        m["gbps_per_core"] = statistics.median(
+            g / max(c, 1e-6) for g, c in zip(results[p]["gbps"], results[p]["tcp_cpu"]))
+        lines.append(
+            f"| {p} | {m['rps']:,.0f} | {m['p99']:.2f} | {m['http_cpu']:.2f} | {m['rps_per_core']:,.0f} "
+            f"| {m['gbps']:.2f} | {m['tcp_cpu']:.2f} | {m['gbps_per_core']:.2f} | {results[p]['rss']:.1f} |")
     if "pylon-proxy" in proxies and peers:
         best_rps = max(peers, key=lambda p: med[p]["rps"])
         best_tcp = max(peers, key=lambda p: med[p]["gbps"])
         m = med["pylon-proxy"]
+        best_eff = max(peers, key=lambda p: med[p]["rps_per_core"])
+        best_tcp_eff = max(peers, key=lambda p: med[p]["gbps_per_core"])
         lines += [
             "",
             f"- HTTP: pylon-proxy / best peer ({best_rps}) = {m['rps'] / med[best_rps]['rps']:.2f}x req/s; "
             f"p99 {m['p99']:.2f} ms vs {med[best_rps]['p99']:.2f} ms.",
+            f"- HTTP per proxy core: pylon-proxy / best peer ({best_eff}) = "
+            f"{m['rps_per_core'] / med[best_eff]['rps_per_core']:.2f}x.",
             f"- TCP: pylon-proxy / best peer ({best_tcp}) = {m['gbps'] / med[best_tcp]['gbps']:.2f}x throughput.",
+            f"- TCP per proxy core: pylon-proxy / best peer ({best_tcp_eff}) = "
+            f"{m['gbps_per_core'] / med[best_tcp_eff]['gbps_per_core']:.2f}x.",
             f"- Idle RSS: pylon-proxy {results['pylon-proxy']['rss']:.1f} MiB"
             + (f", Envoy {results['envoy']['rss']:.1f} MiB." if "envoy" in results else "."),
         ]

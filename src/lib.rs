@@ -12,10 +12,20 @@ use prost_reflect::DescriptorPool;
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/pylon_descriptor.bin"));
 
-/// The descriptor pool decoded from [`FILE_DESCRIPTOR_SET`].
+/// A freshly decoded descriptor pool, owned by the caller.
 ///
-/// Decoded once on first use: it is immutable data compiled into the binary, not
-/// process state, so sharing it does not couple two servers in one process.
+/// For one-off parsing (pylon-proxy reads its bootstrap once): the pool takes
+/// several megabytes, which are given back when it is dropped.
+pub fn decode_descriptor_pool() -> Result<DescriptorPool, prost_reflect::DescriptorError> {
+    DescriptorPool::decode(FILE_DESCRIPTOR_SET)
+}
+
+/// The descriptor pool decoded from [`FILE_DESCRIPTOR_SET`], shared.
+///
+/// Decoded once on first use and kept: for a process that parses Envoy YAML
+/// repeatedly (pylon-xds on every reload). It is immutable data compiled into
+/// the binary, not process state, so sharing it does not couple two servers in
+/// one process.
 pub fn descriptor_pool() -> &'static DescriptorPool {
     static POOL: OnceLock<DescriptorPool> = OnceLock::new();
     POOL.get_or_init(|| {

@@ -44,7 +44,8 @@ pub struct TypeStatus {
     pub acked_version: Option<String>,
     /// Names in the last response sent (SotW) or known to be held (delta).
     pub resources: usize,
-    /// The last NACK, kept until a later version is ACKed.
+    /// The last NACK received on this stream. Kept for reference after later
+    /// ACKs; `state` says whether it concerns the version last sent.
     pub last_nack: Option<Nack>,
 }
 

@@ -45,7 +45,10 @@ use prost_reflect::DynamicMessage;
 use crate::model::{self, Discovery};
 
 /// What pylon-proxy takes from an Envoy bootstrap.
-#[derive(Debug, Clone, PartialEq)]
+///
+/// Serializable so a short-lived child process can parse the file and hand the
+/// result over (see `pylon-proxy`'s main).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Bootstrap {
     /// `node.id` (required with `dynamic_resources`).
     pub node_id: String,
@@ -62,7 +65,7 @@ pub struct Bootstrap {
 }
 
 /// Where ADS is served, and how.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct XdsTarget {
     /// The single endpoint of the xDS cluster.
     pub addr: SocketAddr,
@@ -126,13 +129,15 @@ fn read_proto(file_name: &str, text: &str) -> Result<PbBootstrap, BootstrapError
         file: file_name.to_string(),
         message,
     };
-    let desc = pylon::descriptor_pool()
-        .get_message_by_name(BOOTSTRAP)
-        .ok_or_else(|| {
-            invalid(format!(
-                "{BOOTSTRAP} is missing from the descriptor set (a build defect)"
-            ))
-        })?;
+    // An owned pool, dropped with the parsed message: pylon-proxy reads Envoy
+    // YAML once, and the pool's megabytes are not worth keeping.
+    let pool = pylon::decode_descriptor_pool()
+        .map_err(|e| invalid(format!("descriptor set: {e} (a build defect)")))?;
+    let desc = pool.get_message_by_name(BOOTSTRAP).ok_or_else(|| {
+        invalid(format!(
+            "{BOOTSTRAP} is missing from the descriptor set (a build defect)"
+        ))
+    })?;
     let msg = DynamicMessage::deserialize(desc, serde_yaml::Deserializer::from_str(text)).map_err(
         |source| BootstrapError::Parse {
             file: file_name.to_string(),

@@ -82,6 +82,12 @@ impl Cluster {
         }
     }
 
+    /// Sets `lb_policy` (`round_robin`, `least_request`, `random`).
+    pub fn lb_policy(mut self, policy: &str) -> Self {
+        self.lb_policy = Some(policy.to_string());
+        self
+    }
+
     /// Adds a TCP health check (connect, then close).
     pub fn tcp_health_check(
         mut self,

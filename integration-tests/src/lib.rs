@@ -1,23 +1,30 @@
-//! Test harness for end-to-end scenarios: pylon-xds driving a real Envoy.
+//! Test harness for end-to-end scenarios: pylon-xds driving a data plane,
+//! either a real Envoy or pylon-proxy (`dataplane`), over SotW or delta ADS.
 //!
 //! Owns everything a scenario needs besides the code under test: finding and
-//! running external tools (Envoy, kubectl), in-process backends, a small HTTP
-//! client, a config builder for pylon-xds YAML, and `eventually`-style
+//! running external tools (Envoy, pylon-proxy, kubectl), an admin API client
+//! for both proxies, in-process backends, a small HTTP client and a traffic
+//! loop, a config builder for pylon-xds YAML, and `eventually`-style
 //! assertions. It owns no production logic: the control plane is used only
-//! through its public API (`control_plane::serve`, `control_plane::bootstrap`).
+//! through its public API (`control_plane::serve`, `control_plane::bootstrap`),
+//! and the data plane only as a process.
 //!
 //! Tools are found at run time. A missing tool skips the test with a loud
 //! message, except under `CI=true`, where it is a failure ([`missing_tool`]).
 
+pub mod admin;
 pub mod backends;
 pub mod config;
+pub mod dataplane;
 pub mod envoy;
 pub mod eventually;
 pub mod http;
 pub mod kubectl;
 pub mod ports;
 pub mod pylon;
+pub mod pylon_proxy;
 pub mod tls;
+pub mod traffic;
 
 use std::path::PathBuf;
 

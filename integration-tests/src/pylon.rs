@@ -1,7 +1,8 @@
 //! One pylon-xds server per test, run in-process through its public API
 //! (`control_plane::serve`) on port 0, with its YAML in a private temp dir.
 //!
-//! Owns: starting and stopping the server, rewriting its config file the two
+//! Owns: starting and stopping the server (and starting it again on the
+//! same xDS address, as a restarted pylon-xds would be), rewriting its config file the two
 //! ways editors do (atomic rename, truncate + write), reading its admin
 //! `/status`, and rendering the Envoy bootstrap that points at it. It does not
 //! know what the YAML means: `config` builds it.
@@ -16,6 +17,7 @@ use control_plane::{Running, ServeOptions};
 use tempfile::TempDir;
 
 use crate::envoy::Envoy;
+use crate::eventually::eventually;
 
 /// Quiet period after the last file event before pylon-xds reloads.
 pub const DEBOUNCE: Duration = Duration::from_millis(50);
@@ -35,10 +37,27 @@ impl Ads {
     }
 }
 
-/// A running pylon-xds.
+/// How long [`Pylon::start_again`] retries binding the previous xDS address.
+pub const REBIND_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The bootstrap `pylon-xds bootstrap` prints for these arguments.
+pub fn render_bootstrap(node_id: &str, ads: Ads, xds: SocketAddr, admin: SocketAddr) -> String {
+    envoy_bootstrap(&BootstrapOptions {
+        node_id: node_id.to_string(),
+        node_cluster: "pylon-test".to_string(),
+        xds,
+        delta: ads.is_delta(),
+        admin,
+    })
+}
+
+/// A running pylon-xds. It can be stopped and started again on the same
+/// xDS address, keeping its config file.
 #[derive(Debug)]
 pub struct Pylon {
     running: Option<Running>,
+    /// The xDS address of the first start, reused by [`Pylon::start_again`].
+    xds_addr: SocketAddr,
     config: PathBuf,
     _dir: TempDir,
 }
@@ -49,19 +68,43 @@ impl Pylon {
         let dir = tempfile::Builder::new().prefix("pylon-xds-").tempdir()?;
         let config = dir.path().join("pylon.yaml");
         std::fs::write(&config, yaml)?;
-        let running = control_plane::serve(ServeOptions {
-            config: config.clone(),
-            xds_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            admin_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
-            debounce: DEBOUNCE,
-        })
-        .await
-        .context("control_plane::serve")?;
+        let running = serve(&config, SocketAddr::from(([127, 0, 0, 1], 0))).await?;
         Ok(Pylon {
+            xds_addr: running.xds_addr,
             running: Some(running),
             config,
             _dir: dir,
         })
+    }
+
+    /// Shuts the server down (as `Running::shutdown`: streams closed, tasks
+    /// awaited) but keeps its config file, which may be edited meanwhile.
+    pub async fn stop(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await;
+        }
+    }
+
+    /// Serves the config file again on the same xDS address as before (a new
+    /// admin port). Binding is retried for [`REBIND_TIMEOUT`] while the
+    /// address is still in use.
+    pub async fn start_again(&mut self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.running.is_none(), "pylon-xds is still running");
+        let (config, addr) = (&self.config, self.xds_addr);
+        let running = eventually(
+            format!("pylon-xds binding {addr} again"),
+            REBIND_TIMEOUT,
+            async || match serve(config, addr).await {
+                Ok(r) => Ok(Ok(r)),
+                Err(e) if is_addr_in_use(&e) => Err(e),
+                // Not retried: only a busy address may clear up.
+                Err(e) => Ok(Err(e)),
+            },
+        )
+        .await
+        .and_then(|r| r)?;
+        self.running = Some(running);
+        Ok(())
     }
 
     fn running(&self) -> anyhow::Result<&Running> {
@@ -115,13 +158,23 @@ impl Pylon {
 
     /// The bootstrap for an Envoy with `node_id`, admin on 127.0.0.1:0.
     pub fn bootstrap(&self, node_id: &str, ads: Ads) -> anyhow::Result<String> {
-        Ok(envoy_bootstrap(&BootstrapOptions {
-            node_id: node_id.to_string(),
-            node_cluster: "pylon-test".to_string(),
-            xds: self.xds_addr()?,
-            delta: ads.is_delta(),
-            admin: SocketAddr::from(([127, 0, 0, 1], 0)),
-        }))
+        Ok(render_bootstrap(
+            node_id,
+            ads,
+            self.xds_addr()?,
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+        ))
+    }
+
+    /// The status of the stream of `node` in `/status` (`nodes[]`), if connected.
+    pub async fn node_status(&self, node: &str) -> anyhow::Result<Option<serde_json::Value>> {
+        let status = self.status().await?;
+        Ok(status["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|n| n["node"] == node)
+            .cloned())
     }
 
     /// Starts an Envoy bootstrapped against this server.
@@ -137,8 +190,24 @@ impl Pylon {
 
     /// Stops the server and waits for its tasks.
     pub async fn shutdown(mut self) {
-        if let Some(r) = self.running.take() {
-            r.shutdown().await;
-        }
+        self.stop().await;
     }
+}
+
+async fn serve(config: &Path, xds_listen: SocketAddr) -> anyhow::Result<Running> {
+    control_plane::serve(ServeOptions {
+        config: config.to_path_buf(),
+        xds_listen,
+        admin_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+        debounce: DEBOUNCE,
+    })
+    .await
+    .context("control_plane::serve")
+}
+
+fn is_addr_in_use(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::AddrInUse)
+    })
 }

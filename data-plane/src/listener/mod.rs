@@ -21,6 +21,7 @@
 
 pub mod http;
 pub mod route;
+pub mod splice;
 pub mod tcp;
 
 use std::collections::{BTreeMap, HashSet};

@@ -4,8 +4,9 @@
 //! with the cluster's `connect_timeout` (up to `max_connect_attempts` hosts),
 //! then copy bytes both ways with half-close propagation until both sides are
 //! done, the connection is idle for `idle_timeout`, or the listener's drain
-//! time runs out. Per byte there is only the copy; per read, one clock read
-//! for the idle timer; stats are added once when the connection ends.
+//! time runs out. Bytes move with `splice(2)` (see `splice`), so they never
+//! enter user space; per chunk, one clock read for the idle timer; stats are
+//! added once when the connection ends.
 //!
 //! No cluster or no host: the downstream connection is closed. Established
 //! connections are never closed because a host turned unhealthy or the
@@ -23,6 +24,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::splice::{Moved, Moved64, Pipes};
 use crate::model::TcpProxy;
 use crate::runtime::stats::{stats_struct, Counter};
 use crate::upstream::ClusterSlot;
@@ -92,10 +94,8 @@ pub async fn serve(downstream: TcpStream, ctx: Arc<TcpCtx>, close: CancellationT
 
     let base = Instant::now();
     let last = AtomicU64::new(0);
-    let mut down = Tracked::new(downstream, &last, base);
-    let mut up = Tracked::new(upstream, &last, base);
-    let copy =
-        tokio::io::copy_bidirectional_with_sizes(&mut down, &mut up, COPY_BUFFER, COPY_BUFFER);
+    let moved = Moved64::default();
+    let copy = relay(downstream, upstream, &last, base, &moved);
     let idle = async {
         match ctx.cfg.idle_timeout {
             Some(t) if !t.is_zero() => idle_watch(&last, base, t).await,
@@ -111,10 +111,37 @@ pub async fn serve(downstream: TcpStream, ctx: Arc<TcpCtx>, close: CancellationT
         _ = idle => stats.idle_timeout.inc(),
         _ = close.cancelled() => {}
     }
-    stats.downstream_cx_rx_bytes_total.add(down.read_bytes);
-    stats.downstream_cx_tx_bytes_total.add(up.read_bytes);
-    cx.stats().upstream_cx_rx_bytes_total.add(up.read_bytes);
-    cx.stats().upstream_cx_tx_bytes_total.add(down.read_bytes);
+    let Moved {
+        a_to_b: from_downstream,
+        b_to_a: from_upstream,
+    } = moved.get();
+    stats.downstream_cx_rx_bytes_total.add(from_downstream);
+    stats.downstream_cx_tx_bytes_total.add(from_upstream);
+    cx.stats().upstream_cx_rx_bytes_total.add(from_upstream);
+    cx.stats().upstream_cx_tx_bytes_total.add(from_downstream);
+}
+
+/// Moves bytes both ways: with `splice(2)` (no copy through user space) when
+/// the system allows, else with a user-space copy of [`COPY_BUFFER`] per
+/// direction.
+async fn relay(
+    down: TcpStream,
+    up: TcpStream,
+    last: &AtomicU64,
+    base: Instant,
+    moved: &Moved64,
+) -> io::Result<()> {
+    match Pipes::new() {
+        Ok(pipes) => pipes.relay(&down, &up, last, base, moved).await,
+        Err(e) => {
+            tracing::debug!(error = %e, "tcp proxy: splice unavailable; copying in user space");
+            let mut d = Tracked::new(down, last, base, &moved.a_to_b);
+            let mut u = Tracked::new(up, last, base, &moved.b_to_a);
+            tokio::io::copy_bidirectional_with_sizes(&mut d, &mut u, COPY_BUFFER, COPY_BUFFER)
+                .await
+                .map(|_| ())
+        }
+    }
 }
 
 /// Returns once nothing was read for `idle` (the last read time is kept in
@@ -134,16 +161,16 @@ struct Tracked<'a, S> {
     inner: S,
     last: &'a AtomicU64,
     base: Instant,
-    read_bytes: u64,
+    read_bytes: &'a AtomicU64,
 }
 
 impl<'a, S> Tracked<'a, S> {
-    fn new(inner: S, last: &'a AtomicU64, base: Instant) -> Self {
+    fn new(inner: S, last: &'a AtomicU64, base: Instant, read_bytes: &'a AtomicU64) -> Self {
         Tracked {
             inner,
             last,
             base,
-            read_bytes: 0,
+            read_bytes,
         }
     }
 }
@@ -158,7 +185,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Tracked<'_, S> {
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         let n = buf.filled().len() - before;
         if n > 0 {
-            self.read_bytes += n as u64;
+            self.read_bytes.fetch_add(n as u64, Ordering::Relaxed);
             let ms = self.base.elapsed().as_millis() as u64;
             self.last.store(ms, Ordering::Relaxed);
         }

@@ -30,7 +30,7 @@ pub struct NackError {
 }
 
 /// An upstream cluster (CDS, or `static_resources`).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
 pub struct Cluster {
     /// Name.
     pub name: String,
@@ -47,7 +47,7 @@ pub struct Cluster {
 }
 
 /// Where a cluster's endpoints come from.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
 pub enum Discovery {
     /// From EDS: the ClusterLoadAssignment of this name (the cluster name unless `service_name` is set).
     Eds {
@@ -59,14 +59,14 @@ pub enum Discovery {
 }
 
 /// Load balancing policies pylon-proxy implements.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, Copy, PartialEq, Eq)]
 pub enum LbPolicy {
     /// Weighted round robin (earliest deadline first when weights differ).
     RoundRobin,
 }
 
 /// A cluster's endpoints (EDS `ClusterLoadAssignment`, or inline).
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Default)]
 pub struct LoadAssignment {
     /// The load assignment name (`cluster_name`).
     pub name: String,
@@ -75,7 +75,7 @@ pub struct LoadAssignment {
 }
 
 /// One upstream host.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq, Hash)]
 pub struct Endpoint {
     /// Its address (IP literal and port).
     pub addr: SocketAddr,
@@ -84,7 +84,7 @@ pub struct Endpoint {
 }
 
 /// Active health checking, with Envoy's semantics.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
 pub struct HealthCheck {
     /// Time between checks of a host (required).
     pub interval: Duration,
@@ -103,7 +103,7 @@ pub struct HealthCheck {
 }
 
 /// The kind of health check.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
 pub enum HealthCheckKind {
     /// Connect, then close; success on connect.
     Tcp,
@@ -119,7 +119,7 @@ pub enum HealthCheckKind {
 }
 
 /// A listener (LDS, or `static_resources`).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
 pub struct Listener {
     /// Name.
     pub name: String,
@@ -130,7 +130,7 @@ pub struct Listener {
 }
 
 /// The (single) network filter of a listener's (single) filter chain.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
 pub enum ListenerKind {
     /// `envoy.filters.network.tcp_proxy`.
     Tcp(TcpProxy),
@@ -139,7 +139,7 @@ pub enum ListenerKind {
 }
 
 /// TCP proxy settings.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
 pub struct TcpProxy {
     /// Stats prefix (`tcp.<stat_prefix>.`).
     pub stat_prefix: String,
@@ -152,7 +152,7 @@ pub struct TcpProxy {
 }
 
 /// HTTP connection manager settings.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
 pub struct HttpManager {
     /// Stats prefix (`http.<stat_prefix>.`).
     pub stat_prefix: String,
@@ -161,7 +161,7 @@ pub struct HttpManager {
 }
 
 /// Route configuration source of an HTTP listener.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
 pub enum RouteSource {
     /// Over RDS, by name.
     Rds(String),
@@ -170,7 +170,7 @@ pub enum RouteSource {
 }
 
 /// A route configuration (RDS, or inline).
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Default)]
 pub struct RouteConfig {
     /// Name.
     pub name: String,
@@ -179,7 +179,7 @@ pub struct RouteConfig {
 }
 
 /// A virtual host.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
 pub struct VirtualHost {
     /// Name.
     pub name: String,
@@ -190,7 +190,7 @@ pub struct VirtualHost {
 }
 
 /// One route.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
 pub struct Route {
     /// How the path is matched.
     pub path: PathMatch,
@@ -199,7 +199,7 @@ pub struct Route {
 }
 
 /// Path matching.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
 pub enum PathMatch {
     /// Plain string prefix (`/service/1` also matches `/service/10`).
     Prefix(String),
@@ -210,7 +210,7 @@ pub enum PathMatch {
 }
 
 /// What a matched route does.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
 pub struct RouteAction {
     /// Upstream cluster.
     pub cluster: String,

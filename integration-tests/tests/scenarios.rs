@@ -1,15 +1,23 @@
-//! End-to-end scenarios: pylon-xds serving a YAML file to a real Envoy over
-//! ADS, with in-process backends behind it. Every scenario runs twice: Envoy
-//! bootstrapped for state-of-the-world ADS and for delta ADS.
+//! End-to-end scenarios: pylon-xds serving a YAML file over ADS to a data
+//! plane, with in-process backends behind it. Every scenario is written once
+//! against `DataPlane` and runs four times: Envoy and pylon-proxy, each
+//! bootstrapped (with the same `pylon-xds bootstrap` output) for
+//! state-of-the-world and for delta ADS, as `<scenario>::{envoy,pylon}_{sotw,delta}`.
 //!
 //! 1. `apiserver_ha`: kubectl through a tcp_proxy to three TLS apiservers,
 //!    round robin, active TCP health checks ejecting and re-admitting a backend.
 //! 2. `front_proxy`: HTTP routes by prefix, even spread over replicas.
 //! 3. `live_edits`: endpoint add/remove, listener add, cluster+listener
-//!    removal, route change, each seen at Envoy; a held connection survives.
+//!    removal, route change, each seen at the proxy; a held connection survives.
 //! 4. `bad_edit`: broken YAML, then valid YAML naming a missing cluster: each
-//!    is reported by `/status` while Envoy keeps the last good config and
+//!    is reported by `/status` while the proxy keeps the last good config and
 //!    traffic flows; the fix is pushed and the error cleared.
+//! 5. `control_plane_restart`: pylon-xds is shut down and started again on the
+//!    same xDS address, with an edit made while it was down; requests flow
+//!    throughout and none fails; the proxy reconnects and takes the edit.
+//! 6. `unsupported_cluster`: a cluster with `lb_policy: random` is NACKed by
+//!    pylon-proxy (shown in `/status`, the rest keeps working) and ACKed by
+//!    Envoy; removing it brings pylon-proxy back to SYNCED.
 
 // Helpers here are test code too: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
@@ -19,80 +27,117 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::ensure;
+use anyhow::{ensure, Context as _};
+use integration_tests::admin::AdminClient;
 use integration_tests::assert_eventually;
 use integration_tests::backends::{ApiServer, HttpServer, TcpEcho};
 use integration_tests::config::{Cluster, Listener, ListenerKind, PylonConfig, Route};
-use integration_tests::envoy::{self, Envoy};
+use integration_tests::dataplane::{DataPlane, Flavour, Kind};
 use integration_tests::http;
 use integration_tests::kubectl::Kubectl;
 use integration_tests::ports::{free_addr, loopback, LOOPBACK};
-use integration_tests::pylon::{Ads, Pylon};
+use integration_tests::pylon::Pylon;
 use integration_tests::tls::TestCa;
+use integration_tests::traffic::TrafficLoop;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
-/// Deadline for anything pushed to Envoy or decided by its health checks.
+/// Deadline for anything pushed to the proxy or decided by its health checks.
 const DEADLINE: Duration = Duration::from_secs(15);
 
-/// Runs a scenario once per ADS flavour, as `<scenario>::sotw` and `<scenario>::delta`.
-macro_rules! both_modes {
+/// Runs a scenario for every data plane and ADS flavour, as
+/// `<scenario>::envoy_sotw`, `::envoy_delta`, `::pylon_sotw`, `::pylon_delta`.
+macro_rules! every_data_plane {
     ($($scenario:ident),* $(,)?) => {$(
         mod $scenario {
+            use integration_tests::dataplane::{Flavour, Kind};
+            use integration_tests::pylon::Ads;
+
             #[tokio::test(flavor = "multi_thread")]
-            async fn sotw() {
-                super::$scenario(integration_tests::pylon::Ads::Sotw).await
+            async fn envoy_sotw() {
+                super::$scenario(Flavour::new(Kind::Envoy, Ads::Sotw)).await
             }
             #[tokio::test(flavor = "multi_thread")]
-            async fn delta() {
-                super::$scenario(integration_tests::pylon::Ads::Delta).await
+            async fn envoy_delta() {
+                super::$scenario(Flavour::new(Kind::Envoy, Ads::Delta)).await
+            }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn pylon_sotw() {
+                super::$scenario(Flavour::new(Kind::Pylon, Ads::Sotw)).await
+            }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn pylon_delta() {
+                super::$scenario(Flavour::new(Kind::Pylon, Ads::Delta)).await
             }
         }
     )*};
 }
 
-both_modes!(apiserver_ha, front_proxy, live_edits, bad_edit);
+every_data_plane!(
+    apiserver_ha,
+    front_proxy,
+    live_edits,
+    bad_edit,
+    control_plane_restart,
+    unsupported_cluster,
+);
 
-fn node_id(scenario: &str, ads: Ads) -> String {
-    format!(
-        "{scenario}-{}",
-        if ads.is_delta() { "delta" } else { "sotw" }
+/// pylon-xds on `config`, and a data plane bootstrapped against it, ready.
+async fn stack(
+    bin: &Path,
+    flavour: Flavour,
+    scenario: &str,
+    config: &PylonConfig,
+) -> (Pylon, DataPlane) {
+    let pylon = Pylon::start(&config.to_yaml()).await.unwrap();
+    let node = format!("{scenario}-{flavour}");
+    let dp = DataPlane::start(bin, flavour, &pylon, &node).await.unwrap();
+    if let Err(err) = dp.admin().wait_ready(DEADLINE).await {
+        panic!(
+            "{err:#}\nbootstrap:\n{}",
+            pylon.bootstrap(&node, flavour.ads).unwrap()
+        );
+    }
+    // The stream is the flavour asked for, as pylon-xds sees it.
+    wait_node(&pylon, &dp).await;
+    (pylon, dp)
+}
+
+/// Waits until pylon-xds lists the data plane's node on a stream of its flavour.
+async fn wait_node(pylon: &Pylon, dp: &DataPlane) -> serde_json::Value {
+    let (node, protocol) = (dp.node_id(), dp.flavour().protocol());
+    assert_eventually!(
+        DEADLINE,
+        format!("{node} on an `{protocol}` stream in /status"),
+        async || {
+            let Some(n) = pylon.node_status(node).await? else {
+                anyhow::bail!("not connected: {}", pylon.status().await?);
+            };
+            ensure!(n["protocol"] == protocol, "{n}");
+            Ok(n)
+        }
     )
 }
 
-/// pylon-xds on `config`, and an Envoy bootstrapped against it, ready.
-async fn stack(bin: &Path, scenario: &str, ads: Ads, config: &PylonConfig) -> (Pylon, Envoy) {
-    let pylon = Pylon::start(&config.to_yaml()).await.unwrap();
-    let bootstrap = pylon.bootstrap(&node_id(scenario, ads), ads).unwrap();
-    assert!(bootstrap.contains("127.0.0.1"), "bootstrap:\n{bootstrap}");
-    let envoy = Envoy::start(bin, &node_id(scenario, ads), &bootstrap)
-        .await
-        .unwrap();
-    if let Err(err) = envoy.wait_ready(DEADLINE).await {
-        panic!("{err:#}\nbootstrap:\n{bootstrap}");
-    }
-    // The stream is the flavour asked for, as pylon-xds sees it.
-    let node = node_id(scenario, ads);
-    let protocol = if ads.is_delta() { "ads-delta" } else { "ads" };
-    assert_eventually!(
-        DEADLINE,
-        format!("{node} on an `{protocol}` stream"),
-        async || {
-            let status = pylon.status().await?;
-            let nodes = status["nodes"].as_array().cloned().unwrap_or_default();
-            ensure!(
-                nodes
-                    .iter()
-                    .any(|n| n["node"] == node.as_str() && n["protocol"] == protocol),
-                "/status nodes = {nodes:?}"
-            );
-            Ok(())
-        }
-    );
-    (pylon, envoy)
+/// Waits until the node's `/status` entry for `ty` (`cds`, `eds`, ...)
+/// passes `check`; returns that entry.
+async fn wait_type_status(
+    pylon: &Pylon,
+    dp: &DataPlane,
+    ty: &str,
+    what: &str,
+    check: impl Fn(&serde_json::Value) -> anyhow::Result<()>,
+) -> serde_json::Value {
+    let node = dp.node_id();
+    assert_eventually!(DEADLINE, format!("{node} {ty}: {what}"), async || {
+        let n = pylon.node_status(node).await?.context("not connected")?;
+        let t = n["types"][ty].clone();
+        check(&t).with_context(|| format!("{ty} = {t}"))?;
+        Ok(t)
+    })
 }
 
-async fn wait_health(envoy: &Envoy, cluster: &str, host: SocketAddr, healthy: bool) {
+async fn wait_health(dp: &DataPlane, cluster: &str, host: SocketAddr, healthy: bool) {
     let host = host.to_string();
     let what = format!(
         "{cluster}/{host} {}",
@@ -102,8 +147,9 @@ async fn wait_health(envoy: &Envoy, cluster: &str, host: SocketAddr, healthy: bo
             "failed_active_hc"
         }
     );
+    let admin = dp.admin();
     assert_eventually!(DEADLINE, what, async || {
-        let c = envoy.clusters().await?;
+        let c = admin.clusters().await?;
         let flags = c.health_flags(cluster, &host).unwrap_or("<host absent>");
         if healthy {
             ensure!(flags == "healthy", "health_flags = {flags}");
@@ -114,14 +160,15 @@ async fn wait_health(envoy: &Envoy, cluster: &str, host: SocketAddr, healthy: bo
     });
 }
 
-async fn wait_hosts(envoy: &Envoy, cluster: &str, want: &[SocketAddr]) {
+async fn wait_hosts(dp: &DataPlane, cluster: &str, want: &[SocketAddr]) {
     let mut want: Vec<String> = want.iter().map(|a| a.to_string()).collect();
     want.sort();
+    let admin = dp.admin();
     assert_eventually!(
         DEADLINE,
         format!("{cluster} hosts = {want:?}"),
         async || {
-            let hosts = envoy.clusters().await?.hosts(cluster);
+            let hosts = admin.clusters().await?.hosts(cluster);
             ensure!(hosts == want, "hosts = {hosts:?}");
             Ok(())
         }
@@ -159,7 +206,7 @@ async fn wait_answer(listen: SocketAddr, path: &str, id: &str) {
 // ---------------------------------------------------------------------------
 // 1. kube-apiserver HA
 
-/// Runs `kubectl get --raw /healthz` through Envoy and returns the index of the
+/// Runs `kubectl get --raw /healthz` through the proxy and returns the index of the
 /// apiserver that took the connection (exactly one must have).
 async fn kubectl_healthz(
     kubectl: &Kubectl,
@@ -212,8 +259,8 @@ fn assert_round_robin(seq: &[usize], hosts: &[usize]) {
     }
 }
 
-async fn apiserver_ha(ads: Ads) {
-    let Some(bin) = envoy::binary_or_skip() else {
+async fn apiserver_ha(flavour: Flavour) {
+    let Some(bin) = flavour.binary_or_skip() else {
         return;
     };
     let Some(kubectl) = Kubectl::find_or_skip() else {
@@ -242,9 +289,9 @@ async fn apiserver_ha(ads: Ads) {
             listen,
             "kube-apiserver",
         ));
-    let (pylon, envoy) = stack(&bin, "apiserver-ha", ads, &config).await;
+    let (pylon, dp) = stack(&bin, flavour, "apiserver-ha", &config).await;
     for a in &addrs {
-        wait_health(&envoy, "kube-apiserver", *a, true).await;
+        wait_health(&dp, "kube-apiserver", *a, true).await;
     }
 
     // Each kubectl is a new connection: round robin over the three.
@@ -262,7 +309,7 @@ async fn apiserver_ha(ads: Ads) {
 
     // One apiserver goes away: health checks eject it, new connections avoid it.
     apis[1].stop().await;
-    wait_health(&envoy, "kube-apiserver", addrs[1], false).await;
+    wait_health(&dp, "kube-apiserver", addrs[1], false).await;
     let seq = kubectl_sequence(&kubectl, listen, &ca, &apis, 6).await;
     assert_round_robin(&seq, &[0, 2]);
 
@@ -273,7 +320,7 @@ async fn apiserver_ha(ads: Ads) {
     // it, so the first connection to the returning host is awaited.
     apis[1].start_again().await.unwrap();
     assert_eq!(apis[1].addr(), addrs[1]);
-    wait_health(&envoy, "kube-apiserver", addrs[1], true).await;
+    wait_health(&dp, "kube-apiserver", addrs[1], true).await;
     let healthy_at = std::time::Instant::now();
     assert_eventually!(
         DEADLINE,
@@ -299,8 +346,8 @@ async fn apiserver_ha(ads: Ads) {
 // ---------------------------------------------------------------------------
 // 2. Front proxy
 
-async fn front_proxy(ads: Ads) {
-    let Some(bin) = envoy::binary_or_skip() else {
+async fn front_proxy(flavour: Flavour) {
+    let Some(bin) = flavour.binary_or_skip() else {
         return;
     };
     let mut s1 = Vec::new();
@@ -325,8 +372,8 @@ async fn front_proxy(ads: Ads) {
                 Route::prefix("/service/2", "service2"),
             ],
         ));
-    let (pylon, envoy) = stack(&bin, "front-proxy", ads, &config).await;
-    wait_hosts(&envoy, "service1", &s1_addrs).await;
+    let (pylon, dp) = stack(&bin, flavour, "front-proxy", &config).await;
+    wait_hosts(&dp, "service1", &s1_addrs).await;
     wait_answer(listen, "/service/2", "service2-0").await;
 
     let got = spread(listen, "/service/1", 30).await;
@@ -356,8 +403,8 @@ async fn echo_roundtrip(conn: &mut TcpStream, msg: &[u8]) -> anyhow::Result<()> 
     Ok(())
 }
 
-async fn live_edits(ads: Ads) {
-    let Some(bin) = envoy::binary_or_skip() else {
+async fn live_edits(flavour: Flavour) {
+    let Some(bin) = flavour.binary_or_skip() else {
         return;
     };
     let echo = TcpEcho::start(loopback(2)).await.unwrap();
@@ -390,7 +437,8 @@ async fn live_edits(ads: Ads) {
             l_old,
             vec![Route::prefix("/", "old")],
         ));
-    let (pylon, envoy) = stack(&bin, "live-edits", ads, &config).await;
+    let (pylon, dp) = stack(&bin, flavour, "live-edits", &config).await;
+    let admin = dp.admin();
     wait_answer(l_old, "/", "old-0").await;
 
     // A connection through a listener no edit touches.
@@ -406,14 +454,14 @@ async fn live_edits(ads: Ads) {
         .endpoints
         .push(w[2].addr());
     pylon.write_config_atomic(&config.to_yaml()).unwrap();
-    wait_hosts(&envoy, "web", &[w[0].addr(), w[1].addr(), w[2].addr()]).await;
+    wait_hosts(&dp, "web", &[w[0].addr(), w[1].addr(), w[2].addr()]).await;
     let got = spread(l_front, "/", 9).await;
     assert_eq!(got, counts(&[("web-0", 3), ("web-1", 3), ("web-2", 3)]));
 
     // Remove an endpoint (written in place).
     config.cluster_mut("web").unwrap().endpoints.remove(0);
     pylon.write_config_in_place(&config.to_yaml()).unwrap();
-    wait_hosts(&envoy, "web", &[w[1].addr(), w[2].addr()]).await;
+    wait_hosts(&dp, "web", &[w[1].addr(), w[2].addr()]).await;
     let served0 = w[0].served();
     let got = spread(l_front, "/", 6).await;
     assert_eq!(got, counts(&[("web-1", 3), ("web-2", 3)]));
@@ -427,7 +475,7 @@ async fn live_edits(ads: Ads) {
     ));
     pylon.write_config_atomic(&config.to_yaml()).unwrap();
     assert_eventually!(DEADLINE, "listener `added` in /listeners", async || {
-        let ls = envoy.listeners().await?;
+        let ls = admin.listeners().await?;
         ensure!(
             ls.iter()
                 .any(|(n, a)| n == "added" && *a == l_new.to_string()),
@@ -451,7 +499,7 @@ async fn live_edits(ads: Ads) {
     config.listeners.retain(|l| l.name != "old");
     pylon.write_config_in_place(&config.to_yaml()).unwrap();
     assert_eventually!(DEADLINE, "cluster and listener `old` gone", async || {
-        let dump = envoy.config_dump().await?;
+        let dump = admin.config_dump().await?;
         let (clusters, listeners) = (dump.dynamic_clusters(), dump.active_listeners());
         ensure!(
             !clusters.contains(&"old".to_string()),
@@ -462,7 +510,7 @@ async fn live_edits(ads: Ads) {
             "listeners {listeners:?}"
         );
         ensure!(
-            !envoy.clusters().await?.names().contains(&"old".to_string()),
+            !admin.clusters().await?.names().contains(&"old".to_string()),
             "/clusters lists old"
         );
         Ok(())
@@ -480,7 +528,7 @@ async fn live_edits(ads: Ads) {
     };
     pylon.write_config_atomic(&config.to_yaml()).unwrap();
     wait_answer(l_front, "/", "alt-0").await;
-    let dump = envoy.config_dump().await.unwrap();
+    let dump = admin.config_dump().await.unwrap();
     // Routes are in RDS or inline in the listener: look at both.
     let routes =
         serde_json::json!([dump.route_config("front"), dump.listener("front")]).to_string();
@@ -520,10 +568,10 @@ async fn wait_reload_error(pylon: &Pylon, needle: &str) -> String {
     )
 }
 
-/// Envoy still runs the config it had (same versions, same host, listener
+/// The proxy still runs the config it had (same versions, same host, listener
 /// up) and traffic keeps flowing.
 async fn assert_unchanged(
-    envoy: &Envoy,
+    admin: &AdminClient,
     listen: SocketAddr,
     w0: &HttpServer,
     versions: &BTreeMap<String, String>,
@@ -531,16 +579,16 @@ async fn assert_unchanged(
     let got = spread(listen, "/", 10).await;
     assert_eq!(got, counts(&[("web-0", 10)]));
     assert_eq!(
-        envoy.clusters().await.unwrap().hosts("web"),
+        admin.clusters().await.unwrap().hosts("web"),
         vec![w0.addr().to_string()]
     );
-    let ls = envoy.listeners().await.unwrap();
+    let ls = admin.listeners().await.unwrap();
     assert!(ls.iter().any(|(n, _)| n == "front"), "{ls:?}");
-    assert_eq!(&envoy.config_dump().await.unwrap().versions(), versions);
+    assert_eq!(&admin.config_dump().await.unwrap().versions(), versions);
 }
 
-async fn bad_edit(ads: Ads) {
-    let Some(bin) = envoy::binary_or_skip() else {
+async fn bad_edit(flavour: Flavour) {
+    let Some(bin) = flavour.binary_or_skip() else {
         return;
     };
     let w0 = HttpServer::start(loopback(2), "web-0").await.unwrap();
@@ -553,7 +601,8 @@ async fn bad_edit(ads: Ads) {
             listen,
             vec![Route::prefix("/", "web")],
         ));
-    let (pylon, envoy) = stack(&bin, "bad-edit", ads, &config).await;
+    let (pylon, dp) = stack(&bin, flavour, "bad-edit", &config).await;
+    let admin = dp.admin();
     wait_answer(listen, "/", "web-0").await;
     let status = pylon.status().await.unwrap();
     assert!(
@@ -561,7 +610,7 @@ async fn bad_edit(ads: Ads) {
         "/status before the bad edit: {status}"
     );
 
-    let versions_before = envoy.config_dump().await.unwrap().versions();
+    let versions_before = admin.config_dump().await.unwrap().versions();
 
     // Broken YAML (written in place): reported, not pushed.
     let broken = format!(
@@ -571,7 +620,7 @@ async fn bad_edit(ads: Ads) {
     pylon.write_config_in_place(&broken).unwrap();
     let error = wait_reload_error(&pylon, "").await;
     eprintln!("last_reload_error (broken YAML): {error}");
-    assert_unchanged(&envoy, listen, &w0, &versions_before).await;
+    assert_unchanged(&admin, listen, &w0, &versions_before).await;
 
     // Valid YAML, invalid config (a route to a cluster that does not exist,
     // written by rename): reported, not pushed.
@@ -582,12 +631,12 @@ async fn bad_edit(ads: Ads) {
     pylon.write_config_atomic(&dangling.to_yaml()).unwrap();
     let error = wait_reload_error(&pylon, "no-such-cluster").await;
     eprintln!("last_reload_error (dangling route): {error}");
-    assert_unchanged(&envoy, listen, &w0, &versions_before).await;
+    assert_unchanged(&admin, listen, &w0, &versions_before).await;
 
     // The fix (with a change) is pushed.
     config.cluster_mut("web").unwrap().endpoints.push(w1.addr());
     pylon.write_config_atomic(&config.to_yaml()).unwrap();
-    wait_hosts(&envoy, "web", &[w0.addr(), w1.addr()]).await;
+    wait_hosts(&dp, "web", &[w0.addr(), w1.addr()]).await;
     let got = spread(listen, "/", 4).await;
     assert_eq!(got, counts(&[("web-0", 2), ("web-1", 2)]));
     assert_eventually!(DEADLINE, "/status last_reload_error cleared", async || {
@@ -595,6 +644,193 @@ async fn bad_edit(ads: Ads) {
         ensure!(status["last_reload_error"].is_null(), "/status = {status}");
         Ok(())
     });
+
+    pylon.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------
+// 5. Control plane restart
+
+async fn control_plane_restart(flavour: Flavour) {
+    let Some(bin) = flavour.binary_or_skip() else {
+        return;
+    };
+    let w0 = HttpServer::start(loopback(2), "web-0").await.unwrap();
+    let w1 = HttpServer::start(loopback(3), "web-1").await.unwrap();
+    let listen = free_addr(LOOPBACK).unwrap();
+    let mut config = PylonConfig::new()
+        .cluster(Cluster::new("web", &[w0.addr()]))
+        .listener(Listener::http(
+            "front",
+            listen,
+            vec![Route::prefix("/", "web")],
+        ));
+    let (mut pylon, dp) = stack(&bin, flavour, "cp-restart", &config).await;
+    let admin = dp.admin();
+    wait_answer(listen, "/", "web-0").await;
+    let xds = pylon.xds_addr().unwrap();
+
+    // Requests through the proxy from here to the end.
+    let traffic = TrafficLoop::start(listen, "/");
+    let wait_more = async |n: u64| {
+        let from = traffic.tally().ok_total();
+        assert_eventually!(DEADLINE, format!("{n} more answers"), async || {
+            let t = traffic.tally();
+            ensure!(t.ok_total() >= from + n, "{t:?}");
+            Ok(())
+        });
+    };
+    wait_more(5).await;
+
+    // The control plane goes away: the proxy sees its stream end and keeps
+    // serving the last config.
+    pylon.stop().await;
+    assert_eventually!(DEADLINE, "the proxy's ADS stream is down", async || {
+        ensure!(!admin.xds_connected().await?, "still connected");
+        Ok(())
+    });
+    wait_more(5).await;
+
+    // An edit while it is down, then it comes back on the same address.
+    config.cluster_mut("web").unwrap().endpoints.push(w1.addr());
+    pylon.write_config_atomic(&config.to_yaml()).unwrap();
+    pylon.start_again().await.unwrap();
+    assert_eq!(pylon.xds_addr().unwrap(), xds);
+
+    // The proxy reconnects and takes the edit.
+    wait_node(&pylon, &dp).await;
+    assert_eventually!(DEADLINE, "the proxy's ADS stream is up", async || {
+        ensure!(admin.xds_connected().await?, "not connected");
+        Ok(())
+    });
+    wait_hosts(&dp, "web", &[w0.addr(), w1.addr()]).await;
+    assert_eventually!(DEADLINE, "traffic reaches web-1", async || {
+        let t = traffic.tally();
+        ensure!(t.ok.get("web-1").is_some_and(|n| *n > 0), "{t:?}");
+        Ok(())
+    });
+    wait_type_status(&pylon, &dp, "eds", "SYNCED", |t| {
+        ensure!(t["state"] == "SYNCED");
+        Ok(())
+    })
+    .await;
+    wait_more(5).await;
+
+    let tally = traffic.stop().await;
+    assert!(
+        tally.failures.is_empty(),
+        "{} of {} requests failed across the restart: {:?}",
+        tally.failures.len(),
+        tally.failures.len() as u64 + tally.ok_total(),
+        tally.failures
+    );
+    assert!(w1.served() > 0 && w0.served() > 0, "{tally:?}");
+    eprintln!("{flavour}: {tally:?} across the control plane restart");
+
+    pylon.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------
+// 6. A cluster pylon-proxy cannot honour
+
+/// pylon-proxy's NACK of a `lb_policy: random` cluster named `rnd`.
+const RANDOM_NACK: &str = "cluster rnd: lb_policy RANDOM is not supported";
+
+async fn unsupported_cluster(flavour: Flavour) {
+    let Some(bin) = flavour.binary_or_skip() else {
+        return;
+    };
+    let w0 = HttpServer::start(loopback(2), "web-0").await.unwrap();
+    let w1 = HttpServer::start(loopback(3), "web-1").await.unwrap();
+    let listen = free_addr(LOOPBACK).unwrap();
+    let mut config = PylonConfig::new()
+        .cluster(Cluster::new("web", &[w0.addr()]))
+        .listener(Listener::http(
+            "front",
+            listen,
+            vec![Route::prefix("/", "web")],
+        ));
+    let (pylon, dp) = stack(&bin, flavour, "unsupported", &config).await;
+    let admin = dp.admin();
+    wait_answer(listen, "/", "web-0").await;
+    let synced = |t: &serde_json::Value| {
+        ensure!(t["state"] == "SYNCED" && t["acked_version"] == t["sent_version"]);
+        Ok(())
+    };
+    let cds = wait_type_status(&pylon, &dp, "cds", "SYNCED", synced).await;
+    let good_version = cds["acked_version"].clone();
+    let clusters_before = admin.clusters().await.unwrap().dynamic_names();
+    assert_eq!(clusters_before, vec!["web"]);
+
+    // A cluster with a policy only Envoy implements, used by nothing.
+    let with_random = config
+        .clone()
+        .cluster(Cluster::new("rnd", &[w1.addr()]).lb_policy("random"));
+    pylon.write_config_atomic(&with_random.to_yaml()).unwrap();
+    match flavour.kind {
+        Kind::Pylon => {
+            let cds = wait_type_status(&pylon, &dp, "cds", "NACKed", |t| {
+                ensure!(t["state"] == "ERROR" && t["sent_version"] != good_version);
+                Ok(())
+            })
+            .await;
+            let nack = &cds["last_nack"];
+            let message = nack["message"].as_str().unwrap_or_default();
+            assert!(message.contains(RANDOM_NACK), "{cds}");
+            assert_eq!(nack["version"], cds["sent_version"], "{cds}");
+            assert_eq!(cds["acked_version"], good_version, "{cds}");
+            let dump = admin.config_dump().await.unwrap();
+            let own = dump.xds_last_nack().unwrap_or_default();
+            assert!(
+                own.contains(RANDOM_NACK),
+                "pylon-proxy xds.last_nack: {own}"
+            );
+            // The rest of the config keeps working.
+            assert_eq!(
+                admin.clusters().await.unwrap().dynamic_names(),
+                clusters_before
+            );
+            assert_eq!(
+                admin.clusters().await.unwrap().hosts("web"),
+                vec![w0.addr().to_string()]
+            );
+        }
+        Kind::Envoy => {
+            let cds = wait_type_status(&pylon, &dp, "cds", "a new version ACKed", |t| {
+                synced(t)?;
+                ensure!(t["acked_version"] != good_version);
+                Ok(())
+            })
+            .await;
+            assert!(cds["last_nack"].is_null(), "{cds}");
+            wait_hosts(&dp, "rnd", &[w1.addr()]).await;
+        }
+    }
+    assert_eq!(spread(listen, "/", 5).await, counts(&[("web-0", 5)]));
+
+    // Without it, the config is the last good one again, and it is ACKed.
+    pylon.write_config_atomic(&config.to_yaml()).unwrap();
+    wait_type_status(&pylon, &dp, "cds", "the good version ACKed", |t| {
+        synced(t)?;
+        ensure!(t["acked_version"] == good_version);
+        Ok(())
+    })
+    .await;
+    assert_eventually!(DEADLINE, "only `web` in /clusters", async || {
+        let names = admin.clusters().await?.dynamic_names();
+        ensure!(names == clusters_before, "{names:?}");
+        Ok(())
+    });
+
+    // Later edits are pushed and taken as usual.
+    config.cluster_mut("web").unwrap().endpoints.push(w1.addr());
+    pylon.write_config_atomic(&config.to_yaml()).unwrap();
+    wait_hosts(&dp, "web", &[w0.addr(), w1.addr()]).await;
+    wait_type_status(&pylon, &dp, "eds", "SYNCED", synced).await;
+    assert_eq!(
+        spread(listen, "/", 4).await,
+        counts(&[("web-0", 2), ("web-1", 2)])
+    );
 
     pylon.shutdown().await;
 }
