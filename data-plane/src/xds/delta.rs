@@ -16,7 +16,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 use tracing::{debug, warn};
 
 use super::store::{Kind, Update};
-use super::{check_unique, decode_any, error_detail, kind_word, ClientState, Protocol};
+use super::{error_detail, kind_word, sort_resources, ClientState, Item, Protocol};
 use crate::model::NackError;
 
 /// Per-stream delta state.
@@ -45,13 +45,14 @@ impl DeltaStream {
         }
     }
 
-    /// Decodes a response into an update; `Err` NACKs it.
+    /// Decodes a response into the update to apply and the rejected
+    /// resources.
     fn decode(
         kind: Kind,
         resp: &DeltaDiscoveryResponse,
         cs: &ClientState,
-    ) -> Result<Update, NackError> {
-        let mut decoded = Vec::with_capacity(resp.resources.len());
+    ) -> (Update, Vec<NackError>) {
+        let mut items = Vec::with_capacity(resp.resources.len());
         for r in &resp.resources {
             let Resource {
                 name,
@@ -72,44 +73,27 @@ impl DeltaStream {
                 debug!(r#type = kind.short(), name = %name, "resource without a body; ignored");
                 continue;
             };
-            let d = decode_any(kind, any)?;
-            if d.name() != name {
-                return Err(NackError {
-                    kind: kind_word(kind),
-                    name: d.name().to_string(),
-                    message: format!("sent under the name {name:?}"),
-                });
-            }
-            decoded.push((d, version.clone()));
-        }
-        check_unique(kind, decoded.iter().map(|(d, _)| d.name()))?;
-        let wanted = cs.store.names(kind);
-        let upserts = decoded
-            .into_iter()
-            .filter(|(d, _)| {
-                let keep = kind.is_wildcard() || wanted.contains(d.name());
-                if !keep {
-                    debug!(
-                        r#type = kind.short(),
-                        name = d.name(),
-                        "ignoring a resource not subscribed to"
-                    );
+            let mut item = Item::decode(kind, any, Some(name), version);
+            if let Ok(d) = &item.result {
+                if d.name() != name {
+                    item.result = Err(NackError {
+                        kind: kind_word(kind),
+                        name: d.name().to_string(),
+                        message: format!("sent under the name {name:?}"),
+                    });
+                    item.name = (!name.is_empty()).then(|| name.clone());
                 }
-                keep
-            })
-            .collect();
+            }
+            items.push(item);
+        }
         let removed = resp
             .removed_resources
             .iter()
             .cloned()
             .chain(resp.removed_resource_names.iter().map(|r| r.name.clone()))
             .collect();
-        Ok(Update {
-            kind,
-            full_set: false,
-            upserts,
-            removed,
-        })
+        let wanted = cs.store.names(kind);
+        sort_resources(kind, items, false, removed, &wanted)
     }
 }
 
@@ -151,13 +135,11 @@ impl Protocol for DeltaStream {
             r#type = kind.short(), version = %resp.system_version_info, nonce = %resp.nonce,
             updates = resp.resources.len(), removed = resp.removed_resources.len(), "delta response"
         );
-        let result = match Self::decode(kind, &resp, cs) {
-            Ok(update) => cs.apply(update, &resp.system_version_info).await,
-            Err(e) => Err(cs.nacked(kind, e)),
-        };
+        let (update, rejected) = Self::decode(kind, &resp, cs);
+        let nack = cs.apply(update, rejected, &resp.system_version_info).await;
         let mut ack = self.request(kind);
         ack.response_nonce = resp.nonce;
-        ack.error_detail = result.err().as_ref().map(error_detail);
+        ack.error_detail = nack.as_deref().map(error_detail);
         let mut out = vec![ack];
         out.extend(self.resubscribe(cs));
         out

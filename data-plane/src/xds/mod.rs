@@ -19,17 +19,33 @@
 //!   route configuration of every RDS listener, updated whenever clusters or
 //!   listeners change (names still used by the version in force stay
 //!   subscribed until it is replaced).
-//! - Each response is decoded in full first (`model::decode`): an `Any` that
-//!   does not decode, has the wrong type, fails validation, or repeats a name
-//!   NACKs the whole response (`error_detail` code 3, INVALID_ARGUMENT, with
-//!   the [`NackError`] text), keeping the previous version and the last good
-//!   config; the sink is not called.
-//! - Otherwise the update is applied (see `store` for warming and order), and
-//!   ACKed with the response's version and nonce. If the sink rejects the
-//!   response's own type, that is a NACK too.
-//! - SotW: CDS and LDS responses are full sets (absent = removed); EDS and
-//!   RDS responses are merged by name, and the assignments and routes of
-//!   removed clusters and listeners are dropped by the client. Delta:
+//! - Partial acceptance, as Envoy's CDS/LDS do: each resource of a response
+//!   is decoded and validated on its own (`model::decode`). One that does not
+//!   decode, has the wrong type, fails validation, or whose name appears
+//!   twice in the response is left out: a new name is not added, a held name
+//!   keeps its last good version. The valid ones are applied as usual (see
+//!   `store` for warming and order).
+//! - Any resource rejected: the response is NACKed (`error_detail` code 3,
+//!   INVALID_ARGUMENT) with each rejected resource's [`NackError`] text,
+//!   joined by `"; "` (`cluster rnd: lb_policy RANDOM is not supported`).
+//!   A SotW NACK carries the previous accepted version, and that stays the
+//!   version reported and resent after a reconnect, though the valid part is
+//!   in force (each held resource keeps its own version: delta's
+//!   `initial_resource_versions` name the rejected ones at their old
+//!   version, so the server resends them). Nothing rejected: ACKed with the
+//!   response's version and nonce.
+//! - If the sink refuses the response's own type naming one of the
+//!   response's resources (say a listener that cannot bind), that resource
+//!   is rejected too and the rest is retried without it; an error naming
+//!   anything else rejects the whole response (nothing of it is applied).
+//! - A first CDS or LDS response ends that type's initialization even when
+//!   NACKed (Envoy does the same), so `/ready` does not wait forever on one
+//!   bad resource.
+//! - SotW: CDS and LDS responses are full sets (absent = removed, but a name
+//!   present and rejected is kept; a rejected resource whose name cannot be
+//!   read makes the response remove nothing); EDS and RDS responses are
+//!   merged by name, and the assignments and routes of removed clusters and
+//!   listeners are dropped by the client. Delta:
 //!   `removed_resources` are applied; after a reconnect the first request of
 //!   each type carries `initial_resource_versions` of what is held, so the
 //!   server resends only what changed.
@@ -60,23 +76,28 @@ mod testing;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use envoy_types::pb::envoy::config::cluster::v3::Cluster as PbCluster;
 use envoy_types::pb::envoy::config::core::v3::{node::UserAgentVersionType, Node};
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment as PbLoadAssignment;
+use envoy_types::pb::envoy::config::listener::v3::Listener as PbListener;
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration as PbRouteConfig;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::google::protobuf::Any;
 use envoy_types::pb::google::rpc;
+use prost::Message as _;
 use rand::Rng;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::Streaming;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::model::{self, Decoded, NackError};
 pub use store::WARMING_TIMEOUT;
@@ -100,7 +121,9 @@ use store::{Kind, Store, Update};
 ///
 /// `Err` rejects the set: for the type of the response being applied, the
 /// response is NACKed with the error's text; the client keeps the previous
-/// set in force and does not call again until something changes.
+/// set in force. If the error names (`kind` and `name`) a resource of that
+/// response, the client calls again without it (keeping its previous
+/// version); otherwise it does not call again until something changes.
 #[tonic::async_trait]
 pub trait ConfigSink: Send + Sync + 'static {
     /// All clusters.
@@ -141,8 +164,9 @@ pub fn node(id: &str, cluster: &str) -> Node {
     }
 }
 
-/// Accepted versions per type (`None`: nothing accepted yet). SotW: the
-/// response's `version_info`; delta: its `system_version_info`.
+/// Accepted versions per type (`None`: nothing accepted yet): those of the
+/// last response ACKed (a partly accepted, NACKed response leaves them).
+/// SotW: the response's `version_info`; delta: its `system_version_info`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TypeVersions {
     /// CDS.
@@ -187,8 +211,9 @@ pub struct XdsStatus {
     /// The last error applying an already ACKed update (a warming resource
     /// the runtime refused); retried on the next change.
     pub last_apply_error: Option<String>,
-    /// CDS and LDS have been accepted once and what they brought has warmed
-    /// (or timed out): Envoy's end of initialization. Stays true.
+    /// CDS and LDS have each answered once (ACKed, or NACKed: the valid part
+    /// is applied) and what they brought has warmed (or timed out): Envoy's
+    /// end of initialization. Stays true.
     pub initialized: bool,
 }
 
@@ -266,6 +291,7 @@ impl XdsClient {
         let mut cs = ClientState {
             store: Store::default(),
             versions: TypeVersions::default(),
+            responded: [false; 4],
             state: Arc::clone(&self.state),
             sink,
         };
@@ -416,6 +442,9 @@ async fn sleep_until(deadline: Option<Instant>) {
 struct ClientState {
     store: Store,
     versions: TypeVersions,
+    /// A response of the type has been handled (ACKed or NACKed): as in
+    /// Envoy, a rejected first response ends that type's initialization too.
+    responded: [bool; 4],
     state: Arc<XdsState>,
     sink: Arc<dyn ConfigSink>,
 }
@@ -426,31 +455,66 @@ impl ClientState {
         self.versions.get(kind).cloned().unwrap_or_default()
     }
 
-    /// Applies a decoded response; `Err` means NACK (recorded in the status).
-    async fn apply(&mut self, update: Update, version: &str) -> Result<(), NackError> {
+    /// Applies the valid part of a response (`update`; `rejected` are the
+    /// resources decoding left out) and returns the NACK text if anything
+    /// was rejected, `None` to ACK. On an ACK `version` becomes the accepted
+    /// version; on a NACK the previous one stays, although the valid part is
+    /// in force (the held resources carry their own versions).
+    ///
+    /// If the sink refuses the new set naming one of the response's
+    /// resources, that resource is left out too and the rest retried;
+    /// otherwise nothing of the response is applied.
+    async fn apply(
+        &mut self,
+        mut update: Update,
+        mut rejected: Vec<NackError>,
+        version: &str,
+    ) -> Option<String> {
         let kind = update.kind;
         let now = Instant::now();
-        match self.store.apply(update, &*self.sink, now).await {
-            Ok(errors) => {
-                *self.versions.slot(kind) = Some(version.to_string());
-                let mut st = self.state.lock();
-                *st.versions.slot(kind) = Some(version.to_string());
-                if let Some(e) = errors.last() {
-                    st.last_apply_error = Some(e.to_string());
+        self.responded[kind.index()] = true;
+        let mut applied = false;
+        loop {
+            match self.store.apply(&update, &*self.sink, now).await {
+                Ok(errors) => {
+                    if let Some(e) = errors.last() {
+                        self.state.lock().last_apply_error = Some(e.to_string());
+                    }
+                    applied = true;
+                    break;
                 }
-                drop(st);
-                self.update_initialized(now);
-                Ok(())
+                Err(e) => {
+                    let culprit = if e.kind == kind_word(kind) {
+                        update.upserts.iter().position(|(d, _)| d.name() == e.name)
+                    } else {
+                        None
+                    };
+                    rejected.push(e);
+                    let Some(i) = culprit else { break };
+                    let (d, _) = update.upserts.remove(i);
+                    update.keep.insert(d.name().to_string());
+                }
             }
-            Err(e) => Err(self.nacked(kind, e)),
         }
-    }
-
-    /// Records a NACK in the status and the log.
-    fn nacked(&self, kind: Kind, e: NackError) -> NackError {
-        warn!(r#type = kind.short(), error = %e, "NACK: keeping the previous config");
-        self.state.lock().last_nack = Some(e.to_string());
-        e
+        if rejected.is_empty() {
+            *self.versions.slot(kind) = Some(version.to_string());
+            *self.state.lock().versions.slot(kind) = Some(version.to_string());
+            self.update_initialized(now);
+            return None;
+        }
+        let message = rejected
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ");
+        if applied {
+            warn!(r#type = kind.short(), version, error = %message, "NACK: the rest of the response is applied; rejected resources keep their previous version");
+        } else {
+            warn!(r#type = kind.short(), version, error = %message, "NACK: nothing of the response is applied");
+        }
+        self.state.lock().last_nack = Some(message.clone());
+        self.update_initialized(now);
+        Some(message)
     }
 
     /// Pushes what finished warming or timed out.
@@ -464,8 +528,8 @@ impl ClientState {
     }
 
     fn update_initialized(&self, now: Instant) {
-        let ready = self.versions.clusters.is_some()
-            && self.versions.listeners.is_some()
+        let ready = self.responded[Kind::Cluster.index()]
+            && self.responded[Kind::Listener.index()]
             && self.store.is_warm(now);
         if ready {
             let mut st = self.state.lock();
@@ -499,26 +563,128 @@ fn decode_any(kind: Kind, any: &Any) -> Result<Decoded, NackError> {
     model::decode(&any.type_url, &any.value)
 }
 
-/// Rejects a response naming the same resource twice.
-fn check_unique<'a>(kind: Kind, names: impl Iterator<Item = &'a str>) -> Result<(), NackError> {
-    let mut seen = HashSet::new();
-    for name in names {
-        if !seen.insert(name) {
-            return Err(NackError {
-                kind: kind_word(kind),
-                name: name.to_string(),
-                message: "appears twice in one response".to_string(),
-            });
+/// The name of a resource that failed validation, if its bytes decode as a
+/// `kind` message (so that a full set keeps that name's previous version).
+fn resource_name(kind: Kind, any: &Any) -> Option<String> {
+    if any.type_url != kind.type_url() {
+        return None;
+    }
+    let bytes = any.value.as_slice();
+    let name = match kind {
+        Kind::Cluster => PbCluster::decode(bytes).ok()?.name,
+        Kind::Endpoint => PbLoadAssignment::decode(bytes).ok()?.cluster_name,
+        Kind::Listener => PbListener::decode(bytes).ok()?.name,
+        Kind::Route => PbRouteConfig::decode(bytes).ok()?.name,
+    };
+    (!name.is_empty()).then_some(name)
+}
+
+/// One resource of a response, decoded or rejected.
+struct Item {
+    /// Its name, when known: the decoded name, the name a delta response
+    /// gives it, or the name read from a resource that failed validation.
+    name: Option<String>,
+    result: Result<Decoded, NackError>,
+    /// Its version (SotW: the response's).
+    version: String,
+}
+
+impl Item {
+    /// A resource of a `kind` response; `name` is the name the response
+    /// gives it (delta), if any.
+    fn decode(kind: Kind, any: &Any, name: Option<&str>, version: &str) -> Item {
+        let result = decode_any(kind, any);
+        let name = match (&result, name) {
+            (Ok(d), _) => Some(d.name().to_string()),
+            (Err(_), Some(n)) if !n.is_empty() => Some(n.to_string()),
+            (Err(_), _) => resource_name(kind, any),
+        };
+        Item {
+            name,
+            result,
+            version: version.to_string(),
         }
     }
-    Ok(())
+}
+
+/// Splits a response's resources into the update to apply and the rejected
+/// ones (partial acceptance, as Envoy's CDS and LDS do): a resource that does
+/// not decode or validate, or whose name appears twice, is left out, and its
+/// name, when known, keeps its held version (a full set does not remove it).
+/// A rejected resource whose name is unknown makes a full set remove nothing.
+/// Resources of EDS and RDS not subscribed to (`wanted`) are ignored.
+fn sort_resources(
+    kind: Kind,
+    items: Vec<Item>,
+    mut full_set: bool,
+    removed: Vec<String>,
+    wanted: &BTreeSet<String>,
+) -> (Update, Vec<NackError>) {
+    let mut count: HashMap<&str, usize> = HashMap::new();
+    for name in items.iter().filter_map(|i| i.name.as_deref()) {
+        *count.entry(name).or_default() += 1;
+    }
+    let twice: HashSet<String> = count
+        .into_iter()
+        .filter(|(_, n)| *n > 1)
+        .map(|(name, _)| name.to_string())
+        .collect();
+    let mut upserts = Vec::new();
+    let mut rejected = Vec::new();
+    let mut keep = BTreeSet::new();
+    let mut unnamed = false;
+    for item in items {
+        match item.result {
+            Ok(d) if twice.contains(d.name()) => {
+                if keep.insert(d.name().to_string()) {
+                    rejected.push(NackError {
+                        kind: kind_word(kind),
+                        name: d.name().to_string(),
+                        message: "appears twice in one response".to_string(),
+                    });
+                }
+            }
+            Ok(d) if !kind.is_wildcard() && !wanted.contains(d.name()) => {
+                debug!(
+                    r#type = kind.short(),
+                    name = d.name(),
+                    "ignoring a resource not subscribed to"
+                );
+            }
+            Ok(d) => upserts.push((d, item.version)),
+            Err(e) => {
+                match item.name {
+                    Some(name) => {
+                        keep.insert(name);
+                    }
+                    None => unnamed = true,
+                }
+                rejected.push(e);
+            }
+        }
+    }
+    if unnamed && full_set {
+        warn!(
+            r#type = kind.short(),
+            "a rejected resource has no name: nothing is removed by this response"
+        );
+        full_set = false;
+    }
+    let update = Update {
+        kind,
+        full_set,
+        upserts,
+        removed,
+        keep,
+    };
+    (update, rejected)
 }
 
 /// A NACK's `error_detail`.
-fn error_detail(e: &NackError) -> rpc::Status {
+fn error_detail(message: &str) -> rpc::Status {
     rpc::Status {
         code: INVALID_ARGUMENT,
-        message: e.to_string(),
+        message: message.to_string(),
         details: Vec::new(),
     }
 }

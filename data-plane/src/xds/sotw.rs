@@ -13,8 +13,8 @@ use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, Discovery
 use tracing::{debug, warn};
 
 use super::store::{Kind, Update};
-use super::{check_unique, decode_any, error_detail, ClientState, Protocol};
-use crate::model::{Decoded, NackError};
+use super::{error_detail, sort_resources, ClientState, Item, Protocol};
+use crate::model::NackError;
 
 /// Per-stream SotW state.
 #[derive(Debug)]
@@ -42,7 +42,7 @@ impl SotwStream {
         kind: Kind,
         names: BTreeSet<String>,
         version: String,
-        error: Option<&NackError>,
+        error: Option<&str>,
     ) -> DiscoveryRequest {
         let req = DiscoveryRequest {
             version_info: version,
@@ -57,37 +57,16 @@ impl SotwStream {
         req
     }
 
-    /// Decodes a response into an update; `Err` NACKs it.
-    fn decode(kind: Kind, resp: &DiscoveryResponse, cs: &ClientState) -> Result<Update, NackError> {
-        let decoded = resp
+    /// Decodes a response into the update to apply and the rejected
+    /// resources.
+    fn decode(kind: Kind, resp: &DiscoveryResponse, cs: &ClientState) -> (Update, Vec<NackError>) {
+        let items = resp
             .resources
             .iter()
-            .map(|any| decode_any(kind, any))
-            .collect::<Result<Vec<_>, _>>()?;
-        check_unique(kind, decoded.iter().map(Decoded::name))?;
-        let wanted = cs.store.names(kind);
-        let upserts = decoded
-            .into_iter()
-            .filter(|d| {
-                // EDS and RDS: keep only what we asked for.
-                let keep = kind.is_wildcard() || wanted.contains(d.name());
-                if !keep {
-                    debug!(
-                        r#type = kind.short(),
-                        name = d.name(),
-                        "ignoring a resource not subscribed to"
-                    );
-                }
-                keep
-            })
-            .map(|d| (d, resp.version_info.clone()))
+            .map(|any| Item::decode(kind, any, None, &resp.version_info))
             .collect();
-        Ok(Update {
-            kind,
-            full_set: kind.is_wildcard(),
-            upserts,
-            removed: Vec::new(),
-        })
+        let wanted = cs.store.names(kind);
+        sort_resources(kind, items, kind.is_wildcard(), Vec::new(), &wanted)
     }
 }
 
@@ -118,20 +97,15 @@ impl Protocol for SotwStream {
         };
         debug!(r#type = kind.short(), version = %resp.version_info, nonce = %resp.nonce, n = resp.resources.len(), "response");
         self.nonces[kind.index()] = resp.nonce.clone();
-        let result = match Self::decode(kind, &resp, cs) {
-            Ok(update) => cs.apply(update, &resp.version_info).await,
-            Err(e) => Err(cs.nacked(kind, e)),
-        };
+        let (update, rejected) = Self::decode(kind, &resp, cs);
+        let nack = cs.apply(update, rejected, &resp.version_info).await;
+        // The ACK or NACK names the current subscription (a partial NACK may
+        // have changed it); a NACK carries the previous accepted version.
+        let names = cs.store.names(kind);
         let mut out = Vec::new();
-        match result {
-            Ok(()) => {
-                let names = cs.store.names(kind);
-                out.push(self.request(kind, names, resp.version_info.clone(), None));
-            }
-            Err(e) => {
-                let names = self.requested[kind.index()].clone().unwrap_or_default();
-                out.push(self.request(kind, names, cs.version(kind), Some(&e)));
-            }
+        match nack {
+            None => out.push(self.request(kind, names, resp.version_info.clone(), None)),
+            Some(e) => out.push(self.request(kind, names, cs.version(kind), Some(&e))),
         }
         out.extend(self.resubscribe(cs));
         out

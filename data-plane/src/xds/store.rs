@@ -2,8 +2,9 @@
 //!
 //! [`Store`] keeps, per type, every accepted resource with its version
 //! (`held`), and what was last handed to the [`ConfigSink`] (`pushed`). It is
-//! free of gRPC: the stream modules feed it validated [`Update`]s and it calls
-//! the sink. Warming follows Envoy:
+//! free of gRPC: the stream modules feed it validated [`Update`]s (the valid
+//! part of a response; rejected names are listed in `keep` so that a full set
+//! keeps their previous version) and it calls the sink. Warming follows Envoy:
 //!
 //! - an EDS cluster is pushed once its load assignment has been pushed (a
 //!   changed cluster whose assignment is already held is pushed at once); a
@@ -25,7 +26,8 @@
 //! Every sink call carries the complete set of its type. Calls go in
 //! make-before-break order: endpoints, clusters, routes, listeners, then the
 //! endpoints and routes nothing uses any more. The response's own type goes
-//! first: if the sink rejects it, the response is NACKed and nothing changes.
+//! first: if the sink rejects it, nothing changes (the client may retry
+//! without the resource the error names, else NACKs the whole response).
 //! A later call failing (the consequence of an earlier, ACKed response) is
 //! logged and retried at the next reconcile.
 
@@ -129,12 +131,15 @@ pub struct Update {
     /// The type.
     pub kind: Kind,
     /// The resources are the full set: anything else of this type is removed
-    /// (SotW CDS and LDS).
+    /// (SotW CDS and LDS), except the names in `keep`.
     pub full_set: bool,
     /// Added or changed resources, with their versions.
     pub upserts: Vec<(Decoded, String)>,
     /// Names removed (delta).
     pub removed: Vec<String>,
+    /// Names the response carried but that were rejected: the held version,
+    /// if any, stays (a full set does not remove them).
+    pub keep: BTreeSet<String>,
 }
 
 /// Held config, pushed config and warming deadlines. See the module docs.
@@ -158,7 +163,7 @@ impl Store {
     /// consequent pushes of other types, which do not NACK this response.
     pub async fn apply(
         &mut self,
-        update: Update,
+        update: &Update,
         sink: &dyn ConfigSink,
         now: Instant,
     ) -> Result<Vec<NackError>, NackError> {
@@ -407,15 +412,16 @@ impl InForce {
 }
 
 /// Applies `update` to `held` (no checks: the update was validated).
-fn apply_to(held: &mut HeldSet, update: Update) {
+fn apply_to(held: &mut HeldSet, update: &Update) {
     fn merge<T>(
         map: &mut BTreeMap<String, Held<T>>,
         full_set: bool,
         upserts: Vec<(String, T, String)>,
         removed: &[String],
+        keep: &BTreeSet<String>,
     ) {
         if full_set {
-            map.clear();
+            map.retain(|name, _| keep.contains(name));
         }
         for name in removed {
             map.remove(name);
@@ -429,24 +435,27 @@ fn apply_to(held: &mut HeldSet, update: Update) {
         full_set,
         upserts,
         removed,
+        keep,
     } = update;
+    let (kind, full_set) = (*kind, *full_set);
     let mut clusters = Vec::new();
     let mut endpoints = Vec::new();
     let mut listeners = Vec::new();
     let mut routes = Vec::new();
     for (resource, version) in upserts {
+        let version = version.clone();
         match resource {
-            Decoded::Cluster(c) => clusters.push((c.name.clone(), c, version)),
-            Decoded::LoadAssignment(l) => endpoints.push((l.name.clone(), l, version)),
-            Decoded::Listener(l) => listeners.push((l.name.clone(), l, version)),
-            Decoded::RouteConfig(r) => routes.push((r.name.clone(), r, version)),
+            Decoded::Cluster(c) => clusters.push((c.name.clone(), c.clone(), version)),
+            Decoded::LoadAssignment(l) => endpoints.push((l.name.clone(), l.clone(), version)),
+            Decoded::Listener(l) => listeners.push((l.name.clone(), l.clone(), version)),
+            Decoded::RouteConfig(r) => routes.push((r.name.clone(), r.clone(), version)),
         }
     }
     match kind {
-        Kind::Cluster => merge(&mut held.clusters, full_set, clusters, &removed),
-        Kind::Endpoint => merge(&mut held.endpoints, full_set, endpoints, &removed),
-        Kind::Listener => merge(&mut held.listeners, full_set, listeners, &removed),
-        Kind::Route => merge(&mut held.routes, full_set, routes, &removed),
+        Kind::Cluster => merge(&mut held.clusters, full_set, clusters, removed, keep),
+        Kind::Endpoint => merge(&mut held.endpoints, full_set, endpoints, removed, keep),
+        Kind::Listener => merge(&mut held.listeners, full_set, listeners, removed, keep),
+        Kind::Route => merge(&mut held.routes, full_set, routes, removed, keep),
     }
 }
 
@@ -499,6 +508,7 @@ mod tests {
             full_set,
             upserts: items.into_iter().map(|d| (d, "1".to_string())).collect(),
             removed: vec![],
+            keep: BTreeSet::new(),
         }
     }
 
@@ -508,7 +518,7 @@ mod tests {
         let mut s = Store::default();
         let t0 = Instant::now();
         s.apply(
-            update(Kind::Cluster, true, vec![Decoded::Cluster(eds("a"))]),
+            &update(Kind::Cluster, true, vec![Decoded::Cluster(eds("a"))]),
             &sink,
             t0,
         )
@@ -520,7 +530,7 @@ mod tests {
         assert!(!s.is_warm(t0));
         // A listener using it waits too.
         s.apply(
-            update(Kind::Listener, true, vec![Decoded::Listener(tcp("l", "a"))]),
+            &update(Kind::Listener, true, vec![Decoded::Listener(tcp("l", "a"))]),
             &sink,
             t0,
         )
@@ -528,7 +538,7 @@ mod tests {
         .unwrap();
         assert_eq!(sink.take(), vec![]);
         s.apply(
-            update(
+            &update(
                 Kind::Endpoint,
                 false,
                 vec![Decoded::LoadAssignment(cla("a", 1))],
@@ -555,7 +565,7 @@ mod tests {
         let mut s = Store::default();
         let t0 = Instant::now();
         s.apply(
-            update(
+            &update(
                 Kind::Listener,
                 true,
                 vec![Decoded::Listener(http_rds("front", "r"))],
@@ -586,7 +596,7 @@ mod tests {
         let mut s = Store::default();
         let t0 = Instant::now();
         s.apply(
-            update(
+            &update(
                 Kind::Listener,
                 true,
                 vec![Decoded::Listener(http_rds("front", "r1"))],
@@ -597,7 +607,7 @@ mod tests {
         .await
         .unwrap();
         s.apply(
-            update(
+            &update(
                 Kind::Route,
                 false,
                 vec![Decoded::RouteConfig(route_config("r1", "c"))],
@@ -616,7 +626,7 @@ mod tests {
         );
         // Switch to r2: the old listener (and r1) stay until r2 arrives.
         s.apply(
-            update(
+            &update(
                 Kind::Listener,
                 true,
                 vec![Decoded::Listener(http_rds("front", "r2"))],
@@ -632,7 +642,7 @@ mod tests {
             BTreeSet::from(["r1".to_string(), "r2".to_string()])
         );
         s.apply(
-            update(
+            &update(
                 Kind::Route,
                 false,
                 vec![Decoded::RouteConfig(route_config("r2", "c"))],
@@ -664,7 +674,7 @@ mod tests {
             ..eds(name)
         };
         s.apply(
-            update(
+            &update(
                 Kind::Cluster,
                 true,
                 vec![Decoded::Cluster(static_cluster("a"))],
@@ -685,7 +695,7 @@ mod tests {
         );
         let err = s
             .apply(
-                update(
+                &update(
                     Kind::Cluster,
                     true,
                     vec![Decoded::Cluster(static_cluster("b"))],
@@ -705,14 +715,14 @@ mod tests {
         let mut s = Store::default();
         let t0 = Instant::now();
         s.apply(
-            update(Kind::Cluster, true, vec![Decoded::Cluster(eds("a"))]),
+            &update(Kind::Cluster, true, vec![Decoded::Cluster(eds("a"))]),
             &sink,
             t0,
         )
         .await
         .unwrap();
         s.apply(
-            update(
+            &update(
                 Kind::Endpoint,
                 false,
                 vec![Decoded::LoadAssignment(cla("a", 2))],
@@ -723,7 +733,7 @@ mod tests {
         .await
         .unwrap();
         sink.take();
-        s.apply(update(Kind::Cluster, true, vec![]), &sink, t0)
+        s.apply(&update(Kind::Cluster, true, vec![]), &sink, t0)
             .await
             .unwrap();
         assert_eq!(

@@ -54,7 +54,9 @@ pub enum Call {
 pub struct FakeSink {
     calls: Mutex<Vec<Call>>,
     reject: Mutex<HashMap<Kind, NackError>>,
+    reject_named: Mutex<HashMap<Kind, NackError>>,
     endpoints: Mutex<Vec<LoadAssignment>>,
+    clusters: Mutex<Vec<Cluster>>,
     notify: Notify,
 }
 
@@ -92,9 +94,16 @@ impl FakeSink {
         self.reject.lock().unwrap().insert(kind, err);
     }
 
+    /// Makes the next calls for `kind` that carry the resource `err` names
+    /// fail with `err`.
+    pub fn reject_named(&self, kind: Kind, err: NackError) {
+        self.reject_named.lock().unwrap().insert(kind, err);
+    }
+
     /// Stops rejecting `kind`.
     pub fn accept(&self, kind: Kind) {
         self.reject.lock().unwrap().remove(&kind);
+        self.reject_named.lock().unwrap().remove(&kind);
     }
 
     /// The last load assignments given.
@@ -102,9 +111,25 @@ impl FakeSink {
         self.endpoints.lock().unwrap().clone()
     }
 
+    /// The last clusters given.
+    pub fn clusters(&self) -> Vec<Cluster> {
+        self.clusters.lock().unwrap().clone()
+    }
+
     fn record(&self, kind: Kind, call: Call) -> Result<(), NackError> {
         if let Some(e) = self.reject.lock().unwrap().get(&kind) {
             return Err(e.clone());
+        }
+        let names = match &call {
+            Call::Clusters(n)
+            | Call::LoadAssignments(n)
+            | Call::Listeners(n)
+            | Call::RouteConfigs(n) => n,
+        };
+        if let Some(e) = self.reject_named.lock().unwrap().get(&kind) {
+            if names.contains(&e.name) {
+                return Err(e.clone());
+            }
         }
         self.calls.lock().unwrap().push(call);
         self.notify.notify_waiters();
@@ -115,10 +140,10 @@ impl FakeSink {
 #[tonic::async_trait]
 impl ConfigSink for FakeSink {
     async fn set_clusters(&self, v: Vec<Cluster>) -> Result<(), NackError> {
-        self.record(
-            Kind::Cluster,
-            Call::Clusters(v.into_iter().map(|c| c.name).collect()),
-        )
+        let names = v.iter().map(|c| c.name.clone()).collect();
+        self.record(Kind::Cluster, Call::Clusters(names))?;
+        *self.clusters.lock().unwrap() = v;
+        Ok(())
     }
     async fn set_load_assignments(&self, v: Vec<LoadAssignment>) -> Result<(), NackError> {
         let names = v.iter().map(|c| c.name.clone()).collect();
@@ -249,6 +274,17 @@ pub fn pb_eds(name: &str) -> Any {
             eds_config: ads(),
             service_name: String::new(),
         }),
+        ..Default::default()
+    })
+}
+
+/// A STATIC cluster with loopback endpoints on `ports`.
+pub fn pb_static(name: &str, ports: &[u16]) -> Any {
+    let cla = ClusterLoadAssignment::decode(pb_cla(name, ports).value.as_slice()).unwrap();
+    pb_cluster(PbCluster {
+        name: name.into(),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32)),
+        load_assignment: Some(cla),
         ..Default::default()
     })
 }

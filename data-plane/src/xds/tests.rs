@@ -749,6 +749,315 @@ async fn delta_rds_subscriptions_follow_listeners() {
     tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
 }
 
+/// The number of endpoints of the STATIC cluster `name` last given to the sink.
+fn static_hosts(sink: &FakeSink, name: &str) -> Option<usize> {
+    sink.clusters()
+        .into_iter()
+        .find(|c| c.name == name)
+        .map(|c| match c.discovery {
+            crate::model::Discovery::Static(la) => la.endpoints.len(),
+            crate::model::Discovery::Eds { .. } => 0,
+        })
+}
+
+const MAGLEV_RND: &str = "cluster rnd: lb_policy MAGLEV is not supported";
+const MAGLEV_WEB: &str = "cluster web: lb_policy MAGLEV is not supported";
+
+#[tokio::test]
+async fn sotw_partial_acceptance() {
+    let mut server = Server::start("127.0.0.1:0".parse().unwrap()).await;
+    let (sink, state, shutdown, task) = start_client(server.addr, false);
+    let mut c = server.sotw_conn().await;
+    c.recv().await;
+    c.recv().await;
+
+    // One valid and one invalid cluster: the valid one is applied, the
+    // response NACKed naming the other, with the previous (no) version.
+    c.send(sotw_resp(
+        type_url::CLUSTER,
+        "c1",
+        "1",
+        vec![pb_static("web", &[8081]), pb_maglev("rnd")],
+    ))
+    .await;
+    check(
+        &c.recv().await,
+        type_url::CLUSTER,
+        &[],
+        "",
+        "1",
+        Some(MAGLEV_RND),
+    );
+    assert_eq!(
+        sink.wait_calls(1).await,
+        vec![Call::Clusters(names(&["web"]))]
+    );
+    let st = state.status();
+    assert_eq!(st.versions.clusters, None);
+    assert_eq!(st.last_nack.as_deref(), Some(MAGLEV_RND));
+
+    // A listener to `web` starts; CDS and LDS have answered: initialized.
+    c.send(sotw_resp(
+        type_url::LISTENER,
+        "l1",
+        "2",
+        vec![pb_tcp("front", "web")],
+    ))
+    .await;
+    check(&c.recv().await, type_url::LISTENER, &[], "l1", "2", None);
+    assert_eq!(
+        sink.wait_calls(1).await,
+        vec![Call::Listeners(names(&["front"]))]
+    );
+    eventually("initialized", || state.status().initialized).await;
+
+    // Two errors are both named; an existing cluster made invalid keeps its
+    // previous version, a new valid one is added.
+    c.send(sotw_resp(
+        type_url::CLUSTER,
+        "c2",
+        "3",
+        vec![pb_maglev("web"), pb_static("b", &[9000]), pb_maglev("rnd")],
+    ))
+    .await;
+    check(
+        &c.recv().await,
+        type_url::CLUSTER,
+        &[],
+        "",
+        "3",
+        Some(&format!("{MAGLEV_WEB}; {MAGLEV_RND}")),
+    );
+    assert_eq!(
+        sink.wait_calls(1).await,
+        vec![Call::Clusters(names(&["b", "web"]))]
+    );
+    assert_eq!(static_hosts(&sink, "web"), Some(1));
+
+    // A fully valid response is ACKed with its version.
+    c.send(sotw_resp(
+        type_url::CLUSTER,
+        "c3",
+        "4",
+        vec![pb_static("web", &[8081, 8082]), pb_static("b", &[9000])],
+    ))
+    .await;
+    check(&c.recv().await, type_url::CLUSTER, &[], "c3", "4", None);
+    assert_eq!(
+        sink.wait_calls(1).await,
+        vec![Call::Clusters(names(&["b", "web"]))]
+    );
+    assert_eq!(static_hosts(&sink, "web"), Some(2));
+    assert_eq!(state.status().versions.clusters.as_deref(), Some("c3"));
+
+    // A full set still removes what it does not name (`b`), but not a name
+    // it carries invalid (`web`); an undecodable resource (no name) makes
+    // it remove nothing.
+    c.send(sotw_resp(
+        type_url::CLUSTER,
+        "c4",
+        "5",
+        vec![pb_maglev("web")],
+    ))
+    .await;
+    check(
+        &c.recv().await,
+        type_url::CLUSTER,
+        &[],
+        "c3",
+        "5",
+        Some(MAGLEV_WEB),
+    );
+    assert_eq!(
+        sink.wait_calls(1).await,
+        vec![Call::Clusters(names(&["web"]))]
+    );
+    assert_eq!(static_hosts(&sink, "web"), Some(2));
+    let garbage = Any {
+        type_url: type_url::CLUSTER.into(),
+        value: vec![0xff, 0xff],
+    };
+    c.send(sotw_resp(type_url::CLUSTER, "c5", "6", vec![garbage]))
+        .await;
+    let r = c.recv().await;
+    assert_eq!(
+        (r.version_info.as_str(), r.response_nonce.as_str()),
+        ("c3", "6")
+    );
+    assert!(r.error_detail.is_some());
+    c.silent().await;
+    assert_eq!(sink.take(), vec![]);
+
+    shutdown.cancel();
+    tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn sink_error_naming_a_resource_rejects_that_one_only() {
+    let mut server = Server::start("127.0.0.1:0".parse().unwrap()).await;
+    let (sink, state, shutdown, task) = start_client(server.addr, false);
+    let mut c = server.sotw_conn().await;
+    c.recv().await;
+    c.recv().await;
+    c.send(sotw_resp(
+        type_url::LISTENER,
+        "l1",
+        "1",
+        vec![pb_tcp("a", "x")],
+    ))
+    .await;
+    check(&c.recv().await, type_url::LISTENER, &[], "l1", "1", None);
+    assert_eq!(
+        sink.wait_calls(1).await,
+        vec![Call::Listeners(names(&["a"]))]
+    );
+
+    // `k8s` cannot bind: `b` is applied all the same; NACK naming `k8s`.
+    sink.reject_named(
+        Kind::Listener,
+        NackError {
+            kind: "listener",
+            name: "k8s".into(),
+            message: "address in use".into(),
+        },
+    );
+    c.send(sotw_resp(
+        type_url::LISTENER,
+        "l2",
+        "2",
+        vec![pb_tcp("a", "x"), pb_tcp("b", "x"), pb_tcp("k8s", "x")],
+    ))
+    .await;
+    check(
+        &c.recv().await,
+        type_url::LISTENER,
+        &[],
+        "l1",
+        "2",
+        Some("listener k8s: address in use"),
+    );
+    assert_eq!(
+        sink.wait_calls(1).await,
+        vec![Call::Listeners(names(&["a", "b"]))]
+    );
+    assert_eq!(state.status().versions.listeners.as_deref(), Some("l1"));
+
+    // An error naming nothing of the response rejects all of it.
+    sink.reject(
+        Kind::Listener,
+        NackError {
+            kind: "listener",
+            name: "elsewhere".into(),
+            message: "out of file descriptors".into(),
+        },
+    );
+    c.send(sotw_resp(
+        type_url::LISTENER,
+        "l3",
+        "3",
+        vec![pb_tcp("c", "x")],
+    ))
+    .await;
+    check(
+        &c.recv().await,
+        type_url::LISTENER,
+        &[],
+        "l1",
+        "3",
+        Some("listener elsewhere: out of file descriptors"),
+    );
+    c.silent().await;
+    assert_eq!(sink.take(), vec![]);
+
+    shutdown.cancel();
+    tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn delta_partial_acceptance() {
+    let mut server = Server::start("127.0.0.1:0".parse().unwrap()).await;
+    let addr = server.addr;
+    let (sink, state, shutdown, task) = start_client(addr, true);
+    let mut c = server.delta_conn().await;
+    c.recv().await;
+    c.recv().await;
+
+    c.send(delta_resp(
+        type_url::CLUSTER,
+        "1",
+        vec![
+            ("web", "w1", pb_static("web", &[8081])),
+            ("rnd", "r1", pb_maglev("rnd")),
+        ],
+        &[],
+    ))
+    .await;
+    check_delta(
+        &c.recv().await,
+        type_url::CLUSTER,
+        "1",
+        &[],
+        &[],
+        Some(MAGLEV_RND),
+    );
+    assert_eq!(
+        sink.wait_calls(1).await,
+        vec![Call::Clusters(names(&["web"]))]
+    );
+    assert_eq!(state.status().versions.clusters, None);
+
+    // `web` made invalid: its previous version stays.
+    c.send(delta_resp(
+        type_url::CLUSTER,
+        "2",
+        vec![("web", "w2", pb_maglev("web"))],
+        &[],
+    ))
+    .await;
+    check_delta(
+        &c.recv().await,
+        type_url::CLUSTER,
+        "2",
+        &[],
+        &[],
+        Some(MAGLEV_WEB),
+    );
+    c.silent().await;
+    assert_eq!(sink.take(), vec![]);
+    assert_eq!(static_hosts(&sink, "web"), Some(1));
+
+    // After a reconnect the client says it holds `web` at w1 (not w2, and
+    // not `rnd`), so the server resends what was rejected.
+    drop(c);
+    server.kill().await;
+    eventually("disconnected", || !state.status().connected).await;
+    let mut server = Server::start(addr).await;
+    let mut c = server.delta_conn().await;
+    let r = c.recv().await;
+    check_delta(&r, type_url::CLUSTER, "", &[], &[], None);
+    assert_eq!(r.initial_resource_versions, versions(&[("web", "w1")]));
+    c.recv().await;
+
+    // A fully valid response is ACKed.
+    c.send(delta_resp(
+        type_url::CLUSTER,
+        "3",
+        vec![("web", "w3", pb_static("web", &[8081, 8082]))],
+        &[],
+    ))
+    .await;
+    check_delta(&c.recv().await, type_url::CLUSTER, "3", &[], &[], None);
+    assert_eq!(
+        sink.wait_calls(1).await,
+        vec![Call::Clusters(names(&["web"]))]
+    );
+    assert_eq!(static_hosts(&sink, "web"), Some(2));
+    assert_eq!(state.status().versions.clusters.as_deref(), Some("v3"));
+
+    shutdown.cancel();
+    tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
+}
+
 #[tokio::test]
 async fn shutdown_while_the_server_is_down() {
     // Nothing listens here: the client keeps backing off until shutdown.
