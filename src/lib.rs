@@ -1,8 +1,13 @@
-//! Pylon's shared foundation: the descriptor set compiled from `proto/` and the
-//! xDS protocol constants every crate uses.
+//! Pylon's shared foundation: the descriptor set compiled from `proto/`, the
+//! xDS protocol constants every crate uses, and the small process plumbing both
+//! binaries share (the admin HTTP accept loop, logging set-up).
 //!
-//! This crate owns no behaviour. The control plane (`control-plane`) and the
-//! data plane (`data-plane`) depend on it; it depends on neither.
+//! This crate owns no proxy or control-plane behaviour. The control plane
+//! (`control-plane`) and the data plane (`data-plane`) depend on it; it
+//! depends on neither.
+
+pub mod admin_http;
+pub mod logging;
 
 use std::sync::OnceLock;
 

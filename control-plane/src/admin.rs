@@ -6,18 +6,16 @@
 //! `/status` (JSON: the config source, version, last reload error, resource
 //! counts and the nodes). Anything but GET is refused with 405.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http_body_util::{BodyExt, Full};
-use hyper::body::{Bytes, Incoming};
+use hyper::body::Bytes;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
 
 use crate::cache::Cache;
 use crate::registry::{Registry, StreamStatus};
@@ -77,14 +75,17 @@ impl AdminState {
         }
     }
 
-    fn handle(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
-        if req.method() != Method::GET {
+    fn handle(&self, method: &Method, path_and_query: &str) -> Response<Full<Bytes>> {
+        if method != Method::GET {
             return text(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "only GET is supported\n".into(),
             );
         }
-        match req.uri().path() {
+        let path = path_and_query
+            .split_once('?')
+            .map_or(path_and_query, |(p, _)| p);
+        match path {
             "/healthz" => text(StatusCode::OK, "ok\n".into()),
             "/readyz" if self.shutdown.is_cancelled() => {
                 text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n".into())
@@ -134,29 +135,9 @@ fn json<T: Serialize>(value: &T) -> Response<Full<Bytes>> {
 /// Serves the admin endpoint on `listener` until `stop` is cancelled.
 pub async fn serve(listener: TcpListener, state: AdminState, stop: CancellationToken) {
     let state = Arc::new(state);
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = stop.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    warn!(error = %e, "admin accept failed");
-                    continue;
-                }
-            },
-        };
-        let state = Arc::clone(&state);
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let resp = state.handle(&req);
-                async move { Ok::<_, Infallible>(resp) }
-            });
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            if let Err(e) = builder.serve_connection(TokioIo::new(stream), svc).await {
-                debug!(%peer, error = %e, "admin connection ended");
-            }
-        });
-    }
+    let handler: pylon::admin_http::Handler =
+        Arc::new(move |method, path| state.handle(method, path));
+    pylon::admin_http::serve(listener, handler, stop).await;
 }
 
 /// GETs `path` from an admin endpoint; returns the status code and body.

@@ -9,19 +9,16 @@
 //! GET to them is answered 400, as Envoy does.
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use http_body_util::Full;
-use hyper::body::{Bytes, Incoming};
-use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper::body::Bytes;
+use hyper::{Method, Response, StatusCode};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::debug;
 
 use crate::runtime::Runtime;
 use crate::xds::XdsState;
@@ -429,34 +426,9 @@ fn json(value: &serde_json::Value) -> Response<Full<Bytes>> {
 
 /// Serves the admin API on `listener` until `stop` is cancelled.
 pub async fn serve(listener: TcpListener, admin: Arc<Admin>, stop: CancellationToken) {
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = stop.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    debug!(error = %e, "admin accept failed");
-                    continue;
-                }
-            },
-        };
-        let admin = Arc::clone(&admin);
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let pq = req
-                    .uri()
-                    .path_and_query()
-                    .map(|p| p.as_str())
-                    .unwrap_or("/");
-                let resp = admin.handle(req.method(), pq);
-                async move { Ok::<_, Infallible>(resp) }
-            });
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            if let Err(e) = builder.serve_connection(TokioIo::new(stream), svc).await {
-                debug!(%peer, error = %e, "admin connection ended");
-            }
-        });
-    }
+    let handler: pylon::admin_http::Handler =
+        Arc::new(move |method, path| admin.handle(method, path));
+    pylon::admin_http::serve(listener, handler, stop).await;
 }
 
 #[cfg(test)]

@@ -77,25 +77,13 @@ fn main() -> ExitCode {
         return parse_bootstrap_child(&args[2]);
     }
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    pylon::logging::init(matches!(cli.log_format, LogFormat::Json));
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("pylon-proxy: {e:#}");
             ExitCode::FAILURE
         }
-    }
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
     }
 }
 

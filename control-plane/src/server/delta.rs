@@ -1,7 +1,7 @@
 //! Incremental (delta) xDS streams (aggregated or single-type).
 //!
-//! [`DeltaStream`] is the per-stream state machine, free of I/O; [`run`]
-//! drives it. What the client holds is recorded **at send time** (name ->
+//! [`DeltaStream`] is the per-stream state machine, free of I/O;
+//! `server::drive` runs it. What the client holds is recorded **at send time** (name ->
 //! version): a resource is never sent twice with the same version, and a NACKed
 //! version is therefore not resent; the next different version is. Rules:
 //!
@@ -24,12 +24,9 @@ use std::sync::Arc;
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource as WireResource,
 };
-use futures::{Stream, StreamExt};
-use tokio::sync::mpsc;
 use tonic::Status;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
-use super::Shared;
 use crate::metrics::TypeLabel;
 use crate::registry::StreamGuard;
 use crate::snapshot::{Resource, ResourceType, Snapshot};
@@ -291,54 +288,25 @@ fn label(ty: ResourceType) -> TypeLabel {
     }
 }
 
-/// Drives one delta stream until the client or the server ends it.
-pub async fn run<S>(
-    shared: Arc<Shared>,
-    mut requests: S,
-    tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
-    mut state: DeltaStream,
-) where
-    S: Stream<Item = Result<DeltaDiscoveryRequest, Status>> + Unpin,
-{
-    let mut snapshots = shared.cache.subscribe();
-    let mut snap = snapshots.borrow_and_update().clone();
-    let id = state.guard.id();
-    loop {
-        let out = tokio::select! {
-            _ = shared.shutdown.cancelled() => break,
-            req = requests.next() => match req {
-                None => break,
-                Some(Err(status)) => {
-                    debug!(stream = id, %status, "delta stream error");
-                    break;
-                }
-                Some(Ok(req)) => match state.on_request(req, &snap) {
-                    Ok(out) => out,
-                    Err(status) => {
-                        let _ = tx.send(Err(status)).await;
-                        break;
-                    }
-                },
-            },
-            changed = snapshots.changed() => {
-                if changed.is_err() {
-                    break;
-                }
-                snap = snapshots.borrow_and_update().clone();
-                state.on_snapshot(&snap)
-            }
-        };
-        for resp in out {
-            if tx.send(Ok(resp)).await.is_err() {
-                return;
-            }
-        }
+impl super::Protocol for DeltaStream {
+    type Request = DeltaDiscoveryRequest;
+    type Response = DeltaDiscoveryResponse;
+
+    fn on_request(
+        &mut self,
+        req: DeltaDiscoveryRequest,
+        snap: &Snapshot,
+    ) -> Result<Vec<DeltaDiscoveryResponse>, Status> {
+        DeltaStream::on_request(self, req, snap)
     }
-    info!(
-        stream = id,
-        node = state.guard.node(),
-        "delta stream closed"
-    );
+
+    fn on_snapshot(&mut self, snap: &Snapshot) -> Vec<DeltaDiscoveryResponse> {
+        DeltaStream::on_snapshot(self, snap)
+    }
+
+    fn guard(&self) -> &StreamGuard {
+        &self.guard
+    }
 }
 
 #[cfg(test)]

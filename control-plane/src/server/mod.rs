@@ -28,14 +28,82 @@ use envoy_types::pb::envoy::service::listener::v3::listener_discovery_service_se
 use envoy_types::pb::envoy::service::route::v3::route_discovery_service_server::{
     RouteDiscoveryService, RouteDiscoveryServiceServer,
 };
+use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::cache::Cache;
-use crate::registry::Registry;
-use crate::snapshot::ResourceType;
+use crate::registry::{Registry, StreamGuard};
+use crate::snapshot::{ResourceType, Snapshot};
+
+/// A stream's protocol state machine (SotW or delta), free of I/O.
+pub trait Protocol: Send + 'static {
+    /// What the client sends.
+    type Request: Send + 'static;
+    /// What the server answers.
+    type Response: Send + 'static;
+    /// Handles one request against the snapshot being served.
+    fn on_request(
+        &mut self,
+        req: Self::Request,
+        snap: &Snapshot,
+    ) -> Result<Vec<Self::Response>, Status>;
+    /// Handles a new snapshot.
+    fn on_snapshot(&mut self, snap: &Snapshot) -> Vec<Self::Response>;
+    /// The stream's registry entry.
+    fn guard(&self) -> &StreamGuard;
+}
+
+/// Runs one stream: feeds `state` the client's requests and every new
+/// snapshot, and queues what it answers, until the client or the server ends
+/// the stream.
+pub async fn drive<P, S>(
+    shared: Arc<Shared>,
+    mut requests: S,
+    tx: mpsc::Sender<Result<P::Response, Status>>,
+    mut state: P,
+) where
+    P: Protocol,
+    S: Stream<Item = Result<P::Request, Status>> + Unpin,
+{
+    let mut snapshots = shared.cache.subscribe();
+    let mut snap = snapshots.borrow_and_update().clone();
+    let id = state.guard().id();
+    loop {
+        let out = tokio::select! {
+            _ = shared.shutdown.cancelled() => break,
+            req = requests.next() => match req {
+                None => break,
+                Some(Err(status)) => {
+                    tracing::debug!(stream = id, %status, "stream error");
+                    break;
+                }
+                Some(Ok(req)) => match state.on_request(req, &snap) {
+                    Ok(out) => out,
+                    Err(status) => {
+                        let _ = tx.send(Err(status)).await;
+                        break;
+                    }
+                },
+            },
+            changed = snapshots.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                snap = snapshots.borrow_and_update().clone();
+                state.on_snapshot(&snap)
+            }
+        };
+        for resp in out {
+            if tx.send(Ok(resp)).await.is_err() {
+                return;
+            }
+        }
+    }
+    tracing::info!(stream = id, node = state.guard().node(), "stream closed");
+}
 
 /// Responses queued per stream before the stream task waits for the client.
 const STREAM_BUFFER: usize = 16;
@@ -85,12 +153,7 @@ impl XdsServer {
         let guard = self.shared.registry.open(protocol, req.remote_addr());
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let state = sotw::SotwStream::new(guard, only);
-        tokio::spawn(sotw::run(
-            Arc::clone(&self.shared),
-            req.into_inner(),
-            tx,
-            state,
-        ));
+        tokio::spawn(drive(Arc::clone(&self.shared), req.into_inner(), tx, state));
         Response::new(ReceiverStream::new(rx))
     }
 
@@ -103,12 +166,7 @@ impl XdsServer {
         let guard = self.shared.registry.open(&protocol, req.remote_addr());
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let state = delta::DeltaStream::new(guard, only);
-        tokio::spawn(delta::run(
-            Arc::clone(&self.shared),
-            req.into_inner(),
-            tx,
-            state,
-        ));
+        tokio::spawn(drive(Arc::clone(&self.shared), req.into_inner(), tx, state));
         Response::new(ReceiverStream::new(rx))
     }
 

@@ -2,7 +2,7 @@
 //!
 //! [`SotwStream`] is the per-stream protocol state machine, free of I/O: it
 //! takes a request or a new snapshot and returns the responses to send, in
-//! order. [`run`] drives it from a gRPC stream. The rules it implements are in
+//! order. `server::drive` runs it on a gRPC stream. The rules it implements are in
 //! `shared/reference/xds-protocol.md`:
 //!
 //! - nonces are per type; a request carrying an older nonce is stale and
@@ -23,12 +23,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
-use futures::{Stream, StreamExt};
-use tokio::sync::mpsc;
 use tonic::Status;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
-use super::Shared;
 use crate::metrics::TypeLabel;
 use crate::registry::StreamGuard;
 use crate::snapshot::{Resource, ResourceType, Snapshot};
@@ -264,50 +261,25 @@ fn label(ty: ResourceType) -> TypeLabel {
     }
 }
 
-/// Drives one SotW stream until the client or the server ends it.
-pub async fn run<S>(
-    shared: Arc<Shared>,
-    mut requests: S,
-    tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
-    mut state: SotwStream,
-) where
-    S: Stream<Item = Result<DiscoveryRequest, Status>> + Unpin,
-{
-    let mut snapshots = shared.cache.subscribe();
-    let mut snap = snapshots.borrow_and_update().clone();
-    let id = state.guard.id();
-    loop {
-        let out = tokio::select! {
-            _ = shared.shutdown.cancelled() => break,
-            req = requests.next() => match req {
-                None => break,
-                Some(Err(status)) => {
-                    debug!(stream = id, %status, "stream error");
-                    break;
-                }
-                Some(Ok(req)) => match state.on_request(req, &snap) {
-                    Ok(out) => out,
-                    Err(status) => {
-                        let _ = tx.send(Err(status)).await;
-                        break;
-                    }
-                },
-            },
-            changed = snapshots.changed() => {
-                if changed.is_err() {
-                    break;
-                }
-                snap = snapshots.borrow_and_update().clone();
-                state.on_snapshot(&snap)
-            }
-        };
-        for resp in out {
-            if tx.send(Ok(resp)).await.is_err() {
-                return;
-            }
-        }
+impl super::Protocol for SotwStream {
+    type Request = DiscoveryRequest;
+    type Response = DiscoveryResponse;
+
+    fn on_request(
+        &mut self,
+        req: DiscoveryRequest,
+        snap: &Snapshot,
+    ) -> Result<Vec<DiscoveryResponse>, Status> {
+        SotwStream::on_request(self, req, snap)
     }
-    info!(stream = id, node = state.guard.node(), "stream closed");
+
+    fn on_snapshot(&mut self, snap: &Snapshot) -> Vec<DiscoveryResponse> {
+        SotwStream::on_snapshot(self, snap)
+    }
+
+    fn guard(&self) -> &StreamGuard {
+        &self.guard
+    }
 }
 
 #[cfg(test)]
