@@ -19,8 +19,11 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Wake, Waker};
+
+use futures::task::AtomicWaker;
 
 use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -30,7 +33,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 use crate::listener::route::{RouteSlot, RouteTable};
 use crate::runtime::stats::{stats_struct, Counter, Gauge, GaugeGuard};
@@ -89,7 +92,10 @@ impl HttpCtx {
     /// A context for a listener with these stats and routes.
     pub fn new(stats: Arc<HttpStats>, routes: Routes) -> HttpCtx {
         let mut server = auto::Builder::new(TokioExecutor::new());
-        server.http1().keep_alive(true);
+        // One flattened `write(2)` per response instead of `writev(2)`: the
+        // kernel's iovec import costs more than copying a small body into the
+        // head buffer, which is the common case for a proxy.
+        server.http1().keep_alive(true).writev(false);
         HttpCtx {
             stats,
             routes,
@@ -118,15 +124,96 @@ pub async fn serve(
     // A connection taken from the backlog of a listener that is already
     // draining is served (until `close`) rather than shut before its request.
     let late = drain.is_cancelled();
-    tokio::select! {
-        _ = conn.as_mut() => return,
-        _ = close.cancelled() => return,
-        _ = drain.cancelled(), if !late => {}
+    let mut signals = Signals::new(&drain, &close, !late);
+    let drained = std::future::poll_fn(|cx| {
+        if conn.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(false);
+        }
+        signals.poll_signal(cx).map(|s| s == Signal::Drain)
+    })
+    .await;
+    if !drained {
+        return;
     }
     conn.as_mut().graceful_shutdown();
-    tokio::select! {
-        _ = conn.as_mut() => {}
-        _ = close.cancelled() => {}
+    std::future::poll_fn(|cx| {
+        if conn.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        signals.poll_signal(cx).map(|_| ())
+    })
+    .await;
+}
+
+/// What ended or changed a connection from outside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Signal {
+    Drain,
+    Close,
+}
+
+/// Notes that a shutdown signal (rather than the connection's socket) woke
+/// the connection task, then wakes the task.
+#[derive(Debug)]
+struct SignalWaker {
+    fired: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Wake for SignalWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.fired.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+/// A connection's `drain` and `close` signals, polled only when one of them
+/// woke the task: a connection task wakes a few times per request, and
+/// polling two cancellation futures each time costs more than the rest of
+/// the connection bookkeeping.
+struct Signals<'a> {
+    drain: Pin<Box<WaitForCancellationFuture<'a>>>,
+    close: Pin<Box<WaitForCancellationFuture<'a>>>,
+    drain_armed: bool,
+    shared: Arc<SignalWaker>,
+    waker: Waker,
+}
+
+impl<'a> Signals<'a> {
+    fn new(drain: &'a CancellationToken, close: &'a CancellationToken, drain_armed: bool) -> Self {
+        let shared = Arc::new(SignalWaker {
+            // Set so that the first poll registers with both tokens.
+            fired: AtomicBool::new(true),
+            task: AtomicWaker::new(),
+        });
+        Signals {
+            drain: Box::pin(drain.cancelled()),
+            close: Box::pin(close.cancelled()),
+            drain_armed,
+            waker: Waker::from(shared.clone()),
+            shared,
+        }
+    }
+
+    /// `Close`, or `Drain` once (while armed); pending otherwise.
+    fn poll_signal(&mut self, cx: &mut Context<'_>) -> Poll<Signal> {
+        self.shared.task.register(cx.waker());
+        if !self.shared.fired.swap(false, Ordering::AcqRel) {
+            return Poll::Pending;
+        }
+        let mut scx = Context::from_waker(&self.waker);
+        if self.close.as_mut().poll(&mut scx).is_ready() {
+            return Poll::Ready(Signal::Close);
+        }
+        if self.drain_armed && self.drain.as_mut().poll(&mut scx).is_ready() {
+            self.drain_armed = false;
+            return Poll::Ready(Signal::Drain);
+        }
+        Poll::Pending
     }
 }
 
@@ -139,9 +226,55 @@ const HOP_BY_HOP: [HeaderName; 5] = [
     header::UPGRADE,
 ];
 
+/// Request headers not forwarded upstream: the hop-by-hop ones, `expect`, and
+/// `te` (last; only when it is not `te: trailers`).
+const REQUEST_STRIPPED: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::EXPECT,
+    header::TE,
+];
+
+/// Which of `names` (at most 8) `h` holds, as a bit set. One scan of the few
+/// names present is cheaper than a hashed lookup per name,
+/// most of which are usually absent.
+fn present(h: &HeaderMap, names: &[HeaderName]) -> u8 {
+    let mut bits = 0u8;
+    for k in h.keys() {
+        if let Some(i) = names.iter().position(|n| n == k) {
+            bits |= 1 << i;
+        }
+    }
+    bits
+}
+
+fn remove_present(h: &mut HeaderMap, names: &[HeaderName], bits: u8) {
+    for (i, name) in names.iter().enumerate() {
+        if bits & (1 << i) != 0 {
+            h.remove(name);
+        }
+    }
+}
+
 fn strip_hop_by_hop(h: &mut HeaderMap) {
-    for name in &HOP_BY_HOP {
-        h.remove(name);
+    let bits = present(h, &HOP_BY_HOP);
+    if bits != 0 {
+        remove_present(h, &HOP_BY_HOP, bits);
+    }
+}
+
+/// Removes the request headers of [`REQUEST_STRIPPED`].
+fn strip_request(h: &mut HeaderMap) {
+    const TE_BIT: u8 = 1 << 6; // `te`, last of REQUEST_STRIPPED
+    let mut bits = present(h, &REQUEST_STRIPPED);
+    if bits & TE_BIT != 0 && h.get(header::TE).is_some_and(|v| v == "trailers") {
+        bits &= !TE_BIT;
+    }
+    if bits != 0 {
+        remove_present(h, &REQUEST_STRIPPED, bits);
     }
 }
 
@@ -219,8 +352,8 @@ async fn route_and_forward(
     };
 
     // The upstream request: origin-form URI, HTTP/1.1, Host kept (h2 :authority becomes Host).
-    if !parts.headers.contains_key(header::HOST) {
-        if let Some(a) = parts.uri.authority() {
+    if let Some(a) = parts.uri.authority() {
+        if !parts.headers.contains_key(header::HOST) {
             if let Ok(v) = HeaderValue::from_str(a.as_str()) {
                 parts.headers.insert(header::HOST, v);
             }
@@ -241,21 +374,16 @@ async fn route_and_forward(
         }
     }
     parts.version = Version::HTTP_11;
-    strip_hop_by_hop(&mut parts.headers);
-    parts.headers.remove(header::EXPECT);
-    if parts
-        .headers
-        .get(header::TE)
-        .is_some_and(|v| v != "trailers")
-    {
-        parts.headers.remove(header::TE);
-    }
+    strip_request(&mut parts.headers);
     let req = Request::from_parts(parts, body);
 
     let rq = ActiveRq::new(host, cluster.stats().clone());
     let mut deadline = d.timeout.map(|t| Box::pin(tokio::time::sleep(t)));
     let result = match deadline.as_mut() {
         Some(sleep) => tokio::select! {
+            // The exchange first: no per-poll random branch order, and a
+            // response that is ready wins over a timer that fired with it.
+            biased;
             r = pool::send(&cluster, &rq, req) => Some(r),
             _ = sleep.as_mut() => None,
         },
@@ -386,5 +514,58 @@ impl Body for ProxyBody {
             Kind::Local(d) => SizeHint::with_exact(d.as_ref().map_or(0, |d| d.len() as u64)),
             Kind::Upstream { body, .. } => body.size_hint(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn poll_once(s: &mut Signals<'_>) -> Poll<Signal> {
+        let mut cx = Context::from_waker(Waker::noop());
+        s.poll_signal(&mut cx)
+    }
+
+    #[test]
+    fn signals_report_drain_once_then_close() {
+        let (drain, close) = (CancellationToken::new(), CancellationToken::new());
+        let mut s = Signals::new(&drain, &close, true);
+        assert!(poll_once(&mut s).is_pending());
+        assert!(poll_once(&mut s).is_pending());
+        drain.cancel();
+        assert_eq!(poll_once(&mut s), Poll::Ready(Signal::Drain));
+        assert!(poll_once(&mut s).is_pending());
+        close.cancel();
+        assert_eq!(poll_once(&mut s), Poll::Ready(Signal::Close));
+    }
+
+    #[test]
+    fn signals_ignore_drain_when_not_armed() {
+        let (drain, close) = (CancellationToken::new(), CancellationToken::new());
+        drain.cancel();
+        let mut s = Signals::new(&drain, &close, false);
+        assert!(poll_once(&mut s).is_pending());
+        close.cancel();
+        assert_eq!(poll_once(&mut s), Poll::Ready(Signal::Close));
+    }
+
+    #[test]
+    fn request_headers_stripped() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("a"));
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::EXPECT, HeaderValue::from_static("100-continue"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        strip_request(&mut h);
+        let mut names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["host", "te"]);
+        h.insert(header::TE, HeaderValue::from_static("gzip"));
+        strip_request(&mut h);
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["host"]);
+        h.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
     }
 }

@@ -173,6 +173,10 @@ impl RouteTable {
 
     /// The virtual host for a Host header value.
     pub fn virtual_host(&self, host: &str) -> Option<&VirtualHost> {
+        if self.exact.is_empty() && self.suffix.is_empty() && self.prefix.is_empty() {
+            // Only a `*` virtual host (or none): nothing to look up.
+            return self.default.and_then(|i| self.vhosts.get(i));
+        }
         let host: Cow<'_, str> = if host.bytes().any(|b| b.is_ascii_uppercase()) {
             Cow::Owned(host.to_ascii_lowercase())
         } else {

@@ -146,6 +146,8 @@ pub async fn send(
     }
     let (stream, cx) = cluster.connect(host).await?;
     let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
+        // One flattened `write(2)` per request head (see the server side).
+        .writev(false)
         .handshake(TokioIo::new(stream))
         .await
         .map_err(UpstreamError::Reset)?;
