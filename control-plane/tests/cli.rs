@@ -124,6 +124,8 @@ fn serve_reloads_reports_errors_and_stops_on_sigterm() {
     let cfg = dir.path().join("pylon.yaml");
     std::fs::copy(examples().join("kube-apiserver.yaml"), &cfg).unwrap();
     let (xds, admin) = (free_addr(), free_addr());
+    let log_path = dir.path().join("pylon-xds.log");
+    let log_file = std::fs::File::create(&log_path).unwrap();
     let mut child = Command::new(BIN)
         .args([
             "serve",
@@ -135,7 +137,7 @@ fn serve_reloads_reports_errors_and_stops_on_sigterm() {
         .args(["--listen", &xds.to_string(), "--admin", &admin.to_string()])
         .args(["--log-format", "json"])
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::from(log_file))
         .spawn()
         .unwrap();
     let admin_s = admin.to_string();
@@ -187,15 +189,19 @@ fn serve_reloads_reports_errors_and_stops_on_sigterm() {
     assert!(v2["last_reload_error"].is_null());
     assert_eq!(v2["resources"]["listeners"], 0);
 
-    // SIGHUP reloads too (the file changed without the watcher's help is not
-    // needed to show it: the log records the requested reload).
+    // SIGHUP reloads too: the log records the requested reload.
+    let read_log = || std::fs::read_to_string(&log_path).unwrap();
     let pid = child.id().to_string();
     assert!(Command::new("kill")
         .args(["-HUP", &pid])
         .status()
         .unwrap()
         .success());
-    std::thread::sleep(Duration::from_millis(200));
+    eventually(
+        Duration::from_secs(10),
+        "the SIGHUP reload in the log",
+        || read_log().contains("reload requested").then_some(()),
+    );
     assert!(Command::new("kill")
         .args(["-TERM", &pid])
         .status()
@@ -205,14 +211,7 @@ fn serve_reloads_reports_errors_and_stops_on_sigterm() {
         child.try_wait().unwrap()
     });
     assert!(out.success(), "exit status {out:?}");
-    let mut log = String::new();
-    use std::io::Read;
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut log)
-        .unwrap();
+    let log = read_log();
     assert!(log.contains("reload requested"), "{log}");
     assert!(
         log.contains("\"level\":\"ERROR\""),
