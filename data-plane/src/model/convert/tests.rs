@@ -209,15 +209,15 @@ fn clusters_nack() {
 
 #[test]
 fn load_assignments() {
-    let ok = "cluster_name: svc\nendpoints:\n- locality: {zone: a}\n  load_balancing_weight: 5\n  lb_endpoints:\n  - endpoint: {address: {socket_address: {address: 10.0.0.1, port_value: 80}}}\n  - endpoint: {address: {socket_address: {address: 10.0.0.2, port_value: 80}}}\n    health_status: UNHEALTHY\n  - endpoint: {address: {socket_address: {address: 10.0.0.3, port_value: 80}}}\n    health_status: DRAINING\n  - endpoint: {address: {socket_address: {address: 10.0.0.4, port_value: 80}}}\n    health_status: HEALTHY\n    load_balancing_weight: 2\n- lb_endpoints:\n  - endpoint: {address: {socket_address: {address: 10.0.1.1, port_value: 81}, }, hostname: h1}\n    health_status: DEGRADED\npolicy: {overprovisioning_factor: 140}\n";
+    let ok = "cluster_name: svc\nendpoints:\n- locality: {zone: a}\n  load_balancing_weight: 5\n  lb_endpoints:\n  - endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: 80}}}\n  - endpoint: {address: {socket_address: {address: 127.0.0.2, port_value: 80}}}\n    health_status: UNHEALTHY\n  - endpoint: {address: {socket_address: {address: 127.0.0.3, port_value: 80}}}\n    health_status: DRAINING\n  - endpoint: {address: {socket_address: {address: 127.0.0.4, port_value: 80}}}\n    health_status: HEALTHY\n    load_balancing_weight: 2\n- lb_endpoints:\n  - endpoint: {address: {socket_address: {address: 127.0.1.1, port_value: 81}, }, hostname: h1}\n    health_status: DEGRADED\npolicy: {overprovisioning_factor: 140}\n";
     assert_eq!(
         cla(ok),
         Ok(LoadAssignment {
             name: "svc".into(),
             endpoints: vec![
-                ep("10.0.0.1:80", 1),
-                ep("10.0.0.4:80", 2),
-                ep("10.0.1.1:81", 1)
+                ep("127.0.0.1:80", 1),
+                ep("127.0.0.4:80", 2),
+                ep("127.0.1.1:81", 1)
             ],
         })
     );
@@ -228,16 +228,16 @@ fn load_assignments() {
             endpoints: vec![]
         })
     );
-    let sa = "{address: {socket_address: {address: 10.0.0.1, port_value: 80}}}";
+    let sa = "{address: {socket_address: {address: 127.0.0.1, port_value: 80}}}";
     let table: Vec<(String, &str)> = vec![
         ("endpoints: []\n".into(), "load assignment : name is required"),
         (format!("cluster_name: c\nendpoints: [{{priority: 1, lb_endpoints: [{{endpoint: {sa}}}]}}]\n"), "load assignment c: endpoints[0].priority is not supported"),
         (format!("cluster_name: c\nendpoints: [{{lb_endpoints: [{{endpoint: {sa}, load_balancing_weight: 0}}]}}]\n"), "load assignment c: endpoints[0].lb_endpoints[0].load_balancing_weight must be at least 1"),
         ("cluster_name: c\nendpoints: [{lb_endpoints: [{endpoint_name: x}]}]\n".into(), "load assignment c: endpoints[0].lb_endpoints[0].endpoint_name is not supported"),
         ("cluster_name: c\nendpoints: [{lb_endpoints: [{endpoint: {address: {pipe: {path: /tmp/s}}}}]}]\n".into(), "load assignment c: endpoints[0].lb_endpoints[0].endpoint.address.pipe is not supported"),
-        ("cluster_name: c\nendpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 10.0.0.1, named_port: http}}}}]}]\n".into(), "load assignment c: endpoints[0].lb_endpoints[0].endpoint.address.socket_address.named_port is not supported"),
-        ("cluster_name: c\nendpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 10.0.0.1, port_value: 70000}}}}]}]\n".into(), "load assignment c: endpoints[0].lb_endpoints[0].endpoint.address.socket_address.port_value 70000 is out of range"),
-        ("cluster_name: c\nendpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {protocol: UDP, address: 10.0.0.1, port_value: 53}}}}]}]\n".into(), "load assignment c: endpoints[0].lb_endpoints[0].endpoint.address.socket_address.protocol UDP is not supported"),
+        ("cluster_name: c\nendpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, named_port: http}}}}]}]\n".into(), "load assignment c: endpoints[0].lb_endpoints[0].endpoint.address.socket_address.named_port is not supported"),
+        ("cluster_name: c\nendpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: 70000}}}}]}]\n".into(), "load assignment c: endpoints[0].lb_endpoints[0].endpoint.address.socket_address.port_value 70000 is out of range"),
+        ("cluster_name: c\nendpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {protocol: UDP, address: 127.0.0.1, port_value: 53}}}}]}]\n".into(), "load assignment c: endpoints[0].lb_endpoints[0].endpoint.address.socket_address.protocol UDP is not supported"),
         ("cluster_name: c\nendpoints: [{lb_endpoints: [{endpoint: {}}]}]\n".into(), "load assignment c: endpoints[0].lb_endpoints[0].endpoint.address is required"),
         ("cluster_name: c\npolicy: {drop_overloads: [{category: x, drop_percentage: {numerator: 1}}]}\n".into(), "load assignment c: policy.drop_overloads is not supported"),
     ];
