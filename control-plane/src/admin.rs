@@ -92,7 +92,9 @@ impl AdminState {
             }
             "/readyz" => text(StatusCode::OK, "ready\n".into()),
             "/metrics" => {
-                let mut r = text(StatusCode::OK, self.registry.metrics().encode());
+                let metrics = self.registry.metrics();
+                metrics.refresh_process();
+                let mut r = text(StatusCode::OK, metrics.encode());
                 r.headers_mut().insert(
                     hyper::header::CONTENT_TYPE,
                     hyper::header::HeaderValue::from_static(

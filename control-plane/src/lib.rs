@@ -20,6 +20,7 @@ pub mod config;
 pub mod metrics;
 pub mod registry;
 pub mod resources;
+pub mod selection;
 pub mod server;
 pub mod snapshot;
 pub mod source;

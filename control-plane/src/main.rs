@@ -231,6 +231,7 @@ fn render_status(s: &serde_json::Value) -> String {
     let mut rows = vec![vec![
         "NODE".to_string(),
         "CLUSTER".into(),
+        "SELECTION".into(),
         "STREAM".into(),
         "AGENT".into(),
         "CDS".into(),
@@ -243,6 +244,7 @@ fn render_status(s: &serde_json::Value) -> String {
         let mut row = vec![
             str_of(&n["node"]),
             str_of(&n["cluster"]),
+            str_of(&n["selection"]),
             format!("{}#{}", str_of(&n["protocol"]), n["stream"]),
             str_of(&n["user_agent"]),
         ];
@@ -254,7 +256,18 @@ fn render_status(s: &serde_json::Value) -> String {
                 _ => format!("{} {}", state, short(&str_of(&t["acked_version"]))),
             });
             if let Some(m) = t["last_nack"]["message"].as_str() {
-                nacks.push(format!("{} {}: {}", str_of(&n["node"]), ty.short(), m));
+                let when = if state == "ERROR" {
+                    "rejected"
+                } else {
+                    "earlier"
+                };
+                nacks.push(format!(
+                    "{} {} ({when} version {}): {}",
+                    str_of(&n["node"]),
+                    ty.short(),
+                    short(t["last_nack"]["version"].as_str().unwrap_or("")),
+                    m
+                ));
             }
         }
         rows.push(row);

@@ -58,6 +58,10 @@ pub struct Metrics {
     pub config_valid: Gauge,
     /// 1 for the version being served.
     pub config_version: Family<VersionLabel, Gauge>,
+    /// Tasks alive on the tokio runtime serving the scrape (set by [`Metrics::refresh_process`]).
+    pub tokio_alive_tasks: Gauge,
+    /// Resident set size of this process in bytes (set by [`Metrics::refresh_process`]).
+    pub resident_memory: Gauge,
 }
 
 impl Default for Metrics {
@@ -122,6 +126,18 @@ impl Metrics {
             "The snapshot version being served (value 1)",
             config_version.clone(),
         );
+        let tokio_alive_tasks = Gauge::default();
+        registry.register(
+            "tokio_alive_tasks",
+            "Tasks alive on the tokio runtime (streams, connections, watchers), read at scrape time",
+            tokio_alive_tasks.clone(),
+        );
+        let resident_memory = Gauge::default();
+        registry.register(
+            "process_resident_memory_bytes",
+            "Resident set size of the process in bytes (VmRSS), read at scrape time",
+            resident_memory.clone(),
+        );
         Metrics {
             registry,
             connected_streams,
@@ -134,6 +150,23 @@ impl Metrics {
             reload_errors,
             config_valid,
             config_version,
+            tokio_alive_tasks,
+            resident_memory,
+        }
+    }
+
+    /// Fills the gauges read at scrape time: the tokio runtime's alive tasks
+    /// (when called on a runtime) and the process's resident memory (on Linux).
+    /// A value that cannot be read keeps its previous one.
+    pub fn refresh_process(&self) {
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            let alive = handle.metrics().num_alive_tasks();
+            self.tokio_alive_tasks
+                .set(i64::try_from(alive).unwrap_or(i64::MAX));
+        }
+        if let Some(rss) = resident_memory_bytes() {
+            self.resident_memory
+                .set(i64::try_from(rss).unwrap_or(i64::MAX));
         }
     }
 
@@ -153,5 +186,50 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+/// `VmRSS` from `/proc/self/status`, in bytes; `None` where there is no procfs.
+fn resident_memory_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    parse_vm_rss(&status)
+}
+
+/// The `VmRSS:   1234 kB` line of a `/proc/<pid>/status` document, in bytes.
+fn parse_vm_rss(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let mut fields = line["VmRSS:".len()..].split_whitespace();
+    let value: u64 = fields.next()?.parse().ok()?;
+    match fields.next() {
+        Some("kB") => value.checked_mul(1024),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vm_rss_is_parsed_in_bytes() {
+        let status = "Name:\tpylon-xds\nVmHWM:\t   9000 kB\nVmRSS:\t   8192 kB\nThreads:\t3\n";
+        assert_eq!(parse_vm_rss(status), Some(8192 * 1024));
+        assert_eq!(parse_vm_rss("Name:\tx\n"), None);
+        assert_eq!(parse_vm_rss("VmRSS:\tlots kB\n"), None);
+    }
+
+    #[tokio::test]
+    async fn process_gauges_are_filled_at_scrape_time() {
+        let m = Metrics::new();
+        assert!(m.encode().contains("pylon_xds_tokio_alive_tasks 0"));
+        let task = tokio::spawn(std::future::pending::<()>());
+        m.refresh_process();
+        let text = m.encode();
+        assert!(m.tokio_alive_tasks.get() >= 1, "{text}");
+        assert!(!text.contains("pylon_xds_tokio_alive_tasks 0\n"), "{text}");
+        if cfg!(target_os = "linux") {
+            assert!(m.resident_memory.get() > 1024 * 1024, "{text}");
+        }
+        task.abort();
     }
 }

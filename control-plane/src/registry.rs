@@ -6,6 +6,7 @@
 //! [`StreamGuard`] is dropped). Readers take a consistent copy with
 //! [`Registry::list`].
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -44,6 +45,16 @@ pub struct TypeStatus {
     pub acked_version: Option<String>,
     /// Names in the last response sent (SotW) or known to be held (delta).
     pub resources: usize,
+    /// What the client was sent and holds: name -> resource version (the
+    /// last response for SotW; everything held for delta).
+    pub held: BTreeMap<String, String>,
+    /// Whether the client subscribes to every resource of the type.
+    pub wildcard: bool,
+    /// The names the client asked for (besides a wildcard).
+    pub subscribed: BTreeSet<String>,
+    /// When the last response of this type was sent (milliseconds since the
+    /// Unix epoch).
+    pub updated_at_unix_ms: Option<u64>,
     /// The last NACK received on this stream. Kept for reference after later
     /// ACKs; `state` says whether it concerns the version last sent.
     pub last_nack: Option<Nack>,
@@ -75,6 +86,11 @@ pub struct StreamStatus {
     pub cluster: String,
     /// `node.user_agent_name` and version, e.g. `envoy 1.40.0`.
     pub user_agent: String,
+    /// The `nodes:` entry the node matched (`default` when none).
+    pub selection: String,
+    /// The node as the client sent it (for CSDS).
+    #[serde(skip)]
+    pub node_proto: Option<envoy_types::pb::envoy::config::core::v3::Node>,
     /// Peer address.
     pub peer: Option<SocketAddr>,
     /// `ads`, `cds`, `eds`, `lds` or `rds`, with `-delta` for incremental streams.
@@ -147,6 +163,8 @@ impl Registry {
                 node: String::new(),
                 cluster: String::new(),
                 user_agent: String::new(),
+                selection: String::new(),
+                node_proto: None,
                 peer,
                 protocol: protocol.to_string(),
                 connected_at_unix_ms: now_ms(),
@@ -227,16 +245,49 @@ impl StreamGuard {
             s.user_agent = format!("{} {}", node.user_agent_name, version)
                 .trim()
                 .to_string();
+            s.node_proto = Some(node.clone());
         }
     }
 
-    /// Records a response sent.
-    pub fn sent(&self, ty: ResourceType, version: &str, nonce: &str, resources: usize) {
+    /// Records the node selection the stream's node matched.
+    pub fn set_selection(&self, selection: &str) {
+        if let Some(mut s) = self.registry.streams.get_mut(&self.id) {
+            if s.selection != selection {
+                s.selection = selection.to_string();
+            }
+        }
+    }
+
+    /// Records what the client subscribes to for one type.
+    pub fn subscribed<'a>(
+        &self,
+        ty: ResourceType,
+        wildcard: bool,
+        names: impl Iterator<Item = &'a String>,
+    ) {
+        if let Some(mut s) = self.registry.streams.get_mut(&self.id) {
+            let t = s.types.get_mut(ty);
+            t.wildcard = wildcard;
+            t.subscribed = names.cloned().collect();
+        }
+    }
+
+    /// Records a response sent, and what the client holds once it applies it
+    /// (name -> version).
+    pub fn sent<'a>(
+        &self,
+        ty: ResourceType,
+        version: &str,
+        nonce: &str,
+        held: impl Iterator<Item = (&'a String, &'a String)>,
+    ) {
         if let Some(mut s) = self.registry.streams.get_mut(&self.id) {
             let t = s.types.get_mut(ty);
             t.sent_version = Some(version.to_string());
             t.sent_nonce = Some(nonce.to_string());
-            t.resources = resources;
+            t.held = held.map(|(n, v)| (n.clone(), v.clone())).collect();
+            t.updated_at_unix_ms = Some(now_ms());
+            t.resources = t.held.len();
         }
     }
 
@@ -293,14 +344,15 @@ mod tests {
         let g = reg.open("ads", None);
         let st = |reg: &Registry| reg.list()[0].types.cds.state();
         assert_eq!(st(&reg), "NOT_SENT");
-        g.sent(ResourceType::Cluster, "v1", "1", 2);
+        let held: BTreeMap<String, String> = [("a".to_string(), "1".to_string())].into();
+        g.sent(ResourceType::Cluster, "v1", "1", held.iter());
         assert_eq!(st(&reg), "STALE");
         g.acked(ResourceType::Cluster, "v1");
         assert_eq!(st(&reg), "SYNCED");
-        g.sent(ResourceType::Cluster, "v2", "2", 2);
+        g.sent(ResourceType::Cluster, "v2", "2", held.iter());
         g.nacked(ResourceType::Cluster, "v2", "2", "bad");
         assert_eq!(st(&reg), "ERROR");
-        g.sent(ResourceType::Cluster, "v3", "3", 2);
+        g.sent(ResourceType::Cluster, "v3", "3", held.iter());
         g.acked(ResourceType::Cluster, "v3");
         assert_eq!(st(&reg), "SYNCED");
         assert_eq!(reg.metrics().connected_streams.get(), 1);

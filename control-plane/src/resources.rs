@@ -4,6 +4,7 @@
 //! encoded resources out): `config` produces a [`Resources`], `snapshot` checks
 //! it for consistency and encodes it once.
 
+use crate::selection::Policy;
 use envoy_types::pb::envoy::config::{
     cluster::v3::Cluster, endpoint::v3::ClusterLoadAssignment, listener::v3::Listener,
     route::v3::RouteConfiguration,
@@ -25,4 +26,6 @@ pub struct Resources {
     pub listeners: Vec<Listener>,
     /// RDS resources referenced by HTTP listeners.
     pub routes: Vec<RouteConfiguration>,
+    /// Which node receives which part of the resources (the `nodes:` section).
+    pub policy: Policy,
 }

@@ -16,7 +16,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use envoy_types::pb::envoy::config::{
@@ -33,6 +33,7 @@ use prost::Message;
 use sha2::{Digest, Sha256};
 
 use crate::resources::Resources;
+use crate::selection::{Names, Policy, Selector, DEFAULT_SELECTION};
 
 /// The four resource kinds Pylon serves, in make-before-break order:
 /// clusters, then endpoints, then listeners, then routes.
@@ -115,14 +116,42 @@ pub struct TypeSnapshot {
     pub resources: BTreeMap<String, Arc<Resource>>,
 }
 
-/// One consistent revision of the whole config.
+/// One consistent revision of the whole config, or one node selection's view
+/// of it.
+///
+/// A view (see [`Snapshot::view`]) holds a subset of the resources and keeps
+/// the revision's snapshot and type versions, so every node is served from the
+/// same revision with the same versions whatever its selection.
 #[derive(Debug)]
 pub struct Snapshot {
-    /// Hash of the four type versions.
+    /// Hash of the four type versions (and of the node policy when there is one).
     pub version: String,
     types: [TypeSnapshot; 4],
     /// When this snapshot was built (push latency is measured from here).
     pub created: Instant,
+    /// The selection this is a view for; [`DEFAULT_SELECTION`] for the whole
+    /// revision.
+    pub selection: String,
+    /// Which node receives what.
+    policy: Arc<Policy>,
+    /// What each resource uses, for narrowing to a selection.
+    graph: Arc<Graph>,
+    /// One lazily built view per selector of `policy`, shared by every stream
+    /// of that selection.
+    views: Box<[OnceLock<Arc<Snapshot>>]>,
+}
+
+/// The references between the resources of one revision.
+#[derive(Debug, Default)]
+struct Graph {
+    /// Listener -> route configurations it fetches over RDS.
+    listener_routes: BTreeMap<String, Vec<String>>,
+    /// Listener -> clusters it names directly (TCP proxy, inline routes).
+    listener_clusters: BTreeMap<String, Vec<String>>,
+    /// Route configuration -> clusters its routes name.
+    route_clusters: BTreeMap<String, Vec<String>>,
+    /// EDS cluster -> the name of its ClusterLoadAssignment.
+    cluster_cla: BTreeMap<String, String>,
 }
 
 /// Why a set of resources cannot form a snapshot.
@@ -162,12 +191,13 @@ impl Snapshot {
     /// Checks and encodes `resources`. Resources whose content did not change
     /// since `previous` are shared with it rather than kept twice.
     pub fn build(resources: Resources, previous: Option<&Snapshot>) -> Result<Self, SnapshotError> {
-        check_consistency(&resources)?;
+        let graph = check_consistency(&resources)?;
         let Resources {
             clusters,
             endpoints,
             listeners,
             routes,
+            policy,
         } = resources;
         let mut types: [TypeSnapshot; 4] = Default::default();
         let encoded: [Vec<(String, Vec<u8>)>; 4] = [
@@ -221,11 +251,101 @@ impl Snapshot {
         for t in &types {
             h.update(t.version.as_bytes());
         }
+        if !policy.selectors.is_empty() {
+            // A change of selection alone is a new revision too. Debug output
+            // of these plain types (Vec, BTreeSet, String) is deterministic.
+            h.update(format!("{policy:?}").as_bytes());
+        }
+        let views = policy.selectors.iter().map(|_| OnceLock::new()).collect();
         Ok(Snapshot {
             version: short_hex(&h.finalize()),
             types,
             created: Instant::now(),
+            selection: DEFAULT_SELECTION.to_string(),
+            policy: Arc::new(policy),
+            graph: Arc::new(graph),
+            views,
         })
+    }
+
+    /// The node policy of this revision.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// What a node that matched selector `index` (see [`Policy::select`])
+    /// receives; `None` is the default, everything. Views are built once per
+    /// snapshot and selector and shared.
+    pub fn view(self: &Arc<Self>, index: Option<usize>) -> Arc<Snapshot> {
+        let (Some(i), Some(slot)) = (index, index.and_then(|i| self.views.get(i))) else {
+            return Arc::clone(self);
+        };
+        let selector = &self.policy.selectors[i];
+        if selector.is_everything() {
+            return Arc::clone(self);
+        }
+        Arc::clone(slot.get_or_init(|| Arc::new(self.narrow(selector))))
+    }
+
+    /// The subset of this revision `selector` names, closed over references:
+    /// a selected listener brings its route configurations and clusters, a
+    /// selected cluster its load assignment.
+    fn narrow(&self, selector: &Selector) -> Snapshot {
+        let g = &self.graph;
+        let all = |ty: ResourceType| &self.types[ty as usize].resources;
+        let listeners: BTreeSet<&String> = all(ResourceType::Listener)
+            .keys()
+            .filter(|n| selector.listeners.contains(n))
+            .collect();
+        let mut routes: BTreeSet<&String> = if selector.listeners == Names::All {
+            all(ResourceType::Route).keys().collect()
+        } else {
+            listeners
+                .iter()
+                .flat_map(|l| g.listener_routes.get(*l).into_iter().flatten())
+                .collect()
+        };
+        routes.retain(|r| all(ResourceType::Route).contains_key(*r));
+        let mut clusters: BTreeSet<&String> = all(ResourceType::Cluster)
+            .keys()
+            .filter(|n| selector.clusters.contains(n))
+            .collect();
+        clusters.extend(
+            listeners
+                .iter()
+                .flat_map(|l| g.listener_clusters.get(*l).into_iter().flatten()),
+        );
+        clusters.extend(
+            routes
+                .iter()
+                .flat_map(|r| g.route_clusters.get(*r).into_iter().flatten()),
+        );
+        let endpoints: BTreeSet<&String> = clusters
+            .iter()
+            .filter_map(|c| g.cluster_cla.get(*c))
+            .collect();
+        let pick = |ty: ResourceType, names: &BTreeSet<&String>| TypeSnapshot {
+            version: self.types[ty as usize].version.clone(),
+            resources: all(ty)
+                .iter()
+                .filter(|(n, _)| names.contains(n))
+                .map(|(n, r)| (n.clone(), Arc::clone(r)))
+                .collect(),
+        };
+        Snapshot {
+            version: self.version.clone(),
+            types: [
+                pick(ResourceType::Cluster, &clusters),
+                pick(ResourceType::Endpoint, &endpoints),
+                pick(ResourceType::Listener, &listeners),
+                pick(ResourceType::Route, &routes),
+            ],
+            created: self.created,
+            selection: selector.name.clone(),
+            policy: Arc::default(),
+            graph: Arc::default(),
+            views: Box::new([]),
+        }
     }
 
     /// The resources of one type.
@@ -298,8 +418,10 @@ fn write_canonical(v: &serde_json::Value, out: &mut String) {
     }
 }
 
-/// Rule 9: every reference inside the revision resolves within it.
-fn check_consistency(r: &Resources) -> Result<(), SnapshotError> {
+/// Rule 9: every reference inside the revision resolves within it. Returns
+/// the references, for narrowing to node selections.
+fn check_consistency(r: &Resources) -> Result<Graph, SnapshotError> {
+    let mut graph = Graph::default();
     let known = Known {
         clusters: unique("cds", r.clusters.iter().map(|c| c.name.as_str()))?,
         routes: unique("rds", r.routes.iter().map(|rc| rc.name.as_str()))?,
@@ -322,10 +444,15 @@ fn check_consistency(r: &Resources) -> Result<(), SnapshotError> {
                     service,
                 ));
             }
+            graph
+                .cluster_cla
+                .insert(c.name.clone(), service.to_string());
         }
     }
     for l in &r.listeners {
         let from = format!("listener {:?}", l.name);
+        let mut routes = Vec::new();
+        let mut clusters = Vec::new();
         let typed = l
             .filter_chains
             .iter()
@@ -345,11 +472,11 @@ fn check_consistency(r: &Resources) -> Result<(), SnapshotError> {
                 let tp: TcpProxy = decode(&from, any)?;
                 match tp.cluster_specifier {
                     Some(tcp_proxy::ClusterSpecifier::Cluster(name)) => {
-                        known.cluster(&from, &name)?
+                        known.cluster(&from, &name, &mut clusters)?
                     }
                     Some(tcp_proxy::ClusterSpecifier::WeightedClusters(w)) => {
                         for c in &w.clusters {
-                            known.cluster(&from, &c.name)?;
+                            known.cluster(&from, &c.name, &mut clusters)?;
                         }
                     }
                     None => {}
@@ -357,17 +484,24 @@ fn check_consistency(r: &Resources) -> Result<(), SnapshotError> {
             } else if any.type_url == pylon::type_url::HTTP_CONNECTION_MANAGER {
                 let hcm: HttpConnectionManager = decode(&from, any)?;
                 match hcm.route_specifier {
-                    Some(RouteSpecifier::Rds(rds)) => known.route(&from, &rds.route_config_name)?,
-                    Some(RouteSpecifier::RouteConfig(rc)) => known.routes_of(&rc)?,
+                    Some(RouteSpecifier::Rds(rds)) => {
+                        known.route(&from, &rds.route_config_name)?;
+                        routes.push(rds.route_config_name);
+                    }
+                    Some(RouteSpecifier::RouteConfig(rc)) => known.routes_of(&rc, &mut clusters)?,
                     _ => {}
                 }
             }
         }
+        graph.listener_routes.insert(l.name.clone(), routes);
+        graph.listener_clusters.insert(l.name.clone(), clusters);
     }
     for rc in &r.routes {
-        known.routes_of(rc)?;
+        let mut clusters = Vec::new();
+        known.routes_of(rc, &mut clusters)?;
+        graph.route_clusters.insert(rc.name.clone(), clusters);
     }
-    Ok(())
+    Ok(graph)
 }
 
 /// The names references may point at.
@@ -377,8 +511,9 @@ struct Known<'a> {
 }
 
 impl Known<'_> {
-    fn cluster(&self, from: &str, name: &str) -> Result<(), SnapshotError> {
+    fn cluster(&self, from: &str, name: &str, out: &mut Vec<String>) -> Result<(), SnapshotError> {
         if self.clusters.contains(name) {
+            out.push(name.to_string());
             Ok(())
         } else {
             Err(dangling(from.to_string(), "cluster", name))
@@ -393,15 +528,19 @@ impl Known<'_> {
         }
     }
 
-    fn routes_of(&self, rc: &RouteConfiguration) -> Result<(), SnapshotError> {
+    fn routes_of(
+        &self,
+        rc: &RouteConfiguration,
+        out: &mut Vec<String>,
+    ) -> Result<(), SnapshotError> {
         let from = format!("route configuration {:?}", rc.name);
         for route in rc.virtual_hosts.iter().flat_map(|vh| vh.routes.iter()) {
             if let Some(Action::Route(action)) = &route.action {
                 match &action.cluster_specifier {
-                    Some(ClusterSpecifier::Cluster(name)) => self.cluster(&from, name)?,
+                    Some(ClusterSpecifier::Cluster(name)) => self.cluster(&from, name, out)?,
                     Some(ClusterSpecifier::WeightedClusters(w)) => {
                         for c in &w.clusters {
-                            self.cluster(&from, &c.name)?;
+                            self.cluster(&from, &c.name, out)?;
                         }
                     }
                     _ => {}
@@ -503,7 +642,67 @@ mod tests {
             endpoints: vec![cla("a"), cla("b")],
             listeners: vec![tcp_listener("l", "a")],
             routes: vec![],
+            policy: Policy::default(),
         }
+    }
+
+    #[test]
+    fn views_narrow_to_a_selection_and_keep_versions() {
+        use crate::selection::Glob;
+        let selector = |name: &str, listeners: Names, clusters: Names| Selector {
+            name: name.into(),
+            id: Some(Glob::new(format!("{name}-*"))),
+            cluster: None,
+            metadata: Vec::new(),
+            listeners,
+            clusters,
+        };
+        let only = |n: &str| Names::Only([n.to_string()].into());
+        let mut r = resources();
+        r.policy = Policy {
+            selectors: vec![
+                selector("front", only("l"), Names::default()),
+                selector("b", Names::default(), only("b")),
+                selector("all", Names::All, Names::All),
+            ],
+        };
+        let full = Arc::new(Snapshot::build(r, None).unwrap());
+        let names = |s: &Snapshot, ty: ResourceType| -> Vec<String> {
+            s.get(ty).resources.keys().cloned().collect()
+        };
+        let node = |id: &str| envoy_types::pb::envoy::config::core::v3::Node {
+            id: id.into(),
+            ..Default::default()
+        };
+        let view = |id: &str| full.view(full.policy().select(&node(id)));
+
+        let front = view("front-1");
+        assert_eq!(front.selection, "front");
+        assert_eq!(names(&front, ResourceType::Listener), ["l"]);
+        // The listener brings the cluster it proxies to, and its endpoints.
+        assert_eq!(names(&front, ResourceType::Cluster), ["a"]);
+        assert_eq!(names(&front, ResourceType::Endpoint), ["a"]);
+        assert_eq!(front.version, full.version);
+        assert_eq!(
+            front.get(ResourceType::Cluster).version,
+            full.get(ResourceType::Cluster).version
+        );
+        assert_eq!(
+            front.get(ResourceType::Cluster).resources["a"],
+            full.get(ResourceType::Cluster).resources["a"]
+        );
+        // Built once, shared by every stream of the selection.
+        assert!(Arc::ptr_eq(&front, &view("front-2")));
+
+        let b = view("b-1");
+        assert!(names(&b, ResourceType::Listener).is_empty());
+        assert_eq!(names(&b, ResourceType::Cluster), ["b"]);
+        assert_eq!(names(&b, ResourceType::Endpoint), ["b"]);
+
+        assert!(Arc::ptr_eq(&view("all-1"), &full));
+        let default = view("nobody");
+        assert!(Arc::ptr_eq(&default, &full));
+        assert_eq!(default.selection, DEFAULT_SELECTION);
     }
 
     #[test]

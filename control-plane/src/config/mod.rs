@@ -2,9 +2,11 @@
 //! revision ([`Resources`]) out, or every problem found, each with file, line,
 //! column and path.
 //!
-//! A file holds a concise form (`clusters:`, `listeners:`), an Envoy-native
-//! form (`static_resources:` as in an envoy.yaml), or both. Both end up as the
-//! same protos: clusters served as EDS over ADS, HTTP routes served over RDS.
+//! A file holds a concise form (`clusters:`, `listeners:`, `grpc_services:`),
+//! an Envoy-native form (`static_resources:` as in an envoy.yaml), or both,
+//! plus an optional `nodes:` section saying which node receives what. Both
+//! forms end up as the same protos: clusters served as EDS over ADS, HTTP
+//! routes served over RDS.
 //!
 //! Files of this module and what each owns:
 //! - `mod.rs`: the public API, the pipeline below, and turning problems into
@@ -41,6 +43,7 @@ use std::fmt;
 use std::path::Path;
 
 use crate::resources::Resources;
+use crate::selection::{Glob, Names, Policy, Selector};
 use position::PositionIndex;
 use validate::{Catalog, Issue};
 
@@ -140,6 +143,14 @@ pub fn load_str(file_name: &str, text: &str) -> Result<Resources, ConfigErrors> 
         resources.listeners.push(listener);
         resources.routes.extend(routes);
     }
+    for g in &file.grpc_services {
+        let (listener, routes, cluster, endpoints) = translate::grpc_service(g);
+        resources.listeners.push(listener);
+        resources.routes.push(routes);
+        resources.clusters.push(cluster);
+        resources.endpoints.push(endpoints);
+    }
+    resources.policy = policy(&file.nodes);
     if let Some(native) = file.static_resources {
         native::normalise(native, &mut resources, &mut catalog, &mut issues);
     }
@@ -164,6 +175,37 @@ pub fn load_str(file_name: &str, text: &str) -> Result<Resources, ConfigErrors> 
     // Stable: problems at the same node keep the order they were found in.
     errors.sort_by_key(|e| (e.line, e.column));
     Err(ConfigErrors(errors))
+}
+
+/// The `nodes:` section as a [`Policy`].
+fn policy(nodes: &[schema::NodeSelection]) -> Policy {
+    let names = |list: &schema::NameList| match list {
+        schema::NameList::All => Names::All,
+        schema::NameList::Only(names) => Names::Only(names.iter().cloned().collect()),
+    };
+    Policy {
+        selectors: nodes
+            .iter()
+            .map(|n| {
+                let m = n.matcher.as_ref();
+                Selector {
+                    name: n.name.clone(),
+                    id: m.and_then(|m| m.id.clone()).map(Glob::new),
+                    cluster: m.and_then(|m| m.cluster.clone()).map(Glob::new),
+                    metadata: m
+                        .map(|m| {
+                            m.metadata
+                                .iter()
+                                .map(|(k, v)| (k.clone(), Glob::new(v.clone())))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                    listeners: names(&n.listeners),
+                    clusters: names(&n.clusters),
+                }
+            })
+            .collect(),
+    }
 }
 
 /// The first structural error, with serde_path_to_error's path and serde_yaml's
@@ -425,11 +467,11 @@ static_resources:
             ("# nothing yet\n\n", "pylon.yaml: .: file is empty; write `clusters: []` to serve nothing"),
             (
                 "admin: {}\n",
-                "pylon.yaml:1:1: admin: `admin` belongs to an Envoy bootstrap, not a pylon-xds config (top-level keys: `clusters`, `listeners`, `static_resources`)",
+                "pylon.yaml:1:1: admin: `admin` belongs to an Envoy bootstrap, not a pylon-xds config (top-level keys: `clusters`, `listeners`, `grpc_services`, `nodes`, `static_resources`)",
             ),
             (
                 "clusters: []\nroutes: []\n",
-                "pylon.yaml:2:1: routes: unknown top-level key `routes`: expected `clusters`, `listeners` or `static_resources`",
+                "pylon.yaml:2:1: routes: unknown top-level key `routes`: expected `clusters`, `listeners`, `grpc_services`, `nodes` or `static_resources`",
             ),
             (
                 "clusters:\n  - name: a\n    conect_timeout: 5s\n",
@@ -469,7 +511,7 @@ static_resources:
             ),
             (
                 "- name: a\n",
-                "pylon.yaml:1:1: .: invalid type: sequence, expected a map with `clusters`, `listeners` and/or `static_resources`",
+                "pylon.yaml:1:1: .: invalid type: sequence, expected a map with `clusters`, `listeners`, `grpc_services`, `nodes` and/or `static_resources`",
             ),
             (
                 "static_resources:\n  secrets: []\n",
@@ -636,5 +678,124 @@ pylon.yaml:37:16: static_resources.listeners[1].filter_chains[0].filters[0].type
 
         std::fs::write(&path, "clusters: []\n").unwrap();
         assert_eq!(load_file(&path), Ok(Resources::default()));
+    }
+
+    const GRPC_AND_NODES: &str = "\
+clusters:
+  - name: web
+    endpoints: [127.0.0.1:8081]
+listeners:
+  - name: front
+    address: 127.0.0.1:8000
+    http:
+      routes: [{prefix: /, cluster: web}]
+grpc_services:
+  - name: greeter.example
+    port: 50051
+    endpoints: [127.0.0.1:50061, {address: 127.0.0.1:50062, weight: 2}]
+nodes:
+  - name: grpc
+    match: {id: \"grpc-*\", metadata: {lang: python}}
+    listeners: [\"greeter.example:50051\"]
+  - name: edge
+    match: {cluster: edge}
+    listeners: [front]
+    clusters: all
+";
+
+    #[test]
+    fn grpc_services_become_what_grpc_clients_ask_for() {
+        use envoy_types::pb::envoy::config::cluster::v3::cluster::{
+            ClusterDiscoveryType, DiscoveryType, LbPolicy,
+        };
+        use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+            http_connection_manager::RouteSpecifier, HttpConnectionManager,
+        };
+        use prost::Message;
+
+        let r = load_str("pylon.yaml", GRPC_AND_NODES).unwrap();
+        let name = "greeter.example:50051";
+        let l = r.listeners.iter().find(|l| l.name == name).unwrap();
+        assert!(l.address.is_none() && l.filter_chains.is_empty());
+        let any = l
+            .api_listener
+            .as_ref()
+            .unwrap()
+            .api_listener
+            .as_ref()
+            .unwrap();
+        assert_eq!(any.type_url, pylon::type_url::HTTP_CONNECTION_MANAGER);
+        let hcm = HttpConnectionManager::decode(any.value.as_slice()).unwrap();
+        match hcm.route_specifier {
+            Some(RouteSpecifier::Rds(rds)) => assert_eq!(rds.route_config_name, name),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            hcm.http_filters.last().unwrap().name,
+            pylon::type_url::ROUTER_FILTER
+        );
+        let rc = r.routes.iter().find(|rc| rc.name == name).unwrap();
+        assert_eq!(rc.virtual_hosts[0].domains, [name, "greeter.example"]);
+        let c = r.clusters.iter().find(|c| c.name == name).unwrap();
+        assert_eq!(c.lb_policy, LbPolicy::RoundRobin as i32);
+        assert_eq!(
+            c.cluster_discovery_type,
+            Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32))
+        );
+        let cla = r.endpoints.iter().find(|e| e.cluster_name == name).unwrap();
+        assert_eq!(cla.endpoints.len(), 1);
+        assert!(cla.endpoints[0].load_balancing_weight.is_some());
+        let weights: Vec<u32> = cla.endpoints[0]
+            .lb_endpoints
+            .iter()
+            .map(|e| e.load_balancing_weight.map_or(1, |w| w.value))
+            .collect();
+        assert_eq!(weights, [1, 2]);
+
+        let p = &r.policy.selectors;
+        assert_eq!(p.len(), 2);
+        assert_eq!(p[0].name, "grpc");
+        assert_eq!(p[0].id.as_ref().unwrap().as_str(), "grpc-*");
+        assert_eq!(p[0].metadata[0].0, "lang");
+        assert_eq!(p[1].clusters, crate::selection::Names::All);
+        // The whole config makes a consistent snapshot.
+        crate::snapshot::Snapshot::build(r, None).unwrap();
+    }
+
+    #[test]
+    fn grpc_service_and_node_errors_are_positioned() {
+        let text = "\
+grpc_services:
+  - name: greeter.example:50051
+    port: 0
+    endpoints: [{address: 127.0.0.1:1, weight: 0}]
+nodes:
+  - name: a
+    match: {}
+    listeners: [nope]
+    clusters: [missing]
+  - name: a
+";
+        assert_eq!(
+            errors(text),
+            "pylon.yaml:2:11: grpc_services[0].name: a gRPC service name is the host part of the \
+             target (`greeter.example`); it must not contain `:`, `/` or spaces (the port goes in `port`)\n\
+             pylon.yaml:3:11: grpc_services[0].port: port must be between 1 and 65535\n\
+             pylon.yaml:4:48: grpc_services[0].endpoints[0].weight: weight must be at least 1\n\
+             pylon.yaml:7:12: nodes[0].match: match needs at least one of `id`, `cluster` or \
+             `metadata` (leave `match` out to match every node)\n\
+             pylon.yaml:8:17: nodes[0].listeners[0]: listener `nope` is not defined\n\
+             pylon.yaml:9:16: nodes[0].clusters[0]: cluster `missing` is not defined\n\
+             pylon.yaml:10:11: nodes[1].name: duplicate node selection name `a` (first at nodes[0].name)"
+        );
+        assert_eq!(
+            errors("nodes:\n  - name: a\n    listeners: some\n"),
+            "pylon.yaml:3:16: nodes[0].listeners: expected `all` or a list of names, found \
+             \"some\" (write [some] for one name)"
+        );
+        assert_eq!(
+            errors("grpc_services:\n  - name: g\n    port: 70000\n"),
+            "pylon.yaml:3:11: grpc_services[0].port: invalid value: integer `70000`, expected u16"
+        );
     }
 }

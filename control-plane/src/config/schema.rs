@@ -21,7 +21,105 @@ use super::native::StaticResources;
 pub struct File {
     pub clusters: Vec<Cluster>,
     pub listeners: Vec<Listener>,
+    pub grpc_services: Vec<GrpcService>,
+    pub nodes: Vec<NodeSelection>,
     pub static_resources: Option<StaticResources>,
+}
+
+/// A service for proxyless gRPC clients, which dial `xds:///{name}:{port}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcService {
+    /// The host part of the target authority, e.g. `greeter.example`.
+    pub name: String,
+    /// The port part of the target authority.
+    pub port: u16,
+    /// May be empty: the service then has no backends and calls fail.
+    #[serde(default)]
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// One entry of `nodes:`: which nodes it matches and what they receive.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSelection {
+    pub name: String,
+    /// Absent: every node matches.
+    #[serde(default, rename = "match")]
+    pub matcher: Option<NodeMatch>,
+    /// `all` or a list of listener names. Default: none.
+    #[serde(default)]
+    pub listeners: NameList,
+    /// `all` or a list of cluster names, on top of the clusters the selected
+    /// listeners use. Default: none.
+    #[serde(default)]
+    pub clusters: NameList,
+}
+
+/// Conditions on a node; every one given must hold.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeMatch {
+    /// Glob on `node.id`.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Glob on `node.cluster`.
+    #[serde(default)]
+    pub cluster: Option<String>,
+    /// Key -> glob on the value of `node.metadata[key]`.
+    #[serde(default)]
+    pub metadata: std::collections::BTreeMap<String, String>,
+}
+
+/// `all`, or a list of names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NameList {
+    All,
+    Only(Vec<String>),
+}
+
+impl Default for NameList {
+    fn default() -> Self {
+        NameList::Only(Vec::new())
+    }
+}
+
+impl<'de> Deserialize<'de> for NameList {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(NameListVisitor)
+    }
+}
+
+struct NameListVisitor;
+
+impl<'de> Visitor<'de> for NameListVisitor {
+    type Value = NameList;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("`all` or a list of names")
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<NameList, E> {
+        if v == "all" {
+            Ok(NameList::All)
+        } else {
+            Err(E::custom(format!(
+                "expected `all` or a list of names, found {v:?} (write [{v}] for one name)"
+            )))
+        }
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<NameList, E> {
+        Ok(NameList::default())
+    }
+
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<NameList, A::Error> {
+        let mut names = Vec::new();
+        while let Some(name) = seq.next_element::<String>()? {
+            names.push(name);
+        }
+        Ok(NameList::Only(names))
+    }
 }
 
 /// A concise upstream cluster, served as an EDS cluster plus its endpoints.
@@ -258,17 +356,25 @@ const BOOTSTRAP_KEYS: &[&str] = &[
     "tracing",
 ];
 
-const TOP_LEVEL_KEYS: &[&str] = &["clusters", "listeners", "static_resources"];
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "clusters",
+    "listeners",
+    "grpc_services",
+    "nodes",
+    "static_resources",
+];
 
 fn unknown_top_level_key(key: &str) -> String {
     if BOOTSTRAP_KEYS.contains(&key) {
         format!(
             "`{key}` belongs to an Envoy bootstrap, not a pylon-xds config \
-             (top-level keys: `clusters`, `listeners`, `static_resources`)"
+             (top-level keys: `clusters`, `listeners`, `grpc_services`, `nodes`, \
+             `static_resources`)"
         )
     } else {
         format!(
-            "unknown top-level key `{key}`: expected `clusters`, `listeners` or `static_resources`"
+            "unknown top-level key `{key}`: expected `clusters`, `listeners`, \
+             `grpc_services`, `nodes` or `static_resources`"
         )
     }
 }
@@ -285,7 +391,9 @@ impl<'de> Visitor<'de> for FileVisitor {
     type Value = File;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a map with `clusters`, `listeners` and/or `static_resources`")
+        f.write_str(
+            "a map with `clusters`, `listeners`, `grpc_services`, `nodes` and/or `static_resources`",
+        )
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<File, A::Error> {
@@ -307,6 +415,10 @@ impl<'de> Visitor<'de> for FileVisitor {
                 "listeners" => {
                     file.listeners = map.next_value::<Option<Vec<_>>>()?.unwrap_or_default()
                 }
+                "grpc_services" => {
+                    file.grpc_services = map.next_value::<Option<Vec<_>>>()?.unwrap_or_default()
+                }
+                "nodes" => file.nodes = map.next_value::<Option<Vec<_>>>()?.unwrap_or_default(),
                 _ => file.static_resources = map.next_value()?,
             }
         }

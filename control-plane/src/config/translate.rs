@@ -18,7 +18,9 @@ use envoy_types::pb::envoy::config::core::v3::{
 use envoy_types::pb::envoy::config::endpoint::v3::{
     lb_endpoint::HostIdentifier, ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
 };
-use envoy_types::pb::envoy::config::listener::v3::{filter, Filter, FilterChain, Listener};
+use envoy_types::pb::envoy::config::listener::v3::{
+    filter, ApiListener, Filter, FilterChain, Listener,
+};
 use envoy_types::pb::envoy::config::route::v3::{
     route, route_action, route_match, Route, RouteAction, RouteConfiguration, RouteMatch,
     VirtualHost,
@@ -195,14 +197,7 @@ fn http_filter(name: &str, http: &schema::Http) -> (Filter, RouteConfiguration) 
             config_source: Some(ads_config_source()),
             route_config_name: name.to_string(),
         })),
-        http_filters: vec![HttpFilter {
-            name: type_url::ROUTER_FILTER.to_string(),
-            config_type: Some(http_filter::ConfigType::TypedConfig(pack(
-                type_url::ROUTER,
-                &Router::default(),
-            ))),
-            ..Default::default()
-        }],
+        http_filters: vec![router_filter()],
         ..Default::default()
     };
     let virtual_hosts = match (&http.routes, &http.virtual_hosts) {
@@ -236,6 +231,88 @@ fn http_filter(name: &str, http: &schema::Http) -> (Filter, RouteConfiguration) 
         ..Default::default()
     };
     (filter, routes)
+}
+
+/// A `grpc_services` entry: what a proxyless gRPC client dialing
+/// `xds:///{name}:{port}` asks for. Listener, route configuration and cluster
+/// are all named after that target authority:
+///
+/// - an `api_listener` Listener holding an HttpConnectionManager (router as its
+///   last HTTP filter) that fetches its routes over RDS;
+/// - a RouteConfiguration with one virtual host whose domains match the
+///   authority, with and without the port, routing everything to the cluster;
+/// - an EDS Cluster with ROUND_ROBIN;
+/// - a ClusterLoadAssignment with the endpoints in one locality, whose weight
+///   is set (gRPC ignores localities without one).
+pub fn grpc_service(
+    g: &schema::GrpcService,
+) -> (Listener, RouteConfiguration, Cluster, ClusterLoadAssignment) {
+    let authority = format!("{}:{}", g.name, g.port);
+    let manager = HttpConnectionManager {
+        stat_prefix: authority.clone(),
+        route_specifier: Some(RouteSpecifier::Rds(Rds {
+            config_source: Some(ads_config_source()),
+            route_config_name: authority.clone(),
+        })),
+        http_filters: vec![router_filter()],
+        ..Default::default()
+    };
+    let listener = Listener {
+        name: authority.clone(),
+        api_listener: Some(ApiListener {
+            api_listener: Some(pack(type_url::HTTP_CONNECTION_MANAGER, &manager)),
+        }),
+        ..Default::default()
+    };
+    let routes = RouteConfiguration {
+        name: authority.clone(),
+        virtual_hosts: vec![VirtualHost {
+            name: authority.clone(),
+            domains: vec![authority.clone(), g.name.clone()],
+            routes: vec![Route {
+                r#match: Some(RouteMatch {
+                    path_specifier: Some(route_match::PathSpecifier::Prefix(String::new())),
+                    ..Default::default()
+                }),
+                action: Some(route::Action::Route(RouteAction {
+                    cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(
+                        authority.clone(),
+                    )),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let mut cluster = Cluster {
+        name: authority.clone(),
+        lb_policy: LbPolicy::RoundRobin as i32,
+        ..Default::default()
+    };
+    make_eds(&mut cluster);
+    let cla = ClusterLoadAssignment {
+        cluster_name: authority,
+        endpoints: vec![LocalityLbEndpoints {
+            lb_endpoints: g.endpoints.iter().map(lb_endpoint).collect(),
+            load_balancing_weight: Some(UInt32Value { value: 1 }),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    (listener, routes, cluster, cla)
+}
+
+fn router_filter() -> HttpFilter {
+    HttpFilter {
+        name: type_url::ROUTER_FILTER.to_string(),
+        config_type: Some(http_filter::ConfigType::TypedConfig(pack(
+            type_url::ROUTER,
+            &Router::default(),
+        ))),
+        ..Default::default()
+    }
 }
 
 /// A concise route: one match, one cluster, optional prefix rewrite and timeout.

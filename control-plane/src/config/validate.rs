@@ -10,7 +10,9 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::schema::{Cluster, File, HealthCheck, Http, Listener, Route};
+use super::schema::{
+    Cluster, File, GrpcService, HealthCheck, Http, Listener, NameList, NodeSelection, Route,
+};
 
 /// One semantic problem, at a path such as `clusters[1].endpoints[2]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,8 +55,10 @@ pub struct Catalog {
     pub route_configs: Vec<Named>,
     /// Listener socket addresses, written as `ip:port`.
     pub addresses: Vec<Named>,
-    /// Every place a cluster is named by a listener or a route.
+    /// Every place a cluster is named by a listener, a route or a node selection.
     pub cluster_refs: Vec<Named>,
+    /// Every place a listener is named by a node selection.
+    pub listener_refs: Vec<Named>,
 }
 
 /// Checks the concise part of `file` and records its names in `catalog`.
@@ -64,6 +68,83 @@ pub fn concise(file: &File, catalog: &mut Catalog, issues: &mut Vec<Issue>) {
     }
     for (i, l) in file.listeners.iter().enumerate() {
         listener(l, &format!("listeners[{i}]"), catalog, issues);
+    }
+    for (i, g) in file.grpc_services.iter().enumerate() {
+        grpc_service(g, &format!("grpc_services[{i}]"), catalog, issues);
+    }
+    let mut names: HashMap<&str, String> = HashMap::new();
+    for (i, n) in file.nodes.iter().enumerate() {
+        let path = format!("nodes[{i}]");
+        non_empty_name(&n.name, "node selection", &path, issues);
+        if let Some(first) = names.get(n.name.as_str()) {
+            issues.push(Issue::new(
+                format!("{path}.name"),
+                format!(
+                    "duplicate node selection name `{}` (first at {first})",
+                    n.name
+                ),
+            ));
+        } else {
+            names.insert(&n.name, format!("{path}.name"));
+        }
+        node_selection(n, &path, catalog, issues);
+    }
+}
+
+fn grpc_service(g: &GrpcService, path: &str, catalog: &mut Catalog, issues: &mut Vec<Issue>) {
+    non_empty_name(&g.name, "gRPC service", path, issues);
+    if g.name.contains([':', '/', ' ']) {
+        issues.push(Issue::new(
+            format!("{path}.name"),
+            "a gRPC service name is the host part of the target (`greeter.example`); \
+             it must not contain `:`, `/` or spaces (the port goes in `port`)",
+        ));
+    }
+    if g.port == 0 {
+        issues.push(Issue::new(
+            format!("{path}.port"),
+            "port must be between 1 and 65535",
+        ));
+    }
+    // The listener, route configuration and cluster are all named after the
+    // target authority.
+    let authority = format!("{}:{}", g.name, g.port);
+    for list in [
+        &mut catalog.listeners,
+        &mut catalog.route_configs,
+        &mut catalog.clusters,
+    ] {
+        list.push(Named::new(&authority, format!("{path}.name")));
+    }
+    for (k, e) in g.endpoints.iter().enumerate() {
+        if e.weight == 0 {
+            issues.push(Issue::new(
+                format!("{path}.endpoints[{k}].weight"),
+                "weight must be at least 1",
+            ));
+        }
+    }
+}
+
+fn node_selection(n: &NodeSelection, path: &str, catalog: &mut Catalog, issues: &mut Vec<Issue>) {
+    if let Some(m) = &n.matcher {
+        if m.id.is_none() && m.cluster.is_none() && m.metadata.is_empty() {
+            issues.push(Issue::new(
+                format!("{path}.match"),
+                "match needs at least one of `id`, `cluster` or `metadata` \
+                 (leave `match` out to match every node)",
+            ));
+        }
+    }
+    for (field, list, refs) in [
+        ("listeners", &n.listeners, &mut catalog.listener_refs),
+        ("clusters", &n.clusters, &mut catalog.cluster_refs),
+    ] {
+        if let NameList::Only(names) = list {
+            for (k, name) in names.iter().enumerate() {
+                refs.push(Named::new(name, format!("{path}.{field}[{k}]")));
+            }
+        }
     }
 }
 
@@ -290,13 +371,18 @@ pub fn cross_references(catalog: &Catalog, issues: &mut Vec<Issue>) {
     // listener's name, so a duplicate listener is not reported twice.
     duplicates(&catalog.route_configs, "route configuration name", issues);
     duplicates(&catalog.addresses, "listener address", issues);
-    let defined: HashSet<&str> = catalog.clusters.iter().map(|c| c.name.as_str()).collect();
-    for reference in &catalog.cluster_refs {
-        if !defined.contains(reference.name.as_str()) {
-            issues.push(Issue::new(
-                &reference.path,
-                format!("cluster `{}` is not defined", reference.name),
-            ));
+    for (what, defined, refs) in [
+        ("cluster", &catalog.clusters, &catalog.cluster_refs),
+        ("listener", &catalog.listeners, &catalog.listener_refs),
+    ] {
+        let defined: HashSet<&str> = defined.iter().map(|c| c.name.as_str()).collect();
+        for reference in refs {
+            if !defined.contains(reference.name.as_str()) {
+                issues.push(Issue::new(
+                    &reference.path,
+                    format!("{what} `{}` is not defined", reference.name),
+                ));
+            }
         }
     }
 }

@@ -27,6 +27,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 use tonic::Status;
 use tracing::{debug, warn};
 
+use super::sotw::{check_name_count, request_type};
 use crate::metrics::TypeLabel;
 use crate::registry::StreamGuard;
 use crate::snapshot::{Resource, ResourceType, Snapshot};
@@ -92,7 +93,7 @@ impl DeltaStream {
                 self.guard.set_node(node);
             }
         }
-        let Some(ty) = ResourceType::from_type_url(&req.type_url) else {
+        let Some(ty) = request_type(&req.type_url, self.only)? else {
             self.guard.metrics().unknown_types.inc();
             warn!(node = self.guard.node(), type_url = %req.type_url, "delta request for a type that is not served; ignored");
             return Ok(Vec::new());
@@ -104,6 +105,8 @@ impl DeltaStream {
                 req.type_url
             )));
         }
+        check_name_count(ty, req.resource_names_subscribe.len())?;
+        check_name_count(ty, req.initial_resource_versions.len())?;
         let node = self.guard.node().to_string();
         let t = &mut self.types[ty as usize];
         let stale = !req.response_nonce.is_empty()
@@ -152,10 +155,13 @@ impl DeltaStream {
                 wildcard_unsubscribed |= t.wildcard;
             }
         }
+        // Subscriptions add up over a delta stream: cap the total.
+        check_name_count(ty, t.names.len())?;
         if !t.wildcard {
             let names = &t.names;
             t.client.retain(|n, _| names.contains(n));
         }
+        self.guard.subscribed(ty, t.wildcard, t.names.iter());
         let diff = self.diff(ty, snap);
         let answer_anyway = (first && self.types[ty as usize].wildcard) || wildcard_unsubscribed;
         if diff.is_empty() && !answer_anyway {
@@ -255,8 +261,7 @@ impl DeltaStream {
         }
         t.last_nonce = Some(nonce.clone());
         t.sent_version = Some(version.clone());
-        let held = t.client.len();
-        self.guard.sent(ty, &version, &nonce, held);
+        self.guard.sent(ty, &version, &nonce, t.client.iter());
         self.guard.metrics().pushes.get_or_create(&label(ty)).inc();
         debug!(
             node = self.guard.node(), r#type = ty.short(), %version, %nonce,
@@ -307,6 +312,12 @@ impl super::Protocol for DeltaStream {
     fn guard(&self) -> &StreamGuard {
         &self.guard
     }
+
+    fn node(
+        req: &DeltaDiscoveryRequest,
+    ) -> Option<&envoy_types::pb::envoy::config::core::v3::Node> {
+        req.node.as_ref()
+    }
 }
 
 #[cfg(test)]
@@ -314,6 +325,7 @@ mod tests {
     use super::*;
     use crate::metrics::Metrics;
     use crate::registry::Registry;
+    use crate::server::sotw::MAX_NAMES_PER_TYPE;
     use crate::server::tests::{names_of, node, snapshot, Fixture};
     use envoy_types::pb::google::rpc;
 
@@ -470,6 +482,77 @@ mod tests {
                 ("eds", vec![], vec!["b".into()]),
             ]
         );
+    }
+
+    #[test]
+    fn empty_type_url_is_invalid_on_ads_and_unknown_types_are_ignored() {
+        let reg = registry();
+        let v = snapshot(&Fixture::two_clusters());
+        let mut s = DeltaStream::new(reg.open("ads-delta", None), None);
+        let bogus = DeltaDiscoveryRequest {
+            type_url: "type.googleapis.com/envoy.config.nothing.v3.Bogus".into(),
+            ..req(ResourceType::Cluster, &["x"], &[], "")
+        };
+        assert!(s.on_request(bogus, &v).unwrap().is_empty());
+        assert!(reg
+            .metrics()
+            .encode()
+            .contains("pylon_xds_unknown_type_requests_total 1"));
+        let out = s
+            .on_request(req(ResourceType::Cluster, &[], &[], ""), &v)
+            .unwrap();
+        assert_eq!(names(&out[0]), ["a", "b"]);
+        let empty = DeltaDiscoveryRequest {
+            type_url: String::new(),
+            ..req(ResourceType::Cluster, &[], &[], &out[0].nonce)
+        };
+        let err = s.on_request(empty, &v).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        // A single-type service knows its type.
+        let mut eds = DeltaStream::new(reg.open("eds-delta", None), Some(ResourceType::Endpoint));
+        let implicit = DeltaDiscoveryRequest {
+            type_url: String::new(),
+            ..req(ResourceType::Endpoint, &["b"], &[], "")
+        };
+        let out = eds.on_request(implicit, &v).unwrap();
+        assert_eq!(out[0].type_url, ResourceType::Endpoint.type_url());
+    }
+
+    #[test]
+    fn subscriptions_beyond_the_cap_end_the_stream_with_resource_exhausted() {
+        let reg = registry();
+        let v = snapshot(&Fixture::two_clusters());
+        let half = MAX_NAMES_PER_TYPE / 2 + 1;
+        let batch =
+            |from: usize| -> Vec<String> { (from..from + half).map(|i| format!("n{i}")).collect() };
+        let mut s = DeltaStream::new(reg.open("ads-delta", None), None);
+        let first = DeltaDiscoveryRequest {
+            resource_names_subscribe: batch(0),
+            ..req(ResourceType::Endpoint, &[], &[], "")
+        };
+        assert!(s.on_request(first, &v).unwrap().is_empty());
+        // The same names again (Envoy re-subscribes while warming) are not new.
+        let again = DeltaDiscoveryRequest {
+            resource_names_subscribe: batch(0),
+            ..req(ResourceType::Endpoint, &[], &[], "")
+        };
+        assert!(s.on_request(again, &v).is_ok());
+        let more = DeltaDiscoveryRequest {
+            resource_names_subscribe: batch(half),
+            ..req(ResourceType::Endpoint, &[], &[], "")
+        };
+        let err = s.on_request(more, &v).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+
+        let mut s = DeltaStream::new(reg.open("ads-delta", None), None);
+        let seeded = DeltaDiscoveryRequest {
+            initial_resource_versions: (0..=MAX_NAMES_PER_TYPE)
+                .map(|i| (format!("n{i}"), "v".to_string()))
+                .collect(),
+            ..req(ResourceType::Cluster, &[], &[], "")
+        };
+        let err = s.on_request(seeded, &v).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::ResourceExhausted);
     }
 
     #[test]

@@ -1,15 +1,17 @@
-//! The gRPC edge: ADS (state-of-the-world and delta) and the standalone
-//! CDS/EDS/LDS/RDS services, all over one tonic server.
+//! The gRPC edge: ADS (state-of-the-world and delta), the standalone
+//! CDS/EDS/LDS/RDS services and CSDS ([`csds`]), all over one tonic server.
 //!
 //! Each stream gets a task running a protocol state machine ([`sotw`],
 //! [`delta`]) fed by its requests and by the cache's snapshot channel. The
 //! server knows no YAML; `tonic::Status` appears only here.
 
+pub mod csds;
 pub mod delta;
 pub mod sotw;
 
 use std::sync::Arc;
 
+use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::cluster::v3::cluster_discovery_service_server::{
     ClusterDiscoveryService, ClusterDiscoveryServiceServer,
 };
@@ -54,6 +56,8 @@ pub trait Protocol: Send + 'static {
     fn on_snapshot(&mut self, snap: &Snapshot) -> Vec<Self::Response>;
     /// The stream's registry entry.
     fn guard(&self) -> &StreamGuard;
+    /// The node a request carries, if any.
+    fn node(req: &Self::Request) -> Option<&Node>;
 }
 
 /// Runs one stream: feeds `state` the client's requests and every new
@@ -69,7 +73,11 @@ pub async fn drive<P, S>(
     S: Stream<Item = Result<P::Request, Status>> + Unpin,
 {
     let mut snapshots = shared.cache.subscribe();
-    let mut snap = snapshots.borrow_and_update().clone();
+    let mut full = snapshots.borrow_and_update().clone();
+    // What this stream's node receives of `full`; set from the first request
+    // (a node cannot change on a stream) and after every new snapshot.
+    let mut node: Option<Node> = None;
+    let mut snap = Arc::clone(&full);
     let id = state.guard().id();
     loop {
         let out = tokio::select! {
@@ -80,19 +88,30 @@ pub async fn drive<P, S>(
                     tracing::debug!(stream = id, %status, "stream error");
                     break;
                 }
-                Some(Ok(req)) => match state.on_request(req, &snap) {
+                Some(Ok(req)) => {
+                    if node.is_none() {
+                        let n = P::node(&req).cloned().unwrap_or_default();
+                        snap = select(&full, &n, state.guard());
+                        node = Some(n);
+                    }
+                    match state.on_request(req, &snap) {
                     Ok(out) => out,
                     Err(status) => {
                         let _ = tx.send(Err(status)).await;
                         break;
                     }
-                },
+                }
+                }
             },
             changed = snapshots.changed() => {
                 if changed.is_err() {
                     break;
                 }
-                snap = snapshots.borrow_and_update().clone();
+                full = snapshots.borrow_and_update().clone();
+                snap = match &node {
+                    Some(n) => select(&full, n, state.guard()),
+                    None => Arc::clone(&full),
+                };
                 state.on_snapshot(&snap)
             }
         };
@@ -103,6 +122,14 @@ pub async fn drive<P, S>(
         }
     }
     tracing::info!(stream = id, node = state.guard().node(), "stream closed");
+}
+
+/// The view of `full` that `node` receives, recorded in the stream's registry
+/// entry.
+fn select(full: &Arc<Snapshot>, node: &Node, guard: &StreamGuard) -> Arc<Snapshot> {
+    let index = full.policy().select(node);
+    guard.set_selection(full.policy().name(index));
+    full.view(index)
 }
 
 /// Responses queued per stream before the stream task waits for the client.
@@ -142,6 +169,7 @@ impl XdsServer {
             .add_service(EndpointDiscoveryServiceServer::new(self.clone()))
             .add_service(ListenerDiscoveryServiceServer::new(self.clone()))
             .add_service(RouteDiscoveryServiceServer::new(self.clone()))
+            .add_service(csds::Csds::new(Arc::clone(&self.shared)).service())
     }
 
     fn sotw(

@@ -30,6 +30,45 @@ use crate::metrics::TypeLabel;
 use crate::registry::StreamGuard;
 use crate::snapshot::{Resource, ResourceType, Snapshot};
 
+/// The most resource names one stream may subscribe to for one type (SotW:
+/// in one request; delta: in total, and in `initial_resource_versions`).
+///
+/// Well above any real fleet (one name per cluster or route configuration),
+/// and small enough that a hostile client cannot make one stream hold more
+/// than a few MiB of names: a request of the 4 MiB maximum message size can
+/// otherwise carry about two million (empty) names. Beyond it the stream
+/// ends with `RESOURCE_EXHAUSTED`.
+pub const MAX_NAMES_PER_TYPE: usize = 100_000;
+
+/// The type a request is about: `Ok(None)` for a type URL that is not served
+/// (ignored and counted by the caller). An empty type URL is required to be
+/// set on ADS (`INVALID_ARGUMENT`); on a single-type service it is that type.
+pub(super) fn request_type(
+    type_url: &str,
+    only: Option<ResourceType>,
+) -> Result<Option<ResourceType>, Status> {
+    if type_url.is_empty() {
+        return match only {
+            Some(ty) => Ok(Some(ty)),
+            None => Err(Status::invalid_argument(
+                "type_url is required on an aggregated (ADS) stream",
+            )),
+        };
+    }
+    Ok(ResourceType::from_type_url(type_url))
+}
+
+/// `RESOURCE_EXHAUSTED` when `count` names of `ty` exceed [`MAX_NAMES_PER_TYPE`].
+pub(super) fn check_name_count(ty: ResourceType, count: usize) -> Result<(), Status> {
+    if count > MAX_NAMES_PER_TYPE {
+        return Err(Status::resource_exhausted(format!(
+            "{count} {} resource names on one stream; at most {MAX_NAMES_PER_TYPE} are served per type",
+            ty.short()
+        )));
+    }
+    Ok(())
+}
+
 #[derive(Debug, Default)]
 struct TypeState {
     /// A request of this type has arrived on this stream.
@@ -75,7 +114,7 @@ impl SotwStream {
                 self.guard.set_node(node);
             }
         }
-        let Some(ty) = ResourceType::from_type_url(&req.type_url) else {
+        let Some(ty) = request_type(&req.type_url, self.only)? else {
             self.guard.metrics().unknown_types.inc();
             warn!(node = self.guard.node(), type_url = %req.type_url, "request for a type that is not served; ignored");
             return Ok(Vec::new());
@@ -87,6 +126,7 @@ impl SotwStream {
                 req.type_url
             )));
         }
+        check_name_count(ty, req.resource_names.len())?;
         let node = self.guard.node().to_string();
         let t = &mut self.types[ty as usize];
         let initial = t.last_nonce.is_none();
@@ -139,6 +179,7 @@ impl SotwStream {
         }
         let grew = (t.wildcard && !was_wildcard) || names.difference(&t.names).next().is_some();
         t.names = names;
+        self.guard.subscribed(ty, t.wildcard, t.names.iter());
         let respond = initial || grew || (t.always_respond && nack.is_none());
         if !respond {
             return Ok(Vec::new());
@@ -222,7 +263,12 @@ impl SotwStream {
         let nonce = self.nonce.to_string();
         let version = format!("{}{}", snap.get(ty).version, version_suffix);
         let resources = selected.values().map(|r| r.body.clone()).collect();
-        self.guard.sent(ty, &version, &nonce, selected.len());
+        self.guard.sent(
+            ty,
+            &version,
+            &nonce,
+            selected.iter().map(|(n, r)| (n, &r.version)),
+        );
         self.guard.metrics().pushes.get_or_create(&label(ty)).inc();
         debug!(node = self.guard.node(), r#type = ty.short(), %version, %nonce, n = selected.len(), "send");
         let t = &mut self.types[ty as usize];
@@ -280,6 +326,10 @@ impl super::Protocol for SotwStream {
     fn guard(&self) -> &StreamGuard {
         &self.guard
     }
+
+    fn node(req: &DiscoveryRequest) -> Option<&envoy_types::pb::envoy::config::core::v3::Node> {
+        req.node.as_ref()
+    }
 }
 
 #[cfg(test)]
@@ -302,6 +352,13 @@ mod tests {
             response_nonce: nonce.into(),
             node: Some(node("n1")),
             ..Default::default()
+        }
+    }
+
+    fn with_type(type_url: &str, r: DiscoveryRequest) -> DiscoveryRequest {
+        DiscoveryRequest {
+            type_url: type_url.into(),
+            ..r
         }
     }
 
@@ -532,6 +589,63 @@ mod tests {
         );
         let out = s.on_request(star, &v).unwrap();
         assert_eq!(names(&out[0]), ["a", "b"]);
+    }
+
+    #[test]
+    fn empty_type_url_is_invalid_on_ads_and_implicit_on_single_type_services() {
+        let reg = registry();
+        let v = snapshot(&Fixture::two_clusters());
+        let mut ads = stream(&reg);
+        let err = ads
+            .on_request(with_type("", req(ResourceType::Cluster, &[], "", "")), &v)
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        let mut cds = SotwStream::new(reg.open("cds", None), Some(ResourceType::Cluster));
+        let out = cds
+            .on_request(with_type("", req(ResourceType::Cluster, &[], "", "")), &v)
+            .unwrap();
+        assert_eq!(out[0].type_url, ResourceType::Cluster.type_url());
+        assert_eq!(names(&out[0]), ["a", "b"]);
+    }
+
+    #[test]
+    fn unknown_types_are_ignored_and_counted_and_the_stream_goes_on() {
+        let reg = registry();
+        let mut s = stream(&reg);
+        let v = snapshot(&Fixture::two_clusters());
+        let bogus = with_type(
+            "type.googleapis.com/envoy.config.nothing.v3.Bogus",
+            req(ResourceType::Cluster, &["x"], "", ""),
+        );
+        assert!(s.on_request(bogus.clone(), &v).unwrap().is_empty());
+        assert!(s.on_request(bogus, &v).unwrap().is_empty());
+        assert!(reg
+            .metrics()
+            .encode()
+            .contains("pylon_xds_unknown_type_requests_total 2"));
+        let out = s
+            .on_request(req(ResourceType::Cluster, &[], "", ""), &v)
+            .unwrap();
+        assert_eq!(names(&out[0]), ["a", "b"]);
+    }
+
+    #[test]
+    fn too_many_names_end_the_stream_with_resource_exhausted() {
+        let reg = registry();
+        let v = snapshot(&Fixture::two_clusters());
+        let many: Vec<String> = (0..MAX_NAMES_PER_TYPE).map(|i| format!("n{i}")).collect();
+        let mut at_cap = req(ResourceType::Endpoint, &["a"], "", "");
+        at_cap.resource_names = many.clone();
+        at_cap.resource_names[0] = "a".into();
+        let mut s = stream(&reg);
+        let out = s.on_request(at_cap, &v).unwrap();
+        assert_eq!(names(&out[0]), ["a"]);
+        let mut over = req(ResourceType::Endpoint, &[], "", &out[0].nonce);
+        over.resource_names = many;
+        over.resource_names.push("b".into());
+        let err = s.on_request(over, &v).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+        assert!(err.message().contains("100001 eds"), "{}", err.message());
     }
 
     #[test]
