@@ -587,12 +587,31 @@ struct Item {
     result: Result<Decoded, NackError>,
     /// Its version (SotW: the response's).
     version: String,
+    /// Left out without being rejected (an `api_listener`); `result` is then
+    /// an error that is never reported.
+    skip: bool,
 }
 
 impl Item {
     /// A resource of a `kind` response; `name` is the name the response
     /// gives it (delta), if any.
     fn decode(kind: Kind, any: &Any, name: Option<&str>, version: &str) -> Item {
+        if let Some(name) = api_listener_name(kind, any) {
+            // Like Envoy, which adds API listeners only from its bootstrap and
+            // skips (without rejecting) those that arrive over LDS: they are
+            // for proxyless gRPC clients sharing the same config.
+            info!(listener = %name, "skipping an api_listener: it is for proxyless gRPC clients");
+            return Item {
+                name: Some(name.clone()),
+                result: Err(NackError {
+                    kind: "listener",
+                    name: name.clone(),
+                    message: "api_listener skipped".to_string(),
+                }),
+                version: version.to_string(),
+                skip: true,
+            };
+        }
         let result = decode_any(kind, any);
         let name = match (&result, name) {
             (Ok(d), _) => Some(d.name().to_string()),
@@ -603,8 +622,18 @@ impl Item {
             name,
             result,
             version: version.to_string(),
+            skip: false,
         }
     }
+}
+
+/// The name of a Listener that is an `api_listener`, which a proxy does not run.
+fn api_listener_name(kind: Kind, any: &Any) -> Option<String> {
+    if kind != Kind::Listener || any.type_url != kind.type_url() {
+        return None;
+    }
+    let l = PbListener::decode(any.value.as_slice()).ok()?;
+    l.api_listener.is_some().then_some(l.name)
 }
 
 /// Splits a response's resources into the update to apply and the rejected
@@ -634,6 +663,9 @@ fn sort_resources(
     let mut keep = BTreeSet::new();
     let mut unnamed = false;
     for item in items {
+        if item.skip {
+            continue;
+        }
         match item.result {
             Ok(d) if twice.contains(d.name()) => {
                 if keep.insert(d.name().to_string()) {

@@ -1097,3 +1097,54 @@ fn kinds_round_trip_their_type_urls() {
     }
     assert_eq!(Kind::from_type_url(type_url::TCP_PROXY), None);
 }
+
+/// An `api_listener` (for proxyless gRPC clients sharing the config) is
+/// skipped, as Envoy skips it over LDS: the response is ACKed and the other
+/// listeners are applied.
+#[tokio::test]
+async fn api_listeners_are_skipped_not_rejected() {
+    use envoy_types::pb::envoy::config::listener::v3::{ApiListener, Listener as PbL};
+    use prost::Message as _;
+    let mut server = Server::start("127.0.0.1:0".parse().unwrap()).await;
+    let (sink, _state, shutdown, task) = start_client(server.addr, false);
+    let mut c = server.sotw_conn().await;
+    c.recv().await;
+    c.recv().await;
+    c.send(sotw_resp(
+        type_url::CLUSTER,
+        "c1",
+        "1",
+        vec![pb_static("web", &[8081])],
+    ))
+    .await;
+    c.recv().await;
+    sink.wait_calls(1).await;
+    let api = PbL {
+        name: "greeter.example:50051".into(),
+        api_listener: Some(ApiListener {
+            api_listener: Some(Any {
+                type_url: type_url::HTTP_CONNECTION_MANAGER.into(),
+                value: Vec::new(),
+            }),
+        }),
+        ..Default::default()
+    };
+    let api = Any {
+        type_url: type_url::LISTENER.into(),
+        value: api.encode_to_vec(),
+    };
+    c.send(sotw_resp(
+        type_url::LISTENER,
+        "l1",
+        "2",
+        vec![pb_tcp("front", "web"), api],
+    ))
+    .await;
+    check(&c.recv().await, type_url::LISTENER, &[], "l1", "2", None);
+    assert_eq!(
+        sink.wait_calls(1).await,
+        vec![Call::Listeners(names(&["front"]))]
+    );
+    shutdown.cancel();
+    tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
+}
