@@ -61,10 +61,12 @@ pub struct TypeStatus {
 }
 
 impl TypeStatus {
-    /// `NOT_SENT`, `SYNCED` (the last response was ACKed), `STALE` (sent, not
-    /// yet ACKed) or `ERROR` (the last response was NACKed).
+    /// `NOT_SENT`, `SYNCED` (the last response was ACKed, or, before any
+    /// response, a reconnecting delta client already holds what it should),
+    /// `STALE` (sent, not yet ACKed) or `ERROR` (the last response was NACKed).
     pub fn state(&self) -> &'static str {
         match (&self.sent_nonce, &self.last_nack) {
+            (None, _) if !self.held.is_empty() => "SYNCED",
             (None, _) => "NOT_SENT",
             (Some(nonce), Some(n)) if &n.nonce == nonce => "ERROR",
             _ if self.acked_version.is_some() && self.acked_version == self.sent_version => {
@@ -269,6 +271,20 @@ impl StreamGuard {
             let t = s.types.get_mut(ty);
             t.wildcard = wildcard;
             t.subscribed = names.cloned().collect();
+        }
+    }
+
+    /// Records what a reconnecting delta client says it holds
+    /// (`initial_resource_versions`) before anything is sent on this stream.
+    pub fn seeded<'a>(
+        &self,
+        ty: ResourceType,
+        held: impl Iterator<Item = (&'a String, &'a String)>,
+    ) {
+        if let Some(mut s) = self.registry.streams.get_mut(&self.id) {
+            let t = s.types.get_mut(ty);
+            t.held = held.map(|(n, v)| (n.clone(), v.clone())).collect();
+            t.resources = t.held.len();
         }
     }
 

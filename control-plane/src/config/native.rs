@@ -526,6 +526,7 @@ clusters:
             out.endpoints[0].endpoints,
             vec![LocalityLbEndpoints {
                 load_balancing_weight: Some(UInt32Value { value: 5 }),
+                locality: Some(Default::default()),
                 ..Default::default()
             }]
         );

@@ -13,7 +13,7 @@ use envoy_types::pb::envoy::config::cluster::v3::{
 };
 use envoy_types::pb::envoy::config::core::v3::{
     config_source::ConfigSourceSpecifier, health_check, AggregatedConfigSource, ApiVersion,
-    ConfigSource, HealthCheck,
+    ConfigSource, HealthCheck, Locality,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::{
     lb_endpoint::HostIdentifier, ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
@@ -56,13 +56,18 @@ pub fn make_eds(cluster: &mut Cluster) {
     });
 }
 
-/// Gives every locality without a weight the weight 1. gRPC's xDS client
-/// ignores localities without a weight, so an unset weight would leave gRPC
-/// clients with no endpoints while Envoy works.
+/// Gives every locality without a weight the weight 1, and an empty
+/// `locality` to every group without one. gRPC's xDS client ignores
+/// localities without a weight and rejects (NACKs) groups without a
+/// `locality`, so either would leave gRPC clients with no endpoints while
+/// Envoy works.
 pub fn default_locality_weights(cla: &mut ClusterLoadAssignment) {
     for locality in &mut cla.endpoints {
         if locality.load_balancing_weight.is_none() {
             locality.load_balancing_weight = Some(UInt32Value { value: 1 });
+        }
+        if locality.locality.is_none() {
+            locality.locality = Some(Locality::default());
         }
     }
 }
@@ -95,6 +100,7 @@ pub fn cluster(c: &schema::Cluster) -> (Cluster, ClusterLoadAssignment) {
         endpoints: vec![LocalityLbEndpoints {
             lb_endpoints: c.endpoints.iter().map(lb_endpoint).collect(),
             load_balancing_weight: Some(UInt32Value { value: 1 }),
+            locality: Some(Locality::default()),
             ..Default::default()
         }],
         ..Default::default()
@@ -297,6 +303,7 @@ pub fn grpc_service(
         endpoints: vec![LocalityLbEndpoints {
             lb_endpoints: g.endpoints.iter().map(lb_endpoint).collect(),
             load_balancing_weight: Some(UInt32Value { value: 1 }),
+            locality: Some(Locality::default()),
             ..Default::default()
         }],
         ..Default::default()
@@ -399,6 +406,7 @@ mod tests {
             endpoints: vec![LocalityLbEndpoints {
                 lb_endpoints,
                 load_balancing_weight: Some(UInt32Value { value: 1 }),
+                locality: Some(Locality::default()),
                 ..Default::default()
             }],
             ..Default::default()

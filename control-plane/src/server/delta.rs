@@ -162,6 +162,10 @@ impl DeltaStream {
             t.client.retain(|n, _| names.contains(n));
         }
         self.guard.subscribed(ty, t.wildcard, t.names.iter());
+        if first && !t.client.is_empty() {
+            // After a reconnect the client already holds these.
+            self.guard.seeded(ty, t.client.iter());
+        }
         let diff = self.diff(ty, snap);
         let answer_anyway = (first && self.types[ty as usize].wildcard) || wildcard_unsubscribed;
         if diff.is_empty() && !answer_anyway {

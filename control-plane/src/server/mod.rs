@@ -86,6 +86,10 @@ pub async fn drive<P, S>(
                 None => break,
                 Some(Err(status)) => {
                     tracing::debug!(stream = id, %status, "stream error");
+                    // Tell the client why: a request that cannot be decoded is
+                    // INTERNAL, one over the size limit OUT_OF_RANGE. After a
+                    // reset nobody reads, and the send fails at once.
+                    let _ = tx.send(Err(status)).await;
                     break;
                 }
                 Some(Ok(req)) => {
@@ -163,12 +167,41 @@ impl XdsServer {
 
     /// A tonic router with ADS and the four standalone services.
     pub fn router(&self) -> tonic::transport::server::Router {
+        /// The largest request message decoded (tonic's default, stated): a
+        /// larger one ends its stream with `OUT_OF_RANGE` before it is buffered.
+        const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
+        /// Streams one HTTP/2 connection may have open at once (tonic sets no
+        /// limit). Envoy and gRPC clients open one ADS stream per connection;
+        /// a client asking for more waits for some to end.
+        const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
+        /// A connection the peer has sent nothing on for this long is pinged,
+        /// so that the streams of a peer that vanished without closing its
+        /// connection end (when the ping goes unanswered for tonic's 20 s
+        /// keepalive timeout) instead of lingering forever.
+        const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
         tonic::transport::Server::builder()
-            .add_service(AggregatedDiscoveryServiceServer::new(self.clone()))
-            .add_service(ClusterDiscoveryServiceServer::new(self.clone()))
-            .add_service(EndpointDiscoveryServiceServer::new(self.clone()))
-            .add_service(ListenerDiscoveryServiceServer::new(self.clone()))
-            .add_service(RouteDiscoveryServiceServer::new(self.clone()))
+            .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+            .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+            .add_service(
+                AggregatedDiscoveryServiceServer::new(self.clone())
+                    .max_decoding_message_size(MAX_REQUEST_BYTES),
+            )
+            .add_service(
+                ClusterDiscoveryServiceServer::new(self.clone())
+                    .max_decoding_message_size(MAX_REQUEST_BYTES),
+            )
+            .add_service(
+                EndpointDiscoveryServiceServer::new(self.clone())
+                    .max_decoding_message_size(MAX_REQUEST_BYTES),
+            )
+            .add_service(
+                ListenerDiscoveryServiceServer::new(self.clone())
+                    .max_decoding_message_size(MAX_REQUEST_BYTES),
+            )
+            .add_service(
+                RouteDiscoveryServiceServer::new(self.clone())
+                    .max_decoding_message_size(MAX_REQUEST_BYTES),
+            )
             .add_service(csds::Csds::new(Arc::clone(&self.shared)).service())
     }
 
