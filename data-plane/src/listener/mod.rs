@@ -154,6 +154,20 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     s.listen(BACKLOG)
 }
 
+/// Checks that `addr` can be bound as [`bind`] would (a socket bound, never
+/// listening, then closed). Our own listeners share their ports through
+/// `SO_REUSEPORT`, so only an address some other socket holds fails: the LDS
+/// update naming it is then rejected, as Envoy rejects a listener it cannot
+/// bind, instead of being accepted and failing later.
+pub fn probe_bind(addr: SocketAddr) -> std::io::Result<()> {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    s.set_reuse_address(true)?;
+    #[cfg(unix)]
+    s.set_reuse_port(true)?;
+    s.bind(&addr.into())
+}
+
 /// `listener.<address>.` with `:` replaced by `_`, as Envoy names it.
 fn listener_stat_prefix(addr: SocketAddr) -> String {
     format!("listener.{}.", addr.to_string().replace(':', "_"))

@@ -612,7 +612,16 @@ impl Item {
                 skip: true,
             };
         }
-        let result = decode_any(kind, any);
+        let result = decode_any(kind, any).and_then(|d| {
+            if let Decoded::Listener(l) = &d {
+                crate::listener::probe_bind(l.addr).map_err(|e| NackError {
+                    kind: "listener",
+                    name: l.name.clone(),
+                    message: format!("cannot bind {}: {e}", l.addr),
+                })?;
+            }
+            Ok(d)
+        });
         let name = match (&result, name) {
             (Ok(d), _) => Some(d.name().to_string()),
             (Err(_), Some(n)) if !n.is_empty() => Some(n.to_string()),

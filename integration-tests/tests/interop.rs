@@ -1,0 +1,956 @@
+//! The interop matrix: every xDS client against the same protocol checks.
+//!
+//! Clients (rows): Envoy over SotW and delta ADS, pylon-proxy over SotW and
+//! delta ADS, Python grpcio and Node @grpc/grpc-js-xds (proxyless, SotW).
+//! Each runs against one pylon-xds whose `nodes:` section gives proxies the
+//! HTTP listener `front` and gRPC clients the service `greeter.example:50051`;
+//! other resources exist that no selection names. Checks (columns), each a
+//! test `<check>::<client>`:
+//!
+//! 1. `first_sync`: the client holds exactly its selection (pylon-xds's view
+//!    and, for proxies, the proxy's config dump) and traffic flows.
+//! 2. `add_change_remove`: a listener (proxies) or service (gRPC) is added, an
+//!    endpoint set changed, the addition removed; each is observed at the
+//!    client (traffic, config dump) within a deadline.
+//! 3. `nack`: a resource the client rejects (proxies: a listener on an address
+//!    already taken; gRPC: a Listener without `api_listener`) is NACKed, shown
+//!    as ERROR with the client's message, and not sent again (no response of
+//!    that type for a while after the NACK); the fix is then applied.
+//! 4. `restart`: pylon-xds restarts on the same YAML; the client keeps serving
+//!    (no failed request or call), reconnects, and holds the same versions.
+//! 5. `stale_nonce`: a scripted raw client with the client's node selection,
+//!    protocol and subscription pattern sends a stale nonce; it is counted and
+//!    ignored: the next response it gets is the one an edit causes.
+//! 6. `requested_before_it_exists`: gRPC clients dial a service before it is
+//!    in the YAML; proxies start before their listener exists (their wildcard
+//!    subscription asks for it); it arrives when it is added.
+//!
+//! Each cell's result is recorded (`integration_tests::interop`) and
+//! `scripts/test.sh` writes the table into README.md.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::ensure;
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use integration_tests::assert_eventually;
+use integration_tests::backends::HttpServer;
+use integration_tests::dataplane::{DataPlane, Flavour, Kind};
+use integration_tests::grpc_clients::{ClientKind, GrpcBackends, GrpcClient};
+use integration_tests::http;
+use integration_tests::interop::{CheckId, ClientId, Recorder};
+use integration_tests::ports::{free_addr, loopback, LOOPBACK};
+use integration_tests::pylon::{Ads, Pylon};
+use integration_tests::traffic::TrafficLoop;
+use prost::Message as _;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt as _;
+
+/// Deadline for anything pushed to a client.
+const DEADLINE: Duration = Duration::from_secs(20);
+/// How long "not sent again" is watched after a NACK.
+const QUIET: Duration = Duration::from_secs(2);
+/// Deadline of one gRPC call.
+const CALL: Duration = Duration::from_secs(2);
+
+const GREETER: &str = "greeter.example:50051";
+
+macro_rules! matrix {
+    ($($check:ident => $id:ident),* $(,)?) => {$(
+        mod $check {
+            use integration_tests::interop::{CheckId, ClientId};
+
+            #[tokio::test(flavor = "multi_thread")]
+            async fn envoy_sotw() { super::run(ClientId::EnvoySotw, CheckId::$id).await }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn envoy_delta() { super::run(ClientId::EnvoyDelta, CheckId::$id).await }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn pylon_sotw() { super::run(ClientId::PylonSotw, CheckId::$id).await }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn pylon_delta() { super::run(ClientId::PylonDelta, CheckId::$id).await }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn grpcio() { super::run(ClientId::Grpcio, CheckId::$id).await }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn grpc_js() { super::run(ClientId::GrpcJs, CheckId::$id).await }
+        }
+    )*};
+}
+
+matrix!(
+    first_sync => FirstSync,
+    add_change_remove => Edits,
+    nack => Nack,
+    restart => Restart,
+    stale_nonce => StaleNonce,
+    requested_before_it_exists => RequestedBeforeItExists,
+);
+
+async fn run(client: ClientId, check: CheckId) {
+    let recorder = Recorder::start(client, check);
+    let Some(world) = World::start(client, check).await else {
+        recorder.skip();
+        return;
+    };
+    match check {
+        CheckId::FirstSync => first_sync(world).await,
+        CheckId::Edits => add_change_remove(world).await,
+        CheckId::Nack => nack(world).await,
+        CheckId::Restart => restart(world).await,
+        CheckId::StaleNonce => stale_nonce(world).await,
+        CheckId::RequestedBeforeItExists => requested_before_it_exists(world).await,
+    }
+    recorder.pass();
+}
+
+// ---------------------------------------------------------------------------
+// The config
+
+/// What the YAML holds; every check edits one of these and writes it.
+#[derive(Debug, Clone)]
+struct Spec {
+    web: Vec<SocketAddr>,
+    web_timeout_s: u32,
+    /// Proxies' HTTP listener (`front`), when present.
+    front: Option<SocketAddr>,
+    /// Extra proxy listeners (name, address), HTTP to `web`, in the proxies'
+    /// selection.
+    extra_listeners: Vec<(String, SocketAddr)>,
+    /// A listener nobody selects.
+    unused: SocketAddr,
+    greeter: Vec<SocketAddr>,
+    /// Extra gRPC services (host, port, endpoints), in the gRPC selection.
+    extra_services: Vec<(String, u16, Vec<SocketAddr>)>,
+    /// A plain (non-API) listener named as a gRPC target, in the gRPC
+    /// selection: gRPC clients reject it.
+    plain_grpc_listener: Option<(String, SocketAddr)>,
+}
+
+impl Spec {
+    fn yaml(&self) -> String {
+        let list = |addrs: &[SocketAddr]| {
+            addrs
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let mut y = format!(
+            "clusters:\n  - name: web\n    connect_timeout: {}s\n    endpoints: [{}]\n  \
+             - name: unused\n    endpoints: [127.0.0.1:9]\nlisteners:\n",
+            self.web_timeout_s,
+            list(&self.web)
+        );
+        let http = |name: &str, addr: SocketAddr| {
+            format!(
+                "  - name: \"{name}\"\n    address: {addr}\n    http:\n      routes: [{{prefix: /, cluster: web}}]\n"
+            )
+        };
+        let mut proxy_listeners = Vec::new();
+        if let Some(front) = self.front {
+            y += &http("front", front);
+            proxy_listeners.push("front".to_string());
+        }
+        for (name, addr) in &self.extra_listeners {
+            y += &http(name, *addr);
+            proxy_listeners.push(name.clone());
+        }
+        y += &format!(
+            "  - name: unused-l\n    address: {}\n    tcp_proxy: {{cluster: unused}}\n",
+            self.unused
+        );
+        let mut grpc_listeners = vec![GREETER.to_string()];
+        if let Some((name, addr)) = &self.plain_grpc_listener {
+            y += &format!(
+                "  - name: \"{name}\"\n    address: {addr}\n    tcp_proxy: {{cluster: web}}\n"
+            );
+            grpc_listeners.push(name.clone());
+        }
+        y += &format!(
+            "grpc_services:\n  - name: greeter.example\n    port: 50051\n    endpoints: [{}]\n",
+            list(&self.greeter)
+        );
+        for (host, port, eps) in &self.extra_services {
+            y += &format!(
+                "  - name: {host}\n    port: {port}\n    endpoints: [{}]\n",
+                list(eps)
+            );
+            grpc_listeners.push(format!("{host}:{port}"));
+        }
+        let quoted = |names: &[String]| {
+            names
+                .iter()
+                .map(|n| format!("\"{n}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        y += &format!(
+            "nodes:\n  - name: proxies\n    match: {{id: \"proxy-*\"}}\n    listeners: [{}]\n  \
+             - name: grpc\n    match: {{id: \"grpc-*\"}}\n    listeners: [{}]\n",
+            quoted(&proxy_listeners),
+            quoted(&grpc_listeners)
+        );
+        y
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The client under test
+
+enum Under {
+    Proxy(DataPlane),
+    Grpc(GrpcClient),
+}
+
+/// One check's world: backends, pylon-xds, and the client under test.
+struct World {
+    id: ClientId,
+    node: String,
+    spec: Spec,
+    pylon: Pylon,
+    under: Under,
+    web: Vec<HttpServer>,
+    grpc: Option<GrpcBackends>,
+}
+
+fn flavour(id: ClientId) -> Flavour {
+    let kind = match id {
+        ClientId::EnvoySotw | ClientId::EnvoyDelta => Kind::Envoy,
+        _ => Kind::Pylon,
+    };
+    Flavour::new(kind, if id.is_delta() { Ads::Delta } else { Ads::Sotw })
+}
+
+fn grpc_kind(id: ClientId) -> ClientKind {
+    if id == ClientId::GrpcJs {
+        ClientKind::Node
+    } else {
+        ClientKind::Python
+    }
+}
+
+impl World {
+    /// Backends, pylon-xds on the initial spec and, except for check 6 with a
+    /// proxy, the client, ready. `None` when a tool is missing (outside CI).
+    async fn start(id: ClientId, check: CheckId) -> Option<World> {
+        let node = format!(
+            "{}-{}-{}",
+            if id.is_proxy() { "proxy" } else { "grpc" },
+            id.key(),
+            check.key()
+        );
+        let mut web = Vec::new();
+        let mut grpc = None;
+        let proxy_bin;
+        if id.is_proxy() {
+            proxy_bin = Some(flavour(id).binary_or_skip()?);
+            for i in 0..2u8 {
+                web.push(
+                    HttpServer::start(loopback(2 + i), &format!("web-{i}"))
+                        .await
+                        .unwrap(),
+                );
+            }
+        } else {
+            proxy_bin = None;
+            if !grpc_kind(id).tools_or_skip() {
+                return None;
+            }
+            grpc = Some(GrpcBackends::start(&["g0", "g1", "g2"]).await.unwrap());
+        }
+        let greeter = grpc
+            .as_ref()
+            .map(|g| g.addrs().values().copied().collect())
+            .unwrap_or_default();
+        let late_proxy = id.is_proxy() && check == CheckId::RequestedBeforeItExists;
+        let spec = Spec {
+            web: web.iter().map(HttpServer::addr).collect(),
+            web_timeout_s: 5,
+            front: (!late_proxy).then(|| free_addr(LOOPBACK).unwrap()),
+            extra_listeners: Vec::new(),
+            unused: free_addr(LOOPBACK).unwrap(),
+            greeter,
+            extra_services: Vec::new(),
+            plain_grpc_listener: None,
+        };
+        let pylon = Pylon::start(&spec.yaml()).await.unwrap();
+        let under = if id.is_proxy() {
+            let bin = proxy_bin.as_ref()?;
+            Under::Proxy(start_proxy(bin, id, &pylon, &node).await)
+        } else {
+            let c = GrpcClient::start(grpc_kind(id), pylon.xds_addr().unwrap(), &node, "grpc")
+                .await
+                .unwrap()?;
+            Under::Grpc(c)
+        };
+        let mut w = World {
+            id,
+            node,
+            spec,
+            pylon,
+            under,
+            web,
+            grpc,
+        };
+        if !id.is_proxy() {
+            // A gRPC channel connects (and subscribes) on its first call.
+            assert_eventually!(DEADLINE, "the greeter answers", async || {
+                let c = w.calls(GREETER, 3).await?;
+                ensure!(c.total_ok() == 3, "{c:?}");
+                Ok(())
+            });
+        }
+        Some(w)
+    }
+
+    fn write(&self) {
+        self.pylon.write_config_atomic(&self.spec.yaml()).unwrap();
+    }
+
+    fn proxy(&self) -> &DataPlane {
+        match &self.under {
+            Under::Proxy(dp) => dp,
+            Under::Grpc(_) => panic!("not a proxy"),
+        }
+    }
+
+    fn grpc(&mut self) -> &mut GrpcClient {
+        match &mut self.under {
+            Under::Grpc(c) => c,
+            Under::Proxy(_) => panic!("not a gRPC client"),
+        }
+    }
+
+    fn backend(&self, name: &str) -> SocketAddr {
+        self.grpc.as_ref().unwrap().addr(name).unwrap()
+    }
+
+    fn front(&self) -> SocketAddr {
+        self.spec.front.unwrap()
+    }
+
+    /// The client's log, for failure messages.
+    fn log_tail(&self) -> String {
+        match &self.under {
+            Under::Proxy(dp) => dp.log_tail(30),
+            Under::Grpc(c) => c.log_tail(30),
+        }
+    }
+
+    /// What pylon-xds records for the client's node, per type: `held`
+    /// (name -> version) and `subscribed` over all its streams (grpcio opens
+    /// one per channel target), and the state, nonces and NACK of the stream
+    /// in the worst state (ERROR, then STALE, SYNCED, NOT_SENT).
+    async fn node_types(&self) -> anyhow::Result<serde_json::Value> {
+        let status = self.pylon.status().await?;
+        let streams: Vec<&serde_json::Value> = status["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|n| n["node"] == self.node.as_str())
+            .collect();
+        ensure!(!streams.is_empty(), "{} not connected", self.node);
+        let rank = |s: &serde_json::Value| match s["state"].as_str() {
+            Some("ERROR") => 3,
+            Some("STALE") => 2,
+            Some("SYNCED") => 1,
+            _ => 0,
+        };
+        let mut out = serde_json::Map::new();
+        for ty in ["cds", "eds", "lds", "rds"] {
+            let mut worst = streams[0]["types"][ty].clone();
+            let mut held = serde_json::Map::new();
+            let mut subscribed = std::collections::BTreeSet::new();
+            for s in &streams {
+                let t = &s["types"][ty];
+                if rank(t) > rank(&worst) {
+                    worst = t.clone();
+                }
+                if let Some(h) = t["held"].as_object() {
+                    held.extend(h.clone());
+                }
+                for n in t["subscribed"].as_array().into_iter().flatten() {
+                    subscribed.insert(n.as_str().unwrap_or("").to_string());
+                }
+            }
+            worst["held"] = serde_json::Value::Object(held);
+            worst["subscribed"] = serde_json::json!(subscribed);
+            out.insert(ty.to_string(), worst);
+        }
+        Ok(serde_json::Value::Object(out))
+    }
+
+    /// Calls `target` `n` times through the gRPC client.
+    async fn calls(
+        &mut self,
+        target: &str,
+        n: usize,
+    ) -> anyhow::Result<integration_tests::grpc_clients::CallCounts> {
+        self.grpc().call(&format!("xds:///{target}"), n, CALL).await
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}", self.log_tail());
+        }
+    }
+}
+
+async fn start_proxy(
+    bin: &std::path::Path,
+    id: ClientId,
+    pylon: &Pylon,
+    node: &str,
+) -> DataPlane {
+    let dp = DataPlane::start(bin, flavour(id), pylon, node)
+        .await
+        .unwrap();
+    if let Err(e) = dp.admin().wait_ready(DEADLINE).await {
+        panic!("{e:#}\n{}", dp.log_tail(40));
+    }
+    dp
+}
+
+fn held(types: &serde_json::Value, ty: &str) -> Vec<String> {
+    types[ty]["held"]
+        .as_object()
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
+fn state(types: &serde_json::Value, ty: &str) -> String {
+    types[ty]["state"].as_str().unwrap_or("").to_string()
+}
+
+/// Per type, `held` as name -> version.
+fn versions(types: &serde_json::Value) -> BTreeMap<String, BTreeMap<String, String>> {
+    ["cds", "eds", "lds", "rds"]
+        .iter()
+        .map(|ty| {
+            let m = types[*ty]["held"]
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            (ty.to_string(), m)
+        })
+        .collect()
+}
+
+/// GETs `/` through `addr` `n` times; answers by backend id.
+async fn gets(addr: SocketAddr, n: usize) -> anyhow::Result<BTreeMap<String, usize>> {
+    let mut out = BTreeMap::new();
+    for _ in 0..n {
+        let r = http::get(addr, "/").await?;
+        ensure!(r.status == 200, "GET {addr}/: {} {}", r.status, r.body);
+        *out.entry(r.body).or_insert(0) += 1;
+    }
+    Ok(out)
+}
+
+/// Waits until every type pylon-xds serves the node is SYNCED and it holds
+/// exactly `want` (per type: cds, eds, lds, rds).
+async fn wait_synced(w: &World, want: [&[&str]; 4]) -> serde_json::Value {
+    assert_eventually!(
+        DEADLINE,
+        format!("{} SYNCED with {want:?}", w.node),
+        async || {
+            let t = w.node_types().await?;
+            for (ty, names) in ["cds", "eds", "lds", "rds"].iter().zip(want) {
+                let got = held(&t, ty);
+                ensure!(got == names, "{ty} held {got:?}; {t}");
+                // A type with nothing to hold may never have been asked for
+                // (a proxy requests EDS and RDS only for clusters and
+                // listeners it has).
+                let st = state(&t, ty);
+                ensure!(
+                    st == "SYNCED" || (names.is_empty() && st == "NOT_SENT"),
+                    "{ty} {st}; {t}"
+                );
+            }
+            Ok(t)
+        }
+    )
+}
+
+/// The proxies' resources: `front` (and its route configuration) and `web`.
+const PROXY_VIEW: [&[&str]; 4] = [&["web"], &["web"], &["front"], &["front"]];
+const GRPC_VIEW: [&[&str]; 4] = [&[GREETER], &[GREETER], &[GREETER], &[GREETER]];
+
+// ---------------------------------------------------------------------------
+// 1. First sync
+
+async fn first_sync(mut w: World) {
+    if w.id.is_proxy() {
+        let admin = w.proxy().admin();
+        assert_eventually!(DEADLINE, "proxy config = selection", async || {
+            let dump = admin.config_dump().await?;
+            ensure!(
+                dump.dynamic_clusters() == ["web"],
+                "{:?}",
+                dump.dynamic_clusters()
+            );
+            ensure!(
+                dump.active_listeners() == ["front"],
+                "{:?}",
+                dump.active_listeners()
+            );
+            Ok(())
+        });
+        wait_synced(&w, PROXY_VIEW).await;
+        let got = assert_eventually!(DEADLINE, "traffic through front", async || gets(
+            w.front(),
+            4
+        )
+        .await);
+        assert_eq!(got.values().sum::<usize>(), 4, "{got:?}");
+    } else {
+        let got = assert_eventually!(DEADLINE, "round robin over g0..g2", async || {
+            let c = w.calls(GREETER, 6).await?;
+            ensure!(
+                c.total_errors() == 0 && ["g0", "g1", "g2"].iter().all(|b| c.ok_from(b) == 2),
+                "{c:?}"
+            );
+            Ok(c)
+        });
+        assert_eq!(got.total_ok(), 6);
+        wait_synced(&w, GRPC_VIEW).await;
+    }
+    w.pylon.stop().await;
+}
+
+// ---------------------------------------------------------------------------
+// 2. Add, change, remove
+
+async fn add_change_remove(mut w: World) {
+    if w.id.is_proxy() {
+        // Add a listener.
+        let extra = free_addr(LOOPBACK).unwrap();
+        w.spec.extra_listeners.push(("extra".into(), extra));
+        w.write();
+        assert_eventually!(DEADLINE, "the added listener serves", async || gets(
+            extra, 2
+        )
+        .await);
+        // Change the endpoints of `web`: only web-1 answers.
+        w.spec.web = vec![w.web[1].addr()];
+        w.write();
+        assert_eventually!(DEADLINE, "only web-1 behind front", async || {
+            let got = gets(w.front(), 4).await?;
+            ensure!(got.get("web-1") == Some(&4), "{got:?}");
+            Ok(())
+        });
+        // Remove the listener: gone from the proxy, port closed.
+        w.spec.extra_listeners.clear();
+        w.write();
+        let admin = w.proxy().admin();
+        assert_eventually!(DEADLINE, "the listener removed", async || {
+            let l = admin.config_dump().await?.active_listeners();
+            ensure!(l == ["front"], "{l:?}");
+            ensure!(
+                tokio::net::TcpStream::connect(extra).await.is_err(),
+                "{extra} still accepts"
+            );
+            Ok(())
+        });
+        wait_synced(&w, PROXY_VIEW).await;
+    } else {
+        let g0 = w.backend("g0");
+        let g2 = w.backend("g2");
+        // Add a service.
+        w.spec
+            .extra_services
+            .push(("second.example".into(), 50052, vec![g0]));
+        w.write();
+        assert_eventually!(DEADLINE, "the added service answers", async || {
+            let c = w.calls("second.example:50052", 2).await?;
+            ensure!(c.ok_from("g0") == 2, "{c:?}");
+            Ok(())
+        });
+        // Change the greeter's endpoints: only g2 answers.
+        w.spec.greeter = vec![g2];
+        w.write();
+        assert_eventually!(DEADLINE, "only g2 behind the greeter", async || {
+            let c = w.calls(GREETER, 4).await?;
+            ensure!(c.ok_from("g2") == 4, "{c:?}");
+            Ok(())
+        });
+        // Remove the added service: calls to it fail.
+        w.spec.extra_services.clear();
+        w.write();
+        assert_eventually!(DEADLINE, "the removed service fails", async || {
+            let c = w.calls("second.example:50052", 2).await?;
+            ensure!(c.total_ok() == 0, "{c:?}");
+            Ok(())
+        });
+        assert_eventually!(DEADLINE, "pylon-xds no longer sends it", async || {
+            let t = w.node_types().await?;
+            ensure!(held(&t, "lds") == [GREETER], "{t}");
+            Ok(())
+        });
+    }
+    w.pylon.stop().await;
+}
+
+// ---------------------------------------------------------------------------
+// 3. A resource the client rejects
+
+async fn nack(mut w: World) {
+    // Keeps an address busy for the proxies' rejected listener.
+    let blocker = std::net::TcpListener::bind(free_addr(LOOPBACK).unwrap()).unwrap();
+    let taken = blocker.local_addr().unwrap();
+    let fixed = free_addr(LOOPBACK).unwrap();
+    let bad_target = "plain.example:50053";
+    if w.id.is_proxy() {
+        wait_synced(&w, PROXY_VIEW).await;
+        w.spec.extra_listeners.push(("taken".into(), taken));
+    } else {
+        wait_synced(&w, GRPC_VIEW).await;
+        w.spec.plain_grpc_listener = Some((bad_target.into(), free_addr(LOOPBACK).unwrap()));
+    }
+    w.write();
+    if !w.id.is_proxy() {
+        // The client asks for the listener when it dials the target.
+        let c = w.calls(bad_target, 1).await.unwrap();
+        assert_eq!(c.total_ok(), 0, "{c:?}");
+    }
+    let t = assert_eventually!(DEADLINE, "LDS NACK recorded", async || {
+        let t = w.node_types().await?;
+        ensure!(state(&t, "lds") == "ERROR", "{t}");
+        Ok(t)
+    });
+    let lds = &t["lds"];
+    let message = lds["last_nack"]["message"].as_str().unwrap().to_string();
+    assert!(!message.is_empty(), "{lds}");
+    let nonce = lds["sent_nonce"].clone();
+    assert_eq!(lds["last_nack"]["nonce"], nonce, "{lds}");
+    eprintln!("{}: NACK message: {message}", w.id.key());
+    // Visible in CSDS terms too (the ERROR state is what CSDS reports) and not
+    // sent again: no LDS response after the NACK for a while, although the
+    // client keeps talking (a proxy ACKs other types; gRPC re-requests).
+    let deadline = tokio::time::Instant::now() + QUIET;
+    while tokio::time::Instant::now() < deadline {
+        let t = w.node_types().await.unwrap();
+        assert_eq!(
+            t["lds"]["sent_nonce"], nonce,
+            "LDS resent after a NACK: {t}"
+        );
+        assert_eq!(state(&t, "lds"), "ERROR", "{t}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The rest keeps working.
+    if w.id.is_proxy() {
+        gets(w.front(), 2).await.unwrap();
+    } else {
+        let c = w.calls(GREETER, 3).await.unwrap();
+        assert_eq!(c.total_ok(), 3, "{c:?}");
+    }
+    // The next good edit is applied.
+    if w.id.is_proxy() {
+        w.spec.extra_listeners = vec![("taken".into(), fixed)];
+        w.write();
+        assert_eventually!(DEADLINE, "the fixed listener serves", async || gets(
+            fixed, 2
+        )
+        .await);
+        wait_synced(
+            &w,
+            [&["web"], &["web"], &["front", "taken"], &["front", "taken"]],
+        )
+        .await;
+    } else {
+        let g1 = w.backend("g1");
+        w.spec.plain_grpc_listener = None;
+        w.spec
+            .extra_services
+            .push(("plain.example".into(), 50053, vec![g1]));
+        w.write();
+        assert_eventually!(DEADLINE, "the fixed service answers", async || {
+            let c = w.calls(bad_target, 2).await?;
+            ensure!(c.ok_from("g1") == 2, "{c:?}");
+            Ok(())
+        });
+        assert_eventually!(DEADLINE, "LDS SYNCED again", async || {
+            let t = w.node_types().await?;
+            ensure!(state(&t, "lds") == "SYNCED", "{t}");
+            Ok(())
+        });
+    }
+    drop(blocker);
+    w.pylon.stop().await;
+}
+
+// ---------------------------------------------------------------------------
+// 4. pylon-xds restarted with the same YAML
+
+async fn restart(mut w: World) {
+    let view = if w.id.is_proxy() {
+        PROXY_VIEW
+    } else {
+        GRPC_VIEW
+    };
+    if !w.id.is_proxy() {
+        assert_eventually!(DEADLINE, "greeter answers", async || {
+            let c = w.calls(GREETER, 3).await?;
+            ensure!(c.total_ok() == 3, "{c:?}");
+            Ok(())
+        });
+    }
+    let before = versions(&wait_synced(&w, view).await);
+    let dump_before = match &w.under {
+        Under::Proxy(dp) => Some(dp.admin().config_dump().await.unwrap().versions()),
+        Under::Grpc(_) => None,
+    };
+    let traffic = w.id.is_proxy().then(|| TrafficLoop::start(w.front(), "/"));
+
+    w.pylon.stop().await;
+    // Served while the control plane is down.
+    if let Some(t) = &traffic {
+        let start = t.tally().ok_total();
+        assert_eventually!(DEADLINE, "traffic while pylon-xds is down", async || {
+            let now = t.tally().ok_total();
+            ensure!(now >= start + 20, "{now} requests");
+            Ok(())
+        });
+    } else {
+        let c = w.calls(GREETER, 10).await.unwrap();
+        assert_eq!(c.total_ok(), 10, "calls while pylon-xds is down: {c:?}");
+    }
+    w.pylon.start_again().await.unwrap();
+    let after = versions(&wait_synced(&w, view).await);
+    assert_eq!(before, after, "versions changed across the restart");
+    if let Some(t) = traffic {
+        let tally = t.stop().await;
+        assert!(
+            tally.failures.is_empty(),
+            "failed requests: {:?}",
+            tally.failures
+        );
+        assert!(tally.ok_total() > 0);
+    } else {
+        let c = w.calls(GREETER, 6).await.unwrap();
+        assert_eq!(c.total_ok(), 6, "{c:?}");
+    }
+    if let (Under::Proxy(dp), Some(b)) = (&w.under, dump_before) {
+        let a = dp.admin().config_dump().await.unwrap().versions();
+        assert_eq!(b, a, "the proxy's resource versions changed");
+    }
+    w.pylon.stop().await;
+}
+
+// ---------------------------------------------------------------------------
+// 5. Stale nonce, from a scripted raw client with the client's profile
+
+async fn stale_nonce_count(w: &World, ty: &str) -> u64 {
+    let (_, body) = control_plane::admin::get(w.pylon.admin_addr().unwrap(), "/metrics")
+        .await
+        .unwrap();
+    let prefix = format!("pylon_xds_stale_nonces_total{{type=\"{ty}\"}} ");
+    body.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map_or(0, |v| v.trim().parse().unwrap())
+}
+
+fn raw_node(w: &World) -> Node {
+    Node {
+        id: format!("{}-raw", w.node),
+        cluster: "raw".into(),
+        ..Default::default()
+    }
+}
+
+async fn stale_nonce(mut w: World) {
+    let view = if w.id.is_proxy() {
+        PROXY_VIEW
+    } else {
+        GRPC_VIEW
+    };
+    wait_synced(&w, view).await;
+    let addr = w.pylon.xds_addr().unwrap();
+    let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    // Proxies subscribe to clusters by wildcard; gRPC clients name the load
+    // assignment they want.
+    let (type_url, short, names): (&str, &str, Vec<String>) = if w.id.is_proxy() {
+        (
+            "type.googleapis.com/envoy.config.cluster.v3.Cluster",
+            "cds",
+            Vec::new(),
+        )
+    } else {
+        (
+            "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
+            "eds",
+            vec![GREETER.to_string()],
+        )
+    };
+    let before = stale_nonce_count(&w, short).await;
+    if w.id.is_delta() {
+        let (tx, rx) = mpsc::channel(8);
+        let mut rx_resp = client
+            .delta_aggregated_resources(ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        let req = |nonce: &str| DeltaDiscoveryRequest {
+            node: Some(raw_node(&w)),
+            type_url: type_url.into(),
+            response_nonce: nonce.into(),
+            ..Default::default()
+        };
+        tx.send(req("")).await.unwrap();
+        let r1: DeltaDiscoveryResponse = next(&mut rx_resp).await;
+        assert_eq!(
+            r1.resources
+                .iter()
+                .map(|r| r.name.as_str())
+                .collect::<Vec<_>>(),
+            ["web"]
+        );
+        tx.send(req(&r1.nonce)).await.unwrap(); // ACK
+        tx.send(req("stale-nonce")).await.unwrap();
+        wait_count(&w, short, before + 1).await;
+        w.spec.web_timeout_s = 7;
+        w.write();
+        let r2: DeltaDiscoveryResponse = next(&mut rx_resp).await;
+        assert_ne!(r2.nonce, r1.nonce);
+        assert_eq!(r2.resources.len(), 1, "{r2:?}");
+        assert_ne!(
+            r2.resources[0].version, r1.resources[0].version,
+            "a duplicate push"
+        );
+        let c =
+            Cluster::decode(r2.resources[0].resource.as_ref().unwrap().value.as_slice()).unwrap();
+        assert_eq!(c.connect_timeout.unwrap().seconds, 7);
+    } else {
+        let (tx, rx) = mpsc::channel(8);
+        let mut rx_resp = client
+            .stream_aggregated_resources(ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        let req = |names: Vec<String>, version: &str, nonce: &str| DiscoveryRequest {
+            node: Some(raw_node(&w)),
+            type_url: type_url.into(),
+            resource_names: names,
+            version_info: version.into(),
+            response_nonce: nonce.into(),
+            ..Default::default()
+        };
+        tx.send(req(names.clone(), "", "")).await.unwrap();
+        let r1: DiscoveryResponse = next(&mut rx_resp).await;
+        assert_eq!(r1.resources.len(), 1, "{r1:?}");
+        tx.send(req(names.clone(), &r1.version_info, &r1.nonce))
+            .await
+            .unwrap();
+        // Stale, and asking for one more name: a server honouring it would
+        // answer with the same content again.
+        let mut more = names.clone();
+        more.push("also-this".into());
+        tx.send(req(more, &r1.version_info, "stale-nonce"))
+            .await
+            .unwrap();
+        wait_count(&w, short, before + 1).await;
+        // The next response is the one the edit causes.
+        if w.id.is_proxy() {
+            w.spec.web_timeout_s = 7;
+        } else {
+            w.spec.greeter.pop();
+        }
+        w.write();
+        let r2: DiscoveryResponse = next(&mut rx_resp).await;
+        assert_ne!(r2.nonce, r1.nonce);
+        assert_ne!(r2.version_info, r1.version_info, "a duplicate push");
+        if w.id.is_proxy() {
+            let c = Cluster::decode(r2.resources[0].value.as_slice()).unwrap();
+            assert_eq!(c.connect_timeout.unwrap().seconds, 7);
+        } else {
+            let cla = ClusterLoadAssignment::decode(r2.resources[0].value.as_slice()).unwrap();
+            assert_eq!(cla.endpoints[0].lb_endpoints.len(), 2);
+        }
+    }
+    // The real client took the edit as usual.
+    wait_synced(&w, view).await;
+    if !w.id.is_proxy() {
+        assert_eventually!(DEADLINE, "calls reach g0 and g1 only", async || {
+            let c = w.calls(GREETER, 4).await?;
+            ensure!(c.ok_from("g0") == 2 && c.ok_from("g1") == 2, "{c:?}");
+            Ok(())
+        });
+    }
+    w.pylon.stop().await;
+}
+
+async fn next<T>(rx: &mut tonic::Streaming<T>) -> T {
+    tokio::time::timeout(DEADLINE, rx.next())
+        .await
+        .expect("a response before the deadline")
+        .expect("the stream is open")
+        .expect("no gRPC error")
+}
+
+async fn wait_count(w: &World, ty: &str, want: u64) {
+    assert_eventually!(DEADLINE, format!("stale {ty} nonce counted"), async || {
+        let n = stale_nonce_count(w, ty).await;
+        // At least: the real client on the same server may send stale nonces
+        // of its own (Envoy does, racing a push).
+        ensure!(n >= want, "pylon_xds_stale_nonces_total{{type={ty}}} = {n}");
+        Ok(())
+    });
+}
+
+// ---------------------------------------------------------------------------
+// 6. Requested before it exists
+
+async fn requested_before_it_exists(mut w: World) {
+    if w.id.is_proxy() {
+        // The proxy started with nothing for it: its wildcard subscriptions
+        // ask for listeners and clusters that do not exist yet.
+        wait_synced(&w, [&[], &[], &[], &[]]).await;
+        let front = free_addr(LOOPBACK).unwrap();
+        w.spec.front = Some(front);
+        w.write();
+        assert_eventually!(DEADLINE, "front arrives and serves", async || gets(
+            front, 2
+        )
+        .await);
+        wait_synced(&w, PROXY_VIEW).await;
+    } else {
+        let late = "late.example:50054";
+        let c = w.calls(late, 1).await.unwrap();
+        assert_eq!(c.total_ok(), 0, "{c:?}");
+        assert_eventually!(DEADLINE, "asked for and not sent", async || {
+            let t = w.node_types().await?;
+            let subscribed = t["lds"]["subscribed"].to_string();
+            ensure!(subscribed.contains(late), "{t}");
+            ensure!(!held(&t, "lds").iter().any(|n| n == late), "{t}");
+            Ok(())
+        });
+        let g1 = w.backend("g1");
+        w.spec
+            .extra_services
+            .push(("late.example".into(), 50054, vec![g1]));
+        w.write();
+        assert_eventually!(DEADLINE, "the late service answers", async || {
+            let c = w.calls(late, 2).await?;
+            ensure!(c.ok_from("g1") == 2, "{c:?}");
+            Ok(())
+        });
+    }
+    w.pylon.stop().await;
+}
