@@ -407,12 +407,7 @@ impl Drop for World {
     }
 }
 
-async fn start_proxy(
-    bin: &std::path::Path,
-    id: ClientId,
-    pylon: &Pylon,
-    node: &str,
-) -> DataPlane {
+async fn start_proxy(bin: &std::path::Path, id: ClientId, pylon: &Pylon, node: &str) -> DataPlane {
     let dp = DataPlane::start(bin, flavour(id), pylon, node)
         .await
         .unwrap();

@@ -3,9 +3,9 @@
 //! client implementation, grpcio (Python, gRPC C core) and
 //! `@grpc/grpc-js-xds` (Node), against three real gRPC backends:
 //!
-//! 1. the client's node is selected by a `nodes:` entry and shows up in
+//! 1. 30 calls spread exactly round robin, 10 per backend;
+//! 2. the client's node is selected by a `nodes:` entry and shows up in
 //!    `/status` with every type ACKed;
-//! 2. 30 calls spread exactly round robin, 10 per backend;
 //! 3. an edit removing backend 3 sends every call to backends 1 and 2 (15/15),
 //!    with no failed call;
 //! 4. an edit adding backend 4 brings it into the rotation (10/10/10 over
@@ -141,7 +141,7 @@ async fn round_robin_and_endpoint_changes(kind: ClientKind, node_id: &str) {
         return;
     };
 
-    // 2. Exact round robin once all three subchannels are READY.
+    // 1. Exact round robin once all three subchannels are READY.
     assert_eventually_or_dump!(
         &pylon,
         "30 calls split 10/10/10 over b1, b2, b3",
@@ -151,7 +151,7 @@ async fn round_robin_and_endpoint_changes(kind: ClientKind, node_id: &str) {
         }
     );
 
-    // 1. The node is connected, selected and in sync on every type.
+    // 2. The node is connected, selected and in sync on every type.
     let node = assert_eventually_or_dump!(
         &pylon,
         format!("{node_id} connected and SYNCED in /status"),
@@ -166,9 +166,7 @@ async fn round_robin_and_endpoint_changes(kind: ClientKind, node_id: &str) {
         }
     );
     assert_eq!(node["cluster"], NODE_CLUSTER, "{node:#}");
-    if let Some(selection) = node.get("selection") {
-        assert_eq!(selection, "grpc", "{node:#}");
-    }
+    assert_eq!(node["selection"], "grpc", "{node:#}");
     eprintln!(
         "{} client connected as {node_id}: user agent {}, protocol {}",
         kind.name(),

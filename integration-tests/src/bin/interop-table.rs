@@ -16,7 +16,7 @@ fn main() -> ExitCode {
     let total = integration_tests::interop::ClientId::ALL.len()
         * integration_tests::interop::CheckId::ALL.len();
     let stamp = format!(
-        "\n{cells} of {total} cells passed, {failed} failed, in the `scripts/test.sh` run that wrote this table."
+        "{cells} of {total} cells passed, {failed} failed, in the `scripts/test.sh` run that wrote this table."
     );
     let readme_path = integration_tests::workspace_root().join("README.md");
     let readme = match std::fs::read_to_string(&readme_path) {
@@ -39,6 +39,6 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    println!("{table}{stamp}");
+    println!("{table}\n{stamp}");
     ExitCode::SUCCESS
 }
