@@ -295,3 +295,61 @@ fn render_status(s: &serde_json::Value) -> String {
 fn short(v: &str) -> String {
     v.chars().take(8).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_table_shows_selection_states_and_nacks() {
+        let status = serde_json::json!({
+            "config": "pylon.yaml",
+            "version": "0123456789abcdef",
+            "resources": {"clusters": 2, "endpoints": 2, "listeners": 2, "routes": 2},
+            "last_reload_error": null,
+            "nodes": [{
+                "node": "grpc-1", "cluster": "clients", "selection": "proxyless",
+                "protocol": "ads", "stream": 7, "user_agent": "grpc-python 1.85.1",
+                "types": {
+                    "cds": {"state": "SYNCED", "acked_version": "aaaaaaaaaaaaaaaa"},
+                    "eds": {"state": "STALE", "acked_version": null},
+                    "lds": {"state": "ERROR", "acked_version": "bbbbbbbbbbbbbbbb",
+                            "last_nack": {"version": "cccccccccccccccc", "message": "no api_listener"}},
+                    "rds": {"state": "NOT_SENT"}
+                }
+            }]
+        });
+        let out = render_status(&status);
+        let lines: Vec<&str> = out.lines().collect();
+        let header = lines.iter().position(|l| l.starts_with("NODE")).unwrap();
+        let columns: Vec<&str> = lines[header].split_whitespace().collect();
+        assert_eq!(
+            columns,
+            [
+                "NODE",
+                "CLUSTER",
+                "SELECTION",
+                "STREAM",
+                "AGENT",
+                "CDS",
+                "EDS",
+                "LDS",
+                "RDS"
+            ]
+        );
+        let row = lines[header + 1];
+        for cell in [
+            "grpc-1",
+            "proxyless",
+            "ads#7",
+            "SYNCED aaaaaaaa",
+            "ERROR bbbbbbbb",
+        ] {
+            assert!(row.contains(cell), "{cell:?} missing from {row:?}");
+        }
+        assert!(
+            out.contains("grpc-1 lds (rejected version cccccccc): no api_listener"),
+            "{out}"
+        );
+    }
+}
