@@ -55,6 +55,9 @@ pub struct TypeStatus {
     /// When the last response of this type was sent (milliseconds since the
     /// Unix epoch).
     pub updated_at_unix_ms: Option<u64>,
+    /// Requests of this type ignored (SotW) or answered for their
+    /// subscription changes only (delta) because their nonce was stale.
+    pub stale_nonces: u64,
     /// The last NACK received on this stream. Kept for reference after later
     /// ACKs; `state` says whether it concerns the version last sent.
     pub last_nack: Option<Nack>,
@@ -312,6 +315,20 @@ impl StreamGuard {
         if let Some(mut s) = self.registry.streams.get_mut(&self.id) {
             let t = s.types.get_mut(ty);
             t.acked_version = Some(version.to_string());
+        }
+    }
+
+    /// Counts a request with a stale nonce, on this stream and in the metrics.
+    pub fn stale_nonce(&self, ty: ResourceType) {
+        self.registry
+            .metrics
+            .stale_nonces
+            .get_or_create(&crate::metrics::TypeLabel {
+                r#type: ty.short().to_string(),
+            })
+            .inc();
+        if let Some(mut s) = self.registry.streams.get_mut(&self.id) {
+            s.types.get_mut(ty).stale_nonces += 1;
         }
     }
 

@@ -113,11 +113,7 @@ impl DeltaStream {
             && t.last_nonce.is_some()
             && t.last_nonce.as_deref() != Some(req.response_nonce.as_str());
         if stale {
-            self.guard
-                .metrics()
-                .stale_nonces
-                .get_or_create(&label(ty))
-                .inc();
+            self.guard.stale_nonce(ty);
             debug!(node, r#type = ty.short(), nonce = %req.response_nonce, "stale nonce; applying subscription changes only");
         } else if let Some(err) = &req.error_detail {
             let rejected = t.sent_version.clone().unwrap_or_default();

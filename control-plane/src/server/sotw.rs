@@ -139,11 +139,7 @@ impl SotwStream {
                     "request without nonce on a live stream"
                 );
             } else {
-                self.guard
-                    .metrics()
-                    .stale_nonces
-                    .get_or_create(&label(ty))
-                    .inc();
+                self.guard.stale_nonce(ty);
                 debug!(node, r#type = ty.short(), nonce = %req.response_nonce, "stale nonce; ignored");
                 return Ok(Vec::new());
             }
