@@ -634,9 +634,16 @@ async fn nack(mut w: World) {
     let nonce = lds["sent_nonce"].clone();
     assert_eq!(lds["last_nack"]["nonce"], nonce, "{lds}");
     eprintln!("{}: NACK message: {message}", w.id.key());
-    // Visible in CSDS terms too (the ERROR state is what CSDS reports) and not
-    // sent again: no LDS response after the NACK for a while, although the
-    // client keeps talking (a proxy ACKs other types; gRPC re-requests).
+    // Visible over CSDS: the rejected listener is in ERROR with the message.
+    let csds = csds_listener_errors(&w).await;
+    let rejected = if w.id.is_proxy() { "taken" } else { bad_target };
+    assert!(
+        csds.iter()
+            .any(|(name, details)| name == rejected && details == &message),
+        "CSDS ERROR entries: {csds:?}"
+    );
+    // Not sent again: no LDS response after the NACK for a while, although
+    // the client keeps talking (a proxy ACKs other types; gRPC re-requests).
     let deadline = tokio::time::Instant::now() + QUIET;
     while tokio::time::Instant::now() < deadline {
         let t = w.node_types().await.unwrap();
@@ -687,6 +694,46 @@ async fn nack(mut w: World) {
     }
     drop(blocker);
     w.pylon.stop().await;
+}
+
+/// (listener name, error details) of every Listener CSDS reports in ERROR
+/// for the client's node.
+async fn csds_listener_errors(w: &World) -> Vec<(String, String)> {
+    use envoy_types::pb::envoy::r#type::matcher::v3::{
+        string_matcher::MatchPattern, NodeMatcher, StringMatcher,
+    };
+    use envoy_types::pb::envoy::service::status::v3::client_status_discovery_service_client::ClientStatusDiscoveryServiceClient;
+    use envoy_types::pb::envoy::service::status::v3::{ClientStatusRequest, ConfigStatus};
+    let addr = w.pylon.xds_addr().unwrap();
+    let mut client = ClientStatusDiscoveryServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let resp = client
+        .fetch_client_status(ClientStatusRequest {
+            node_matchers: vec![NodeMatcher {
+                node_id: Some(StringMatcher {
+                    ignore_case: false,
+                    match_pattern: Some(MatchPattern::Exact(w.node.clone())),
+                }),
+                node_metadatas: Vec::new(),
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    resp.config
+        .iter()
+        .flat_map(|c| c.generic_xds_configs.iter())
+        .filter(|g| {
+            g.type_url.ends_with("envoy.config.listener.v3.Listener")
+                && g.config_status == ConfigStatus::Error as i32
+        })
+        .map(|g| {
+            let details = g.error_state.as_ref().map(|e| e.details.clone());
+            (g.name.clone(), details.unwrap_or_default())
+        })
+        .collect()
 }
 
 // ---------------------------------------------------------------------------
