@@ -5,11 +5,14 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use control_plane::{serve, Running, ServeOptions};
+use common::{write_config, Sotw};
+use control_plane::Running;
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::cluster::v3::cluster_discovery_service_client::ClusterDiscoveryServiceClient;
@@ -47,22 +50,7 @@ listeners:
 ";
 
 async fn start(path: &Path) -> Running {
-    serve(ServeOptions {
-        config: path.to_path_buf(),
-        xds_listen: "127.0.0.1:0".parse().unwrap(),
-        admin_listen: Some("127.0.0.1:0".parse().unwrap()),
-        debounce: Duration::from_millis(200),
-    })
-    .await
-    .unwrap()
-}
-
-fn write_config(dir: &Path, text: &str) -> PathBuf {
-    let path = dir.join("pylon.yaml");
-    let tmp = dir.join(".pylon.yaml.tmp");
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, &path).unwrap();
-    path
+    common::start(path, Duration::from_millis(200)).await
 }
 
 fn node(id: &str) -> Node {
@@ -81,49 +69,6 @@ fn sotw_req(type_url: &str, names: &[&str], version: &str, nonce: &str) -> Disco
         response_nonce: nonce.into(),
         node: Some(node("grpc-test")),
         ..Default::default()
-    }
-}
-
-/// A scripted SotW stream: send requests, read responses with a deadline.
-struct Sotw {
-    tx: mpsc::Sender<DiscoveryRequest>,
-    rx: Streaming<DiscoveryResponse>,
-}
-
-impl Sotw {
-    async fn ads(addr: SocketAddr) -> Self {
-        let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{addr}"))
-            .await
-            .unwrap();
-        let (tx, rx) = mpsc::channel(16);
-        let rx = client
-            .stream_aggregated_resources(ReceiverStream::new(rx))
-            .await
-            .unwrap()
-            .into_inner();
-        Sotw { tx, rx }
-    }
-
-    async fn send(&self, r: DiscoveryRequest) {
-        self.tx.send(r).await.unwrap();
-    }
-
-    async fn recv(&mut self) -> DiscoveryResponse {
-        tokio::time::timeout(Duration::from_secs(10), self.rx.next())
-            .await
-            .expect("a response within 10s")
-            .unwrap()
-            .unwrap()
-    }
-
-    /// Asserts that nothing arrives for `d`.
-    async fn quiet(&mut self, d: Duration) {
-        if let Ok(Some(r)) = tokio::time::timeout(d, self.rx.next()).await {
-            panic!(
-                "unexpected response: {:?}",
-                r.map(|r| (r.type_url, r.version_info))
-            );
-        }
     }
 }
 

@@ -9,18 +9,20 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use control_plane::{serve, Running, ServeOptions};
+use common::write_config;
+use control_plane::Running;
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::r#type::matcher::v3::{
     string_matcher::MatchPattern, NodeMatcher, StringMatcher,
 };
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use envoy_types::pb::envoy::service::status::v3::client_status_discovery_service_client::ClientStatusDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::status::v3::{
@@ -29,10 +31,6 @@ use envoy_types::pb::envoy::service::status::v3::{
 use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
 use envoy_types::pb::google::rpc;
 use prost::Message;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
-use tokio_stream::StreamExt;
-use tonic::Streaming;
 
 const CLUSTER: &str = pylon::type_url::CLUSTER;
 const LISTENER: &str = pylon::type_url::LISTENER;
@@ -63,23 +61,8 @@ nodes:
 
 async fn start(dir: &Path, text: &str) -> (Running, PathBuf) {
     let path = write_config(dir, text);
-    let running = serve(ServeOptions {
-        config: path.clone(),
-        xds_listen: "127.0.0.1:0".parse().unwrap(),
-        admin_listen: Some("127.0.0.1:0".parse().unwrap()),
-        debounce: Duration::from_millis(100),
-    })
-    .await
-    .unwrap();
+    let running = common::start(&path, Duration::from_millis(100)).await;
     (running, path)
-}
-
-fn write_config(dir: &Path, text: &str) -> PathBuf {
-    let path = dir.join("pylon.yaml");
-    let tmp = dir.join(".pylon.yaml.tmp");
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, &path).unwrap();
-    path
 }
 
 fn node(id: &str, cluster: &str, lang: Option<&str>) -> Node {
@@ -99,24 +82,18 @@ fn node(id: &str, cluster: &str, lang: Option<&str>) -> Node {
     }
 }
 
+/// A scripted ADS client presenting one node.
 struct Sotw {
-    tx: mpsc::Sender<DiscoveryRequest>,
-    rx: Streaming<DiscoveryResponse>,
+    stream: common::Sotw,
     node: Node,
 }
 
 impl Sotw {
     async fn ads(addr: SocketAddr, node: Node) -> Self {
-        let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{addr}"))
-            .await
-            .unwrap();
-        let (tx, rx) = mpsc::channel(16);
-        let rx = client
-            .stream_aggregated_resources(ReceiverStream::new(rx))
-            .await
-            .unwrap()
-            .into_inner();
-        Sotw { tx, rx, node }
+        Sotw {
+            stream: common::Sotw::ads(addr).await,
+            node,
+        }
     }
 
     async fn send(&self, type_url: &str, names: &[&str], ack: Option<&DiscoveryResponse>) {
@@ -146,15 +123,11 @@ impl Sotw {
             }),
             ..Default::default()
         };
-        self.tx.send(req).await.unwrap();
+        self.stream.send(req).await;
     }
 
     async fn recv(&mut self) -> DiscoveryResponse {
-        tokio::time::timeout(Duration::from_secs(10), self.rx.next())
-            .await
-            .expect("a response within 10s")
-            .unwrap()
-            .unwrap()
+        self.stream.recv().await
     }
 }
 
