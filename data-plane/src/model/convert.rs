@@ -81,7 +81,11 @@ impl Decoded {
 /// A type pylon-proxy does not consume, or bytes that do not decode, give a
 /// `NackError` of kind `resource` named after the type URL; a resource that
 /// decodes but cannot be honoured gives one naming the resource and field.
-pub fn decode(type_url: &str, bytes: &[u8]) -> Result<Decoded, NackError> {
+///
+/// `Ok(None)` is a resource to leave out without rejecting it: an
+/// `api_listener` Listener, which is for proxyless gRPC clients sharing the
+/// config (Envoy, too, skips those that arrive over LDS).
+pub fn decode(type_url: &str, bytes: &[u8]) -> Result<Option<Decoded>, NackError> {
     fn undecodable(type_url: &str, e: prost::DecodeError) -> NackError {
         NackError {
             kind: "resource",
@@ -89,7 +93,7 @@ pub fn decode(type_url: &str, bytes: &[u8]) -> Result<Decoded, NackError> {
             message: format!("does not decode: {e}"),
         }
     }
-    match type_url {
+    let decoded = match type_url {
         type_url::CLUSTER => {
             let pb = PbCluster::decode(bytes).map_err(|e| undecodable(type_url, e))?;
             Cluster::try_from(&pb).map(Decoded::Cluster)
@@ -100,6 +104,9 @@ pub fn decode(type_url: &str, bytes: &[u8]) -> Result<Decoded, NackError> {
         }
         type_url::LISTENER => {
             let pb = PbListener::decode(bytes).map_err(|e| undecodable(type_url, e))?;
+            if pb.api_listener.is_some() {
+                return Ok(None);
+            }
             Listener::try_from(&pb).map(Decoded::Listener)
         }
         type_url::ROUTE => {
@@ -111,7 +118,8 @@ pub fn decode(type_url: &str, bytes: &[u8]) -> Result<Decoded, NackError> {
             name: other.to_string(),
             message: "this resource type is not supported".to_string(),
         }),
-    }
+    };
+    decoded.map(Some)
 }
 
 /// A check inside one resource: `Err` is the message of the [`NackError`],

@@ -73,7 +73,9 @@ impl DeltaStream {
                 debug!(r#type = kind.short(), name = %name, "resource without a body; ignored");
                 continue;
             };
-            let mut item = Item::decode(kind, any, Some(name), version);
+            let Some(mut item) = Item::decode(kind, any, Some(name), version) else {
+                continue;
+            };
             if let Ok(d) = &item.result {
                 if d.name() != name {
                     item.result = Err(NackError {

@@ -552,7 +552,7 @@ fn kind_word(kind: Kind) -> &'static str {
 }
 
 /// Decodes one resource of a `kind` response.
-fn decode_any(kind: Kind, any: &Any) -> Result<Decoded, NackError> {
+fn decode_any(kind: Kind, any: &Any) -> Result<Option<Decoded>, NackError> {
     if any.type_url != kind.type_url() {
         return Err(NackError {
             kind: "resource",
@@ -587,62 +587,45 @@ struct Item {
     result: Result<Decoded, NackError>,
     /// Its version (SotW: the response's).
     version: String,
-    /// Left out without being rejected (an `api_listener`); `result` is then
-    /// an error that is never reported.
-    skip: bool,
 }
 
 impl Item {
     /// A resource of a `kind` response; `name` is the name the response
-    /// gives it (delta), if any.
-    fn decode(kind: Kind, any: &Any, name: Option<&str>, version: &str) -> Item {
-        if let Some(name) = api_listener_name(kind, any) {
-            // Like Envoy, which adds API listeners only from its bootstrap and
-            // skips (without rejecting) those that arrive over LDS: they are
-            // for proxyless gRPC clients sharing the same config.
-            info!(listener = %name, "skipping an api_listener: it is for proxyless gRPC clients");
-            return Item {
-                name: Some(name.clone()),
-                result: Err(NackError {
-                    kind: "listener",
-                    name: name.clone(),
-                    message: "api_listener skipped".to_string(),
-                }),
-                version: version.to_string(),
-                skip: true,
-            };
-        }
-        let result = decode_any(kind, any).and_then(|d| {
-            if let Decoded::Listener(l) = &d {
-                crate::listener::probe_bind(l.addr).map_err(|e| NackError {
-                    kind: "listener",
-                    name: l.name.clone(),
-                    message: format!("cannot bind {}: {e}", l.addr),
-                })?;
+    /// gives it (delta), if any. `None` for a resource left out without
+    /// being rejected (see `model::decode`).
+    fn decode(kind: Kind, any: &Any, name: Option<&str>, version: &str) -> Option<Item> {
+        let result = match decode_any(kind, any) {
+            Ok(None) => {
+                info!(r#type = kind.short(), name = ?name, "skipping an api_listener: it is for proxyless gRPC clients");
+                return None;
             }
-            Ok(d)
-        });
+            Ok(Some(d)) => check_bind(d),
+            Err(e) => Err(e),
+        };
         let name = match (&result, name) {
             (Ok(d), _) => Some(d.name().to_string()),
             (Err(_), Some(n)) if !n.is_empty() => Some(n.to_string()),
             (Err(_), _) => resource_name(kind, any),
         };
-        Item {
+        Some(Item {
             name,
             result,
             version: version.to_string(),
-            skip: false,
-        }
+        })
     }
 }
 
-/// The name of a Listener that is an `api_listener`, which a proxy does not run.
-fn api_listener_name(kind: Kind, any: &Any) -> Option<String> {
-    if kind != Kind::Listener || any.type_url != kind.type_url() {
-        return None;
+/// Rejects a listener whose address another process holds, as Envoy does,
+/// rather than accepting it and failing to apply it later.
+fn check_bind(d: Decoded) -> Result<Decoded, NackError> {
+    if let Decoded::Listener(l) = &d {
+        crate::listener::probe_bind(l.addr).map_err(|e| NackError {
+            kind: "listener",
+            name: l.name.clone(),
+            message: format!("cannot bind {}: {e}", l.addr),
+        })?;
     }
-    let l = PbListener::decode(any.value.as_slice()).ok()?;
-    l.api_listener.is_some().then_some(l.name)
+    Ok(d)
 }
 
 /// Splits a response's resources into the update to apply and the rejected
@@ -672,9 +655,6 @@ fn sort_resources(
     let mut keep = BTreeSet::new();
     let mut unnamed = false;
     for item in items {
-        if item.skip {
-            continue;
-        }
         match item.result {
             Ok(d) if twice.contains(d.name()) => {
                 if keep.insert(d.name().to_string()) {

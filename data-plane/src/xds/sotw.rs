@@ -63,7 +63,7 @@ impl SotwStream {
         let items = resp
             .resources
             .iter()
-            .map(|any| Item::decode(kind, any, None, &resp.version_info))
+            .filter_map(|any| Item::decode(kind, any, None, &resp.version_info))
             .collect();
         let wanted = cs.store.names(kind);
         sort_resources(kind, items, kind.is_wildcard(), Vec::new(), &wanted)

@@ -498,7 +498,9 @@ fn routes_nack() {
 #[test]
 fn decode_checks_bytes_and_type() {
     let c: PbCluster = pb("envoy.config.cluster.v3.Cluster", EDS);
-    let got = decode(type_url::CLUSTER, &c.encode_to_vec()).unwrap();
+    let got = decode(type_url::CLUSTER, &c.encode_to_vec())
+        .unwrap()
+        .unwrap();
     assert_eq!(got.name(), "a");
     assert_eq!(got, super::Decoded::Cluster(eds_cluster("a", "a")));
 
@@ -530,7 +532,7 @@ fn decode_checks_bytes_and_type() {
     let r: RouteConfiguration = pb("envoy.config.route.v3.RouteConfiguration", "name: r\n");
     assert!(matches!(
         decode(type_url::ROUTE, &r.encode_to_vec()),
-        Ok(super::Decoded::RouteConfig(_))
+        Ok(Some(super::Decoded::RouteConfig(_)))
     ));
     let e: ClusterLoadAssignment = pb(
         "envoy.config.endpoint.v3.ClusterLoadAssignment",
@@ -538,6 +540,14 @@ fn decode_checks_bytes_and_type() {
     );
     assert!(matches!(
         decode(type_url::ENDPOINT, &e.encode_to_vec()),
-        Ok(super::Decoded::LoadAssignment(_))
+        Ok(Some(super::Decoded::LoadAssignment(_)))
     ));
+    // An api_listener (for proxyless gRPC clients) is left out, not rejected.
+    let api: PbListener = pb(
+        "envoy.config.listener.v3.Listener",
+        "name: greeter.example:50051
+api_listener: {}
+",
+    );
+    assert_eq!(decode(type_url::LISTENER, &api.encode_to_vec()), Ok(None));
 }
