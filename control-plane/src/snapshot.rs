@@ -252,9 +252,13 @@ impl Snapshot {
             h.update(t.version.as_bytes());
         }
         if !policy.selectors.is_empty() {
-            // A change of selection alone is a new revision too. Debug output
-            // of these plain types (Vec, BTreeSet, String) is deterministic.
-            h.update(format!("{policy:?}").as_bytes());
+            // A change of selection alone is a new revision too. Its JSON is
+            // canonical: selectors in file order, name sets sorted.
+            h.update(
+                serde_json::to_string(&policy)
+                    .unwrap_or_default()
+                    .as_bytes(),
+            );
         }
         let views = policy.selectors.iter().map(|_| OnceLock::new()).collect();
         Ok(Snapshot {
@@ -277,14 +281,13 @@ impl Snapshot {
     /// receives; `None` is the default, everything. Views are built once per
     /// snapshot and selector and shared.
     pub fn view(self: &Arc<Self>, index: Option<usize>) -> Arc<Snapshot> {
-        let (Some(i), Some(slot)) = (index, index.and_then(|i| self.views.get(i))) else {
-            return Arc::clone(self);
-        };
-        let selector = &self.policy.selectors[i];
-        if selector.is_everything() {
-            return Arc::clone(self);
+        let slot = index.and_then(|i| Some((self.policy.selectors.get(i)?, self.views.get(i)?)));
+        match slot {
+            Some((selector, view)) if !selector.is_everything() => {
+                Arc::clone(view.get_or_init(|| Arc::new(self.narrow(selector))))
+            }
+            _ => Arc::clone(self),
         }
-        Arc::clone(slot.get_or_init(|| Arc::new(self.narrow(selector))))
     }
 
     /// The subset of this revision `selector` names, closed over references:

@@ -127,6 +127,10 @@ impl DeltaStream {
         }
 
         let first = !t.seen;
+        // Copy the subscription into the registry only when it may change.
+        let resubscribed = first
+            || !req.resource_names_subscribe.is_empty()
+            || !req.resource_names_unsubscribe.is_empty();
         if first {
             t.seen = true;
             t.client.extend(req.initial_resource_versions);
@@ -157,7 +161,9 @@ impl DeltaStream {
             let names = &t.names;
             t.client.retain(|n, _| names.contains(n));
         }
-        self.guard.subscribed(ty, t.wildcard, t.names.iter());
+        if resubscribed {
+            self.guard.subscribed(ty, t.wildcard, t.names.iter());
+        }
         if first && !t.client.is_empty() {
             // After a reconnect the client already holds these.
             self.guard.seeded(ty, t.client.iter());

@@ -174,8 +174,13 @@ impl SotwStream {
             t.wildcard = false;
         }
         let grew = (t.wildcard && !was_wildcard) || names.difference(&t.names).next().is_some();
+        // Most requests are ACKs repeating the subscription: copy it into the
+        // registry only when it changed.
+        let changed = t.wildcard != was_wildcard || names != t.names;
         t.names = names;
-        self.guard.subscribed(ty, t.wildcard, t.names.iter());
+        if changed {
+            self.guard.subscribed(ty, t.wildcard, t.names.iter());
+        }
         let respond = initial || grew || (t.always_respond && nack.is_none());
         if !respond {
             return Ok(Vec::new());
