@@ -138,12 +138,10 @@ impl Envoy {
 
     /// The last `n` lines of the log, labelled.
     pub fn log_tail(&self, n: usize) -> String {
-        let log = self.log();
-        let lines: Vec<&str> = log.lines().collect();
-        let tail = lines[lines.len().saturating_sub(n)..].join("\n");
-        format!(
-            "----- envoy `{}` log, last {n} lines -----\n{tail}\n----- end of envoy log -----",
-            self.name
+        crate::logs::tail(
+            &self.dir.path().join("stderr"),
+            &format!("envoy `{}`", self.name),
+            n,
         )
     }
 
@@ -197,10 +195,7 @@ impl Envoy {
 impl Drop for Envoy {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            let lines = std::env::var("PYLON_ENVOY_LOG_TAIL")
-                .ok()
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(80);
+            let lines = crate::logs::panic_tail_lines("PYLON_ENVOY_LOG_TAIL");
             eprintln!("{}", self.log_tail(lines));
         }
         // kill_on_drop ends the process.

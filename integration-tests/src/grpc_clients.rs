@@ -284,22 +284,6 @@ impl CallCounts {
     }
 }
 
-/// The last `n` lines of the log file `path`, labelled with `what`.
-fn log_tail(path: &Path, what: &str, n: usize) -> String {
-    let log = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = log.lines().collect();
-    let tail = lines[lines.len().saturating_sub(n)..].join("\n");
-    format!("----- {what} log, last {n} lines -----\n{tail}\n----- end of {what} log -----")
-}
-
-/// How many log lines to print when a test panics.
-fn panic_tail_lines() -> usize {
-    std::env::var("PYLON_GRPC_LOG_TAIL")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(80)
-}
-
 /// A command for a script: stdin and stdout piped, stderr into `log`, no
 /// proxy settings, killed on drop.
 fn script_command(program: &Path, script: &Path, log: &Path) -> anyhow::Result<Command> {
@@ -422,7 +406,7 @@ impl GrpcBackends {
 
     /// The last `n` lines of the backends' log (their stderr).
     pub fn log_tail(&self, n: usize) -> String {
-        log_tail(&self.dir.path().join("stderr"), "grpc backends", n)
+        crate::logs::tail(&self.dir.path().join("stderr"), "grpc backends", n)
     }
 
     /// Kills the backends and waits for the process to exit.
@@ -435,7 +419,10 @@ impl GrpcBackends {
 impl Drop for GrpcBackends {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!("{}", self.log_tail(panic_tail_lines()));
+            eprintln!(
+                "{}",
+                self.log_tail(crate::logs::panic_tail_lines("PYLON_GRPC_LOG_TAIL"))
+            );
         }
         // kill_on_drop ends the process (and so does closing its stdin).
     }
@@ -521,7 +508,7 @@ impl GrpcClient {
 
     /// The last `n` lines of its log (its stderr).
     pub fn log_tail(&self, n: usize) -> String {
-        log_tail(
+        crate::logs::tail(
             &self.dir.path().join("stderr"),
             &format!("{} gRPC client `{}`", self.kind.name(), self.node_id),
             n,
@@ -628,7 +615,10 @@ impl GrpcClient {
 impl Drop for GrpcClient {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!("{}", self.log_tail(panic_tail_lines()));
+            eprintln!(
+                "{}",
+                self.log_tail(crate::logs::panic_tail_lines("PYLON_GRPC_LOG_TAIL"))
+            );
         }
         // kill_on_drop ends the process (and so does closing its stdin).
     }

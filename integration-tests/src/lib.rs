@@ -23,6 +23,7 @@ pub mod grpc_clients;
 pub mod http;
 pub mod interop;
 pub mod kubectl;
+pub mod logs;
 pub mod ports;
 pub mod pylon;
 pub mod pylon_proxy;

@@ -184,12 +184,10 @@ impl PylonProxy {
 
     /// The last `n` lines of the log, labelled.
     pub fn log_tail(&self, n: usize) -> String {
-        let log = self.log();
-        let lines: Vec<&str> = log.lines().collect();
-        let tail = lines[lines.len().saturating_sub(n)..].join("\n");
-        format!(
-            "----- pylon-proxy `{}` log, last {n} lines -----\n{tail}\n----- end of pylon-proxy log -----",
-            self.name
+        crate::logs::tail(
+            &self.dir.path().join("stderr"),
+            &format!("pylon-proxy `{}`", self.name),
+            n,
         )
     }
 
@@ -203,10 +201,7 @@ impl PylonProxy {
 impl Drop for PylonProxy {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            let lines = std::env::var("PYLON_PROXY_LOG_TAIL")
-                .ok()
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(80);
+            let lines = crate::logs::panic_tail_lines("PYLON_PROXY_LOG_TAIL");
             eprintln!("{}", self.log_tail(lines));
         }
         // kill_on_drop ends the process.
