@@ -281,6 +281,27 @@ impl Store {
     }
 }
 
+/// Gives `eff` to the sink through `set` when it differs from what was last
+/// given (`pushed`), and records it once the sink took it.
+async fn replace<T, F, Fut>(
+    pushed: &mut BTreeMap<String, T>,
+    eff: BTreeMap<String, T>,
+    what: &'static str,
+    set: F,
+) -> Result<(), NackError>
+where
+    T: PartialEq + Clone,
+    F: FnOnce(Vec<T>) -> Fut,
+    Fut: std::future::Future<Output = Result<(), NackError>>,
+{
+    if eff != *pushed {
+        debug!(n = eff.len(), "{what}");
+        set(eff.values().cloned().collect()).await?;
+        *pushed = eff;
+    }
+    Ok(())
+}
+
 impl InForce {
     /// Computes what of `kind` should be in force given `held`, and gives it
     /// to the sink if it differs from what is.
@@ -294,40 +315,36 @@ impl InForce {
         match kind {
             Kind::Endpoint => {
                 let eff = self.effective_endpoints(held);
-                if eff != self.pushed.endpoints {
-                    debug!(n = eff.len(), "set_load_assignments");
-                    sink.set_load_assignments(eff.values().cloned().collect())
-                        .await?;
-                    self.pushed.endpoints = eff;
-                }
+                replace(
+                    &mut self.pushed.endpoints,
+                    eff,
+                    "set_load_assignments",
+                    |v| sink.set_load_assignments(v),
+                )
+                .await
             }
             Kind::Cluster => {
                 let eff = self.effective_clusters(held, now);
-                if eff != self.pushed.clusters {
-                    debug!(n = eff.len(), "set_clusters");
-                    sink.set_clusters(eff.values().cloned().collect()).await?;
-                    self.pushed.clusters = eff;
-                }
+                replace(&mut self.pushed.clusters, eff, "set_clusters", |v| {
+                    sink.set_clusters(v)
+                })
+                .await
             }
             Kind::Route => {
                 let eff = self.effective_routes(held);
-                if eff != self.pushed.routes {
-                    debug!(n = eff.len(), "set_route_configs");
-                    sink.set_route_configs(eff.values().cloned().collect())
-                        .await?;
-                    self.pushed.routes = eff;
-                }
+                replace(&mut self.pushed.routes, eff, "set_route_configs", |v| {
+                    sink.set_route_configs(v)
+                })
+                .await
             }
             Kind::Listener => {
                 let eff = self.effective_listeners(held, now);
-                if eff != self.pushed.listeners {
-                    debug!(n = eff.len(), "set_listeners");
-                    sink.set_listeners(eff.values().cloned().collect()).await?;
-                    self.pushed.listeners = eff;
-                }
+                replace(&mut self.pushed.listeners, eff, "set_listeners", |v| {
+                    sink.set_listeners(v)
+                })
+                .await
             }
         }
-        Ok(())
     }
 
     fn effective_endpoints(&self, held: &HeldSet) -> BTreeMap<String, LoadAssignment> {
