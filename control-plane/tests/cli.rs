@@ -166,12 +166,15 @@ fn serve_reloads_reports_errors_and_stops_on_sigterm() {
         "clusters:\n  - name: k8s-api\n    endpoints: [127.0.0.1:99999]\n",
     )
     .unwrap();
+    // `fs::write` truncates, then writes: a reload may land in between and
+    // report the empty file first. Wait for the error about the content.
     let table = eventually(Duration::from_secs(10), "the reload error", || {
         let out = status(&[]);
-        (out.status.code() == Some(1)).then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+        let s = String::from_utf8_lossy(&out.stdout).into_owned();
+        (out.status.code() == Some(1) && s.contains("pylon.yaml:3:")).then_some(s)
     });
     assert!(table.contains("reload:   FAILED"), "{table}");
-    assert!(table.contains("pylon.yaml:3:"), "{table}");
+    assert!(table.contains("99999"), "{table}");
     assert!(table.contains(&version1), "{table}");
 
     // Fixed: a new version, no error.
