@@ -6,17 +6,97 @@
 //! [`StreamGuard`] is dropped). Readers take a consistent copy with
 //! [`Registry::list`].
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
-use serde::Serialize;
+use envoy_types::pb::google::protobuf::Any;
+use serde::ser::SerializeMap;
+use serde::{Serialize, Serializer};
 
 use crate::metrics::{Metrics, NackLabels};
-use crate::snapshot::ResourceType;
+use crate::snapshot::{ResourceMap, ResourceType};
+
+/// What a client holds of one type. Shared with the stream's own state (and,
+/// for a SotW wildcard stream, with the snapshot), never copied per stream.
+#[derive(Debug, Clone, Default)]
+pub enum Held {
+    /// Nothing sent or declared yet.
+    #[default]
+    Nothing,
+    /// SotW: the resources of the last response.
+    Sent(ResourceMap),
+    /// Delta: name -> version of everything the client holds (sent, or
+    /// declared in `initial_resource_versions`).
+    Versions(Arc<HashMap<String, String>>),
+}
+
+impl Held {
+    /// Number of resources held.
+    pub fn len(&self) -> usize {
+        match self {
+            Held::Nothing => 0,
+            Held::Sent(m) => m.len(),
+            Held::Versions(m) => m.len(),
+        }
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The version held of `name`.
+    pub fn version(&self, name: &str) -> Option<&str> {
+        match self {
+            Held::Nothing => None,
+            Held::Sent(m) => m.get(name).map(|r| r.version.as_str()),
+            Held::Versions(m) => m.get(name).map(String::as_str),
+        }
+    }
+
+    /// The resource as it was sent, when the stream keeps it (SotW).
+    pub fn body(&self, name: &str) -> Option<&Any> {
+        match self {
+            Held::Sent(m) => m.get(name).map(|r| &r.body),
+            _ => None,
+        }
+    }
+
+    /// (name, version) pairs ordered by name.
+    pub fn sorted(&self) -> Vec<(&str, &str)> {
+        let mut v: Vec<(&str, &str)> = match self {
+            Held::Nothing => Vec::new(),
+            Held::Sent(m) => m
+                .iter()
+                .map(|(n, r)| (n.as_str(), r.version.as_str()))
+                .collect(),
+            Held::Versions(m) => m.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect(),
+        };
+        if matches!(self, Held::Versions(_)) {
+            v.sort_unstable();
+        }
+        v
+    }
+}
+
+/// Serialised as an object name -> version, ordered by name.
+impl Serialize for Held {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(self.len()))?;
+        for (name, version) in self.sorted() {
+            m.serialize_entry(name, version)?;
+        }
+        m.end()
+    }
+}
+
+fn serialize_names<S: Serializer>(names: &Arc<BTreeSet<String>>, s: S) -> Result<S::Ok, S::Error> {
+    names.as_ref().serialize(s)
+}
 
 /// The last NACK a stream received for one type.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -47,11 +127,12 @@ pub struct TypeStatus {
     pub resources: usize,
     /// What the client was sent and holds: name -> resource version (the
     /// last response for SotW; everything held for delta).
-    pub held: BTreeMap<String, String>,
+    pub held: Held,
     /// Whether the client subscribes to every resource of the type.
     pub wildcard: bool,
     /// The names the client asked for (besides a wildcard).
-    pub subscribed: BTreeSet<String>,
+    #[serde(serialize_with = "serialize_names")]
+    pub subscribed: Arc<BTreeSet<String>>,
     /// When the last response of this type was sent (milliseconds since the
     /// Unix epoch).
     pub updated_at_unix_ms: Option<u64>,
@@ -263,50 +344,35 @@ impl StreamGuard {
         }
     }
 
-    /// Records what the client subscribes to for one type.
-    pub fn subscribed<'a>(
-        &self,
-        ty: ResourceType,
-        wildcard: bool,
-        names: impl Iterator<Item = &'a String>,
-    ) {
+    /// Records what the client subscribes to for one type (shared with the
+    /// stream's state, not copied).
+    pub fn subscribed(&self, ty: ResourceType, wildcard: bool, names: Arc<BTreeSet<String>>) {
         if let Some(mut s) = self.registry.streams.get_mut(&self.id) {
             let t = s.types.get_mut(ty);
             t.wildcard = wildcard;
-            t.subscribed = names.cloned().collect();
+            t.subscribed = names;
         }
     }
 
     /// Records what a reconnecting delta client says it holds
     /// (`initial_resource_versions`) before anything is sent on this stream.
-    pub fn seeded<'a>(
-        &self,
-        ty: ResourceType,
-        held: impl Iterator<Item = (&'a String, &'a String)>,
-    ) {
+    pub fn seeded(&self, ty: ResourceType, held: Held) {
         if let Some(mut s) = self.registry.streams.get_mut(&self.id) {
             let t = s.types.get_mut(ty);
-            t.held = held.map(|(n, v)| (n.clone(), v.clone())).collect();
-            t.resources = t.held.len();
+            t.resources = held.len();
+            t.held = held;
         }
     }
 
-    /// Records a response sent, and what the client holds once it applies it
-    /// (name -> version).
-    pub fn sent<'a>(
-        &self,
-        ty: ResourceType,
-        version: &str,
-        nonce: &str,
-        held: impl Iterator<Item = (&'a String, &'a String)>,
-    ) {
+    /// Records a response sent, and what the client holds once it applies it.
+    pub fn sent(&self, ty: ResourceType, version: &str, nonce: &str, held: Held) {
         if let Some(mut s) = self.registry.streams.get_mut(&self.id) {
             let t = s.types.get_mut(ty);
             t.sent_version = Some(version.to_string());
             t.sent_nonce = Some(nonce.to_string());
-            t.held = held.map(|(n, v)| (n.clone(), v.clone())).collect();
             t.updated_at_unix_ms = Some(now_ms());
-            t.resources = t.held.len();
+            t.resources = held.len();
+            t.held = held;
         }
     }
 
@@ -377,15 +443,15 @@ mod tests {
         let g = reg.open("ads", None);
         let st = |reg: &Registry| reg.list()[0].types.cds.state();
         assert_eq!(st(&reg), "NOT_SENT");
-        let held: BTreeMap<String, String> = [("a".to_string(), "1".to_string())].into();
-        g.sent(ResourceType::Cluster, "v1", "1", held.iter());
+        let held = Held::Versions(Arc::new([("a".to_string(), "1".to_string())].into()));
+        g.sent(ResourceType::Cluster, "v1", "1", held.clone());
         assert_eq!(st(&reg), "STALE");
         g.acked(ResourceType::Cluster, "v1");
         assert_eq!(st(&reg), "SYNCED");
-        g.sent(ResourceType::Cluster, "v2", "2", held.iter());
+        g.sent(ResourceType::Cluster, "v2", "2", held.clone());
         g.nacked(ResourceType::Cluster, "v2", "2", "bad");
         assert_eq!(st(&reg), "ERROR");
-        g.sent(ResourceType::Cluster, "v3", "3", held.iter());
+        g.sent(ResourceType::Cluster, "v3", "3", held);
         g.acked(ResourceType::Cluster, "v3");
         assert_eq!(st(&reg), "SYNCED");
         assert_eq!(reg.metrics().connected_streams.get(), 1);

@@ -107,13 +107,17 @@ pub struct Resource {
     pub body: Any,
 }
 
+/// Resources of one type by name. Shared: a snapshot's map is handed as is to
+/// every wildcard stream, which keeps it as "what the client was sent".
+pub type ResourceMap = Arc<BTreeMap<String, Arc<Resource>>>;
+
 /// All resources of one type.
 #[derive(Debug, Default)]
 pub struct TypeSnapshot {
     /// Hash of the (name, version) pairs of this type.
     pub version: String,
     /// Resources by name.
-    pub resources: BTreeMap<String, Arc<Resource>>,
+    pub resources: ResourceMap,
 }
 
 /// One consistent revision of the whole config, or one node selection's view
@@ -220,6 +224,7 @@ impl Snapshot {
         ];
         for (ty, items) in ResourceType::ALL.into_iter().zip(encoded) {
             let slot = &mut types[ty as usize];
+            let mut map = BTreeMap::new();
             for (name, bytes) in items {
                 let version = content_version(ty, &bytes);
                 let reused = previous
@@ -236,10 +241,11 @@ impl Snapshot {
                         },
                     })
                 });
-                slot.resources.insert(name, resource);
+                map.insert(name, resource);
             }
+            slot.resources = Arc::new(map);
             let mut h = Sha256::new();
-            for (name, r) in &slot.resources {
+            for (name, r) in slot.resources.iter() {
                 h.update(name.as_bytes());
                 h.update([0]);
                 h.update(r.version.as_bytes());
@@ -329,11 +335,13 @@ impl Snapshot {
             .collect();
         let pick = |ty: ResourceType, names: &BTreeSet<&String>| TypeSnapshot {
             version: self.types[ty as usize].version.clone(),
-            resources: all(ty)
-                .iter()
-                .filter(|(n, _)| names.contains(n))
-                .map(|(n, r)| (n.clone(), Arc::clone(r)))
-                .collect(),
+            resources: Arc::new(
+                all(ty)
+                    .iter()
+                    .filter(|(n, _)| names.contains(n))
+                    .map(|(n, r)| (n.clone(), Arc::clone(r)))
+                    .collect(),
+            ),
         };
         Snapshot {
             version: self.version.clone(),

@@ -124,17 +124,24 @@ fn resources(
             version_info: n.version.clone(),
         });
     let last_updated = t.updated_at_unix_ms.map(timestamp);
-    for (name, version) in &t.held {
-        let body = snap
-            .get(ty)
-            .resources
-            .get(name)
-            .filter(|r| contents && &r.version == version)
-            .map(|r| r.body.clone());
+    for (name, version) in t.held.sorted() {
+        // What the stream sent (SotW), else the served resource if the
+        // client holds that version (delta).
+        let body = contents
+            .then(|| {
+                t.held.body(name).cloned().or_else(|| {
+                    snap.get(ty)
+                        .resources
+                        .get(name)
+                        .filter(|r| r.version == version)
+                        .map(|r| r.body.clone())
+                })
+            })
+            .flatten();
         out.push(GenericXdsConfig {
             type_url: ty.type_url().to_string(),
-            name: name.clone(),
-            version_info: version.clone(),
+            name: name.to_string(),
+            version_info: version.to_string(),
             xds_config: body,
             last_updated,
             config_status: config_status as i32,
@@ -143,7 +150,7 @@ fn resources(
             is_static_resource: false,
         });
     }
-    for name in t.subscribed.iter().filter(|n| !t.held.contains_key(*n)) {
+    for name in t.subscribed.iter().filter(|n| t.held.version(n).is_none()) {
         out.push(GenericXdsConfig {
             type_url: ty.type_url().to_string(),
             name: name.clone(),

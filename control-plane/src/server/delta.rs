@@ -22,23 +22,26 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource as WireResource,
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse,
 };
 use tonic::Status;
 use tracing::{debug, warn};
 
 use super::sotw::{check_name_count, request_type};
+use super::wire::Outgoing;
 use crate::metrics::TypeLabel;
-use crate::registry::StreamGuard;
+use crate::registry::{Held, StreamGuard};
 use crate::snapshot::{Resource, ResourceType, Snapshot};
 
 #[derive(Debug, Default)]
 struct TypeState {
     seen: bool,
     wildcard: bool,
-    names: BTreeSet<String>,
-    /// What the client holds: name -> version (recorded when sent).
-    client: HashMap<String, String>,
+    /// Shared with the registry entry (copied on write).
+    names: Arc<BTreeSet<String>>,
+    /// What the client holds: name -> version (recorded when sent). Shared
+    /// with the registry entry (copied on write).
+    client: Arc<HashMap<String, String>>,
     last_nonce: Option<String>,
     sent_version: Option<String>,
 }
@@ -87,7 +90,7 @@ impl DeltaStream {
         &mut self,
         req: DeltaDiscoveryRequest,
         snap: &Snapshot,
-    ) -> Result<Vec<DeltaDiscoveryResponse>, Status> {
+    ) -> Result<Vec<Outgoing<DeltaDiscoveryResponse>>, Status> {
         if self.guard.node().is_empty() {
             if let Some(node) = &req.node {
                 self.guard.set_node(node);
@@ -133,17 +136,21 @@ impl DeltaStream {
             || !req.resource_names_unsubscribe.is_empty();
         if first {
             t.seen = true;
-            t.client.extend(req.initial_resource_versions);
+            if !req.initial_resource_versions.is_empty() {
+                Arc::make_mut(&mut t.client).extend(req.initial_resource_versions);
+            }
             t.wildcard = ty.is_full_set() && req.resource_names_subscribe.is_empty();
         }
         for name in req.resource_names_subscribe {
             if name == pylon::type_url::WILDCARD {
                 t.wildcard = true;
             } else {
-                if !first {
-                    t.client.remove(&name);
+                if !first && t.client.contains_key(&name) {
+                    Arc::make_mut(&mut t.client).remove(&name);
                 }
-                t.names.insert(name);
+                if !t.names.contains(&name) {
+                    Arc::make_mut(&mut t.names).insert(name);
+                }
             }
         }
         let mut wildcard_unsubscribed = false;
@@ -151,22 +158,24 @@ impl DeltaStream {
             if name == pylon::type_url::WILDCARD {
                 t.wildcard = false;
             } else {
-                t.names.remove(&name);
+                if t.names.contains(&name) {
+                    Arc::make_mut(&mut t.names).remove(&name);
+                }
                 wildcard_unsubscribed |= t.wildcard;
             }
         }
         // Subscriptions add up over a delta stream: cap the total.
         check_name_count(ty, t.names.len())?;
-        if !t.wildcard {
+        if !t.wildcard && t.client.keys().any(|n| !t.names.contains(n)) {
             let names = &t.names;
-            t.client.retain(|n, _| names.contains(n));
+            Arc::make_mut(&mut t.client).retain(|n, _| names.contains(n));
         }
         if resubscribed {
-            self.guard.subscribed(ty, t.wildcard, t.names.iter());
+            self.guard.subscribed(ty, t.wildcard, Arc::clone(&t.names));
         }
         if first && !t.client.is_empty() {
             // After a reconnect the client already holds these.
-            self.guard.seeded(ty, t.client.iter());
+            self.guard.seeded(ty, Held::Versions(Arc::clone(&t.client)));
         }
         let diff = self.diff(ty, snap);
         let answer_anyway = (first && self.types[ty as usize].wildcard) || wildcard_unsubscribed;
@@ -177,15 +186,18 @@ impl DeltaStream {
     }
 
     /// Handles a new snapshot: updates in make-before-break order, cluster removals last.
-    pub fn on_snapshot(&mut self, snap: &Snapshot) -> Vec<DeltaDiscoveryResponse> {
+    pub fn on_snapshot(&mut self, snap: &Snapshot) -> Vec<Outgoing<DeltaDiscoveryResponse>> {
         let mut out = Vec::new();
         let mut cds = self.diff(ResourceType::Cluster, snap);
         let cds_removed = std::mem::take(&mut cds.removed);
         if !cds.updates.is_empty() {
             // A changed cluster warms until it gets its load assignment again.
             let eds = &mut self.types[ResourceType::Endpoint as usize];
-            for c in &cds.updates {
-                eds.client.remove(&c.name);
+            if cds.updates.iter().any(|c| eds.client.contains_key(&c.name)) {
+                let client = Arc::make_mut(&mut eds.client);
+                for c in &cds.updates {
+                    client.remove(&c.name);
+                }
             }
             out.push(self.respond(ResourceType::Cluster, snap, cds));
         }
@@ -254,41 +266,43 @@ impl DeltaStream {
         Diff { updates, removed }
     }
 
-    fn respond(&mut self, ty: ResourceType, snap: &Snapshot, diff: Diff) -> DeltaDiscoveryResponse {
+    fn respond(
+        &mut self,
+        ty: ResourceType,
+        snap: &Snapshot,
+        diff: Diff,
+    ) -> Outgoing<DeltaDiscoveryResponse> {
         self.nonce += 1;
         let nonce = self.nonce.to_string();
         let version = snap.get(ty).version.clone();
         let t = &mut self.types[ty as usize];
-        for r in &diff.updates {
-            t.client.insert(r.name.clone(), r.version.clone());
-        }
-        for n in &diff.removed {
-            t.client.remove(n);
+        if !diff.is_empty() {
+            let client = Arc::make_mut(&mut t.client);
+            for r in &diff.updates {
+                client.insert(r.name.clone(), r.version.clone());
+            }
+            for n in &diff.removed {
+                client.remove(n);
+            }
         }
         t.last_nonce = Some(nonce.clone());
         t.sent_version = Some(version.clone());
-        self.guard.sent(ty, &version, &nonce, t.client.iter());
+        self.guard
+            .sent(ty, &version, &nonce, Held::Versions(Arc::clone(&t.client)));
         self.guard.metrics().pushes.get_or_create(&label(ty)).inc();
         debug!(
             node = self.guard.node(), r#type = ty.short(), %version, %nonce,
             updates = diff.updates.len(), removed = diff.removed.len(), "send delta"
         );
-        DeltaDiscoveryResponse {
-            system_version_info: version,
-            resources: diff
-                .updates
-                .iter()
-                .map(|r| WireResource {
-                    name: r.name.clone(),
-                    version: r.version.clone(),
-                    resource: Some(r.body.clone()),
-                    ..Default::default()
-                })
-                .collect(),
-            type_url: ty.type_url().to_string(),
-            removed_resources: diff.removed,
-            nonce,
-            ..Default::default()
+        Outgoing {
+            message: DeltaDiscoveryResponse {
+                system_version_info: version,
+                type_url: ty.type_url().to_string(),
+                removed_resources: diff.removed,
+                nonce,
+                ..Default::default()
+            },
+            resources: diff.updates,
         }
     }
 }
@@ -301,17 +315,17 @@ fn label(ty: ResourceType) -> TypeLabel {
 
 impl super::Protocol for DeltaStream {
     type Request = DeltaDiscoveryRequest;
-    type Response = DeltaDiscoveryResponse;
+    type Response = Outgoing<DeltaDiscoveryResponse>;
 
     fn on_request(
         &mut self,
         req: DeltaDiscoveryRequest,
         snap: &Snapshot,
-    ) -> Result<Vec<DeltaDiscoveryResponse>, Status> {
+    ) -> Result<Vec<Outgoing<DeltaDiscoveryResponse>>, Status> {
         DeltaStream::on_request(self, req, snap)
     }
 
-    fn on_snapshot(&mut self, snap: &Snapshot) -> Vec<DeltaDiscoveryResponse> {
+    fn on_snapshot(&mut self, snap: &Snapshot) -> Vec<Outgoing<DeltaDiscoveryResponse>> {
         DeltaStream::on_snapshot(self, snap)
     }
 
@@ -328,6 +342,8 @@ impl super::Protocol for DeltaStream {
 
 #[cfg(test)]
 mod tests {
+    use prost::Message;
+
     use super::*;
     use crate::metrics::Metrics;
     use crate::registry::Registry;
@@ -350,8 +366,12 @@ mod tests {
         }
     }
 
-    fn names(r: &DeltaDiscoveryResponse) -> Vec<String> {
-        let anys: Vec<_> = r
+    /// The names of the resources `r` carries, read back from its encoding.
+    fn names(r: &Outgoing<DeltaDiscoveryResponse>) -> Vec<String> {
+        let mut buf = Vec::new();
+        r.encode(&mut buf);
+        let anys: Vec<_> = DeltaDiscoveryResponse::decode(buf.as_slice())
+            .unwrap()
             .resources
             .iter()
             .filter_map(|r| r.resource.clone())

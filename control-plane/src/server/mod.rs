@@ -3,12 +3,17 @@
 //!
 //! Each stream gets a task running a protocol state machine ([`sotw`],
 //! [`delta`]) fed by its requests and by the cache's snapshot channel. The
+//! state machines answer [`wire::Outgoing`] responses, which carry the
+//! snapshot's shared resources; [`streams`] frames them onto the wire. The
 //! server knows no YAML; `tonic::Status` appears only here.
 
 pub mod csds;
 pub mod delta;
 pub mod sotw;
+pub mod streams;
+pub mod wire;
 
+use std::pin::Pin;
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
@@ -39,6 +44,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::cache::Cache;
 use crate::registry::{Registry, StreamGuard};
 use crate::snapshot::{ResourceType, Snapshot};
+use wire::Outgoing;
 
 /// A stream's protocol state machine (SotW or delta), free of I/O.
 pub trait Protocol: Send + 'static {
@@ -156,8 +162,22 @@ pub struct XdsServer {
     shared: Arc<Shared>,
 }
 
-type SotwOut = ReceiverStream<Result<DiscoveryResponse, Status>>;
-type DeltaOut = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
+/// What a stream task queues (see [`wire`]).
+type SotwQueue = ReceiverStream<Result<Outgoing<DiscoveryResponse>, Status>>;
+type DeltaQueue = ReceiverStream<Result<Outgoing<DeltaDiscoveryResponse>, Status>>;
+/// The generated services' stream types. [`streams::XdsStreams`] serves the
+/// streaming methods itself; these are what the generated services would
+/// answer if called.
+type FullMessages<M> = Pin<Box<dyn Stream<Item = Result<M, Status>> + Send>>;
+type SotwOut = FullMessages<DiscoveryResponse>;
+type DeltaOut = FullMessages<DeltaDiscoveryResponse>;
+
+/// A queue of [`Outgoing`] responses as full messages.
+fn full_messages<M: wire::WireMessage + Send + 'static>(
+    queue: Response<ReceiverStream<Result<Outgoing<M>, Status>>>,
+) -> Response<FullMessages<M>> {
+    queue.map(|q| Box::pin(q.map(|r| r.map(Outgoing::into_proto))) as Pin<Box<_>>)
+}
 
 impl XdsServer {
     /// Services backed by `shared`.
@@ -182,26 +202,45 @@ impl XdsServer {
         tonic::transport::Server::builder()
             .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
             .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
-            .add_service(
-                AggregatedDiscoveryServiceServer::new(self.clone())
-                    .max_decoding_message_size(MAX_REQUEST_BYTES),
-            )
-            .add_service(
+            .add_service(streams::XdsStreams::new(
+                AggregatedDiscoveryServiceServer::new(self.clone()),
+                self.clone(),
+                None,
+                ("StreamAggregatedResources", "DeltaAggregatedResources"),
+                MAX_REQUEST_BYTES,
+            ))
+            .add_service(streams::XdsStreams::new(
                 ClusterDiscoveryServiceServer::new(self.clone())
                     .max_decoding_message_size(MAX_REQUEST_BYTES),
-            )
-            .add_service(
+                self.clone(),
+                Some(ResourceType::Cluster),
+                ("StreamClusters", "DeltaClusters"),
+                MAX_REQUEST_BYTES,
+            ))
+            .add_service(streams::XdsStreams::new(
                 EndpointDiscoveryServiceServer::new(self.clone())
                     .max_decoding_message_size(MAX_REQUEST_BYTES),
-            )
-            .add_service(
+                self.clone(),
+                Some(ResourceType::Endpoint),
+                ("StreamEndpoints", "DeltaEndpoints"),
+                MAX_REQUEST_BYTES,
+            ))
+            .add_service(streams::XdsStreams::new(
                 ListenerDiscoveryServiceServer::new(self.clone())
                     .max_decoding_message_size(MAX_REQUEST_BYTES),
-            )
-            .add_service(
+                self.clone(),
+                Some(ResourceType::Listener),
+                ("StreamListeners", "DeltaListeners"),
+                MAX_REQUEST_BYTES,
+            ))
+            .add_service(streams::XdsStreams::new(
                 RouteDiscoveryServiceServer::new(self.clone())
                     .max_decoding_message_size(MAX_REQUEST_BYTES),
-            )
+                self.clone(),
+                Some(ResourceType::Route),
+                ("StreamRoutes", "DeltaRoutes"),
+                MAX_REQUEST_BYTES,
+            ))
             .add_service(csds::Csds::new(Arc::clone(&self.shared)).service())
     }
 
@@ -209,7 +248,7 @@ impl XdsServer {
         &self,
         req: Request<Streaming<DiscoveryRequest>>,
         only: Option<ResourceType>,
-    ) -> Response<SotwOut> {
+    ) -> Response<SotwQueue> {
         let protocol = only.map_or("ads", ResourceType::short);
         let guard = self.shared.registry.open(protocol, req.remote_addr());
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
@@ -222,7 +261,7 @@ impl XdsServer {
         &self,
         req: Request<Streaming<DeltaDiscoveryRequest>>,
         only: Option<ResourceType>,
-    ) -> Response<DeltaOut> {
+    ) -> Response<DeltaQueue> {
         let protocol = format!("{}-delta", only.map_or("ads", ResourceType::short));
         let guard = self.shared.registry.open(&protocol, req.remote_addr());
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
@@ -269,14 +308,14 @@ impl AggregatedDiscoveryService for XdsServer {
         &self,
         req: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<SotwOut>, Status> {
-        Ok(self.sotw(req, None))
+        Ok(full_messages(self.sotw(req, None)))
     }
 
     async fn delta_aggregated_resources(
         &self,
         req: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<DeltaOut>, Status> {
-        Ok(self.delta(req, None))
+        Ok(full_messages(self.delta(req, None)))
     }
 }
 
@@ -293,14 +332,14 @@ macro_rules! single_type_service {
                 &self,
                 req: Request<Streaming<DiscoveryRequest>>,
             ) -> Result<Response<SotwOut>, Status> {
-                Ok(self.sotw(req, Some($ty)))
+                Ok(full_messages(self.sotw(req, Some($ty))))
             }
 
             async fn $delta(
                 &self,
                 req: Request<Streaming<DeltaDiscoveryRequest>>,
             ) -> Result<Response<DeltaOut>, Status> {
-                Ok(self.delta(req, Some($ty)))
+                Ok(full_messages(self.delta(req, Some($ty))))
             }
 
             async fn $fetch(

@@ -26,9 +26,10 @@ use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, Discovery
 use tonic::Status;
 use tracing::{debug, warn};
 
+use super::wire::Outgoing;
 use crate::metrics::TypeLabel;
-use crate::registry::StreamGuard;
-use crate::snapshot::{Resource, ResourceType, Snapshot};
+use crate::registry::{Held, StreamGuard};
+use crate::snapshot::{Resource, ResourceMap, ResourceType, Snapshot};
 
 /// The most resource names one stream may subscribe to for one type (SotW:
 /// in one request; delta: in total, and in `initial_resource_versions`).
@@ -74,11 +75,13 @@ struct TypeState {
     /// A request of this type has arrived on this stream.
     seen: bool,
     wildcard: bool,
-    names: BTreeSet<String>,
+    /// Shared with the registry entry.
+    names: Arc<BTreeSet<String>>,
     last_nonce: Option<String>,
     sent_version: Option<String>,
-    /// What the last response of this type carried.
-    sent: BTreeMap<String, Arc<Resource>>,
+    /// What the last response of this type carried (shared with the registry
+    /// entry; for a wildcard, with the snapshot).
+    sent: ResourceMap,
     /// Answer the next request even if nothing changed (warming).
     always_respond: bool,
 }
@@ -108,7 +111,7 @@ impl SotwStream {
         &mut self,
         req: DiscoveryRequest,
         snap: &Snapshot,
-    ) -> Result<Vec<DiscoveryResponse>, Status> {
+    ) -> Result<Vec<Outgoing<DiscoveryResponse>>, Status> {
         if self.guard.node().is_empty() {
             if let Some(node) = &req.node {
                 self.guard.set_node(node);
@@ -176,10 +179,9 @@ impl SotwStream {
         let grew = (t.wildcard && !was_wildcard) || names.difference(&t.names).next().is_some();
         // Most requests are ACKs repeating the subscription: copy it into the
         // registry only when it changed.
-        let changed = t.wildcard != was_wildcard || names != t.names;
-        t.names = names;
-        if changed {
-            self.guard.subscribed(ty, t.wildcard, t.names.iter());
+        if t.wildcard != was_wildcard || names != *t.names {
+            t.names = Arc::new(names);
+            self.guard.subscribed(ty, t.wildcard, Arc::clone(&t.names));
         }
         let respond = initial || grew || (t.always_respond && nack.is_none());
         if !respond {
@@ -191,7 +193,7 @@ impl SotwStream {
 
     /// Handles a new snapshot: sends whatever changed for this stream, in
     /// make-before-break order.
-    pub fn on_snapshot(&mut self, snap: &Snapshot) -> Vec<DiscoveryResponse> {
+    pub fn on_snapshot(&mut self, snap: &Snapshot) -> Vec<Outgoing<DiscoveryResponse>> {
         let mut out = Vec::new();
         let changed: Vec<ResourceType> = ResourceType::ALL
             .into_iter()
@@ -236,16 +238,18 @@ impl SotwStream {
     }
 
     /// The resources of `ty` this stream should hold in `snap`.
-    fn select(&self, ty: ResourceType, snap: &Snapshot) -> BTreeMap<String, Arc<Resource>> {
+    fn select(&self, ty: ResourceType, snap: &Snapshot) -> ResourceMap {
         let t = &self.types[ty as usize];
         let all = &snap.get(ty).resources;
         if t.wildcard {
-            all.clone()
+            Arc::clone(all)
         } else {
-            t.names
-                .iter()
-                .filter_map(|n| all.get(n).map(|r| (n.clone(), Arc::clone(r))))
-                .collect()
+            Arc::new(
+                t.names
+                    .iter()
+                    .filter_map(|n| all.get(n).map(|r| (n.clone(), Arc::clone(r))))
+                    .collect(),
+            )
         }
     }
 
@@ -255,21 +259,20 @@ impl SotwStream {
         snap: &Snapshot,
         extra: &BTreeMap<String, Arc<Resource>>,
         version_suffix: &str,
-    ) -> DiscoveryResponse {
+    ) -> Outgoing<DiscoveryResponse> {
         let mut selected = self.select(ty, snap);
-        for (n, r) in extra {
-            selected.entry(n.clone()).or_insert_with(|| Arc::clone(r));
+        if !extra.is_empty() {
+            let all = Arc::make_mut(&mut selected);
+            for (n, r) in extra {
+                all.entry(n.clone()).or_insert_with(|| Arc::clone(r));
+            }
         }
         self.nonce += 1;
         let nonce = self.nonce.to_string();
         let version = format!("{}{}", snap.get(ty).version, version_suffix);
-        let resources = selected.values().map(|r| r.body.clone()).collect();
-        self.guard.sent(
-            ty,
-            &version,
-            &nonce,
-            selected.iter().map(|(n, r)| (n, &r.version)),
-        );
+        let resources = selected.values().cloned().collect();
+        self.guard
+            .sent(ty, &version, &nonce, Held::Sent(Arc::clone(&selected)));
         self.guard.metrics().pushes.get_or_create(&label(ty)).inc();
         debug!(node = self.guard.node(), r#type = ty.short(), %version, %nonce, n = selected.len(), "send");
         let t = &mut self.types[ty as usize];
@@ -285,12 +288,14 @@ impl SotwStream {
             }
             _ => {}
         }
-        DiscoveryResponse {
-            version_info: version,
+        Outgoing {
+            message: DiscoveryResponse {
+                version_info: version,
+                type_url: ty.type_url().to_string(),
+                nonce,
+                ..Default::default()
+            },
             resources,
-            type_url: ty.type_url().to_string(),
-            nonce,
-            ..Default::default()
         }
     }
 }
@@ -310,17 +315,17 @@ fn label(ty: ResourceType) -> TypeLabel {
 
 impl super::Protocol for SotwStream {
     type Request = DiscoveryRequest;
-    type Response = DiscoveryResponse;
+    type Response = Outgoing<DiscoveryResponse>;
 
     fn on_request(
         &mut self,
         req: DiscoveryRequest,
         snap: &Snapshot,
-    ) -> Result<Vec<DiscoveryResponse>, Status> {
+    ) -> Result<Vec<Outgoing<DiscoveryResponse>>, Status> {
         SotwStream::on_request(self, req, snap)
     }
 
-    fn on_snapshot(&mut self, snap: &Snapshot) -> Vec<DiscoveryResponse> {
+    fn on_snapshot(&mut self, snap: &Snapshot) -> Vec<Outgoing<DiscoveryResponse>> {
         SotwStream::on_snapshot(self, snap)
     }
 
@@ -335,6 +340,8 @@ impl super::Protocol for SotwStream {
 
 #[cfg(test)]
 mod tests {
+    use prost::Message;
+
     use super::*;
     use crate::metrics::Metrics;
     use crate::registry::Registry;
@@ -363,8 +370,13 @@ mod tests {
         }
     }
 
-    fn names(resp: &DiscoveryResponse) -> Vec<String> {
-        crate::server::tests::names_of(&resp.resources)
+    /// The names of the resources `resp` carries, read back from its encoding.
+    fn names(resp: &Outgoing<DiscoveryResponse>) -> Vec<String> {
+        let mut buf = Vec::new();
+        resp.encode(&mut buf);
+        crate::server::tests::names_of(
+            &DiscoveryResponse::decode(buf.as_slice()).unwrap().resources,
+        )
     }
 
     fn registry() -> Arc<Registry> {
