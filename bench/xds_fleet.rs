@@ -179,6 +179,24 @@ enum Event {
     Failed(String),
 }
 
+/// Counts the responses of the type a client watches: the first is the
+/// sync, every later one a push.
+struct Progress {
+    seen: usize,
+    events: mpsc::UnboundedSender<Event>,
+}
+
+impl Progress {
+    fn arrived(&mut self) {
+        self.seen += 1;
+        let _ = self.events.send(if self.seen == 1 {
+            Event::Synced
+        } else {
+            Event::Pushed
+        });
+    }
+}
+
 fn node(i: usize) -> Option<Node> {
     Some(Node {
         id: format!("fleet-{i}"),
@@ -207,7 +225,7 @@ async fn sotw(
         .stream_aggregated_resources(ReceiverStream::new(rx))
         .await?
         .into_inner();
-    let mut versions = 0;
+    let mut progress = Progress { seen: 0, events };
     while let Some(r) = stream.next().await {
         let r = r?;
         let mut ack = DiscoveryRequest {
@@ -221,13 +239,8 @@ async fn sotw(
         }
         tx.send(ack).await?;
         if r.type_url == CLUSTER && cds_only {
-            versions += 1;
-            let _ = events.send(if versions == 1 {
-                Event::Synced
-            } else {
-                Event::Pushed
-            });
-        } else if r.type_url == CLUSTER && versions == 0 {
+            progress.arrived();
+        } else if r.type_url == CLUSTER && progress.seen == 0 {
             tx.send(DiscoveryRequest {
                 type_url: ENDPOINT.into(),
                 resource_names: names.to_vec(),
@@ -242,12 +255,7 @@ async fn sotw(
                     names.len()
                 );
             }
-            versions += 1;
-            let _ = events.send(if versions == 1 {
-                Event::Synced
-            } else {
-                Event::Pushed
-            });
+            progress.arrived();
         }
     }
     Ok(())
@@ -274,7 +282,7 @@ async fn delta(
         .await?
         .into_inner();
     let mut eds_held = 0;
-    let mut eds_responses = 0;
+    let mut progress = Progress { seen: 0, events };
     while let Some(r) = stream.next().await {
         let r = r?;
         tx.send(DeltaDiscoveryRequest {
@@ -284,13 +292,8 @@ async fn delta(
         })
         .await?;
         if r.type_url == CLUSTER && cds_only {
-            eds_responses += 1;
-            let _ = events.send(if eds_responses == 1 {
-                Event::Synced
-            } else {
-                Event::Pushed
-            });
-        } else if r.type_url == CLUSTER && eds_responses == 0 && eds_held == 0 {
+            progress.arrived();
+        } else if r.type_url == CLUSTER && progress.seen == 0 && eds_held == 0 {
             tx.send(DeltaDiscoveryRequest {
                 type_url: ENDPOINT.into(),
                 resource_names_subscribe: names.to_vec(),
@@ -299,15 +302,10 @@ async fn delta(
             .await?;
         } else if r.type_url == ENDPOINT {
             eds_held += r.resources.len();
-            eds_responses += 1;
-            if eds_responses == 1 {
-                if eds_held != names.len() {
-                    bail!("delta {i}: EDS with {eds_held} of {}", names.len());
-                }
-                let _ = events.send(Event::Synced);
-            } else {
-                let _ = events.send(Event::Pushed);
+            if progress.seen == 0 && eds_held != names.len() {
+                bail!("delta {i}: EDS with {eds_held} of {}", names.len());
             }
+            progress.arrived();
         }
     }
     Ok(())
