@@ -114,8 +114,14 @@ pub type ResourceMap = Arc<BTreeMap<String, Arc<Resource>>>;
 /// All resources of one type.
 #[derive(Debug, Default)]
 pub struct TypeSnapshot {
-    /// Hash of the (name, version) pairs of this type.
+    /// Hash of the (name, version) pairs of this type in the revision: the
+    /// version sent to clients.
     pub version: String,
+    /// Hash of the (name, version) pairs held here. The same as `version` in
+    /// a revision; a view keeps the revision's `version` but has its own
+    /// `content`. Streams compare it to skip work when nothing they see
+    /// changed.
+    pub content: String,
     /// Resources by name.
     pub resources: ResourceMap,
 }
@@ -243,15 +249,9 @@ impl Snapshot {
                 });
                 map.insert(name, resource);
             }
+            slot.content = content_hash(&map);
+            slot.version = slot.content.clone();
             slot.resources = Arc::new(map);
-            let mut h = Sha256::new();
-            for (name, r) in slot.resources.iter() {
-                h.update(name.as_bytes());
-                h.update([0]);
-                h.update(r.version.as_bytes());
-                h.update([0]);
-            }
-            slot.version = short_hex(&h.finalize());
         }
         let mut h = Sha256::new();
         for t in &types {
@@ -333,15 +333,17 @@ impl Snapshot {
             .iter()
             .filter_map(|c| g.cluster_cla.get(*c))
             .collect();
-        let pick = |ty: ResourceType, names: &BTreeSet<&String>| TypeSnapshot {
-            version: self.types[ty as usize].version.clone(),
-            resources: Arc::new(
-                all(ty)
-                    .iter()
-                    .filter(|(n, _)| names.contains(n))
-                    .map(|(n, r)| (n.clone(), Arc::clone(r)))
-                    .collect(),
-            ),
+        let pick = |ty: ResourceType, names: &BTreeSet<&String>| {
+            let picked: BTreeMap<String, Arc<Resource>> = all(ty)
+                .iter()
+                .filter(|(n, _)| names.contains(n))
+                .map(|(n, r)| (n.clone(), Arc::clone(r)))
+                .collect();
+            TypeSnapshot {
+                version: self.types[ty as usize].version.clone(),
+                content: content_hash(&picked),
+                resources: Arc::new(picked),
+            }
         };
         Snapshot {
             version: self.version.clone(),
@@ -368,6 +370,18 @@ impl Snapshot {
     pub fn counts(&self) -> [usize; 4] {
         [0, 1, 2, 3].map(|i| self.types[i].resources.len())
     }
+}
+
+/// Hash of the (name, version) pairs of `map`.
+fn content_hash(map: &BTreeMap<String, Arc<Resource>>) -> String {
+    let mut h = Sha256::new();
+    for (name, r) in map {
+        h.update(name.as_bytes());
+        h.update([0]);
+        h.update(r.version.as_bytes());
+        h.update([0]);
+    }
+    short_hex(&h.finalize())
 }
 
 fn short_hex(bytes: &[u8]) -> String {

@@ -44,12 +44,10 @@ struct TypeState {
     client: Arc<HashMap<String, String>>,
     last_nonce: Option<String>,
     sent_version: Option<String>,
-}
-
-impl TypeState {
-    fn in_scope(&self, name: &str) -> bool {
-        self.wildcard || self.names.contains(name)
-    }
+    /// The view content (`TypeSnapshot::content`) the client was last
+    /// brought up to date with, while neither its subscription nor what it
+    /// holds changed otherwise: a diff against the same content is empty.
+    synced_with: Option<String>,
 }
 
 /// Updates and removals of one type for one response.
@@ -177,12 +175,18 @@ impl DeltaStream {
             // After a reconnect the client already holds these.
             self.guard.seeded(ty, Held::Versions(Arc::clone(&t.client)));
         }
+        if resubscribed {
+            t.synced_with = None;
+        }
         let diff = self.diff(ty, snap);
         let answer_anyway = (first && self.types[ty as usize].wildcard) || wildcard_unsubscribed;
-        if diff.is_empty() && !answer_anyway {
-            return Ok(Vec::new());
-        }
-        Ok(vec![self.respond(ty, snap, diff)])
+        let out = if diff.is_empty() && !answer_anyway {
+            Vec::new()
+        } else {
+            vec![self.respond(ty, snap, diff)]
+        };
+        self.types[ty as usize].synced_with = Some(snap.get(ty).content.clone());
+        Ok(out)
     }
 
     /// Handles a new snapshot: updates in make-before-break order, cluster removals last.
@@ -198,6 +202,7 @@ impl DeltaStream {
                 for c in &cds.updates {
                     client.remove(&c.name);
                 }
+                eds.synced_with = None;
             }
             out.push(self.respond(ResourceType::Cluster, snap, cds));
         }
@@ -230,6 +235,13 @@ impl DeltaStream {
                 out.push(self.respond(ty, snap, diff));
             }
         }
+        // Everything the stream sees is sent now.
+        for ty in ResourceType::ALL {
+            let t = &mut self.types[ty as usize];
+            if t.seen {
+                t.synced_with = Some(snap.get(ty).content.clone());
+            }
+        }
         let latency = snap.created.elapsed().as_secs_f64();
         for _ in &out {
             self.guard.metrics().push_latency.observe(latency);
@@ -237,32 +249,55 @@ impl DeltaStream {
         out
     }
 
+    /// What the client lacks of `ty` (new or changed resources in its
+    /// scope) and holds in vain (names in scope no longer served).
     fn diff(&self, ty: ResourceType, snap: &Snapshot) -> Diff {
         let t = &self.types[ty as usize];
-        if !t.seen {
+        let view = snap.get(ty);
+        if !t.seen || t.synced_with.as_ref() == Some(&view.content) {
             return Diff::default();
         }
-        let all = &snap.get(ty).resources;
-        let updates = if t.wildcard {
-            all.values()
-                .filter(|r| t.client.get(&r.name) != Some(&r.version))
-                .cloned()
-                .collect()
+        let all = &view.resources;
+        let mut updates = Vec::new();
+        let mut removed = Vec::new();
+        if t.wildcard {
+            // Everything the client holds is in scope.
+            let mut held = 0;
+            for r in all.values() {
+                match t.client.get(&r.name) {
+                    Some(v) if *v == r.version => held += 1,
+                    Some(_) => {
+                        held += 1;
+                        updates.push(Arc::clone(r));
+                    }
+                    None => updates.push(Arc::clone(r)),
+                }
+            }
+            if held < t.client.len() {
+                removed = t
+                    .client
+                    .keys()
+                    .filter(|n| !all.contains_key(*n))
+                    .cloned()
+                    .collect();
+                removed.sort();
+            }
         } else {
-            t.names
-                .iter()
-                .filter_map(|n| all.get(n))
-                .filter(|r| t.client.get(&r.name) != Some(&r.version))
-                .cloned()
-                .collect()
-        };
-        let mut removed: Vec<String> = t
-            .client
-            .keys()
-            .filter(|n| t.in_scope(n) && !all.contains_key(*n))
-            .cloned()
-            .collect();
-        removed.sort();
+            // The client holds only names it subscribes to. Names and
+            // resources are both ordered by name: one merge walk.
+            let mut served = all.iter().peekable();
+            for name in t.names.iter() {
+                while served.next_if(|(n, _)| *n < name).is_some() {}
+                match served.next_if(|(n, _)| *n == name) {
+                    Some((_, r)) if t.client.get(name) != Some(&r.version) => {
+                        updates.push(Arc::clone(r));
+                    }
+                    Some(_) => {}
+                    None if t.client.contains_key(name) => removed.push(name.clone()),
+                    None => {}
+                }
+            }
+        }
         Diff { updates, removed }
     }
 

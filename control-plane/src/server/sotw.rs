@@ -84,6 +84,10 @@ struct TypeState {
     sent: ResourceMap,
     /// Answer the next request even if nothing changed (warming).
     always_respond: bool,
+    /// The view content (`TypeSnapshot::content`) `sent` was selected from,
+    /// while the subscription has not changed since: the same content would
+    /// select the same resources.
+    sent_from: Option<String>,
 }
 
 /// The protocol state of one SotW stream.
@@ -181,6 +185,7 @@ impl SotwStream {
         // registry only when it changed.
         if t.wildcard != was_wildcard || names != *t.names {
             t.names = Arc::new(names);
+            t.sent_from = None;
             self.guard.subscribed(ty, t.wildcard, Arc::clone(&t.names));
         }
         let respond = initial || grew || (t.always_respond && nack.is_none());
@@ -199,7 +204,9 @@ impl SotwStream {
             .into_iter()
             .filter(|&ty| {
                 let t = &self.types[ty as usize];
-                t.seen && !same_content(&t.sent, &self.select(ty, snap))
+                t.seen
+                    && t.sent_from.as_ref() != Some(&snap.get(ty).content)
+                    && !same_content(&t.sent, &self.select(ty, snap))
             })
             .collect();
         // Clusters the stream holds that the new snapshot drops: keep them in an
@@ -279,6 +286,7 @@ impl SotwStream {
         t.last_nonce = Some(nonce.clone());
         t.sent_version = Some(version.clone());
         t.sent = selected;
+        t.sent_from = extra.is_empty().then(|| snap.get(ty).content.clone());
         match ty {
             ResourceType::Cluster => {
                 self.types[ResourceType::Endpoint as usize].always_respond = true
