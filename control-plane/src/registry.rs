@@ -4,7 +4,9 @@
 //! Streams register themselves and update their entry as they send responses
 //! and receive ACKs and NACKs; an entry disappears when its stream ends (the
 //! [`StreamGuard`] is dropped). Readers take a consistent copy with
-//! [`Registry::list`].
+//! [`Registry::list`]. What a client holds and subscribes to is shared with
+//! the stream's own state (`Arc`), so an entry costs no copy of it; the copy
+//! `list` makes is of pointers.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
