@@ -33,7 +33,7 @@ pub enum Held {
     Sent(ResourceMap),
     /// Delta: name -> version of everything the client holds (sent, or
     /// declared in `initial_resource_versions`).
-    Versions(Arc<HashMap<String, String>>),
+    Versions(Arc<HashMap<Arc<str>, Arc<str>>>),
 }
 
 impl Held {
@@ -55,8 +55,8 @@ impl Held {
     pub fn version(&self, name: &str) -> Option<&str> {
         match self {
             Held::Nothing => None,
-            Held::Sent(m) => m.get(name).map(|r| r.version.as_str()),
-            Held::Versions(m) => m.get(name).map(String::as_str),
+            Held::Sent(m) => m.get(name).map(|r| &*r.version),
+            Held::Versions(m) => m.get(name).map(|v| &**v),
         }
     }
 
@@ -72,11 +72,8 @@ impl Held {
     pub fn sorted(&self) -> Vec<(&str, &str)> {
         let mut v: Vec<(&str, &str)> = match self {
             Held::Nothing => Vec::new(),
-            Held::Sent(m) => m
-                .iter()
-                .map(|(n, r)| (n.as_str(), r.version.as_str()))
-                .collect(),
-            Held::Versions(m) => m.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect(),
+            Held::Sent(m) => m.iter().map(|(n, r)| (&**n, &*r.version)).collect(),
+            Held::Versions(m) => m.iter().map(|(n, v)| (&**n, &**v)).collect(),
         };
         if matches!(self, Held::Versions(_)) {
             v.sort_unstable();
@@ -96,8 +93,11 @@ impl Serialize for Held {
     }
 }
 
-fn serialize_names<S: Serializer>(names: &Arc<BTreeSet<String>>, s: S) -> Result<S::Ok, S::Error> {
-    names.as_ref().serialize(s)
+fn serialize_names<S: Serializer>(
+    names: &Arc<BTreeSet<Arc<str>>>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_seq(names.iter().map(|n| &**n))
 }
 
 /// The last NACK a stream received for one type.
@@ -134,7 +134,7 @@ pub struct TypeStatus {
     pub wildcard: bool,
     /// The names the client asked for (besides a wildcard).
     #[serde(serialize_with = "serialize_names")]
-    pub subscribed: Arc<BTreeSet<String>>,
+    pub subscribed: Arc<BTreeSet<Arc<str>>>,
     /// When the last response of this type was sent (milliseconds since the
     /// Unix epoch).
     pub updated_at_unix_ms: Option<u64>,
@@ -348,7 +348,7 @@ impl StreamGuard {
 
     /// Records what the client subscribes to for one type (shared with the
     /// stream's state, not copied).
-    pub fn subscribed(&self, ty: ResourceType, wildcard: bool, names: Arc<BTreeSet<String>>) {
+    pub fn subscribed(&self, ty: ResourceType, wildcard: bool, names: Arc<BTreeSet<Arc<str>>>) {
         if let Some(mut s) = self.registry.streams.get_mut(&self.id) {
             let t = s.types.get_mut(ty);
             t.wildcard = wildcard;
@@ -445,7 +445,7 @@ mod tests {
         let g = reg.open("ads", None);
         let st = |reg: &Registry| reg.list()[0].types.cds.state();
         assert_eq!(st(&reg), "NOT_SENT");
-        let held = Held::Versions(Arc::new([("a".to_string(), "1".to_string())].into()));
+        let held = Held::Versions(Arc::new([(Arc::from("a"), Arc::from("1"))].into()));
         g.sent(ResourceType::Cluster, "v1", "1", held.clone());
         assert_eq!(st(&reg), "STALE");
         g.acked(ResourceType::Cluster, "v1");

@@ -96,20 +96,23 @@ impl ResourceType {
     }
 }
 
-/// One encoded resource, shared by every stream that sends it.
+/// One encoded resource, shared by every stream that sends it. Its name and
+/// version are shared too: streams keep them (as subscribed names, as what a
+/// client holds) without allocating copies.
 #[derive(Debug, PartialEq)]
 pub struct Resource {
     /// The resource name.
-    pub name: String,
+    pub name: Arc<str>,
     /// Content hash of the resource.
-    pub version: String,
+    pub version: Arc<str>,
     /// The encoded resource, ready for a response.
     pub body: Any,
 }
 
 /// Resources of one type by name. Shared: a snapshot's map is handed as is to
 /// every wildcard stream, which keeps it as "what the client was sent".
-pub type ResourceMap = Arc<BTreeMap<String, Arc<Resource>>>;
+/// Keys are the resources' own `name`s.
+pub type ResourceMap = Arc<BTreeMap<Arc<str>, Arc<Resource>>>;
 
 /// All resources of one type.
 #[derive(Debug, Default)]
@@ -234,20 +237,20 @@ impl Snapshot {
             for (name, bytes) in items {
                 let version = content_version(ty, &bytes);
                 let reused = previous
-                    .and_then(|p| p.get(ty).resources.get(&name))
-                    .filter(|r| r.version == version)
+                    .and_then(|p| p.get(ty).resources.get(name.as_str()))
+                    .filter(|r| *r.version == *version)
                     .cloned();
                 let resource = reused.unwrap_or_else(|| {
                     Arc::new(Resource {
-                        name: name.clone(),
-                        version,
+                        name: Arc::from(name),
+                        version: Arc::from(version),
                         body: Any {
                             type_url: ty.type_url().to_string(),
                             value: bytes,
                         },
                     })
                 });
-                map.insert(name, resource);
+                map.insert(Arc::clone(&resource.name), resource);
             }
             slot.content = content_hash(&map);
             slot.version = slot.content.clone();
@@ -302,42 +305,45 @@ impl Snapshot {
     fn narrow(&self, selector: &Selector) -> Snapshot {
         let g = &self.graph;
         let all = |ty: ResourceType| &self.types[ty as usize].resources;
-        let listeners: BTreeSet<&String> = all(ResourceType::Listener)
-            .keys()
+        let keys = |ty: ResourceType| all(ty).keys().map(|k| &**k);
+        let listeners: BTreeSet<&str> = keys(ResourceType::Listener)
             .filter(|n| selector.listeners.contains(n))
             .collect();
-        let mut routes: BTreeSet<&String> = if selector.listeners == Names::All {
-            all(ResourceType::Route).keys().collect()
+        let mut routes: BTreeSet<&str> = if selector.listeners == Names::All {
+            keys(ResourceType::Route).collect()
         } else {
             listeners
                 .iter()
                 .flat_map(|l| g.listener_routes.get(*l).into_iter().flatten())
+                .map(String::as_str)
                 .collect()
         };
         routes.retain(|r| all(ResourceType::Route).contains_key(*r));
-        let mut clusters: BTreeSet<&String> = all(ResourceType::Cluster)
-            .keys()
+        let mut clusters: BTreeSet<&str> = keys(ResourceType::Cluster)
             .filter(|n| selector.clusters.contains(n))
             .collect();
         clusters.extend(
             listeners
                 .iter()
-                .flat_map(|l| g.listener_clusters.get(*l).into_iter().flatten()),
+                .flat_map(|l| g.listener_clusters.get(*l).into_iter().flatten())
+                .map(String::as_str),
         );
         clusters.extend(
             routes
                 .iter()
-                .flat_map(|r| g.route_clusters.get(*r).into_iter().flatten()),
+                .flat_map(|r| g.route_clusters.get(*r).into_iter().flatten())
+                .map(String::as_str),
         );
-        let endpoints: BTreeSet<&String> = clusters
+        let endpoints: BTreeSet<&str> = clusters
             .iter()
             .filter_map(|c| g.cluster_cla.get(*c))
+            .map(String::as_str)
             .collect();
-        let pick = |ty: ResourceType, names: &BTreeSet<&String>| {
-            let picked: BTreeMap<String, Arc<Resource>> = all(ty)
+        let pick = |ty: ResourceType, names: &BTreeSet<&str>| {
+            let picked: BTreeMap<Arc<str>, Arc<Resource>> = all(ty)
                 .iter()
-                .filter(|(n, _)| names.contains(n))
-                .map(|(n, r)| (n.clone(), Arc::clone(r)))
+                .filter(|(n, _)| names.contains(&***n))
+                .map(|(n, r)| (Arc::clone(n), Arc::clone(r)))
                 .collect();
             TypeSnapshot {
                 version: self.types[ty as usize].version.clone(),
@@ -372,8 +378,16 @@ impl Snapshot {
     }
 }
 
+/// `name` as the `Arc<str>` `map` already holds for it (no allocation), or a
+/// new one for a name it does not hold.
+pub fn intern(map: &BTreeMap<Arc<str>, Arc<Resource>>, name: String) -> Arc<str> {
+    map.get_key_value(name.as_str())
+        .map(|(k, _)| Arc::clone(k))
+        .unwrap_or_else(|| Arc::from(name))
+}
+
 /// Hash of the (name, version) pairs of `map`.
-fn content_hash(map: &BTreeMap<String, Arc<Resource>>) -> String {
+fn content_hash(map: &BTreeMap<Arc<str>, Arc<Resource>>) -> String {
     let mut h = Sha256::new();
     for (name, r) in map {
         h.update(name.as_bytes());
@@ -693,7 +707,7 @@ mod tests {
         };
         let full = Arc::new(Snapshot::build(r, None).unwrap());
         let names = |s: &Snapshot, ty: ResourceType| -> Vec<String> {
-            s.get(ty).resources.keys().cloned().collect()
+            s.get(ty).resources.keys().map(|k| k.to_string()).collect()
         };
         let node = |id: &str| envoy_types::pb::envoy::config::core::v3::Node {
             id: id.into(),
@@ -796,6 +810,18 @@ mod tests {
             Snapshot::build(r, None).unwrap_err().to_string(),
             "duplicate cds name \"a\""
         );
+    }
+
+    #[test]
+    fn interned_names_share_the_snapshots_strings() {
+        let s = Snapshot::build(resources(), None).unwrap();
+        let all = &s.get(ResourceType::Cluster).resources;
+        let (key, r) = all.iter().next().unwrap();
+        let name = intern(all, key.to_string());
+        assert!(Arc::ptr_eq(&name, key));
+        assert!(Arc::ptr_eq(&name, &r.name));
+        let unknown = intern(all, "not-served".to_string());
+        assert_eq!(&*unknown, "not-served");
     }
 
     #[test]

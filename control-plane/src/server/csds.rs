@@ -133,7 +133,7 @@ fn resources(
                     snap.get(ty)
                         .resources
                         .get(name)
-                        .filter(|r| r.version == version)
+                        .filter(|r| &*r.version == version)
                         .map(|r| r.body.clone())
                 })
             })
@@ -153,7 +153,7 @@ fn resources(
     for name in t.subscribed.iter().filter(|n| t.held.version(n).is_none()) {
         out.push(GenericXdsConfig {
             type_url: ty.type_url().to_string(),
-            name: name.clone(),
+            name: name.to_string(),
             config_status: ConfigStatus::NotSent as i32,
             client_status: if t.sent_nonce.is_some() {
                 ClientResourceStatus::DoesNotExist

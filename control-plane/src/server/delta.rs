@@ -31,17 +31,17 @@ use super::sotw::{check_name_count, request_type};
 use super::wire::Outgoing;
 use crate::metrics::TypeLabel;
 use crate::registry::{Held, StreamGuard};
-use crate::snapshot::{Resource, ResourceType, Snapshot};
+use crate::snapshot::{intern, Resource, ResourceType, Snapshot};
 
 #[derive(Debug, Default)]
 struct TypeState {
     seen: bool,
     wildcard: bool,
     /// Shared with the registry entry (copied on write).
-    names: Arc<BTreeSet<String>>,
+    names: Arc<BTreeSet<Arc<str>>>,
     /// What the client holds: name -> version (recorded when sent). Shared
     /// with the registry entry (copied on write).
-    client: Arc<HashMap<String, String>>,
+    client: Arc<HashMap<Arc<str>, Arc<str>>>,
     last_nonce: Option<String>,
     sent_version: Option<String>,
     /// The view content (`TypeSnapshot::content`) the client was last
@@ -132,10 +132,20 @@ impl DeltaStream {
         let resubscribed = first
             || !req.resource_names_subscribe.is_empty()
             || !req.resource_names_unsubscribe.is_empty();
+        // Names and versions are interned against the snapshot: a stream
+        // keeps pointers, not copies.
+        let all = &snap.get(ty).resources;
         if first {
             t.seen = true;
             if !req.initial_resource_versions.is_empty() {
-                Arc::make_mut(&mut t.client).extend(req.initial_resource_versions);
+                let held = req.initial_resource_versions.into_iter().map(|(n, v)| {
+                    let version = all
+                        .get(n.as_str())
+                        .filter(|r| *r.version == *v)
+                        .map_or_else(|| Arc::from(v), |r| Arc::clone(&r.version));
+                    (intern(all, n), version)
+                });
+                Arc::make_mut(&mut t.client).extend(held);
             }
             t.wildcard = ty.is_full_set() && req.resource_names_subscribe.is_empty();
         }
@@ -143,11 +153,11 @@ impl DeltaStream {
             if name == pylon::type_url::WILDCARD {
                 t.wildcard = true;
             } else {
-                if !first && t.client.contains_key(&name) {
-                    Arc::make_mut(&mut t.client).remove(&name);
+                if !first && t.client.contains_key(name.as_str()) {
+                    Arc::make_mut(&mut t.client).remove(name.as_str());
                 }
-                if !t.names.contains(&name) {
-                    Arc::make_mut(&mut t.names).insert(name);
+                if !t.names.contains(name.as_str()) {
+                    Arc::make_mut(&mut t.names).insert(intern(all, name));
                 }
             }
         }
@@ -156,8 +166,8 @@ impl DeltaStream {
             if name == pylon::type_url::WILDCARD {
                 t.wildcard = false;
             } else {
-                if t.names.contains(&name) {
-                    Arc::make_mut(&mut t.names).remove(&name);
+                if t.names.contains(name.as_str()) {
+                    Arc::make_mut(&mut t.names).remove(name.as_str());
                 }
                 wildcard_unsubscribed |= t.wildcard;
             }
@@ -278,7 +288,7 @@ impl DeltaStream {
                     .client
                     .keys()
                     .filter(|n| !all.contains_key(*n))
-                    .cloned()
+                    .map(|n| n.to_string())
                     .collect();
                 removed.sort();
             }
@@ -293,7 +303,7 @@ impl DeltaStream {
                         updates.push(Arc::clone(r));
                     }
                     Some(_) => {}
-                    None if t.client.contains_key(name) => removed.push(name.clone()),
+                    None if t.client.contains_key(name) => removed.push(name.to_string()),
                     None => {}
                 }
             }
@@ -314,10 +324,10 @@ impl DeltaStream {
         if !diff.is_empty() {
             let client = Arc::make_mut(&mut t.client);
             for r in &diff.updates {
-                client.insert(r.name.clone(), r.version.clone());
+                client.insert(Arc::clone(&r.name), Arc::clone(&r.version));
             }
             for n in &diff.removed {
-                client.remove(n);
+                client.remove(n.as_str());
             }
         }
         t.last_nonce = Some(nonce.clone());
@@ -451,7 +461,9 @@ mod tests {
     fn reconnect_with_initial_versions_resends_only_differences() {
         let reg = registry();
         let v1 = snapshot(&Fixture::two_clusters());
-        let a = v1.get(ResourceType::Cluster).resources["a"].version.clone();
+        let a = v1.get(ResourceType::Cluster).resources["a"]
+            .version
+            .to_string();
         let mut s = DeltaStream::new(reg.open("ads-delta", None), None);
         let mut r = req(ResourceType::Cluster, &[], &[], "");
         r.initial_resource_versions =

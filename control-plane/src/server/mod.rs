@@ -287,7 +287,7 @@ impl XdsServer {
         } else {
             req.resource_names
                 .iter()
-                .filter_map(|n| all.get(n).map(|r| r.body.clone()))
+                .filter_map(|n| all.get(n.as_str()).map(|r| r.body.clone()))
                 .collect()
         };
         Ok(DiscoveryResponse {

@@ -29,7 +29,7 @@ use tracing::{debug, warn};
 use super::wire::Outgoing;
 use crate::metrics::TypeLabel;
 use crate::registry::{Held, StreamGuard};
-use crate::snapshot::{Resource, ResourceMap, ResourceType, Snapshot};
+use crate::snapshot::{intern, Resource, ResourceMap, ResourceType, Snapshot};
 
 /// The most resource names one stream may subscribe to for one type (SotW:
 /// in one request; delta: in total, and in `initial_resource_versions`).
@@ -75,8 +75,8 @@ struct TypeState {
     /// A request of this type has arrived on this stream.
     seen: bool,
     wildcard: bool,
-    /// Shared with the registry entry.
-    names: Arc<BTreeSet<String>>,
+    /// Shared with the registry entry; interned against the snapshot.
+    names: Arc<BTreeSet<Arc<str>>>,
     last_nonce: Option<String>,
     sent_version: Option<String>,
     /// What the last response of this type carried (shared with the registry
@@ -180,11 +180,15 @@ impl SotwStream {
             // A legacy wildcard lasts while the client keeps naming nothing.
             t.wildcard = false;
         }
-        let grew = (t.wildcard && !was_wildcard) || names.difference(&t.names).next().is_some();
-        // Most requests are ACKs repeating the subscription: copy it into the
-        // registry only when it changed.
-        if t.wildcard != was_wildcard || names != *t.names {
-            t.names = Arc::new(names);
+        let grew =
+            (t.wildcard && !was_wildcard) || names.iter().any(|n| !t.names.contains(n.as_str()));
+        // Most requests are ACKs repeating the subscription: keep it (and copy
+        // it into the registry) only when it changed.
+        let same_names = names.len() == t.names.len()
+            && names.iter().zip(t.names.iter()).all(|(a, b)| *a == **b);
+        if t.wildcard != was_wildcard || !same_names {
+            let all = &snap.get(ty).resources;
+            t.names = Arc::new(names.into_iter().map(|n| intern(all, n)).collect());
             t.sent_from = None;
             self.guard.subscribed(ty, t.wildcard, Arc::clone(&t.names));
         }
@@ -212,7 +216,7 @@ impl SotwStream {
         // Clusters the stream holds that the new snapshot drops: keep them in an
         // interim CDS response while listeners/routes that used them change.
         let cds = &self.types[ResourceType::Cluster as usize];
-        let retiring: BTreeMap<String, Arc<Resource>> = cds
+        let retiring: BTreeMap<Arc<str>, Arc<Resource>> = cds
             .sent
             .iter()
             .filter(|(name, _)| {
@@ -254,7 +258,7 @@ impl SotwStream {
             Arc::new(
                 t.names
                     .iter()
-                    .filter_map(|n| all.get(n).map(|r| (n.clone(), Arc::clone(r))))
+                    .filter_map(|n| all.get(n).map(|r| (Arc::clone(&r.name), Arc::clone(r))))
                     .collect(),
             )
         }
@@ -264,7 +268,7 @@ impl SotwStream {
         &mut self,
         ty: ResourceType,
         snap: &Snapshot,
-        extra: &BTreeMap<String, Arc<Resource>>,
+        extra: &BTreeMap<Arc<str>, Arc<Resource>>,
         version_suffix: &str,
     ) -> Outgoing<DiscoveryResponse> {
         let mut selected = self.select(ty, snap);
@@ -308,7 +312,10 @@ impl SotwStream {
     }
 }
 
-fn same_content(a: &BTreeMap<String, Arc<Resource>>, b: &BTreeMap<String, Arc<Resource>>) -> bool {
+fn same_content(
+    a: &BTreeMap<Arc<str>, Arc<Resource>>,
+    b: &BTreeMap<Arc<str>, Arc<Resource>>,
+) -> bool {
     a.len() == b.len()
         && a.iter()
             .zip(b.iter())

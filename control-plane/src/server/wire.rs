@@ -100,17 +100,19 @@ fn delta_resource_body_len(r: &Resource) -> usize {
     string_len(1, &r.version) + encoding::message::encoded_len(2, &r.body) + string_len(3, &r.name)
 }
 
-fn string_len(tag: u32, s: &String) -> usize {
+fn string_len(tag: u32, s: &str) -> usize {
     if s.is_empty() {
         0
     } else {
-        encoding::string::encoded_len(tag, s)
+        encoding::key_len(tag) + encoding::encoded_len_varint(s.len() as u64) + s.len()
     }
 }
 
-fn encode_string(tag: u32, s: &String, buf: &mut impl BufMut) {
+fn encode_string(tag: u32, s: &str, buf: &mut impl BufMut) {
     if !s.is_empty() {
-        encoding::string::encode(tag, s, buf);
+        encoding::encode_key(tag, WireType::LengthDelimited, buf);
+        encoding::encode_varint(s.len() as u64, buf);
+        buf.put_slice(s.as_bytes());
     }
 }
 
@@ -132,8 +134,8 @@ impl WireMessage for DeltaDiscoveryResponse {
         self.resources = resources
             .iter()
             .map(|r| WireResource {
-                name: r.name.clone(),
-                version: r.version.clone(),
+                name: r.name.to_string(),
+                version: r.version.to_string(),
                 resource: Some(r.body.clone()),
                 ..Default::default()
             })
@@ -154,8 +156,8 @@ mod tests {
             .enumerate()
             .map(|(i, name)| {
                 Arc::new(Resource {
-                    name: name.to_string(),
-                    version: format!("v{i}"),
+                    name: Arc::from(*name),
+                    version: Arc::from(format!("v{i}")),
                     body: Any {
                         type_url: pylon::type_url::CLUSTER.into(),
                         // Long enough for a two-byte length varint.
