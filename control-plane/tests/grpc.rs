@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use common::{write_config, Sotw};
 use control_plane::Running;
-use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::cluster::v3::cluster_discovery_service_client::ClusterDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
@@ -24,7 +23,6 @@ use envoy_types::pb::envoy::service::endpoint::v3::endpoint_discovery_service_cl
 use envoy_types::pb::envoy::service::listener::v3::listener_discovery_service_client::ListenerDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::route::v3::route_discovery_service_client::RouteDiscoveryServiceClient;
 use envoy_types::pb::google::rpc;
-use prost::Message;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
@@ -72,13 +70,6 @@ fn sotw_req(type_url: &str, names: &[&str], version: &str, nonce: &str) -> Disco
     }
 }
 
-fn cluster_names(r: &DiscoveryResponse) -> Vec<String> {
-    r.resources
-        .iter()
-        .map(|a| Cluster::decode(a.value.as_slice()).unwrap().name)
-        .collect()
-}
-
 async fn admin_get(running: &Running, path: &str) -> String {
     let (code, body) = control_plane::admin::get(running.admin_addr.unwrap(), path)
         .await
@@ -97,7 +88,7 @@ async fn ads_sotw_push_nack_and_stale_nonce() {
     s.send(sotw_req(CLUSTER, &[], "", "")).await;
     let cds = s.recv().await;
     assert_eq!(cds.type_url, CLUSTER);
-    assert_eq!(cluster_names(&cds), ["a", "b"]);
+    assert_eq!(common::cluster_names(&cds), ["a", "b"]);
     s.send(sotw_req(CLUSTER, &[], &cds.version_info, &cds.nonce))
         .await;
     s.send(sotw_req(ENDPOINT, &["a", "b"], "", "")).await;
@@ -241,7 +232,7 @@ async fn standalone_services_serve_their_type() {
         .await
         .unwrap();
     let r = first(|s| cds.stream_clusters(s), sotw_req(CLUSTER, &[], "", "")).await;
-    assert_eq!(cluster_names(&r), ["a", "b"]);
+    assert_eq!(common::cluster_names(&r), ["a", "b"]);
     let mut eds = EndpointDiscoveryServiceClient::connect(url.clone())
         .await
         .unwrap();
@@ -285,7 +276,7 @@ async fn standalone_services_serve_their_type() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(cluster_names(&r), ["b"]);
+    assert_eq!(common::cluster_names(&r), ["b"]);
     running.shutdown().await;
 }
 
@@ -394,7 +385,7 @@ async fn a_file_written_in_several_pieces_is_served_whole() {
         }
     }
     let pushed = s.recv().await;
-    assert_eq!(cluster_names(&pushed), ["a", "b", "c"]);
+    assert_eq!(common::cluster_names(&pushed), ["a", "b", "c"]);
     s.send(sotw_req(CLUSTER, &[], &pushed.version_info, &pushed.nonce))
         .await;
     s.quiet(Duration::from_millis(500)).await;

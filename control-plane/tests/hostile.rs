@@ -10,6 +10,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::{Shutdown, SocketAddr, TcpListener};
@@ -20,7 +22,6 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::service::cluster::v3::cluster_discovery_service_client::ClusterDiscoveryServiceClient;
@@ -105,13 +106,6 @@ fn delta_req(type_url: &str, subscribe: Vec<String>, nonce: &str) -> DeltaDiscov
         node: Some(node("hostile-delta")),
         ..Default::default()
     }
-}
-
-fn cluster_names(r: &DiscoveryResponse) -> Vec<String> {
-    r.resources
-        .iter()
-        .map(|a| Cluster::decode(a.value.as_slice()).unwrap().name)
-        .collect()
 }
 
 fn free_addr() -> SocketAddr {
@@ -449,7 +443,7 @@ impl Watcher {
         loop {
             let r = self.stream.recv().await;
             self.ack(&r).await;
-            if cluster_names(&r).iter().any(|n| n == name) {
+            if common::cluster_names(&r).iter().any(|n| n == name) {
                 return;
             }
             assert!(Instant::now() < end, "the edit adding {name} never arrived");

@@ -142,6 +142,10 @@ fn select(full: &Arc<Snapshot>, node: &Node, guard: &StreamGuard) -> Arc<Snapsho
     full.view(index)
 }
 
+/// The largest request message decoded (tonic's default, stated): a larger
+/// one ends its stream with `OUT_OF_RANGE` before it is buffered.
+const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
+
 /// Responses queued per stream before the stream task waits for the client.
 const STREAM_BUFFER: usize = 16;
 
@@ -187,9 +191,6 @@ impl XdsServer {
 
     /// A tonic router with ADS and the four standalone services.
     pub fn router(&self) -> tonic::transport::server::Router {
-        /// The largest request message decoded (tonic's default, stated): a
-        /// larger one ends its stream with `OUT_OF_RANGE` before it is buffered.
-        const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
         /// Streams one HTTP/2 connection may have open at once (tonic sets no
         /// limit). Envoy and gRPC clients open one ADS stream per connection;
         /// a client asking for more waits for some to end.
@@ -202,46 +203,55 @@ impl XdsServer {
         tonic::transport::Server::builder()
             .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
             .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
-            .add_service(streams::XdsStreams::new(
+            .add_service(self.streams(
                 AggregatedDiscoveryServiceServer::new(self.clone()),
-                self.clone(),
                 None,
                 ("StreamAggregatedResources", "DeltaAggregatedResources"),
-                MAX_REQUEST_BYTES,
             ))
-            .add_service(streams::XdsStreams::new(
-                ClusterDiscoveryServiceServer::new(self.clone())
-                    .max_decoding_message_size(MAX_REQUEST_BYTES),
-                self.clone(),
-                Some(ResourceType::Cluster),
-                ("StreamClusters", "DeltaClusters"),
-                MAX_REQUEST_BYTES,
-            ))
-            .add_service(streams::XdsStreams::new(
-                EndpointDiscoveryServiceServer::new(self.clone())
-                    .max_decoding_message_size(MAX_REQUEST_BYTES),
-                self.clone(),
-                Some(ResourceType::Endpoint),
-                ("StreamEndpoints", "DeltaEndpoints"),
-                MAX_REQUEST_BYTES,
-            ))
-            .add_service(streams::XdsStreams::new(
-                ListenerDiscoveryServiceServer::new(self.clone())
-                    .max_decoding_message_size(MAX_REQUEST_BYTES),
-                self.clone(),
-                Some(ResourceType::Listener),
-                ("StreamListeners", "DeltaListeners"),
-                MAX_REQUEST_BYTES,
-            ))
-            .add_service(streams::XdsStreams::new(
-                RouteDiscoveryServiceServer::new(self.clone())
-                    .max_decoding_message_size(MAX_REQUEST_BYTES),
-                self.clone(),
-                Some(ResourceType::Route),
-                ("StreamRoutes", "DeltaRoutes"),
-                MAX_REQUEST_BYTES,
-            ))
+            .add_service(
+                self.streams(
+                    ClusterDiscoveryServiceServer::new(self.clone())
+                        .max_decoding_message_size(MAX_REQUEST_BYTES),
+                    Some(ResourceType::Cluster),
+                    ("StreamClusters", "DeltaClusters"),
+                ),
+            )
+            .add_service(
+                self.streams(
+                    EndpointDiscoveryServiceServer::new(self.clone())
+                        .max_decoding_message_size(MAX_REQUEST_BYTES),
+                    Some(ResourceType::Endpoint),
+                    ("StreamEndpoints", "DeltaEndpoints"),
+                ),
+            )
+            .add_service(
+                self.streams(
+                    ListenerDiscoveryServiceServer::new(self.clone())
+                        .max_decoding_message_size(MAX_REQUEST_BYTES),
+                    Some(ResourceType::Listener),
+                    ("StreamListeners", "DeltaListeners"),
+                ),
+            )
+            .add_service(
+                self.streams(
+                    RouteDiscoveryServiceServer::new(self.clone())
+                        .max_decoding_message_size(MAX_REQUEST_BYTES),
+                    Some(ResourceType::Route),
+                    ("StreamRoutes", "DeltaRoutes"),
+                ),
+            )
             .add_service(csds::Csds::new(Arc::clone(&self.shared)).service())
+    }
+
+    /// `generated` with its `methods` (SotW, delta) served by
+    /// [`streams::XdsStreams`] for `only` one type (`None`: ADS).
+    fn streams<S>(
+        &self,
+        generated: S,
+        only: Option<ResourceType>,
+        methods: (&'static str, &'static str),
+    ) -> streams::XdsStreams<S> {
+        streams::XdsStreams::new(generated, self.clone(), only, methods, MAX_REQUEST_BYTES)
     }
 
     fn sotw(

@@ -1,4 +1,4 @@
-//! Helpers shared by the gRPC-level tests (`grpc.rs`, `nodes.rs`): writing a
+//! Helpers shared by the gRPC-level tests (`grpc.rs`, `nodes.rs`, `hostile.rs`): writing a
 //! config file the way editors do, serving it in-process, and a scripted
 //! state-of-the-world ADS client with deadlines.
 
@@ -9,8 +9,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use control_plane::{serve, Running, ServeOptions};
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use prost::Message;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
@@ -38,6 +40,14 @@ pub fn write_config(dir: &Path, text: &str) -> PathBuf {
     std::fs::write(&tmp, text).unwrap();
     std::fs::rename(&tmp, &path).unwrap();
     path
+}
+
+/// The names of the clusters a response carries.
+pub fn cluster_names(r: &DiscoveryResponse) -> Vec<String> {
+    r.resources
+        .iter()
+        .map(|a| Cluster::decode(a.value.as_slice()).unwrap().name)
+        .collect()
 }
 
 /// A scripted SotW ADS stream: send requests, read responses with a deadline.
