@@ -19,10 +19,12 @@ use tracing::{info, warn};
 
 use crate::admin::{self, AdminState};
 use crate::cache::Cache;
+use crate::config::Limits;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::server::{Shared, XdsServer};
-use crate::source::{self, Reloader, SourceStatus};
+use crate::source::{self, Reloader, Source, SourceStatus};
+use crate::state::LastGood;
 
 /// Default gRPC (xDS) listen address.
 pub const DEFAULT_XDS: &str = "127.0.0.1:18000";
@@ -44,6 +46,11 @@ pub struct ServeOptions {
     pub admin_listen: Option<SocketAddr>,
     /// Quiet period after the last file event before a reload.
     pub debounce: Duration,
+    /// Bounds on the config file (size, nesting, resources).
+    pub limits: Limits,
+    /// Where the last good revision is kept (see [`crate::state`]); `None`
+    /// keeps none, and an invalid file at start-up is then fatal.
+    pub state_dir: Option<PathBuf>,
 }
 
 /// A running server. Dropping it does not stop it: call [`Running::shutdown`].
@@ -59,9 +66,18 @@ pub struct Running {
     tasks: Vec<JoinHandle<()>>,
 }
 
-/// Loads the config (an invalid one is an error), binds, and serves in the background.
+/// Loads the config (falling back to the last good revision when it is
+/// invalid; with neither, an error), binds, and serves in the background.
 pub async fn serve(opts: ServeOptions) -> anyhow::Result<Running> {
-    let snapshot = source::load(&opts.config, None)?;
+    let source = Source {
+        path: opts.config.clone(),
+        limits: opts.limits,
+        last_good: opts
+            .state_dir
+            .as_deref()
+            .map(|dir| LastGood::new(dir, &opts.config)),
+    };
+    let (snapshot, started) = source.start()?;
     info!(
         config = %opts.config.display(),
         version = %snapshot.version,
@@ -71,7 +87,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<Running> {
     let cache = Cache::new(snapshot);
     let registry = Arc::new(Registry::new(Arc::clone(&metrics)));
     let shutdown = CancellationToken::new();
-    let reloader = Arc::new(Reloader::new(opts.config.clone(), cache.clone(), metrics));
+    let reloader = Arc::new(Reloader::new(source, &started, cache.clone(), metrics));
     let shared = Arc::new(Shared {
         cache: cache.clone(),
         registry: Arc::clone(&registry),

@@ -8,7 +8,8 @@
 //! encoded once, content-hashed versions) -> `cache` (the current snapshot;
 //! publishing wakes every open stream) -> `server` (tonic; streams, nonces,
 //! ACK/NACK). The cache knows no gRPC; the server knows no YAML. `source`
-//! watches the file and feeds the cache; `registry` and `metrics` record what
+//! watches the file and feeds the cache, keeping the last good revision on
+//! disk through `state`; `registry` and `metrics` record what
 //! streams hold; `admin` serves them; `app` wires everything for `main` and
 //! for tests; `bootstrap` prints an Envoy bootstrap pointing at this server.
 
@@ -24,5 +25,6 @@ pub mod selection;
 pub mod server;
 pub mod snapshot;
 pub mod source;
+pub mod state;
 
 pub use app::{serve, Running, ServeOptions};

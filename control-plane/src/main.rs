@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use control_plane::bootstrap::{envoy_bootstrap, BootstrapOptions};
+use control_plane::config::Limits;
 use control_plane::snapshot::ResourceType;
 use control_plane::{app, source, ServeOptions};
 
@@ -39,6 +40,16 @@ enum Command {
         /// Quiet period after the last file change before reloading, in milliseconds.
         #[arg(long, default_value_t = 100)]
         debounce_ms: u64,
+        /// Where the last good revision of the config is kept, served at
+        /// start-up if the file is invalid [default: $STATE_DIRECTORY, else
+        /// $XDG_STATE_HOME/pylon-xds, else ~/.local/state/pylon-xds].
+        #[arg(long, conflicts_with = "no_state")]
+        state_dir: Option<PathBuf>,
+        /// Keep no last good revision: an invalid file at start-up is fatal.
+        #[arg(long)]
+        no_state: bool,
+        #[command(flatten)]
+        limits: LimitArgs,
         /// Log format.
         #[arg(long, value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
@@ -48,6 +59,8 @@ enum Command {
         /// Files to check.
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        #[command(flatten)]
+        limits: LimitArgs,
     },
     /// Print an Envoy bootstrap that connects Envoy to pylon-xds over ADS.
     Bootstrap {
@@ -78,6 +91,23 @@ enum Command {
     },
 }
 
+/// Bounds on a config file.
+#[derive(clap::Args, Debug, Clone, Copy)]
+struct LimitArgs {
+    /// The largest config file accepted, in bytes.
+    #[arg(long, default_value_t = Limits::default().max_bytes)]
+    max_config_bytes: usize,
+}
+
+impl LimitArgs {
+    fn limits(self) -> Limits {
+        Limits {
+            max_bytes: self.max_config_bytes,
+            ..Limits::default()
+        }
+    }
+}
+
 #[derive(Copy, Clone, Debug, ValueEnum)]
 enum LogFormat {
     Text,
@@ -102,19 +132,33 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             listen,
             admin,
             debounce_ms,
+            state_dir,
+            no_state,
+            limits,
             log_format,
         } => {
             pylon::logging::init(matches!(log_format, LogFormat::Json));
+            let state_dir = if no_state {
+                None
+            } else {
+                let dir = state_dir.or_else(control_plane::state::default_dir);
+                if dir.is_none() {
+                    tracing::warn!("no state directory (set --state-dir or HOME): the last good config is not kept");
+                }
+                dir
+            };
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(serve(ServeOptions {
                 config,
                 xds_listen: listen,
                 admin_listen: Some(admin),
                 debounce: Duration::from_millis(debounce_ms),
+                limits: limits.limits(),
+                state_dir,
             }))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Validate { files } => Ok(validate(&files)),
+        Command::Validate { files, limits } => Ok(validate(&files, &limits.limits())),
         Command::Bootstrap {
             node_id,
             node_cluster,
@@ -174,10 +218,10 @@ async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn validate(files: &[PathBuf]) -> ExitCode {
+fn validate(files: &[PathBuf], limits: &Limits) -> ExitCode {
     let mut failed = false;
     for f in files {
-        match source::load(f, None) {
+        match source::load(f, limits, None) {
             Ok(snap) => {
                 let [c, e, l, r] = snap.counts();
                 println!(
@@ -206,6 +250,16 @@ fn render_status(s: &serde_json::Value) -> String {
     let str_of = |v: &serde_json::Value| v.as_str().unwrap_or("").to_string();
     let _ = writeln!(out, "config:   {}", str_of(&s["config"]));
     let _ = writeln!(out, "version:  {}", str_of(&s["version"]));
+    let served_from = str_of(&s["served_from"]);
+    if !served_from.is_empty() && served_from != str_of(&s["config"]) {
+        let _ = writeln!(
+            out,
+            "source:   the last good revision, {served_from} (the config was invalid at start-up)"
+        );
+    }
+    if let Some(e) = s["last_good_error"].as_str() {
+        let _ = writeln!(out, "state:    cannot save the last good revision: {e}");
+    }
     let r = &s["resources"];
     let _ = writeln!(
         out,

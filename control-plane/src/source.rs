@@ -1,22 +1,38 @@
-//! The YAML file as the source of truth: load, watch, debounce, reload.
+//! The YAML file as the source of truth: load, watch, reload, and fall back to
+//! the last good revision.
 //!
 //! Owned here: turning the file into a [`Snapshot`] and publishing it into the
-//! [`Cache`], and the reload status shown by `/status` and the metrics. An
-//! invalid edit is logged, counted and shown, and publishes nothing: the last
-//! good snapshot keeps being served until the file is fixed.
+//! [`Cache`], keeping the last good revision on disk (`state`), and the reload
+//! status shown by `/status` and the metrics. An invalid edit is logged,
+//! counted and shown, and publishes nothing: the last good snapshot keeps
+//! being served until the file is fixed. Start-up and reloads read the file
+//! the same way ([`config::read_file`] then [`config::load_bytes`]: bounded
+//! size, UTF-8 or an error with its position).
 //!
-//! Editors save by rename, by truncate-and-write, or in several writes, so the
-//! whole directory is watched (a rename replaces the file's inode; a
-//! Kubernetes ConfigMap swaps a symlink) and a reload happens only after
-//! `debounce` passes without events. A reload whose file content is identical
-//! to the previous attempt is skipped. An empty file is an error, never "serve
-//! nothing". SIGHUP (wired by `main`) forces a reload.
+//! **Only complete files are read.** A reload happens when a file is closed
+//! after writing (inotify's `IN_CLOSE_WRITE`) or renamed into place
+//! (`IN_MOVED_TO`), never on a bare modification, so a file being written in
+//! several parts is read once its writer has closed it. The whole directory
+//! is watched: a rename replaces the file's inode, and a Kubernetes ConfigMap
+//! swaps a symlink (`..data`). Events are debounced (`debounce` of quiet
+//! before a reload), and a reload whose file content is identical to the
+//! previous attempt is skipped. An empty file is an error, never "serve
+//! nothing". SIGHUP (wired by `main`) forces a reload of whatever is on disk.
+//! Tools that write the file should still replace it atomically (write a
+//! temporary file, then rename it over the config), as editors do.
+//!
+//! **Last good revision.** With a state directory, every accepted revision is
+//! saved ([`LastGood`]). If the file is invalid at start-up, the saved
+//! revision is served instead, the config is marked invalid (metrics,
+//! `/status`, log) and the next valid edit takes over; only when no revision
+//! was ever accepted does start-up fail.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use notify::{RecursiveMode, Watcher};
+use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
+use notify::{EventKind, RecursiveMode, Watcher};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, Notify};
@@ -24,9 +40,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::cache::Cache;
-use crate::config::{self, ConfigErrors};
+use crate::config::{self, ConfigErrors, Limits};
 use crate::metrics::Metrics;
 use crate::snapshot::{Snapshot, SnapshotError};
+use crate::state::LastGood;
 
 /// Why a file could not become a snapshot.
 #[derive(Debug, thiserror::Error)]
@@ -42,15 +59,146 @@ pub enum LoadError {
         /// The consistency error.
         source: SnapshotError,
     },
+    /// The file is invalid and no good revision was ever saved.
+    #[error("{error}\nno last good revision to serve instead ({why})")]
+    NoLastGood {
+        /// Why the file was refused.
+        error: Box<LoadError>,
+        /// Why there is no saved revision.
+        why: String,
+    },
 }
 
 /// Loads `path` into a snapshot, sharing unchanged resources with `previous`.
-pub fn load(path: &Path, previous: Option<&Snapshot>) -> Result<Snapshot, LoadError> {
-    let resources = config::load_file(path)?;
+pub fn load(
+    path: &Path,
+    limits: &Limits,
+    previous: Option<&Snapshot>,
+) -> Result<Snapshot, LoadError> {
+    let bytes = config::read_file(path, limits)?;
+    build(&path.display().to_string(), &bytes, limits, previous)
+}
+
+/// Loads the bytes of a config file named `file` into a snapshot.
+fn build(
+    file: &str,
+    bytes: &[u8],
+    limits: &Limits,
+    previous: Option<&Snapshot>,
+) -> Result<Snapshot, LoadError> {
+    let resources = config::load_bytes(file, bytes, limits)?;
     Snapshot::build(resources, previous).map_err(|source| LoadError::Snapshot {
-        file: path.display().to_string(),
+        file: file.to_string(),
         source,
     })
+}
+
+/// Where the config comes from and how it is bounded and kept.
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// The YAML file.
+    pub path: PathBuf,
+    /// Bounds on the file (size, depth, ...).
+    pub limits: Limits,
+    /// Where the last good revision is kept; `None` keeps none.
+    pub last_good: Option<LastGood>,
+}
+
+/// How start-up found the snapshot it serves first.
+#[derive(Debug)]
+pub struct Started {
+    /// The file's digest (or `None` if it could not be read).
+    digest: Option<[u8; 32]>,
+    /// Why the file itself was refused, when the last good revision is
+    /// served instead.
+    refused: Option<String>,
+    /// What the snapshot was read from.
+    served_from: PathBuf,
+    /// Why the revision could not be saved, if it could not.
+    save_error: Option<String>,
+}
+
+impl Source {
+    /// Loads the file; if it is invalid, the last good revision. Fails only
+    /// when neither can be served.
+    pub fn start(&self) -> Result<(Snapshot, Started), LoadError> {
+        let file = self.path.display().to_string();
+        let read = config::read_file(&self.path, &self.limits);
+        let digest = read.as_ref().ok().map(|b| digest(b));
+        let error = match read
+            .map_err(LoadError::from)
+            .and_then(|bytes| build(&file, &bytes, &self.limits, None).map(|s| (s, bytes)))
+        {
+            Ok((snapshot, bytes)) => {
+                let save_error = self.save(&snapshot, &bytes);
+                return Ok((
+                    snapshot,
+                    Started {
+                        digest,
+                        refused: None,
+                        served_from: self.path.clone(),
+                        save_error,
+                    },
+                ));
+            }
+            Err(e) => e,
+        };
+        let Some(last_good) = &self.last_good else {
+            return Err(error);
+        };
+        let saved = match last_good.load() {
+            Ok(Some(saved)) => saved,
+            Ok(None) => {
+                return Err(LoadError::NoLastGood {
+                    error: Box::new(error),
+                    why: format!("{} does not exist", last_good.path().display()),
+                })
+            }
+            Err(e) => {
+                return Err(LoadError::NoLastGood {
+                    error: Box::new(error),
+                    why: e.to_string(),
+                })
+            }
+        };
+        let saved_name = saved.path.display().to_string();
+        match build(&saved_name, &saved.bytes, &self.limits, None) {
+            Ok(snapshot) => {
+                error!(
+                    error = %error,
+                    last_good = %saved_name,
+                    version = %snapshot.version,
+                    "the config file is invalid; serving the last good revision"
+                );
+                Ok((
+                    snapshot,
+                    Started {
+                        digest,
+                        refused: Some(error.to_string()),
+                        served_from: saved.path,
+                        save_error: None,
+                    },
+                ))
+            }
+            Err(e) => Err(LoadError::NoLastGood {
+                error: Box::new(error),
+                why: format!("the saved revision is invalid too: {e}"),
+            }),
+        }
+    }
+
+    /// Saves an accepted revision; a failure is logged and returned as text
+    /// for `/status`.
+    fn save(&self, snapshot: &Snapshot, bytes: &[u8]) -> Option<String> {
+        let last_good = self.last_good.as_ref()?;
+        match last_good.save(&self.path, &snapshot.version, bytes) {
+            Ok(()) => None,
+            Err(e) => {
+                warn!(error = %e, "cannot save the last good revision; a restart with an invalid file would not start");
+                Some(e.to_string())
+            }
+        }
+    }
 }
 
 /// What `/status` shows about the source.
@@ -62,6 +210,13 @@ pub struct SourceStatus {
     pub version: String,
     /// When that version was published (ms since the Unix epoch).
     pub published_at_unix_ms: u64,
+    /// The file the served version was read from: the config file, or the
+    /// saved last good revision when the config was invalid at start-up.
+    pub served_from: PathBuf,
+    /// Where the last good revision is kept (`null`: not kept).
+    pub last_good: Option<PathBuf>,
+    /// Why the last good revision could not be saved, if the last save failed.
+    pub last_good_error: Option<String>,
     /// The error of the last reload attempt, if it failed; cleared by a good one.
     pub last_reload_error: Option<String>,
     /// When the last reload attempt failed.
@@ -71,7 +226,7 @@ pub struct SourceStatus {
 /// Reloads the file into the cache and keeps [`SourceStatus`] current.
 #[derive(Debug)]
 pub struct Reloader {
-    path: PathBuf,
+    source: Source,
     cache: Cache,
     metrics: Arc<Metrics>,
     status: Mutex<SourceStatus>,
@@ -79,25 +234,38 @@ pub struct Reloader {
 }
 
 impl Reloader {
-    /// A reloader for `path`, publishing into `cache` (which already serves the
-    /// snapshot loaded at start).
-    pub fn new(path: PathBuf, cache: Cache, metrics: Arc<Metrics>) -> Self {
+    /// A reloader for `source`, publishing into `cache` (which already serves
+    /// what `started` loaded).
+    pub fn new(source: Source, started: &Started, cache: Cache, metrics: Arc<Metrics>) -> Self {
         let current = cache.current();
         metrics.set_version(&current.version);
-        metrics.config_valid.set(1);
-        let status = SourceStatus {
-            config: path.clone(),
+        let now = now_ms();
+        let mut status = SourceStatus {
+            config: source.path.clone(),
             version: current.version.clone(),
-            published_at_unix_ms: now_ms(),
+            published_at_unix_ms: now,
+            served_from: started.served_from.clone(),
+            last_good: source.last_good.as_ref().map(|l| l.path().to_path_buf()),
+            last_good_error: started.save_error.clone(),
             ..Default::default()
         };
-        let digest = std::fs::read(&path).ok().map(|b| digest(&b));
+        match &started.refused {
+            Some(e) => {
+                metrics.config_valid.set(0);
+                metrics.reload_errors.inc();
+                status.last_reload_error = Some(e.clone());
+                status.last_reload_error_at_unix_ms = Some(now);
+            }
+            None => {
+                metrics.config_valid.set(1);
+            }
+        }
         Reloader {
-            path,
+            source,
             cache,
             metrics,
             status: Mutex::new(status),
-            last_attempt: Mutex::new(digest),
+            last_attempt: Mutex::new(started.digest),
         }
     }
 
@@ -106,44 +274,49 @@ impl Reloader {
         self.status.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
+    /// The config file.
+    pub fn path(&self) -> &Path {
+        &self.source.path
+    }
+
     /// Reads the file and publishes it if valid. `force` reloads even when the
     /// content is the same as the previous attempt. Returns whether a new
     /// snapshot was published.
     pub fn reload(&self, force: bool) -> bool {
-        let bytes = match std::fs::read(&self.path) {
+        let path = &self.source.path;
+        let bytes = match config::read_file(path, &self.source.limits) {
             Ok(b) => b,
             Err(e) => {
-                self.fail(format!("{}: cannot read: {e}", self.path.display()));
+                // Whatever comes next differs from this attempt.
+                if let Ok(mut last) = self.last_attempt.lock() {
+                    *last = None;
+                }
+                self.fail(e.to_string());
                 return false;
             }
         };
         let d = digest(&bytes);
         if let Ok(mut last) = self.last_attempt.lock() {
             if !force && *last == Some(d) {
-                debug!(file = %self.path.display(), "content unchanged; reload skipped");
+                debug!(file = %path.display(), "content unchanged; reload skipped");
                 return false;
             }
             *last = Some(d);
         }
         let previous = self.cache.current();
-        let text = String::from_utf8_lossy(&bytes);
-        let result = config::load_str(&self.path.display().to_string(), &text)
-            .map_err(LoadError::from)
-            .and_then(|r| {
-                Snapshot::build(r, Some(&previous)).map_err(|source| LoadError::Snapshot {
-                    file: self.path.display().to_string(),
-                    source,
-                })
-            });
-        match result {
+        let file = path.display().to_string();
+        match build(&file, &bytes, &self.source.limits, Some(&previous)) {
             Ok(snap) => {
                 let version = snap.version.clone();
                 let counts = snap.counts();
+                let saved = self.source.save(&snap, &bytes);
                 let changed = self.cache.publish(snap);
                 self.metrics.config_valid.set(1);
                 if let Ok(mut s) = self.status.lock() {
                     s.last_reload_error = None;
                     s.last_reload_error_at_unix_ms = None;
+                    s.last_good_error = saved;
+                    s.served_from = path.clone();
                     if changed {
                         s.version = version.clone();
                         s.published_at_unix_ms = now_ms();
@@ -179,6 +352,30 @@ impl Reloader {
     }
 }
 
+/// Whether `event` means that the config may now hold a complete new
+/// revision: a file closed after writing or renamed into place, concerning
+/// the config itself, or anything renamed when the config is a symlink (a
+/// ConfigMap swaps the `..data` link its files point through). A bare
+/// modification never does: its writer may not be done.
+fn completes_a_write(event: &notify::Event, config: &Path, via_symlink: bool) -> bool {
+    let is_config = |p: &PathBuf| p.file_name().is_some() && p.file_name() == config.file_name();
+    match event.kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => {
+            event.paths.iter().any(is_config)
+        }
+        EventKind::Modify(ModifyKind::Name(RenameMode::To | RenameMode::Any)) => {
+            via_symlink || event.paths.iter().any(is_config)
+        }
+        // (from, to): the destination counts.
+        EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => {
+            via_symlink || event.paths.last().is_some_and(is_config)
+        }
+        // The watcher lost events (queue overflow): the file may have changed.
+        EventKind::Any | EventKind::Other => true,
+        _ => false,
+    }
+}
+
 /// Watches the file's directory and reloads after each burst of changes, and
 /// whenever `trigger` is notified. Ends when `shutdown` is cancelled.
 pub async fn watch(
@@ -187,19 +384,21 @@ pub async fn watch(
     trigger: Arc<Notify>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let dir = reloader
-        .path
+    let config = reloader.path().to_path_buf();
+    let dir = config
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."))
         .to_path_buf();
     let (tx, mut rx) = mpsc::channel::<()>(64);
+    let via_symlink = std::fs::symlink_metadata(&config).is_ok_and(|m| m.file_type().is_symlink());
     let mut watcher =
         notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
             // A full channel already holds a wake-up: dropping this one loses nothing.
-            Ok(_) => {
+            Ok(event) if completes_a_write(&event, &config, via_symlink) => {
                 let _ = tx.try_send(());
             }
+            Ok(event) => debug!(?event, "file event ignored (not a completed write)"),
             Err(e) => warn!(error = %e, "file watch error"),
         })?;
     watcher.watch(&dir, RecursiveMode::NonRecursive)?;

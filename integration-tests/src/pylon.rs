@@ -200,6 +200,8 @@ async fn serve(config: &Path, xds_listen: SocketAddr) -> anyhow::Result<Running>
         xds_listen,
         admin_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
         debounce: DEBOUNCE,
+        limits: Default::default(),
+        state_dir: None,
     })
     .await
     .context("control_plane::serve")

@@ -17,16 +17,23 @@
 //! - `duration.rs`, `address.rs`: the concise form's scalar types.
 //! - `translate.rs`: pure functions, concise model -> Envoy protos.
 //! - `validate.rs`: semantic checks and cross-references over both forms.
-//! - `position.rs`: path -> line/column index from yaml-rust2 parser events.
+//! - `scan.rs`: the first pass over the text, before any other parser runs:
+//!   the structural bounds ([`Limits`]: depth, node count, no anchors or
+//!   aliases) and the path -> line/column index, from yaml-rust2's events
+//!   without recursion.
 //!
-//! The pipeline: (1) one serde pass reads both forms. Structural problems (YAML
+//! The pipeline: (0) the bytes are bounded ([`Limits::max_bytes`]), must be
+//! UTF-8 (an invalid byte is an error with its position, at start-up and on
+//! reload alike: [`load_bytes`] is the one way in) and pass the scan. (1) One
+//! serde pass reads both forms. Structural problems (YAML
 //! syntax, unknown or misspelt keys, wrong types, bad durations, addresses or
 //! ports) stop it, so only the first one is reported; its path comes from
 //! serde_path_to_error and its position from serde_yaml. (2) Semantic checks
 //! run on the typed values and collect every problem (duplicate names and
 //! addresses, undefined clusters, health check and route rules...); their
-//! positions come from the `position` index. (3) Translation and
-//! normalisation produce the protos, returned only when no problem was found.
+//! positions come from the `scan` index. (3) Translation and
+//! normalisation produce the protos, returned only when no problem was found
+//! and no type has more than [`Limits::max_resources`] resources.
 //!
 //! This module does not watch files, version or encode resources: `source` and
 //! `snapshot` do.
@@ -34,17 +41,19 @@
 mod address;
 mod duration;
 mod native;
-mod position;
+mod scan;
 mod schema;
 mod translate;
 mod validate;
 
 use std::fmt;
+use std::io::Read as _;
 use std::path::Path;
 
 use crate::resources::Resources;
 use crate::selection::{Glob, Names, Policy, Selector};
-use position::PositionIndex;
+pub use scan::Limits;
+use scan::PositionIndex;
 use validate::{Catalog, Issue};
 
 /// One problem in a config file.
@@ -62,7 +71,10 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.line == 0 && self.column == 0 {
+        if self.line == 0 && self.column == 0 && self.path == "." {
+            // About the whole file (unreadable, empty, too large).
+            write!(f, "{}: {}", self.file, self.message)
+        } else if self.line == 0 && self.column == 0 {
             write!(f, "{}: {}: {}", self.file, self.path, self.message)
         } else {
             write!(
@@ -95,36 +107,150 @@ impl fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
-/// Reads and loads the config file at `path`; errors name the file as given.
-pub fn load_file(path: &Path) -> Result<Resources, ConfigErrors> {
-    let file_name = path.display().to_string();
-    match std::fs::read_to_string(path) {
-        Ok(text) => load_str(&file_name, &text),
-        Err(e) => Err(ConfigErrors(vec![ConfigError {
-            file: file_name,
+impl ConfigError {
+    /// An error about the whole file, with no position.
+    fn whole_file(file: &str, message: String) -> Self {
+        ConfigError {
+            file: file.to_string(),
             line: 0,
             column: 0,
             path: ".".to_string(),
-            message: format!("cannot read the file: {e}"),
-        }])),
+            message,
+        }
     }
 }
 
-/// Loads config text; `file_name` is only used in error messages.
+/// Reads the config file at `path`, refusing one larger than
+/// `limits.max_bytes` without reading past the limit. Errors name the file as
+/// given.
+pub fn read_file(path: &Path, limits: &Limits) -> Result<Vec<u8>, ConfigErrors> {
+    let file_name = path.display().to_string();
+    let cannot = |e: std::io::Error| {
+        ConfigErrors(vec![ConfigError::whole_file(
+            &file_name,
+            format!("cannot read the file: {e}"),
+        )])
+    };
+    let file = std::fs::File::open(path).map_err(cannot)?;
+    let mut bytes = Vec::new();
+    let cap = u64::try_from(limits.max_bytes).unwrap_or(u64::MAX);
+    file.take(cap.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(cannot)?;
+    if bytes.len() > limits.max_bytes {
+        return Err(too_large(&file_name, limits));
+    }
+    Ok(bytes)
+}
+
+fn too_large(file_name: &str, limits: &Limits) -> ConfigErrors {
+    ConfigErrors(vec![ConfigError::whole_file(
+        file_name,
+        format!(
+            "the file is larger than {} bytes (--max-config-bytes)",
+            limits.max_bytes
+        ),
+    )])
+}
+
+/// Reads and loads the config file at `path`; errors name the file as given.
+pub fn load_file(path: &Path, limits: &Limits) -> Result<Resources, ConfigErrors> {
+    let bytes = read_file(path, limits)?;
+    load_bytes(&path.display().to_string(), &bytes, limits)
+}
+
+/// Loads the bytes of a config file: the one way in, at start-up and on every
+/// reload. `file_name` is only used in error messages.
+pub fn load_bytes(
+    file_name: &str,
+    bytes: &[u8],
+    limits: &Limits,
+) -> Result<Resources, ConfigErrors> {
+    if bytes.len() > limits.max_bytes {
+        return Err(too_large(file_name, limits));
+    }
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        let (line, column) = line_column(bytes, e.valid_up_to());
+        ConfigErrors(vec![ConfigError {
+            file: file_name.to_string(),
+            line,
+            column,
+            path: ".".to_string(),
+            message: format!(
+                "invalid UTF-8 (byte 0x{:02X}): a config file must be UTF-8 text",
+                bytes[e.valid_up_to()]
+            ),
+        }])
+    })?;
+    load_text(file_name, text, limits)
+}
+
+/// The 1-based line and column (in characters) of byte `offset` of `bytes`,
+/// which are valid UTF-8 up to `offset`.
+fn line_column(bytes: &[u8], offset: usize) -> (usize, usize) {
+    let before = &bytes[..offset];
+    let line_start = before
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1);
+    let line = 1 + before.iter().filter(|&&b| b == b'\n').count();
+    let column = 1 + String::from_utf8_lossy(&before[line_start..])
+        .chars()
+        .count();
+    (line, column)
+}
+
+/// Loads config text with the default [`Limits`]; `file_name` is only used
+/// in error messages.
 pub fn load_str(file_name: &str, text: &str) -> Result<Resources, ConfigErrors> {
-    let index = PositionIndex::build(text);
+    load_text(file_name, text, &Limits::default())
+}
+
+fn load_text(file_name: &str, text: &str, limits: &Limits) -> Result<Resources, ConfigErrors> {
+    if text.len() > limits.max_bytes {
+        return Err(too_large(file_name, limits));
+    }
+    let index = scan::scan(text, limits).map_err(|r| {
+        ConfigErrors(vec![ConfigError {
+            file: file_name.to_string(),
+            line: r.position.0,
+            column: r.position.1,
+            path: r.path,
+            message: r.message,
+        }])
+    })?;
+    // The resource lists, counted before anything is built from them.
+    for section in [
+        "clusters",
+        "listeners",
+        "grpc_services",
+        "static_resources.clusters",
+        "static_resources.listeners",
+    ] {
+        if index.items(section) > limits.max_resources {
+            let path = format!("{section}[{}]", limits.max_resources);
+            let (line, column) = index.value(&path).unwrap_or((0, 0));
+            return Err(ConfigErrors(vec![ConfigError {
+                file: file_name.to_string(),
+                line,
+                column,
+                path,
+                message: format!(
+                    "more than {} entries in `{section}` (the limit per file)",
+                    limits.max_resources
+                ),
+            }]));
+        }
+    }
     let deserializer = serde_yaml::Deserializer::from_str(text);
     let file = match serde_path_to_error::deserialize::<_, Option<schema::File>>(deserializer) {
         Ok(Some(file)) => file,
         Ok(None) => {
             // A truncated or emptied file must not be served as "no resources".
-            return Err(ConfigErrors(vec![ConfigError {
-                file: file_name.to_string(),
-                line: 0,
-                column: 0,
-                path: ".".to_string(),
-                message: "file is empty; write `clusters: []` to serve nothing".to_string(),
-            }]));
+            return Err(ConfigErrors(vec![ConfigError::whole_file(
+                file_name,
+                "file is empty; write `clusters: []` to serve nothing".to_string(),
+            )]));
         }
         Err(e) => return Err(ConfigErrors(vec![structural(file_name, e, &index)])),
     };
@@ -155,6 +281,22 @@ pub fn load_str(file_name: &str, text: &str) -> Result<Resources, ConfigErrors> 
         native::normalise(native, &mut resources, &mut catalog, &mut issues);
     }
     validate::cross_references(&catalog, &mut issues);
+    for (count, kind) in [
+        (resources.clusters.len(), "clusters"),
+        (resources.endpoints.len(), "load assignments"),
+        (resources.listeners.len(), "listeners"),
+        (resources.routes.len(), "route configurations"),
+    ] {
+        if count > limits.max_resources {
+            issues.push(Issue::new(
+                ".",
+                format!(
+                    "{count} {kind} is over the limit of {} per file",
+                    limits.max_resources
+                ),
+            ));
+        }
+    }
 
     if issues.is_empty() {
         return Ok(resources);
@@ -233,8 +375,8 @@ fn structural(
         .and_then(|rest| rest.strip_suffix('\''))
     {
         let parent = if path == "." { "" } else { path.as_str() };
-        let key_path = position::join_key(parent, key);
-        if let Some(position) = index.key(&position::join_key(parent, &position::snake_case(key))) {
+        let key_path = scan::join_key(parent, key);
+        if let Some(position) = index.key(&scan::join_key(parent, &scan::snake_case(key))) {
             (line, column) = position;
         }
         path = key_path;
@@ -438,7 +580,8 @@ static_resources:
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();
             if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
-                let resources = load_file(&path).unwrap_or_else(|e| panic!("{e}"));
+                let resources =
+                    load_file(&path, &Limits::default()).unwrap_or_else(|e| panic!("{e}"));
                 assert!(!resources.listeners.is_empty(), "{}", path.display());
                 loaded.push(path.file_name().unwrap().to_string_lossy().to_string());
             }
@@ -454,8 +597,8 @@ static_resources:
                 "{name} missing from {loaded:?}"
             );
         }
-        let concise = load_file(&dir.join("front-proxy.yaml")).unwrap();
-        let native = load_file(&dir.join("front-proxy-native.yaml")).unwrap();
+        let concise = load_file(&dir.join("front-proxy.yaml"), &Limits::default()).unwrap();
+        let native = load_file(&dir.join("front-proxy-native.yaml"), &Limits::default()).unwrap();
         assert_eq!(concise, native);
     }
 
@@ -463,8 +606,8 @@ static_resources:
     fn structural_errors_table() {
         let native_cluster = "static_resources:\n  clusters:\n  - name: a\n";
         let table = [
-            ("", "pylon.yaml: .: file is empty; write `clusters: []` to serve nothing"),
-            ("# nothing yet\n\n", "pylon.yaml: .: file is empty; write `clusters: []` to serve nothing"),
+            ("", "pylon.yaml: file is empty; write `clusters: []` to serve nothing"),
+            ("# nothing yet\n\n", "pylon.yaml: file is empty; write `clusters: []` to serve nothing"),
             (
                 "admin: {}\n",
                 "pylon.yaml:1:1: admin: `admin` belongs to an Envoy bootstrap, not a pylon-xds config (top-level keys: `clusters`, `listeners`, `grpc_services`, `nodes`, `static_resources`)",
@@ -507,7 +650,7 @@ static_resources:
             ),
             (
                 "clusters: [\n",
-                "pylon.yaml:2:1: clusters: did not find expected node content, while parsing a flow node",
+                "pylon.yaml:2:1: clusters[0]: invalid YAML: while parsing a node, did not find expected node content",
             ),
             (
                 "- name: a\n",
@@ -537,6 +680,38 @@ static_resources:
         for (yaml, want) in table {
             assert_eq!(errors(yaml), want, "{yaml}");
         }
+    }
+
+    #[test]
+    fn bytes_are_bounded_and_must_be_utf8() {
+        let limits = Limits {
+            max_bytes: 64,
+            max_resources: 1,
+            ..Limits::default()
+        };
+        let load = |bytes: &[u8]| match load_bytes("pylon.yaml", bytes, &limits) {
+            Ok(_) => "loaded".to_string(),
+            Err(e) => e.to_string(),
+        };
+        assert_eq!(
+            load(b"clusters:\n  - name: caf\xc3\xa9\xe9\n"),
+            "pylon.yaml:2:15: .: invalid UTF-8 (byte 0xE9): a config file must be UTF-8 text"
+        );
+        assert_eq!(
+            load(&[b'#'; 65]),
+            "pylon.yaml: the file is larger than 64 bytes (--max-config-bytes)"
+        );
+        assert_eq!(
+            load(b"clusters: [{name: a}, {name: b}]\n"),
+            "pylon.yaml:1:23: clusters[1]: more than 1 entries in `clusters` (the limit per file)"
+        );
+        // And per type of resource, whatever section made them.
+        assert_eq!(
+            load(b"clusters: [{name: a}]\ngrpc_services: [{name: g, port: 1}]\n"),
+            "pylon.yaml:1:1: .: 2 clusters is over the limit of 1 per file\n\
+             pylon.yaml:1:1: .: 2 load assignments is over the limit of 1 per file"
+        );
+        assert_eq!(load(b"clusters: [{name: a}]\n"), "loaded");
     }
 
     #[test]
@@ -665,19 +840,22 @@ pylon.yaml:37:16: static_resources.listeners[1].filter_chains[0].filters[0].type
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("pylon.yaml");
         std::fs::write(&path, "clusters:\n  - name: a\n    weight: 1\n").unwrap();
-        let err = load_file(&path).unwrap_err();
+        let err = load_file(&path, &Limits::default()).unwrap_err();
         assert_eq!(err.0.len(), 1);
         assert_eq!(err.0[0].file, path.display().to_string());
         assert_eq!((err.0[0].line, err.0[0].column), (3, 5));
         assert_eq!(err.0[0].path, "clusters[0].weight");
 
         let missing = dir.path().join("missing.yaml");
-        let err = load_file(&missing).unwrap_err();
+        let err = load_file(&missing, &Limits::default()).unwrap_err();
         assert_eq!(err.0[0].line, 0);
         assert!(err.to_string().contains("cannot read the file"), "{err}");
 
         std::fs::write(&path, "clusters: []\n").unwrap();
-        assert_eq!(load_file(&path), Ok(Resources::default()));
+        assert_eq!(
+            load_file(&path, &Limits::default()),
+            Ok(Resources::default())
+        );
     }
 
     const GRPC_AND_NODES: &str = "\

@@ -28,6 +28,8 @@ pub async fn start(path: &Path, debounce: Duration) -> Running {
         xds_listen: "127.0.0.1:0".parse().unwrap(),
         admin_listen: Some("127.0.0.1:0".parse().unwrap()),
         debounce,
+        limits: Default::default(),
+        state_dir: None,
     })
     .await
     .unwrap()

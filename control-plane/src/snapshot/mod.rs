@@ -5,14 +5,16 @@
 //! configuration and load assignment exists), encodes each resource into its
 //! `Any` exactly once, and derives every version from content:
 //!
-//! - a resource's version is a hash of its canonical JSON form (map fields
-//!   sorted), so it is the same across restarts and replicas even though
-//!   protobuf map encoding order is not deterministic;
+//! - a resource's version is a hash of its encoding with map entries taken
+//!   in sorted order ([`canonical`]), so it is the same across restarts and
+//!   replicas even though protobuf map encoding order is not deterministic;
 //! - a type's version hashes the (name, version) pairs of that type;
 //! - the snapshot version hashes the four type versions.
 //!
 //! Streams share the encoded bytes through `Arc`s and never re-encode. This
 //! module knows no gRPC and no YAML.
+
+mod canonical;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -406,54 +408,16 @@ fn short_hex(bytes: &[u8]) -> String {
     s
 }
 
-/// A version derived from content only: the canonical JSON of the resource
-/// (keys sorted at every level, `Any`s expanded) when the descriptor pool knows
-/// every type in it, else the encoded bytes.
+/// A version derived from content only: the [`canonical`] hash of the
+/// resource when its bytes parse, else a hash of the bytes.
 fn content_version(ty: ResourceType, bytes: &[u8]) -> String {
-    let mut h = Sha256::new();
-    match canonical_json(ty, bytes) {
-        Some(json) => h.update(json.as_bytes()),
-        None => h.update(bytes),
-    }
-    short_hex(&h.finalize())
-}
-
-fn canonical_json(ty: ResourceType, bytes: &[u8]) -> Option<String> {
-    let desc = pylon::descriptor_pool().get_message_by_name(ty.full_name())?;
-    let msg = prost_reflect::DynamicMessage::decode(desc, bytes).ok()?;
-    let value = serde_json::to_value(&msg).ok()?;
-    let mut out = String::new();
-    write_canonical(&value, &mut out);
-    Some(out)
-}
-
-fn write_canonical(v: &serde_json::Value, out: &mut String) {
-    use serde_json::Value;
-    match v {
-        Value::Object(map) => {
-            let sorted: BTreeMap<&String, &Value> = map.iter().collect();
-            out.push('{');
-            for (i, (k, v)) in sorted.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                out.push_str(&Value::String(k.clone()).to_string());
-                out.push(':');
-                write_canonical(v, out);
-            }
-            out.push('}');
-        }
-        Value::Array(items) => {
-            out.push('[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                write_canonical(item, out);
-            }
-            out.push(']');
-        }
-        other => out.push_str(&other.to_string()),
+    let pool = pylon::descriptor_pool();
+    let canonical = pool
+        .get_message_by_name(ty.full_name())
+        .and_then(|desc| canonical::hash(pool, &desc, bytes));
+    match canonical {
+        Some(hash) => short_hex(&hash),
+        None => short_hex(&Sha256::digest(bytes)),
     }
 }
 
