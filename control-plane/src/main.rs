@@ -166,16 +166,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             delta,
             admin,
         } => {
-            print!(
-                "{}",
-                envoy_bootstrap(&BootstrapOptions {
-                    node_id,
-                    node_cluster,
-                    xds,
-                    delta,
-                    admin,
-                })
-            );
+            emit(&envoy_bootstrap(&BootstrapOptions {
+                node_id,
+                node_cluster,
+                xds,
+                delta,
+                admin,
+            }));
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { admin, json } => {
@@ -185,10 +182,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("cannot reach pylon-xds admin at {admin}"))?;
             anyhow::ensure!(code == 200, "admin answered {code}: {body}");
             if json {
-                println!("{body}");
+                emit(&format!("{body}\n"));
             } else {
                 let status: serde_json::Value = serde_json::from_str(&body)?;
-                print!("{}", render_status(&status));
+                emit(&render_status(&status));
             }
             let failing = body.contains("\"last_reload_error\": \"");
             Ok(if failing {
@@ -196,6 +193,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::SUCCESS
             })
+        }
+    }
+}
+
+/// Writes `text` to standard output. A reader that went away (`status --json
+/// | grep -q`, `| head`) is not an error: the rest is simply not wanted.
+fn emit(text: &str) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            eprintln!("pylon-xds: cannot write to standard output: {e}");
         }
     }
 }
@@ -224,11 +233,11 @@ fn validate(files: &[PathBuf], limits: &Limits) -> ExitCode {
         match source::load(f, limits, None) {
             Ok(snap) => {
                 let [c, e, l, r] = snap.counts();
-                println!(
-                    "{}: ok, version {} ({c} clusters, {e} load assignments, {l} listeners, {r} route configurations)",
+                emit(&format!(
+                    "{}: ok, version {} ({c} clusters, {e} load assignments, {l} listeners, {r} route configurations)\n",
                     f.display(),
                     snap.version
-                );
+                ));
             }
             Err(e) => {
                 failed = true;

@@ -49,7 +49,7 @@ use crate::state::LastGood;
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     /// The YAML is invalid.
-    #[error("{0}")]
+    #[error(transparent)]
     Config(#[from] ConfigErrors),
     /// The resources are inconsistent (a defect of translation if it happens).
     #[error("{file}: {source}")]
