@@ -17,16 +17,11 @@ pub type Handler = Arc<dyn Fn(&Method, &str) -> Response<Full<Bytes>> + Send + S
 
 /// Serves `handler` on `listener` until `stop` is cancelled.
 pub async fn serve(listener: TcpListener, handler: Handler, stop: CancellationToken) {
+    let mut backoff = crate::accept::AcceptBackoff::new("admin");
     loop {
         let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    continue;
-                }
-            },
+            accepted = backoff.accept(&listener) => accepted,
         };
         let handler = Arc::clone(&handler);
         tokio::spawn(async move {

@@ -13,7 +13,6 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -109,7 +108,9 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<Running> {
     let router = XdsServer::new(shared).router();
     let stop = shutdown.clone();
     tasks.push(tokio::spawn(async move {
-        let incoming = TcpListenerStream::new(xds);
+        // Accept errors (out of descriptors) are waited out here: tonic
+        // would retry them at once, spinning.
+        let incoming = pylon::accept::incoming(xds, "xds");
         if let Err(e) = router
             .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
             .await

@@ -105,6 +105,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             log_format,
         } => {
             pylon::logging::init(matches!(log_format, LogFormat::Json));
+            pylon::limits::raise_nofile();
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(serve(ServeOptions {
                 config,

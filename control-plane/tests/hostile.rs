@@ -3,7 +3,9 @@
 //! the memory and task figures are the server's alone). Each case checks the
 //! gRPC status the protocol calls for, that the process stays up, and that a
 //! well-behaved ADS client connected before the abuse still receives a live
-//! edit of the YAML afterwards, as does a client connecting afterwards.
+//! edit of the YAML afterwards, as does a client connecting afterwards. The
+//! server is also run with a low descriptor limit and more connections than
+//! it can accept, to check that it waits that out without spinning.
 //!
 //! Arbitrary bytes go on the wire through [`RawCodec`], a tonic codec for
 //! `Vec<u8>` messages: tonic frames them, nothing checks them.
@@ -163,18 +165,37 @@ impl Server {
     }
 
     async fn start_with_env(env: &[(&str, &str)]) -> Server {
+        Server::start_with(env, &[], None).await
+    }
+
+    /// `pylon-xds serve` with `env`, `args` after the usual ones, and, with
+    /// `nofile`, a soft and hard `RLIMIT_NOFILE` of that many descriptors.
+    async fn start_with(env: &[(&str, &str)], args: &[&str], nofile: Option<u32>) -> Server {
         let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("pylon.yaml");
+        // The config's directory is watched: the log lives beside it, not in
+        // it, or each line logged would trigger a reload.
+        std::fs::create_dir(dir.path().join("config")).unwrap();
+        let config = dir.path().join("config/pylon.yaml");
         std::fs::write(&config, self::config(0)).unwrap();
         let xds = free_addr();
         let admin = free_addr();
+        let mut command = match nofile {
+            // `ulimit -n` sets both limits, so the binary cannot raise them.
+            Some(n) => {
+                let mut c = Command::new("sh");
+                c.args(["-c", &format!("ulimit -n {n} && exec \"$0\" \"$@\""), BIN]);
+                c
+            }
+            None => Command::new(BIN),
+        };
         let mut server = Server {
-            child: Command::new(BIN)
+            child: command
                 .arg("serve")
                 .arg("--config")
                 .arg(&config)
                 .args(["--listen", &xds.to_string(), "--admin", &admin.to_string()])
                 .args(["--debounce-ms", "20"])
+                .args(args)
                 .env("RUST_LOG", "warn")
                 .envs(env.iter().copied())
                 .stdout(Stdio::null())
@@ -201,13 +222,13 @@ impl Server {
     }
 
     fn write_config(&self) {
-        let tmp = self.dir.path().join(".pylon.yaml.tmp");
+        let tmp = self.dir.path().join("config/.pylon.yaml.tmp");
         std::fs::write(&tmp, config(self.generation)).unwrap();
         std::fs::rename(&tmp, self.config_path()).unwrap();
     }
 
     fn config_path(&self) -> PathBuf {
-        self.dir.path().join("pylon.yaml")
+        self.dir.path().join("config/pylon.yaml")
     }
 
     /// The server's log so far.
@@ -1125,4 +1146,116 @@ async fn thousands_of_streams_opened_and_dropped_leak_nothing() {
         measured < MEASURED_GROWTH_MIB,
         "RSS grew by {measured:.1} MiB over {MEASURED_ROUNDS} measured rounds"
     );
+}
+
+// ---------------------------------------------------------------------------
+// Case 5: no file descriptor left. Connections beyond the process's limit
+// stay queued in the kernel while `accept` fails; the accept loops (tonic's
+// for xDS, the admin's) must wait that out, not spin, and serve again once
+// descriptors free up.
+
+/// The descriptor limit the server runs under in this case.
+const NOFILE: u32 = 64;
+/// How long the server is watched while it has no descriptor left.
+const EXHAUSTED_WINDOW: Duration = Duration::from_secs(3);
+
+/// CPU time (user + system) the process has used, from `/proc/PID/stat`.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    let per_second: u64 = String::from_utf8(
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .parse()
+    .unwrap();
+    Duration::from_millis(ticks * 1000 / per_second)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_out_of_descriptors_is_waited_out_without_spinning() {
+    let mut server = Server::start_with(
+        &[("RUST_LOG", "info"), ("NO_COLOR", "1")],
+        &[],
+        Some(NOFILE),
+    )
+    .await;
+    let mut watcher = Watcher::open(&server).await;
+    assert!(
+        server
+            .log()
+            .contains(&format!("file descriptors: at most {NOFILE} open at once")),
+        "{}",
+        server.log()
+    );
+    let pid = server.child.id();
+    let log0 = server.log().len();
+
+    // More connections than descriptors, to both ports: the kernel queues
+    // what the server cannot accept.
+    let mut held = Vec::new();
+    for addr in [server.xds, server.admin] {
+        for _ in 0..2 * NOFILE {
+            held.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        }
+    }
+    let end = Instant::now() + DEADLINE;
+    let accept_warnings = |log: &str| log.lines().filter(|l| l.contains("accept failed")).count();
+    let failing = |log: &str, listener: &str| {
+        log.lines()
+            .any(|l| l.contains("accept failed") && l.contains(listener))
+    };
+    while !(failing(&server.log()[log0..], "xds") && failing(&server.log()[log0..], "admin")) {
+        assert!(
+            Instant::now() < end,
+            "no accept failure logged for both listeners:\n{}",
+            &server.log()[log0..]
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (cpu0, wall0, lines0) = (
+        cpu_time(pid),
+        Instant::now(),
+        accept_warnings(&server.log()),
+    );
+    // A measurement window, not a wait for an event: the process is out of
+    // descriptors throughout.
+    tokio::time::sleep(EXHAUSTED_WINDOW).await;
+    let (cpu, wall) = (cpu_time(pid) - cpu0, wall0.elapsed());
+    let lines = accept_warnings(&server.log()) - lines0;
+    let share = cpu.as_secs_f64() / wall.as_secs_f64();
+    eprintln!(
+        "out of descriptors for {wall:?}: {cpu:?} of CPU ({:.1}% of one core), {lines} accept warnings",
+        share * 100.0
+    );
+    eprintln!(
+        "{}",
+        server.log()[log0..]
+            .lines()
+            .filter(|l| l.contains("accept failed"))
+            .take(4)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(share < 0.3, "the server used {cpu:?} of CPU in {wall:?}");
+    // One line a second per listener, give or take the window's edges.
+    let bound = 2 * (wall.as_secs() as usize + 2);
+    assert!(lines <= bound, "{lines} accept warnings in {wall:?}");
+
+    // Descriptors free up: both ports serve again.
+    drop(held);
+    server.assert_serves_live_edit(&mut watcher).await;
+    server.metrics().await;
 }
