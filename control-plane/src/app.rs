@@ -43,6 +43,9 @@ pub struct ServeOptions {
     pub admin_listen: Option<SocketAddr>,
     /// Quiet period after the last file event before a reload.
     pub debounce: Duration,
+    /// xDS streams served at once; beyond, a new stream is refused with
+    /// `UNAVAILABLE` ([`crate::server::limits::DEFAULT_MAX_STREAMS`] by default).
+    pub max_streams: usize,
 }
 
 /// A running server. Dropping it does not stop it: call [`Running::shutdown`].
@@ -68,7 +71,10 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<Running> {
     );
     let metrics = Arc::new(Metrics::new());
     let cache = Cache::new(snapshot);
-    let registry = Arc::new(Registry::new(Arc::clone(&metrics)));
+    let registry = Arc::new(Registry::with_max_streams(
+        Arc::clone(&metrics),
+        opts.max_streams,
+    ));
     let shutdown = CancellationToken::new();
     let reloader = Arc::new(Reloader::new(opts.config.clone(), cache.clone(), metrics));
     let shared = Arc::new(Shared {

@@ -39,6 +39,10 @@ enum Command {
         /// Quiet period after the last file change before reloading, in milliseconds.
         #[arg(long, default_value_t = 100)]
         debounce_ms: u64,
+        /// xDS streams served at once; a stream beyond is refused with UNAVAILABLE.
+        #[arg(long, default_value_t = control_plane::server::limits::DEFAULT_MAX_STREAMS,
+              value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+        max_streams: usize,
         /// Log format.
         #[arg(long, value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
@@ -102,6 +106,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             listen,
             admin,
             debounce_ms,
+            max_streams,
             log_format,
         } => {
             pylon::logging::init(matches!(log_format, LogFormat::Json));
@@ -112,6 +117,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 xds_listen: listen,
                 admin_listen: Some(admin),
                 debounce: Duration::from_millis(debounce_ms),
+                max_streams,
             }))?;
             Ok(ExitCode::SUCCESS)
         }

@@ -1149,7 +1149,362 @@ async fn thousands_of_streams_opened_and_dropped_leak_nothing() {
 }
 
 // ---------------------------------------------------------------------------
-// Case 5: no file descriptor left. Connections beyond the process's limit
+// Cases 5 to 8: what one client can make the server keep. Each of the
+// first three probes opens streams whose requests carry large client-chosen
+// strings, checks the status each is refused with, and that once they are
+// closed the server's memory is back near where it started, its `/metrics`
+// stays small and its log does not grow with what clients send. The fourth
+// fills the server up to `--max-streams`.
+
+/// Streams each probe opens at once.
+const PROBE_STREAMS: usize = 100;
+/// How far above its baseline RSS may stay once a probe's streams are
+/// closed. Refused requests are still read and decoded (up to the 4 MiB
+/// message limit) before they are refused, and the allocator keeps part of
+/// the heap that grew for them: 6 to 16 MiB here, against 185 to 708 MiB
+/// kept before the bounds, when streams held what they were sent.
+const PROBE_RETAINED_MIB: f64 = 32.0;
+
+/// How a probe stream's first request was answered.
+#[derive(Debug)]
+enum Answer {
+    Response,
+    Refused(Status),
+    Ended,
+}
+
+impl Answer {
+    fn refused_with(&self, code: Code) -> bool {
+        matches!(self, Answer::Refused(s) if s.code() == code)
+    }
+}
+
+async fn answer<T>(s: &mut Stream<T, DiscoveryResponse>) -> (Answer, Option<DiscoveryResponse>) {
+    match s.next().await {
+        Some(Ok(r)) => (Answer::Response, Some(r)),
+        Some(Err(st)) => (Answer::Refused(st), None),
+        None => (Answer::Ended, None),
+    }
+}
+
+/// Waits until RSS is back within [`PROBE_RETAINED_MIB`] of `baseline`;
+/// returns the last scrape either way, for the caller to report and assert.
+async fn rss_settles(server: &mut Server, baseline: f64) -> Scrape {
+    let end = Instant::now() + DEADLINE;
+    loop {
+        let m = server.metrics().await;
+        if m.rss_mib() < baseline + PROBE_RETAINED_MIB || Instant::now() > end {
+            return m;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The NACK probe: node ids of 1 MiB (over the node cap), then node ids of
+/// 32 KiB (under it) NACKing once each. Before the bounds, every NACK added
+/// a metric label holding the node id and a log line holding it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nacks_from_long_node_ids_leave_no_trace_in_metrics_logs_or_memory() {
+    let mut server = Server::start().await;
+    let mut watcher = Watcher::open(&server).await;
+    let channel = server.channel().await;
+    let base = server.metrics().await;
+    let (rss0, log0) = (base.rss_mib(), server.log().len());
+
+    let mut answers = Vec::new();
+    let mut long_nacks = Vec::new();
+    let mut open = Vec::new();
+    for (size, count) in [(1 << 20, PROBE_STREAMS), (32 << 10, PROBE_STREAMS)] {
+        let mut refused = 0;
+        for i in 0..count {
+            let id = format!("{i:04}-{}", "n".repeat(size));
+            let mut s = Stream::sotw(&channel).await;
+            s.send(DiscoveryRequest {
+                node: Some(node(&id)),
+                ..sotw_req(CLUSTER, vec![], "", "")
+            })
+            .await;
+            let (a, r) = answer(&mut s).await;
+            if let Some(r) = r {
+                s.send(DiscoveryRequest {
+                    error_detail: Some(rpc::Status {
+                        code: 3,
+                        message: format!("rejected by {}", &id[..4]),
+                        details: vec![],
+                    }),
+                    ..sotw_req(CLUSTER, vec![], "", &r.nonce)
+                })
+                .await;
+                open.push(s);
+            } else {
+                refused += 1;
+            }
+            if size == 1 << 20 {
+                answers.push(a);
+            }
+        }
+        long_nacks.push((size, count, refused));
+    }
+    let nacked = server
+        .metrics_until("the NACKs to be counted", |m| {
+            m.0.lines()
+                .filter(|l| l.starts_with("pylon_xds_nacks_total"))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum::<f64>()
+                >= open.len() as f64
+        })
+        .await;
+    let peak_rss = nacked.rss_mib();
+    let metrics_bytes = nacked.0.len();
+    drop(open);
+    server
+        .metrics_until("the probe streams to be closed", |m| m.streams() == 1.0)
+        .await;
+    let settled = rss_settles(&mut server, rss0).await;
+    let log_bytes = server.log().len() - log0;
+    let nack_lines = server.log()[log0..]
+        .lines()
+        .filter(|l| l.contains("NACK"))
+        .count();
+    for (size, count, refused) in &long_nacks {
+        eprintln!("{count} streams with {size}-byte node ids: {refused} refused");
+    }
+    eprintln!(
+        "NACK probe: RSS {rss0:.1} MiB -> {peak_rss:.1} MiB with the streams open -> {:.1} MiB after they closed; /metrics {metrics_bytes} bytes; log +{log_bytes} bytes ({nack_lines} NACK lines)",
+        settled.rss_mib()
+    );
+    eprintln!("first answer to a 1 MiB node id: {:?}", answers[0]);
+
+    assert!(
+        answers
+            .iter()
+            .all(|a| a.refused_with(Code::ResourceExhausted)),
+        "every 1 MiB node must be refused with RESOURCE_EXHAUSTED: {:?}",
+        answers
+            .iter()
+            .find(|a| !a.refused_with(Code::ResourceExhausted))
+    );
+    assert_eq!(
+        long_nacks[1].2, 0,
+        "32 KiB node ids are under the cap and served"
+    );
+    assert_eq!(
+        nacked.get("pylon_xds_nacks_total{type=\"cds\"}"),
+        PROBE_STREAMS as f64
+    );
+    assert_eq!(
+        nacked.get("pylon_xds_refused_requests_total{reason=\"node_too_large\"}"),
+        PROBE_STREAMS as f64
+    );
+    assert!(
+        metrics_bytes < 64 << 10,
+        "/metrics is {metrics_bytes} bytes"
+    );
+    assert!(log_bytes < 256 << 10, "the log grew by {log_bytes} bytes");
+    assert!(
+        settled.rss_mib() < rss0 + PROBE_RETAINED_MIB,
+        "RSS {:.1} MiB after the streams closed, baseline {rss0:.1} MiB",
+        settled.rss_mib()
+    );
+    server.assert_serves_live_edit(&mut watcher).await;
+}
+
+/// A node whose metadata is a few MiB (under the 4 MiB message limit).
+fn fat_node(id: &str) -> Node {
+    use envoy_types::pb::google::protobuf::{value, Struct, Value};
+    let fields = (0..900)
+        .map(|i| {
+            (
+                format!("key-{i:04}"),
+                Value {
+                    kind: Some(value::Kind::StringValue(format!("{i}{}", "m".repeat(4096)))),
+                },
+            )
+        })
+        .collect();
+    Node {
+        metadata: Some(Struct { fields }),
+        ..node(id)
+    }
+}
+
+/// The node-metadata probe: 100 streams whose node carries 3.6 MiB of
+/// metadata. Before the bounds, each stream kept several copies of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_with_megabytes_of_metadata_are_refused() {
+    let mut server = Server::start().await;
+    let mut watcher = Watcher::open(&server).await;
+    let base = server.metrics().await;
+    let rss0 = base.rss_mib();
+    let node_bytes = fat_node("fat-0").encoded_len();
+
+    let channels = futures::future::join_all((0..4).map(|_| server.channel())).await;
+    let mut streams = Vec::new();
+    for i in 0..PROBE_STREAMS {
+        let s = Stream::sotw(&channels[i % channels.len()]).await;
+        s.send(DiscoveryRequest {
+            node: Some(fat_node(&format!("fat-{i}"))),
+            ..sotw_req(CLUSTER, vec![], "", "")
+        })
+        .await;
+        streams.push(s);
+    }
+    let answers =
+        futures::future::join_all(streams.iter_mut().map(|s| async move { answer(s).await.0 }))
+            .await;
+    let peak = server.metrics().await;
+    drop(streams);
+    drop(channels);
+    server
+        .metrics_until("the probe streams to be closed", |m| m.streams() == 1.0)
+        .await;
+    let settled = rss_settles(&mut server, rss0).await;
+    eprintln!(
+        "metadata probe ({PROBE_STREAMS} streams, {node_bytes}-byte nodes): RSS {rss0:.1} MiB -> {:.1} MiB with the streams open -> {:.1} MiB after they closed",
+        peak.rss_mib(),
+        settled.rss_mib()
+    );
+    eprintln!("first answer: {:?}", answers[0]);
+    assert!(
+        answers
+            .iter()
+            .all(|a| a.refused_with(Code::ResourceExhausted)),
+        "every fat node must be refused with RESOURCE_EXHAUSTED: {:?}",
+        answers
+            .iter()
+            .find(|a| !a.refused_with(Code::ResourceExhausted))
+    );
+    assert_eq!(
+        settled.get("pylon_xds_refused_requests_total{reason=\"node_too_large\"}"),
+        PROBE_STREAMS as f64
+    );
+    assert!(
+        settled.rss_mib() < rss0 + PROBE_RETAINED_MIB,
+        "RSS {:.1} MiB after the streams closed, baseline {rss0:.1} MiB",
+        settled.rss_mib()
+    );
+    server.assert_serves_live_edit(&mut watcher).await;
+}
+
+/// The name probe: one delta stream subscribing, 100 times, to one new
+/// 3 MiB name. Before the bounds, the stream kept every name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_resource_names_are_refused() {
+    let mut server = Server::start().await;
+    let mut watcher = Watcher::open(&server).await;
+    let channel = server.channel().await;
+    let rss0 = server.metrics().await.rss_mib();
+
+    let mut d = Stream::delta(&channel).await;
+    let mut answered = 0;
+    let mut refusal = None;
+    let mut nonce = String::new();
+    for i in 0..PROBE_STREAMS {
+        let name = format!("{i:03}{}", "x".repeat(3 << 20));
+        d.send(delta_req(ENDPOINT, vec![name], &nonce)).await;
+        if i == 0 {
+            // The first request of a type that is not a wildcard is
+            // answered only when something is served: nothing is.
+            match tokio::time::timeout(Duration::from_secs(1), d.rx.next()).await {
+                Ok(Some(Err(st))) => {
+                    refusal = Some(st);
+                    break;
+                }
+                Ok(Some(Ok(r))) => {
+                    answered += 1;
+                    nonce = r.nonce;
+                }
+                Ok(None) => break,
+                Err(_) => {}
+            }
+        }
+    }
+    // A CDS request on the same stream: its answer shows every name request
+    // before it was read.
+    d.send(delta_req(CLUSTER, vec![], "")).await;
+    let after = d.next().await;
+    let peak_rss = server.metrics().await.rss_mib();
+    drop(d);
+    server
+        .metrics_until("the probe stream to be closed", |m| m.streams() == 1.0)
+        .await;
+    let settled = rss_settles(&mut server, rss0).await;
+    eprintln!(
+        "name probe ({PROBE_STREAMS} requests of one 3 MiB name): RSS {rss0:.1} MiB -> {peak_rss:.1} MiB with the stream open -> {:.1} MiB after it closed; {answered} answered",
+        settled.rss_mib()
+    );
+    eprintln!("refusal: {refusal:?}; then: {after:?}");
+    let st = refusal.expect("a 3 MiB name is refused");
+    assert_eq!(st.code(), Code::ResourceExhausted, "{st:?}");
+    assert!(st.message().contains("1024"), "{st:?}");
+    assert_eq!(
+        settled.get("pylon_xds_refused_requests_total{reason=\"name_too_long\"}"),
+        1.0
+    );
+    assert!(
+        settled.rss_mib() < rss0 + PROBE_RETAINED_MIB,
+        "RSS {:.1} MiB after the stream closed, baseline {rss0:.1} MiB",
+        settled.rss_mib()
+    );
+    server.assert_serves_live_edit(&mut watcher).await;
+}
+
+/// The stream limit: `--max-streams 20`, one held by the watcher.
+#[tokio::test]
+async fn streams_beyond_max_streams_are_unavailable() {
+    const MAX: usize = 20;
+    let mut server = Server::start_with(&[], &["--max-streams", &MAX.to_string()], None).await;
+    let mut watcher = Watcher::open(&server).await;
+    let channel = server.channel().await;
+    let mut open = Vec::new();
+    for i in 1..MAX {
+        let mut s = Stream::sotw(&channel).await;
+        s.send(DiscoveryRequest {
+            node: Some(node(&format!("full-{i}"))),
+            ..sotw_req(CLUSTER, vec![], "", "")
+        })
+        .await;
+        assert_eq!(s.recv().await.type_url, CLUSTER);
+        open.push(s);
+    }
+    let (_tx, rx) = mpsc::channel::<DiscoveryRequest>(1);
+    let sotw = AggregatedDiscoveryServiceClient::new(channel.clone())
+        .stream_aggregated_resources(ReceiverStream::new(rx))
+        .await
+        .map(|_| ())
+        .unwrap_err();
+    let (_tx, rx) = mpsc::channel::<DeltaDiscoveryRequest>(1);
+    let delta = AggregatedDiscoveryServiceClient::new(channel.clone())
+        .delta_aggregated_resources(ReceiverStream::new(rx))
+        .await
+        .map(|_| ())
+        .unwrap_err();
+    for (what, st) in [("SotW", &sotw), ("delta", &delta)] {
+        eprintln!(
+            "stream {} ({what}): {:?} {:?}",
+            MAX + 1,
+            st.code(),
+            st.message()
+        );
+        assert_eq!(st.code(), Code::Unavailable, "{what}: {st:?}");
+        assert!(st.message().contains("--max-streams"), "{st:?}");
+    }
+    let m = server.metrics().await;
+    assert_eq!(m.streams(), MAX as f64);
+    assert_eq!(
+        m.get("pylon_xds_refused_requests_total{reason=\"too_many_streams\"}"),
+        2.0
+    );
+    // A stream that ends makes room for one more.
+    drop(open.pop());
+    server
+        .metrics_until("a stream to be closed", |m| m.streams() == (MAX - 1) as f64)
+        .await;
+    server.assert_serves_live_edit(&mut watcher).await;
+}
+
+// ---------------------------------------------------------------------------
+// Case 9: no file descriptor left. Connections beyond the process's limit
 // stay queued in the kernel while `accept` fails; the accept loops (tonic's
 // for xDS, the admin's) must wait that out, not spin, and serve again once
 // descriptors free up.

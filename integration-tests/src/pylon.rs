@@ -200,6 +200,7 @@ async fn serve(config: &Path, xds_listen: SocketAddr) -> anyhow::Result<Running>
         xds_listen,
         admin_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
         debounce: DEBOUNCE,
+        max_streams: control_plane::server::limits::DEFAULT_MAX_STREAMS,
     })
     .await
     .context("control_plane::serve")

@@ -28,6 +28,7 @@ pub async fn start(path: &Path, debounce: Duration) -> Running {
         xds_listen: "127.0.0.1:0".parse().unwrap(),
         admin_listen: Some("127.0.0.1:0".parse().unwrap()),
         debounce,
+        max_streams: control_plane::server::limits::DEFAULT_MAX_STREAMS,
     })
     .await
     .unwrap()
