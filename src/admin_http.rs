@@ -651,6 +651,33 @@ mod tests {
         driver.abort();
     }
 
+    #[tokio::test]
+    async fn large_answers_go_through_over_h2c() {
+        use http_body_util::BodyExt as _;
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let big: Handler =
+            Arc::new(|_: &Parts| Response::new(Full::new(Bytes::from(vec![b'x'; 4 << 20]))));
+        let local: SocketAddr = LOCAL.parse().unwrap();
+        tokio::spawn(serve_connection(
+            server,
+            local,
+            local,
+            big,
+            Arc::new(Throttle::per_second()),
+        ));
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(client))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let req = Request::get("http://127.0.0.1:9901/stats")
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body.len(), 4 << 20);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn oversized_headers_are_refused() {
         let (mut client, task) = connect();
