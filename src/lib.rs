@@ -1,13 +1,18 @@
 //! Pylon's shared foundation: the descriptor set compiled from `proto/`, the
 //! xDS protocol constants every crate uses, and the small process plumbing both
-//! binaries share (the admin HTTP accept loop, logging set-up).
+//! binaries share: the admin HTTP server, accept loops that back off when
+//! descriptors run out, the descriptor limit, rate-limited log lines, logging
+//! set-up.
 //!
 //! This crate owns no proxy or control-plane behaviour. The control plane
 //! (`control-plane`) and the data plane (`data-plane`) depend on it; it
 //! depends on neither.
 
+pub mod accept;
 pub mod admin_http;
+pub mod limits;
 pub mod logging;
+pub mod throttle;
 
 use std::sync::OnceLock;
 

@@ -4,7 +4,8 @@
 //! served and the server is not stopping), `/metrics` (Prometheus text),
 //! `/nodes` (JSON: every connected stream and its per-type sync state) and
 //! `/status` (JSON: the config source, version, last reload error, resource
-//! counts and the nodes). Anything but GET is refused with 405.
+//! counts and the nodes). Anything but GET is refused with 405 (or 403, by
+//! `pylon::admin_http`, when it comes from a web page of another origin).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -137,8 +138,12 @@ fn json<T: Serialize>(value: &T) -> Response<Full<Bytes>> {
 /// Serves the admin endpoint on `listener` until `stop` is cancelled.
 pub async fn serve(listener: TcpListener, state: AdminState, stop: CancellationToken) {
     let state = Arc::new(state);
-    let handler: pylon::admin_http::Handler =
-        Arc::new(move |method, path| state.handle(method, path));
+    let handler: pylon::admin_http::Handler = Arc::new(move |req: &hyper::http::request::Parts| {
+        state.handle(
+            &req.method,
+            req.uri.path_and_query().map_or("/", |p| p.as_str()),
+        )
+    });
     pylon::admin_http::serve(listener, handler, stop).await;
 }
 

@@ -13,7 +13,6 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -51,6 +50,9 @@ pub struct ServeOptions {
     /// Where the last good revision is kept (see [`crate::state`]); `None`
     /// keeps none, and an invalid file at start-up is then fatal.
     pub state_dir: Option<PathBuf>,
+    /// xDS streams served at once; beyond, a new stream is refused with
+    /// `UNAVAILABLE` ([`crate::server::limits::DEFAULT_MAX_STREAMS`] by default).
+    pub max_streams: usize,
 }
 
 /// A running server. Dropping it does not stop it: call [`Running::shutdown`].
@@ -85,7 +87,10 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<Running> {
     );
     let metrics = Arc::new(Metrics::new());
     let cache = Cache::new(snapshot);
-    let registry = Arc::new(Registry::new(Arc::clone(&metrics)));
+    let registry = Arc::new(Registry::with_max_streams(
+        Arc::clone(&metrics),
+        opts.max_streams,
+    ));
     let shutdown = CancellationToken::new();
     let reloader = Arc::new(Reloader::new(source, &started, cache.clone(), metrics));
     let shared = Arc::new(Shared {
@@ -125,7 +130,9 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<Running> {
     let router = XdsServer::new(shared).router();
     let stop = shutdown.clone();
     tasks.push(tokio::spawn(async move {
-        let incoming = TcpListenerStream::new(xds);
+        // Accept errors (out of descriptors) are waited out here: tonic
+        // would retry them at once, spinning.
+        let incoming = pylon::accept::incoming(xds, "xds");
         if let Err(e) = router
             .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
             .await

@@ -50,6 +50,10 @@ enum Command {
         no_state: bool,
         #[command(flatten)]
         limits: LimitArgs,
+        /// xDS streams served at once; a stream beyond is refused with UNAVAILABLE.
+        #[arg(long, default_value_t = control_plane::server::limits::DEFAULT_MAX_STREAMS,
+              value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+        max_streams: usize,
         /// Log format.
         #[arg(long, value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
@@ -135,9 +139,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             state_dir,
             no_state,
             limits,
+            max_streams,
             log_format,
         } => {
             pylon::logging::init(matches!(log_format, LogFormat::Json));
+            pylon::limits::raise_nofile();
             let state_dir = if no_state {
                 None
             } else {
@@ -155,6 +161,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 debounce: Duration::from_millis(debounce_ms),
                 limits: limits.limits(),
                 state_dir,
+                max_streams,
             }))?;
             Ok(ExitCode::SUCCESS)
         }

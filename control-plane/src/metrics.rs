@@ -3,6 +3,10 @@
 //! Owned here: the registry and every metric handle. Streams and the reloader
 //! update them; `admin` encodes them for `/metrics`. Each server has its own
 //! [`Metrics`] (no global registry), so tests can run several servers.
+//!
+//! No label takes a value a client chose (a node id, a type URL): each label
+//! has a fixed, small set of values, so what `/metrics` holds does not grow
+//! with what clients send. Who NACKed what is in `/nodes` and CSDS.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -18,13 +22,11 @@ pub struct TypeLabel {
     pub r#type: String,
 }
 
-/// Label set of a NACK.
+/// Label set naming why a request was refused (`server::limits::Reason`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct NackLabels {
-    /// The node id that rejected the response.
-    pub node: String,
-    /// The rejected type's short name.
-    pub r#type: String,
+pub struct ReasonLabel {
+    /// The reason's label value, e.g. `node_too_large`.
+    pub reason: &'static str,
 }
 
 /// Label set naming the config version in force.
@@ -44,8 +46,10 @@ pub struct Metrics {
     pub pushes: Family<TypeLabel, Counter>,
     /// Seconds from a snapshot's creation to a response carrying it being queued on a stream.
     pub push_latency: Histogram,
-    /// NACKs received, by node and type.
-    pub nacks: Family<NackLabels, Counter>,
+    /// NACKs received, by type.
+    pub nacks: Family<TypeLabel, Counter>,
+    /// Requests refused by a limit (the stream ends), by reason.
+    pub refused: Family<ReasonLabel, Counter>,
     /// Requests ignored because their nonce was not the latest one sent.
     pub stale_nonces: Family<TypeLabel, Counter>,
     /// Requests for a type URL Pylon does not serve.
@@ -88,8 +92,23 @@ impl Metrics {
             "Time from a snapshot being built to a response carrying it being sent",
             push_latency.clone(),
         );
-        let nacks = Family::<NackLabels, Counter>::default();
-        registry.register("nacks", "NACKs received, by node and type", nacks.clone());
+        let nacks = Family::<TypeLabel, Counter>::default();
+        registry.register("nacks", "NACKs received, by type", nacks.clone());
+        let refused = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "refused_requests",
+            "Requests refused by a limit, ending their stream, by reason",
+            refused.clone(),
+        );
+        // Every reason from the start, at 0: a rate over a series that
+        // appears only with the first refusal misses that refusal.
+        for reason in crate::server::limits::Reason::ALL {
+            refused
+                .get_or_create(&ReasonLabel {
+                    reason: reason.as_str(),
+                })
+                .inc_by(0);
+        }
         let stale_nonces = Family::<TypeLabel, Counter>::default();
         registry.register(
             "stale_nonces",
@@ -144,6 +163,7 @@ impl Metrics {
             pushes,
             push_latency,
             nacks,
+            refused,
             stale_nonces,
             unknown_types,
             reloads,
@@ -168,6 +188,15 @@ impl Metrics {
             self.resident_memory
                 .set(i64::try_from(rss).unwrap_or(i64::MAX));
         }
+    }
+
+    /// Counts a request refused for `reason`.
+    pub fn refused(&self, reason: crate::server::limits::Reason) {
+        self.refused
+            .get_or_create(&ReasonLabel {
+                reason: reason.as_str(),
+            })
+            .inc();
     }
 
     /// Records that `version` is now served.

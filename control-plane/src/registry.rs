@@ -7,20 +7,48 @@
 //! [`Registry::list`]. What a client holds and subscribes to is shared with
 //! the stream's own state (`Arc`), so an entry costs no copy of it; the copy
 //! `list` makes is of pointers.
+//!
+//! What a client chose is kept only in bounded form: the node as one shared
+//! copy (at most `server::limits::MAX_NODE_BYTES`, checked before it gets
+//! here), its id, cluster and user agent cut to [`DISPLAY_BYTES`] for
+//! display and logs, NACK messages to [`MAX_NACK_MESSAGE_BYTES`]. The
+//! registry also enforces the server's stream limit (`--max-streams`).
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
+use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::google::protobuf::Any;
+use pylon::throttle::{truncate, Throttle};
 use serde::ser::SerializeMap;
 use serde::{Serialize, Serializer};
+use tonic::Status;
 
-use crate::metrics::{Metrics, NackLabels};
+use crate::metrics::{Metrics, TypeLabel};
+use crate::server::limits::{refuse, Reason, DEFAULT_MAX_STREAMS};
 use crate::snapshot::{ResourceMap, ResourceType};
+
+/// The longest node id, node cluster, user agent, version or nonce kept
+/// for display (`/nodes`, `status`, logs); longer ones are cut, with their
+/// length appended.
+pub const DISPLAY_BYTES: usize = 256;
+
+/// The longest NACK message kept per stream and type (for `/nodes`, `status`
+/// and CSDS); longer ones are cut, with their length appended.
+pub const MAX_NACK_MESSAGE_BYTES: usize = 4096;
+
+/// Client-caused warnings (NACKs, unknown types) written per second, all
+/// streams together; the next line says how many were left out.
+const CLIENT_WARNINGS_PER_SECOND: u32 = 20;
+
+/// `s` cut to [`DISPLAY_BYTES`].
+fn display(s: &str) -> String {
+    truncate(s, DISPLAY_BYTES).into_owned()
+}
 
 /// What a client holds of one type. Shared with the stream's own state (and,
 /// for a SotW wildcard stream, with the snapshot), never copied per stream.
@@ -176,9 +204,9 @@ pub struct StreamStatus {
     pub user_agent: String,
     /// The `nodes:` entry the node matched (`default` when none).
     pub selection: String,
-    /// The node as the client sent it (for CSDS).
+    /// The node as the client sent it (for CSDS), shared with the stream.
     #[serde(skip)]
-    pub node_proto: Option<envoy_types::pb::envoy::config::core::v3::Node>,
+    pub node_proto: Option<Arc<Node>>,
     /// Peer address.
     pub peer: Option<SocketAddr>,
     /// `ads`, `cds`, `eds`, `lds` or `rds`, with `-delta` for incremental streams.
@@ -229,20 +257,55 @@ pub struct Registry {
     streams: DashMap<u64, StreamStatus>,
     next_id: AtomicU64,
     metrics: Arc<Metrics>,
+    /// Streams open (and reserved by [`Registry::open`]), at most `max_streams`.
+    open: AtomicUsize,
+    max_streams: usize,
+    client_warnings: Throttle,
 }
 
 impl Registry {
-    /// An empty registry that counts streams and NACKs in `metrics`.
+    /// An empty registry that counts streams and NACKs in `metrics`, with
+    /// the default stream limit.
     pub fn new(metrics: Arc<Metrics>) -> Self {
+        Registry::with_max_streams(metrics, DEFAULT_MAX_STREAMS)
+    }
+
+    /// An empty registry that admits at most `max_streams` streams at once.
+    pub fn with_max_streams(metrics: Arc<Metrics>, max_streams: usize) -> Self {
         Registry {
             streams: DashMap::new(),
             next_id: AtomicU64::new(1),
             metrics,
+            open: AtomicUsize::new(0),
+            max_streams,
+            client_warnings: Throttle::new(CLIENT_WARNINGS_PER_SECOND, Duration::from_secs(1)),
         }
     }
 
-    /// Registers a new stream; it is removed when the guard drops.
-    pub fn open(self: &Arc<Self>, protocol: &str, peer: Option<SocketAddr>) -> StreamGuard {
+    /// Registers a new stream; it is removed when the guard drops. Refused
+    /// with `UNAVAILABLE` when the server already serves its maximum.
+    pub fn open(
+        self: &Arc<Self>,
+        protocol: &str,
+        peer: Option<SocketAddr>,
+    ) -> Result<StreamGuard, Status> {
+        let max = self.max_streams;
+        if self
+            .open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_err()
+        {
+            return Err(refuse(
+                &self.metrics,
+                Reason::TooManyStreams,
+                Status::unavailable(format!(
+                    "this server already serves its maximum of {max} streams (--max-streams); \
+                     try another server or later"
+                )),
+            ));
+        }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.streams.insert(
             id,
@@ -260,11 +323,12 @@ impl Registry {
             },
         );
         self.metrics.connected_streams.inc();
-        StreamGuard {
+        Ok(StreamGuard {
             id,
             registry: Arc::clone(self),
             node: String::new(),
-        }
+            has_node: false,
+        })
     }
 
     /// A copy of every stream's status, ordered by node then stream id.
@@ -288,6 +352,12 @@ impl Registry {
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
     }
+
+    /// The allowance for warnings clients cause (NACKs, unknown types): see
+    /// [`Throttle::allow`].
+    pub fn client_warnings(&self) -> &Throttle {
+        &self.client_warnings
+    }
 }
 
 /// A stream's handle on its registry entry.
@@ -295,7 +365,9 @@ impl Registry {
 pub struct StreamGuard {
     id: u64,
     registry: Arc<Registry>,
+    /// The node id, cut to [`DISPLAY_BYTES`] (for logs).
     node: String,
+    has_node: bool,
 }
 
 impl StreamGuard {
@@ -309,15 +381,27 @@ impl StreamGuard {
         &self.registry.metrics
     }
 
-    /// The node id (empty until known).
+    /// The node id, cut to [`DISPLAY_BYTES`] (empty until known).
     pub fn node(&self) -> &str {
         &self.node
     }
 
-    /// Records the node from the first request that carries one.
-    pub fn set_node(&mut self, node: &envoy_types::pb::envoy::config::core::v3::Node) {
+    /// Whether the stream's node is recorded.
+    pub fn has_node(&self) -> bool {
+        self.has_node
+    }
+
+    /// The server's allowance for client-caused warnings.
+    pub fn client_warnings(&self) -> &Throttle {
+        &self.registry.client_warnings
+    }
+
+    /// Records the node from the first request that carries one (its size
+    /// already checked): the node itself shared, its names cut for display.
+    pub fn set_node(&mut self, node: Arc<Node>) {
         use envoy_types::pb::envoy::config::core::v3::node::UserAgentVersionType;
-        self.node = node.id.clone();
+        self.node = display(&node.id);
+        self.has_node = true;
         let version = match &node.user_agent_version_type {
             Some(UserAgentVersionType::UserAgentVersion(v)) => v.clone(),
             Some(UserAgentVersionType::UserAgentBuildVersion(b)) => b
@@ -328,12 +412,10 @@ impl StreamGuard {
             None => String::new(),
         };
         if let Some(mut s) = self.registry.streams.get_mut(&self.id) {
-            s.node = node.id.clone();
-            s.cluster = node.cluster.clone();
-            s.user_agent = format!("{} {}", node.user_agent_name, version)
-                .trim()
-                .to_string();
-            s.node_proto = Some(node.clone());
+            s.node = self.node.clone();
+            s.cluster = display(&node.cluster);
+            s.user_agent = display(format!("{} {}", node.user_agent_name, version).trim());
+            s.node_proto = Some(node);
         }
     }
 
@@ -382,7 +464,8 @@ impl StreamGuard {
     pub fn acked(&self, ty: ResourceType, version: &str) {
         if let Some(mut s) = self.registry.streams.get_mut(&self.id) {
             let t = s.types.get_mut(ty);
-            t.acked_version = Some(version.to_string());
+            // The client's text: cut like any other shown.
+            t.acked_version = Some(display(version));
         }
     }
 
@@ -400,21 +483,21 @@ impl StreamGuard {
         }
     }
 
-    /// Records a NACK and counts it.
+    /// Records a NACK (its message cut to [`MAX_NACK_MESSAGE_BYTES`]) and
+    /// counts it by type.
     pub fn nacked(&self, ty: ResourceType, version: &str, nonce: &str, message: &str) {
         self.registry
             .metrics
             .nacks
-            .get_or_create(&NackLabels {
-                node: self.node.clone(),
+            .get_or_create(&TypeLabel {
                 r#type: ty.short().to_string(),
             })
             .inc();
         if let Some(mut s) = self.registry.streams.get_mut(&self.id) {
             s.types.get_mut(ty).last_nack = Some(Nack {
-                version: version.to_string(),
-                nonce: nonce.to_string(),
-                message: message.to_string(),
+                version: display(version),
+                nonce: display(nonce),
+                message: truncate(message, MAX_NACK_MESSAGE_BYTES).into_owned(),
                 at_unix_ms: now_ms(),
             });
         }
@@ -425,6 +508,7 @@ impl Drop for StreamGuard {
     fn drop(&mut self) {
         self.registry.streams.remove(&self.id);
         self.registry.metrics.connected_streams.dec();
+        self.registry.open.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -442,7 +526,7 @@ mod tests {
     #[test]
     fn states_follow_sends_acks_and_nacks() {
         let reg = Arc::new(Registry::new(Arc::new(Metrics::new())));
-        let g = reg.open("ads", None);
+        let g = reg.open("ads", None).unwrap();
         let st = |reg: &Registry| reg.list()[0].types.cds.state();
         assert_eq!(st(&reg), "NOT_SENT");
         let held = Held::Versions(Arc::new([(Arc::from("a"), Arc::from("1"))].into()));
@@ -460,5 +544,54 @@ mod tests {
         drop(g);
         assert!(reg.list().is_empty());
         assert_eq!(reg.metrics().connected_streams.get(), 0);
+    }
+
+    #[test]
+    fn streams_beyond_the_maximum_are_unavailable() {
+        let reg = Arc::new(Registry::with_max_streams(Arc::new(Metrics::new()), 2));
+        let a = reg.open("ads", None).unwrap();
+        let _b = reg.open("ads-delta", None).unwrap();
+        let st = reg.open("ads", None).unwrap_err();
+        assert_eq!(st.code(), tonic::Code::Unavailable);
+        assert!(st.message().contains("--max-streams"), "{st:?}");
+        drop(a);
+        let _c = reg.open("ads", None).unwrap();
+        assert!(reg
+            .metrics()
+            .encode()
+            .contains("pylon_xds_refused_requests_total{reason=\"too_many_streams\"} 1"));
+    }
+
+    #[test]
+    fn client_chosen_text_is_kept_cut() {
+        let reg = Arc::new(Registry::new(Arc::new(Metrics::new())));
+        let mut g = reg.open("ads", None).unwrap();
+        let long = "x".repeat(1 << 20);
+        g.set_node(Arc::new(Node {
+            id: long.clone(),
+            cluster: long.clone(),
+            user_agent_name: long.clone(),
+            ..Default::default()
+        }));
+        g.acked(ResourceType::Cluster, &long);
+        g.nacked(ResourceType::Cluster, &long, &long, &long);
+        let s = &reg.list()[0];
+        assert!(g.node().len() < DISPLAY_BYTES + 32, "{}", g.node().len());
+        for field in [&s.node, &s.cluster, &s.user_agent] {
+            assert!(field.len() < DISPLAY_BYTES + 32, "{}", field.len());
+            assert!(
+                field.ends_with("(1048576 bytes)"),
+                "{}",
+                &field[field.len() - 20..]
+            );
+        }
+        let nack = s.types.cds.last_nack.as_ref().unwrap();
+        assert!(nack.message.len() < MAX_NACK_MESSAGE_BYTES + 32);
+        assert!(nack.nonce.len() < DISPLAY_BYTES + 32);
+        assert!(s.types.cds.acked_version.as_ref().unwrap().len() < DISPLAY_BYTES + 32);
+        assert!(reg
+            .metrics()
+            .encode()
+            .contains("pylon_xds_nacks_total{type=\"cds\"} 1"));
     }
 }

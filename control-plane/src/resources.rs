@@ -5,6 +5,12 @@
 //! it for consistency and encodes it once.
 
 use crate::selection::Policy;
+
+/// The longest resource name served, in bytes. Validation refuses a config
+/// with a longer cluster, listener or route configuration name, and the
+/// server refuses a request naming a longer one (`server::limits`): a client
+/// could not subscribe to it anyway.
+pub const MAX_NAME_BYTES: usize = 1024;
 use envoy_types::pb::envoy::config::{
     cluster::v3::Cluster, endpoint::v3::ClusterLoadAssignment, listener::v3::Listener,
     route::v3::RouteConfiguration,

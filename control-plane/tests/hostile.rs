@@ -3,7 +3,9 @@
 //! the memory and task figures are the server's alone). Each case checks the
 //! gRPC status the protocol calls for, that the process stays up, and that a
 //! well-behaved ADS client connected before the abuse still receives a live
-//! edit of the YAML afterwards, as does a client connecting afterwards.
+//! edit of the YAML afterwards, as does a client connecting afterwards. The
+//! server is also run with a low descriptor limit and more connections than
+//! it can accept, to check that it waits that out without spinning.
 //!
 //! Arbitrary bytes go on the wire through [`RawCodec`], a tonic codec for
 //! `Vec<u8>` messages: tonic frames them, nothing checks them.
@@ -163,18 +165,37 @@ impl Server {
     }
 
     async fn start_with_env(env: &[(&str, &str)]) -> Server {
+        Server::start_with(env, &[], None).await
+    }
+
+    /// `pylon-xds serve` with `env`, `args` after the usual ones, and, with
+    /// `nofile`, a soft and hard `RLIMIT_NOFILE` of that many descriptors.
+    async fn start_with(env: &[(&str, &str)], args: &[&str], nofile: Option<u32>) -> Server {
         let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("pylon.yaml");
+        // The config's directory is watched: the log lives beside it, not in
+        // it, or each line logged would trigger a reload.
+        std::fs::create_dir(dir.path().join("config")).unwrap();
+        let config = dir.path().join("config/pylon.yaml");
         std::fs::write(&config, self::config(0)).unwrap();
         let xds = free_addr();
         let admin = free_addr();
+        let mut command = match nofile {
+            // `ulimit -n` sets both limits, so the binary cannot raise them.
+            Some(n) => {
+                let mut c = Command::new("sh");
+                c.args(["-c", &format!("ulimit -n {n} && exec \"$0\" \"$@\""), BIN]);
+                c
+            }
+            None => Command::new(BIN),
+        };
         let mut server = Server {
-            child: Command::new(BIN)
+            child: command
                 .arg("serve")
                 .arg("--config")
                 .arg(&config)
                 .args(["--listen", &xds.to_string(), "--admin", &admin.to_string()])
                 .args(["--debounce-ms", "20"])
+                .args(args)
                 .env("RUST_LOG", "warn")
                 .envs(env.iter().copied())
                 .stdout(Stdio::null())
@@ -201,13 +222,13 @@ impl Server {
     }
 
     fn write_config(&self) {
-        let tmp = self.dir.path().join(".pylon.yaml.tmp");
+        let tmp = self.dir.path().join("config/.pylon.yaml.tmp");
         std::fs::write(&tmp, config(self.generation)).unwrap();
         std::fs::rename(&tmp, self.config_path()).unwrap();
     }
 
     fn config_path(&self) -> PathBuf {
-        self.dir.path().join("pylon.yaml")
+        self.dir.path().join("config/pylon.yaml")
     }
 
     /// The server's log so far.
@@ -1125,4 +1146,471 @@ async fn thousands_of_streams_opened_and_dropped_leak_nothing() {
         measured < MEASURED_GROWTH_MIB,
         "RSS grew by {measured:.1} MiB over {MEASURED_ROUNDS} measured rounds"
     );
+}
+
+// ---------------------------------------------------------------------------
+// Cases 5 to 8: what one client can make the server keep. Each of the
+// first three probes opens streams whose requests carry large client-chosen
+// strings, checks the status each is refused with, and that once they are
+// closed the server's memory is back near where it started, its `/metrics`
+// stays small and its log does not grow with what clients send. The fourth
+// fills the server up to `--max-streams`.
+
+/// Streams each probe opens at once.
+const PROBE_STREAMS: usize = 100;
+/// How far above its baseline RSS may stay once a probe's streams are
+/// closed. Refused requests are still read and decoded (up to the 4 MiB
+/// message limit) before they are refused, and the allocator keeps part of
+/// the heap that grew for them: 6 to 16 MiB here, against 185 to 708 MiB
+/// kept before the bounds, when streams held what they were sent.
+const PROBE_RETAINED_MIB: f64 = 32.0;
+
+/// How a probe stream's first request was answered.
+#[derive(Debug)]
+enum Answer {
+    Response,
+    Refused(Status),
+    Ended,
+}
+
+impl Answer {
+    fn refused_with(&self, code: Code) -> bool {
+        matches!(self, Answer::Refused(s) if s.code() == code)
+    }
+}
+
+async fn answer<T>(s: &mut Stream<T, DiscoveryResponse>) -> (Answer, Option<DiscoveryResponse>) {
+    match s.next().await {
+        Some(Ok(r)) => (Answer::Response, Some(r)),
+        Some(Err(st)) => (Answer::Refused(st), None),
+        None => (Answer::Ended, None),
+    }
+}
+
+/// Waits until RSS is back within [`PROBE_RETAINED_MIB`] of `baseline`;
+/// returns the last scrape either way, for the caller to report and assert.
+async fn rss_settles(server: &mut Server, baseline: f64) -> Scrape {
+    let end = Instant::now() + DEADLINE;
+    loop {
+        let m = server.metrics().await;
+        if m.rss_mib() < baseline + PROBE_RETAINED_MIB || Instant::now() > end {
+            return m;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The NACK probe: node ids of 1 MiB (over the node cap), then node ids of
+/// 32 KiB (under it) NACKing once each. Before the bounds, every NACK added
+/// a metric label holding the node id and a log line holding it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nacks_from_long_node_ids_leave_no_trace_in_metrics_logs_or_memory() {
+    let mut server = Server::start().await;
+    let mut watcher = Watcher::open(&server).await;
+    let channel = server.channel().await;
+    let base = server.metrics().await;
+    let (rss0, log0) = (base.rss_mib(), server.log().len());
+
+    let mut answers = Vec::new();
+    let mut long_nacks = Vec::new();
+    let mut open = Vec::new();
+    for (size, count) in [(1 << 20, PROBE_STREAMS), (32 << 10, PROBE_STREAMS)] {
+        let mut refused = 0;
+        for i in 0..count {
+            let id = format!("{i:04}-{}", "n".repeat(size));
+            let mut s = Stream::sotw(&channel).await;
+            s.send(DiscoveryRequest {
+                node: Some(node(&id)),
+                ..sotw_req(CLUSTER, vec![], "", "")
+            })
+            .await;
+            let (a, r) = answer(&mut s).await;
+            if let Some(r) = r {
+                s.send(DiscoveryRequest {
+                    error_detail: Some(rpc::Status {
+                        code: 3,
+                        message: format!("rejected by {}", &id[..4]),
+                        details: vec![],
+                    }),
+                    ..sotw_req(CLUSTER, vec![], "", &r.nonce)
+                })
+                .await;
+                open.push(s);
+            } else {
+                refused += 1;
+            }
+            if size == 1 << 20 {
+                answers.push(a);
+            }
+        }
+        long_nacks.push((size, count, refused));
+    }
+    let nacked = server
+        .metrics_until("the NACKs to be counted", |m| {
+            m.0.lines()
+                .filter(|l| l.starts_with("pylon_xds_nacks_total"))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum::<f64>()
+                >= open.len() as f64
+        })
+        .await;
+    let peak_rss = nacked.rss_mib();
+    let metrics_bytes = nacked.0.len();
+    drop(open);
+    server
+        .metrics_until("the probe streams to be closed", |m| m.streams() == 1.0)
+        .await;
+    let settled = rss_settles(&mut server, rss0).await;
+    let log_bytes = server.log().len() - log0;
+    let nack_lines = server.log()[log0..]
+        .lines()
+        .filter(|l| l.contains("NACK"))
+        .count();
+    for (size, count, refused) in &long_nacks {
+        eprintln!("{count} streams with {size}-byte node ids: {refused} refused");
+    }
+    eprintln!(
+        "NACK probe: RSS {rss0:.1} MiB -> {peak_rss:.1} MiB with the streams open -> {:.1} MiB after they closed; /metrics {metrics_bytes} bytes; log +{log_bytes} bytes ({nack_lines} NACK lines)",
+        settled.rss_mib()
+    );
+    eprintln!("first answer to a 1 MiB node id: {:?}", answers[0]);
+
+    assert!(
+        answers
+            .iter()
+            .all(|a| a.refused_with(Code::ResourceExhausted)),
+        "every 1 MiB node must be refused with RESOURCE_EXHAUSTED: {:?}",
+        answers
+            .iter()
+            .find(|a| !a.refused_with(Code::ResourceExhausted))
+    );
+    assert_eq!(
+        long_nacks[1].2, 0,
+        "32 KiB node ids are under the cap and served"
+    );
+    assert_eq!(
+        nacked.get("pylon_xds_nacks_total{type=\"cds\"}"),
+        PROBE_STREAMS as f64
+    );
+    assert_eq!(
+        nacked.get("pylon_xds_refused_requests_total{reason=\"node_too_large\"}"),
+        PROBE_STREAMS as f64
+    );
+    assert!(
+        metrics_bytes < 64 << 10,
+        "/metrics is {metrics_bytes} bytes"
+    );
+    assert!(log_bytes < 256 << 10, "the log grew by {log_bytes} bytes");
+    assert!(
+        settled.rss_mib() < rss0 + PROBE_RETAINED_MIB,
+        "RSS {:.1} MiB after the streams closed, baseline {rss0:.1} MiB",
+        settled.rss_mib()
+    );
+    server.assert_serves_live_edit(&mut watcher).await;
+}
+
+/// A node whose metadata is a few MiB (under the 4 MiB message limit).
+fn fat_node(id: &str) -> Node {
+    use envoy_types::pb::google::protobuf::{value, Struct, Value};
+    let fields = (0..900)
+        .map(|i| {
+            (
+                format!("key-{i:04}"),
+                Value {
+                    kind: Some(value::Kind::StringValue(format!("{i}{}", "m".repeat(4096)))),
+                },
+            )
+        })
+        .collect();
+    Node {
+        metadata: Some(Struct { fields }),
+        ..node(id)
+    }
+}
+
+/// The node-metadata probe: 100 streams whose node carries 3.6 MiB of
+/// metadata. Before the bounds, each stream kept several copies of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_with_megabytes_of_metadata_are_refused() {
+    let mut server = Server::start().await;
+    let mut watcher = Watcher::open(&server).await;
+    let base = server.metrics().await;
+    let rss0 = base.rss_mib();
+    let node_bytes = fat_node("fat-0").encoded_len();
+
+    let channels = futures::future::join_all((0..4).map(|_| server.channel())).await;
+    let mut streams = Vec::new();
+    for i in 0..PROBE_STREAMS {
+        let s = Stream::sotw(&channels[i % channels.len()]).await;
+        s.send(DiscoveryRequest {
+            node: Some(fat_node(&format!("fat-{i}"))),
+            ..sotw_req(CLUSTER, vec![], "", "")
+        })
+        .await;
+        streams.push(s);
+    }
+    let answers =
+        futures::future::join_all(streams.iter_mut().map(|s| async move { answer(s).await.0 }))
+            .await;
+    let peak = server.metrics().await;
+    drop(streams);
+    drop(channels);
+    server
+        .metrics_until("the probe streams to be closed", |m| m.streams() == 1.0)
+        .await;
+    let settled = rss_settles(&mut server, rss0).await;
+    eprintln!(
+        "metadata probe ({PROBE_STREAMS} streams, {node_bytes}-byte nodes): RSS {rss0:.1} MiB -> {:.1} MiB with the streams open -> {:.1} MiB after they closed",
+        peak.rss_mib(),
+        settled.rss_mib()
+    );
+    eprintln!("first answer: {:?}", answers[0]);
+    assert!(
+        answers
+            .iter()
+            .all(|a| a.refused_with(Code::ResourceExhausted)),
+        "every fat node must be refused with RESOURCE_EXHAUSTED: {:?}",
+        answers
+            .iter()
+            .find(|a| !a.refused_with(Code::ResourceExhausted))
+    );
+    assert_eq!(
+        settled.get("pylon_xds_refused_requests_total{reason=\"node_too_large\"}"),
+        PROBE_STREAMS as f64
+    );
+    assert!(
+        settled.rss_mib() < rss0 + PROBE_RETAINED_MIB,
+        "RSS {:.1} MiB after the streams closed, baseline {rss0:.1} MiB",
+        settled.rss_mib()
+    );
+    server.assert_serves_live_edit(&mut watcher).await;
+}
+
+/// The name probe: one delta stream subscribing, 100 times, to one new
+/// 3 MiB name. Before the bounds, the stream kept every name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_resource_names_are_refused() {
+    let mut server = Server::start().await;
+    let mut watcher = Watcher::open(&server).await;
+    let channel = server.channel().await;
+    let rss0 = server.metrics().await.rss_mib();
+
+    let mut d = Stream::delta(&channel).await;
+    let mut answered = 0;
+    let mut refusal = None;
+    let mut nonce = String::new();
+    for i in 0..PROBE_STREAMS {
+        let name = format!("{i:03}{}", "x".repeat(3 << 20));
+        d.send(delta_req(ENDPOINT, vec![name], &nonce)).await;
+        if i == 0 {
+            // The first request of a type that is not a wildcard is
+            // answered only when something is served: nothing is.
+            match tokio::time::timeout(Duration::from_secs(1), d.rx.next()).await {
+                Ok(Some(Err(st))) => {
+                    refusal = Some(st);
+                    break;
+                }
+                Ok(Some(Ok(r))) => {
+                    answered += 1;
+                    nonce = r.nonce;
+                }
+                Ok(None) => break,
+                Err(_) => {}
+            }
+        }
+    }
+    // A CDS request on the same stream: its answer shows every name request
+    // before it was read.
+    d.send(delta_req(CLUSTER, vec![], "")).await;
+    let after = d.next().await;
+    let peak_rss = server.metrics().await.rss_mib();
+    drop(d);
+    server
+        .metrics_until("the probe stream to be closed", |m| m.streams() == 1.0)
+        .await;
+    let settled = rss_settles(&mut server, rss0).await;
+    eprintln!(
+        "name probe ({PROBE_STREAMS} requests of one 3 MiB name): RSS {rss0:.1} MiB -> {peak_rss:.1} MiB with the stream open -> {:.1} MiB after it closed; {answered} answered",
+        settled.rss_mib()
+    );
+    eprintln!("refusal: {refusal:?}; then: {after:?}");
+    let st = refusal.expect("a 3 MiB name is refused");
+    assert_eq!(st.code(), Code::ResourceExhausted, "{st:?}");
+    assert!(st.message().contains("1024"), "{st:?}");
+    assert_eq!(
+        settled.get("pylon_xds_refused_requests_total{reason=\"name_too_long\"}"),
+        1.0
+    );
+    assert!(
+        settled.rss_mib() < rss0 + PROBE_RETAINED_MIB,
+        "RSS {:.1} MiB after the stream closed, baseline {rss0:.1} MiB",
+        settled.rss_mib()
+    );
+    server.assert_serves_live_edit(&mut watcher).await;
+}
+
+/// The stream limit: `--max-streams 20`, one held by the watcher.
+#[tokio::test]
+async fn streams_beyond_max_streams_are_unavailable() {
+    const MAX: usize = 20;
+    let mut server = Server::start_with(&[], &["--max-streams", &MAX.to_string()], None).await;
+    let mut watcher = Watcher::open(&server).await;
+    let channel = server.channel().await;
+    let mut open = Vec::new();
+    for i in 1..MAX {
+        let mut s = Stream::sotw(&channel).await;
+        s.send(DiscoveryRequest {
+            node: Some(node(&format!("full-{i}"))),
+            ..sotw_req(CLUSTER, vec![], "", "")
+        })
+        .await;
+        assert_eq!(s.recv().await.type_url, CLUSTER);
+        open.push(s);
+    }
+    let (_tx, rx) = mpsc::channel::<DiscoveryRequest>(1);
+    let sotw = AggregatedDiscoveryServiceClient::new(channel.clone())
+        .stream_aggregated_resources(ReceiverStream::new(rx))
+        .await
+        .map(|_| ())
+        .unwrap_err();
+    let (_tx, rx) = mpsc::channel::<DeltaDiscoveryRequest>(1);
+    let delta = AggregatedDiscoveryServiceClient::new(channel.clone())
+        .delta_aggregated_resources(ReceiverStream::new(rx))
+        .await
+        .map(|_| ())
+        .unwrap_err();
+    for (what, st) in [("SotW", &sotw), ("delta", &delta)] {
+        eprintln!(
+            "stream {} ({what}): {:?} {:?}",
+            MAX + 1,
+            st.code(),
+            st.message()
+        );
+        assert_eq!(st.code(), Code::Unavailable, "{what}: {st:?}");
+        assert!(st.message().contains("--max-streams"), "{st:?}");
+    }
+    let m = server.metrics().await;
+    assert_eq!(m.streams(), MAX as f64);
+    assert_eq!(
+        m.get("pylon_xds_refused_requests_total{reason=\"too_many_streams\"}"),
+        2.0
+    );
+    // A stream that ends makes room for one more.
+    drop(open.pop());
+    server
+        .metrics_until("a stream to be closed", |m| m.streams() == (MAX - 1) as f64)
+        .await;
+    server.assert_serves_live_edit(&mut watcher).await;
+}
+
+// ---------------------------------------------------------------------------
+// Case 9: no file descriptor left. Connections beyond the process's limit
+// stay queued in the kernel while `accept` fails; the accept loops (tonic's
+// for xDS, the admin's) must wait that out, not spin, and serve again once
+// descriptors free up.
+
+/// The descriptor limit the server runs under in this case.
+const NOFILE: u32 = 64;
+/// How long the server is watched while it has no descriptor left.
+const EXHAUSTED_WINDOW: Duration = Duration::from_secs(3);
+
+/// CPU time (user + system) the process has used, from `/proc/PID/stat`.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    let per_second: u64 = String::from_utf8(
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .parse()
+    .unwrap();
+    Duration::from_millis(ticks * 1000 / per_second)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_out_of_descriptors_is_waited_out_without_spinning() {
+    let mut server = Server::start_with(
+        &[("RUST_LOG", "info"), ("NO_COLOR", "1")],
+        &[],
+        Some(NOFILE),
+    )
+    .await;
+    let mut watcher = Watcher::open(&server).await;
+    assert!(
+        server
+            .log()
+            .contains(&format!("file descriptors: at most {NOFILE} open at once")),
+        "{}",
+        server.log()
+    );
+    let pid = server.child.id();
+    let log0 = server.log().len();
+
+    // More connections than descriptors, to both ports: the kernel queues
+    // what the server cannot accept.
+    let mut held = Vec::new();
+    for addr in [server.xds, server.admin] {
+        for _ in 0..2 * NOFILE {
+            held.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        }
+    }
+    let end = Instant::now() + DEADLINE;
+    let accept_warnings = |log: &str| log.lines().filter(|l| l.contains("accept failed")).count();
+    let failing = |log: &str, listener: &str| {
+        log.lines()
+            .any(|l| l.contains("accept failed") && l.contains(listener))
+    };
+    while !(failing(&server.log()[log0..], "xds") && failing(&server.log()[log0..], "admin")) {
+        assert!(
+            Instant::now() < end,
+            "no accept failure logged for both listeners:\n{}",
+            &server.log()[log0..]
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (cpu0, wall0, lines0) = (
+        cpu_time(pid),
+        Instant::now(),
+        accept_warnings(&server.log()),
+    );
+    // A measurement window, not a wait for an event: the process is out of
+    // descriptors throughout.
+    tokio::time::sleep(EXHAUSTED_WINDOW).await;
+    let (cpu, wall) = (cpu_time(pid) - cpu0, wall0.elapsed());
+    let lines = accept_warnings(&server.log()) - lines0;
+    let share = cpu.as_secs_f64() / wall.as_secs_f64();
+    eprintln!(
+        "out of descriptors for {wall:?}: {cpu:?} of CPU ({:.1}% of one core), {lines} accept warnings",
+        share * 100.0
+    );
+    eprintln!(
+        "{}",
+        server.log()[log0..]
+            .lines()
+            .filter(|l| l.contains("accept failed"))
+            .take(4)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(share < 0.3, "the server used {cpu:?} of CPU in {wall:?}");
+    // One line a second per listener, give or take the window's edges.
+    let bound = 2 * (wall.as_secs() as usize + 2);
+    assert!(lines <= bound, "{lines} accept warnings in {wall:?}");
+
+    // Descriptors free up: both ports serve again.
+    drop(held);
+    server.assert_serves_live_edit(&mut watcher).await;
+    server.metrics().await;
 }

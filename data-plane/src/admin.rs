@@ -6,7 +6,10 @@
 //! `/listeners`, `/server_info`, `/ready`). The data comes from the runtime's
 //! read-only views; the only state this module owns is the health-check
 //! override (`POST /healthcheck/fail|ok`). Mutating endpoints are POST only; a
-//! GET to them is answered 400, as Envoy does.
+//! GET to them is answered 400, as Envoy does. The server underneath
+//! (`pylon::admin_http`) refuses a POST from a web page (cross-site `Origin`,
+//! or a `Host` that is not this admin: DNS rebinding) with 403 before it
+//! reaches [`Admin::handle`].
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -426,8 +429,12 @@ fn json(value: &serde_json::Value) -> Response<Full<Bytes>> {
 
 /// Serves the admin API on `listener` until `stop` is cancelled.
 pub async fn serve(listener: TcpListener, admin: Arc<Admin>, stop: CancellationToken) {
-    let handler: pylon::admin_http::Handler =
-        Arc::new(move |method, path| admin.handle(method, path));
+    let handler: pylon::admin_http::Handler = Arc::new(move |req: &hyper::http::request::Parts| {
+        admin.handle(
+            &req.method,
+            req.uri.path_and_query().map_or("/", |p| p.as_str()),
+        )
+    });
     pylon::admin_http::serve(listener, handler, stop).await;
 }
 

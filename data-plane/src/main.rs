@@ -78,6 +78,7 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     pylon::logging::init(matches!(cli.log_format, LogFormat::Json));
+    pylon::limits::raise_nofile();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

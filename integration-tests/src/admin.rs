@@ -51,6 +51,22 @@ impl AdminClient {
         http::post(self.addr, path).await
     }
 
+    /// `POST` on the admin API with extra `headers` (`host` replaces the
+    /// default, the admin address).
+    pub async fn post_with(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<http::Response> {
+        http::request_with(self.addr, hyper::Method::POST, path, headers).await
+    }
+
+    /// `/ready`: its status and state (`LIVE`, `DRAINING`, ...).
+    pub async fn ready(&self) -> anyhow::Result<(StatusCode, String)> {
+        let r = self.get("/ready").await?;
+        Ok((r.status, r.body.trim().to_string()))
+    }
+
     /// `GET` expecting 200; the body.
     async fn get_ok(&self, path: &str) -> anyhow::Result<String> {
         let r = self.get(path).await?;

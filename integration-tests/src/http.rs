@@ -44,23 +44,43 @@ pub async fn post(addr: SocketAddr, path: &str) -> anyhow::Result<Response> {
 
 /// One request on a fresh connection, bounded by [`REQUEST_TIMEOUT`].
 pub async fn request(addr: SocketAddr, method: Method, path: &str) -> anyhow::Result<Response> {
-    tokio::time::timeout(REQUEST_TIMEOUT, request_inner(addr, method.clone(), path))
-        .await
-        .with_context(|| {
-            format!("{method} http://{addr}{path}: timed out after {REQUEST_TIMEOUT:?}")
-        })?
-        .with_context(|| format!("{method} http://{addr}{path}"))
+    request_with(addr, method, path, &[]).await
 }
 
-async fn request_inner(addr: SocketAddr, method: Method, path: &str) -> anyhow::Result<Response> {
+/// [`request`] with extra `headers`; a `host` among them replaces the
+/// default (`addr`).
+pub async fn request_with(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<Response> {
+    tokio::time::timeout(
+        REQUEST_TIMEOUT,
+        request_inner(addr, method.clone(), path, headers),
+    )
+    .await
+    .with_context(|| format!("{method} http://{addr}{path}: timed out after {REQUEST_TIMEOUT:?}"))?
+    .with_context(|| format!("{method} http://{addr}{path}"))
+}
+
+async fn request_inner(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<Response> {
     let stream = TcpStream::connect(addr).await?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     let driver = tokio::spawn(conn);
-    let req = Request::builder()
-        .method(method)
-        .uri(path)
-        .header(hyper::header::HOST, addr.to_string())
-        .body(Empty::<Bytes>::new())?;
+    let mut req = Request::builder().method(method).uri(path);
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        req = req.header(hyper::header::HOST, addr.to_string());
+    }
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Empty::<Bytes>::new())?;
     let resp = sender.send_request(req).await?;
     let status = resp.status();
     let headers = resp.headers().clone();

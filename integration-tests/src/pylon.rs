@@ -202,6 +202,7 @@ async fn serve(config: &Path, xds_listen: SocketAddr) -> anyhow::Result<Running>
         debounce: DEBOUNCE,
         limits: Default::default(),
         state_dir: None,
+        max_streams: control_plane::server::limits::DEFAULT_MAX_STREAMS,
     })
     .await
     .context("control_plane::serve")

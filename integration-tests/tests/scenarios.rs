@@ -18,6 +18,11 @@
 //! 6. `unsupported_cluster`: a cluster with `lb_policy: random` is NACKed by
 //!    pylon-proxy (shown in `/status`, the rest keeps working) and ACKed by
 //!    Envoy; removing it brings pylon-proxy back to SYNCED.
+//! 7. `admin_drain`: an operator drains the proxy with `curl -X POST
+//!    /healthcheck/fail` (`/ready` turns 503 `DRAINING`, traffic still
+//!    flows) and restores it with `/healthcheck/ok`. The same POST from a web
+//!    page (a cross-site `Origin`, or DNS rebinding: the page's name in
+//!    `Host`) is refused with 403 by pylon-proxy; Envoy takes it.
 
 // Helpers here are test code too: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
@@ -80,6 +85,7 @@ every_data_plane!(
     bad_edit,
     control_plane_restart,
     unsupported_cluster,
+    admin_drain,
 );
 
 /// pylon-xds on `config`, and a data plane bootstrapped against it, ready.
@@ -834,5 +840,85 @@ async fn unsupported_cluster(flavour: Flavour) {
         counts(&[("web-0", 2), ("web-1", 2)])
     );
 
+    pylon.shutdown().await;
+}
+
+async fn admin_drain(flavour: Flavour) {
+    let Some(bin) = flavour.binary_or_skip() else {
+        return;
+    };
+    let web = HttpServer::start(loopback(2), "web-0").await.unwrap();
+    let listen = free_addr(LOOPBACK).unwrap();
+    let config = PylonConfig::new()
+        .cluster(Cluster::new("web", &[web.addr()]))
+        .listener(Listener::http(
+            "front",
+            listen,
+            vec![Route::prefix("/", "web")],
+        ));
+    let (pylon, dp) = stack(&bin, flavour, "admin-drain", &config).await;
+    let admin = dp.admin();
+    wait_answer(listen, "/", "web-0").await;
+    let ready = || async { admin.ready().await.unwrap() };
+    assert_eq!(ready().await, (hyper::StatusCode::OK, "LIVE".into()));
+
+    // What curl sends: Host the admin address, no Origin.
+    let r = admin.post("/healthcheck/fail").await.unwrap();
+    assert_eq!(r.status, hyper::StatusCode::OK, "{}", r.body);
+    assert_eq!(
+        ready().await,
+        (hyper::StatusCode::SERVICE_UNAVAILABLE, "DRAINING".into())
+    );
+    // Draining fails health checks; it does not stop traffic.
+    wait_answer(listen, "/", "web-0").await;
+    let r = admin.post("/healthcheck/ok").await.unwrap();
+    assert_eq!(r.status, hyper::StatusCode::OK, "{}", r.body);
+    assert_eq!(ready().await, (hyper::StatusCode::OK, "LIVE".into()));
+
+    // The same POST from a web page in the operator's browser.
+    let admin_host = admin.addr().to_string();
+    let from_pages: [(&str, Vec<(&str, &str)>); 2] = [
+        (
+            "cross-site",
+            vec![
+                ("host", admin_host.as_str()),
+                ("origin", "http://evil.example"),
+            ],
+        ),
+        (
+            "DNS rebinding",
+            vec![
+                ("host", "evil.example:9901"),
+                ("origin", "http://evil.example:9901"),
+            ],
+        ),
+    ];
+    for (what, headers) in &from_pages {
+        let r = admin.post_with("/healthcheck/fail", headers).await.unwrap();
+        match flavour.kind {
+            Kind::Pylon => {
+                assert_eq!(r.status, hyper::StatusCode::FORBIDDEN, "{what}: {}", r.body);
+                assert_eq!(
+                    ready().await,
+                    (hyper::StatusCode::OK, "LIVE".into()),
+                    "{what}"
+                );
+            }
+            Kind::Envoy => {
+                // Envoy's admin checks neither header.
+                assert_eq!(r.status, hyper::StatusCode::OK, "{what}: {}", r.body);
+                assert_eq!(ready().await.1, "DRAINING", "{what}");
+                admin.post("/healthcheck/ok").await.unwrap();
+                assert_eq!(ready().await.1, "LIVE", "{what}");
+            }
+        }
+    }
+    if flavour.kind == Kind::Pylon {
+        assert!(
+            dp.log().contains("admin request refused"),
+            "{}",
+            dp.log_tail(20)
+        );
+    }
     pylon.shutdown().await;
 }

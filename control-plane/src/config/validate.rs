@@ -13,6 +13,7 @@ use std::collections::{HashMap, HashSet};
 use super::schema::{
     Cluster, File, GrpcService, HealthCheck, Http, Listener, NameList, NodeSelection, Route,
 };
+use crate::resources::MAX_NAME_BYTES;
 
 /// One semantic problem, at a path such as `clusters[1].endpoints[2]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -365,6 +366,26 @@ fn routes(list: &[Route], path: &str, catalog: &mut Catalog, issues: &mut Vec<Is
 /// Duplicate names and addresses, and references to undefined clusters, over
 /// everything both forms put in `catalog`.
 pub fn cross_references(catalog: &Catalog, issues: &mut Vec<Issue>) {
+    for (what, defined) in [
+        ("cluster", &catalog.clusters),
+        ("listener", &catalog.listeners),
+        ("route configuration", &catalog.route_configs),
+    ] {
+        for n in defined {
+            // A concise HTTP listener's route configuration has its name
+            // and path: report it once.
+            if n.name.len() > MAX_NAME_BYTES && !issues.iter().any(|i| i.path == n.path) {
+                issues.push(Issue::new(
+                    &n.path,
+                    format!(
+                        "{what} name is {} bytes long; at most {MAX_NAME_BYTES} are served \
+                         (xDS clients cannot subscribe to a longer name)",
+                        n.name.len()
+                    ),
+                ));
+            }
+        }
+    }
     duplicates(&catalog.clusters, "cluster name", issues);
     duplicates(&catalog.listeners, "listener name", issues);
     // A concise HTTP listener's route configuration is recorded at the
@@ -439,6 +460,30 @@ listeners:
     - {name: y, domains: ['*'], routes: [{path: /y, cluster: a}]}
 ";
         assert_eq!(check(yaml), vec![]);
+    }
+
+    #[test]
+    fn names_longer_than_clients_can_ask_for_are_refused() {
+        let long = "n".repeat(MAX_NAME_BYTES + 1);
+        let at_cap = "m".repeat(MAX_NAME_BYTES);
+        let yaml = format!(
+            "clusters: [{{name: {long}}}, {{name: {at_cap}}}]
+listeners:
+- {{name: {long}, address: 127.0.0.1:2, http: {{routes: [{{prefix: /, cluster: {at_cap}}}]}}}}
+"
+        );
+        let issues = check(&yaml);
+        let paths: Vec<&str> = issues.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(
+            paths,
+            ["clusters[0].name", "listeners[0].name"],
+            "{issues:?}"
+        );
+        assert_eq!(
+            issues[0].1,
+            "cluster name is 1025 bytes long; at most 1024 are served \
+             (xDS clients cannot subscribe to a longer name)"
+        );
     }
 
     #[test]

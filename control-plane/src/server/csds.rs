@@ -69,7 +69,8 @@ impl Csds {
         for s in self.shared.registry.list() {
             let node = s.node_proto.clone().unwrap_or_default();
             if req.node_matchers.is_empty() || req.node_matchers.iter().any(|m| matches(m, &node)) {
-                nodes.entry(s.node.clone()).or_default().push(s);
+                // By the full id: `s.node` is cut for display.
+                nodes.entry(node.id.clone()).or_default().push(s);
             }
         }
         let config = nodes
@@ -94,7 +95,9 @@ fn client_config(streams: &[StreamStatus], snap: &Snapshot, contents: bool) -> C
         }
     }
     ClientConfig {
-        node: streams.first().and_then(|s| s.node_proto.clone()),
+        node: streams
+            .first()
+            .and_then(|s| s.node_proto.as_deref().cloned()),
         generic_xds_configs,
         client_scope: String::new(),
         ..Default::default()

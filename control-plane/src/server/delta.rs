@@ -25,9 +25,10 @@ use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse,
 };
 use tonic::Status;
-use tracing::{debug, warn};
+use tracing::debug;
 
-use super::sotw::{check_name_count, request_type};
+use super::limits::{check_name_count, check_names, check_subscribed_bytes};
+use super::sotw::{request_type, warn_nack, warn_unknown_type};
 use super::wire::Outgoing;
 use crate::metrics::TypeLabel;
 use crate::registry::{Held, StreamGuard};
@@ -48,6 +49,11 @@ struct TypeState {
     /// brought up to date with, while neither its subscription nor what it
     /// holds changed otherwise: a diff against the same content is empty.
     synced_with: Option<String>,
+    /// Bytes of `names`, and of the names and versions declared in
+    /// `initial_resource_versions` (for the stream's limit on subscribed
+    /// names).
+    name_bytes: usize,
+    declared_bytes: usize,
 }
 
 /// Updates and removals of one type for one response.
@@ -89,14 +95,9 @@ impl DeltaStream {
         req: DeltaDiscoveryRequest,
         snap: &Snapshot,
     ) -> Result<Vec<Outgoing<DeltaDiscoveryResponse>>, Status> {
-        if self.guard.node().is_empty() {
-            if let Some(node) = &req.node {
-                self.guard.set_node(node);
-            }
-        }
         let Some(ty) = request_type(&req.type_url, self.only)? else {
             self.guard.metrics().unknown_types.inc();
-            warn!(node = self.guard.node(), type_url = %req.type_url, "delta request for a type that is not served; ignored");
+            warn_unknown_type(&self.guard, &req.type_url);
             return Ok(Vec::new());
         };
         if self.only.is_some_and(|o| o != ty) {
@@ -106,8 +107,17 @@ impl DeltaStream {
                 req.type_url
             )));
         }
-        check_name_count(ty, req.resource_names_subscribe.len())?;
-        check_name_count(ty, req.initial_resource_versions.len())?;
+        let metrics = self.guard.metrics();
+        check_name_count(metrics, ty, req.resource_names_subscribe.len())?;
+        check_name_count(metrics, ty, req.initial_resource_versions.len())?;
+        let names = req
+            .resource_names_subscribe
+            .iter()
+            .chain(&req.resource_names_unsubscribe)
+            .chain(req.initial_resource_versions.keys());
+        check_names(metrics, ty, "resource name", names.map(String::as_str))?;
+        let versions = req.initial_resource_versions.values();
+        check_names(metrics, ty, "version", versions.map(String::as_str))?;
         let node = self.guard.node().to_string();
         let t = &mut self.types[ty as usize];
         let stale = !req.response_nonce.is_empty()
@@ -118,7 +128,7 @@ impl DeltaStream {
             debug!(node, r#type = ty.short(), nonce = %req.response_nonce, "stale nonce; applying subscription changes only");
         } else if let Some(err) = &req.error_detail {
             let rejected = t.sent_version.clone().unwrap_or_default();
-            warn!(node, r#type = ty.short(), version = %rejected, message = %err.message, "NACK");
+            warn_nack(&self.guard, ty, &rejected, &err.message);
             self.guard
                 .nacked(ty, &rejected, &req.response_nonce, &err.message);
         } else if !req.response_nonce.is_empty() {
@@ -137,6 +147,11 @@ impl DeltaStream {
         let all = &snap.get(ty).resources;
         if first {
             t.seen = true;
+            t.declared_bytes = req
+                .initial_resource_versions
+                .iter()
+                .map(|(n, v)| n.len() + v.len())
+                .sum();
             if !req.initial_resource_versions.is_empty() {
                 let held = req.initial_resource_versions.into_iter().map(|(n, v)| {
                     let version = all
@@ -157,6 +172,7 @@ impl DeltaStream {
                     Arc::make_mut(&mut t.client).remove(name.as_str());
                 }
                 if !t.names.contains(name.as_str()) {
+                    t.name_bytes += name.len();
                     Arc::make_mut(&mut t.names).insert(intern(all, name));
                 }
             }
@@ -167,13 +183,22 @@ impl DeltaStream {
                 t.wildcard = false;
             } else {
                 if t.names.contains(name.as_str()) {
+                    t.name_bytes -= name.len();
                     Arc::make_mut(&mut t.names).remove(name.as_str());
                 }
                 wildcard_unsubscribed |= t.wildcard;
             }
         }
-        // Subscriptions add up over a delta stream: cap the total.
-        check_name_count(ty, t.names.len())?;
+        // Subscriptions add up over a delta stream: cap the total, in names
+        // of this type and in bytes of all types.
+        check_name_count(self.guard.metrics(), ty, t.names.len())?;
+        let bytes: usize = self
+            .types
+            .iter()
+            .map(|t| t.name_bytes + t.declared_bytes)
+            .sum();
+        check_subscribed_bytes(self.guard.metrics(), bytes)?;
+        let t = &mut self.types[ty as usize];
         if !t.wildcard && t.client.keys().any(|n| !t.names.contains(n)) {
             let names = &t.names;
             Arc::make_mut(&mut t.client).retain(|n, _| names.contains(n));
@@ -378,10 +403,14 @@ impl super::Protocol for DeltaStream {
         &self.guard
     }
 
-    fn node(
-        req: &DeltaDiscoveryRequest,
-    ) -> Option<&envoy_types::pb::envoy::config::core::v3::Node> {
-        req.node.as_ref()
+    fn guard_mut(&mut self) -> &mut StreamGuard {
+        &mut self.guard
+    }
+
+    fn take_node(
+        req: &mut DeltaDiscoveryRequest,
+    ) -> Option<envoy_types::pb::envoy::config::core::v3::Node> {
+        req.node.take()
     }
 }
 
@@ -427,7 +456,7 @@ mod tests {
     #[test]
     fn first_wildcard_request_is_answered_even_when_empty() {
         let reg = registry();
-        let mut s = DeltaStream::new(reg.open("ads-delta", None), None);
+        let mut s = DeltaStream::new(reg.open("ads-delta", None).unwrap(), None);
         let empty = snapshot(&Fixture::empty());
         let out = s
             .on_request(req(ResourceType::Listener, &[], &[], ""), &empty)
@@ -439,7 +468,7 @@ mod tests {
     #[test]
     fn updates_and_removals_are_incremental() {
         let reg = registry();
-        let mut s = DeltaStream::new(reg.open("ads-delta", None), None);
+        let mut s = DeltaStream::new(reg.open("ads-delta", None).unwrap(), None);
         let v1 = snapshot(&Fixture::two_clusters());
         let out = s
             .on_request(req(ResourceType::Cluster, &[], &[], ""), &v1)
@@ -464,7 +493,7 @@ mod tests {
         let a = v1.get(ResourceType::Cluster).resources["a"]
             .version
             .to_string();
-        let mut s = DeltaStream::new(reg.open("ads-delta", None), None);
+        let mut s = DeltaStream::new(reg.open("ads-delta", None).unwrap(), None);
         let mut r = req(ResourceType::Cluster, &[], &[], "");
         r.initial_resource_versions =
             [("a".to_string(), a), ("b".to_string(), "old".to_string())].into();
@@ -475,7 +504,7 @@ mod tests {
     #[test]
     fn never_existing_names_are_not_listed_as_removed() {
         let reg = registry();
-        let mut s = DeltaStream::new(reg.open("ads-delta", None), None);
+        let mut s = DeltaStream::new(reg.open("ads-delta", None).unwrap(), None);
         let v1 = snapshot(&Fixture::one_cluster());
         let out = s
             .on_request(req(ResourceType::Endpoint, &["a", "ghost"], &[], ""), &v1)
@@ -490,7 +519,7 @@ mod tests {
     #[test]
     fn stale_nonce_still_applies_subscriptions_and_nack_is_not_resent() {
         let reg = registry();
-        let mut s = DeltaStream::new(reg.open("ads-delta", None), None);
+        let mut s = DeltaStream::new(reg.open("ads-delta", None).unwrap(), None);
         let v1 = snapshot(&Fixture::two_clusters());
         let first = s
             .on_request(req(ResourceType::Endpoint, &["a"], &[], ""), &v1)
@@ -527,7 +556,7 @@ mod tests {
     #[test]
     fn changed_cluster_gets_its_endpoints_again_and_removals_come_last() {
         let reg = registry();
-        let mut s = DeltaStream::new(reg.open("ads-delta", None), None);
+        let mut s = DeltaStream::new(reg.open("ads-delta", None).unwrap(), None);
         let v1 = snapshot(&Fixture::two_clusters_listener_on_b());
         for ty in [ResourceType::Cluster, ResourceType::Listener] {
             s.on_request(req(ty, &[], &[], ""), &v1).unwrap();
@@ -561,7 +590,7 @@ mod tests {
     fn empty_type_url_is_invalid_on_ads_and_unknown_types_are_ignored() {
         let reg = registry();
         let v = snapshot(&Fixture::two_clusters());
-        let mut s = DeltaStream::new(reg.open("ads-delta", None), None);
+        let mut s = DeltaStream::new(reg.open("ads-delta", None).unwrap(), None);
         let bogus = DeltaDiscoveryRequest {
             type_url: "type.googleapis.com/envoy.config.nothing.v3.Bogus".into(),
             ..req(ResourceType::Cluster, &["x"], &[], "")
@@ -582,7 +611,10 @@ mod tests {
         let err = s.on_request(empty, &v).unwrap_err();
         assert_eq!(err.code(), tonic::Code::InvalidArgument);
         // A single-type service knows its type.
-        let mut eds = DeltaStream::new(reg.open("eds-delta", None), Some(ResourceType::Endpoint));
+        let mut eds = DeltaStream::new(
+            reg.open("eds-delta", None).unwrap(),
+            Some(ResourceType::Endpoint),
+        );
         let implicit = DeltaDiscoveryRequest {
             type_url: String::new(),
             ..req(ResourceType::Endpoint, &["b"], &[], "")
@@ -592,13 +624,74 @@ mod tests {
     }
 
     #[test]
+    fn long_names_and_too_many_name_bytes_end_the_stream_with_resource_exhausted() {
+        use crate::server::limits::{MAX_NAME_BYTES, MAX_SUBSCRIBED_BYTES};
+        let reg = registry();
+        let v = snapshot(&Fixture::two_clusters());
+        let long = "n".repeat(MAX_NAME_BYTES + 1);
+        let eds = |sub: Vec<String>, unsub: Vec<String>| DeltaDiscoveryRequest {
+            resource_names_subscribe: sub,
+            resource_names_unsubscribe: unsub,
+            ..req(ResourceType::Endpoint, &[], &[], "")
+        };
+        let seeded = |name: &str, version: &str| DeltaDiscoveryRequest {
+            initial_resource_versions: [(name.to_string(), version.to_string())].into(),
+            ..req(ResourceType::Cluster, &[], &[], "")
+        };
+        for bad in [
+            eds(vec![long.clone()], vec![]),
+            eds(vec![], vec![long.clone()]),
+            seeded(&long, "v1"),
+            seeded("a", &long),
+        ] {
+            let mut s = DeltaStream::new(reg.open("ads-delta", None).unwrap(), None);
+            let err = s.on_request(bad, &v).unwrap_err();
+            assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+        }
+
+        // Names of exactly the longest length, 1 MiB a request, over two
+        // types: 4 MiB in all is accepted, one name more is not.
+        let name = |ty: &str, i: usize| format!("{ty}{i:0>width$}", width = MAX_NAME_BYTES - 1);
+        let batch = |ty: &str, from: usize| -> Vec<String> {
+            (from..from + 1024).map(|i| name(ty, i)).collect()
+        };
+        let mut s = DeltaStream::new(reg.open("ads-delta", None).unwrap(), None);
+        for (ty, from) in [("e", 0), ("e", 1024)] {
+            assert!(s.on_request(eds(batch(ty, from), vec![]), &v).is_ok());
+        }
+        for from in [0, 1024] {
+            let rds = DeltaDiscoveryRequest {
+                resource_names_subscribe: batch("r", from),
+                ..req(ResourceType::Route, &[], &[], "")
+            };
+            assert!(s.on_request(rds, &v).is_ok());
+        }
+        assert_eq!(4096 * MAX_NAME_BYTES, MAX_SUBSCRIBED_BYTES);
+        // Unsubscribing makes room.
+        let swap = eds(vec![name("x", 0)], vec![name("e", 0)]);
+        assert!(s.on_request(swap, &v).is_ok());
+        let err = s
+            .on_request(eds(vec![name("x", 1)], vec![]), &v)
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+        assert!(err.message().contains("4194304"), "{err:?}");
+        let text = reg.metrics().encode();
+        for line in [
+            "pylon_xds_refused_requests_total{reason=\"name_too_long\"} 4",
+            "pylon_xds_refused_requests_total{reason=\"subscription_too_large\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
+        }
+    }
+
+    #[test]
     fn subscriptions_beyond_the_cap_end_the_stream_with_resource_exhausted() {
         let reg = registry();
         let v = snapshot(&Fixture::two_clusters());
         let half = MAX_NAMES_PER_TYPE / 2 + 1;
         let batch =
             |from: usize| -> Vec<String> { (from..from + half).map(|i| format!("n{i}")).collect() };
-        let mut s = DeltaStream::new(reg.open("ads-delta", None), None);
+        let mut s = DeltaStream::new(reg.open("ads-delta", None).unwrap(), None);
         let first = DeltaDiscoveryRequest {
             resource_names_subscribe: batch(0),
             ..req(ResourceType::Endpoint, &[], &[], "")
@@ -617,7 +710,7 @@ mod tests {
         let err = s.on_request(more, &v).unwrap_err();
         assert_eq!(err.code(), tonic::Code::ResourceExhausted);
 
-        let mut s = DeltaStream::new(reg.open("ads-delta", None), None);
+        let mut s = DeltaStream::new(reg.open("ads-delta", None).unwrap(), None);
         let seeded = DeltaDiscoveryRequest {
             initial_resource_versions: (0..=MAX_NAMES_PER_TYPE)
                 .map(|i| (format!("n{i}"), "v".to_string()))
@@ -631,7 +724,7 @@ mod tests {
     #[test]
     fn wildcard_unsubscribe_is_answered() {
         let reg = registry();
-        let mut s = DeltaStream::new(reg.open("ads-delta", None), None);
+        let mut s = DeltaStream::new(reg.open("ads-delta", None).unwrap(), None);
         let v1 = snapshot(&Fixture::two_clusters());
         let out = s
             .on_request(req(ResourceType::Cluster, &[], &[], ""), &v1)

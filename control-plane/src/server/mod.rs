@@ -4,11 +4,13 @@
 //! Each stream gets a task running a protocol state machine ([`sotw`],
 //! [`delta`]) fed by its requests and by the cache's snapshot channel. The
 //! state machines answer [`wire::Outgoing`] responses, which carry the
-//! snapshot's shared resources; [`streams`] frames them onto the wire. The
-//! server knows no YAML; `tonic::Status` appears only here.
+//! snapshot's shared resources; [`streams`] frames them onto the wire.
+//! [`limits`] bounds what one client may make the server hold. The server
+//! knows no YAML; `tonic::Status` appears only here.
 
 pub mod csds;
 pub mod delta;
+pub mod limits;
 pub mod sotw;
 pub mod streams;
 pub mod wire;
@@ -62,8 +64,11 @@ pub trait Protocol: Send + 'static {
     fn on_snapshot(&mut self, snap: &Snapshot) -> Vec<Self::Response>;
     /// The stream's registry entry.
     fn guard(&self) -> &StreamGuard;
-    /// The node a request carries, if any.
-    fn node(req: &Self::Request) -> Option<&Node>;
+    /// The stream's registry entry, to record the node in.
+    fn guard_mut(&mut self) -> &mut StreamGuard;
+    /// The node a request carries, if any, taken out of it (the state
+    /// machine does not read it; the stream keeps one shared copy).
+    fn take_node(req: &mut Self::Request) -> Option<Node>;
 }
 
 /// Runs one stream: feeds `state` the client's requests and every new
@@ -82,7 +87,7 @@ pub async fn drive<P, S>(
     let mut full = snapshots.borrow_and_update().clone();
     // What this stream's node receives of `full`; set from the first request
     // (a node cannot change on a stream) and after every new snapshot.
-    let mut node: Option<Node> = None;
+    let mut node: Option<Arc<Node>> = None;
     let mut snap = Arc::clone(&full);
     let id = state.guard().id();
     loop {
@@ -92,25 +97,36 @@ pub async fn drive<P, S>(
                 None => break,
                 Some(Err(status)) => {
                     tracing::debug!(stream = id, %status, "stream error");
+                    let reason = match status.code() {
+                        tonic::Code::OutOfRange => Some(limits::Reason::RequestTooLarge),
+                        tonic::Code::Internal => Some(limits::Reason::Undecodable),
+                        _ => None,
+                    };
+                    if let Some(reason) = reason {
+                        state.guard().metrics().refused(reason);
+                    }
                     // Tell the client why: a request that cannot be decoded is
                     // INTERNAL, one over the size limit OUT_OF_RANGE. After a
                     // reset nobody reads, and the send fails at once.
                     let _ = tx.send(Err(status)).await;
                     break;
                 }
-                Some(Ok(req)) => {
-                    if node.is_none() {
-                        let n = P::node(&req).cloned().unwrap_or_default();
-                        snap = select(&full, &n, state.guard());
-                        node = Some(n);
+                Some(Ok(mut req)) => {
+                    let out = match take_node(&mut state, &mut req, &full, &mut node) {
+                        Ok(Some(view)) => {
+                            snap = view;
+                            state.on_request(req, &snap)
+                        }
+                        Ok(None) => state.on_request(req, &snap),
+                        Err(status) => Err(status),
+                    };
+                    match out {
+                        Ok(out) => out,
+                        Err(status) => {
+                            let _ = tx.send(Err(status)).await;
+                            break;
+                        }
                     }
-                    match state.on_request(req, &snap) {
-                    Ok(out) => out,
-                    Err(status) => {
-                        let _ = tx.send(Err(status)).await;
-                        break;
-                    }
-                }
                 }
             },
             changed = snapshots.changed() => {
@@ -132,6 +148,41 @@ pub async fn drive<P, S>(
         }
     }
     tracing::info!(stream = id, node = state.guard().node(), "stream closed");
+}
+
+/// Checks the node `req` carries against [`limits::MAX_NODE_BYTES`], records
+/// the first one in the registry, and fixes the stream's node on its first
+/// request. Returns the stream's view of `full` when it was just chosen.
+///
+/// The node is taken out of the request and kept once, shared by the stream
+/// and its registry entry: later copies (Envoy may repeat it on every
+/// request) are dropped with their request.
+fn take_node<P: Protocol>(
+    state: &mut P,
+    req: &mut P::Request,
+    full: &Arc<Snapshot>,
+    node: &mut Option<Arc<Node>>,
+) -> Result<Option<Arc<Snapshot>>, Status> {
+    use prost::Message as _;
+    let sent = P::take_node(req);
+    if let Some(n) = &sent {
+        limits::check_node(state.guard().metrics(), n.encoded_len())?;
+    }
+    let sent = match sent {
+        Some(n) if !state.guard().has_node() => {
+            let n = Arc::new(n);
+            state.guard_mut().set_node(Arc::clone(&n));
+            Some(n)
+        }
+        _ => None,
+    };
+    if node.is_some() {
+        return Ok(None);
+    }
+    let n = sent.unwrap_or_default();
+    let view = select(full, &n, state.guard());
+    *node = Some(n);
+    Ok(Some(view))
 }
 
 /// The view of `full` that `node` receives, recorded in the stream's registry
@@ -254,30 +305,32 @@ impl XdsServer {
         streams::XdsStreams::new(generated, self.clone(), only, methods, MAX_REQUEST_BYTES)
     }
 
+    /// Opens a SotW stream; `UNAVAILABLE` when the server is full.
     fn sotw(
         &self,
         req: Request<Streaming<DiscoveryRequest>>,
         only: Option<ResourceType>,
-    ) -> Response<SotwQueue> {
+    ) -> Result<Response<SotwQueue>, Status> {
         let protocol = only.map_or("ads", ResourceType::short);
-        let guard = self.shared.registry.open(protocol, req.remote_addr());
+        let guard = self.shared.registry.open(protocol, req.remote_addr())?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let state = sotw::SotwStream::new(guard, only);
         tokio::spawn(drive(Arc::clone(&self.shared), req.into_inner(), tx, state));
-        Response::new(ReceiverStream::new(rx))
+        Ok(Response::new(ReceiverStream::new(rx)))
     }
 
+    /// Opens a delta stream; `UNAVAILABLE` when the server is full.
     fn delta(
         &self,
         req: Request<Streaming<DeltaDiscoveryRequest>>,
         only: Option<ResourceType>,
-    ) -> Response<DeltaQueue> {
+    ) -> Result<Response<DeltaQueue>, Status> {
         let protocol = format!("{}-delta", only.map_or("ads", ResourceType::short));
-        let guard = self.shared.registry.open(&protocol, req.remote_addr());
+        let guard = self.shared.registry.open(&protocol, req.remote_addr())?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let state = delta::DeltaStream::new(guard, only);
         tokio::spawn(drive(Arc::clone(&self.shared), req.into_inner(), tx, state));
-        Response::new(ReceiverStream::new(rx))
+        Ok(Response::new(ReceiverStream::new(rx)))
     }
 
     /// Unary fetch: the named resources (all of a full-set type when none are named).
@@ -318,14 +371,14 @@ impl AggregatedDiscoveryService for XdsServer {
         &self,
         req: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<SotwOut>, Status> {
-        Ok(full_messages(self.sotw(req, None)))
+        self.sotw(req, None).map(full_messages)
     }
 
     async fn delta_aggregated_resources(
         &self,
         req: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<DeltaOut>, Status> {
-        Ok(full_messages(self.delta(req, None)))
+        self.delta(req, None).map(full_messages)
     }
 }
 
@@ -342,14 +395,14 @@ macro_rules! single_type_service {
                 &self,
                 req: Request<Streaming<DiscoveryRequest>>,
             ) -> Result<Response<SotwOut>, Status> {
-                Ok(full_messages(self.sotw(req, Some($ty))))
+                self.sotw(req, Some($ty)).map(full_messages)
             }
 
             async fn $delta(
                 &self,
                 req: Request<Streaming<DeltaDiscoveryRequest>>,
             ) -> Result<Response<DeltaOut>, Status> {
-                Ok(full_messages(self.delta(req, Some($ty))))
+                self.delta(req, Some($ty)).map(full_messages)
             }
 
             async fn $fetch(

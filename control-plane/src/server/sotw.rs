@@ -26,20 +26,13 @@ use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, Discovery
 use tonic::Status;
 use tracing::{debug, warn};
 
+use super::limits::{check_name_count, check_names, check_subscribed_bytes};
 use super::wire::Outgoing;
 use crate::metrics::TypeLabel;
 use crate::registry::{Held, StreamGuard};
 use crate::snapshot::{intern, Resource, ResourceMap, ResourceType, Snapshot};
 
-/// The most resource names one stream may subscribe to for one type (SotW:
-/// in one request; delta: in total, and in `initial_resource_versions`).
-///
-/// Well above any real fleet (one name per cluster or route configuration),
-/// and small enough that a hostile client cannot make one stream hold more
-/// than a few MiB of names: a request of the 4 MiB maximum message size can
-/// otherwise carry about two million (empty) names. Beyond it the stream
-/// ends with `RESOURCE_EXHAUSTED`.
-pub const MAX_NAMES_PER_TYPE: usize = 100_000;
+pub use super::limits::MAX_NAMES_PER_TYPE;
 
 /// The type a request is about: `Ok(None)` for a type URL that is not served
 /// (ignored and counted by the caller). An empty type URL is required to be
@@ -59,15 +52,36 @@ pub(super) fn request_type(
     Ok(ResourceType::from_type_url(type_url))
 }
 
-/// `RESOURCE_EXHAUSTED` when `count` names of `ty` exceed [`MAX_NAMES_PER_TYPE`].
-pub(super) fn check_name_count(ty: ResourceType, count: usize) -> Result<(), Status> {
-    if count > MAX_NAMES_PER_TYPE {
-        return Err(Status::resource_exhausted(format!(
-            "{count} {} resource names on one stream; at most {MAX_NAMES_PER_TYPE} are served per type",
-            ty.short()
-        )));
+/// Logs that a client asked for a type that is not served (the type URL
+/// cut short, at most [`Registry::client_warnings`] lines a second).
+///
+/// [`Registry::client_warnings`]: crate::registry::Registry::client_warnings
+pub(super) fn warn_unknown_type(guard: &StreamGuard, type_url: &str) {
+    if let Some(suppressed) = guard.client_warnings().allow() {
+        warn!(
+            node = guard.node(),
+            type_url = %pylon::throttle::truncate(type_url, 200),
+            suppressed,
+            "request for a type that is not served; ignored"
+        );
     }
-    Ok(())
+}
+
+/// Logs a NACK (its message cut short, at most
+/// [`Registry::client_warnings`] lines a second).
+///
+/// [`Registry::client_warnings`]: crate::registry::Registry::client_warnings
+pub(super) fn warn_nack(guard: &StreamGuard, ty: ResourceType, version: &str, message: &str) {
+    if let Some(suppressed) = guard.client_warnings().allow() {
+        warn!(
+            node = guard.node(),
+            r#type = ty.short(),
+            %version,
+            message = %pylon::throttle::truncate(message, 1024),
+            suppressed,
+            "NACK"
+        );
+    }
 }
 
 #[derive(Debug, Default)]
@@ -88,6 +102,8 @@ struct TypeState {
     /// while the subscription has not changed since: the same content would
     /// select the same resources.
     sent_from: Option<String>,
+    /// Bytes of `names` (for the stream's limit on subscribed names).
+    name_bytes: usize,
 }
 
 /// The protocol state of one SotW stream.
@@ -116,14 +132,9 @@ impl SotwStream {
         req: DiscoveryRequest,
         snap: &Snapshot,
     ) -> Result<Vec<Outgoing<DiscoveryResponse>>, Status> {
-        if self.guard.node().is_empty() {
-            if let Some(node) = &req.node {
-                self.guard.set_node(node);
-            }
-        }
         let Some(ty) = request_type(&req.type_url, self.only)? else {
             self.guard.metrics().unknown_types.inc();
-            warn!(node = self.guard.node(), type_url = %req.type_url, "request for a type that is not served; ignored");
+            warn_unknown_type(&self.guard, &req.type_url);
             return Ok(Vec::new());
         };
         if self.only.is_some_and(|o| o != ty) {
@@ -133,8 +144,20 @@ impl SotwStream {
                 req.type_url
             )));
         }
-        check_name_count(ty, req.resource_names.len())?;
+        let metrics = self.guard.metrics();
+        check_name_count(metrics, ty, req.resource_names.len())?;
+        check_names(
+            metrics,
+            ty,
+            "resource name",
+            req.resource_names.iter().map(String::as_str),
+        )?;
         let node = self.guard.node().to_string();
+        let other_types_bytes: usize = ResourceType::ALL
+            .into_iter()
+            .filter(|&o| o != ty)
+            .map(|o| self.types[o as usize].name_bytes)
+            .sum();
         let t = &mut self.types[ty as usize];
         let initial = t.last_nonce.is_none();
         if !initial && t.last_nonce.as_deref() != Some(req.response_nonce.as_str()) {
@@ -154,7 +177,7 @@ impl SotwStream {
         let nack = req.error_detail.as_ref();
         if let Some(err) = nack {
             let rejected = t.sent_version.clone().unwrap_or_default();
-            warn!(node, r#type = ty.short(), version = %rejected, message = %err.message, "NACK");
+            warn_nack(&self.guard, ty, &rejected, &err.message);
             self.guard
                 .nacked(ty, &rejected, &req.response_nonce, &err.message);
         } else if !req.response_nonce.is_empty() {
@@ -187,6 +210,9 @@ impl SotwStream {
         let same_names = names.len() == t.names.len()
             && names.iter().zip(t.names.iter()).all(|(a, b)| *a == **b);
         if t.wildcard != was_wildcard || !same_names {
+            let bytes = names.iter().map(String::len).sum();
+            check_subscribed_bytes(self.guard.metrics(), other_types_bytes + bytes)?;
+            t.name_bytes = bytes;
             let all = &snap.get(ty).resources;
             t.names = Arc::new(names.into_iter().map(|n| intern(all, n)).collect());
             t.sent_from = None;
@@ -348,8 +374,14 @@ impl super::Protocol for SotwStream {
         &self.guard
     }
 
-    fn node(req: &DiscoveryRequest) -> Option<&envoy_types::pb::envoy::config::core::v3::Node> {
-        req.node.as_ref()
+    fn guard_mut(&mut self) -> &mut StreamGuard {
+        &mut self.guard
+    }
+
+    fn take_node(
+        req: &mut DiscoveryRequest,
+    ) -> Option<envoy_types::pb::envoy::config::core::v3::Node> {
+        req.node.take()
     }
 }
 
@@ -364,7 +396,7 @@ mod tests {
     use envoy_types::pb::google::rpc;
 
     fn stream(reg: &Arc<Registry>) -> SotwStream {
-        SotwStream::new(reg.open("ads", None), None)
+        SotwStream::new(reg.open("ads", None).unwrap(), None)
     }
 
     fn req(ty: ResourceType, names: &[&str], version: &str, nonce: &str) -> DiscoveryRequest {
@@ -479,7 +511,7 @@ mod tests {
         assert!(reg
             .metrics()
             .encode()
-            .contains("pylon_xds_nacks_total{node=\"n1\",type=\"cds\"} 1"));
+            .contains("pylon_xds_nacks_total{type=\"cds\"} 1"));
         // New content is sent normally.
         assert_eq!(s.on_snapshot(&snapshot(&Fixture::one_cluster())).len(), 1);
     }
@@ -628,7 +660,7 @@ mod tests {
             .on_request(with_type("", req(ResourceType::Cluster, &[], "", "")), &v)
             .unwrap_err();
         assert_eq!(err.code(), tonic::Code::InvalidArgument);
-        let mut cds = SotwStream::new(reg.open("cds", None), Some(ResourceType::Cluster));
+        let mut cds = SotwStream::new(reg.open("cds", None).unwrap(), Some(ResourceType::Cluster));
         let out = cds
             .on_request(with_type("", req(ResourceType::Cluster, &[], "", "")), &v)
             .unwrap();
@@ -658,6 +690,55 @@ mod tests {
     }
 
     #[test]
+    fn long_names_and_too_many_name_bytes_end_the_stream_with_resource_exhausted() {
+        use crate::server::limits::{MAX_NAME_BYTES, MAX_SUBSCRIBED_BYTES};
+        let reg = registry();
+        let v = snapshot(&Fixture::two_clusters());
+        let long = "n".repeat(MAX_NAME_BYTES + 1);
+        let err = stream(&reg)
+            .on_request(req(ResourceType::Endpoint, &["a", &long], "", ""), &v)
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+
+        // 3 MiB of EDS names, then 2 MiB of RDS names: over the stream's
+        // 4 MiB; 1 MiB of RDS names fits, and a smaller EDS list makes room.
+        let names = |ty: &str, n: usize| -> Vec<String> {
+            (0..n)
+                .map(|i| format!("{ty}{i:0>width$}", width = MAX_NAME_BYTES - 1))
+                .collect()
+        };
+        let with = |ty: ResourceType, names: Vec<String>| DiscoveryRequest {
+            resource_names: names,
+            ..req(ty, &[], "", "")
+        };
+        let mut s = stream(&reg);
+        assert!(s
+            .on_request(with(ResourceType::Endpoint, names("e", 3072)), &v)
+            .is_ok());
+        assert!(s
+            .on_request(with(ResourceType::Route, names("r", 1024)), &v)
+            .is_ok());
+        assert_eq!(4096 * MAX_NAME_BYTES, MAX_SUBSCRIBED_BYTES);
+        assert!(s
+            .on_request(with(ResourceType::Endpoint, names("e", 1024)), &v)
+            .is_ok());
+        assert!(s
+            .on_request(with(ResourceType::Route, names("r", 3072)), &v)
+            .is_ok());
+        let err = s
+            .on_request(with(ResourceType::Endpoint, names("e", 1025)), &v)
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+        let text = reg.metrics().encode();
+        for line in [
+            "pylon_xds_refused_requests_total{reason=\"name_too_long\"} 1",
+            "pylon_xds_refused_requests_total{reason=\"subscription_too_large\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
+        }
+    }
+
+    #[test]
     fn too_many_names_end_the_stream_with_resource_exhausted() {
         let reg = registry();
         let v = snapshot(&Fixture::two_clusters());
@@ -679,7 +760,7 @@ mod tests {
     #[test]
     fn single_type_services_reject_other_types() {
         let reg = registry();
-        let mut s = SotwStream::new(reg.open("cds", None), Some(ResourceType::Cluster));
+        let mut s = SotwStream::new(reg.open("cds", None).unwrap(), Some(ResourceType::Cluster));
         let v = snapshot(&Fixture::two_clusters());
         assert!(s
             .on_request(req(ResourceType::Listener, &[], "", ""), &v)

@@ -134,7 +134,8 @@ fn serve<Req, Resp>(
     max_request_bytes: usize,
     handler: impl FnOnce(
         Request<Streaming<Req>>,
-    ) -> Response<ReceiverStream<Result<Outgoing<Resp>, Status>>>,
+    )
+        -> Result<Response<ReceiverStream<Result<Outgoing<Resp>, Status>>>, Status>,
 ) -> http::Response<Body>
 where
     Req: Message + Default + Send + 'static,
@@ -151,7 +152,11 @@ where
     }
     let decoder = ProstCodec::<Resp, Req>::default().decoder();
     let req = req.map(|body| Streaming::new_request(decoder, body, None, Some(max_request_bytes)));
-    let (metadata, responses, extensions) = handler(Request::from_http(req)).into_parts();
+    let (metadata, responses, extensions) = match handler(Request::from_http(req)) {
+        Ok(response) => response.into_parts(),
+        // Refused before it started (the server is full).
+        Err(status) => return status.into_http(),
+    };
     let mut resp = http::Response::new(Body::new(Framed {
         responses,
         done: false,

@@ -30,6 +30,7 @@ pub async fn start(path: &Path, debounce: Duration) -> Running {
         debounce,
         limits: Default::default(),
         state_dir: None,
+        max_streams: control_plane::server::limits::DEFAULT_MAX_STREAMS,
     })
     .await
     .unwrap()

@@ -385,20 +385,16 @@ async fn accept_loop(
             _ = slot.wait_ready(RDS_WARMING_TIMEOUT) => {}
         }
     }
+    // Out of file descriptors and the like: waited out with a growing delay
+    // and a warning at most once a second, instead of spinning.
+    let mut backoff = pylon::accept::AcceptBackoff::new(h.model.name.as_str());
     loop {
-        let accepted = tokio::select! {
+        let (stream, _peer) = tokio::select! {
             biased;
             _ = h.stop_accept.cancelled() => break,
-            r = socket.accept() => r,
+            accepted = backoff.accept(&socket) => accepted,
         };
-        match accepted {
-            Ok((stream, _peer)) => dispatch(stream, &handler, &stats, &h),
-            Err(e) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(listener = h.model.name, error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
+        dispatch(stream, &handler, &stats, &h);
     }
     // Connections the kernel already queued on this socket would be reset when
     // it closes (with SO_REUSEPORT a replacement socket may be taking new ones
