@@ -66,6 +66,18 @@ enum Command {
         #[command(flatten)]
         limits: LimitArgs,
     },
+    /// Print the v3 form of an Envoy v2 config's static_resources (servable
+    /// by pylon-xds); the changes are listed in a comment at the top.
+    Migrate {
+        /// The v2 file (an envoy.yaml, or a pylon-xds config).
+        file: PathBuf,
+        /// Keep the file's other top-level keys (admin, node, ...) so the
+        /// output can be used as an Envoy or pylon-proxy bootstrap.
+        #[arg(long)]
+        bootstrap: bool,
+        #[command(flatten)]
+        limits: LimitArgs,
+    },
     /// Print an Envoy bootstrap that connects Envoy to pylon-xds over ADS.
     Bootstrap {
         /// The node id Envoy presents.
@@ -166,6 +178,28 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Validate { files, limits } => Ok(validate(&files, &limits.limits())),
+        Command::Migrate {
+            file,
+            bootstrap,
+            limits,
+        } => {
+            let limits = limits.limits();
+            let name = file.display().to_string();
+            let converted = control_plane::config::read_file(&file, &limits).and_then(|bytes| {
+                control_plane::config::migrate(&name, &bytes, &limits, bootstrap)
+            });
+            match converted {
+                Ok((text, changes)) => {
+                    emit(&text);
+                    eprintln!("{name}: {changes} v2 construct(s) rewritten");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
         Command::Bootstrap {
             node_id,
             node_cluster,

@@ -23,6 +23,11 @@
 //!    flows) and restores it with `/healthcheck/ok`. The same POST from a web
 //!    page (a cross-site `Origin`, or DNS rebinding: the page's name in
 //!    `Host`) is refused with 403 by pylon-proxy; Envoy takes it.
+//! 8. `removal_drains`: a healthy, health-checked apiserver is removed from
+//!    the YAML: once the push lands no kubectl connection reaches it (Envoy
+//!    keeps such a host unless `ignore_health_on_host_removal` is set, which
+//!    pylon-xds does); a TCP connection already established to a removed
+//!    host stays open on both data planes, as Envoy does.
 
 // Helpers here are test code too: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
@@ -86,6 +91,7 @@ every_data_plane!(
     control_plane_restart,
     unsupported_cluster,
     admin_drain,
+    removal_drains,
 );
 
 /// pylon-xds on `config`, and a data plane bootstrapped against it, ready.
@@ -920,5 +926,113 @@ async fn admin_drain(flavour: Flavour) {
             dp.log_tail(20)
         );
     }
+    pylon.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------
+// 8. Removal drains
+
+/// Which of `echoes` took one more connection than `before` says.
+fn grown(echoes: &[TcpEcho], before: &[u64]) -> Vec<usize> {
+    (0..echoes.len())
+        .filter(|&i| echoes[i].connections() > before[i])
+        .collect()
+}
+
+async fn removal_drains(flavour: Flavour) {
+    let Some(bin) = flavour.binary_or_skip() else {
+        return;
+    };
+    let Some(kubectl) = Kubectl::find_or_skip() else {
+        return;
+    };
+    let ca = TestCa::new().unwrap();
+    let mut apis = Vec::new();
+    for i in 0..3u8 {
+        apis.push(
+            ApiServer::start(loopback(2 + i), &format!("apiserver-{i}"), &ca)
+                .await
+                .unwrap(),
+        );
+    }
+    let echoes = [
+        TcpEcho::start(loopback(5)).await.unwrap(),
+        TcpEcho::start(loopback(6)).await.unwrap(),
+    ];
+    let addrs: Vec<SocketAddr> = apis.iter().map(ApiServer::addr).collect();
+    let echo_addrs: Vec<SocketAddr> = echoes.iter().map(TcpEcho::addr).collect();
+    let (listen, l_echo) = (free_addr(LOOPBACK).unwrap(), free_addr(LOOPBACK).unwrap());
+    // Health checks every 200 ms: a removed host would keep passing them.
+    let checked = |c: Cluster| {
+        c.tcp_health_check(Duration::from_millis(200), Duration::from_millis(200), 3, 2)
+    };
+    let mut config = PylonConfig::new()
+        .cluster(checked(Cluster::new("kube-apiserver", &addrs)))
+        .cluster(checked(Cluster::new("echo", &echo_addrs)))
+        .listener(Listener::tcp_proxy(
+            "kube-apiserver",
+            listen,
+            "kube-apiserver",
+        ))
+        .listener(Listener::tcp_proxy("echo", l_echo, "echo"));
+    let (pylon, dp) = stack(&bin, flavour, "removal-drains", &config).await;
+    for a in addrs.iter().chain(&echo_addrs) {
+        let cluster = if echo_addrs.contains(a) {
+            "echo"
+        } else {
+            "kube-apiserver"
+        };
+        wait_health(&dp, cluster, *a, true).await;
+    }
+    let seq = kubectl_sequence(&kubectl, listen, &ca, &apis, 3).await;
+    assert_round_robin(&seq, &[0, 1, 2]);
+
+    // A long-lived connection to one of the echo backends.
+    let before: Vec<u64> = echoes.iter().map(TcpEcho::connections).collect();
+    let mut held = TcpStream::connect(l_echo).await.unwrap();
+    echo_roundtrip(&mut held, b"before the removal")
+        .await
+        .unwrap();
+    let took = grown(&echoes, &before);
+    assert_eq!(took.len(), 1, "{before:?}");
+    let held_on = took[0];
+
+    // The operator removes apiserver-1 and the echo backend holding the
+    // connection, both healthy, in one edit.
+    config
+        .cluster_mut("kube-apiserver")
+        .unwrap()
+        .endpoints
+        .retain(|a| *a != addrs[1]);
+    config
+        .cluster_mut("echo")
+        .unwrap()
+        .endpoints
+        .retain(|a| *a != echo_addrs[held_on]);
+    pylon.write_config_atomic(&config.to_yaml()).unwrap();
+    wait_hosts(&dp, "kube-apiserver", &[addrs[0], addrs[2]]).await;
+    wait_hosts(&dp, "echo", &[echo_addrs[1 - held_on]]).await;
+    assert!(
+        apis[1].is_running(),
+        "the removed apiserver is still up and healthy"
+    );
+
+    // Not one new connection reaches the removed apiserver.
+    let to_removed = apis[1].tls_connections();
+    let seq = kubectl_sequence(&kubectl, listen, &ca, &apis, 6).await;
+    assert_round_robin(&seq, &[0, 2]);
+    assert_eq!(apis[1].tls_connections(), to_removed);
+    let before: Vec<u64> = echoes.iter().map(TcpEcho::connections).collect();
+    for _ in 0..4 {
+        let mut c = TcpStream::connect(l_echo).await.unwrap();
+        echo_roundtrip(&mut c, b"new").await.unwrap();
+    }
+    assert_eq!(echoes[held_on].connections(), before[held_on]);
+
+    // The established connection to the removed host is not cut.
+    echo_roundtrip(&mut held, b"after the removal")
+        .await
+        .unwrap();
+
     pylon.shutdown().await;
 }

@@ -16,6 +16,8 @@
 //!   it into servable resources, plus native-only checks.
 //! - `duration.rs`, `address.rs`: the concise form's scalar types.
 //! - `translate.rs`: pure functions, concise model -> Envoy protos.
+//! - `v2.rs`: recognising Envoy v2 syntax in `static_resources` (reported all
+//!   at once, with the v3 spelling) and rewriting it (`pylon-xds migrate`).
 //! - `validate.rs`: semantic checks and cross-references over both forms.
 //! - `scan.rs`: the first pass over the text, before any other parser runs:
 //!   the structural bounds ([`Limits`]: depth, node count, no anchors or
@@ -44,6 +46,7 @@ mod native;
 mod scan;
 mod schema;
 mod translate;
+mod v2;
 mod validate;
 
 use std::fmt;
@@ -252,7 +255,14 @@ fn load_text(file_name: &str, text: &str, limits: &Limits) -> Result<Resources, 
                 "file is empty; write `clusters: []` to serve nothing".to_string(),
             )]));
         }
-        Err(e) => return Err(ConfigErrors(vec![structural(file_name, e, &index)])),
+        Err(e) => {
+            // A v2 file stops the v3 reader at its first v2 construct: report
+            // every one instead, each with its v3 spelling.
+            if let Some(errors) = v2_errors(file_name, text, &index) {
+                return Err(errors);
+            }
+            return Err(ConfigErrors(vec![structural(file_name, e, &index)]));
+        }
     };
 
     let mut catalog = Catalog::default();
@@ -278,7 +288,8 @@ fn load_text(file_name: &str, text: &str, limits: &Limits) -> Result<Resources, 
     }
     resources.policy = policy(&file.nodes);
     if let Some(native) = file.static_resources {
-        native::normalise(native, &mut resources, &mut catalog, &mut issues);
+        let written = |path: &str| index.key(path).is_some();
+        native::normalise(native, &written, &mut resources, &mut catalog, &mut issues);
     }
     validate::cross_references(&catalog, &mut issues);
     for (count, kind) in [
@@ -317,6 +328,112 @@ fn load_text(file_name: &str, text: &str, limits: &Limits) -> Result<Resources, 
     // Stable: problems at the same node keep the order they were found in.
     errors.sort_by_key(|e| (e.line, e.column));
     Err(ConfigErrors(errors))
+}
+
+/// The Envoy v2 constructs of `text`, as errors, if it has any.
+fn v2_errors(file_name: &str, text: &str, index: &PositionIndex) -> Option<ConfigErrors> {
+    if !text.contains("static_resources") {
+        return None;
+    }
+    let doc: serde_yaml::Value = serde_yaml::from_str(text).ok()?;
+    let m = v2::migrate(v2::snake_keys(doc));
+    if m.changes.is_empty() {
+        return None;
+    }
+    let mut errors: Vec<ConfigError> = m
+        .changes
+        .into_iter()
+        .chain(m.unknown)
+        .map(|c| {
+            let (line, column) = index.value(&c.path).unwrap_or((0, 0));
+            ConfigError {
+                file: file_name.to_string(),
+                line,
+                column,
+                path: c.path,
+                message: c.message,
+            }
+        })
+        .collect();
+    errors.sort_by_key(|e| (e.line, e.column));
+    errors.push(ConfigError::whole_file(
+        file_name,
+        format!("this is an Envoy v2 config: `pylon-xds migrate {file_name}` prints its v3 form"),
+    ));
+    Some(ConfigErrors(errors))
+}
+
+/// What `pylon-xds migrate` prints for a file: its `static_resources` in v3
+/// (with `keep_bootstrap`, the file's other top-level keys too), preceded by a
+/// comment listing what changed. Errors are those of the bounded read; a file
+/// that is not YAML is an error too.
+pub fn migrate(
+    file_name: &str,
+    bytes: &[u8],
+    limits: &Limits,
+    keep_bootstrap: bool,
+) -> Result<(String, usize), ConfigErrors> {
+    let one = |line, column, message: String| {
+        ConfigErrors(vec![ConfigError {
+            file: file_name.to_string(),
+            line,
+            column,
+            path: ".".to_string(),
+            message,
+        }])
+    };
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        let (line, column) = line_column(bytes, e.valid_up_to());
+        one(
+            line,
+            column,
+            "invalid UTF-8: a config file must be UTF-8 text".to_string(),
+        )
+    })?;
+    let index = scan::scan(text, limits).map_err(|r| {
+        ConfigErrors(vec![ConfigError {
+            file: file_name.to_string(),
+            line: r.position.0,
+            column: r.position.1,
+            path: r.path,
+            message: r.message,
+        }])
+    })?;
+    let doc: serde_yaml::Value =
+        serde_yaml::from_str(text).map_err(|e| one(0, 0, bare_message(&e)))?;
+    let mut m = v2::migrate(v2::snake_keys(doc));
+    let mut dropped = Vec::new();
+    if let Some(map) = m.document.as_mapping_mut() {
+        if !keep_bootstrap {
+            map.retain(|k, _| {
+                let keep = k.as_str() == Some("static_resources");
+                if !keep {
+                    dropped.push(k.as_str().unwrap_or("?").to_string());
+                }
+                keep
+            });
+        }
+    }
+    let mut out = format!("# The v3 form of {file_name}, written by `pylon-xds migrate`.\n");
+    for c in &m.changes {
+        let (line, _) = index.value(&c.path).unwrap_or((0, 0));
+        out.push_str(&format!("# - line {line}: {}: {}\n", c.path, c.message));
+    }
+    for c in &m.unknown {
+        let (line, _) = index.value(&c.path).unwrap_or((0, 0));
+        out.push_str(&format!(
+            "# - line {line}: {}: NOT CONVERTED: {}\n",
+            c.path, c.message
+        ));
+    }
+    if !dropped.is_empty() {
+        out.push_str(&format!(
+            "# Left out (bootstrap settings pylon-xds does not serve; --bootstrap keeps them): {}\n",
+            dropped.join(", ")
+        ));
+    }
+    out.push_str(&serde_yaml::to_string(&m.document).map_err(|e| one(0, 0, e.to_string()))?);
+    Ok((out, m.changes.len()))
 }
 
 /// The `nodes:` section as a [`Policy`].
@@ -679,6 +796,35 @@ static_resources:
         ];
         for (yaml, want) in table {
             assert_eq!(errors(yaml), want, "{yaml}");
+        }
+    }
+
+    /// A removed host leaves rotation at once on Envoy too: every cluster
+    /// says so, unless a native cluster sets the field itself.
+    #[test]
+    fn removed_hosts_are_drained_unless_the_file_says_otherwise() {
+        let native = |extra: &str| {
+            format!(
+                "static_resources:\n  clusters:\n  - name: n\n    type: STATIC\n{extra}    load_assignment:\n      endpoints: []\n"
+            )
+        };
+        let drains = |text: &str| {
+            let r = load_str("pylon.yaml", text).unwrap();
+            r.clusters
+                .iter()
+                .map(|c| (c.name.clone(), c.ignore_health_on_host_removal))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            drains(FRONT_CONCISE),
+            [("service1".into(), true), ("service2".into(), true)]
+        );
+        assert_eq!(drains(&native("")), [("n".into(), true)]);
+        for kept in [
+            "    ignore_health_on_host_removal: false\n",
+            "    ignoreHealthOnHostRemoval: false\n",
+        ] {
+            assert_eq!(drains(&native(kept)), [("n".into(), false)], "{kept}");
         }
     }
 

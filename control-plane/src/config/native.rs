@@ -40,7 +40,9 @@ use pylon::type_url;
 use serde::de::{self, Deserialize, Deserializer, MapAccess, Visitor};
 
 use super::schema::KeySeed;
-use super::translate::{ads_config_source, default_locality_weights, make_eds};
+use super::translate::{
+    ads_config_source, default_locality_weights, drain_removed_hosts, make_eds,
+};
 use super::validate::{Catalog, Issue, Named};
 use crate::resources::Resources;
 
@@ -137,20 +139,23 @@ impl<'de> Visitor<'de> for StaticResourcesVisitor {
 
 /// Normalises the native resources into `out`, checking them and recording
 /// their names and references in `catalog`.
+///
+/// `written` says whether the file itself sets the field at a path (proto3
+/// cannot tell an explicit `false` from an absent field): a default Pylon
+/// chooses differently from Envoy applies only where the user said nothing.
 pub fn normalise(
     resources: StaticResources,
+    written: &dyn Fn(&str) -> bool,
     out: &mut Resources,
     catalog: &mut Catalog,
     issues: &mut Vec<Issue>,
 ) {
-    for (i, NativeCluster(c)) in resources.clusters.into_iter().enumerate() {
-        cluster(
-            c,
-            &format!("static_resources.clusters[{i}]"),
-            out,
-            catalog,
-            issues,
-        );
+    for (i, NativeCluster(mut c)) in resources.clusters.into_iter().enumerate() {
+        let path = format!("static_resources.clusters[{i}]");
+        if !written(&format!("{path}.ignore_health_on_host_removal")) {
+            drain_removed_hosts(&mut c);
+        }
+        cluster(c, &path, out, catalog, issues);
     }
     for (i, NativeListener(l)) in resources.listeners.into_iter().enumerate() {
         listener(
@@ -459,7 +464,8 @@ mod tests {
         let mut out = Resources::default();
         let mut catalog = Catalog::default();
         let mut issues = Vec::new();
-        normalise(native, &mut out, &mut catalog, &mut issues);
+        let written = |path: &str| yaml.contains(path.rsplit('.').next().unwrap_or(path));
+        normalise(native, &written, &mut out, &mut catalog, &mut issues);
         (out, catalog, issues)
     }
 
@@ -495,6 +501,7 @@ clusters:
             ..Default::default()
         };
         make_eds(&mut want);
+        drain_removed_hosts(&mut want);
         assert_eq!(out.clusters[0], want);
         assert_eq!(out.endpoints.len(), 1);
         assert_eq!(out.endpoints[0].cluster_name, "service1");

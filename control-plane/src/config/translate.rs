@@ -56,6 +56,15 @@ pub fn make_eds(cluster: &mut Cluster) {
     });
 }
 
+/// Makes a host removed from the cluster's endpoints leave it at once, even
+/// while it passes active health checks. Envoy's default keeps such a host
+/// (and sends it new connections) until a health check fails, so removing a
+/// healthy backend from the YAML would not take it out of rotation.
+/// `ignore_health_on_host_removal` is an Envoy field; gRPC clients ignore it.
+pub fn drain_removed_hosts(cluster: &mut Cluster) {
+    cluster.ignore_health_on_host_removal = true;
+}
+
 /// Gives every locality without a weight the weight 1, and an empty
 /// `locality` to every group without one. gRPC's xDS client ignores
 /// localities without a weight and rejects (NACKs) groups without a
@@ -95,6 +104,7 @@ pub fn cluster(c: &schema::Cluster) -> (Cluster, ClusterLoadAssignment) {
         ..Default::default()
     };
     make_eds(&mut cluster);
+    drain_removed_hosts(&mut cluster);
     let cla = ClusterLoadAssignment {
         cluster_name: c.name.clone(),
         endpoints: vec![LocalityLbEndpoints {
@@ -298,6 +308,7 @@ pub fn grpc_service(
         ..Default::default()
     };
     make_eds(&mut cluster);
+    drain_removed_hosts(&mut cluster);
     let cla = ClusterLoadAssignment {
         cluster_name: authority,
         endpoints: vec![LocalityLbEndpoints {
@@ -386,6 +397,7 @@ mod tests {
             ..Default::default()
         };
         make_eds(&mut c);
+        drain_removed_hosts(&mut c);
         c
     }
 

@@ -87,7 +87,11 @@ fn cluster(c: &PbCluster) -> Check<Cluster> {
         protocol_selection,
         upstream_connection_options,
         close_connections_on_host_health_failure,
-        ignore_health_on_host_removal,
+        // pylon-proxy takes a host removed from the assignment out of
+        // rotation at once, as Envoy does with this field set (pylon-xds
+        // sets it). Envoy's default (false) keeps such a host while it
+        // passes active health checks.
+        ignore_health_on_host_removal: _,
         filters,
         load_balancing_policy,
         lrs_server,
@@ -119,7 +123,6 @@ fn cluster(c: &PbCluster) -> Check<Cluster> {
         protocol_selection,
         upstream_connection_options,
         close_connections_on_host_health_failure,
-        ignore_health_on_host_removal,
         filters,
         load_balancing_policy,
         lrs_server,
