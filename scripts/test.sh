@@ -72,6 +72,9 @@ cargo build --workspace --bins
 # clear the last run's so the table shows this run only.
 rm -rf "$ROOT/target/interop"
 status=0
+# nextest when it is installed (it runs each hostile-client test alone, see
+# .config/nextest.toml); otherwise cargo test, which runs one test binary at a
+# time, and the hostile tests take a lock so that they never overlap either.
 if cargo nextest --version >/dev/null 2>&1; then
     echo "==> cargo nextest run --workspace"
     cargo nextest run --workspace --no-fail-fast || status=$?
