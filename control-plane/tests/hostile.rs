@@ -51,9 +51,9 @@ use tonic::{Code, Status, Streaming};
 /// (nextest also runs this binary's tests alone, see `.config/nextest.toml`;
 /// under `cargo test`, which runs one test binary at a time, this lock keeps
 /// the tests of this binary from overlapping).
-fn alone() -> std::sync::MutexGuard<'static, ()> {
-    static ALONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    ALONE.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+async fn alone() -> tokio::sync::MutexGuard<'static, ()> {
+    static ALONE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    ALONE.lock().await
 }
 
 const BIN: &str = env!("CARGO_BIN_EXE_pylon-xds");
@@ -552,7 +552,7 @@ fn with_invalid_utf8(msg: &impl Message, marker: &[u8]) -> Vec<u8> {
 
 #[tokio::test]
 async fn unknown_type_urls_are_ignored_and_counted_and_a_missing_one_is_invalid() {
-    let _alone = alone();
+    let _alone = alone().await;
     let mut server = Server::start().await;
     let mut watcher = Watcher::open(&server).await;
     let channel = server.channel().await;
@@ -664,7 +664,7 @@ async fn unknown_type_urls_are_ignored_and_counted_and_a_missing_one_is_invalid(
 
 #[tokio::test]
 async fn huge_name_lists_are_served_up_to_the_cap_and_refused_beyond_it() {
-    let _alone = alone();
+    let _alone = alone().await;
     let mut server = Server::start().await;
     let mut watcher = Watcher::open(&server).await;
     let channel = server.channel().await;
@@ -756,7 +756,7 @@ async fn huge_name_lists_are_served_up_to_the_cap_and_refused_beyond_it() {
 
 #[tokio::test]
 async fn garbage_that_decodes_is_answered_by_the_protocol_rules() {
-    let _alone = alone();
+    let _alone = alone().await;
     let mut server = Server::start().await;
     let mut watcher = Watcher::open(&server).await;
     let channel = server.channel().await;
@@ -827,7 +827,7 @@ async fn garbage_that_decodes_is_answered_by_the_protocol_rules() {
 
 #[tokio::test]
 async fn undecodable_frames_end_their_stream_with_a_grpc_error() {
-    let _alone = alone();
+    let _alone = alone().await;
     let mut server = Server::start().await;
     let mut watcher = Watcher::open(&server).await;
     let channel = server.channel().await;
@@ -1104,7 +1104,7 @@ const MEASURED_GROWTH_MIB: f64 = 3.0;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousands_of_streams_opened_and_dropped_leak_nothing() {
-    let _alone = alone();
+    let _alone = alone().await;
     // One malloc arena: glibc's per-thread arenas make RSS drift by several
     // MiB a round depending on which worker thread freed what, which would
     // hide a leak; with one arena the heap settles and stays flat. What the
@@ -1220,7 +1220,7 @@ async fn rss_settles(server: &mut Server, baseline: f64) -> Scrape {
 /// a metric label holding the node id and a log line holding it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nacks_from_long_node_ids_leave_no_trace_in_metrics_logs_or_memory() {
-    let _alone = alone();
+    let _alone = alone().await;
     let mut server = Server::start().await;
     let mut watcher = Watcher::open(&server).await;
     let channel = server.channel().await;
@@ -1348,7 +1348,7 @@ fn fat_node(id: &str) -> Node {
 /// metadata. Before the bounds, each stream kept several copies of it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_with_megabytes_of_metadata_are_refused() {
-    let _alone = alone();
+    let _alone = alone().await;
     let mut server = Server::start().await;
     let mut watcher = Watcher::open(&server).await;
     let base = server.metrics().await;
@@ -1407,7 +1407,7 @@ async fn nodes_with_megabytes_of_metadata_are_refused() {
 /// 3 MiB name. Before the bounds, the stream kept every name.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_resource_names_are_refused() {
-    let _alone = alone();
+    let _alone = alone().await;
     let mut server = Server::start().await;
     let mut watcher = Watcher::open(&server).await;
     let channel = server.channel().await;
@@ -1470,7 +1470,7 @@ async fn long_resource_names_are_refused() {
 /// The stream limit: `--max-streams 20`, one held by the watcher.
 #[tokio::test]
 async fn streams_beyond_max_streams_are_unavailable() {
-    let _alone = alone();
+    let _alone = alone().await;
     const MAX: usize = 20;
     let mut server = Server::start_with(&[], &["--max-streams", &MAX.to_string()], None).await;
     let mut watcher = Watcher::open(&server).await;
@@ -1560,7 +1560,7 @@ fn cpu_time(pid: u32) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn running_out_of_descriptors_is_waited_out_without_spinning() {
-    let _alone = alone();
+    let _alone = alone().await;
     let mut server = Server::start_with(
         &[("RUST_LOG", "info"), ("NO_COLOR", "1")],
         &[],

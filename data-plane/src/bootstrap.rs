@@ -40,7 +40,6 @@ use envoy_types::pb::envoy::config::core::v3::{
     socket_address, Address, ApiConfigSource, ApiVersion, ConfigSource, GrpcService, Node,
 };
 use prost::Message;
-use prost_reflect::DynamicMessage;
 
 use crate::model::{self, Discovery};
 
@@ -84,14 +83,21 @@ pub enum BootstrapError {
         /// The I/O error.
         source: std::io::Error,
     },
-    /// Not valid YAML, or not a v3 Bootstrap (unknown field names included);
-    /// serde_yaml's message carries line and column.
-    #[error("{file}: {source}")]
+    /// Not valid YAML, beyond the bounds of [`pylon::yaml::Limits`], or not a
+    /// v3 Bootstrap (unknown field names included). Written as pylon-xds
+    /// writes config errors: `file:line:column: path: message`.
+    #[error("{file}:{line}:{column}: {path}: {message}")]
     Parse {
         /// The file name.
         file: String,
-        /// serde_yaml's error.
-        source: serde_yaml::Error,
+        /// 1-based line (0 when unknown).
+        line: usize,
+        /// 1-based column (0 when unknown).
+        column: usize,
+        /// The path of the offending node, like `admin.address`.
+        path: String,
+        /// What is wrong.
+        message: String,
     },
     /// A valid Bootstrap that pylon-proxy cannot honour.
     #[error("{file}: bootstrap: {message}")]
@@ -103,14 +109,41 @@ pub enum BootstrapError {
     },
 }
 
-/// Reads and checks the bootstrap at `path`.
+/// Reads and checks the bootstrap at `path` (at most
+/// [`pylon::yaml::Limits::max_bytes`] of it).
 pub fn load(path: &Path) -> anyhow::Result<Bootstrap> {
+    use std::io::Read as _;
     let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| BootstrapError::Read {
+    let limits = pylon::yaml::Limits::default();
+    let read = |source| BootstrapError::Read {
         file: file.clone(),
         source,
+    };
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(limits.max_bytes as u64 + 1).read_to_end(&mut bytes))
+        .map_err(read)?;
+    let parse_error = |(line, column), message: String| BootstrapError::Parse {
+        file: file.clone(),
+        line,
+        column,
+        path: ".".to_string(),
+        message,
+    };
+    if bytes.len() > limits.max_bytes {
+        return Err(parse_error(
+            (0, 0),
+            format!("the file is larger than {} bytes", limits.max_bytes),
+        )
+        .into());
+    }
+    let text = std::str::from_utf8(&bytes).map_err(|e| {
+        parse_error(
+            pylon::yaml::line_column(&bytes, e.valid_up_to()),
+            "invalid UTF-8: a bootstrap must be UTF-8 text".to_string(),
+        )
     })?;
-    Ok(parse(&file, &text)?)
+    Ok(parse(&file, text)?)
 }
 
 /// Parses and checks a bootstrap; `file_name` only labels errors.
@@ -125,10 +158,27 @@ pub fn parse(file_name: &str, text: &str) -> Result<Bootstrap, BootstrapError> {
 const BOOTSTRAP: &str = "envoy.config.bootstrap.v3.Bootstrap";
 
 fn read_proto(file_name: &str, text: &str) -> Result<PbBootstrap, BootstrapError> {
+    use serde::de::DeserializeSeed as _;
     let invalid = |message: String| BootstrapError::Invalid {
         file: file_name.to_string(),
         message,
     };
+    let parse_error = |l: pylon::yaml::Located| BootstrapError::Parse {
+        file: file_name.to_string(),
+        line: l.position.0,
+        column: l.position.1,
+        path: l.path,
+        message: l.message,
+    };
+    // Bounded (depth, nodes, no aliases) before serde sees it, with every
+    // node's position for the errors.
+    let index = pylon::yaml::scan(text, &pylon::yaml::Limits::default()).map_err(|r| {
+        parse_error(pylon::yaml::Located {
+            position: r.position,
+            path: r.path,
+            message: r.message,
+        })
+    })?;
     // An owned pool, dropped with the parsed message: pylon-proxy reads Envoy
     // YAML once, and the pool's megabytes are not worth keeping.
     let pool = pylon::decode_descriptor_pool()
@@ -138,12 +188,15 @@ fn read_proto(file_name: &str, text: &str) -> Result<PbBootstrap, BootstrapError
             "{BOOTSTRAP} is missing from the descriptor set (a build defect)"
         ))
     })?;
-    let msg = DynamicMessage::deserialize(desc, serde_yaml::Deserializer::from_str(text)).map_err(
-        |source| BootstrapError::Parse {
-            file: file_name.to_string(),
-            source,
-        },
-    )?;
+    let mut track = serde_path_to_error::Track::new();
+    let de = serde_path_to_error::Deserializer::new(
+        serde_yaml::Deserializer::from_str(text),
+        &mut track,
+    );
+    let msg = desc.deserialize(de).map_err(|e| {
+        let located = pylon::yaml::locate(serde_path_to_error::Error::new(track.path(), e), &index);
+        parse_error(located)
+    })?;
     PbBootstrap::decode(msg.encode_to_vec().as_slice())
         .map_err(|e| invalid(format!("does not decode as {BOOTSTRAP}: {e}")))
 }
@@ -809,11 +862,18 @@ admin:
 
     #[test]
     fn unknown_field_names_carry_line_and_column() {
+        // serde_yaml places an unknown field at the start of the enclosing
+        // mapping (line 2); the error points at the key itself.
         let e = err("admin:\n  address:\n    socket_address: {address: 127.0.0.1, port_value: 1}\n  bogus_field: 1\n");
-        assert!(e.starts_with("envoy.yaml: "), "{e}");
-        assert!(e.contains("bogus_field"), "{e}");
-        // serde_yaml places it at the start of the enclosing mapping.
-        assert!(e.ends_with("at line 2 column 3"), "{e}");
+        assert_eq!(
+            e,
+            "envoy.yaml:4:3: admin.bogus_field: unrecognized field name 'bogus_field'"
+        );
+        // Bounded like pylon-xds's config: no aliases, no deep nesting.
+        let e = err("admin: &a {}\nnode: *a\n");
+        assert!(e.starts_with("envoy.yaml:1:11: admin: YAML anchors"), "{e}");
+        let e = err(&format!("node:\n  {}x\n", "- ".repeat(5_000)));
+        assert!(e.contains("nesting deeper than 64 levels"), "{e}");
     }
 
     #[test]

@@ -34,27 +34,69 @@ struct Cli {
     /// An Envoy bootstrap (the subset pylon-proxy supports; anything else is an error).
     #[arg(short = 'c', long = "config-path")]
     config: Option<PathBuf>,
-    /// The ADS server (pylon-xds), when not given by a bootstrap.
-    #[arg(long)]
-    xds: Option<SocketAddr>,
+    /// The ADS server (pylon-xds), when not given by a bootstrap: HOST:PORT,
+    /// a host name resolved at start-up or an IP address.
+    #[arg(long, value_name = "HOST:PORT")]
+    xds: Option<String>,
     /// Node id presented to the control plane (overrides the bootstrap's).
-    #[arg(long)]
+    #[arg(long, visible_alias = "service-node")]
     node_id: Option<String>,
     /// Node cluster presented to the control plane (overrides the bootstrap's).
-    #[arg(long)]
+    #[arg(long, visible_alias = "service-cluster")]
     node_cluster: Option<String>,
-    /// Admin address (overrides the bootstrap's; default 127.0.0.1:9901).
-    #[arg(long)]
-    admin: Option<SocketAddr>,
+    /// Admin address, HOST:PORT (overrides the bootstrap's; default 127.0.0.1:9901).
+    #[arg(long, value_name = "HOST:PORT")]
+    admin: Option<String>,
     /// Worker threads (default: one per core).
     #[arg(long)]
     concurrency: Option<usize>,
+    /// Log level, as Envoy spells it: trace, debug, info, warning (warn),
+    /// error, critical or off. `RUST_LOG`, when set, takes precedence.
+    #[arg(short = 'l', long, value_parser = parse_log_level, default_value = "info")]
+    log_level: String,
+    /// How long listeners drain on shutdown and when replaced, in seconds
+    /// (Envoy's --drain-time-s).
+    #[arg(long, value_name = "SECONDS")]
+    drain_time_s: Option<u64>,
+    /// Envoy's hot-restart shared-memory id: accepted and ignored
+    /// (pylon-proxy has no hot restart; start a second process on another
+    /// address instead).
+    #[arg(long, value_name = "N")]
+    base_id: Option<u64>,
     /// ADS flavour over flags, or to override the bootstrap's api_type.
     #[arg(long, value_enum)]
     ads: Option<AdsMode>,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+}
+
+/// Envoy's log level names, as `tracing` filter directives.
+fn parse_log_level(level: &str) -> Result<String, String> {
+    Ok(match level {
+        "trace" | "debug" | "info" | "error" | "off" => level,
+        "warning" | "warn" => "warn",
+        // tracing has nothing above error.
+        "critical" => "error",
+        other => {
+            return Err(format!(
+                "unknown log level `{other}`: trace, debug, info, warning, error, critical or off"
+            ))
+        }
+    }
+    .to_string())
+}
+
+/// Resolves HOST:PORT (a host name, an IPv4 literal or `[IPv6]`), taking the
+/// first address the system resolver gives.
+fn resolve(flag: &str, value: &str) -> anyhow::Result<SocketAddr> {
+    use std::net::ToSocketAddrs as _;
+    let mut addrs = value
+        .to_socket_addrs()
+        .with_context(|| format!("--{flag} {value}: expected HOST:PORT"))?;
+    addrs
+        .next()
+        .with_context(|| format!("--{flag} {value}: the name resolves to no address"))
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum, PartialEq, Eq)]
@@ -77,8 +119,14 @@ fn main() -> ExitCode {
         return parse_bootstrap_child(&args[2]);
     }
     let cli = Cli::parse();
-    pylon::logging::init(matches!(cli.log_format, LogFormat::Json));
+    pylon::logging::init_at(matches!(cli.log_format, LogFormat::Json), &cli.log_level);
     pylon::limits::raise_nofile();
+    if let Some(id) = cli.base_id {
+        info!(
+            base_id = id,
+            "--base-id accepted and ignored: pylon-proxy has no hot restart"
+        );
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -97,6 +145,8 @@ struct Plan {
     clusters: Vec<model::Cluster>,
     listeners: Vec<model::Listener>,
     concurrency: usize,
+    /// `--drain-time-s`, else the runtime's default.
+    drain_time: Option<std::time::Duration>,
 }
 
 fn plan(cli: Cli) -> anyhow::Result<Plan> {
@@ -120,11 +170,13 @@ fn plan(cli: Cli) -> anyhow::Result<Plan> {
                 .filter(|s| !s.is_empty())
         })
         .unwrap_or_else(|| "pylon-proxy".to_string());
-    let admin = match cli.admin.or_else(|| boot.as_ref().and_then(|b| b.admin)) {
-        Some(a) => a,
-        None => DEFAULT_ADMIN.parse()?,
+    let admin = match (&cli.admin, boot.as_ref().and_then(|b| b.admin)) {
+        (Some(a), _) => resolve("admin", a)?,
+        (None, Some(a)) => a,
+        (None, None) => DEFAULT_ADMIN.parse()?,
     };
-    let target = match (cli.xds, boot.as_ref().and_then(|b| b.xds)) {
+    let cli_xds = cli.xds.as_deref().map(|x| resolve("xds", x)).transpose()?;
+    let target = match (cli_xds, boot.as_ref().and_then(|b| b.xds)) {
         (Some(addr), from_boot) => Some((addr, from_boot.is_none_or(|t| t.delta))),
         (None, Some(t)) => Some((t.addr, t.delta)),
         (None, None) => None,
@@ -167,6 +219,7 @@ fn plan(cli: Cli) -> anyhow::Result<Plan> {
         clusters,
         listeners,
         concurrency,
+        drain_time: cli.drain_time_s.map(std::time::Duration::from_secs),
     })
 }
 
@@ -286,7 +339,9 @@ async fn serve(plan: Plan) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let runtime = Runtime::new(RuntimeOptions {
         shutdown: shutdown.clone(),
-        ..Default::default()
+        drain_time: plan
+            .drain_time
+            .unwrap_or(data_plane::runtime::DEFAULT_DRAIN_TIME),
     });
     runtime.mark_static_clusters(plan.clusters.iter().map(|c| c.name.clone()));
     runtime

@@ -19,21 +19,19 @@
 //! - `v2.rs`: recognising Envoy v2 syntax in `static_resources` (reported all
 //!   at once, with the v3 spelling) and rewriting it (`pylon-xds migrate`).
 //! - `validate.rs`: semantic checks and cross-references over both forms.
-//! - `scan.rs`: the first pass over the text, before any other parser runs:
-//!   the structural bounds ([`Limits`]: depth, node count, no anchors or
-//!   aliases) and the path -> line/column index, from yaml-rust2's events
-//!   without recursion.
 //!
 //! The pipeline: (0) the bytes are bounded ([`Limits::max_bytes`]), must be
 //! UTF-8 (an invalid byte is an error with its position, at start-up and on
-//! reload alike: [`load_bytes`] is the one way in) and pass the scan. (1) One
+//! reload alike: [`load_bytes`] is the one way in) and pass the first pass of
+//! [`pylon::yaml`] (depth, node count, no anchors or aliases; it also builds
+//! the path -> line/column index, without recursion). (1) One
 //! serde pass reads both forms. Structural problems (YAML
 //! syntax, unknown or misspelt keys, wrong types, bad durations, addresses or
 //! ports) stop it, so only the first one is reported; its path comes from
 //! serde_path_to_error and its position from serde_yaml. (2) Semantic checks
 //! run on the typed values and collect every problem (duplicate names and
 //! addresses, undefined clusters, health check and route rules...); their
-//! positions come from the `scan` index. (3) Translation and
+//! positions come from that index. (3) Translation and
 //! normalisation produce the protos, returned only when no problem was found
 //! and no type has more than [`Limits::max_resources`] resources.
 //!
@@ -43,7 +41,6 @@
 mod address;
 mod duration;
 mod native;
-mod scan;
 mod schema;
 mod translate;
 mod v2;
@@ -55,8 +52,8 @@ use std::path::Path;
 
 use crate::resources::Resources;
 use crate::selection::{Glob, Names, Policy, Selector};
-pub use scan::Limits;
-use scan::PositionIndex;
+pub use pylon::yaml::Limits;
+use pylon::yaml::{self, PositionIndex};
 use validate::{Catalog, Issue};
 
 /// One problem in a config file.
@@ -173,7 +170,7 @@ pub fn load_bytes(
         return Err(too_large(file_name, limits));
     }
     let text = std::str::from_utf8(bytes).map_err(|e| {
-        let (line, column) = line_column(bytes, e.valid_up_to());
+        let (line, column) = yaml::line_column(bytes, e.valid_up_to());
         ConfigErrors(vec![ConfigError {
             file: file_name.to_string(),
             line,
@@ -188,21 +185,6 @@ pub fn load_bytes(
     load_text(file_name, text, limits)
 }
 
-/// The 1-based line and column (in characters) of byte `offset` of `bytes`,
-/// which are valid UTF-8 up to `offset`.
-fn line_column(bytes: &[u8], offset: usize) -> (usize, usize) {
-    let before = &bytes[..offset];
-    let line_start = before
-        .iter()
-        .rposition(|&b| b == b'\n')
-        .map_or(0, |i| i + 1);
-    let line = 1 + before.iter().filter(|&&b| b == b'\n').count();
-    let column = 1 + String::from_utf8_lossy(&before[line_start..])
-        .chars()
-        .count();
-    (line, column)
-}
-
 /// Loads config text with the default [`Limits`]; `file_name` is only used
 /// in error messages.
 pub fn load_str(file_name: &str, text: &str) -> Result<Resources, ConfigErrors> {
@@ -213,7 +195,7 @@ fn load_text(file_name: &str, text: &str, limits: &Limits) -> Result<Resources, 
     if text.len() > limits.max_bytes {
         return Err(too_large(file_name, limits));
     }
-    let index = scan::scan(text, limits).map_err(|r| {
+    let index = yaml::scan(text, limits).map_err(|r| {
         ConfigErrors(vec![ConfigError {
             file: file_name.to_string(),
             line: r.position.0,
@@ -383,14 +365,14 @@ pub fn migrate(
         }])
     };
     let text = std::str::from_utf8(bytes).map_err(|e| {
-        let (line, column) = line_column(bytes, e.valid_up_to());
+        let (line, column) = yaml::line_column(bytes, e.valid_up_to());
         one(
             line,
             column,
             "invalid UTF-8: a config file must be UTF-8 text".to_string(),
         )
     })?;
-    let index = scan::scan(text, limits).map_err(|r| {
+    let index = yaml::scan(text, limits).map_err(|r| {
         ConfigErrors(vec![ConfigError {
             file: file_name.to_string(),
             line: r.position.0,
@@ -400,7 +382,7 @@ pub fn migrate(
         }])
     })?;
     let doc: serde_yaml::Value =
-        serde_yaml::from_str(text).map_err(|e| one(0, 0, bare_message(&e)))?;
+        serde_yaml::from_str(text).map_err(|e| one(0, 0, yaml::bare_message(&e)))?;
     let mut m = v2::migrate(v2::snake_keys(doc));
     let mut dropped = Vec::new();
     if let Some(map) = m.document.as_mapping_mut() {
@@ -474,30 +456,11 @@ fn structural(
     error: serde_path_to_error::Error<serde_yaml::Error>,
     index: &PositionIndex,
 ) -> ConfigError {
-    let mut path = error.path().to_string();
-    let error = error.into_inner();
-    let (mut line, mut column) = error
-        .location()
-        .map(|l| (l.line(), l.column()))
-        .unwrap_or((0, 0));
-    let mut message = bare_message(&error);
-    if message == "failed to parse duration" {
-        // prost-reflect's message for a native duration such as `5` or `5m`.
-        message.push_str(": native durations are seconds with an `s`, like \"5s\" or \"0.25s\"");
-    }
-    // prost-reflect reports an unknown field at the map holding it: point at
-    // the key instead.
-    if let Some(key) = message
-        .strip_prefix("unrecognized field name '")
-        .and_then(|rest| rest.strip_suffix('\''))
-    {
-        let parent = if path == "." { "" } else { path.as_str() };
-        let key_path = scan::join_key(parent, key);
-        if let Some(position) = index.key(&scan::join_key(parent, &scan::snake_case(key))) {
-            (line, column) = position;
-        }
-        path = key_path;
-    }
+    let yaml::Located {
+        position: (line, column),
+        path,
+        message,
+    } = yaml::locate(error, index);
     ConfigError {
         file: file_name.to_string(),
         line,
@@ -505,29 +468,6 @@ fn structural(
         path,
         message,
     }
-}
-
-/// serde_yaml's message without the position and path it adds to it (both are
-/// reported separately).
-fn bare_message(error: &serde_yaml::Error) -> String {
-    let mut text = error.to_string();
-    if let Some(location) = error.location() {
-        let suffix = format!(" at line {} column {}", location.line(), location.column());
-        if let Some(at) = text.find(&suffix) {
-            text.replace_range(at..at + suffix.len(), "");
-        }
-    }
-    // serde_yaml writes `path: message`; a path has no spaces and messages
-    // never start with a single bare word and a colon.
-    if let Some((prefix, rest)) = text.split_once(": ") {
-        if !prefix.is_empty()
-            && !prefix.contains(char::is_whitespace)
-            && !prefix.starts_with(['`', '\'', '"'])
-        {
-            text = rest.to_string();
-        }
-    }
-    text
 }
 
 #[cfg(test)]

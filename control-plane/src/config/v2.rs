@@ -13,11 +13,11 @@
 //!
 //! Owned here: the v2 -> v3 table for the constructs above. Not owned: reading
 //! or checking v3 (`native`). The walk is over a `serde_yaml::Value` of a file
-//! that already passed the bounded pre-scan (`scan`), so its depth is bounded.
+//! that already passed the bounded first pass (`pylon::yaml::scan`), so its depth is bounded.
 
 use serde_yaml::{Mapping, Value};
 
-use super::scan::snake_case;
+use pylon::yaml::snake_case;
 
 /// One v2 construct found (and, in the migrated value, rewritten).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,6 +1,8 @@
-//! The first pass over a config file, before any other parser sees it: the
-//! structural bounds, and an index from a path such as
-//! `clusters[1].endpoints[2]` to a 1-based line and column.
+//! Reading YAML that comes from outside, shared by pylon-xds's config loader
+//! and pylon-proxy's bootstrap reader: the first pass over the text, before
+//! any other parser sees it (the structural bounds, and an index from a path
+//! such as `clusters[1].endpoints[2]` to a 1-based line and column), and
+//! placing serde's errors (`file:line:column: path: message`).
 //!
 //! **Bounds.** serde_yaml (and the serde visitors behind it) trust their
 //! input, so this pass decides whether the text may be parsed at all. It
@@ -13,7 +15,8 @@
 //!   neither, and a few kilobytes of aliases can expand into gigabytes;
 //! - text that is not valid YAML (yaml-rust2's message).
 //!
-//! The byte-size bound is checked before this pass (`config::load_bytes`).
+//! The byte-size bound is checked before this pass, by the reader
+//! ([`Limits::max_bytes`]).
 //!
 //! **Positions.** serde reports the position of the first structural error
 //! itself; semantic errors are found later, on typed values that no longer
@@ -34,6 +37,93 @@ use yaml_rust2::scanner::Marker;
 /// A 1-based line and column.
 pub type Position = (usize, usize);
 
+/// A serde error placed in the file: position, path and bare message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Located {
+    /// 1-based line and column; (0, 0) when unknown.
+    pub position: Position,
+    /// The path of the node, like `admin.address` (`.` for the root).
+    pub path: String,
+    /// The message, without the position and path serde_yaml adds to it.
+    pub message: String,
+}
+
+/// Places the first error of a serde pass (through `serde_path_to_error`,
+/// for its path) over text indexed as `index`.
+///
+/// prost-reflect reports an unknown field at the map holding it; the key's
+/// own position and path are given instead.
+pub fn locate(
+    error: serde_path_to_error::Error<serde_yaml::Error>,
+    index: &PositionIndex,
+) -> Located {
+    let mut path = error.path().to_string();
+    let error = error.into_inner();
+    let mut position = error
+        .location()
+        .map(|l| (l.line(), l.column()))
+        .unwrap_or((0, 0));
+    let mut message = bare_message(&error);
+    if message == "failed to parse duration" {
+        // prost-reflect's message for a native duration such as `5` or `5m`.
+        message.push_str(": native durations are seconds with an `s`, like \"5s\" or \"0.25s\"");
+    }
+    if let Some(key) = message
+        .strip_prefix("unrecognized field name '")
+        .and_then(|rest| rest.strip_suffix('\''))
+    {
+        let parent = if path == "." { "" } else { path.as_str() };
+        let key_path = join_key(parent, key);
+        if let Some(p) = index.key(&join_key(parent, &snake_case(key))) {
+            position = p;
+        }
+        path = key_path;
+    }
+    Located {
+        position,
+        path,
+        message,
+    }
+}
+
+/// serde_yaml's message without the position and path it adds to it (both are
+/// reported separately).
+pub fn bare_message(error: &serde_yaml::Error) -> String {
+    let mut text = error.to_string();
+    if let Some(location) = error.location() {
+        let suffix = format!(" at line {} column {}", location.line(), location.column());
+        if let Some(at) = text.find(&suffix) {
+            text.replace_range(at..at + suffix.len(), "");
+        }
+    }
+    // serde_yaml writes `path: message`; a path has no spaces and messages
+    // never start with a single bare word and a colon.
+    if let Some((prefix, rest)) = text.split_once(": ") {
+        if !prefix.is_empty()
+            && !prefix.contains(char::is_whitespace)
+            && !prefix.starts_with(['`', '\'', '"'])
+        {
+            text = rest.to_string();
+        }
+    }
+    text
+}
+
+/// The 1-based line and column (in characters) of byte `offset` of `bytes`,
+/// which are valid UTF-8 up to `offset`.
+pub fn line_column(bytes: &[u8], offset: usize) -> Position {
+    let before = &bytes[..offset.min(bytes.len())];
+    let line_start = before
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1);
+    let line = 1 + before.iter().filter(|&&b| b == b'\n').count();
+    let column = 1 + String::from_utf8_lossy(&before[line_start..])
+        .chars()
+        .count();
+    (line, column)
+}
+
 /// Structural bounds on a config file (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -47,7 +137,7 @@ pub struct Limits {
     /// The most YAML nodes (scalars, maps and sequences) accepted.
     pub max_nodes: usize,
     /// The most resources of each type (clusters, load assignments,
-    /// listeners, route configurations) one file may define.
+    /// listeners, route configurations) one pylon-xds config may define.
     pub max_resources: usize,
 }
 
@@ -140,7 +230,7 @@ impl Default for PositionIndex {
 impl PositionIndex {
     /// Indexes `text` without bounds (tests and small, trusted texts only).
     #[cfg(test)]
-    pub fn build(text: &str) -> Self {
+    fn build(text: &str) -> Self {
         let unbounded = Limits {
             max_bytes: usize::MAX,
             max_depth: usize::MAX,
@@ -346,7 +436,7 @@ impl Builder {
                 return Err(self.refuse(
                     at,
                     "YAML aliases (`*name`, `<<: *name`) are not supported: write the value \
-                     out in full (pylon-xds refuses anchors and aliases so that a small file \
+                     out in full (Pylon refuses anchors and aliases so that a small file \
                      cannot expand into a huge config)"
                         .to_string(),
                 ))
@@ -356,7 +446,7 @@ impl Builder {
                     return Err(self.refuse(
                         at,
                         "YAML anchors (`&name`) are not supported: write the value out in \
-                         full (pylon-xds refuses anchors and aliases so that a small file \
+                         full (Pylon refuses anchors and aliases so that a small file \
                          cannot expand into a huge config)"
                             .to_string(),
                     ));
