@@ -144,8 +144,11 @@ impl Spec {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
+        // `web` is health-checked: an endpoint removed from it while healthy
+        // must still leave rotation at once (check 2).
         let mut y = format!(
-            "clusters:\n  - name: web\n    connect_timeout: {}s\n    endpoints: [{}]\n  \
+            "clusters:\n  - name: web\n    connect_timeout: {}s\n    endpoints: [{}]\n    \
+             health_check: {{tcp: {{}}, interval: 200ms, timeout: 200ms}}\n  \
              - name: unused\n    endpoints: [127.0.0.1:9]\nlisteners:\n",
             self.web_timeout_s,
             list(&self.web)
@@ -541,7 +544,8 @@ async fn add_change_remove(mut w: World) {
             extra, 2
         )
         .await);
-        // Change the endpoints of `web`: only web-1 answers.
+        // Change the endpoints of `web`: web-0, healthy and health-checked,
+        // is removed; only web-1 answers, and web-0 gets nothing more.
         w.spec.web = vec![w.web[1].addr()];
         w.write();
         assert_eventually!(DEADLINE, "only web-1 behind front", async || {
@@ -549,6 +553,10 @@ async fn add_change_remove(mut w: World) {
             ensure!(got.get("web-1") == Some(&4), "{got:?}");
             Ok(())
         });
+        let served = w.web[0].served();
+        let got = gets(w.front(), 6).await.unwrap();
+        assert_eq!(got.get("web-1"), Some(&6), "{got:?}");
+        assert_eq!(w.web[0].served(), served, "a removed host took requests");
         // Remove the listener: gone from the proxy, port closed.
         w.spec.extra_listeners.clear();
         w.write();
