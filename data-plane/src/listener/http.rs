@@ -5,8 +5,8 @@
 //! through hyper's auto server), the per-request path (route lookup in the
 //! current route table, host pick, path rewrite, upstream exchange under the
 //! route timeout), Envoy's local replies (404 no route, 503 no cluster / no
-//! healthy upstream / connect failure, 504 timeout) and the `http.<stat_prefix>.`
-//! stats.
+//! healthy upstream / connect failure / circuit breaker overflow, 504
+//! timeout) and the `http.<stat_prefix>.` stats.
 //!
 //! The route table is read on every request (from the RDS slot, or the inline
 //! table), so an RDS update applies to the next request of an existing
@@ -37,7 +37,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 use crate::listener::route::{RouteSlot, RouteTable};
 use crate::runtime::stats::{stats_struct, Counter, Gauge, GaugeGuard};
-use crate::upstream::pool::{self, ActiveRq, UpstreamBody};
+use crate::upstream::pool::{self, Exchange, UpstreamBody, UpstreamError};
 
 stats_struct! {
     /// Envoy's `http.<stat_prefix>.` stats.
@@ -280,6 +280,9 @@ fn strip_request(h: &mut HeaderMap) {
 
 const ORIGINAL_PATH: HeaderName = HeaderName::from_static("x-envoy-original-path");
 
+/// Set on the 503 of a request a circuit breaker refused, as Envoy's router does.
+const OVERLOADED: HeaderName = HeaderName::from_static("x-envoy-overloaded");
+
 /// What the route lookup decided, detached from the route table.
 struct Decision {
     cluster: Option<Arc<crate::upstream::Cluster>>,
@@ -377,22 +380,22 @@ async fn route_and_forward(
     strip_request(&mut parts.headers);
     let req = Request::from_parts(parts, body);
 
-    let rq = ActiveRq::new(host, cluster.stats().clone());
     let mut deadline = d.timeout.map(|t| Box::pin(tokio::time::sleep(t)));
     let result = match deadline.as_mut() {
         Some(sleep) => tokio::select! {
             // The exchange first: no per-poll random branch order, and a
             // response that is ready wins over a timer that fired with it.
             biased;
-            r = pool::send(&cluster, &rq, req) => Some(r),
+            r = pool::send(&cluster, &host, req) => Some(r),
             _ = sleep.as_mut() => None,
         },
-        None => Some(pool::send(&cluster, &rq, req).await),
+        None => Some(pool::send(&cluster, &host, req).await),
     };
     match result {
         None => {
             cluster.stats().upstream_rq_timeout.inc();
-            rq.host().stats.rq_error.inc();
+            cluster.stats().count_status(504);
+            host.stats.rq_error.inc();
             local_reply(
                 StatusCode::GATEWAY_TIMEOUT,
                 "upstream request timeout",
@@ -400,19 +403,32 @@ async fn route_and_forward(
             )
         }
         Some(Err(e)) => {
-            rq.host().stats.rq_error.inc();
-            tracing::debug!(cluster = cluster.name(), host = %rq.host().addr(), error = %e, "upstream request failed");
-            local_reply(StatusCode::SERVICE_UNAVAILABLE, &e.to_string(), active)
+            cluster.stats().count_status(503);
+            let overflow = matches!(e, UpstreamError::Overflow);
+            if !overflow {
+                host.stats.rq_error.inc();
+            }
+            tracing::debug!(cluster = cluster.name(), host = %host.addr(), error = %e, "upstream request failed");
+            let mut r = local_reply(StatusCode::SERVICE_UNAVAILABLE, &e.to_string(), active);
+            if overflow {
+                r.headers_mut()
+                    .insert(OVERLOADED, HeaderValue::from_static("true"));
+            }
+            r
         }
-        Some(Ok((resp, sender))) => {
-            let status = resp.status().as_u16();
+        Some(Ok(Exchange {
+            response,
+            sender,
+            rq,
+        })) => {
+            let status = response.status().as_u16();
             cluster.stats().count_status(status);
             if status >= 500 {
                 rq.host().stats.rq_error.inc();
             } else {
                 rq.host().stats.rq_success.inc();
             }
-            let (mut parts, body) = resp.into_parts();
+            let (mut parts, body) = response.into_parts();
             strip_hop_by_hop(&mut parts.headers);
             let body = ProxyBody {
                 kind: Kind::Upstream {

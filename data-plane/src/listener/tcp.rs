@@ -10,7 +10,8 @@
 //! clock read for the idle timer; stats are added once when the connection
 //! ends.
 //!
-//! No cluster or no host: the downstream connection is closed. Established
+//! No cluster or no host, or the cluster's `max_connections` circuit breaker
+//! open: the downstream connection is closed. Established
 //! connections are never closed because a host turned unhealthy or the
 //! endpoints changed.
 
@@ -29,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use super::splice::{Moved, Moved64, Splice};
 use crate::model::TcpProxy;
 use crate::runtime::stats::{stats_struct, Counter};
-use crate::upstream::ClusterSlot;
+use crate::upstream::{ClusterSlot, ConnectError};
 
 /// Copy buffer size, each direction.
 pub const COPY_BUFFER: usize = 64 * 1024;
@@ -78,6 +79,9 @@ pub async fn serve(downstream: TcpStream, ctx: Arc<TcpCtx>, close: CancellationT
             let host = cluster.pick()?;
             match cluster.connect(&host).await {
                 Ok(up) => return Some(up),
+                // `max_connections` reached (counted in upstream_cx_overflow):
+                // the downstream connection is closed, as in Envoy.
+                Err(ConnectError::Overflow) => return None,
                 Err(e) => {
                     tracing::debug!(host = %host.addr(), error = %e, "tcp proxy: connect failed")
                 }

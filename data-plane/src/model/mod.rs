@@ -44,6 +44,33 @@ pub struct Cluster {
     pub health_check: Option<HealthCheck>,
     /// Healthy-host percentage below which every host is used (default 50; 0 disables panic mode).
     pub healthy_panic_threshold: f64,
+    /// Circuit breaker thresholds of the DEFAULT priority.
+    pub circuit_breakers: CircuitBreakers,
+}
+
+/// A cluster's circuit breakers (`circuit_breakers.thresholds` for the DEFAULT
+/// priority), with Envoy's defaults.
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct CircuitBreakers {
+    /// Connections open to all hosts of the cluster at once (default 1024).
+    pub max_connections: u32,
+    /// Requests waiting for a connection (default 1024).
+    pub max_pending_requests: u32,
+    /// Requests in flight to all hosts at once (default 1024).
+    pub max_requests: u32,
+    /// Retries in flight at once (default 3; pylon-proxy does not retry, so it only shows).
+    pub max_retries: u32,
+}
+
+impl Default for CircuitBreakers {
+    fn default() -> Self {
+        CircuitBreakers {
+            max_connections: 1024,
+            max_pending_requests: 1024,
+            max_requests: 1024,
+            max_retries: 3,
+        }
+    }
 }
 
 /// Where a cluster's endpoints come from.

@@ -119,6 +119,17 @@ fn cluster(c: &Cluster) -> Value {
         "common_lb_config".into(),
         json!({ "healthy_panic_threshold": { "value": c.healthy_panic_threshold } }),
     );
+    let cb = &c.circuit_breakers;
+    m.insert(
+        "circuit_breakers".into(),
+        json!({ "thresholds": [{
+            "priority": "DEFAULT",
+            "max_connections": cb.max_connections,
+            "max_pending_requests": cb.max_pending_requests,
+            "max_requests": cb.max_requests,
+            "max_retries": cb.max_retries,
+        }] }),
+    );
     Value::Object(m)
 }
 

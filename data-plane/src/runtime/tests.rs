@@ -57,6 +57,7 @@ fn static_cluster(name: &str, addrs: &[SocketAddr]) -> Cluster {
         lb_policy: LbPolicy::RoundRobin,
         health_check: None,
         healthy_panic_threshold: 50.0,
+        circuit_breakers: Default::default(),
     }
 }
 

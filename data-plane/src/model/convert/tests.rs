@@ -67,6 +67,7 @@ fn eds_cluster(name: &str, service: &str) -> Cluster {
         lb_policy: LbPolicy::RoundRobin,
         health_check: None,
         healthy_panic_threshold: 50.0,
+        circuit_breakers: Default::default(),
     }
 }
 
@@ -146,6 +147,35 @@ fn clusters_ok() {
             },
         ),
         (
+            // The first DEFAULT entry counts; HIGH is ignored; unset values keep Envoy's defaults.
+            format!("{EDS}circuit_breakers: {{thresholds: [{{priority: HIGH, max_connections: 1}}, {{max_connections: 2, max_pending_requests: 0, track_remaining: true}}, {{priority: DEFAULT, max_requests: 7}}]}}\n"),
+            Cluster {
+                circuit_breakers: CircuitBreakers {
+                    max_connections: 2,
+                    max_pending_requests: 0,
+                    max_requests: 1024,
+                    max_retries: 3,
+                },
+                ..eds_cluster("a", "a")
+            },
+        ),
+        (
+            format!("{EDS}circuit_breakers: {{thresholds: [{{priority: HIGH, max_connections: 1}}]}}\n"),
+            eds_cluster("a", "a"),
+        ),
+        (
+            format!("{EDS}circuit_breakers: {{thresholds: [{{max_connections: 10, max_pending_requests: 20, max_requests: 30, max_retries: 40}}]}}\n"),
+            Cluster {
+                circuit_breakers: CircuitBreakers {
+                    max_connections: 10,
+                    max_pending_requests: 20,
+                    max_requests: 30,
+                    max_retries: 40,
+                },
+                ..eds_cluster("a", "a")
+            },
+        ),
+        (
             "name: empty\ntype: STATIC\n".to_string(),
             Cluster {
                 discovery: Discovery::Static(LoadAssignment {
@@ -176,7 +206,9 @@ fn clusters_nack() {
         (format!("{EDS}load_assignment: {{cluster_name: a}}\n"), "cluster a: load_assignment is not supported"),
         ("name: a\neds_cluster_config: {eds_config: {ads: {}}}\n".into(), "cluster a: eds_cluster_config is not supported"),
         (format!("{EDS}transport_socket: {{name: envoy.transport_sockets.tls}}\n"), "cluster a: transport_socket is not supported"),
-        (format!("{EDS}circuit_breakers: {{thresholds: [{{max_connections: 10}}]}}\n"), "cluster a: circuit_breakers is not supported"),
+        (format!("{EDS}circuit_breakers: {{per_host_thresholds: [{{max_connections: 10}}]}}\n"), "cluster a: circuit_breakers.per_host_thresholds is not supported"),
+        (format!("{EDS}circuit_breakers: {{thresholds: [{{max_connections: 10}}, {{max_requests: 1, retry_budget: {{}}}}]}}\n"), "cluster a: circuit_breakers.thresholds[1].retry_budget is not supported"),
+        (format!("{EDS}circuit_breakers: {{thresholds: [{{max_connection_pools: 10}}]}}\n"), "cluster a: circuit_breakers.thresholds[0].max_connection_pools is not supported"),
         (format!("{EDS}outlier_detection: {{}}\n"), "cluster a: outlier_detection is not supported"),
         (format!("{EDS}http2_protocol_options: {{max_concurrent_streams: 10}}\n"), "cluster a: http2_protocol_options is not supported"),
         (format!("{EDS}common_lb_config: {{healthy_panic_threshold: {{value: 150}}}}\n"), "cluster a: common_lb_config.healthy_panic_threshold 150 is not a percentage (0 to 100)"),
