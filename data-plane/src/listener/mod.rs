@@ -323,7 +323,7 @@ impl ListenerManager {
                         (Routes::Inline(Arc::new(t)), None)
                     }
                 };
-                (Handler::Http(Arc::new(HttpCtx::new(stats, r))), warm)
+                (Handler::Http(Arc::new(HttpCtx::new(stats, r, hm))), warm)
             }
         })
     }

@@ -192,11 +192,22 @@ fn listener(l: &crate::model::Listener) -> Value {
             json!({ "name": "envoy.filters.network.tcp_proxy", "typed_config": c })
         }
         ListenerKind::Http(h) => {
+            let lim = &h.limits;
+            let off = |d: Option<Duration>| duration(d.unwrap_or(Duration::ZERO));
             let mut c = json!({
                 "@type": T_HCM,
                 "stat_prefix": h.stat_prefix,
                 "http_filters": [ { "name": "envoy.filters.http.router", "typed_config": { "@type": T_ROUTER } } ],
+                "stream_idle_timeout": off(lim.stream_idle_timeout),
+                "max_request_headers_kb": lim.max_request_headers_kb,
+                "common_http_protocol_options": {
+                    "idle_timeout": off(lim.idle_timeout),
+                    "max_headers_count": lim.max_headers_count,
+                },
             });
+            if let Some(t) = lim.request_headers_timeout {
+                c["request_headers_timeout"] = duration(t).into();
+            }
             match &h.routes {
                 RouteSource::Rds(name) => {
                     c["rds"] = json!({ "route_config_name": name, "config_source": { "ads": {} } });

@@ -81,6 +81,7 @@ fn http_listener(name: &str, routes: RouteSource) -> Listener {
         kind: ListenerKind::Http(HttpManager {
             stat_prefix: name.into(),
             routes,
+            limits: Default::default(),
         }),
     }
 }

@@ -2,7 +2,9 @@
 //!
 //! Owns: each host's stack of idle connections ([`Pool`], most recently used
 //! first), the request exchange ([`send`]: reuse an idle connection, else
-//! connect with the cluster's `connect_timeout`), the response body
+//! connect with the cluster's `connect_timeout`), the request body as sent
+//! upstream ([`RequestBody`], which notes each chunk in the request's
+//! [`Activity`] for the downstream stream idle timer), and the response body
 //! ([`UpstreamBody`]) that gives its connection back to the pool once the
 //! response is complete, and the cluster's request circuit breakers
 //! (`max_pending_requests`, `max_requests`; see [`send`]). A request that
@@ -13,7 +15,7 @@
 //! Does not own routing, timeouts or downstream connections (see `listener::http`).
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
@@ -22,6 +24,7 @@ use hyper::client::conn::http1::SendRequest;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 use crate::upstream::cluster::{Cluster, ClusterStats};
 use crate::upstream::host::Host;
@@ -33,7 +36,7 @@ pub const MAX_IDLE_PER_HOST: usize = 1024;
 /// A host's idle upstream connections, and the requests waiting for one.
 #[derive(Debug, Default)]
 pub struct Pool {
-    idle: Mutex<Vec<SendRequest<Incoming>>>,
+    idle: Mutex<Vec<SendRequest<RequestBody>>>,
     /// Requests of this host waiting for a connection (pending).
     waiting: AtomicUsize,
     /// Wakes one waiting request when a connection goes back to the pool or
@@ -42,7 +45,7 @@ pub struct Pool {
 }
 
 impl Pool {
-    fn take(&self) -> Option<SendRequest<Incoming>> {
+    fn take(&self) -> Option<SendRequest<RequestBody>> {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         while let Some(s) = idle.pop() {
             if !s.is_closed() {
@@ -52,7 +55,7 @@ impl Pool {
         None
     }
 
-    fn put(&self, s: SendRequest<Incoming>) {
+    fn put(&self, s: SendRequest<RequestBody>) {
         if s.is_closed() {
             return;
         }
@@ -186,7 +189,7 @@ pub struct Exchange {
     /// The response (headers; the body streams).
     pub response: Response<Incoming>,
     /// Its connection, for [`UpstreamBody`] to give back.
-    pub sender: SendRequest<Incoming>,
+    pub sender: SendRequest<RequestBody>,
     /// The request's share of the stats, for [`UpstreamBody`] to hold.
     pub rq: ActiveRq,
 }
@@ -209,7 +212,7 @@ pub struct Exchange {
 pub async fn send(
     cluster: &Cluster,
     host: &Arc<Host>,
-    mut req: Request<Incoming>,
+    mut req: Request<RequestBody>,
 ) -> Result<Exchange, UpstreamError> {
     let stats = cluster.stats();
     let limits = cluster.config().circuit_breakers;
@@ -303,19 +306,105 @@ pub async fn send(
     }
 }
 
+/// When a request last moved bytes, in either direction, and whether its
+/// body has been read in full: what the downstream stream idle timer needs.
+/// Shared by the request body (which travels into the upstream connection's
+/// task) and the downstream response.
+#[derive(Debug)]
+pub struct Activity {
+    base: Instant,
+    /// Milliseconds since `base`.
+    last_ms: AtomicU64,
+    request_done: AtomicBool,
+}
+
+impl Activity {
+    /// Activity of a request starting now; `request_done` when it has no body.
+    pub fn new(request_done: bool) -> Arc<Activity> {
+        Arc::new(Activity {
+            base: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            request_done: AtomicBool::new(request_done),
+        })
+    }
+
+    /// Notes that bytes moved now.
+    #[inline]
+    pub fn touch(&self) {
+        let ms = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// When bytes last moved (the request's start if they never did).
+    pub fn last(&self) -> Instant {
+        self.base + std::time::Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
+
+    /// Whether the downstream request was received in full.
+    pub fn request_done(&self) -> bool {
+        self.request_done.load(Ordering::Relaxed)
+    }
+}
+
+/// The downstream request body on its way upstream: every chunk counts as
+/// activity of the request, and its end marks the request as received.
+#[derive(Debug)]
+pub struct RequestBody {
+    inner: Incoming,
+    activity: Arc<Activity>,
+}
+
+impl RequestBody {
+    /// Wraps the body of a request whose activity is `activity`.
+    pub fn new(inner: Incoming, activity: Arc<Activity>) -> RequestBody {
+        RequestBody { inner, activity }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        match &r {
+            Poll::Ready(Some(Ok(_))) => {
+                self.activity.touch();
+                if self.inner.is_end_stream() {
+                    self.activity.request_done.store(true, Ordering::Relaxed);
+                }
+            }
+            Poll::Ready(None) => self.activity.request_done.store(true, Ordering::Relaxed),
+            _ => {}
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// An upstream response body: when it ends, its connection goes back to the
 /// host's pool; dropped before its end, the connection is closed (HTTP/1 cannot
 /// abandon a response otherwise).
 #[derive(Debug)]
 pub struct UpstreamBody {
     inner: Incoming,
-    sender: Option<SendRequest<Incoming>>,
+    sender: Option<SendRequest<RequestBody>>,
     rq: ActiveRq,
 }
 
 impl UpstreamBody {
     /// Wraps a response body of `rq` sent over `sender`.
-    pub fn new(inner: Incoming, sender: SendRequest<Incoming>, rq: ActiveRq) -> UpstreamBody {
+    pub fn new(inner: Incoming, sender: SendRequest<RequestBody>, rq: ActiveRq) -> UpstreamBody {
         UpstreamBody {
             inner,
             sender: Some(sender),

@@ -217,6 +217,7 @@ pub fn http_rds(name: &str, routes: &str) -> Listener {
         kind: ListenerKind::Http(HttpManager {
             stat_prefix: name.into(),
             routes: RouteSource::Rds(routes.into()),
+            limits: Default::default(),
         }),
     }
 }

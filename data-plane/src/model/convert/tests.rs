@@ -312,6 +312,7 @@ fn http(routes: RouteSource) -> Listener {
         kind: ListenerKind::Http(HttpManager {
             stat_prefix: "front".into(),
             routes,
+            limits: Default::default(),
         }),
     }
 }
@@ -363,6 +364,58 @@ fn listeners_ok() {
 }
 
 #[test]
+fn http_limits() {
+    let rds = "rds: {route_config_name: front, config_source: {ads: {}}}";
+    let limits = |hcm: &str| -> HttpLimits {
+        let l = listener(&http_listener(&format!(
+            "stat_prefix: front, {hcm}{rds}, http_filters: [{ROUTER}]"
+        )))
+        .unwrap();
+        let ListenerKind::Http(h) = l.kind else {
+            panic!("not http")
+        };
+        h.limits
+    };
+    let d = HttpLimits::default();
+    assert_eq!(
+        d,
+        HttpLimits {
+            request_headers_timeout: None,
+            stream_idle_timeout: Some(secs(300)),
+            idle_timeout: Some(secs(3600)),
+            max_request_headers_kb: 60,
+            max_headers_count: 100,
+        }
+    );
+    let table: Vec<(&str, HttpLimits)> = vec![
+        ("", d),
+        // 0 disables, as in Envoy; an empty options block keeps the defaults.
+        (
+            "request_headers_timeout: 0s, stream_idle_timeout: 0s, common_http_protocol_options: {idle_timeout: 0s}, ",
+            HttpLimits {
+                stream_idle_timeout: None,
+                idle_timeout: None,
+                ..d
+            },
+        ),
+        ("common_http_protocol_options: {}, ", d),
+        (
+            "request_headers_timeout: 2s, stream_idle_timeout: 30s, max_request_headers_kb: 8, common_http_protocol_options: {idle_timeout: 90s, max_headers_count: 20, headers_with_underscores_action: ALLOW}, ",
+            HttpLimits {
+                request_headers_timeout: Some(secs(2)),
+                stream_idle_timeout: Some(secs(30)),
+                idle_timeout: Some(secs(90)),
+                max_request_headers_kb: 8,
+                max_headers_count: 20,
+            },
+        ),
+    ];
+    for (hcm, want) in table {
+        assert_eq!(limits(hcm), want, "{hcm}");
+    }
+}
+
+#[test]
 fn listeners_nack() {
     let rds = "rds: {route_config_name: front, config_source: {ads: {}}}";
     let chain = format!("{{filters: [{{name: envoy.filters.network.tcp_proxy, typed_config: {{{TCP_TYPE}, stat_prefix: k8s, cluster: api}}}}]}}");
@@ -374,7 +427,13 @@ fn listeners_nack() {
         (http_listener(&format!("stat_prefix: front, rds: {{route_config_name: front, config_source: {{path_config_source: {{path: /r.yaml}}}}}}, http_filters: [{ROUTER}]")), "listener front: http_connection_manager.rds.config_source.ads is required: only ADS is supported"),
         (http_listener(&format!("stat_prefix: front, codec_type: HTTP3, {rds}, http_filters: [{ROUTER}]")), "listener front: http_connection_manager.codec_type HTTP3 is not supported"),
         (http_listener(&format!("stat_prefix: front, use_remote_address: true, {rds}, http_filters: [{ROUTER}]")), "listener front: http_connection_manager.use_remote_address is not supported"),
-        (http_listener(&format!("stat_prefix: front, stream_idle_timeout: 0s, {rds}, http_filters: [{ROUTER}]")), "listener front: http_connection_manager.stream_idle_timeout is not supported"),
+        (http_listener(&format!("stat_prefix: front, request_timeout: 10s, {rds}, http_filters: [{ROUTER}]")), "listener front: http_connection_manager.request_timeout is not supported"),
+        (http_listener(&format!("stat_prefix: front, max_request_headers_kb: 8193, {rds}, http_filters: [{ROUTER}]")), "listener front: http_connection_manager.max_request_headers_kb 8193 is out of range 1..=8192"),
+        (http_listener(&format!("stat_prefix: front, stream_idle_timeout: -1s, {rds}, http_filters: [{ROUTER}]")), "listener front: http_connection_manager.stream_idle_timeout must be a non-negative duration"),
+        (http_listener(&format!("stat_prefix: front, common_http_protocol_options: {{max_headers_count: 0}}, {rds}, http_filters: [{ROUTER}]")), "listener front: http_connection_manager.common_http_protocol_options.max_headers_count must be at least 1"),
+        (http_listener(&format!("stat_prefix: front, common_http_protocol_options: {{max_stream_duration: 1s}}, {rds}, http_filters: [{ROUTER}]")), "listener front: http_connection_manager.common_http_protocol_options.max_stream_duration is not supported"),
+        (http_listener(&format!("stat_prefix: front, common_http_protocol_options: {{headers_with_underscores_action: REJECT_REQUEST}}, {rds}, http_filters: [{ROUTER}]")), "listener front: http_connection_manager.common_http_protocol_options.headers_with_underscores_action REJECT_REQUEST is not supported"),
+        (http_listener(&format!("stat_prefix: front, normalize_path: true, {rds}, http_filters: [{ROUTER}]")), "listener front: http_connection_manager.normalize_path is not supported"),
         (http_listener(&format!("stat_prefix: front, route_config: {{virtual_hosts: [{{name: v, domains: ['*'], routes: [{{match: {{safe_regex: {{regex: '.*'}}}}, route: {{cluster: c}}}}]}}]}}, http_filters: [{ROUTER}]")), "listener front: http_connection_manager.route_config.virtual_hosts[0].routes[0].match.safe_regex is not supported"),
         (tcp_listener("stat_prefix: k8s"), "listener k8s: tcp_proxy.cluster is required"),
         (tcp_listener("stat_prefix: k8s, weighted_clusters: {clusters: [{name: a, weight: 1}]}"), "listener k8s: tcp_proxy.weighted_clusters is not supported"),
