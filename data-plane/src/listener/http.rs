@@ -2,8 +2,8 @@
 //! with `envoy.filters.http.router`).
 //!
 //! Owns: serving one downstream connection (HTTP/1.1 with keep-alive, or h2c,
-//! through hyper's auto server), the per-request path (route lookup in the
-//! current route table, host pick, path rewrite, upstream
+//! through hyper's auto server), the per-request path (path normalisation,
+//! route lookup in the current route table, host pick, path rewrite, upstream
 //! exchange under the route timeout), Envoy's local replies (404 no route, 503
 //! no cluster / no healthy upstream / connect failure / overflow, 504 timeout,
 //! 408 and 431 for misbehaving clients) and the `http.<stat_prefix>.` stats.
@@ -55,6 +55,7 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
+use crate::listener::path;
 use crate::listener::route::{RouteSlot, RouteTable};
 use crate::model::{HttpLimits, HttpManager};
 use crate::runtime::stats::{stats_struct, Counter, Gauge, GaugeGuard};
@@ -93,6 +94,7 @@ stats_struct! {
         downstream_rq_5xx: Counter => "downstream_rq_5xx",
         downstream_rq_header_timeout: Counter => "downstream_rq_header_timeout",
         downstream_rq_idle_timeout: Counter => "downstream_rq_idle_timeout",
+        downstream_rq_failed_path_normalization: Counter => "downstream_rq_failed_path_normalization",
         no_route: Counter => "no_route",
         no_cluster: Counter => "no_cluster",
     }
@@ -136,6 +138,8 @@ pub struct HttpCtx {
     server: auto::Builder<TokioExecutor>,
     limits: HttpLimits,
     header_timeout: Duration,
+    normalize_path: bool,
+    merge_slashes: bool,
 }
 
 impl HttpCtx {
@@ -174,6 +178,8 @@ impl HttpCtx {
             header_timeout: limits
                 .request_headers_timeout
                 .unwrap_or(DEFAULT_REQUEST_HEADERS_TIMEOUT),
+            normalize_path: cfg.normalize_path,
+            merge_slashes: cfg.merge_slashes,
         }
     }
 }
@@ -737,6 +743,12 @@ async fn route_and_forward(
         // reaches us); the HTTP/2 codec has no such limit.
         return local_reply(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "", held);
     }
+    if (ctx.normalize_path || ctx.merge_slashes)
+        && normalize_uri(&mut parts.uri, ctx.normalize_path, ctx.merge_slashes).is_err()
+    {
+        ctx.stats.downstream_rq_failed_path_normalization.inc();
+        return local_reply(StatusCode::BAD_REQUEST, "", held);
+    }
     let decision = match &ctx.routes {
         Routes::Inline(t) => decide(t, &parts),
         Routes::Rds(slot) => {
@@ -874,6 +886,20 @@ fn local_reply(status: StatusCode, body: &str, held: Held) -> Response<ProxyBody
             .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     }
     r
+}
+
+/// Applies `normalize_path` / `merge_slashes` to the request's URI: routing
+/// and the upstream request both see the result.
+fn normalize_uri(uri: &mut Uri, rfc: bool, merge: bool) -> Result<(), path::InvalidPath> {
+    let pq = uri.path_and_query().map_or("/", |p| p.as_str());
+    let std::borrow::Cow::Owned(normal) = path::normalize(pq, rfc, merge)? else {
+        return Ok(());
+    };
+    let mut parts = std::mem::take(uri).into_parts();
+    // Normalisation only yields characters a path may hold.
+    parts.path_and_query = Some(normal.try_into().map_err(|_| path::InvalidPath)?);
+    *uri = Uri::from_parts(parts).map_err(|_| path::InvalidPath)?;
+    Ok(())
 }
 
 /// Which request timer expired.

@@ -20,6 +20,7 @@
 //! Does not own clusters (see `upstream`) nor the order of updates (see `runtime`).
 
 pub mod http;
+pub mod path;
 pub mod route;
 pub mod splice;
 pub mod tcp;

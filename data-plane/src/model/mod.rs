@@ -187,6 +187,11 @@ pub struct HttpManager {
     pub routes: RouteSource,
     /// Timeouts and size limits of downstream connections and requests.
     pub limits: HttpLimits,
+    /// Normalise paths (RFC 3986: `.` and `..` segments, percent-encoded
+    /// unreserved characters) before routing and forwarding (default false).
+    pub normalize_path: bool,
+    /// Collapse runs of `/` in paths before routing and forwarding (default false).
+    pub merge_slashes: bool,
 }
 
 /// The HTTP connection manager's timeouts and limits, with Envoy's defaults.

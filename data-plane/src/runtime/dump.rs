@@ -204,6 +204,8 @@ fn listener(l: &crate::model::Listener) -> Value {
                     "idle_timeout": off(lim.idle_timeout),
                     "max_headers_count": lim.max_headers_count,
                 },
+                "normalize_path": h.normalize_path,
+                "merge_slashes": h.merge_slashes,
             });
             if let Some(t) = lim.request_headers_timeout {
                 c["request_headers_timeout"] = duration(t).into();

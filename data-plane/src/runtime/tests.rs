@@ -82,6 +82,8 @@ fn http_listener(name: &str, routes: RouteSource) -> Listener {
             stat_prefix: name.into(),
             routes,
             limits: Default::default(),
+            normalize_path: false,
+            merge_slashes: false,
         }),
     }
 }

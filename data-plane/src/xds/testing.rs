@@ -218,6 +218,8 @@ pub fn http_rds(name: &str, routes: &str) -> Listener {
             stat_prefix: name.into(),
             routes: RouteSource::Rds(routes.into()),
             limits: Default::default(),
+            normalize_path: false,
+            merge_slashes: false,
         }),
     }
 }

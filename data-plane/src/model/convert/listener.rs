@@ -370,8 +370,6 @@ fn http_manager(h: &HttpConnectionManager) -> Check<HttpManager> {
         proxy_100_continue,
         represent_ipv4_remote_address_as_ipv4_mapped_ipv6,
         upgrade_configs,
-        normalize_path,
-        merge_slashes,
         path_with_escaped_slashes_action,
         request_id_extension,
         local_reply_config,
@@ -458,6 +456,10 @@ fn http_manager(h: &HttpConnectionManager) -> Check<HttpManager> {
         stat_prefix: stat_prefix.clone(),
         routes,
         limits,
+        // Envoy's default (false) unless the runtime key says otherwise;
+        // pylon-proxy has no runtime.
+        normalize_path: normalize_path.as_ref().is_some_and(|b| b.value),
+        merge_slashes: *merge_slashes,
     })
 }
 

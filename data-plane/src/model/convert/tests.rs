@@ -313,6 +313,8 @@ fn http(routes: RouteSource) -> Listener {
             stat_prefix: "front".into(),
             routes,
             limits: Default::default(),
+            normalize_path: false,
+            merge_slashes: false,
         }),
     }
 }
@@ -364,9 +366,9 @@ fn listeners_ok() {
 }
 
 #[test]
-fn http_limits() {
+fn http_limits_and_path_options() {
     let rds = "rds: {route_config_name: front, config_source: {ads: {}}}";
-    let limits = |hcm: &str| -> HttpLimits {
+    let limits = |hcm: &str| -> (HttpLimits, bool, bool) {
         let l = listener(&http_listener(&format!(
             "stat_prefix: front, {hcm}{rds}, http_filters: [{ROUTER}]"
         )))
@@ -374,7 +376,7 @@ fn http_limits() {
         let ListenerKind::Http(h) = l.kind else {
             panic!("not http")
         };
-        h.limits
+        (h.limits, h.normalize_path, h.merge_slashes)
     };
     let d = HttpLimits::default();
     assert_eq!(
@@ -387,28 +389,37 @@ fn http_limits() {
             max_headers_count: 100,
         }
     );
-    let table: Vec<(&str, HttpLimits)> = vec![
-        ("", d),
+    let table: Vec<(&str, (HttpLimits, bool, bool))> = vec![
+        ("", (d, false, false)),
         // 0 disables, as in Envoy; an empty options block keeps the defaults.
         (
             "request_headers_timeout: 0s, stream_idle_timeout: 0s, common_http_protocol_options: {idle_timeout: 0s}, ",
-            HttpLimits {
-                stream_idle_timeout: None,
-                idle_timeout: None,
-                ..d
-            },
+            (
+                HttpLimits {
+                    stream_idle_timeout: None,
+                    idle_timeout: None,
+                    ..d
+                },
+                false,
+                false,
+            ),
         ),
-        ("common_http_protocol_options: {}, ", d),
+        ("common_http_protocol_options: {}, ", (d, false, false)),
         (
-            "request_headers_timeout: 2s, stream_idle_timeout: 30s, max_request_headers_kb: 8, common_http_protocol_options: {idle_timeout: 90s, max_headers_count: 20, headers_with_underscores_action: ALLOW}, ",
-            HttpLimits {
-                request_headers_timeout: Some(secs(2)),
-                stream_idle_timeout: Some(secs(30)),
-                idle_timeout: Some(secs(90)),
-                max_request_headers_kb: 8,
-                max_headers_count: 20,
-            },
+            "request_headers_timeout: 2s, stream_idle_timeout: 30s, max_request_headers_kb: 8, common_http_protocol_options: {idle_timeout: 90s, max_headers_count: 20, headers_with_underscores_action: ALLOW}, normalize_path: true, merge_slashes: true, ",
+            (
+                HttpLimits {
+                    request_headers_timeout: Some(secs(2)),
+                    stream_idle_timeout: Some(secs(30)),
+                    idle_timeout: Some(secs(90)),
+                    max_request_headers_kb: 8,
+                    max_headers_count: 20,
+                },
+                true,
+                true,
+            ),
         ),
+        ("normalize_path: false, ", (d, false, false)),
     ];
     for (hcm, want) in table {
         assert_eq!(limits(hcm), want, "{hcm}");
@@ -433,7 +444,7 @@ fn listeners_nack() {
         (http_listener(&format!("stat_prefix: front, common_http_protocol_options: {{max_headers_count: 0}}, {rds}, http_filters: [{ROUTER}]")), "listener front: http_connection_manager.common_http_protocol_options.max_headers_count must be at least 1"),
         (http_listener(&format!("stat_prefix: front, common_http_protocol_options: {{max_stream_duration: 1s}}, {rds}, http_filters: [{ROUTER}]")), "listener front: http_connection_manager.common_http_protocol_options.max_stream_duration is not supported"),
         (http_listener(&format!("stat_prefix: front, common_http_protocol_options: {{headers_with_underscores_action: REJECT_REQUEST}}, {rds}, http_filters: [{ROUTER}]")), "listener front: http_connection_manager.common_http_protocol_options.headers_with_underscores_action REJECT_REQUEST is not supported"),
-        (http_listener(&format!("stat_prefix: front, normalize_path: true, {rds}, http_filters: [{ROUTER}]")), "listener front: http_connection_manager.normalize_path is not supported"),
+        (http_listener(&format!("stat_prefix: front, path_normalization_options: {{forwarding_transformation: {{}}}}, {rds}, http_filters: [{ROUTER}]")), "listener front: http_connection_manager.path_normalization_options is not supported"),
         (http_listener(&format!("stat_prefix: front, route_config: {{virtual_hosts: [{{name: v, domains: ['*'], routes: [{{match: {{safe_regex: {{regex: '.*'}}}}, route: {{cluster: c}}}}]}}]}}, http_filters: [{ROUTER}]")), "listener front: http_connection_manager.route_config.virtual_hosts[0].routes[0].match.safe_regex is not supported"),
         (tcp_listener("stat_prefix: k8s"), "listener k8s: tcp_proxy.cluster is required"),
         (tcp_listener("stat_prefix: k8s, weighted_clusters: {clusters: [{name: a, weight: 1}]}"), "listener k8s: tcp_proxy.weighted_clusters is not supported"),
