@@ -602,7 +602,7 @@ const HOP_BY_HOP: [HeaderName; 5] = [
 ];
 
 /// Request headers not forwarded upstream: the hop-by-hop ones, `expect`, and
-/// `te` (last; only when it is not `te: trailers`).
+/// `te` (last; kept as `te: trailers` when it holds `trailers`).
 const REQUEST_STRIPPED: [HeaderName; 7] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
@@ -634,23 +634,109 @@ fn remove_present(h: &mut HeaderMap, names: &[HeaderName], bits: u8) {
     }
 }
 
+/// Bit of `connection` in [`HOP_BY_HOP`] and [`REQUEST_STRIPPED`] (first in both).
+const CONNECTION_BIT: u8 = 1;
+
+/// Connection tokens that name no header (`close`, `keep-alive` and
+/// `upgrade` are connection options; `http2-settings` belongs to h2c upgrades).
+fn is_connection_option(token: &str) -> bool {
+    ["close", "keep-alive", "upgrade", "http2-settings"]
+        .iter()
+        .any(|o| token.eq_ignore_ascii_case(o))
+}
+
+/// Why a request's `Connection` header is refused (Envoy answers these 400).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BadConnection {
+    /// Ten or more tokens.
+    TooManyTokens,
+    /// It names `x-forwarded-for`, `-host`, `-proto` or a pseudo-header:
+    /// dropping those would hide where the request came from.
+    Protected,
+}
+
+/// Most tokens a request's `Connection` header may carry (Envoy's limit).
+const MAX_CONNECTION_TOKENS: usize = 10;
+
+/// Removes the headers `Connection` names (RFC 9110 7.6.1), besides the
+/// fixed hop-by-hop ones. For a request (`request`), Envoy's rules apply:
+/// too many tokens or a protected name refuse the request, `host` and `te`
+/// are left to the caller (`te` is kept only as `te: trailers`).
+fn strip_nominated(h: &mut HeaderMap, request: bool) -> Result<(), BadConnection> {
+    let mut names: Vec<HeaderName> = Vec::new();
+    let mut tokens = 0;
+    for value in h.get_all(header::CONNECTION) {
+        let Ok(value) = value.to_str() else { continue };
+        for token in value.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            tokens += 1;
+            if is_connection_option(token) {
+                continue;
+            }
+            if request {
+                let protected = token.starts_with(':')
+                    || ["x-forwarded-for", "x-forwarded-host", "x-forwarded-proto"]
+                        .iter()
+                        .any(|p| token.eq_ignore_ascii_case(p));
+                if protected {
+                    return Err(BadConnection::Protected);
+                }
+            }
+            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                names.push(name);
+            }
+        }
+    }
+    if request && tokens >= MAX_CONNECTION_TOKENS {
+        return Err(BadConnection::TooManyTokens);
+    }
+    for name in names {
+        // The request's Host stays (Envoy keeps it as :authority, out of the
+        // nominated headers' reach); `te` is sanitised with the fixed list.
+        if request && (name == header::HOST || name == header::TE) {
+            continue;
+        }
+        h.remove(name);
+    }
+    Ok(())
+}
+
+/// Removes the response headers of [`HOP_BY_HOP`] and those `Connection` names.
 fn strip_hop_by_hop(h: &mut HeaderMap) {
     let bits = present(h, &HOP_BY_HOP);
+    if bits & CONNECTION_BIT != 0 {
+        // A response's Connection header is the upstream's word: its
+        // nominated headers go, whatever they are.
+        let _ = strip_nominated(h, false);
+    }
     if bits != 0 {
         remove_present(h, &HOP_BY_HOP, bits);
     }
 }
 
-/// Removes the request headers of [`REQUEST_STRIPPED`].
-fn strip_request(h: &mut HeaderMap) {
+/// Removes the request headers of [`REQUEST_STRIPPED`] and those
+/// `Connection` names; keeps `te` only as `te: trailers`, as Envoy does.
+fn strip_request(h: &mut HeaderMap) -> Result<(), BadConnection> {
     const TE_BIT: u8 = 1 << 6; // `te`, last of REQUEST_STRIPPED
     let mut bits = present(h, &REQUEST_STRIPPED);
-    if bits & TE_BIT != 0 && h.get(header::TE).is_some_and(|v| v == "trailers") {
-        bits &= !TE_BIT;
+    if bits & CONNECTION_BIT != 0 {
+        strip_nominated(h, true)?;
+    }
+    if bits & TE_BIT != 0 {
+        let trailers = h.get_all(header::TE).iter().any(|v| {
+            v.to_str().is_ok_and(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+            })
+        });
+        if trailers {
+            h.insert(header::TE, HeaderValue::from_static("trailers"));
+            bits &= !TE_BIT;
+        }
     }
     if bits != 0 {
         remove_present(h, &REQUEST_STRIPPED, bits);
     }
+    Ok(())
 }
 
 const ORIGINAL_PATH: HeaderName = HeaderName::from_static("x-envoy-original-path");
@@ -743,6 +829,11 @@ async fn route_and_forward(
         // reaches us); the HTTP/2 codec has no such limit.
         return local_reply(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "", held);
     }
+    if let Err(e) = strip_request(&mut parts.headers) {
+        tracing::debug!(error = ?e, "request refused: invalid Connection header");
+        ctx.stats.downstream_cx_protocol_error.inc();
+        return local_reply(StatusCode::BAD_REQUEST, "", held);
+    }
     if (ctx.normalize_path || ctx.merge_slashes)
         && normalize_uri(&mut parts.uri, ctx.normalize_path, ctx.merge_slashes).is_err()
     {
@@ -791,7 +882,6 @@ async fn route_and_forward(
         }
     }
     parts.version = Version::HTTP_11;
-    strip_request(&mut parts.headers);
     let activity = Activity::new(body.is_end_stream());
     let req = Request::from_parts(parts, RequestBody::new(body, activity.clone()));
 
@@ -1089,23 +1179,119 @@ mod tests {
         assert_eq!(poll_once(&mut s), Poll::Ready(Signal::Close));
     }
 
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    fn names(h: &HeaderMap) -> Vec<String> {
+        let mut n: Vec<String> = h
+            .iter()
+            .map(|(k, v)| format!("{k}: {}", v.to_str().unwrap()))
+            .collect();
+        n.sort_unstable();
+        n
+    }
+
     #[test]
     fn request_headers_stripped() {
-        let mut h = HeaderMap::new();
-        h.insert(header::HOST, HeaderValue::from_static("a"));
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
-        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert(header::EXPECT, HeaderValue::from_static("100-continue"));
-        h.insert(header::TE, HeaderValue::from_static("trailers"));
-        strip_request(&mut h);
-        let mut names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
-        names.sort_unstable();
-        assert_eq!(names, ["host", "te"]);
-        h.insert(header::TE, HeaderValue::from_static("gzip"));
-        strip_request(&mut h);
-        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["host"]);
-        h.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
-        strip_hop_by_hop(&mut h);
-        assert_eq!(h.len(), 1);
+        type Case = (
+            &'static [(&'static str, &'static str)],
+            Result<&'static [&'static str], BadConnection>,
+        );
+        let table: &[Case] = &[
+            (
+                &[
+                    ("host", "a"),
+                    ("connection", "keep-alive"),
+                    ("keep-alive", "timeout=5"),
+                    ("expect", "100-continue"),
+                    ("te", "trailers"),
+                ],
+                Ok(&["host: a", "te: trailers"]),
+            ),
+            (&[("host", "a"), ("te", "gzip")], Ok(&["host: a"])),
+            (&[("te", "gzip, Trailers")], Ok(&["te: trailers"])),
+            // Nominated headers go; options and unknown names are ignored.
+            (
+                &[
+                    ("connection", "x-hop, close"),
+                    ("connection", "X-Other,,"),
+                    ("x-hop", "1"),
+                    ("x-other", "2"),
+                    ("x-keep", "3"),
+                    ("proxy-connection", "x"),
+                ],
+                Ok(&["x-keep: 3"]),
+            ),
+            // Host and te are never removed through Connection (te is sanitised).
+            (
+                &[
+                    ("host", "a"),
+                    ("connection", "host, te, upgrade, http2-settings"),
+                    ("te", "trailers"),
+                    ("upgrade", "h2c"),
+                ],
+                Ok(&["host: a", "te: trailers"]),
+            ),
+            (
+                &[
+                    ("connection", "x-forwarded-for"),
+                    ("x-forwarded-for", "1.2.3.4"),
+                ],
+                Err(BadConnection::Protected),
+            ),
+            (
+                &[("connection", "X-Forwarded-Proto")],
+                Err(BadConnection::Protected),
+            ),
+            (&[("connection", ":path")], Err(BadConnection::Protected)),
+            (
+                &[("connection", "a,b,c,d,e,f,g,h,i,j")],
+                Err(BadConnection::TooManyTokens),
+            ),
+            (
+                &[("connection", "a,b,c,d,e,f,g,h,i"), ("a", "1"), ("j", "2")],
+                Ok(&["j: 2"]),
+            ),
+        ];
+        for (input, want) in table {
+            let mut h = headers(input);
+            let got = strip_request(&mut h).map(|()| names(&h));
+            let want = want.map(|w| w.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+            assert_eq!(got, want, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn response_headers_stripped() {
+        type Case = (
+            &'static [(&'static str, &'static str)],
+            &'static [&'static str],
+        );
+        let table: &[Case] = &[
+            (
+                &[
+                    ("content-type", "text/plain"),
+                    ("connection", "keep-alive, x-resp-hop"),
+                    ("x-resp-hop", "1"),
+                    ("x-resp-keep", "2"),
+                    ("keep-alive", "timeout=5"),
+                    ("transfer-encoding", "chunked"),
+                    ("upgrade", "h2c"),
+                ],
+                &["content-type: text/plain", "x-resp-keep: 2"],
+            ),
+            // No Connection header: only the fixed list.
+            (&[("x-a", "1"), ("proxy-connection", "close")], &["x-a: 1"]),
+        ];
+        for (input, want) in table {
+            let mut h = headers(input);
+            strip_hop_by_hop(&mut h);
+            assert_eq!(names(&h), *want, "{input:?}");
+        }
     }
 }
