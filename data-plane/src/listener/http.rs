@@ -832,7 +832,11 @@ async fn route_and_forward(
     if let Err(e) = strip_request(&mut parts.headers) {
         tracing::debug!(error = ?e, "request refused: invalid Connection header");
         ctx.stats.downstream_cx_protocol_error.inc();
-        return local_reply(StatusCode::BAD_REQUEST, "", held);
+        // A protocol error ends the connection, as in Envoy's codec.
+        let mut r = local_reply(StatusCode::BAD_REQUEST, "", held);
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return r;
     }
     if (ctx.normalize_path || ctx.merge_slashes)
         && normalize_uri(&mut parts.uri, ctx.normalize_path, ctx.merge_slashes).is_err()
