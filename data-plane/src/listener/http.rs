@@ -16,7 +16,10 @@
 //!   connection closes. It is kept here, in [`ConnState`], rather than by
 //!   hyper, whose own header timer also runs while a kept-alive connection
 //!   waits for its next request, which would make every idle HTTP/1
-//!   connection close at the header timeout instead of at `idle_timeout`;
+//!   connection close at the header timeout instead of at `idle_timeout`.
+//!   HTTP/2 connections (h2c with prior knowledge) have no header timer:
+//!   their idle time is bounded by `idle_timeout` and each stream's headers
+//!   by the header list size;
 //! - the connection idle timeout (`common_http_protocol_options.idle_timeout`):
 //!   a connection without an active request is closed (HTTP/2: GOAWAY);
 //! - the stream idle timeout (`stream_idle_timeout`): a request with no bytes
@@ -24,6 +27,10 @@
 //!   reset once its response has started;
 //! - header size (`max_request_headers_kb`, hyper's read buffer for HTTP/1,
 //!   the HTTP/2 header list size) and count (`max_headers_count`): 431.
+//!
+//! Hop-by-hop headers are not forwarded either way, the ones a `Connection`
+//! header names included (with Envoy's rules for requests: see
+//! [`strip_request`]).
 //!
 //! The route table is read on every request (from the RDS slot, or the inline
 //! table), so an RDS update applies to the next request of an existing
