@@ -30,7 +30,7 @@
 //!
 //! Hop-by-hop headers are not forwarded either way, the ones a `Connection`
 //! header names included (with Envoy's rules for requests: see
-//! [`strip_request`]).
+//! `strip_request`).
 //!
 //! The route table is read on every request (from the RDS slot, or the inline
 //! table), so an RDS update applies to the next request of an existing
@@ -195,7 +195,7 @@ impl HttpCtx {
 const UNSET: u64 = u64::MAX;
 
 /// The state of one downstream connection that its serve loop, its socket
-/// wrapper ([`Downstream`]) and its requests share: enough to tell an idle
+/// wrapper (`Downstream`) and its requests share: enough to tell an idle
 /// connection from one whose client is sending (or trickling) headers.
 #[derive(Debug)]
 pub struct ConnState {
