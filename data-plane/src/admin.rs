@@ -241,10 +241,27 @@ impl Admin {
         for c in self.runtime.clusters_view() {
             let n = &c.name;
             let _ = writeln!(out, "{n}::observability_name::{n}");
-            let _ = writeln!(out, "{n}::default_priority::max_connections::1024");
-            let _ = writeln!(out, "{n}::default_priority::max_pending_requests::1024");
-            let _ = writeln!(out, "{n}::default_priority::max_requests::1024");
-            let _ = writeln!(out, "{n}::default_priority::max_retries::3");
+            let cb = &c.circuit_breakers;
+            let _ = writeln!(
+                out,
+                "{n}::default_priority::max_connections::{}",
+                cb.max_connections
+            );
+            let _ = writeln!(
+                out,
+                "{n}::default_priority::max_pending_requests::{}",
+                cb.max_pending_requests
+            );
+            let _ = writeln!(
+                out,
+                "{n}::default_priority::max_requests::{}",
+                cb.max_requests
+            );
+            let _ = writeln!(
+                out,
+                "{n}::default_priority::max_retries::{}",
+                cb.max_retries
+            );
             let _ = writeln!(out, "{n}::added_via_api::{}", c.added_via_api);
             for h in &c.hosts {
                 let a = h.addr;
@@ -314,6 +331,7 @@ const HELP: &str = "admin commands are:
 fn is_gauge(stat: &str) -> bool {
     [
         "_active",
+        "_open",
         "membership_healthy",
         "membership_total",
         "health_check.healthy",

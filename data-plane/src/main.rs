@@ -18,6 +18,13 @@ use data_plane::xds::{self, ConfigSink, XdsClient, XdsOptions};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
+/// mimalloc rather than the system allocator: it returns the pages of freed
+/// memory to the system shortly after, where glibc keeps them in its arenas,
+/// so the memory a burst of connections (a slowloris wave, say) held goes
+/// back once they are closed instead of staying at the peak.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Envoy's default admin address.
 const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
 

@@ -2,6 +2,9 @@
 //! loopback address and stoppable:
 //!
 //! - [`HttpServer`]: HTTP/1.1 replica answering its own id, counting requests.
+//! - [`HeaderEcho`]: HTTP/1.1 server answering with the request line and
+//!   headers it received, and response headers naming one in `Connection`.
+//! - [`Silent`]: accepts connections and never answers (a hung upstream).
 //! - [`TcpEcho`]: echoes bytes back, counting connections.
 //! - [`ApiServer`]: TLS server answering like a kube-apiserver (`/healthz`,
 //!   `/readyz`, `/livez`, `/version`), counting requests; can be stopped and
@@ -151,6 +154,107 @@ impl HttpServer {
     }
 
     /// Closes the listener and every connection.
+    pub async fn stop(&self) {
+        self.serving.stop().await;
+    }
+}
+
+// ---------------------------------------------------------------------------
+
+/// An HTTP/1.1 server that answers every request `200` with what it
+/// received: the method and path on the first line, then one `name: value`
+/// line per header, names lower-case, in the order received. Each response
+/// also carries `connection: x-resp-hop`, `x-resp-hop: 1` and
+/// `x-resp-keep: 1`, for checking what a proxy drops on the way back.
+#[derive(Debug)]
+pub struct HeaderEcho {
+    addr: SocketAddr,
+    serving: Serving,
+}
+
+impl HeaderEcho {
+    /// Binds `ip:0` and serves.
+    pub async fn start(ip: IpAddr) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(SocketAddr::new(ip, 0)).await?;
+        let addr = listener.local_addr()?;
+        let serving = Serving::spawn(listener, move |stream| async move {
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let mut body = format!("{} {}\n", req.method(), req.uri());
+                for (name, value) in req.headers() {
+                    body.push_str(&format!(
+                        "{name}: {}\n",
+                        String::from_utf8_lossy(value.as_bytes())
+                    ));
+                }
+                let mut resp = text(StatusCode::OK, body);
+                let headers = resp.headers_mut();
+                headers.insert(
+                    "connection",
+                    hyper::header::HeaderValue::from_static("x-resp-hop"),
+                );
+                headers.insert("x-resp-hop", hyper::header::HeaderValue::from_static("1"));
+                headers.insert("x-resp-keep", hyper::header::HeaderValue::from_static("1"));
+                async move { Ok::<_, Infallible>(resp) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+        Ok(HeaderEcho { addr, serving })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub async fn stop(&self) {
+        self.serving.stop().await;
+    }
+}
+
+// ---------------------------------------------------------------------------
+
+/// Accepts connections, reads what arrives and never answers: an upstream
+/// that hangs. Counts the connections it accepted.
+#[derive(Debug)]
+pub struct Silent {
+    addr: SocketAddr,
+    connections: Arc<AtomicU64>,
+    serving: Serving,
+}
+
+impl Silent {
+    /// Binds `ip:0` and accepts.
+    pub async fn start(ip: IpAddr) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(SocketAddr::new(ip, 0)).await?;
+        let addr = listener.local_addr()?;
+        let connections = Arc::new(AtomicU64::new(0));
+        let counter = connections.clone();
+        let serving = Serving::spawn(listener, move |mut stream| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            async move {
+                // Drain the request (so the proxy never blocks writing it)
+                // and hold the connection until the peer or `stop` ends it.
+                let mut sink = tokio::io::sink();
+                let _ = tokio::io::copy(&mut stream, &mut sink).await;
+            }
+        });
+        Ok(Silent {
+            addr,
+            connections,
+            serving,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Ordering::SeqCst)
+    }
+
     pub async fn stop(&self) {
         self.serving.stop().await;
     }

@@ -6,9 +6,12 @@
 //!
 //! Schema rendered: `clusters[].{name, connect_timeout, lb_policy,
 //! health_check{tcp: {} | http: {path}, interval, timeout,
-//! unhealthy_threshold, healthy_threshold}, endpoints: ["ip:port"]}` and
-//! `listeners[].{name, address, tcp_proxy: {cluster} | http: {routes:
-//! [{prefix, cluster, prefix_rewrite?}]}}`.
+//! unhealthy_threshold, healthy_threshold}, endpoints: ["ip:port"],
+//! circuit_breakers?}` and `listeners[].{name, address, tcp_proxy: {cluster}
+//! | http: {routes: [{prefix, cluster, prefix_rewrite?, timeout?}]}}`, plus
+//! Envoy-native HTTP listeners ([`NativeHttpListener`]) under
+//! `static_resources.listeners`, for connection manager settings the concise
+//! form does not have.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -19,6 +22,7 @@ use std::time::Duration;
 pub struct PylonConfig {
     pub clusters: Vec<Cluster>,
     pub listeners: Vec<Listener>,
+    pub native_listeners: Vec<NativeHttpListener>,
 }
 
 #[derive(Debug, Clone)]
@@ -28,6 +32,48 @@ pub struct Cluster {
     pub lb_policy: Option<String>,
     pub health_check: Option<HealthCheck>,
     pub endpoints: Vec<SocketAddr>,
+    pub circuit_breakers: Option<CircuitBreakers>,
+}
+
+/// `circuit_breakers` of a concise cluster; `None` leaves a threshold out.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CircuitBreakers {
+    pub max_connections: Option<u32>,
+    pub max_pending_requests: Option<u32>,
+    pub max_requests: Option<u32>,
+    pub max_retries: Option<u32>,
+}
+
+/// An Envoy-native HTTP listener: an HttpConnectionManager with the router,
+/// `settings` (YAML `key: value` lines of the connection manager, such as
+/// `request_headers_timeout: 1s`) and an inline route configuration.
+#[derive(Debug, Clone)]
+pub struct NativeHttpListener {
+    pub name: String,
+    pub address: SocketAddr,
+    pub settings: Vec<String>,
+    /// `(prefix, cluster)`, in order.
+    pub routes: Vec<(String, String)>,
+}
+
+impl NativeHttpListener {
+    pub fn new(name: &str, address: SocketAddr, routes: &[(&str, &str)]) -> Self {
+        NativeHttpListener {
+            name: name.to_string(),
+            address,
+            settings: Vec::new(),
+            routes: routes
+                .iter()
+                .map(|(p, c)| (p.to_string(), c.to_string()))
+                .collect(),
+        }
+    }
+
+    /// Adds a connection manager setting, one YAML `key: value` line.
+    pub fn setting(mut self, line: &str) -> Self {
+        self.settings.push(line.to_string());
+        self
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -63,6 +109,7 @@ pub struct Route {
     pub prefix: String,
     pub cluster: String,
     pub prefix_rewrite: Option<String>,
+    pub timeout: Option<Duration>,
 }
 
 /// Renders a duration in the concise form (`"250ms"`).
@@ -79,7 +126,14 @@ impl Cluster {
             lb_policy: Some("round_robin".to_string()),
             health_check: None,
             endpoints: endpoints.to_vec(),
+            circuit_breakers: None,
         }
+    }
+
+    /// Sets `circuit_breakers`.
+    pub fn circuit_breakers(mut self, cb: CircuitBreakers) -> Self {
+        self.circuit_breakers = Some(cb);
+        self
     }
 
     /// Sets `lb_policy` (`round_robin`, `least_request`, `random`).
@@ -133,11 +187,18 @@ impl Route {
             prefix: prefix.to_string(),
             cluster: cluster.to_string(),
             prefix_rewrite: None,
+            timeout: None,
         }
     }
 
     pub fn rewrite(mut self, to: &str) -> Self {
         self.prefix_rewrite = Some(to.to_string());
+        self
+    }
+
+    /// Sets the route timeout (`0s` disables it).
+    pub fn timeout(mut self, t: Duration) -> Self {
+        self.timeout = Some(t);
         self
     }
 }
@@ -159,6 +220,11 @@ impl PylonConfig {
 
     pub fn listener(mut self, l: Listener) -> Self {
         self.listeners.push(l);
+        self
+    }
+
+    pub fn native_listener(mut self, l: NativeHttpListener) -> Self {
+        self.native_listeners.push(l);
         self
     }
 
@@ -202,6 +268,19 @@ impl PylonConfig {
                 let _ = writeln!(y, "      unhealthy_threshold: {}", hc.unhealthy_threshold);
                 let _ = writeln!(y, "      healthy_threshold: {}", hc.healthy_threshold);
             }
+            if let Some(cb) = &c.circuit_breakers {
+                y.push_str("    circuit_breakers:\n");
+                for (key, value) in [
+                    ("max_connections", cb.max_connections),
+                    ("max_pending_requests", cb.max_pending_requests),
+                    ("max_requests", cb.max_requests),
+                    ("max_retries", cb.max_retries),
+                ] {
+                    if let Some(v) = value {
+                        let _ = writeln!(y, "      {key}: {v}");
+                    }
+                }
+            }
             if c.endpoints.is_empty() {
                 y.push_str("    endpoints: []\n");
             } else {
@@ -231,11 +310,57 @@ impl PylonConfig {
                         if let Some(rw) = &r.prefix_rewrite {
                             let _ = writeln!(y, "          prefix_rewrite: {}", q(rw));
                         }
+                        if let Some(t) = r.timeout {
+                            let _ = writeln!(y, "          timeout: {}", q(&duration(t)));
+                        }
                     }
                 }
             }
         }
+        if !self.native_listeners.is_empty() {
+            y.push_str("static_resources:\n  listeners:\n");
+        }
+        for l in &self.native_listeners {
+            l.render(&mut y);
+        }
         y
+    }
+}
+
+impl NativeHttpListener {
+    fn render(&self, y: &mut String) {
+        let _ = writeln!(y, "  - name: {}", q(&self.name));
+        let _ = writeln!(
+            y,
+            "    address: {{socket_address: {{address: {}, port_value: {}}}}}",
+            q(&self.address.ip().to_string()),
+            self.address.port()
+        );
+        y.push_str("    filter_chains:\n    - filters:\n      - name: envoy.filters.network.http_connection_manager\n        typed_config:\n");
+        y.push_str("          \"@type\": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager\n");
+        let _ = writeln!(y, "          stat_prefix: {}", q(&self.name));
+        for line in &self.settings {
+            let _ = writeln!(y, "          {line}");
+        }
+        y.push_str("          http_filters:\n          - name: envoy.filters.http.router\n            typed_config: {\"@type\": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}\n");
+        let _ = writeln!(
+            y,
+            "          route_config:\n            name: {}",
+            q(&self.name)
+        );
+        let _ = writeln!(
+            y,
+            "            virtual_hosts:\n            - name: {}\n              domains: [\"*\"]\n              routes:",
+            q(&self.name)
+        );
+        for (prefix, cluster) in &self.routes {
+            let _ = writeln!(
+                y,
+                "              - match: {{prefix: {}}}\n                route: {{cluster: {}}}",
+                q(prefix),
+                q(cluster)
+            );
+        }
     }
 }
 
@@ -290,5 +415,40 @@ listeners:
           prefix_rewrite: "/"
 "#;
         assert_eq!(y, expected);
+    }
+
+    #[test]
+    fn renders_circuit_breakers_and_native_listeners() {
+        let a: SocketAddr = "127.0.0.2:8080".parse().unwrap();
+        let y = PylonConfig::new()
+            .cluster(Cluster::new("web", &[a]).circuit_breakers(CircuitBreakers {
+                max_connections: Some(2),
+                max_pending_requests: Some(1),
+                ..Default::default()
+            }))
+            .listener(Listener::http(
+                "front",
+                "127.0.0.1:7001".parse().unwrap(),
+                vec![Route::prefix("/", "web").timeout(Duration::from_secs(30))],
+            ))
+            .native_listener(
+                NativeHttpListener::new("edge", "127.0.0.1:7002".parse().unwrap(), &[("/", "web")])
+                    .setting("request_headers_timeout: 1s"),
+            )
+            .to_yaml();
+        let control = control_plane::config::load_str("t.yaml", &y);
+        assert!(control.is_ok(), "{y}\n{:?}", control.err());
+        assert!(
+            y.contains(
+                "    circuit_breakers:\n      max_connections: 2\n      max_pending_requests: 1\n"
+            ),
+            "{y}"
+        );
+        assert!(y.contains("          timeout: \"30000ms\"\n"), "{y}");
+        assert!(
+            y.contains("static_resources:\n  listeners:\n  - name: \"edge\"\n"),
+            "{y}"
+        );
+        assert!(y.contains("          request_headers_timeout: 1s\n"), "{y}");
     }
 }

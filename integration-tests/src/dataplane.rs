@@ -134,6 +134,14 @@ impl DataPlane {
         }
     }
 
+    /// The process id (`None` once it has exited).
+    pub fn pid(&self) -> Option<u32> {
+        match &self.process {
+            Process::Envoy(e) => e.pid(),
+            Process::Pylon(p) => p.pid(),
+        }
+    }
+
     /// The process log so far.
     pub fn log(&self) -> String {
         match &self.process {

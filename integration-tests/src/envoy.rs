@@ -120,6 +120,11 @@ impl Envoy {
         Ok(envoy)
     }
 
+    /// The process id, for reading `/proc/PID` (descriptors, memory).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// The admin API address.
     pub fn admin(&self) -> SocketAddr {
         self.admin

@@ -12,6 +12,7 @@ use http_body_util::{BodyExt as _, Empty};
 use hyper::body::Bytes;
 use hyper::{HeaderMap, Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
 /// Upper bound on one request, connect included.
@@ -91,4 +92,60 @@ async fn request_inner(
         headers,
         body: String::from_utf8_lossy(&body).into_owned(),
     })
+}
+
+/// What came back on a raw connection: the status code of the first
+/// response (`None` if the connection closed without one) and everything
+/// read until the peer closed.
+#[derive(Debug, Clone)]
+pub struct RawResponse {
+    pub status: Option<u16>,
+    pub text: String,
+}
+
+impl RawResponse {
+    /// The value of a header of the first response (case-insensitive name).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let head = self.text.split("\r\n\r\n").next()?;
+        head.lines().skip(1).find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim().eq_ignore_ascii_case(name).then_some(v.trim())
+        })
+    }
+
+    /// The body of the first response (what follows its head).
+    pub fn body(&self) -> &str {
+        self.text.split_once("\r\n\r\n").map_or("", |(_, b)| b)
+    }
+}
+
+/// Writes `request` as is on a fresh connection and reads until the peer
+/// closes (send `connection: close`), within [`REQUEST_TIMEOUT`]: for
+/// requests a regular client would not send.
+pub async fn raw(addr: SocketAddr, request: &[u8]) -> anyhow::Result<RawResponse> {
+    let mut s = TcpStream::connect(addr).await?;
+    s.write_all(request).await?;
+    read_raw(&mut s).await
+}
+
+/// Reads from `s` until the peer closes (or resets), within [`REQUEST_TIMEOUT`].
+pub async fn read_raw(s: &mut TcpStream) -> anyhow::Result<RawResponse> {
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(REQUEST_TIMEOUT, async {
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await;
+    read.context("the peer did not close the connection")?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse().ok());
+    Ok(RawResponse { status, text })
 }

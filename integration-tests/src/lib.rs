@@ -25,8 +25,10 @@ pub mod interop;
 pub mod kubectl;
 pub mod logs;
 pub mod ports;
+pub mod procfs;
 pub mod pylon;
 pub mod pylon_proxy;
+pub mod scenario;
 pub mod tls;
 pub mod traffic;
 

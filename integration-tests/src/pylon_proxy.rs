@@ -162,6 +162,11 @@ impl PylonProxy {
         .and_then(|r| r)
     }
 
+    /// The process id, for reading `/proc/PID` (descriptors, memory).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// The admin API address.
     pub fn admin(&self) -> SocketAddr {
         self.admin

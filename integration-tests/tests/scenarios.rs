@@ -34,12 +34,10 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{ensure, Context as _};
 use integration_tests::admin::AdminClient;
-use integration_tests::assert_eventually;
 use integration_tests::backends::{ApiServer, HttpServer, TcpEcho};
 use integration_tests::config::{Cluster, Listener, ListenerKind, PylonConfig, Route};
 use integration_tests::dataplane::{DataPlane, Flavour, Kind};
@@ -47,41 +45,12 @@ use integration_tests::http;
 use integration_tests::kubectl::Kubectl;
 use integration_tests::ports::{free_addr, loopback, LOOPBACK};
 use integration_tests::pylon::Pylon;
+use integration_tests::scenario::{stack, wait_node, DEADLINE};
 use integration_tests::tls::TestCa;
 use integration_tests::traffic::TrafficLoop;
+use integration_tests::{assert_eventually, every_data_plane};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
-
-/// Deadline for anything pushed to the proxy or decided by its health checks.
-const DEADLINE: Duration = Duration::from_secs(15);
-
-/// Runs a scenario for every data plane and ADS flavour, as
-/// `<scenario>::envoy_sotw`, `::envoy_delta`, `::pylon_sotw`, `::pylon_delta`.
-macro_rules! every_data_plane {
-    ($($scenario:ident),* $(,)?) => {$(
-        mod $scenario {
-            use integration_tests::dataplane::{Flavour, Kind};
-            use integration_tests::pylon::Ads;
-
-            #[tokio::test(flavor = "multi_thread")]
-            async fn envoy_sotw() {
-                super::$scenario(Flavour::new(Kind::Envoy, Ads::Sotw)).await
-            }
-            #[tokio::test(flavor = "multi_thread")]
-            async fn envoy_delta() {
-                super::$scenario(Flavour::new(Kind::Envoy, Ads::Delta)).await
-            }
-            #[tokio::test(flavor = "multi_thread")]
-            async fn pylon_sotw() {
-                super::$scenario(Flavour::new(Kind::Pylon, Ads::Sotw)).await
-            }
-            #[tokio::test(flavor = "multi_thread")]
-            async fn pylon_delta() {
-                super::$scenario(Flavour::new(Kind::Pylon, Ads::Delta)).await
-            }
-        }
-    )*};
-}
 
 every_data_plane!(
     apiserver_ha,
@@ -93,43 +62,6 @@ every_data_plane!(
     admin_drain,
     removal_drains,
 );
-
-/// pylon-xds on `config`, and a data plane bootstrapped against it, ready.
-async fn stack(
-    bin: &Path,
-    flavour: Flavour,
-    scenario: &str,
-    config: &PylonConfig,
-) -> (Pylon, DataPlane) {
-    let pylon = Pylon::start(&config.to_yaml()).await.unwrap();
-    let node = format!("{scenario}-{flavour}");
-    let dp = DataPlane::start(bin, flavour, &pylon, &node).await.unwrap();
-    if let Err(err) = dp.admin().wait_ready(DEADLINE).await {
-        panic!(
-            "{err:#}\nbootstrap:\n{}",
-            pylon.bootstrap(&node, flavour.ads).unwrap()
-        );
-    }
-    // The stream is the flavour asked for, as pylon-xds sees it.
-    wait_node(&pylon, &dp).await;
-    (pylon, dp)
-}
-
-/// Waits until pylon-xds lists the data plane's node on a stream of its flavour.
-async fn wait_node(pylon: &Pylon, dp: &DataPlane) -> serde_json::Value {
-    let (node, protocol) = (dp.node_id(), dp.flavour().protocol());
-    assert_eventually!(
-        DEADLINE,
-        format!("{node} on an `{protocol}` stream in /status"),
-        async || {
-            let Some(n) = pylon.node_status(node).await? else {
-                anyhow::bail!("not connected: {}", pylon.status().await?);
-            };
-            ensure!(n["protocol"] == protocol, "{n}");
-            Ok(n)
-        }
-    )
-}
 
 /// Waits until the node's `/status` entry for `ty` (`cds`, `eds`, ...)
 /// passes `check`; returns that entry.

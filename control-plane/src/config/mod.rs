@@ -675,7 +675,7 @@ static_resources:
             ),
             (
                 "clusters:\n  - name: a\n    conect_timeout: 5s\n",
-                "pylon.yaml:3:5: clusters[0].conect_timeout: unknown field `conect_timeout`, expected one of `name`, `connect_timeout`, `lb_policy`, `health_check`, `endpoints`",
+                "pylon.yaml:3:5: clusters[0].conect_timeout: unknown field `conect_timeout`, expected one of `name`, `connect_timeout`, `lb_policy`, `health_check`, `endpoints`, `circuit_breakers`",
             ),
             (
                 "clusters:\n  - name: a\n    connect_timeout: 5\n",

@@ -138,6 +138,38 @@ pub struct Cluster {
     /// May be empty: a cluster with no hosts is valid (and fails requests).
     #[serde(default)]
     pub endpoints: Vec<Endpoint>,
+    /// Circuit breaker thresholds (DEFAULT priority); absent ones keep
+    /// Envoy's defaults.
+    #[serde(default)]
+    pub circuit_breakers: Option<CircuitBreakers>,
+}
+
+/// A cluster's circuit breakers. Each is at least 1 (checked by `validate`);
+/// Envoy's defaults are 1024 connections, pending requests and requests, and
+/// 3 retries.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitBreakers {
+    #[serde(default)]
+    pub max_connections: Option<u32>,
+    #[serde(default)]
+    pub max_pending_requests: Option<u32>,
+    #[serde(default)]
+    pub max_requests: Option<u32>,
+    #[serde(default)]
+    pub max_retries: Option<u32>,
+}
+
+impl CircuitBreakers {
+    /// The thresholds by field name, in the order they are documented.
+    pub fn fields(&self) -> [(&'static str, Option<u32>); 4] {
+        [
+            ("max_connections", self.max_connections),
+            ("max_pending_requests", self.max_pending_requests),
+            ("max_requests", self.max_requests),
+            ("max_retries", self.max_retries),
+        ]
+    }
 }
 
 fn default_connect_timeout() -> Duration {

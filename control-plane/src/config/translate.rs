@@ -8,12 +8,13 @@
 //! than panicking, and that result is never served.
 
 use envoy_types::pb::envoy::config::cluster::v3::{
+    circuit_breakers::Thresholds,
     cluster::{ClusterDiscoveryType, DiscoveryType, EdsClusterConfig, LbPolicy},
-    Cluster,
+    CircuitBreakers, Cluster,
 };
 use envoy_types::pb::envoy::config::core::v3::{
     config_source::ConfigSourceSpecifier, health_check, AggregatedConfigSource, ApiVersion,
-    ConfigSource, HealthCheck, Locality,
+    ConfigSource, HealthCheck, Locality, RoutingPriority,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::{
     lb_endpoint::HostIdentifier, ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
@@ -101,6 +102,7 @@ pub fn cluster(c: &schema::Cluster) -> (Cluster, ClusterLoadAssignment) {
             schema::LbPolicy::Random => LbPolicy::Random,
         } as i32,
         health_checks: c.health_check.iter().map(health_check).collect(),
+        circuit_breakers: c.circuit_breakers.and_then(circuit_breakers),
         ..Default::default()
     };
     make_eds(&mut cluster);
@@ -116,6 +118,27 @@ pub fn cluster(c: &schema::Cluster) -> (Cluster, ClusterLoadAssignment) {
         ..Default::default()
     };
     (cluster, cla)
+}
+
+/// Concise circuit breakers: one `thresholds` entry for the DEFAULT priority
+/// with the values given; `None` when none is given, so `circuit_breakers: {}`
+/// serves the same cluster as no `circuit_breakers` at all.
+pub fn circuit_breakers(cb: schema::CircuitBreakers) -> Option<CircuitBreakers> {
+    if cb == schema::CircuitBreakers::default() {
+        return None;
+    }
+    let value = |v: Option<u32>| v.map(|value| UInt32Value { value });
+    Some(CircuitBreakers {
+        thresholds: vec![Thresholds {
+            priority: RoutingPriority::Default as i32,
+            max_connections: value(cb.max_connections),
+            max_pending_requests: value(cb.max_pending_requests),
+            max_requests: value(cb.max_requests),
+            max_retries: value(cb.max_retries),
+            ..Default::default()
+        }],
+        ..Default::default()
+    })
 }
 
 fn lb_endpoint(e: &schema::Endpoint) -> LbEndpoint {
@@ -439,9 +462,51 @@ mod tests {
         }
     }
 
+    fn thresholds(
+        connections: Option<u32>,
+        pending: Option<u32>,
+        requests: Option<u32>,
+        retries: Option<u32>,
+    ) -> Option<CircuitBreakers> {
+        let value = |v: Option<u32>| v.map(|value| UInt32Value { value });
+        Some(CircuitBreakers {
+            thresholds: vec![Thresholds {
+                priority: RoutingPriority::Default as i32,
+                max_connections: value(connections),
+                max_pending_requests: value(pending),
+                max_requests: value(requests),
+                max_retries: value(retries),
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+    }
+
     #[test]
     fn clusters_table() {
         let table: Vec<(&str, Cluster, ClusterLoadAssignment)> = vec![
+            (
+                "clusters: [{name: cb, circuit_breakers: {max_connections: 2, max_pending_requests: 1}}]",
+                Cluster {
+                    circuit_breakers: thresholds(Some(2), Some(1), None, None),
+                    ..eds_cluster("cb")
+                },
+                cla("cb", vec![]),
+            ),
+            (
+                "clusters: [{name: cb, circuit_breakers: {max_connections: 10, max_pending_requests: 20, max_requests: 30, max_retries: 4}}]",
+                Cluster {
+                    circuit_breakers: thresholds(Some(10), Some(20), Some(30), Some(4)),
+                    ..eds_cluster("cb")
+                },
+                cla("cb", vec![]),
+            ),
+            (
+                // Nothing given: no circuit_breakers at all (Envoy's defaults).
+                "clusters: [{name: cb, circuit_breakers: {}}]",
+                eds_cluster("cb"),
+                cla("cb", vec![]),
+            ),
             (
                 "clusters: [{name: a, endpoints: [127.0.0.1:7001]}]",
                 eds_cluster("a"),

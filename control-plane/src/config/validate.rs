@@ -180,6 +180,14 @@ fn cluster(c: &Cluster, path: &str, catalog: &mut Catalog, issues: &mut Vec<Issu
     if let Some(hc) = &c.health_check {
         health_check(hc, &format!("{path}.health_check"), issues);
     }
+    for (field, value) in c.circuit_breakers.unwrap_or_default().fields() {
+        if value == Some(0) {
+            issues.push(Issue::new(
+                format!("{path}.circuit_breakers.{field}"),
+                format!("{field} must be at least 1 (leave it out for Envoy's default)"),
+            ));
+        }
+    }
 }
 
 fn health_check(hc: &HealthCheck, path: &str, issues: &mut Vec<Issue>) {
@@ -529,6 +537,13 @@ listeners:
                 ],
             ),
             (
+                "clusters: [{name: a, circuit_breakers: {max_connections: 0, max_pending_requests: 1, max_retries: 0}}]",
+                &[
+                    ("clusters[0].circuit_breakers.max_connections", "max_connections must be at least 1 (leave it out for Envoy's default)"),
+                    ("clusters[0].circuit_breakers.max_retries", "max_retries must be at least 1 (leave it out for Envoy's default)"),
+                ],
+            ),
+            (
                 "listeners: [{name: l, address: 127.0.0.1:1}]",
                 &[("listeners[0]", "listener needs one of `tcp_proxy` or `http`")],
             ),
@@ -581,6 +596,38 @@ listeners:
                 .map(|(p, m)| (p.to_string(), m.to_string()))
                 .collect();
             assert_eq!(check(yaml), want, "{yaml}");
+        }
+    }
+
+    /// Circuit breaker errors as `pylon-xds validate` prints them: file, line,
+    /// column, path and message, structural (serde) and semantic alike.
+    #[test]
+    fn circuit_breaker_errors_are_positioned() {
+        let errors = |yaml: &str| match crate::config::load_str("pylon.yaml", yaml) {
+            Ok(_) => "loaded".to_string(),
+            Err(e) => e.to_string(),
+        };
+        let table = [
+            (
+                "clusters:\n  - name: a\n    circuit_breakers:\n      max_connections: 0\n      max_requests: 0\n",
+                "pylon.yaml:4:24: clusters[0].circuit_breakers.max_connections: max_connections must be at least 1 (leave it out for Envoy's default)\n\
+                 pylon.yaml:5:21: clusters[0].circuit_breakers.max_requests: max_requests must be at least 1 (leave it out for Envoy's default)",
+            ),
+            (
+                "clusters:\n  - name: a\n    circuit_breakers: {max_pending_requests: -1}\n",
+                "pylon.yaml:3:46: clusters[0].circuit_breakers.max_pending_requests: invalid type: integer `-1`, expected u32",
+            ),
+            (
+                "clusters:\n  - name: a\n    circuit_breakers: {max_connection: 5}\n",
+                "pylon.yaml:3:24: clusters[0].circuit_breakers.max_connection: unknown field `max_connection`, expected one of `max_connections`, `max_pending_requests`, `max_requests`, `max_retries`",
+            ),
+            (
+                "clusters:\n  - name: a\n    circuit_breakers: {max_connections: 2, max_pending_requests: 1}\n",
+                "loaded",
+            ),
+        ];
+        for (yaml, want) in table {
+            assert_eq!(errors(yaml), want, "{yaml}");
         }
     }
 }

@@ -20,6 +20,7 @@
 //! Does not own clusters (see `upstream`) nor the order of updates (see `runtime`).
 
 pub mod http;
+pub mod path;
 pub mod route;
 pub mod splice;
 pub mod tcp;
@@ -323,7 +324,7 @@ impl ListenerManager {
                         (Routes::Inline(Arc::new(t)), None)
                     }
                 };
-                (Handler::Http(Arc::new(HttpCtx::new(stats, r))), warm)
+                (Handler::Http(Arc::new(HttpCtx::new(stats, r, hm))), warm)
             }
         })
     }

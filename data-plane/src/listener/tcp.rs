@@ -5,10 +5,13 @@
 //! then copy bytes both ways with half-close propagation until both sides are
 //! done, the connection is idle for `idle_timeout`, or the listener's drain
 //! time runs out. Bytes move with `splice(2)` (see `splice`), so they never
-//! enter user space; per chunk, one clock read for the idle timer; stats are
-//! added once when the connection ends.
+//! enter user space, through pipes borrowed only while bytes are in flight,
+//! so an idle connection holds two descriptors (its sockets); per chunk, one
+//! clock read for the idle timer; stats are added once when the connection
+//! ends.
 //!
-//! No cluster or no host: the downstream connection is closed. Established
+//! No cluster or no host, or the cluster's `max_connections` circuit breaker
+//! open: the downstream connection is closed. Established
 //! connections are never closed because a host turned unhealthy or the
 //! endpoints changed.
 
@@ -24,10 +27,10 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::splice::{Moved, Moved64, Pipes};
+use super::splice::{Moved, Moved64, Splice};
 use crate::model::TcpProxy;
 use crate::runtime::stats::{stats_struct, Counter};
-use crate::upstream::ClusterSlot;
+use crate::upstream::{ClusterSlot, ConnectError};
 
 /// Copy buffer size, each direction.
 pub const COPY_BUFFER: usize = 64 * 1024;
@@ -76,6 +79,9 @@ pub async fn serve(downstream: TcpStream, ctx: Arc<TcpCtx>, close: CancellationT
             let host = cluster.pick()?;
             match cluster.connect(&host).await {
                 Ok(up) => return Some(up),
+                // `max_connections` reached (counted in upstream_cx_overflow):
+                // the downstream connection is closed, as in Envoy.
+                Err(ConnectError::Overflow) => return None,
                 Err(e) => {
                     tracing::debug!(host = %host.addr(), error = %e, "tcp proxy: connect failed")
                 }
@@ -131,8 +137,8 @@ async fn relay(
     base: Instant,
     moved: &Moved64,
 ) -> io::Result<()> {
-    match Pipes::new() {
-        Ok(pipes) => pipes.relay(&down, &up, last, base, moved).await,
+    match Splice::new() {
+        Ok(splice) => splice.relay(&down, &up, last, base, moved).await,
         Err(e) => {
             tracing::debug!(error = %e, "tcp proxy: splice unavailable; copying in user space");
             let mut d = Tracked::new(down, last, base, &moved.a_to_b);

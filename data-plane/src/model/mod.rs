@@ -44,6 +44,33 @@ pub struct Cluster {
     pub health_check: Option<HealthCheck>,
     /// Healthy-host percentage below which every host is used (default 50; 0 disables panic mode).
     pub healthy_panic_threshold: f64,
+    /// Circuit breaker thresholds of the DEFAULT priority.
+    pub circuit_breakers: CircuitBreakers,
+}
+
+/// A cluster's circuit breakers (`circuit_breakers.thresholds` for the DEFAULT
+/// priority), with Envoy's defaults.
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct CircuitBreakers {
+    /// Connections open to all hosts of the cluster at once (default 1024).
+    pub max_connections: u32,
+    /// Requests waiting for a connection (default 1024).
+    pub max_pending_requests: u32,
+    /// Requests in flight to all hosts at once (default 1024).
+    pub max_requests: u32,
+    /// Retries in flight at once (default 3; pylon-proxy does not retry, so it only shows).
+    pub max_retries: u32,
+}
+
+impl Default for CircuitBreakers {
+    fn default() -> Self {
+        CircuitBreakers {
+            max_connections: 1024,
+            max_pending_requests: 1024,
+            max_requests: 1024,
+            max_retries: 3,
+        }
+    }
 }
 
 /// Where a cluster's endpoints come from.
@@ -158,6 +185,44 @@ pub struct HttpManager {
     pub stat_prefix: String,
     /// Where the routes come from.
     pub routes: RouteSource,
+    /// Timeouts and size limits of downstream connections and requests.
+    pub limits: HttpLimits,
+    /// Normalise paths (RFC 3986: `.` and `..` segments, percent-encoded
+    /// unreserved characters) before routing and forwarding (default false).
+    pub normalize_path: bool,
+    /// Collapse runs of `/` in paths before routing and forwarding (default false).
+    pub merge_slashes: bool,
+}
+
+/// The HTTP connection manager's timeouts and limits, with Envoy's defaults.
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// Time from the first byte of a request's headers to their last byte.
+    /// `None`: not set (Envoy: disabled; pylon-proxy applies a built-in bound,
+    /// see `listener::http::DEFAULT_REQUEST_HEADERS_TIMEOUT`).
+    pub request_headers_timeout: Option<Duration>,
+    /// Time a request may go without any activity in either direction;
+    /// `None` disables it (default 5 min).
+    pub stream_idle_timeout: Option<Duration>,
+    /// Time a connection may stay without an active request
+    /// (`common_http_protocol_options.idle_timeout`); `None` disables it (default 1 h).
+    pub idle_timeout: Option<Duration>,
+    /// Largest request header block, in KiB (default 60, at most 8192).
+    pub max_request_headers_kb: u32,
+    /// Most request headers (`common_http_protocol_options.max_headers_count`, default 100).
+    pub max_headers_count: u32,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            request_headers_timeout: None,
+            stream_idle_timeout: Some(Duration::from_secs(300)),
+            idle_timeout: Some(Duration::from_secs(3600)),
+            max_request_headers_kb: 60,
+            max_headers_count: 100,
+        }
+    }
 }
 
 /// Route configuration source of an HTTP listener.

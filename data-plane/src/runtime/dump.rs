@@ -119,6 +119,17 @@ fn cluster(c: &Cluster) -> Value {
         "common_lb_config".into(),
         json!({ "healthy_panic_threshold": { "value": c.healthy_panic_threshold } }),
     );
+    let cb = &c.circuit_breakers;
+    m.insert(
+        "circuit_breakers".into(),
+        json!({ "thresholds": [{
+            "priority": "DEFAULT",
+            "max_connections": cb.max_connections,
+            "max_pending_requests": cb.max_pending_requests,
+            "max_requests": cb.max_requests,
+            "max_retries": cb.max_retries,
+        }] }),
+    );
     Value::Object(m)
 }
 
@@ -181,11 +192,24 @@ fn listener(l: &crate::model::Listener) -> Value {
             json!({ "name": "envoy.filters.network.tcp_proxy", "typed_config": c })
         }
         ListenerKind::Http(h) => {
+            let lim = &h.limits;
+            let off = |d: Option<Duration>| duration(d.unwrap_or(Duration::ZERO));
             let mut c = json!({
                 "@type": T_HCM,
                 "stat_prefix": h.stat_prefix,
                 "http_filters": [ { "name": "envoy.filters.http.router", "typed_config": { "@type": T_ROUTER } } ],
+                "stream_idle_timeout": off(lim.stream_idle_timeout),
+                "max_request_headers_kb": lim.max_request_headers_kb,
+                "common_http_protocol_options": {
+                    "idle_timeout": off(lim.idle_timeout),
+                    "max_headers_count": lim.max_headers_count,
+                },
+                "normalize_path": h.normalize_path,
+                "merge_slashes": h.merge_slashes,
             });
+            if let Some(t) = lim.request_headers_timeout {
+                c["request_headers_timeout"] = duration(t).into();
+            }
             match &h.routes {
                 RouteSource::Rds(name) => {
                     c["rds"] = json!({ "route_config_name": name, "config_source": { "ads": {} } });

@@ -81,6 +81,8 @@ pub struct ClusterView {
     pub hosts: Vec<HostView>,
     /// Cluster stats without the `cluster.<name>.` prefix (`upstream_cx_total`, ...).
     pub stats: Vec<(String, u64)>,
+    /// Circuit breaker thresholds (DEFAULT priority).
+    pub circuit_breakers: model::CircuitBreakers,
 }
 
 /// The config in force.
@@ -210,6 +212,7 @@ impl Runtime {
                     added_via_api: !self.clusters.is_static(c.name()),
                     hosts,
                     stats,
+                    circuit_breakers: c.config().circuit_breakers,
                 }
             })
             .collect()

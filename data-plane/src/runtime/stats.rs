@@ -58,6 +58,19 @@ impl Gauge {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
 
+    /// Adds one unless the value is already `max` or more, and says whether
+    /// it did: a limit checked and taken in one atomic step. Two callers
+    /// racing for the last place may both see it taken, never both get it.
+    #[inline]
+    pub fn try_inc(&self, max: u64) -> bool {
+        if self.0.fetch_add(1, Ordering::Relaxed) >= max {
+            self.0.fetch_sub(1, Ordering::Relaxed);
+            false
+        } else {
+            true
+        }
+    }
+
     /// Sets the value.
     #[inline]
     pub fn set(&self, v: u64) {
@@ -182,6 +195,17 @@ mod tests {
             a: Counter => "a_total",
             b: Gauge => "sub.b_active",
         }
+    }
+
+    #[test]
+    fn try_inc_stops_at_the_limit() {
+        let g = Gauge::default();
+        assert!(g.try_inc(2) && g.try_inc(2));
+        assert!(!g.try_inc(2));
+        assert_eq!(g.get(), 2);
+        g.dec();
+        assert!(g.try_inc(2));
+        assert!(!Gauge::default().try_inc(0));
     }
 
     #[test]

@@ -57,6 +57,7 @@ fn static_cluster(name: &str, addrs: &[SocketAddr]) -> Cluster {
         lb_policy: LbPolicy::RoundRobin,
         health_check: None,
         healthy_panic_threshold: 50.0,
+        circuit_breakers: Default::default(),
     }
 }
 
@@ -80,6 +81,9 @@ fn http_listener(name: &str, routes: RouteSource) -> Listener {
         kind: ListenerKind::Http(HttpManager {
             stat_prefix: name.into(),
             routes,
+            limits: Default::default(),
+            normalize_path: false,
+            merge_slashes: false,
         }),
     }
 }

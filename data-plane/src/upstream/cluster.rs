@@ -15,6 +15,11 @@
 //!   balancer snapshot, checkers started for new hosts and stopped for removed ones);
 //! - established connections are never touched by any of this.
 //!
+//! Circuit breakers: the cluster's `max_connections` is checked and taken in
+//! one atomic step on its `upstream_cx_active` gauge when a connection is
+//! reserved ([`Cluster::reserve_cx`]), before connecting; the request limits
+//! are applied by `pool`. No lock on either path.
+//!
 //! Does not own connections to hosts beyond opening them ([`Cluster::connect`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -45,6 +50,7 @@ stats_struct! {
     pub struct ClusterStats {
         upstream_cx_total: Counter => "upstream_cx_total",
         upstream_cx_active: Gauge => "upstream_cx_active",
+        upstream_cx_overflow: Counter => "upstream_cx_overflow",
         upstream_cx_connect_fail: Counter => "upstream_cx_connect_fail",
         upstream_cx_connect_timeout: Counter => "upstream_cx_connect_timeout",
         upstream_cx_none_healthy: Counter => "upstream_cx_none_healthy",
@@ -52,6 +58,9 @@ stats_struct! {
         upstream_cx_tx_bytes_total: Counter => "upstream_cx_tx_bytes_total",
         upstream_rq_total: Counter => "upstream_rq_total",
         upstream_rq_active: Gauge => "upstream_rq_active",
+        upstream_rq_pending_total: Counter => "upstream_rq_pending_total",
+        upstream_rq_pending_active: Gauge => "upstream_rq_pending_active",
+        upstream_rq_pending_overflow: Counter => "upstream_rq_pending_overflow",
         upstream_rq_timeout: Counter => "upstream_rq_timeout",
         upstream_rq_1xx: Counter => "upstream_rq_1xx",
         upstream_rq_2xx: Counter => "upstream_rq_2xx",
@@ -85,8 +94,9 @@ impl ClusterStats {
     }
 }
 
-/// An open upstream connection's share of the stats: holds `cx_active` of
-/// the host and the cluster until dropped.
+/// An upstream connection's place among the cluster's connections (its
+/// `max_connections` circuit breaker): holds `cx_active` of the host and the
+/// cluster from its reservation, before connecting, until dropped.
 #[derive(Debug)]
 pub struct UpstreamCx {
     host: Arc<Host>,
@@ -94,12 +104,6 @@ pub struct UpstreamCx {
 }
 
 impl UpstreamCx {
-    fn new(host: Arc<Host>, stats: Arc<ClusterStats>) -> UpstreamCx {
-        host.stats.cx_active.inc();
-        stats.upstream_cx_active.inc();
-        UpstreamCx { host, stats }
-    }
-
     /// The host connected to.
     pub fn host(&self) -> &Arc<Host> {
         &self.host
@@ -115,6 +119,8 @@ impl Drop for UpstreamCx {
     fn drop(&mut self) {
         self.host.stats.cx_active.dec();
         self.stats.upstream_cx_active.dec();
+        // A request waiting for a connection to this host may open one now.
+        self.host.pool.wake_one();
     }
 }
 
@@ -221,9 +227,46 @@ impl Cluster {
         h
     }
 
-    /// Opens a TCP connection to `host` within `connect_timeout`, with
-    /// `TCP_NODELAY`, counting it in the host's and the cluster's stats.
+    /// A place for one more connection to `host` within the cluster's
+    /// `max_connections`, or `None` (the caller counts the overflow).
+    /// `at_least_one`: a host with no connection gets one even beyond the
+    /// limit, as Envoy's HTTP connection pools do, so requests queued for it
+    /// are not stranded by other hosts' connections.
+    pub fn reserve_cx(&self, host: &Arc<Host>, at_least_one: bool) -> Option<UpstreamCx> {
+        let max = u64::from(self.config.circuit_breakers.max_connections);
+        let cx = &self.stats.upstream_cx_active;
+        if !cx.try_inc(max) {
+            if !(at_least_one && host.stats.cx_active.get() == 0) {
+                return None;
+            }
+            cx.inc();
+        }
+        host.stats.cx_active.inc();
+        Some(UpstreamCx {
+            host: host.clone(),
+            stats: self.stats.clone(),
+        })
+    }
+
+    /// Opens a TCP connection to `host` within `connect_timeout` if
+    /// `max_connections` allows it (else [`ConnectError::Overflow`], counted in
+    /// `upstream_cx_overflow`): what the TCP proxy does.
     pub async fn connect(&self, host: &Arc<Host>) -> Result<(TcpStream, UpstreamCx), ConnectError> {
+        let Some(cx) = self.reserve_cx(host, false) else {
+            self.stats.upstream_cx_overflow.inc();
+            return Err(ConnectError::Overflow);
+        };
+        self.connect_reserved(cx).await
+    }
+
+    /// Opens the connection `cx` reserved, within `connect_timeout`, with
+    /// `TCP_NODELAY`, counting it in the host's and the cluster's stats; a
+    /// failure gives the place back.
+    pub async fn connect_reserved(
+        &self,
+        cx: UpstreamCx,
+    ) -> Result<(TcpStream, UpstreamCx), ConnectError> {
+        let host = &cx.host;
         self.stats.upstream_cx_total.inc();
         host.stats.cx_total.inc();
         let r = tokio::time::timeout(self.config.connect_timeout, TcpStream::connect(host.addr()))
@@ -232,7 +275,7 @@ impl Cluster {
             Ok(Ok(s)) => {
                 // Nagle only delays proxied writes.
                 let _ = s.set_nodelay(true);
-                Ok((s, UpstreamCx::new(host.clone(), self.stats.clone())))
+                Ok((s, cx))
             }
             Ok(Err(e)) => {
                 self.stats.upstream_cx_connect_fail.inc();
@@ -322,6 +365,25 @@ impl Cluster {
         ));
         if self.checker.is_some() {
             out.push((format!("{prefix}health_check.healthy"), healthy));
+        }
+        // Envoy's circuit breaker gauges: 1 while the breaker is open (the
+        // resource is at its limit). Retries never happen, so theirs stays shut.
+        let cb = &self.config.circuit_breakers;
+        let open = |used: u64, max: u32| u64::from(used >= u64::from(max));
+        let s = &self.stats;
+        for (name, value) in [
+            (
+                "cx_open",
+                open(s.upstream_cx_active.get(), cb.max_connections),
+            ),
+            (
+                "rq_pending_open",
+                open(s.upstream_rq_pending_active.get(), cb.max_pending_requests),
+            ),
+            ("rq_open", open(s.upstream_rq_active.get(), cb.max_requests)),
+            ("rq_retry_open", 0),
+        ] {
+            out.push((format!("{prefix}circuit_breakers.default.{name}"), value));
         }
     }
 }
@@ -570,6 +632,7 @@ mod tests {
             lb_policy: LbPolicy::RoundRobin,
             health_check: None,
             healthy_panic_threshold: 50.0,
+            circuit_breakers: Default::default(),
         }
     }
 

@@ -31,4 +31,7 @@ pub enum ConnectError {
     /// The connect failed.
     #[error("connection failure: {0}")]
     Io(#[from] std::io::Error),
+    /// The cluster's `max_connections` circuit breaker is open.
+    #[error("connection overflow")]
+    Overflow,
 }

@@ -178,6 +178,7 @@ pub fn eds(name: &str) -> Cluster {
         lb_policy: LbPolicy::RoundRobin,
         health_check: None,
         healthy_panic_threshold: 50.0,
+        circuit_breakers: Default::default(),
     }
 }
 
@@ -216,6 +217,9 @@ pub fn http_rds(name: &str, routes: &str) -> Listener {
         kind: ListenerKind::Http(HttpManager {
             stat_prefix: name.into(),
             routes: RouteSource::Rds(routes.into()),
+            limits: Default::default(),
+            normalize_path: false,
+            merge_slashes: false,
         }),
     }
 }

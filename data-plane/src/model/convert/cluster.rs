@@ -3,12 +3,13 @@
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::cluster::v3::{
+    circuit_breakers::Thresholds,
     cluster::{self as pb_cluster, ClusterDiscoveryType, CommonLbConfig, DiscoveryType, LbConfig},
-    Cluster as PbCluster,
+    CircuitBreakers as PbCircuitBreakers, Cluster as PbCluster,
 };
 use envoy_types::pb::envoy::config::core::v3::{
     health_check::{self as pb_hc, HealthChecker},
-    HealthCheck as PbHealthCheck, RequestMethod,
+    HealthCheck as PbHealthCheck, RequestMethod, RoutingPriority,
 };
 use envoy_types::pb::envoy::r#type::v3::{CodecClientType, Int64Range, Percent};
 
@@ -18,7 +19,8 @@ use super::{
     required_name, unset, unset_or_empty, Check,
 };
 use crate::model::{
-    Cluster, Discovery, HealthCheck, HealthCheckKind, LbPolicy, LoadAssignment, NackError,
+    CircuitBreakers, Cluster, Discovery, HealthCheck, HealthCheckKind, LbPolicy, LoadAssignment,
+    NackError,
 };
 
 /// Envoy's default `connect_timeout`.
@@ -115,7 +117,6 @@ fn cluster(c: &PbCluster) -> Check<Cluster> {
         per_connection_buffer_limit_bytes,
         per_connection_buffer_high_watermark_timeout,
         max_requests_per_connection,
-        circuit_breakers,
         outlier_detection,
         cleanup_interval,
         upstream_bind_config,
@@ -235,6 +236,11 @@ fn cluster(c: &PbCluster) -> Check<Cluster> {
         Some(lb) => panic_threshold(lb)?,
     };
 
+    let circuit_breakers = match circuit_breakers {
+        None => CircuitBreakers::default(),
+        Some(cb) => circuit_breakers_of(cb)?,
+    };
+
     Ok(Cluster {
         name: name.clone(),
         discovery,
@@ -242,7 +248,55 @@ fn cluster(c: &PbCluster) -> Check<Cluster> {
         lb_policy,
         health_check,
         healthy_panic_threshold,
+        circuit_breakers,
     })
+}
+
+/// The thresholds of the DEFAULT priority: the first entry for it, as in
+/// Envoy; unset values keep Envoy's defaults. Entries for HIGH are checked
+/// and otherwise ignored: only routes with `priority: HIGH` would use them,
+/// and route priorities are rejected.
+fn circuit_breakers_of(cb: &PbCircuitBreakers) -> Check<CircuitBreakers> {
+    let PbCircuitBreakers {
+        thresholds,
+        per_host_thresholds,
+    } = cb;
+    reject_set!("circuit_breakers."; per_host_thresholds);
+    let mut out = None;
+    for (i, t) in thresholds.iter().enumerate() {
+        let Thresholds {
+            priority,
+            max_connections,
+            max_pending_requests,
+            max_requests,
+            max_retries,
+            retry_budget,
+            // Adds `remaining_*` gauges: observability only.
+            track_remaining: _,
+            max_connection_pools,
+        } = t;
+        let p = format!("circuit_breakers.thresholds[{i}].");
+        reject_set!(&p; retry_budget, max_connection_pools);
+        let is_default = match RoutingPriority::try_from(*priority) {
+            Ok(RoutingPriority::Default) => true,
+            Ok(RoutingPriority::High) => false,
+            Err(_) => return Err(format!("{p}priority {priority} is not supported")),
+        };
+        if !is_default || out.is_some() {
+            continue;
+        }
+        let d = CircuitBreakers::default();
+        let value = |v: &Option<envoy_types::pb::google::protobuf::UInt32Value>, default| {
+            v.as_ref().map_or(default, |v| v.value)
+        };
+        out = Some(CircuitBreakers {
+            max_connections: value(max_connections, d.max_connections),
+            max_pending_requests: value(max_pending_requests, d.max_pending_requests),
+            max_requests: value(max_requests, d.max_requests),
+            max_retries: value(max_retries, d.max_retries),
+        });
+    }
+    Ok(out.unwrap_or_default())
 }
 
 fn panic_threshold(lb: &CommonLbConfig) -> Check<f64> {

@@ -8,6 +8,9 @@
 
 use std::time::Duration;
 
+use envoy_types::pb::envoy::config::core::v3::{
+    http_protocol_options::HeadersWithUnderscoresAction, HttpProtocolOptions,
+};
 use envoy_types::pb::envoy::config::listener::v3::{
     filter, Filter, FilterChain, FilterChainMatch, Listener as PbListener,
 };
@@ -25,10 +28,12 @@ use pylon::type_url;
 
 use super::route::route_config;
 use super::{
-    ads_source, enum_name, reject_set, required_name, socket_addr, timeout_or_disabled,
+    ads_source, duration, enum_name, reject_set, required_name, socket_addr, timeout_or_disabled,
     unset_or_empty, Check,
 };
-use crate::model::{HttpManager, Listener, ListenerKind, NackError, RouteSource, TcpProxy};
+use crate::model::{
+    HttpLimits, HttpManager, Listener, ListenerKind, NackError, RouteSource, TcpProxy,
+};
 
 /// Envoy's default tcp_proxy `idle_timeout`.
 pub const DEFAULT_TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -340,11 +345,8 @@ fn http_manager(h: &HttpConnectionManager) -> Check<HttpManager> {
         server_name,
         server_header_transformation,
         scheme_header_transformation,
-        max_request_headers_kb,
-        stream_idle_timeout,
         stream_flush_timeout,
         request_timeout,
-        request_headers_timeout,
         drain_timeout,
         drain_timeout_jitter,
         delayed_close_timeout,
@@ -368,8 +370,6 @@ fn http_manager(h: &HttpConnectionManager) -> Check<HttpManager> {
         proxy_100_continue,
         represent_ipv4_remote_address_as_ipv4_mapped_ipv6,
         upgrade_configs,
-        normalize_path,
-        merge_slashes,
         path_with_escaped_slashes_action,
         request_id_extension,
         local_reply_config,
@@ -385,11 +385,8 @@ fn http_manager(h: &HttpConnectionManager) -> Check<HttpManager> {
         forward_proto_config,
         strip_port_mode,
     );
-    unset_or_empty(
-        p,
-        "common_http_protocol_options",
-        common_http_protocol_options,
-    )?;
+    let (idle_timeout, max_headers_count) =
+        protocol_options(p, common_http_protocol_options.as_ref())?;
     unset_or_empty(p, "http_protocol_options", http_protocol_options)?;
     unset_or_empty(p, "http2_protocol_options", http2_protocol_options)?;
     unset_or_empty(p, "http3_protocol_options", http3_protocol_options)?;
@@ -424,10 +421,94 @@ fn http_manager(h: &HttpConnectionManager) -> Check<HttpManager> {
             return Err(format!("{p}scoped_routes is not supported"))
         }
     };
+    let defaults = HttpLimits::default();
+    let max_request_headers_kb = match max_request_headers_kb {
+        None => defaults.max_request_headers_kb,
+        // Envoy's own bounds.
+        Some(v) if (1..=8192).contains(&v.value) => v.value,
+        Some(v) => {
+            return Err(format!(
+                "{p}max_request_headers_kb {} is out of range 1..=8192",
+                v.value
+            ))
+        }
+    };
+    let limits = HttpLimits {
+        // Unset and 0 both mean "disabled" to Envoy; pylon-proxy applies its
+        // built-in bound then (see `listener::http`).
+        request_headers_timeout: duration(p, "request_headers_timeout", request_headers_timeout)?
+            .filter(|d| !d.is_zero()),
+        stream_idle_timeout: timeout_or_disabled(
+            p,
+            "stream_idle_timeout",
+            stream_idle_timeout,
+            defaults.stream_idle_timeout.unwrap_or_default(),
+        )?,
+        idle_timeout: match idle_timeout {
+            None => defaults.idle_timeout,
+            Some(d) if d.is_zero() => None,
+            Some(d) => Some(d),
+        },
+        max_request_headers_kb,
+        max_headers_count: max_headers_count.unwrap_or(defaults.max_headers_count),
+    };
     Ok(HttpManager {
         stat_prefix: stat_prefix.clone(),
         routes,
+        limits,
+        // Envoy's default (false) unless the runtime key says otherwise;
+        // pylon-proxy has no runtime.
+        normalize_path: normalize_path.as_ref().is_some_and(|b| b.value),
+        merge_slashes: *merge_slashes,
     })
+}
+
+/// `common_http_protocol_options` of the connection manager: its
+/// `idle_timeout` (set: `Some`, 0 meaning disabled) and `max_headers_count`.
+fn protocol_options(
+    p: &str,
+    o: Option<&HttpProtocolOptions>,
+) -> Check<(Option<Duration>, Option<u32>)> {
+    let Some(o) = o else {
+        return Ok((None, None));
+    };
+    let HttpProtocolOptions {
+        idle_timeout,
+        max_connection_duration,
+        max_connection_duration_jitter,
+        max_headers_count,
+        max_response_headers_kb,
+        max_stream_duration,
+        headers_with_underscores_action,
+        max_requests_per_connection,
+    } = o;
+    let p = format!("{p}common_http_protocol_options.");
+    reject_set!(&p;
+        max_connection_duration,
+        max_connection_duration_jitter,
+        max_response_headers_kb,
+        max_stream_duration,
+        max_requests_per_connection,
+    );
+    if *headers_with_underscores_action != HeadersWithUnderscoresAction::Allow as i32 {
+        return Err(format!(
+            "{p}headers_with_underscores_action {} is not supported",
+            enum_name(*headers_with_underscores_action, |v| {
+                HeadersWithUnderscoresAction::try_from(v)
+                    .ok()
+                    .map(|a| a.as_str_name())
+            })
+        ));
+    }
+    let max_headers_count = match max_headers_count {
+        None => None,
+        Some(v) if v.value == 0 => return Err(format!("{p}max_headers_count must be at least 1")),
+        Some(v) => Some(v.value),
+    };
+    Ok((
+        duration(&p, "idle_timeout", idle_timeout)?,
+        max_headers_count,
+    ))
 }
 
 /// The HTTP filters must be exactly the router, with its default config.

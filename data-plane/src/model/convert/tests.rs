@@ -67,6 +67,7 @@ fn eds_cluster(name: &str, service: &str) -> Cluster {
         lb_policy: LbPolicy::RoundRobin,
         health_check: None,
         healthy_panic_threshold: 50.0,
+        circuit_breakers: Default::default(),
     }
 }
 
@@ -146,6 +147,35 @@ fn clusters_ok() {
             },
         ),
         (
+            // The first DEFAULT entry counts; HIGH is ignored; unset values keep Envoy's defaults.
+            format!("{EDS}circuit_breakers: {{thresholds: [{{priority: HIGH, max_connections: 1}}, {{max_connections: 2, max_pending_requests: 0, track_remaining: true}}, {{priority: DEFAULT, max_requests: 7}}]}}\n"),
+            Cluster {
+                circuit_breakers: CircuitBreakers {
+                    max_connections: 2,
+                    max_pending_requests: 0,
+                    max_requests: 1024,
+                    max_retries: 3,
+                },
+                ..eds_cluster("a", "a")
+            },
+        ),
+        (
+            format!("{EDS}circuit_breakers: {{thresholds: [{{priority: HIGH, max_connections: 1}}]}}\n"),
+            eds_cluster("a", "a"),
+        ),
+        (
+            format!("{EDS}circuit_breakers: {{thresholds: [{{max_connections: 10, max_pending_requests: 20, max_requests: 30, max_retries: 40}}]}}\n"),
+            Cluster {
+                circuit_breakers: CircuitBreakers {
+                    max_connections: 10,
+                    max_pending_requests: 20,
+                    max_requests: 30,
+                    max_retries: 40,
+                },
+                ..eds_cluster("a", "a")
+            },
+        ),
+        (
             "name: empty\ntype: STATIC\n".to_string(),
             Cluster {
                 discovery: Discovery::Static(LoadAssignment {
@@ -176,7 +206,9 @@ fn clusters_nack() {
         (format!("{EDS}load_assignment: {{cluster_name: a}}\n"), "cluster a: load_assignment is not supported"),
         ("name: a\neds_cluster_config: {eds_config: {ads: {}}}\n".into(), "cluster a: eds_cluster_config is not supported"),
         (format!("{EDS}transport_socket: {{name: envoy.transport_sockets.tls}}\n"), "cluster a: transport_socket is not supported"),
-        (format!("{EDS}circuit_breakers: {{thresholds: [{{max_connections: 10}}]}}\n"), "cluster a: circuit_breakers is not supported"),
+        (format!("{EDS}circuit_breakers: {{per_host_thresholds: [{{max_connections: 10}}]}}\n"), "cluster a: circuit_breakers.per_host_thresholds is not supported"),
+        (format!("{EDS}circuit_breakers: {{thresholds: [{{max_connections: 10}}, {{max_requests: 1, retry_budget: {{}}}}]}}\n"), "cluster a: circuit_breakers.thresholds[1].retry_budget is not supported"),
+        (format!("{EDS}circuit_breakers: {{thresholds: [{{max_connection_pools: 10}}]}}\n"), "cluster a: circuit_breakers.thresholds[0].max_connection_pools is not supported"),
         (format!("{EDS}outlier_detection: {{}}\n"), "cluster a: outlier_detection is not supported"),
         (format!("{EDS}http2_protocol_options: {{max_concurrent_streams: 10}}\n"), "cluster a: http2_protocol_options is not supported"),
         (format!("{EDS}common_lb_config: {{healthy_panic_threshold: {{value: 150}}}}\n"), "cluster a: common_lb_config.healthy_panic_threshold 150 is not a percentage (0 to 100)"),
@@ -280,6 +312,9 @@ fn http(routes: RouteSource) -> Listener {
         kind: ListenerKind::Http(HttpManager {
             stat_prefix: "front".into(),
             routes,
+            limits: Default::default(),
+            normalize_path: false,
+            merge_slashes: false,
         }),
     }
 }
@@ -331,6 +366,67 @@ fn listeners_ok() {
 }
 
 #[test]
+fn http_limits_and_path_options() {
+    let rds = "rds: {route_config_name: front, config_source: {ads: {}}}";
+    let limits = |hcm: &str| -> (HttpLimits, bool, bool) {
+        let l = listener(&http_listener(&format!(
+            "stat_prefix: front, {hcm}{rds}, http_filters: [{ROUTER}]"
+        )))
+        .unwrap();
+        let ListenerKind::Http(h) = l.kind else {
+            panic!("not http")
+        };
+        (h.limits, h.normalize_path, h.merge_slashes)
+    };
+    let d = HttpLimits::default();
+    assert_eq!(
+        d,
+        HttpLimits {
+            request_headers_timeout: None,
+            stream_idle_timeout: Some(secs(300)),
+            idle_timeout: Some(secs(3600)),
+            max_request_headers_kb: 60,
+            max_headers_count: 100,
+        }
+    );
+    let table: Vec<(&str, (HttpLimits, bool, bool))> = vec![
+        ("", (d, false, false)),
+        // 0 disables, as in Envoy; an empty options block keeps the defaults.
+        (
+            "request_headers_timeout: 0s, stream_idle_timeout: 0s, common_http_protocol_options: {idle_timeout: 0s}, ",
+            (
+                HttpLimits {
+                    stream_idle_timeout: None,
+                    idle_timeout: None,
+                    ..d
+                },
+                false,
+                false,
+            ),
+        ),
+        ("common_http_protocol_options: {}, ", (d, false, false)),
+        (
+            "request_headers_timeout: 2s, stream_idle_timeout: 30s, max_request_headers_kb: 8, common_http_protocol_options: {idle_timeout: 90s, max_headers_count: 20, headers_with_underscores_action: ALLOW}, normalize_path: true, merge_slashes: true, ",
+            (
+                HttpLimits {
+                    request_headers_timeout: Some(secs(2)),
+                    stream_idle_timeout: Some(secs(30)),
+                    idle_timeout: Some(secs(90)),
+                    max_request_headers_kb: 8,
+                    max_headers_count: 20,
+                },
+                true,
+                true,
+            ),
+        ),
+        ("normalize_path: false, ", (d, false, false)),
+    ];
+    for (hcm, want) in table {
+        assert_eq!(limits(hcm), want, "{hcm}");
+    }
+}
+
+#[test]
 fn listeners_nack() {
     let rds = "rds: {route_config_name: front, config_source: {ads: {}}}";
     let chain = format!("{{filters: [{{name: envoy.filters.network.tcp_proxy, typed_config: {{{TCP_TYPE}, stat_prefix: k8s, cluster: api}}}}]}}");
@@ -342,7 +438,13 @@ fn listeners_nack() {
         (http_listener(&format!("stat_prefix: front, rds: {{route_config_name: front, config_source: {{path_config_source: {{path: /r.yaml}}}}}}, http_filters: [{ROUTER}]")), "listener front: http_connection_manager.rds.config_source.ads is required: only ADS is supported"),
         (http_listener(&format!("stat_prefix: front, codec_type: HTTP3, {rds}, http_filters: [{ROUTER}]")), "listener front: http_connection_manager.codec_type HTTP3 is not supported"),
         (http_listener(&format!("stat_prefix: front, use_remote_address: true, {rds}, http_filters: [{ROUTER}]")), "listener front: http_connection_manager.use_remote_address is not supported"),
-        (http_listener(&format!("stat_prefix: front, stream_idle_timeout: 0s, {rds}, http_filters: [{ROUTER}]")), "listener front: http_connection_manager.stream_idle_timeout is not supported"),
+        (http_listener(&format!("stat_prefix: front, request_timeout: 10s, {rds}, http_filters: [{ROUTER}]")), "listener front: http_connection_manager.request_timeout is not supported"),
+        (http_listener(&format!("stat_prefix: front, max_request_headers_kb: 8193, {rds}, http_filters: [{ROUTER}]")), "listener front: http_connection_manager.max_request_headers_kb 8193 is out of range 1..=8192"),
+        (http_listener(&format!("stat_prefix: front, stream_idle_timeout: -1s, {rds}, http_filters: [{ROUTER}]")), "listener front: http_connection_manager.stream_idle_timeout must be a non-negative duration"),
+        (http_listener(&format!("stat_prefix: front, common_http_protocol_options: {{max_headers_count: 0}}, {rds}, http_filters: [{ROUTER}]")), "listener front: http_connection_manager.common_http_protocol_options.max_headers_count must be at least 1"),
+        (http_listener(&format!("stat_prefix: front, common_http_protocol_options: {{max_stream_duration: 1s}}, {rds}, http_filters: [{ROUTER}]")), "listener front: http_connection_manager.common_http_protocol_options.max_stream_duration is not supported"),
+        (http_listener(&format!("stat_prefix: front, common_http_protocol_options: {{headers_with_underscores_action: REJECT_REQUEST}}, {rds}, http_filters: [{ROUTER}]")), "listener front: http_connection_manager.common_http_protocol_options.headers_with_underscores_action REJECT_REQUEST is not supported"),
+        (http_listener(&format!("stat_prefix: front, path_normalization_options: {{forwarding_transformation: {{}}}}, {rds}, http_filters: [{ROUTER}]")), "listener front: http_connection_manager.path_normalization_options is not supported"),
         (http_listener(&format!("stat_prefix: front, route_config: {{virtual_hosts: [{{name: v, domains: ['*'], routes: [{{match: {{safe_regex: {{regex: '.*'}}}}, route: {{cluster: c}}}}]}}]}}, http_filters: [{ROUTER}]")), "listener front: http_connection_manager.route_config.virtual_hosts[0].routes[0].match.safe_regex is not supported"),
         (tcp_listener("stat_prefix: k8s"), "listener k8s: tcp_proxy.cluster is required"),
         (tcp_listener("stat_prefix: k8s, weighted_clusters: {clusters: [{name: a, weight: 1}]}"), "listener k8s: tcp_proxy.weighted_clusters is not supported"),
