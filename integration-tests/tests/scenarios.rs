@@ -562,9 +562,10 @@ async fn bad_edit(flavour: Flavour) {
         config.to_yaml()
     );
     pylon.write_config_in_place(&broken).unwrap();
-    // Truncate-then-write may be seen half way ("file is empty"): wait for
-    // the error about the content.
-    let error = wait_reload_error(&pylon, "unexpected end of stream").await;
+    // The file is read once its writer closes it: the error is about the
+    // unterminated quote, with its line.
+    let error =
+        wait_reload_error(&pylon, "invalid YAML: invalid indentation in quoted scalar").await;
     eprintln!("last_reload_error (broken YAML): {error}");
     assert_unchanged(&admin, listen, &w0, &versions_before).await;
 
