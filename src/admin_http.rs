@@ -67,6 +67,46 @@ pub const MAX_H2_STREAMS: u32 = 16;
 /// HTTP/2 flow-control windows: request bodies are never read.
 const H2_WINDOW: u32 = 64 * 1024;
 
+/// Serves `handler` over TLS on `listener` until `stop` is cancelled: each
+/// connection's handshake runs on its own task (see [`crate::tls::accept`]),
+/// then the connection is served as in [`serve`].
+pub async fn serve_tls(
+    listener: TcpListener,
+    tls: Arc<crate::tls::ServerTls>,
+    handler: Handler,
+    stop: CancellationToken,
+) {
+    use futures::StreamExt as _;
+    let refusals = Arc::new(Throttle::new(5, Duration::from_secs(1)));
+    let refused = || {};
+    let mut conns = Box::pin(crate::tls::accept(
+        crate::accept::incoming(listener, "admin"),
+        tls,
+        refused,
+    ));
+    loop {
+        let stream = tokio::select! {
+            _ = stop.cancelled() => break,
+            next = conns.next() => match next {
+                Some(Ok(s)) => s,
+                Some(Err(_)) => continue,
+                None => break,
+            },
+        };
+        let (tcp, _) = stream.get_ref();
+        let (Ok(local), Ok(peer)) = (tcp.local_addr(), tcp.peer_addr()) else {
+            continue;
+        };
+        let handler = Arc::clone(&handler);
+        let refusals = Arc::clone(&refusals);
+        tokio::spawn(async move {
+            if let Err(e) = serve_connection(stream, local, peer, handler, refusals).await {
+                tracing::debug!(%peer, error = %e, "admin connection ended");
+            }
+        });
+    }
+}
+
 /// Serves `handler` on `listener` until `stop` is cancelled.
 pub async fn serve(listener: TcpListener, handler: Handler, stop: CancellationToken) {
     let mut backoff = AcceptBackoff::new("admin");

@@ -13,6 +13,7 @@ pub mod admin_http;
 pub mod limits;
 pub mod logging;
 pub mod throttle;
+pub mod tls;
 pub mod yaml;
 
 use std::sync::OnceLock;

@@ -20,7 +20,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cache::Cache;
 use crate::registry::{Registry, StreamStatus};
+use crate::server::Transport;
 use crate::source::{Reloader, SourceStatus};
+use pylon::tls::ServerTls;
 
 /// What the admin endpoint reads.
 #[derive(Debug, Clone)]
@@ -33,6 +35,45 @@ pub struct AdminState {
     pub reloader: Arc<Reloader>,
     /// Cancelled while stopping: `/readyz` turns 503.
     pub shutdown: CancellationToken,
+    /// How the listeners are secured.
+    pub transport: TransportInfo,
+}
+
+/// How the listeners are secured, for `/status`.
+#[derive(Debug, Clone)]
+pub struct TransportInfo {
+    /// How xDS clients connect.
+    pub xds: Transport,
+    /// Plaintext beyond loopback was asked for (`--insecure`).
+    pub insecure: bool,
+    /// The xDS listener's TLS.
+    pub xds_tls: Option<Arc<ServerTls>>,
+    /// The admin listener's TLS.
+    pub admin_tls: Option<Arc<ServerTls>>,
+}
+
+/// What `/status` shows about the listeners' transport.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TransportStatus {
+    /// How xDS clients connect.
+    pub xds: Transport,
+    /// Plaintext beyond loopback was asked for (`--insecure`).
+    pub insecure: bool,
+    /// The xDS listener's certificate, when TLS is on.
+    pub xds_tls: Option<pylon::tls::TlsStatus>,
+    /// The admin listener's certificate, when TLS is on.
+    pub admin_tls: Option<pylon::tls::TlsStatus>,
+}
+
+impl TransportInfo {
+    fn status(&self) -> TransportStatus {
+        TransportStatus {
+            xds: self.xds,
+            insecure: self.insecure,
+            xds_tls: self.xds_tls.as_ref().map(|t| t.status()),
+            admin_tls: self.admin_tls.as_ref().map(|t| t.status()),
+        }
+    }
 }
 
 /// The body of `/status`.
@@ -43,6 +84,8 @@ pub struct Status {
     pub source: SourceStatus,
     /// Resources being served, by kind.
     pub resources: ResourceCounts,
+    /// How the listeners are secured, and their certificates.
+    pub transport: TransportStatus,
     /// Connected streams.
     pub nodes: Vec<StreamStatus>,
 }
@@ -72,6 +115,7 @@ impl AdminState {
                 listeners,
                 routes,
             },
+            transport: self.transport.status(),
             nodes: self.registry.list(),
         }
     }
@@ -135,8 +179,14 @@ fn json<T: Serialize>(value: &T) -> Response<Full<Bytes>> {
     }
 }
 
-/// Serves the admin endpoint on `listener` until `stop` is cancelled.
-pub async fn serve(listener: TcpListener, state: AdminState, stop: CancellationToken) {
+/// Serves the admin endpoint on `listener` (over TLS with `tls`) until
+/// `stop` is cancelled.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<Arc<ServerTls>>,
+    state: AdminState,
+    stop: CancellationToken,
+) {
     let state = Arc::new(state);
     let handler: pylon::admin_http::Handler = Arc::new(move |req: &hyper::http::request::Parts| {
         state.handle(
@@ -144,7 +194,10 @@ pub async fn serve(listener: TcpListener, state: AdminState, stop: CancellationT
             req.uri.path_and_query().map_or("/", |p| p.as_str()),
         )
     });
-    pylon::admin_http::serve(listener, handler, stop).await;
+    match tls {
+        Some(tls) => pylon::admin_http::serve_tls(listener, tls, handler, stop).await,
+        None => pylon::admin_http::serve(listener, handler, stop).await,
+    }
 }
 
 /// GETs `path` from an admin endpoint; returns the status code and body.

@@ -16,12 +16,12 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::admin::{self, AdminState};
+use crate::admin::{self, AdminState, TransportInfo};
 use crate::cache::Cache;
 use crate::config::Limits;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
-use crate::server::{Shared, XdsServer};
+use crate::server::{Shared, Transport, XdsServer};
 use crate::source::{self, Reloader, Source, SourceStatus};
 use crate::state::LastGood;
 
@@ -31,6 +31,8 @@ pub const DEFAULT_XDS: &str = "127.0.0.1:18000";
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:19000";
 /// Default quiet period after the last file event before reloading.
 pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(100);
+/// Quiet period after the last change of a certificate, key or CA file.
+const TLS_DEBOUNCE: Duration = Duration::from_millis(200);
 /// How long shutdown waits for tasks before giving up on them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -53,6 +55,58 @@ pub struct ServeOptions {
     /// xDS streams served at once; beyond, a new stream is refused with
     /// `UNAVAILABLE` ([`crate::server::limits::DEFAULT_MAX_STREAMS`] by default).
     pub max_streams: usize,
+    /// TLS for the xDS listener (with `ca`, mutual TLS); `None`: plaintext,
+    /// which only a loopback address or `insecure` allows.
+    pub tls: Option<pylon::tls::Files>,
+    /// TLS for the admin listener (`ca` unused); `None`: the xDS pair when
+    /// the admin address is not loopback, else plaintext.
+    pub admin_tls: Option<pylon::tls::Files>,
+    /// Serve plaintext beyond loopback anyway (`--insecure`).
+    pub insecure: bool,
+}
+
+impl ServeOptions {
+    /// Options with the defaults for everything but the config and addresses.
+    pub fn new(config: PathBuf, xds_listen: SocketAddr, admin_listen: Option<SocketAddr>) -> Self {
+        ServeOptions {
+            config,
+            xds_listen,
+            admin_listen,
+            debounce: DEFAULT_DEBOUNCE,
+            limits: Limits::default(),
+            state_dir: None,
+            max_streams: crate::server::limits::DEFAULT_MAX_STREAMS,
+            tls: None,
+            admin_tls: None,
+            insecure: false,
+        }
+    }
+}
+
+/// The refusal to serve plaintext on `addr` (the xDS or admin listener,
+/// `what`), unless it is loopback or `insecure` says so. Checked before
+/// anything is bound.
+fn plaintext_allowed(what: &str, addr: SocketAddr, insecure: bool) -> anyhow::Result<()> {
+    if pylon::tls::is_loopback(&addr) {
+        return Ok(());
+    }
+    if insecure {
+        warn!(
+            %addr,
+            "serving {what} in PLAINTEXT beyond loopback (--insecure): anyone who can reach it \
+             can read any node's config"
+        );
+        return Ok(());
+    }
+    let flags = if what == "xDS" {
+        "--tls-cert FILE --tls-key FILE (and --client-ca FILE for mutual TLS)"
+    } else {
+        "--admin-tls-cert FILE --admin-tls-key FILE, or the xDS pair (--tls-cert/--tls-key)"
+    };
+    anyhow::bail!(
+        "refusing to serve {what} in plaintext on {addr}, which is not a loopback address: \
+         add TLS with {flags}, listen on 127.0.0.1, or pass --insecure to accept the risk"
+    )
 }
 
 /// A running server. Dropping it does not stop it: call [`Running::shutdown`].
@@ -92,11 +146,51 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<Running> {
         opts.max_streams,
     ));
     let shutdown = CancellationToken::new();
-    let reloader = Arc::new(Reloader::new(source, &started, cache.clone(), metrics));
+    let reloader = Arc::new(Reloader::new(
+        source,
+        &started,
+        cache.clone(),
+        Arc::clone(&metrics),
+    ));
+    // Plaintext beyond loopback is refused before anything is bound.
+    if opts.tls.is_none() {
+        plaintext_allowed("xDS", opts.xds_listen, opts.insecure)?;
+    }
+    let admin_files = match (&opts.admin_tls, opts.admin_listen) {
+        (Some(f), _) => Some(f.clone()),
+        (None, Some(a)) if !pylon::tls::is_loopback(&a) => opts
+            .tls
+            .clone()
+            .map(|f| pylon::tls::Files { ca: None, ..f }),
+        _ => None,
+    };
+    if let (None, Some(a)) = (&admin_files, opts.admin_listen) {
+        plaintext_allowed("the admin API", a, opts.insecure)?;
+    }
+    let xds_tls = opts
+        .tls
+        .clone()
+        .map(|f| pylon::tls::ServerTls::load(f, &[b"h2"]))
+        .transpose()
+        .context("xDS TLS")?;
+    let admin_tls = admin_files
+        .map(|f| pylon::tls::ServerTls::load(f, &[b"h2", b"http/1.1"]))
+        .transpose()
+        .context("admin TLS")?;
+    let transport = match &xds_tls {
+        Some(t) if t.mutual() => Transport::MutualTls,
+        Some(_) => Transport::Tls,
+        None if pylon::tls::is_loopback(&opts.xds_listen) => Transport::LocalPlaintext,
+        None => Transport::InsecurePlaintext,
+    };
+    if transport == Transport::MutualTls && started_policy_is_open(&cache) {
+        warn!("mutual TLS without a `clients:` section: any client with a certificate from the CA may claim any node");
+    }
     let shared = Arc::new(Shared {
         cache: cache.clone(),
         registry: Arc::clone(&registry),
         shutdown: shutdown.clone(),
+        transport,
     });
 
     let xds = TcpListener::bind(opts.xds_listen)
@@ -108,6 +202,12 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<Running> {
         registry,
         reloader: Arc::clone(&reloader),
         shutdown: shutdown.clone(),
+        transport: TransportInfo {
+            xds: transport,
+            insecure: opts.insecure,
+            xds_tls: xds_tls.clone(),
+            admin_tls: admin_tls.clone(),
+        },
     };
     let mut tasks = Vec::new();
     let admin_addr = match opts.admin_listen {
@@ -118,6 +218,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<Running> {
             let bound = l.local_addr()?;
             tasks.push(tokio::spawn(admin::serve(
                 l,
+                admin_tls.clone(),
                 admin_state.clone(),
                 shutdown.clone(),
             )));
@@ -129,18 +230,44 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<Running> {
 
     let router = XdsServer::new(shared).router();
     let stop = shutdown.clone();
+    let handshake_failures = metrics.tls_handshake_failures.clone();
+    let tls_for_xds = xds_tls.clone();
     tasks.push(tokio::spawn(async move {
         // Accept errors (out of descriptors) are waited out here: tonic
         // would retry them at once, spinning.
         let incoming = pylon::accept::incoming(xds, "xds");
-        if let Err(e) = router
-            .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
-            .await
-        {
+        let served = match tls_for_xds {
+            Some(tls) => {
+                let refused = move || {
+                    handshake_failures.inc();
+                };
+                let conns = pylon::tls::accept(incoming, tls, refused);
+                router
+                    .serve_with_incoming_shutdown(conns, stop.cancelled_owned())
+                    .await
+            }
+            None => {
+                router
+                    .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+                    .await
+            }
+        };
+        if let Err(e) = served {
             warn!(error = %e, "xDS server ended with an error");
         }
     }));
-    info!(addr = %xds_addr, "xDS (ADS, CDS, EDS, LDS, RDS; SotW and delta) listening");
+    // Certificate, key and CA files are watched like the config.
+    for tls in [xds_tls.clone(), admin_tls.clone()].into_iter().flatten() {
+        let files = tls.files();
+        let stop = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            let target: Arc<dyn pylon::tls::Reload> = tls;
+            if let Err(e) = pylon::tls::watch(target, files, TLS_DEBOUNCE, stop).await {
+                warn!(error = %e, "TLS file watch failed; certificates are not reloaded");
+            }
+        }));
+    }
+    info!(addr = %xds_addr, transport = ?transport, "xDS (ADS, CDS, EDS, LDS, RDS; SotW and delta) listening");
 
     let reload = Arc::new(Notify::new());
     let (r, n, s) = (reloader, Arc::clone(&reload), shutdown.clone());
@@ -185,4 +312,9 @@ impl Running {
             }
         }
     }
+}
+
+/// Whether the served revision has no `clients:` rules.
+fn started_policy_is_open(cache: &Cache) -> bool {
+    cache.current().policy().clients.is_empty()
 }

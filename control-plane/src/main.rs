@@ -50,6 +50,8 @@ enum Command {
         no_state: bool,
         #[command(flatten)]
         limits: LimitArgs,
+        #[command(flatten)]
+        tls: TlsArgs,
         /// xDS streams served at once; a stream beyond is refused with UNAVAILABLE.
         #[arg(long, default_value_t = control_plane::server::limits::DEFAULT_MAX_STREAMS,
               value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
@@ -107,6 +109,51 @@ enum Command {
     },
 }
 
+/// TLS for the xDS and admin listeners.
+#[derive(clap::Args, Debug, Clone)]
+struct TlsArgs {
+    /// Serve xDS over TLS with this certificate chain (PEM); reloaded when
+    /// the file changes.
+    #[arg(long, requires = "tls_key", value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, requires = "tls_cert", value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+    /// Mutual TLS: refuse clients without a certificate signed by this CA
+    /// (PEM), and bind node identities with the config's `clients:` rules.
+    #[arg(long, requires = "tls_cert", value_name = "FILE")]
+    client_ca: Option<PathBuf>,
+    /// The admin listener's certificate (default: the xDS pair when the
+    /// admin address is not loopback).
+    #[arg(long, requires = "admin_tls_key", value_name = "FILE")]
+    admin_tls_cert: Option<PathBuf>,
+    /// The private key of --admin-tls-cert.
+    #[arg(long, requires = "admin_tls_cert", value_name = "FILE")]
+    admin_tls_key: Option<PathBuf>,
+    /// Serve plaintext on addresses other than loopback anyway (anyone who
+    /// can reach the port can read any node's config).
+    #[arg(long)]
+    insecure: bool,
+}
+
+impl TlsArgs {
+    fn xds(&self) -> Option<pylon::tls::Files> {
+        Some(pylon::tls::Files {
+            cert: self.tls_cert.clone()?,
+            key: self.tls_key.clone()?,
+            ca: self.client_ca.clone(),
+        })
+    }
+
+    fn admin(&self) -> Option<pylon::tls::Files> {
+        Some(pylon::tls::Files {
+            cert: self.admin_tls_cert.clone()?,
+            key: self.admin_tls_key.clone()?,
+            ca: None,
+        })
+    }
+}
+
 /// Bounds on a config file.
 #[derive(clap::Args, Debug, Clone, Copy)]
 struct LimitArgs {
@@ -151,6 +198,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             state_dir,
             no_state,
             limits,
+            tls,
             max_streams,
             log_format,
         } => {
@@ -174,6 +222,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 limits: limits.limits(),
                 state_dir,
                 max_streams,
+                tls: tls.xds(),
+                admin_tls: tls.admin(),
+                insecure: tls.insecure,
             }))?;
             Ok(ExitCode::SUCCESS)
         }

@@ -50,6 +50,14 @@ pub struct Metrics {
     pub nacks: Family<TypeLabel, Counter>,
     /// Requests refused by a limit (the stream ends), by reason.
     pub refused: Family<ReasonLabel, Counter>,
+    /// Streams refused because the client's certificate may not claim their
+    /// node (`clients:` rules), by reason.
+    pub denied_streams: Family<ReasonLabel, Counter>,
+    /// CSDS requests refused (no `csds: true` rule for the identity, or a
+    /// transport without identities).
+    pub denied_csds: Counter,
+    /// TLS handshakes refused or timed out on the xDS listener.
+    pub tls_handshake_failures: Counter,
     /// Requests ignored because their nonce was not the latest one sent.
     pub stale_nonces: Family<TypeLabel, Counter>,
     /// Requests for a type URL Pylon does not serve.
@@ -109,6 +117,29 @@ impl Metrics {
                 })
                 .inc_by(0);
         }
+        let denied_streams = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "denied_streams",
+            "Streams refused because the client certificate's identity may not claim their node, by reason",
+            denied_streams.clone(),
+        );
+        for d in crate::selection::Denied::ALL {
+            denied_streams
+                .get_or_create(&ReasonLabel { reason: d.as_str() })
+                .inc_by(0);
+        }
+        let denied_csds = Counter::default();
+        registry.register(
+            "denied_csds_requests",
+            "CSDS requests refused: the identity has no `csds: true` rule, or the transport carries no identity",
+            denied_csds.clone(),
+        );
+        let tls_handshake_failures = Counter::default();
+        registry.register(
+            "tls_handshake_failures",
+            "TLS handshakes refused (no or an untrusted or expired client certificate, plaintext) or timed out on the xDS listener",
+            tls_handshake_failures.clone(),
+        );
         let stale_nonces = Family::<TypeLabel, Counter>::default();
         registry.register(
             "stale_nonces",
@@ -164,6 +195,9 @@ impl Metrics {
             push_latency,
             nacks,
             refused,
+            denied_streams,
+            denied_csds,
+            tls_handshake_failures,
             stale_nonces,
             unknown_types,
             reloads,
@@ -193,6 +227,15 @@ impl Metrics {
     /// Counts a request refused for `reason`.
     pub fn refused(&self, reason: crate::server::limits::Reason) {
         self.refused
+            .get_or_create(&ReasonLabel {
+                reason: reason.as_str(),
+            })
+            .inc();
+    }
+
+    /// Counts a stream denied for `reason`.
+    pub fn denied(&self, reason: crate::selection::Denied) {
+        self.denied_streams
             .get_or_create(&ReasonLabel {
                 reason: reason.as_str(),
             })

@@ -16,6 +16,8 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
+
+use pylon::tls::Identity;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -46,7 +48,7 @@ pub const MAX_NACK_MESSAGE_BYTES: usize = 4096;
 const CLIENT_WARNINGS_PER_SECOND: u32 = 20;
 
 /// `s` cut to [`DISPLAY_BYTES`].
-fn display(s: &str) -> String {
+pub(crate) fn display(s: &str) -> String {
     truncate(s, DISPLAY_BYTES).into_owned()
 }
 
@@ -209,6 +211,9 @@ pub struct StreamStatus {
     pub node_proto: Option<Arc<Node>>,
     /// Peer address.
     pub peer: Option<SocketAddr>,
+    /// The identity of the client's certificate (its first URI SAN, else its
+    /// first DNS SAN), over mutual TLS.
+    pub identity: Option<String>,
     /// `ads`, `cds`, `eds`, `lds` or `rds`, with `-delta` for incremental streams.
     pub protocol: String,
     /// When the stream opened (milliseconds since the Unix epoch).
@@ -288,6 +293,7 @@ impl Registry {
         self: &Arc<Self>,
         protocol: &str,
         peer: Option<SocketAddr>,
+        identity: Option<Identity>,
     ) -> Result<StreamGuard, Status> {
         let max = self.max_streams;
         if self
@@ -317,6 +323,7 @@ impl Registry {
                 selection: String::new(),
                 node_proto: None,
                 peer,
+                identity: identity.as_ref().map(|i| display(&i.display())),
                 protocol: protocol.to_string(),
                 connected_at_unix_ms: now_ms(),
                 types: TypeStatuses::default(),
@@ -328,6 +335,7 @@ impl Registry {
             registry: Arc::clone(self),
             node: String::new(),
             has_node: false,
+            identity,
         })
     }
 
@@ -368,9 +376,16 @@ pub struct StreamGuard {
     /// The node id, cut to [`DISPLAY_BYTES`] (for logs).
     node: String,
     has_node: bool,
+    /// The verified certificate's identity, over mutual TLS.
+    identity: Option<Identity>,
 }
 
 impl StreamGuard {
+    /// The identity of the client's verified certificate, if any.
+    pub fn identity(&self) -> Option<&Identity> {
+        self.identity.as_ref()
+    }
+
     /// This stream's id.
     pub fn id(&self) -> u64 {
         self.id
@@ -526,7 +541,7 @@ mod tests {
     #[test]
     fn states_follow_sends_acks_and_nacks() {
         let reg = Arc::new(Registry::new(Arc::new(Metrics::new())));
-        let g = reg.open("ads", None).unwrap();
+        let g = reg.open("ads", None, None).unwrap();
         let st = |reg: &Registry| reg.list()[0].types.cds.state();
         assert_eq!(st(&reg), "NOT_SENT");
         let held = Held::Versions(Arc::new([(Arc::from("a"), Arc::from("1"))].into()));
@@ -549,13 +564,13 @@ mod tests {
     #[test]
     fn streams_beyond_the_maximum_are_unavailable() {
         let reg = Arc::new(Registry::with_max_streams(Arc::new(Metrics::new()), 2));
-        let a = reg.open("ads", None).unwrap();
-        let _b = reg.open("ads-delta", None).unwrap();
-        let st = reg.open("ads", None).unwrap_err();
+        let a = reg.open("ads", None, None).unwrap();
+        let _b = reg.open("ads-delta", None, None).unwrap();
+        let st = reg.open("ads", None, None).unwrap_err();
         assert_eq!(st.code(), tonic::Code::Unavailable);
         assert!(st.message().contains("--max-streams"), "{st:?}");
         drop(a);
-        let _c = reg.open("ads", None).unwrap();
+        let _c = reg.open("ads", None, None).unwrap();
         assert!(reg
             .metrics()
             .encode()
@@ -565,7 +580,7 @@ mod tests {
     #[test]
     fn client_chosen_text_is_kept_cut() {
         let reg = Arc::new(Registry::new(Arc::new(Metrics::new())));
-        let mut g = reg.open("ads", None).unwrap();
+        let mut g = reg.open("ads", None, None).unwrap();
         let long = "x".repeat(1 << 20);
         g.set_node(Arc::new(Node {
             id: long.clone(),

@@ -8,24 +8,86 @@
 //! configurations and clusters) and the load assignments of the selected
 //! clusters come with them, so a node's view is always consistent.
 //!
+//! It also owns the `clients:` rules: which certificate identity may claim
+//! which nodes over mutual TLS, and which may read CSDS
+//! ([`Policy::authorize`], [`Policy::csds_allowed`]).
+//!
 //! It knows nothing of YAML (`config` builds policies) nor of encoded resources
-//! (`snapshot` narrows a snapshot to a selection).
+//! (`snapshot` narrows a snapshot to a selection), nor of TLS (the server
+//! hands it the identity a verified certificate names).
 
 use std::collections::BTreeSet;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::google::protobuf::{value::Kind, Value};
+use pylon::tls::Identity;
 use serde::Serialize;
 
 /// The selection name of a node that matches no selector: it receives every
 /// resource.
 pub const DEFAULT_SELECTION: &str = "default";
 
-/// Every selector of one config revision, in file order (first match wins).
+/// Every selector of one config revision, in file order (first match wins),
+/// and its `clients:` rules.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize)]
 pub struct Policy {
     /// The selectors, in file order.
     pub selectors: Vec<Selector>,
+    /// Who may claim which node, and read CSDS; empty: no rules.
+    pub clients: Vec<ClientRule>,
+}
+
+/// One entry of `clients:`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct ClientRule {
+    /// The certificate SANs the rule is for.
+    pub identity: IdentityGlob,
+    /// The nodes such an identity may claim (`id`, `cluster` globs; `None`
+    /// matches any); `None`: no node.
+    pub nodes: Option<(Option<Glob>, Option<Glob>)>,
+    /// Whether it may read every node's config over CSDS.
+    pub csds: bool,
+}
+
+/// A glob on one kind of SAN.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IdentityGlob {
+    /// On URI SANs.
+    Uri(Glob),
+    /// On DNS SANs.
+    Dns(Glob),
+}
+
+impl IdentityGlob {
+    fn matches(&self, id: &Identity) -> bool {
+        match self {
+            IdentityGlob::Uri(g) => id.uris.iter().any(|u| g.matches(u)),
+            IdentityGlob::Dns(g) => id.dns.iter().any(|d| g.matches(d)),
+        }
+    }
+}
+
+/// Why a verified identity may not have a stream for a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Denied {
+    /// No rule names the identity.
+    UnknownIdentity,
+    /// Rules name it, but none lets it claim this node.
+    NodeNotAllowed,
+}
+
+impl Denied {
+    /// Every reason, for metrics that start at 0.
+    pub const ALL: [Denied; 2] = [Denied::UnknownIdentity, Denied::NodeNotAllowed];
+
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Denied::UnknownIdentity => "unknown_identity",
+            Denied::NodeNotAllowed => "node_not_allowed",
+        }
+    }
 }
 
 /// One entry of `nodes:`.
@@ -77,6 +139,38 @@ impl Policy {
     /// default (everything).
     pub fn select(&self, node: &Node) -> Option<usize> {
         self.selectors.iter().position(|s| s.matches(node))
+    }
+
+    /// Whether `identity` (from a verified client certificate) may claim the
+    /// node `id` of `cluster`. Without `clients:` rules, any may.
+    pub fn authorize(&self, identity: &Identity, id: &str, cluster: &str) -> Result<(), Denied> {
+        if self.clients.is_empty() {
+            return Ok(());
+        }
+        let mut known = false;
+        for rule in self.clients.iter().filter(|r| r.identity.matches(identity)) {
+            known = true;
+            if let Some((id_glob, cluster_glob)) = &rule.nodes {
+                if id_glob.as_ref().is_none_or(|g| g.matches(id))
+                    && cluster_glob.as_ref().is_none_or(|g| g.matches(cluster))
+                {
+                    return Ok(());
+                }
+            }
+        }
+        Err(if known {
+            Denied::NodeNotAllowed
+        } else {
+            Denied::UnknownIdentity
+        })
+    }
+
+    /// Whether `identity` may read every node's config over CSDS (a rule
+    /// naming it says `csds: true`).
+    pub fn csds_allowed(&self, identity: &Identity) -> bool {
+        self.clients
+            .iter()
+            .any(|r| r.csds && r.identity.matches(identity))
     }
 
     /// The selection name for an index returned by [`Policy::select`].
@@ -255,6 +349,7 @@ mod tests {
                     ..selector("three")
                 },
             ],
+            clients: Vec::new(),
         };
         let eu = node(
             "edge-1",
@@ -274,5 +369,57 @@ mod tests {
         assert_eq!(index(&grpc), "grpc");
         assert_eq!(index(&three), "three");
         assert_eq!(index(&Node::default()), DEFAULT_SELECTION);
+    }
+
+    #[test]
+    fn client_rules_bind_identities_to_nodes() {
+        let rule = |identity, nodes: Option<(Option<&str>, Option<&str>)>, csds| ClientRule {
+            identity,
+            nodes: nodes.map(|(i, c)| (i.map(Glob::new), c.map(Glob::new))),
+            csds,
+        };
+        let policy = Policy {
+            selectors: Vec::new(),
+            clients: vec![
+                rule(
+                    IdentityGlob::Uri(Glob::new("spiffe://pylon.test/edge/*")),
+                    Some((Some("edge-*"), Some("edge"))),
+                    false,
+                ),
+                rule(IdentityGlob::Dns(Glob::new("*.ops.test")), None, true),
+            ],
+        };
+        let uri = |u: &str| Identity {
+            uris: vec![u.to_string()],
+            dns: Vec::new(),
+        };
+        let edge = uri("spiffe://pylon.test/edge/7");
+        assert_eq!(policy.authorize(&edge, "edge-7", "edge"), Ok(()));
+        assert_eq!(
+            policy.authorize(&edge, "core-1", "edge"),
+            Err(Denied::NodeNotAllowed)
+        );
+        assert_eq!(
+            policy.authorize(&edge, "edge-7", "core"),
+            Err(Denied::NodeNotAllowed)
+        );
+        assert_eq!(
+            policy.authorize(&uri("spiffe://other/edge/7"), "edge-7", "edge"),
+            Err(Denied::UnknownIdentity)
+        );
+        let ops = Identity {
+            uris: Vec::new(),
+            dns: vec!["a.ops.test".to_string()],
+        };
+        // CSDS only, no node.
+        assert!(policy.csds_allowed(&ops));
+        assert!(!policy.csds_allowed(&edge));
+        assert_eq!(
+            policy.authorize(&ops, "edge-7", "edge"),
+            Err(Denied::NodeNotAllowed)
+        );
+        // No rules: any verified identity may claim any node.
+        assert_eq!(Policy::default().authorize(&edge, "x", "y"), Ok(()));
+        assert!(!Policy::default().csds_allowed(&ops));
     }
 }

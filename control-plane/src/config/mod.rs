@@ -51,7 +51,7 @@ use std::io::Read as _;
 use std::path::Path;
 
 use crate::resources::Resources;
-use crate::selection::{Glob, Names, Policy, Selector};
+use crate::selection::{ClientRule, Glob, IdentityGlob, Names, Policy, Selector};
 pub use pylon::yaml::Limits;
 use pylon::yaml::{self, PositionIndex};
 use validate::{Catalog, Issue};
@@ -268,7 +268,7 @@ fn load_text(file_name: &str, text: &str, limits: &Limits) -> Result<Resources, 
         resources.clusters.push(cluster);
         resources.endpoints.push(endpoints);
     }
-    resources.policy = policy(&file.nodes);
+    resources.policy = policy(&file.nodes, &file.clients);
     if let Some(native) = file.static_resources {
         let written = |path: &str| index.key(path).is_some();
         native::normalise(native, &written, &mut resources, &mut catalog, &mut issues);
@@ -418,8 +418,8 @@ pub fn migrate(
     Ok((out, m.changes.len()))
 }
 
-/// The `nodes:` section as a [`Policy`].
-fn policy(nodes: &[schema::NodeSelection]) -> Policy {
+/// The `nodes:` and `clients:` sections as a [`Policy`].
+fn policy(nodes: &[schema::NodeSelection], clients: &[schema::ClientRule]) -> Policy {
     let names = |list: &schema::NameList| match list {
         schema::NameList::All => Names::All,
         schema::NameList::Only(names) => Names::Only(names.iter().cloned().collect()),
@@ -444,6 +444,27 @@ fn policy(nodes: &[schema::NodeSelection]) -> Policy {
                     listeners: names(&n.listeners),
                     clusters: names(&n.clusters),
                 }
+            })
+            .collect(),
+        clients: clients
+            .iter()
+            .filter_map(|c| {
+                let identity = match (&c.identity, &c.dns) {
+                    (Some(u), _) => IdentityGlob::Uri(Glob::new(u.clone())),
+                    (None, Some(d)) => IdentityGlob::Dns(Glob::new(d.clone())),
+                    // Refused by validation.
+                    (None, None) => return None,
+                };
+                Some(ClientRule {
+                    identity,
+                    nodes: c.nodes.as_ref().map(|n| {
+                        (
+                            n.id.clone().map(Glob::new),
+                            n.cluster.clone().map(Glob::new),
+                        )
+                    }),
+                    csds: c.csds,
+                })
             })
             .collect(),
     }
@@ -667,11 +688,11 @@ static_resources:
             ("# nothing yet\n\n", "pylon.yaml: file is empty; write `clusters: []` to serve nothing"),
             (
                 "admin: {}\n",
-                "pylon.yaml:1:1: admin: `admin` belongs to an Envoy bootstrap, not a pylon-xds config (top-level keys: `clusters`, `listeners`, `grpc_services`, `nodes`, `static_resources`)",
+                "pylon.yaml:1:1: admin: `admin` belongs to an Envoy bootstrap, not a pylon-xds config (top-level keys: `clusters`, `listeners`, `grpc_services`, `nodes`, `clients`, `static_resources`)",
             ),
             (
                 "clusters: []\nroutes: []\n",
-                "pylon.yaml:2:1: routes: unknown top-level key `routes`: expected `clusters`, `listeners`, `grpc_services`, `nodes` or `static_resources`",
+                "pylon.yaml:2:1: routes: unknown top-level key `routes`: expected `clusters`, `listeners`, `grpc_services`, `nodes`, `clients` or `static_resources`",
             ),
             (
                 "clusters:\n  - name: a\n    conect_timeout: 5s\n",
@@ -711,7 +732,7 @@ static_resources:
             ),
             (
                 "- name: a\n",
-                "pylon.yaml:1:1: .: invalid type: sequence, expected a map with `clusters`, `listeners`, `grpc_services`, `nodes` and/or `static_resources`",
+                "pylon.yaml:1:1: .: invalid type: sequence, expected a map with `clusters`, `listeners`, `grpc_services`, `nodes`, `clients` and/or `static_resources`",
             ),
             (
                 "static_resources:\n  secrets: []\n",
@@ -766,6 +787,40 @@ static_resources:
         ] {
             assert_eq!(drains(&native(kept)), [("n".into(), false)], "{kept}");
         }
+    }
+
+    #[test]
+    fn client_rules_are_read_and_checked() {
+        let text = "\
+clients:
+  - identity: \"spiffe://pylon.example/edge/*\"
+    nodes: {cluster: edge, id: \"edge-*\"}
+  - dns: \"ops.example\"
+    csds: true
+";
+        let r = load_str("pylon.yaml", text).unwrap();
+        let c = &r.policy.clients;
+        assert_eq!(c.len(), 2);
+        assert_eq!(
+            c[0].identity,
+            IdentityGlob::Uri(Glob::new("spiffe://pylon.example/edge/*"))
+        );
+        assert!(c[1].csds && c[1].nodes.is_none());
+        assert_eq!(
+            errors(
+                "clients:\n  - identity: a\n    dns: b\n    csds: true\n  - csds: true\n  - identity: c\n  - identity: d\n    nodes: {}\n  - identity: e\n    node: {id: x}\n"
+            ),
+            "pylon.yaml:10:5: clients[4].node: unknown field `node`, expected one of `identity`, `dns`, `nodes`, `csds`"
+        );
+        assert_eq!(
+            errors(
+                "clients:\n  - identity: a\n    dns: b\n    csds: true\n  - csds: true\n  - identity: c\n  - identity: d\n    nodes: {}\n"
+            ),
+            "pylon.yaml:2:5: clients[0]: a client rule names one identity: `identity` (a URI SAN) or `dns` (a DNS SAN), not both (write two rules)\n\
+             pylon.yaml:5:5: clients[1]: a client rule needs `identity` (a URI SAN glob, like \"spiffe://example.org/edge/*\") or `dns` (a DNS SAN glob, like \"*.edge.example\")\n\
+             pylon.yaml:6:5: clients[2]: this rule allows nothing: give `nodes` (which nodes the identity may claim) and/or `csds: true`\n\
+             pylon.yaml:8:12: clients[3].nodes: `nodes` needs `id` and/or `cluster` globs (write `{id: \"*\"}` for any node)"
+        );
     }
 
     #[test]

@@ -23,7 +23,39 @@ pub struct File {
     pub listeners: Vec<Listener>,
     pub grpc_services: Vec<GrpcService>,
     pub nodes: Vec<NodeSelection>,
+    pub clients: Vec<ClientRule>,
     pub static_resources: Option<StaticResources>,
+}
+
+/// One entry of `clients:`: a certificate identity and what it may do over
+/// mutual TLS.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientRule {
+    /// Glob on the certificate's URI SANs (a SPIFFE id, say).
+    #[serde(default)]
+    pub identity: Option<String>,
+    /// Glob on the certificate's DNS SANs.
+    #[serde(default)]
+    pub dns: Option<String>,
+    /// The nodes it may claim; absent: none.
+    #[serde(default)]
+    pub nodes: Option<ClientNodes>,
+    /// Whether it may read every node's config over CSDS.
+    #[serde(default)]
+    pub csds: bool,
+}
+
+/// Globs on the node a client claims; every one given must hold.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientNodes {
+    /// Glob on `node.id`.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Glob on `node.cluster`.
+    #[serde(default)]
+    pub cluster: Option<String>,
 }
 
 /// A service for proxyless gRPC clients, which dial `xds:///{name}:{port}`.
@@ -393,6 +425,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "listeners",
     "grpc_services",
     "nodes",
+    "clients",
     "static_resources",
 ];
 
@@ -401,12 +434,12 @@ fn unknown_top_level_key(key: &str) -> String {
         format!(
             "`{key}` belongs to an Envoy bootstrap, not a pylon-xds config \
              (top-level keys: `clusters`, `listeners`, `grpc_services`, `nodes`, \
-             `static_resources`)"
+             `clients`, `static_resources`)"
         )
     } else {
         format!(
             "unknown top-level key `{key}`: expected `clusters`, `listeners`, \
-             `grpc_services`, `nodes` or `static_resources`"
+             `grpc_services`, `nodes`, `clients` or `static_resources`"
         )
     }
 }
@@ -424,7 +457,7 @@ impl<'de> Visitor<'de> for FileVisitor {
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(
-            "a map with `clusters`, `listeners`, `grpc_services`, `nodes` and/or `static_resources`",
+            "a map with `clusters`, `listeners`, `grpc_services`, `nodes`, `clients` and/or `static_resources`",
         )
     }
 
@@ -451,6 +484,7 @@ impl<'de> Visitor<'de> for FileVisitor {
                     file.grpc_services = map.next_value::<Option<Vec<_>>>()?.unwrap_or_default()
                 }
                 "nodes" => file.nodes = map.next_value::<Option<Vec<_>>>()?.unwrap_or_default(),
+                "clients" => file.clients = map.next_value::<Option<Vec<_>>>()?.unwrap_or_default(),
                 _ => file.static_resources = map.next_value()?,
             }
         }

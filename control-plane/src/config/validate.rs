@@ -90,6 +90,42 @@ pub fn concise(file: &File, catalog: &mut Catalog, issues: &mut Vec<Issue>) {
         }
         node_selection(n, &path, catalog, issues);
     }
+    for (i, c) in file.clients.iter().enumerate() {
+        client_rule(c, &format!("clients[{i}]"), issues);
+    }
+}
+
+/// One `clients:` rule: one identity, and something it is allowed.
+fn client_rule(c: &super::schema::ClientRule, path: &str, issues: &mut Vec<Issue>) {
+    match (&c.identity, &c.dns) {
+        (Some(_), Some(_)) => issues.push(Issue::new(
+            path,
+            "a client rule names one identity: `identity` (a URI SAN) or `dns` (a DNS SAN), \
+             not both (write two rules)",
+        )),
+        (None, None) => issues.push(Issue::new(
+            path,
+            "a client rule needs `identity` (a URI SAN glob, like \"spiffe://example.org/edge/*\") \
+             or `dns` (a DNS SAN glob, like \"*.edge.example\")",
+        )),
+        (Some(g), None) | (None, Some(g)) if g.is_empty() => issues.push(Issue::new(
+            format!("{path}.{}", if c.identity.is_some() { "identity" } else { "dns" }),
+            "the identity glob must not be empty",
+        )),
+        _ => {}
+    }
+    match &c.nodes {
+        Some(n) if n.id.is_none() && n.cluster.is_none() => issues.push(Issue::new(
+            format!("{path}.nodes"),
+            "`nodes` needs `id` and/or `cluster` globs (write `{id: \"*\"}` for any node)",
+        )),
+        None if !c.csds => issues.push(Issue::new(
+            path,
+            "this rule allows nothing: give `nodes` (which nodes the identity may claim) \
+             and/or `csds: true`",
+        )),
+        _ => {}
+    }
 }
 
 fn grpc_service(g: &GrpcService, path: &str, catalog: &mut Catalog, issues: &mut Vec<Issue>) {

@@ -270,6 +270,32 @@ fn metadata_matches(s: &StructMatcher, node: &Node) -> bool {
     }
 }
 
+impl Csds {
+    /// Whether the client of `req` may read every node's config: always on a
+    /// loopback plaintext listener (local tooling), over mutual TLS when a
+    /// `clients:` rule naming its certificate says `csds: true`, never
+    /// otherwise (TLS without client certificates, `--insecure` plaintext).
+    fn permit<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        let allowed = match self.shared.transport {
+            super::Transport::LocalPlaintext => true,
+            super::Transport::MutualTls => super::identity(req)
+                .is_some_and(|id| self.shared.cache.current().policy().csds_allowed(&id)),
+            super::Transport::Tls | super::Transport::InsecurePlaintext => false,
+        };
+        if allowed {
+            return Ok(());
+        }
+        self.shared.registry.metrics().denied_csds.inc();
+        let who = super::identity(req)
+            .map(|id| crate::registry::display(&id.display()))
+            .unwrap_or_else(|| "an anonymous client".to_string());
+        Err(Status::permission_denied(format!(
+            "{who} may not read client status: CSDS is answered on a loopback plaintext \
+             listener, or over mutual TLS to identities a `clients:` rule gives `csds: true`"
+        )))
+    }
+}
+
 type StatusOut = ReceiverStream<Result<ClientStatusResponse, Status>>;
 
 #[tonic::async_trait]
@@ -280,6 +306,7 @@ impl ClientStatusDiscoveryService for Csds {
         &self,
         req: Request<Streaming<ClientStatusRequest>>,
     ) -> Result<Response<StatusOut>, Status> {
+        self.permit(&req)?;
         let mut requests = req.into_inner();
         let (tx, rx) = mpsc::channel(4);
         let this = self.clone();
@@ -299,6 +326,7 @@ impl ClientStatusDiscoveryService for Csds {
         &self,
         req: Request<ClientStatusRequest>,
     ) -> Result<Response<ClientStatusResponse>, Status> {
+        self.permit(&req)?;
         self.answer(req.get_ref()).map(Response::new)
     }
 }

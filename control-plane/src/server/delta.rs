@@ -456,7 +456,7 @@ mod tests {
     #[test]
     fn first_wildcard_request_is_answered_even_when_empty() {
         let reg = registry();
-        let mut s = DeltaStream::new(reg.open("ads-delta", None).unwrap(), None);
+        let mut s = DeltaStream::new(reg.open("ads-delta", None, None).unwrap(), None);
         let empty = snapshot(&Fixture::empty());
         let out = s
             .on_request(req(ResourceType::Listener, &[], &[], ""), &empty)
@@ -468,7 +468,7 @@ mod tests {
     #[test]
     fn updates_and_removals_are_incremental() {
         let reg = registry();
-        let mut s = DeltaStream::new(reg.open("ads-delta", None).unwrap(), None);
+        let mut s = DeltaStream::new(reg.open("ads-delta", None, None).unwrap(), None);
         let v1 = snapshot(&Fixture::two_clusters());
         let out = s
             .on_request(req(ResourceType::Cluster, &[], &[], ""), &v1)
@@ -493,7 +493,7 @@ mod tests {
         let a = v1.get(ResourceType::Cluster).resources["a"]
             .version
             .to_string();
-        let mut s = DeltaStream::new(reg.open("ads-delta", None).unwrap(), None);
+        let mut s = DeltaStream::new(reg.open("ads-delta", None, None).unwrap(), None);
         let mut r = req(ResourceType::Cluster, &[], &[], "");
         r.initial_resource_versions =
             [("a".to_string(), a), ("b".to_string(), "old".to_string())].into();
@@ -504,7 +504,7 @@ mod tests {
     #[test]
     fn never_existing_names_are_not_listed_as_removed() {
         let reg = registry();
-        let mut s = DeltaStream::new(reg.open("ads-delta", None).unwrap(), None);
+        let mut s = DeltaStream::new(reg.open("ads-delta", None, None).unwrap(), None);
         let v1 = snapshot(&Fixture::one_cluster());
         let out = s
             .on_request(req(ResourceType::Endpoint, &["a", "ghost"], &[], ""), &v1)
@@ -519,7 +519,7 @@ mod tests {
     #[test]
     fn stale_nonce_still_applies_subscriptions_and_nack_is_not_resent() {
         let reg = registry();
-        let mut s = DeltaStream::new(reg.open("ads-delta", None).unwrap(), None);
+        let mut s = DeltaStream::new(reg.open("ads-delta", None, None).unwrap(), None);
         let v1 = snapshot(&Fixture::two_clusters());
         let first = s
             .on_request(req(ResourceType::Endpoint, &["a"], &[], ""), &v1)
@@ -556,7 +556,7 @@ mod tests {
     #[test]
     fn changed_cluster_gets_its_endpoints_again_and_removals_come_last() {
         let reg = registry();
-        let mut s = DeltaStream::new(reg.open("ads-delta", None).unwrap(), None);
+        let mut s = DeltaStream::new(reg.open("ads-delta", None, None).unwrap(), None);
         let v1 = snapshot(&Fixture::two_clusters_listener_on_b());
         for ty in [ResourceType::Cluster, ResourceType::Listener] {
             s.on_request(req(ty, &[], &[], ""), &v1).unwrap();
@@ -590,7 +590,7 @@ mod tests {
     fn empty_type_url_is_invalid_on_ads_and_unknown_types_are_ignored() {
         let reg = registry();
         let v = snapshot(&Fixture::two_clusters());
-        let mut s = DeltaStream::new(reg.open("ads-delta", None).unwrap(), None);
+        let mut s = DeltaStream::new(reg.open("ads-delta", None, None).unwrap(), None);
         let bogus = DeltaDiscoveryRequest {
             type_url: "type.googleapis.com/envoy.config.nothing.v3.Bogus".into(),
             ..req(ResourceType::Cluster, &["x"], &[], "")
@@ -612,7 +612,7 @@ mod tests {
         assert_eq!(err.code(), tonic::Code::InvalidArgument);
         // A single-type service knows its type.
         let mut eds = DeltaStream::new(
-            reg.open("eds-delta", None).unwrap(),
+            reg.open("eds-delta", None, None).unwrap(),
             Some(ResourceType::Endpoint),
         );
         let implicit = DeltaDiscoveryRequest {
@@ -644,7 +644,7 @@ mod tests {
             seeded(&long, "v1"),
             seeded("a", &long),
         ] {
-            let mut s = DeltaStream::new(reg.open("ads-delta", None).unwrap(), None);
+            let mut s = DeltaStream::new(reg.open("ads-delta", None, None).unwrap(), None);
             let err = s.on_request(bad, &v).unwrap_err();
             assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
         }
@@ -655,7 +655,7 @@ mod tests {
         let batch = |ty: &str, from: usize| -> Vec<String> {
             (from..from + 1024).map(|i| name(ty, i)).collect()
         };
-        let mut s = DeltaStream::new(reg.open("ads-delta", None).unwrap(), None);
+        let mut s = DeltaStream::new(reg.open("ads-delta", None, None).unwrap(), None);
         for (ty, from) in [("e", 0), ("e", 1024)] {
             assert!(s.on_request(eds(batch(ty, from), vec![]), &v).is_ok());
         }
@@ -691,7 +691,7 @@ mod tests {
         let half = MAX_NAMES_PER_TYPE / 2 + 1;
         let batch =
             |from: usize| -> Vec<String> { (from..from + half).map(|i| format!("n{i}")).collect() };
-        let mut s = DeltaStream::new(reg.open("ads-delta", None).unwrap(), None);
+        let mut s = DeltaStream::new(reg.open("ads-delta", None, None).unwrap(), None);
         let first = DeltaDiscoveryRequest {
             resource_names_subscribe: batch(0),
             ..req(ResourceType::Endpoint, &[], &[], "")
@@ -710,7 +710,7 @@ mod tests {
         let err = s.on_request(more, &v).unwrap_err();
         assert_eq!(err.code(), tonic::Code::ResourceExhausted);
 
-        let mut s = DeltaStream::new(reg.open("ads-delta", None).unwrap(), None);
+        let mut s = DeltaStream::new(reg.open("ads-delta", None, None).unwrap(), None);
         let seeded = DeltaDiscoveryRequest {
             initial_resource_versions: (0..=MAX_NAMES_PER_TYPE)
                 .map(|i| (format!("n{i}"), "v".to_string()))
@@ -724,7 +724,7 @@ mod tests {
     #[test]
     fn wildcard_unsubscribe_is_answered() {
         let reg = registry();
-        let mut s = DeltaStream::new(reg.open("ads-delta", None).unwrap(), None);
+        let mut s = DeltaStream::new(reg.open("ads-delta", None, None).unwrap(), None);
         let v1 = snapshot(&Fixture::two_clusters());
         let out = s
             .on_request(req(ResourceType::Cluster, &[], &[], ""), &v1)

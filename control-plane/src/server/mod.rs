@@ -112,7 +112,7 @@ pub async fn drive<P, S>(
                     break;
                 }
                 Some(Ok(mut req)) => {
-                    let out = match take_node(&mut state, &mut req, &full, &mut node) {
+                    let out = match take_node(&shared, &mut state, &mut req, &full, &mut node) {
                         Ok(Some(view)) => {
                             snap = view;
                             state.on_request(req, &snap)
@@ -135,7 +135,14 @@ pub async fn drive<P, S>(
                 }
                 full = snapshots.borrow_and_update().clone();
                 snap = match &node {
-                    Some(n) => select(&full, n, state.guard()),
+                    Some(n) => {
+                        // A rule that no longer allows this node ends the stream.
+                        if let Err(status) = authorize(shared.transport, full.policy(), state.guard(), n) {
+                            let _ = tx.send(Err(status)).await;
+                            break;
+                        }
+                        select(&full, n, state.guard())
+                    }
                     None => Arc::clone(&full),
                 };
                 state.on_snapshot(&snap)
@@ -158,6 +165,7 @@ pub async fn drive<P, S>(
 /// and its registry entry: later copies (Envoy may repeat it on every
 /// request) are dropped with their request.
 fn take_node<P: Protocol>(
+    shared: &Shared,
     state: &mut P,
     req: &mut P::Request,
     full: &Arc<Snapshot>,
@@ -180,6 +188,7 @@ fn take_node<P: Protocol>(
         return Ok(None);
     }
     let n = sent.unwrap_or_default();
+    authorize(shared.transport, full.policy(), state.guard(), &n)?;
     let view = select(full, &n, state.guard());
     *node = Some(n);
     Ok(Some(view))
@@ -200,6 +209,25 @@ const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
 /// Responses queued per stream before the stream task waits for the client.
 const STREAM_BUFFER: usize = 16;
 
+/// How clients reach the xDS listener, which decides what they are trusted
+/// with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Transport {
+    /// Plaintext on a loopback address: local tooling, trusted (CSDS is
+    /// answered).
+    LocalPlaintext,
+    /// Plaintext beyond loopback, accepted with `--insecure`: anyone who can
+    /// reach the port can claim any node (CSDS is refused).
+    InsecurePlaintext,
+    /// TLS without client certificates: clients know the server, not the
+    /// other way round (CSDS is refused).
+    Tls,
+    /// Mutual TLS: every client presents a certificate from the client CA,
+    /// and the `clients:` rules bind its identity to the nodes it may claim.
+    MutualTls,
+}
+
 /// What every stream task shares.
 #[derive(Debug)]
 pub struct Shared {
@@ -209,6 +237,59 @@ pub struct Shared {
     pub registry: Arc<Registry>,
     /// Cancelled when the server stops: every stream ends.
     pub shutdown: CancellationToken,
+    /// How clients connect.
+    pub transport: Transport,
+}
+
+/// The identity of the verified client certificate of `req`, if any.
+pub(crate) fn identity<T>(req: &Request<T>) -> Option<pylon::tls::Identity> {
+    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+    // Set by tonic for connections served from a TLS stream.
+    let certs = req
+        .extensions()
+        .get::<TlsConnectInfo<TcpConnectInfo>>()?
+        .peer_certs()?;
+    certs.first().map(pylon::tls::Identity::of)
+}
+
+/// Whether the stream of `guard` may claim `node` under `policy`: over
+/// mutual TLS, the `clients:` rules decide; on any other transport they
+/// cannot (there is no verified identity), and every node may be claimed.
+fn authorize(
+    transport: Transport,
+    policy: &crate::selection::Policy,
+    guard: &StreamGuard,
+    node: &Node,
+) -> Result<(), Status> {
+    if transport != Transport::MutualTls {
+        return Ok(());
+    }
+    let anonymous = pylon::tls::Identity::default();
+    let identity = guard.identity().unwrap_or(&anonymous);
+    let Err(denied) = policy.authorize(identity, &node.id, &node.cluster) else {
+        return Ok(());
+    };
+    let (who, id, cluster) = (
+        crate::registry::display(&identity.display()),
+        crate::registry::display(&node.id),
+        crate::registry::display(&node.cluster),
+    );
+    guard.metrics().denied(denied);
+    if let Some(suppressed) = guard.client_warnings().allow() {
+        tracing::warn!(
+            stream = guard.id(),
+            identity = %who,
+            node = %id,
+            cluster = %cluster,
+            reason = denied.as_str(),
+            suppressed,
+            "stream refused: the certificate's identity may not claim this node"
+        );
+    }
+    Err(Status::permission_denied(format!(
+        "certificate identity {who} may not claim node {id:?} (cluster {cluster:?}): \
+         no `clients:` rule of this server allows it"
+    )))
 }
 
 /// The xDS services, cheap to clone (one per tonic service).
@@ -312,7 +393,10 @@ impl XdsServer {
         only: Option<ResourceType>,
     ) -> Result<Response<SotwQueue>, Status> {
         let protocol = only.map_or("ads", ResourceType::short);
-        let guard = self.shared.registry.open(protocol, req.remote_addr())?;
+        let guard = self
+            .shared
+            .registry
+            .open(protocol, req.remote_addr(), identity(&req))?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let state = sotw::SotwStream::new(guard, only);
         tokio::spawn(drive(Arc::clone(&self.shared), req.into_inner(), tx, state));
@@ -326,7 +410,10 @@ impl XdsServer {
         only: Option<ResourceType>,
     ) -> Result<Response<DeltaQueue>, Status> {
         let protocol = format!("{}-delta", only.map_or("ads", ResourceType::short));
-        let guard = self.shared.registry.open(&protocol, req.remote_addr())?;
+        let guard = self
+            .shared
+            .registry
+            .open(&protocol, req.remote_addr(), identity(&req))?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let state = delta::DeltaStream::new(guard, only);
         tokio::spawn(drive(Arc::clone(&self.shared), req.into_inner(), tx, state));

@@ -396,7 +396,7 @@ mod tests {
     use envoy_types::pb::google::rpc;
 
     fn stream(reg: &Arc<Registry>) -> SotwStream {
-        SotwStream::new(reg.open("ads", None).unwrap(), None)
+        SotwStream::new(reg.open("ads", None, None).unwrap(), None)
     }
 
     fn req(ty: ResourceType, names: &[&str], version: &str, nonce: &str) -> DiscoveryRequest {
@@ -660,7 +660,10 @@ mod tests {
             .on_request(with_type("", req(ResourceType::Cluster, &[], "", "")), &v)
             .unwrap_err();
         assert_eq!(err.code(), tonic::Code::InvalidArgument);
-        let mut cds = SotwStream::new(reg.open("cds", None).unwrap(), Some(ResourceType::Cluster));
+        let mut cds = SotwStream::new(
+            reg.open("cds", None, None).unwrap(),
+            Some(ResourceType::Cluster),
+        );
         let out = cds
             .on_request(with_type("", req(ResourceType::Cluster, &[], "", "")), &v)
             .unwrap();
@@ -760,7 +763,10 @@ mod tests {
     #[test]
     fn single_type_services_reject_other_types() {
         let reg = registry();
-        let mut s = SotwStream::new(reg.open("cds", None).unwrap(), Some(ResourceType::Cluster));
+        let mut s = SotwStream::new(
+            reg.open("cds", None, None).unwrap(),
+            Some(ResourceType::Cluster),
+        );
         let v = snapshot(&Fixture::two_clusters());
         assert!(s
             .on_request(req(ResourceType::Listener, &[], "", ""), &v)

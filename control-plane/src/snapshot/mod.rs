@@ -262,9 +262,11 @@ impl Snapshot {
         for t in &types {
             h.update(t.version.as_bytes());
         }
-        if !policy.selectors.is_empty() {
-            // A change of selection alone is a new revision too. Its JSON is
-            // canonical: selectors in file order, name sets sorted.
+        if !policy.selectors.is_empty() || !policy.clients.is_empty() {
+            // A change of selection or of client rules alone is a new
+            // revision too (streams re-check what they may receive). Its JSON
+            // is canonical: selectors and rules in file order, name sets
+            // sorted.
             h.update(
                 serde_json::to_string(&policy)
                     .unwrap_or_default()
@@ -668,6 +670,7 @@ mod tests {
                 selector("b", Names::default(), only("b")),
                 selector("all", Names::All, Names::All),
             ],
+            clients: Vec::new(),
         };
         let full = Arc::new(Snapshot::build(r, None).unwrap());
         let names = |s: &Snapshot, ty: ResourceType| -> Vec<String> {
