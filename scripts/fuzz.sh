@@ -33,7 +33,7 @@ seed() {
             done
             cargo run --quiet -p control-plane --bin pylon-xds -- bootstrap --node-id d --delta >"$dir/bootstrap-delta.yaml"
             ;;
-        xds_resource) : ;;
+        xds_resource | identity_glob) : ;;
     esac
 }
 
@@ -47,7 +47,7 @@ run() {
 }
 
 if [[ "$target" == all ]]; then
-    for t in config_yaml proxy_bootstrap xds_resource; do run "$t"; done
+    for t in config_yaml proxy_bootstrap xds_resource identity_glob; do run "$t"; done
 else
     run "$target"
 fi

@@ -49,6 +49,8 @@ pub struct ServeOptions {
     pub debounce: Duration,
     /// Bounds on the config file (size, nesting, resources).
     pub limits: Limits,
+    /// Accept secrets written inline in TLS contexts (`--allow-inline-secrets`).
+    pub allow_inline_secrets: bool,
     /// Where the last good revision is kept (see [`crate::state`]); `None`
     /// keeps none, and an invalid file at start-up is then fatal.
     pub state_dir: Option<PathBuf>,
@@ -74,6 +76,7 @@ impl ServeOptions {
             admin_listen,
             debounce: DEFAULT_DEBOUNCE,
             limits: Limits::default(),
+            allow_inline_secrets: false,
             state_dir: None,
             max_streams: crate::server::limits::DEFAULT_MAX_STREAMS,
             tls: None,
@@ -127,7 +130,10 @@ pub struct Running {
 pub async fn serve(opts: ServeOptions) -> anyhow::Result<Running> {
     let source = Source {
         path: opts.config.clone(),
-        limits: opts.limits,
+        options: crate::config::Options {
+            limits: opts.limits,
+            allow_inline_secrets: opts.allow_inline_secrets,
+        },
         last_good: opts
             .state_dir
             .as_deref()

@@ -21,6 +21,7 @@ pub mod config;
 pub mod metrics;
 pub mod registry;
 pub mod resources;
+pub mod secrets;
 pub mod selection;
 pub mod server;
 pub mod snapshot;

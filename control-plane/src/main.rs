@@ -154,12 +154,17 @@ impl TlsArgs {
     }
 }
 
-/// Bounds on a config file.
+/// How a config file is read.
 #[derive(clap::Args, Debug, Clone, Copy)]
 struct LimitArgs {
     /// The largest config file accepted, in bytes.
     #[arg(long, default_value_t = Limits::default().max_bytes)]
     max_config_bytes: usize,
+    /// Accept private keys and other secrets written inline in TLS contexts
+    /// (every node selected for the resource receives them; CSDS and status
+    /// still never show them).
+    #[arg(long)]
+    allow_inline_secrets: bool,
 }
 
 impl LimitArgs {
@@ -167,6 +172,13 @@ impl LimitArgs {
         Limits {
             max_bytes: self.max_config_bytes,
             ..Limits::default()
+        }
+    }
+
+    fn options(self) -> control_plane::config::Options {
+        control_plane::config::Options {
+            limits: self.limits(),
+            allow_inline_secrets: self.allow_inline_secrets,
         }
     }
 }
@@ -220,6 +232,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 admin_listen: Some(admin),
                 debounce: Duration::from_millis(debounce_ms),
                 limits: limits.limits(),
+                allow_inline_secrets: limits.allow_inline_secrets,
                 state_dir,
                 max_streams,
                 tls: tls.xds(),
@@ -228,7 +241,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Validate { files, limits } => Ok(validate(&files, &limits.limits())),
+        Command::Validate { files, limits } => Ok(validate(&files, &limits.options())),
         Command::Migrate {
             file,
             bootstrap,
@@ -319,10 +332,10 @@ async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn validate(files: &[PathBuf], limits: &Limits) -> ExitCode {
+fn validate(files: &[PathBuf], options: &control_plane::config::Options) -> ExitCode {
     let mut failed = false;
     for f in files {
-        match source::load(f, limits, None) {
+        match source::load(f, options, None) {
             Ok(snap) => {
                 let [c, e, l, r] = snap.counts();
                 emit(&format!(

@@ -40,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::cache::Cache;
-use crate::config::{self, ConfigErrors, Limits};
+use crate::config::{self, ConfigErrors, Options};
 use crate::metrics::Metrics;
 use crate::snapshot::{Snapshot, SnapshotError};
 use crate::state::LastGood;
@@ -72,21 +72,21 @@ pub enum LoadError {
 /// Loads `path` into a snapshot, sharing unchanged resources with `previous`.
 pub fn load(
     path: &Path,
-    limits: &Limits,
+    options: &Options,
     previous: Option<&Snapshot>,
 ) -> Result<Snapshot, LoadError> {
-    let bytes = config::read_file(path, limits)?;
-    build(&path.display().to_string(), &bytes, limits, previous)
+    let bytes = config::read_file(path, &options.limits)?;
+    build(&path.display().to_string(), &bytes, options, previous)
 }
 
 /// Loads the bytes of a config file named `file` into a snapshot.
 fn build(
     file: &str,
     bytes: &[u8],
-    limits: &Limits,
+    options: &Options,
     previous: Option<&Snapshot>,
 ) -> Result<Snapshot, LoadError> {
-    let resources = config::load_bytes(file, bytes, limits)?;
+    let resources = config::load_bytes(file, bytes, options)?;
     Snapshot::build(resources, previous).map_err(|source| LoadError::Snapshot {
         file: file.to_string(),
         source,
@@ -98,8 +98,8 @@ fn build(
 pub struct Source {
     /// The YAML file.
     pub path: PathBuf,
-    /// Bounds on the file (size, depth, ...).
-    pub limits: Limits,
+    /// How the file is read (bounds, inline secrets).
+    pub options: Options,
     /// Where the last good revision is kept; `None` keeps none.
     pub last_good: Option<LastGood>,
 }
@@ -123,11 +123,11 @@ impl Source {
     /// when neither can be served.
     pub fn start(&self) -> Result<(Snapshot, Started), LoadError> {
         let file = self.path.display().to_string();
-        let read = config::read_file(&self.path, &self.limits);
+        let read = config::read_file(&self.path, &self.options.limits);
         let digest = read.as_ref().ok().map(|b| digest(b));
         let error = match read
             .map_err(LoadError::from)
-            .and_then(|bytes| build(&file, &bytes, &self.limits, None).map(|s| (s, bytes)))
+            .and_then(|bytes| build(&file, &bytes, &self.options, None).map(|s| (s, bytes)))
         {
             Ok((snapshot, bytes)) => {
                 let save_error = self.save(&snapshot, &bytes);
@@ -162,7 +162,7 @@ impl Source {
             }
         };
         let saved_name = saved.path.display().to_string();
-        match build(&saved_name, &saved.bytes, &self.limits, None) {
+        match build(&saved_name, &saved.bytes, &self.options, None) {
             Ok(snapshot) => {
                 error!(
                     error = %error,
@@ -284,7 +284,7 @@ impl Reloader {
     /// snapshot was published.
     pub fn reload(&self, force: bool) -> bool {
         let path = &self.source.path;
-        let bytes = match config::read_file(path, &self.source.limits) {
+        let bytes = match config::read_file(path, &self.source.options.limits) {
             Ok(b) => b,
             Err(e) => {
                 // Whatever comes next differs from this attempt.
@@ -305,7 +305,7 @@ impl Reloader {
         }
         let previous = self.cache.current();
         let file = path.display().to_string();
-        match build(&file, &bytes, &self.source.limits, Some(&previous)) {
+        match build(&file, &bytes, &self.source.options, Some(&previous)) {
             Ok(snap) => {
                 let version = snap.version.clone();
                 let counts = snap.counts();

@@ -105,7 +105,18 @@ impl LastGood {
         let dir = self.file.parent().unwrap_or(Path::new("."));
         fs::create_dir_all(dir).map_err(err("cannot create", dir))?;
         let tmp = self.file.with_extension("yaml.tmp");
-        let mut f = fs::File::create(&tmp).map_err(err("cannot write", &tmp))?;
+        // Only this user may read it: with --allow-inline-secrets the
+        // revision may hold private keys.
+        let mut f = {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(err("cannot write", &tmp))?
+        };
         f.write_all(&content)
             .and_then(|()| f.sync_all())
             .map_err(err("cannot write", &tmp))?;
@@ -164,6 +175,9 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names.len(), 1, "{names:?}");
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = fs::metadata(a.path()).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
         assert_eq!(b.load().unwrap(), None);
     }
 

@@ -196,16 +196,12 @@ impl Pylon {
 
 async fn serve(config: &Path, xds_listen: SocketAddr) -> anyhow::Result<Running> {
     control_plane::serve(ServeOptions {
-        config: config.to_path_buf(),
-        xds_listen,
-        admin_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
         debounce: DEBOUNCE,
-        limits: Default::default(),
-        state_dir: None,
-        max_streams: control_plane::server::limits::DEFAULT_MAX_STREAMS,
-        tls: None,
-        admin_tls: None,
-        insecure: false,
+        ..ServeOptions::new(
+            config.to_path_buf(),
+            xds_listen,
+            Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+        )
     })
     .await
     .context("control_plane::serve")

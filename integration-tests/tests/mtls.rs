@@ -453,3 +453,69 @@ async fn plaintext_beyond_loopback_is_refused_before_binding() {
         "{e}"
     );
 }
+
+/// With `--allow-inline-secrets`, a private key written inline is served to
+/// the nodes selected for it, and never shown by CSDS.
+#[tokio::test(flavor = "multi_thread")]
+async fn csds_never_shows_an_inline_private_key() {
+    let key = "-----BEGIN PRIVATE KEY-----\nTHIS-IS-THE-SECRET\n-----END PRIVATE KEY-----\n";
+    let yaml = format!(
+        r#"static_resources:
+  clusters:
+  - name: upstream
+    type: STATIC
+    transport_socket:
+      name: envoy.transport_sockets.tls
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+        common_tls_context:
+          tls_certificates:
+          - certificate_chain: {{filename: /etc/envoy/tls.crt}}
+            private_key: {{inline_string: {key:?}}}
+    load_assignment: {{endpoints: []}}
+"#
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pylon.yaml");
+    std::fs::write(&path, &yaml).unwrap();
+    let opts = || ServeOptions::new(path.clone(), "127.0.0.1:0".parse().unwrap(), None);
+    // Refused by default...
+    let e = control_plane::serve(opts()).await.unwrap_err();
+    assert!(format!("{e:#}").contains("--allow-inline-secrets"), "{e:#}");
+    // ...served when allowed.
+    let running = control_plane::serve(ServeOptions {
+        allow_inline_secrets: true,
+        ..opts()
+    })
+    .await
+    .unwrap();
+    let ch = Channel::from_shared(format!("http://{}", running.xds_addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut ads = Ads::open(ch.clone(), "edge-1", "edge").await.unwrap();
+    let r = ads.next().await.unwrap();
+    assert!(String::from_utf8_lossy(&r.resources[0].value).contains("THIS-IS-THE-SECRET"));
+    ads.ack(&r).await;
+    let shown = assert_eventually!(DEADLINE, "CSDS shows the ACKed cluster", async || {
+        let answer = ClientStatusDiscoveryServiceClient::new(ch.clone())
+            .fetch_client_status(ClientStatusRequest::default())
+            .await?
+            .into_inner();
+        let configs = &answer
+            .config
+            .first()
+            .context("no node")?
+            .generic_xds_configs;
+        let cds = configs
+            .iter()
+            .find(|c| c.type_url == CDS && c.xds_config.is_some())
+            .context("no cluster with its content")?;
+        Ok(cds.xds_config.clone().unwrap().value)
+    });
+    let text = String::from_utf8_lossy(&shown);
+    assert!(!text.contains("THIS-IS-THE-SECRET"), "{text}");
+    assert!(text.contains("[redacted by pylon-xds]"), "{text}");
+    running.shutdown().await;
+}

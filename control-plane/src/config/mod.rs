@@ -153,10 +153,21 @@ fn too_large(file_name: &str, limits: &Limits) -> ConfigErrors {
     )])
 }
 
+/// How a config file is read: its bounds, and what it may hold.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Options {
+    /// Bounds on the file.
+    pub limits: Limits,
+    /// Accept private keys and other secrets written inline in TLS contexts
+    /// (`--allow-inline-secrets`); refused by default, since every node
+    /// selected for the resource receives them.
+    pub allow_inline_secrets: bool,
+}
+
 /// Reads and loads the config file at `path`; errors name the file as given.
-pub fn load_file(path: &Path, limits: &Limits) -> Result<Resources, ConfigErrors> {
-    let bytes = read_file(path, limits)?;
-    load_bytes(&path.display().to_string(), &bytes, limits)
+pub fn load_file(path: &Path, options: &Options) -> Result<Resources, ConfigErrors> {
+    let bytes = read_file(path, &options.limits)?;
+    load_bytes(&path.display().to_string(), &bytes, options)
 }
 
 /// Loads the bytes of a config file: the one way in, at start-up and on every
@@ -164,8 +175,9 @@ pub fn load_file(path: &Path, limits: &Limits) -> Result<Resources, ConfigErrors
 pub fn load_bytes(
     file_name: &str,
     bytes: &[u8],
-    limits: &Limits,
+    options: &Options,
 ) -> Result<Resources, ConfigErrors> {
+    let limits = &options.limits;
     if bytes.len() > limits.max_bytes {
         return Err(too_large(file_name, limits));
     }
@@ -182,16 +194,17 @@ pub fn load_bytes(
             ),
         }])
     })?;
-    load_text(file_name, text, limits)
+    load_text(file_name, text, options)
 }
 
 /// Loads config text with the default [`Limits`]; `file_name` is only used
 /// in error messages.
 pub fn load_str(file_name: &str, text: &str) -> Result<Resources, ConfigErrors> {
-    load_text(file_name, text, &Limits::default())
+    load_text(file_name, text, &Options::default())
 }
 
-fn load_text(file_name: &str, text: &str, limits: &Limits) -> Result<Resources, ConfigErrors> {
+fn load_text(file_name: &str, text: &str, options: &Options) -> Result<Resources, ConfigErrors> {
+    let limits = &options.limits;
     if text.len() > limits.max_bytes {
         return Err(too_large(file_name, limits));
     }
@@ -273,6 +286,24 @@ fn load_text(file_name: &str, text: &str, limits: &Limits) -> Result<Resources, 
         let written = |path: &str| index.key(path).is_some();
         native::normalise(native, &written, &mut resources, &mut catalog, &mut issues);
     }
+    if !options.allow_inline_secrets {
+        for c in &resources.clusters {
+            for at in crate::secrets::in_cluster(c) {
+                issues.push(inline_secret(
+                    native_path("clusters", &c.name, &catalog),
+                    &at,
+                ));
+            }
+        }
+        for l in &resources.listeners {
+            for at in crate::secrets::in_listener(l) {
+                issues.push(inline_secret(
+                    native_path("listeners", &l.name, &catalog),
+                    &at,
+                ));
+            }
+        }
+    }
     validate::cross_references(&catalog, &mut issues);
     for (count, kind) in [
         (resources.clusters.len(), "clusters"),
@@ -310,6 +341,31 @@ fn load_text(file_name: &str, text: &str, limits: &Limits) -> Result<Resources, 
     // Stable: problems at the same node keep the order they were found in.
     errors.sort_by_key(|e| (e.line, e.column));
     Err(ConfigErrors(errors))
+}
+
+/// The file path of the native resource `name` of `kind` (`clusters`,
+/// `listeners`): inline TLS contexts only come from `static_resources`.
+fn native_path(kind: &str, name: &str, catalog: &Catalog) -> String {
+    let named = if kind == "clusters" {
+        &catalog.clusters
+    } else {
+        &catalog.listeners
+    };
+    named
+        .iter()
+        .find(|n| n.name == name && n.path.starts_with("static_resources."))
+        .and_then(|n| n.path.strip_suffix(".name"))
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("static_resources.{kind}"))
+}
+
+fn inline_secret(resource: String, at: &str) -> Issue {
+    Issue::new(
+        format!("{resource}.{at}"),
+        "a secret written inline is sent to every node that receives this resource: \
+         reference a file on the proxy's host instead (`filename: /etc/envoy/tls.key`), \
+         or start pylon-xds with --allow-inline-secrets",
+    )
 }
 
 /// The Envoy v2 constructs of `text`, as errors, if it has any.
@@ -659,7 +715,7 @@ static_resources:
             let path = entry.unwrap().path();
             if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
                 let resources =
-                    load_file(&path, &Limits::default()).unwrap_or_else(|e| panic!("{e}"));
+                    load_file(&path, &Options::default()).unwrap_or_else(|e| panic!("{e}"));
                 assert!(!resources.listeners.is_empty(), "{}", path.display());
                 loaded.push(path.file_name().unwrap().to_string_lossy().to_string());
             }
@@ -675,8 +731,8 @@ static_resources:
                 "{name} missing from {loaded:?}"
             );
         }
-        let concise = load_file(&dir.join("front-proxy.yaml"), &Limits::default()).unwrap();
-        let native = load_file(&dir.join("front-proxy-native.yaml"), &Limits::default()).unwrap();
+        let concise = load_file(&dir.join("front-proxy.yaml"), &Options::default()).unwrap();
+        let native = load_file(&dir.join("front-proxy-native.yaml"), &Options::default()).unwrap();
         assert_eq!(concise, native);
     }
 
@@ -824,13 +880,55 @@ clients:
     }
 
     #[test]
+    fn inline_secrets_are_refused_unless_allowed() {
+        let cluster = |key: &str| {
+            format!(
+                r#"static_resources:
+  clusters:
+  - name: upstream
+    type: STATIC
+    transport_socket:
+      name: envoy.transport_sockets.tls
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+        common_tls_context:
+          tls_certificates:
+          - certificate_chain: {{filename: /etc/envoy/tls.crt}}
+            private_key: {key}
+    load_assignment: {{endpoints: []}}
+"#
+            )
+        };
+        let inline = cluster("{inline_string: \"-----BEGIN PRIVATE KEY-----\"}");
+        assert_eq!(
+            errors(&inline),
+            "pylon.yaml:12:26: static_resources.clusters[0].transport_socket.typed_config.common_tls_context.tls_certificates[0].private_key: \
+             a secret written inline is sent to every node that receives this resource: reference a file on the proxy's host \
+             instead (`filename: /etc/envoy/tls.key`), or start pylon-xds with --allow-inline-secrets"
+        );
+        let allowed = Options {
+            allow_inline_secrets: true,
+            ..Options::default()
+        };
+        assert!(load_bytes("pylon.yaml", inline.as_bytes(), &allowed).is_ok());
+        assert_eq!(errors(&cluster("{filename: /etc/envoy/tls.key}")), "loaded");
+    }
+
+    #[test]
     fn bytes_are_bounded_and_must_be_utf8() {
         let limits = Limits {
             max_bytes: 64,
             max_resources: 1,
             ..Limits::default()
         };
-        let load = |bytes: &[u8]| match load_bytes("pylon.yaml", bytes, &limits) {
+        let load = |bytes: &[u8]| match load_bytes(
+            "pylon.yaml",
+            bytes,
+            &Options {
+                limits,
+                ..Options::default()
+            },
+        ) {
             Ok(_) => "loaded".to_string(),
             Err(e) => e.to_string(),
         };
@@ -981,20 +1079,20 @@ pylon.yaml:37:16: static_resources.listeners[1].filter_chains[0].filters[0].type
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("pylon.yaml");
         std::fs::write(&path, "clusters:\n  - name: a\n    weight: 1\n").unwrap();
-        let err = load_file(&path, &Limits::default()).unwrap_err();
+        let err = load_file(&path, &Options::default()).unwrap_err();
         assert_eq!(err.0.len(), 1);
         assert_eq!(err.0[0].file, path.display().to_string());
         assert_eq!((err.0[0].line, err.0[0].column), (3, 5));
         assert_eq!(err.0[0].path, "clusters[0].weight");
 
         let missing = dir.path().join("missing.yaml");
-        let err = load_file(&missing, &Limits::default()).unwrap_err();
+        let err = load_file(&missing, &Options::default()).unwrap_err();
         assert_eq!(err.0[0].line, 0);
         assert!(err.to_string().contains("cannot read the file"), "{err}");
 
         std::fs::write(&path, "clusters: []\n").unwrap();
         assert_eq!(
-            load_file(&path, &Limits::default()),
+            load_file(&path, &Options::default()),
             Ok(Resources::default())
         );
     }

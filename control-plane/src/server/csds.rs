@@ -140,7 +140,9 @@ fn resources(
                         .map(|r| r.body.clone())
                 })
             })
-            .flatten();
+            .flatten()
+            // Secrets written inline (with --allow-inline-secrets) are never shown.
+            .map(|b| crate::secrets::redacted(&b).unwrap_or(b));
         out.push(GenericXdsConfig {
             type_url: ty.type_url().to_string(),
             name: name.to_string(),

@@ -24,16 +24,12 @@ pub const RESPONSE_DEADLINE: Duration = Duration::from_secs(10);
 /// Serves `path` in-process: xDS and admin on 127.0.0.1:0.
 pub async fn start(path: &Path, debounce: Duration) -> Running {
     serve(ServeOptions {
-        config: path.to_path_buf(),
-        xds_listen: "127.0.0.1:0".parse().unwrap(),
-        admin_listen: Some("127.0.0.1:0".parse().unwrap()),
         debounce,
-        limits: Default::default(),
-        state_dir: None,
-        max_streams: control_plane::server::limits::DEFAULT_MAX_STREAMS,
-        tls: None,
-        admin_tls: None,
-        insecure: false,
+        ..ServeOptions::new(
+            path.to_path_buf(),
+            "127.0.0.1:0".parse().unwrap(),
+            Some("127.0.0.1:0".parse().unwrap()),
+        )
     })
     .await
     .unwrap()
