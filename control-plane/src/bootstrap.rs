@@ -1,11 +1,70 @@
-//! `pylon-xds bootstrap`: the Envoy bootstrap that connects a real Envoy to
-//! this server over ADS (state-of-the-world or delta).
+//! `pylon-xds bootstrap`: what connects a client to this server over ADS,
+//! for Envoy (and pylon-proxy, which reads the same file) or for proxyless
+//! gRPC clients (`--grpc`).
 //!
-//! The output is YAML Envoy reads as is: node identity, admin address, ADS
-//! over a static HTTP/2 cluster pointing at pylon-xds, and CDS/LDS through ADS.
-//! Strings are emitted as JSON strings (valid YAML), so any node id is safe.
+//! The Envoy bootstrap is YAML Envoy reads as is: node identity, admin
+//! address, ADS (state-of-the-world or delta) over an HTTP/2 cluster pointing
+//! at pylon-xds (STATIC for an IP address, STRICT_DNS for a host name;
+//! with TLS, an `UpstreamTlsContext` reading its files on the proxy's host and
+//! checking the server's name), and CDS/LDS through ADS. Strings are emitted
+//! as JSON strings (valid YAML), so any node id is safe.
+//!
+//! The gRPC bootstrap is the JSON of gRFC A27 (`xds_servers`, `node`), with
+//! gRFC A65's `tls` channel credentials when TLS files are given.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+/// Where pylon-xds is: a host (an IP address or a name) and a port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct XdsAddress {
+    /// An IP address or a host name.
+    pub host: String,
+    /// The port.
+    pub port: u16,
+}
+
+impl std::str::FromStr for XdsAddress {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (host, port) = s
+            .rsplit_once(':')
+            .ok_or_else(|| format!("{s:?}: expected HOST:PORT"))?;
+        let port = port
+            .parse()
+            .map_err(|_| format!("{s:?}: {port:?} is not a port number"))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return Err(format!("{s:?}: the host is empty"));
+        }
+        Ok(XdsAddress {
+            host: host.to_string(),
+            port,
+        })
+    }
+}
+
+impl std::fmt::Display for XdsAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// TLS to pylon-xds: files on the client's host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientTlsFiles {
+    /// The CA pylon-xds's certificate chains to.
+    pub ca: PathBuf,
+    /// The client certificate and key (mutual TLS).
+    pub cert_key: Option<(PathBuf, PathBuf)>,
+    /// The name pylon-xds's certificate must carry (default: the host).
+    pub sni: Option<String>,
+}
 
 /// What the printed bootstrap contains.
 #[derive(Debug, Clone)]
@@ -14,21 +73,66 @@ pub struct BootstrapOptions {
     pub node_id: String,
     /// `node.cluster`.
     pub node_cluster: String,
-    /// The pylon-xds gRPC address.
-    pub xds: SocketAddr,
+    /// Where pylon-xds is.
+    pub xds: XdsAddress,
     /// Use delta (incremental) ADS instead of state-of-the-world.
     pub delta: bool,
     /// Envoy's admin address.
     pub admin: SocketAddr,
+    /// TLS to pylon-xds.
+    pub tls: Option<ClientTlsFiles>,
 }
 
 /// The name of the static cluster that reaches pylon-xds.
 pub const XDS_CLUSTER: &str = "pylon_xds";
 
-/// Renders the bootstrap YAML.
+/// The `transport_socket` of the xDS cluster, indented for its place.
+fn envoy_tls(tls: &ClientTlsFiles, host: &str) -> String {
+    let q = |s: &str| serde_json::Value::String(s.to_string()).to_string();
+    let p = |p: &PathBuf| q(&p.display().to_string());
+    let name = tls.sni.clone().unwrap_or_else(|| host.to_string());
+    let san_type = if name.parse::<IpAddr>().is_ok() {
+        "IP_ADDRESS"
+    } else {
+        "DNS"
+    };
+    let cert = match &tls.cert_key {
+        Some((c, k)) => format!(
+            "\n            tls_certificates:\n              - certificate_chain: {{ filename: {} }}\n                private_key: {{ filename: {} }}",
+            p(c),
+            p(k)
+        ),
+        None => String::new(),
+    };
+    format!(
+        r#"
+      transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+          sni: {name}
+          common_tls_context:
+            alpn_protocols: [h2]{cert}
+            validation_context:
+              trusted_ca: {{ filename: {ca} }}
+              match_typed_subject_alt_names:
+                - san_type: {san_type}
+                  matcher: {{ exact: {name} }}"#,
+        name = q(&name),
+        ca = p(&tls.ca),
+    )
+}
+
+/// Renders the Envoy bootstrap YAML.
 pub fn envoy_bootstrap(o: &BootstrapOptions) -> String {
     let q = |s: &str| serde_json::Value::String(s.to_string()).to_string();
     let api_type = if o.delta { "DELTA_GRPC" } else { "GRPC" };
+    let ip = o.xds.host.parse::<IpAddr>().is_ok();
+    let tls = o
+        .tls
+        .as_ref()
+        .map(|t| envoy_tls(t, &o.xds.host))
+        .unwrap_or_default();
     format!(
         r#"# Envoy bootstrap generated by `pylon-xds bootstrap`: everything but the
 # connection to pylon-xds arrives over ADS ({mode}).
@@ -50,7 +154,7 @@ dynamic_resources:
 static_resources:
   clusters:
     - name: {xds_cluster}
-      type: STATIC
+      type: {xds_type}
       connect_timeout: 1s
       typed_extension_protocol_options:
         envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
@@ -64,7 +168,7 @@ static_resources:
           - lb_endpoints:
               - endpoint:
                   address:
-                    socket_address: {{ address: {xds_ip}, port_value: {xds_port} }}
+                    socket_address: {{ address: {xds_host}, port_value: {xds_port} }}{tls}
 "#,
         mode = if o.delta {
             "delta"
@@ -77,9 +181,37 @@ static_resources:
         admin_port = o.admin.port(),
         xds_cluster = XDS_CLUSTER,
         http_opts = q(pylon::type_url::HTTP_PROTOCOL_OPTIONS),
-        xds_ip = q(&o.xds.ip().to_string()),
-        xds_port = o.xds.port(),
+        xds_type = if ip { "STATIC" } else { "STRICT_DNS" },
+        xds_host = q(&o.xds.host),
+        xds_port = o.xds.port,
     )
+}
+
+/// Renders the proxyless gRPC bootstrap JSON (what `GRPC_XDS_BOOTSTRAP`
+/// names).
+pub fn grpc_bootstrap(o: &BootstrapOptions) -> String {
+    let creds = match &o.tls {
+        None => serde_json::json!([{"type": "insecure"}]),
+        Some(t) => {
+            let mut config = serde_json::json!({"ca_certificate_file": t.ca});
+            if let Some((c, k)) = &t.cert_key {
+                config["certificate_file"] = serde_json::json!(c);
+                config["private_key_file"] = serde_json::json!(k);
+            }
+            serde_json::json!([{"type": "tls", "config": config}])
+        }
+    };
+    let doc = serde_json::json!({
+        "xds_servers": [{
+            "server_uri": o.xds.to_string(),
+            "channel_creds": creds,
+            "server_features": ["xds_v3"],
+        }],
+        "node": {"id": o.node_id, "cluster": o.node_cluster, "locality": {}},
+    });
+    let mut text = serde_json::to_string_pretty(&doc).unwrap_or_default();
+    text.push('\n');
+    text
 }
 
 #[cfg(test)]
@@ -95,6 +227,7 @@ mod tests {
                 xds: "127.0.0.1:18000".parse().unwrap(),
                 delta,
                 admin: "127.0.0.1:9901".parse().unwrap(),
+                tls: None,
             });
             // Parse it as Envoy would: the Bootstrap proto, unknown fields rejected.
             let desc = pylon::descriptor_pool()
@@ -109,5 +242,93 @@ mod tests {
                 if delta { "DELTA_GRPC" } else { "GRPC" }
             );
         }
+    }
+
+    fn with_tls(host: &str) -> BootstrapOptions {
+        BootstrapOptions {
+            node_id: "edge-1".into(),
+            node_cluster: "edge".into(),
+            xds: format!("{host}:18000").parse().unwrap(),
+            delta: true,
+            admin: "127.0.0.1:9901".parse().unwrap(),
+            tls: Some(ClientTlsFiles {
+                ca: "/etc/pylon/ca.crt".into(),
+                cert_key: Some(("/etc/pylon/edge.crt".into(), "/etc/pylon/edge.key".into())),
+                sni: None,
+            }),
+        }
+    }
+
+    fn parse(y: &str) -> serde_json::Value {
+        let desc = pylon::descriptor_pool()
+            .get_message_by_name("envoy.config.bootstrap.v3.Bootstrap")
+            .unwrap();
+        let msg =
+            prost_reflect::DynamicMessage::deserialize(desc, serde_yaml::Deserializer::from_str(y))
+                .unwrap();
+        serde_json::to_value(&msg).unwrap()
+    }
+
+    #[test]
+    fn tls_and_host_names_make_a_checked_dns_cluster() {
+        let j = parse(&envoy_bootstrap(&with_tls("pylon-xds.example")));
+        let c = &j["staticResources"]["clusters"][0];
+        assert_eq!(c["type"], "STRICT_DNS");
+        let ts = &c["transportSocket"]["typedConfig"];
+        assert_eq!(ts["sni"], "pylon-xds.example");
+        let common = &ts["commonTlsContext"];
+        assert_eq!(common["alpnProtocols"][0], "h2");
+        assert_eq!(
+            common["tlsCertificates"][0]["privateKey"]["filename"],
+            "/etc/pylon/edge.key"
+        );
+        let v = &common["validationContext"];
+        assert_eq!(v["trustedCa"]["filename"], "/etc/pylon/ca.crt");
+        assert_eq!(v["matchTypedSubjectAltNames"][0]["sanType"], "DNS");
+        assert_eq!(
+            v["matchTypedSubjectAltNames"][0]["matcher"]["exact"],
+            "pylon-xds.example"
+        );
+        // An IP address: a STATIC cluster, and the SAN checked is an IP.
+        let j = parse(&envoy_bootstrap(&with_tls("10.1.2.3")));
+        let c = &j["staticResources"]["clusters"][0];
+        assert_eq!(c["type"], "STATIC");
+        assert_eq!(
+            c["transportSocket"]["typedConfig"]["commonTlsContext"]["validationContext"]
+                ["matchTypedSubjectAltNames"][0]["sanType"],
+            "IP_ADDRESS"
+        );
+    }
+
+    #[test]
+    fn the_grpc_bootstrap_carries_a65_tls_credentials() {
+        let j: serde_json::Value =
+            serde_json::from_str(&grpc_bootstrap(&with_tls("pylon-xds.example"))).unwrap();
+        let server = &j["xds_servers"][0];
+        assert_eq!(server["server_uri"], "pylon-xds.example:18000");
+        assert_eq!(server["server_features"][0], "xds_v3");
+        let creds = &server["channel_creds"][0];
+        assert_eq!(creds["type"], "tls");
+        assert_eq!(creds["config"]["ca_certificate_file"], "/etc/pylon/ca.crt");
+        assert_eq!(creds["config"]["certificate_file"], "/etc/pylon/edge.crt");
+        assert_eq!(creds["config"]["private_key_file"], "/etc/pylon/edge.key");
+        assert_eq!(j["node"]["id"], "edge-1");
+        let plain = BootstrapOptions {
+            tls: None,
+            ..with_tls("127.0.0.1")
+        };
+        let j: serde_json::Value = serde_json::from_str(&grpc_bootstrap(&plain)).unwrap();
+        assert_eq!(j["xds_servers"][0]["channel_creds"][0]["type"], "insecure");
+    }
+
+    #[test]
+    fn xds_addresses_parse_with_names_and_ipv6() {
+        let a: XdsAddress = "[::1]:18000".parse().unwrap();
+        assert_eq!(
+            (a.host.as_str(), a.port, a.to_string().as_str()),
+            ("::1", 18000, "[::1]:18000")
+        );
+        assert!("localhost".parse::<XdsAddress>().is_err());
+        assert!("localhost:http".parse::<XdsAddress>().is_err());
     }
 }

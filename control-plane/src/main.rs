@@ -82,21 +82,37 @@ enum Command {
     },
     /// Print an Envoy bootstrap that connects Envoy to pylon-xds over ADS.
     Bootstrap {
-        /// The node id Envoy presents.
+        /// The node id the client presents.
         #[arg(long)]
         node_id: String,
-        /// The node cluster Envoy presents.
+        /// The node cluster the client presents.
         #[arg(long, default_value = "pylon")]
         node_cluster: String,
-        /// pylon-xds's gRPC address.
-        #[arg(long, default_value = app::DEFAULT_XDS)]
-        xds: SocketAddr,
+        /// pylon-xds's gRPC address: HOST:PORT, an IP address or a host name.
+        #[arg(long, default_value = app::DEFAULT_XDS, value_name = "HOST:PORT")]
+        xds: control_plane::bootstrap::XdsAddress,
         /// Use delta (incremental) ADS instead of state-of-the-world.
         #[arg(long)]
         delta: bool,
         /// Envoy's admin address.
         #[arg(long, default_value = "127.0.0.1:9901")]
         admin: SocketAddr,
+        /// Print the proxyless gRPC bootstrap JSON (GRPC_XDS_BOOTSTRAP) instead.
+        #[arg(long)]
+        grpc: bool,
+        /// TLS to pylon-xds: the CA its certificate chains to (PEM, a file on
+        /// the client's host).
+        #[arg(long, value_name = "FILE")]
+        tls_ca: Option<PathBuf>,
+        /// Mutual TLS: the client's certificate (PEM, on the client's host).
+        #[arg(long, requires = "tls_key", requires = "tls_ca", value_name = "FILE")]
+        tls_cert: Option<PathBuf>,
+        /// The private key of --tls-cert.
+        #[arg(long, requires = "tls_cert", value_name = "FILE")]
+        tls_key: Option<PathBuf>,
+        /// The name pylon-xds's certificate must carry (default: the host of --xds).
+        #[arg(long, requires = "tls_ca", value_name = "NAME")]
+        tls_sni: Option<String>,
     },
     /// Show the served version, the last reload error and every connected node.
     Status {
@@ -270,14 +286,29 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             xds,
             delta,
             admin,
+            grpc,
+            tls_ca,
+            tls_cert,
+            tls_key,
+            tls_sni,
         } => {
-            emit(&envoy_bootstrap(&BootstrapOptions {
+            let opts = BootstrapOptions {
                 node_id,
                 node_cluster,
                 xds,
                 delta,
                 admin,
-            }));
+                tls: tls_ca.map(|ca| control_plane::bootstrap::ClientTlsFiles {
+                    ca,
+                    cert_key: tls_cert.zip(tls_key),
+                    sni: tls_sni,
+                }),
+            };
+            if grpc {
+                emit(&control_plane::bootstrap::grpc_bootstrap(&opts));
+            } else {
+                emit(&envoy_bootstrap(&opts));
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { admin, json } => {

@@ -41,7 +41,8 @@ use envoy_types::pb::envoy::config::core::v3::{
 };
 use prost::Message;
 
-use crate::model::{self, Discovery};
+use crate::model;
+use envoy_types::pb::envoy::config::cluster::v3::Cluster as PbCluster;
 
 /// What pylon-proxy takes from an Envoy bootstrap.
 ///
@@ -64,12 +65,34 @@ pub struct Bootstrap {
 }
 
 /// Where ADS is served, and how.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct XdsTarget {
-    /// The single endpoint of the xDS cluster.
-    pub addr: SocketAddr,
+    /// The single endpoint of the xDS cluster: an IP address (a STATIC
+    /// cluster) or a host name (STRICT_DNS or LOGICAL_DNS, resolved at each
+    /// connect).
+    pub host: String,
+    /// Its port.
+    pub port: u16,
     /// `api_type: DELTA_GRPC` (incremental) rather than `GRPC` (state of the world).
     pub delta: bool,
+    /// TLS to the server, from the cluster's `transport_socket`.
+    pub tls: Option<XdsTls>,
+}
+
+/// TLS to the xDS server: the `UpstreamTlsContext` subset pylon-proxy reads
+/// (files only; they are reloaded when they change).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct XdsTls {
+    /// `validation_context.trusted_ca.filename`: the CA the server's
+    /// certificate must chain to.
+    pub ca: std::path::PathBuf,
+    /// `tls_certificates[0]`: the client certificate and key files, for
+    /// mutual TLS.
+    pub cert_key: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// The name the server's certificate must carry: `sni`, else the exact
+    /// value of `validation_context.match_typed_subject_alt_names`, else the
+    /// cluster's host.
+    pub server_name: Option<String>,
 }
 
 /// Why a bootstrap file cannot be used.
@@ -307,9 +330,13 @@ fn walk(b: &PbBootstrap) -> Check<Bootstrap> {
         Some(n) => node_fields(n)?,
     };
     let admin = admin.as_ref().map(admin_addr).transpose()?;
+    let ads_cluster = dynamic_resources
+        .as_ref()
+        .and_then(|d| dynamic(d).ok())
+        .map(|(name, _)| name);
     let (mut clusters, listeners) = match static_resources {
         None => (Vec::new(), Vec::new()),
-        Some(s) => statics(s)?,
+        Some(s) => statics(s, ads_cluster.as_deref())?,
     };
     let xds = match dynamic_resources {
         None => None,
@@ -326,16 +353,18 @@ fn walk(b: &PbBootstrap) -> Check<Bootstrap> {
                         "dynamic_resources.ads_config: cluster {cluster_name} is not in static_resources.clusters"
                     )
                 })?;
-            let xds_cluster = clusters.remove(at);
-            let addr = match &xds_cluster.discovery {
-                Discovery::Static(la) if la.endpoints.len() == 1 => la.endpoints[0].addr,
-                _ => {
-                    return Err(format!(
-                        "static_resources.clusters: the xDS cluster {cluster_name} must be STATIC with exactly one endpoint"
-                    ))
-                }
-            };
-            Some(XdsTarget { addr, delta })
+            clusters.remove(at);
+            let pb = static_resources
+                .as_ref()
+                .and_then(|s| s.clusters.iter().find(|c| c.name == cluster_name))
+                .ok_or_else(|| format!("static_resources.clusters: no cluster {cluster_name}"))?;
+            let (host, port, tls) = xds_cluster(pb)?;
+            Some(XdsTarget {
+                host,
+                port,
+                delta,
+                tls,
+            })
         }
     };
     Ok(Bootstrap {
@@ -345,6 +374,178 @@ fn walk(b: &PbBootstrap) -> Check<Bootstrap> {
         xds,
         clusters,
         listeners,
+    })
+}
+
+/// The xDS cluster: its one endpoint (an IP address for STATIC, a host
+/// name for STRICT_DNS and LOGICAL_DNS), and its TLS. The rest of the
+/// cluster is checked as any static cluster is.
+fn xds_cluster(pb: &PbCluster) -> Check<(String, u16, Option<XdsTls>)> {
+    use envoy_types::pb::envoy::config::cluster::v3::cluster::{
+        ClusterDiscoveryType, DiscoveryType,
+    };
+    let name = &pb.name;
+    let at = format!("static_resources.clusters: the xDS cluster {name}");
+    let mut plain = pb.clone();
+    let tls = plain
+        .transport_socket
+        .take()
+        .map(|ts| xds_tls(&ts).map_err(|e| format!("{at}: transport_socket: {e}")))
+        .transpose()?;
+    let dns = match plain.cluster_discovery_type {
+        None => false,
+        Some(ClusterDiscoveryType::Type(t)) => match DiscoveryType::try_from(t) {
+            Ok(DiscoveryType::Static) => false,
+            Ok(DiscoveryType::StrictDns | DiscoveryType::LogicalDns) => true,
+            _ => return Err(format!("{at} must be STATIC, STRICT_DNS or LOGICAL_DNS")),
+        },
+        Some(ClusterDiscoveryType::ClusterType(_)) => {
+            return Err(format!("{at} must be STATIC, STRICT_DNS or LOGICAL_DNS"))
+        }
+    };
+    let sa = plain
+        .load_assignment
+        .as_mut()
+        .and_then(one_socket_address)
+        .ok_or_else(|| format!("{at} must have exactly one endpoint"))?;
+    let host = sa.address.clone();
+    let port = match sa.port_specifier {
+        Some(socket_address::PortSpecifier::PortValue(p)) => {
+            u16::try_from(p).map_err(|_| format!("{at}: port {p} is out of range"))?
+        }
+        _ => return Err(format!("{at}: the endpoint needs a port_value")),
+    };
+    if dns {
+        // The model checks the rest as a STATIC cluster with an IP address.
+        sa.address = "127.0.0.1".to_string();
+        plain.cluster_discovery_type = None;
+    } else if host.parse::<std::net::IpAddr>().is_err() {
+        return Err(format!(
+            "{at}: {host:?} is not an IP address (make the cluster STRICT_DNS or LOGICAL_DNS for a host name)"
+        ));
+    }
+    model::Cluster::try_from(&plain).map_err(|e| format!("{at}: {e}"))?;
+    Ok((host, port, tls))
+}
+
+/// The socket address of the only endpoint of `la`, if it has exactly one.
+fn one_socket_address(
+    la: &mut envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment,
+) -> Option<&mut envoy_types::pb::envoy::config::core::v3::SocketAddress> {
+    use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
+    let mut eps = la
+        .endpoints
+        .iter_mut()
+        .flat_map(|l| l.lb_endpoints.iter_mut());
+    let (Some(e), None) = (eps.next(), eps.next()) else {
+        return None;
+    };
+    match &mut e.host_identifier {
+        Some(HostIdentifier::Endpoint(ep)) => match ep.address.as_mut()?.address.as_mut()? {
+            address::Address::SocketAddress(sa) => Some(sa),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// The `UpstreamTlsContext` of the xDS cluster, files only.
+fn xds_tls(ts: &envoy_types::pb::envoy::config::core::v3::TransportSocket) -> Check<XdsTls> {
+    use envoy_types::pb::envoy::config::core::v3::{
+        data_source::Specifier, transport_socket::ConfigType,
+    };
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+        common_tls_context::ValidationContextType, UpstreamTlsContext,
+    };
+    use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
+    const TLS: &str =
+        "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext";
+    let Some(ConfigType::TypedConfig(any)) = &ts.config_type else {
+        return Err("typed_config is required".to_string());
+    };
+    if any.type_url != TLS {
+        return Err(format!("{} is not supported (only {TLS})", any.type_url));
+    }
+    let mut ctx = UpstreamTlsContext::decode(any.value.as_slice())
+        .map_err(|e| format!("does not decode: {e}"))?;
+    let file =
+        |ds: Option<&envoy_types::pb::envoy::config::core::v3::DataSource>, what: &str| match ds
+            .and_then(|d| d.specifier.as_ref())
+        {
+            Some(Specifier::Filename(f)) => Ok(std::path::PathBuf::from(f)),
+            _ => Err(format!(
+                "{what} must be a `filename:` (pylon-proxy reloads it when it changes)"
+            )),
+        };
+    let sni = std::mem::take(&mut ctx.sni);
+    let mut common = ctx.common_tls_context.take().unwrap_or_default();
+    if ctx != UpstreamTlsContext::default() {
+        return Err(
+            "only `sni` and `common_tls_context` are supported in the UpstreamTlsContext"
+                .to_string(),
+        );
+    }
+    let alpn = std::mem::take(&mut common.alpn_protocols);
+    if alpn.iter().any(|p| p != "h2") {
+        return Err(format!(
+            "alpn_protocols {alpn:?}: only h2 is spoken to the xDS server"
+        ));
+    }
+    let certs = std::mem::take(&mut common.tls_certificates);
+    let cert_key = match certs.as_slice() {
+        [] => None,
+        [c] => {
+            let pair = (
+                file(
+                    c.certificate_chain.as_ref(),
+                    "tls_certificates[0].certificate_chain",
+                )?,
+                file(c.private_key.as_ref(), "tls_certificates[0].private_key")?,
+            );
+            let mut rest = c.clone();
+            rest.certificate_chain = None;
+            rest.private_key = None;
+            if rest != Default::default() {
+                return Err(
+                    "tls_certificates[0]: only certificate_chain and private_key are supported"
+                        .to_string(),
+                );
+            }
+            Some(pair)
+        }
+        _ => return Err("tls_certificates: at most one certificate".to_string()),
+    };
+    let validation = match common.validation_context_type.take() {
+        Some(ValidationContextType::ValidationContext(v)) => v,
+        _ => {
+            return Err("common_tls_context.validation_context (trusted_ca) is required: pylon-proxy does not connect to an unverified server".to_string())
+        }
+    };
+    if common != Default::default() {
+        return Err("common_tls_context: only tls_certificates, validation_context and alpn_protocols are supported".to_string());
+    }
+    let mut v = validation;
+    let ca = file(v.trusted_ca.as_ref(), "validation_context.trusted_ca")?;
+    v.trusted_ca = None;
+    let mut san_name = None;
+    for m in std::mem::take(&mut v.match_typed_subject_alt_names) {
+        match m.matcher.and_then(|m| m.match_pattern) {
+            Some(MatchPattern::Exact(e)) => {
+                san_name.get_or_insert(e);
+            }
+            _ => return Err("validation_context.match_typed_subject_alt_names: only exact matchers are supported".to_string()),
+        }
+    }
+    if v != Default::default() {
+        return Err(
+            "validation_context: only trusted_ca and match_typed_subject_alt_names are supported"
+                .to_string(),
+        );
+    }
+    Ok(XdsTls {
+        ca,
+        cert_key,
+        server_name: (!sni.is_empty()).then_some(sni).or(san_name),
     })
 }
 
@@ -528,7 +729,10 @@ fn ads_source(at: &str, cs: &Option<ConfigSource>) -> Check<()> {
     }
 }
 
-fn statics(s: &StaticResources) -> Check<(Vec<model::Cluster>, Vec<model::Listener>)> {
+fn statics(
+    s: &StaticResources,
+    ads_cluster: Option<&str>,
+) -> Check<(Vec<model::Cluster>, Vec<model::Listener>)> {
     let StaticResources {
         listeners,
         clusters,
@@ -538,8 +742,17 @@ fn statics(s: &StaticResources) -> Check<(Vec<model::Cluster>, Vec<model::Listen
     let mut names = BTreeSet::new();
     let mut out_clusters = Vec::new();
     for (i, c) in clusters.iter().enumerate() {
-        let c = model::Cluster::try_from(c)
-            .map_err(|e| format!("static_resources.clusters[{i}]: {e}"))?;
+        let c = if Some(c.name.as_str()) == ads_cluster {
+            // Checked by `xds_cluster`; kept here as a placeholder so that its
+            // name is still unique among the clusters.
+            model::Cluster::try_from(&PbCluster {
+                name: c.name.clone(),
+                ..Default::default()
+            })
+        } else {
+            model::Cluster::try_from(c)
+        }
+        .map_err(|e| format!("static_resources.clusters[{i}]: {e}"))?;
         if !names.insert(c.name.clone()) {
             return Err(format!(
                 "static_resources.clusters[{i}]: duplicate cluster name {}",
@@ -590,7 +803,8 @@ mod tests {
 
     use super::*;
     use crate::model::{
-        Endpoint, HealthCheck, HealthCheckKind, ListenerKind, LoadAssignment, RouteSource, TcpProxy,
+        Discovery, Endpoint, HealthCheck, HealthCheckKind, ListenerKind, LoadAssignment,
+        RouteSource, TcpProxy,
     };
 
     /// Printed by `pylon-xds bootstrap --node-id edge-1` (control_plane::bootstrap::envoy_bootstrap).
@@ -736,8 +950,10 @@ admin:
                     node_cluster: "pylon".into(),
                     admin: Some("127.0.0.1:9901".parse().unwrap()),
                     xds: Some(XdsTarget {
-                        addr: "127.0.0.1:18000".parse().unwrap(),
+                        host: "127.0.0.1".into(),
+                        port: 18000,
                         delta,
+                        tls: None,
                     }),
                     clusters: vec![],
                     listeners: vec![],
@@ -821,6 +1037,104 @@ admin:
         parse("envoy.yaml", text).unwrap_err().to_string()
     }
 
+    /// Printed by `pylon-xds bootstrap --node-id edge-1 --xds
+    /// pylon-xds.example:18000 --tls-ca ... --tls-cert ... --tls-key ...`.
+    const PYLON_XDS_TLS_BOOTSTRAP: &str = r#"# Envoy bootstrap generated by `pylon-xds bootstrap`: everything but the
+# connection to pylon-xds arrives over ADS (state of the world).
+node:
+  id: "edge-1"
+  cluster: "pylon"
+admin:
+  address:
+    socket_address: { address: "127.0.0.1", port_value: 9901 }
+dynamic_resources:
+  ads_config:
+    api_type: GRPC
+    transport_api_version: V3
+    set_node_on_first_message_only: true
+    grpc_services:
+      - envoy_grpc: { cluster_name: pylon_xds }
+  cds_config: { ads: {}, resource_api_version: V3 }
+  lds_config: { ads: {}, resource_api_version: V3 }
+static_resources:
+  clusters:
+    - name: pylon_xds
+      type: STRICT_DNS
+      connect_timeout: 1s
+      typed_extension_protocol_options:
+        envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+          "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+          explicit_http_config:
+            http2_protocol_options:
+              connection_keepalive: { interval: 30s, timeout: 5s }
+      load_assignment:
+        cluster_name: pylon_xds
+        endpoints:
+          - lb_endpoints:
+              - endpoint:
+                  address:
+                    socket_address: { address: "pylon-xds.example", port_value: 18000 }
+      transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+          sni: "pylon-xds.example"
+          common_tls_context:
+            alpn_protocols: [h2]
+            tls_certificates:
+              - certificate_chain: { filename: "/etc/pylon/edge.crt" }
+                private_key: { filename: "/etc/pylon/edge.key" }
+            validation_context:
+              trusted_ca: { filename: "/etc/pylon/ca.crt" }
+              match_typed_subject_alt_names:
+                - san_type: DNS
+                  matcher: { exact: "pylon-xds.example" }
+"#;
+
+    #[test]
+    fn the_xds_cluster_may_be_a_host_name_over_tls() {
+        let b = parse("bootstrap.yaml", PYLON_XDS_TLS_BOOTSTRAP).unwrap();
+        let x = b.xds.unwrap();
+        assert_eq!((x.host.as_str(), x.port), ("pylon-xds.example", 18000));
+        assert_eq!(
+            x.tls,
+            Some(XdsTls {
+                ca: "/etc/pylon/ca.crt".into(),
+                cert_key: Some(("/etc/pylon/edge.crt".into(), "/etc/pylon/edge.key".into())),
+                server_name: Some("pylon-xds.example".into()),
+            })
+        );
+        assert!(
+            b.clusters.is_empty(),
+            "the xDS cluster is not a proxied cluster"
+        );
+        let table = [
+            (
+                PYLON_XDS_TLS_BOOTSTRAP.replace(
+                    "private_key: { filename: \"/etc/pylon/edge.key\" }",
+                    "private_key: { inline_string: \"KEY\" }",
+                ),
+                "tls_certificates[0].private_key must be a `filename:` (pylon-proxy reloads it when it changes)",
+            ),
+            (
+                PYLON_XDS_TLS_BOOTSTRAP.replace("            validation_context:\n              trusted_ca: { filename: \"/etc/pylon/ca.crt\" }\n              match_typed_subject_alt_names:\n                - san_type: DNS\n                  matcher: { exact: \"pylon-xds.example\" }", ""),
+                "common_tls_context.validation_context (trusted_ca) is required: pylon-proxy does not connect to an unverified server",
+            ),
+            (
+                PYLON_XDS_TLS_BOOTSTRAP.replace("alpn_protocols: [h2]", "alpn_protocols: [http/1.1]"),
+                "alpn_protocols [\"http/1.1\"]: only h2 is spoken to the xDS server",
+            ),
+            (
+                PYLON_XDS_TLS_BOOTSTRAP.replace("type: STRICT_DNS", "type: STATIC"),
+                "\"pylon-xds.example\" is not an IP address (make the cluster STRICT_DNS or LOGICAL_DNS for a host name)",
+            ),
+        ];
+        for (text, want) in table {
+            let e = err(&text);
+            assert!(e.contains(want), "{want}\n{e}");
+        }
+    }
+
     #[test]
     fn unsupported_fields_are_named() {
         let table = [
@@ -849,7 +1163,7 @@ admin:
             (b.replace("  cds_config: { ads: {}, resource_api_version: V3 }\n", ""), "dynamic_resources.cds_config is required (pylon-proxy takes clusters and listeners over ADS)"),
             (b.replace("lds_config: { ads: {}", "lds_config: { path_config_source: { path: /l.yaml }"), "dynamic_resources.lds_config.ads is required: only ADS is supported"),
             (b.replace("id: \"edge-1\"", "id: \"\""), "node.id is required with dynamic_resources"),
-            (b.replace("          - lb_endpoints:\n", "          - lb_endpoints:\n              - endpoint:\n                  address:\n                    socket_address: { address: \"127.0.0.1\", port_value: 18001 }\n"), "static_resources.clusters: the xDS cluster pylon_xds must be STATIC with exactly one endpoint"),
+            (b.replace("          - lb_endpoints:\n", "          - lb_endpoints:\n              - endpoint:\n                  address:\n                    socket_address: { address: \"127.0.0.1\", port_value: 18001 }\n"), "static_resources.clusters: the xDS cluster pylon_xds must have exactly one endpoint"),
         ];
         for (text, want) in table {
             assert_eq!(

@@ -45,6 +45,20 @@ struct Cli {
     /// a host name resolved at start-up or an IP address.
     #[arg(long, value_name = "HOST:PORT")]
     xds: Option<String>,
+    /// TLS to the ADS server: the CA its certificate must chain to (PEM).
+    /// Overrides the bootstrap's `transport_socket`; reloaded on change.
+    #[arg(long, value_name = "FILE")]
+    xds_ca: Option<PathBuf>,
+    /// Mutual TLS: the client certificate presented to the ADS server.
+    #[arg(long, requires = "xds_key", requires = "xds_ca", value_name = "FILE")]
+    xds_cert: Option<PathBuf>,
+    /// The private key of --xds-cert.
+    #[arg(long, requires = "xds_cert", value_name = "FILE")]
+    xds_key: Option<PathBuf>,
+    /// The name the ADS server's certificate must carry (default: the host
+    /// of --xds).
+    #[arg(long, value_name = "NAME")]
+    xds_sni: Option<String>,
     /// Node id presented to the control plane (overrides the bootstrap's).
     #[arg(long, visible_alias = "service-node")]
     node_id: Option<String>,
@@ -92,6 +106,15 @@ fn parse_log_level(level: &str) -> Result<String, String> {
         }
     }
     .to_string())
+}
+
+/// `host` as it goes before `:port`: an IPv6 literal in brackets.
+fn bracket(host: &str) -> String {
+    if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    }
 }
 
 /// Resolves HOST:PORT (a host name, an IPv4 literal or `[IPv6]`), taking the
@@ -182,14 +205,26 @@ fn plan(cli: Cli) -> anyhow::Result<Plan> {
         (None, Some(a)) => a,
         (None, None) => DEFAULT_ADMIN.parse()?,
     };
-    let cli_xds = cli.xds.as_deref().map(|x| resolve("xds", x)).transpose()?;
-    let target = match (cli_xds, boot.as_ref().and_then(|b| b.xds)) {
-        (Some(addr), from_boot) => Some((addr, from_boot.is_none_or(|t| t.delta))),
-        (None, Some(t)) => Some((t.addr, t.delta)),
+    // A typo in --xds fails now; the name is resolved again at each connect.
+    if let Some(x) = &cli.xds {
+        resolve("xds", x)?;
+    }
+    let boot_xds = boot.as_ref().and_then(|b| b.xds.clone());
+    let target = match (&cli.xds, &boot_xds) {
+        (Some(t), from_boot) => Some((t.clone(), from_boot.as_ref().is_none_or(|b| b.delta))),
+        (None, Some(t)) => Some((format!("{}:{}", bracket(&t.host), t.port), t.delta)),
         (None, None) => None,
     };
+    let tls_files = match (&cli.xds_ca, boot_xds.as_ref().and_then(|b| b.tls.clone())) {
+        (Some(ca), _) => Some(bootstrap::XdsTls {
+            ca: ca.clone(),
+            cert_key: cli.xds_cert.clone().zip(cli.xds_key.clone()),
+            server_name: None,
+        }),
+        (None, from_boot) => from_boot,
+    };
     let xds = match target {
-        Some((addr, delta)) => {
+        Some((target, delta)) => {
             anyhow::ensure!(
                 !node_id.is_empty(),
                 "a node id is needed to talk to the control plane: --node-id or node.id in the bootstrap"
@@ -198,8 +233,33 @@ fn plan(cli: Cli) -> anyhow::Result<Plan> {
                 Some(mode) => mode == AdsMode::Delta,
                 None => delta,
             };
+            let tls = match tls_files {
+                None => None,
+                Some(files) => {
+                    let client = pylon::tls::ClientTls::load(
+                        files.ca.clone(),
+                        files.cert_key.clone(),
+                        &[b"h2"],
+                    )
+                    .context("TLS to the xDS server")?;
+                    let host = target
+                        .rsplit_once(':')
+                        .map_or(target.as_str(), |(h, _)| h)
+                        .trim_matches(['[', ']']);
+                    let server_name = cli
+                        .xds_sni
+                        .clone()
+                        .or(files.server_name)
+                        .unwrap_or_else(|| host.to_string());
+                    Some(xds::XdsTls {
+                        client,
+                        server_name,
+                    })
+                }
+            };
             Some(XdsOptions {
-                addr,
+                target,
+                tls,
                 node: xds::node(&node_id, &node_cluster),
                 delta,
             })
@@ -362,7 +422,26 @@ async fn serve(plan: Plan) -> anyhow::Result<()> {
 
     let (xds_client, xds_state) = match plan.xds.clone() {
         Some(opts) => {
-            info!(addr = %opts.addr, delta = opts.delta, node = %plan.node_id, "subscribing over ADS");
+            info!(addr = %opts.target, tls = opts.tls.is_some(), delta = opts.delta, node = %plan.node_id, "subscribing over ADS");
+            if let Some(tls) = &opts.tls {
+                // A renewed client certificate (or CA) is used for the next connection.
+                let client = Arc::clone(&tls.client);
+                let files = client.files();
+                let stop = shutdown.clone();
+                tokio::spawn(async move {
+                    let target: Arc<dyn pylon::tls::Reload> = client;
+                    if let Err(e) = pylon::tls::watch(
+                        target,
+                        files,
+                        std::time::Duration::from_millis(200),
+                        stop,
+                    )
+                    .await
+                    {
+                        tracing::warn!(error = %e, "TLS file watch failed; the xDS certificates are not reloaded");
+                    }
+                });
+            }
             let (c, s) = XdsClient::new(opts);
             (Some(c), Some(s))
         }

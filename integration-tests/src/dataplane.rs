@@ -94,7 +94,9 @@ impl DataPlane {
         node_id: &str,
     ) -> anyhow::Result<DataPlane> {
         let xds = pylon.xds_addr()?;
-        let render = |admin: SocketAddr| render_bootstrap(node_id, flavour.ads, xds, admin);
+        let tls = pylon.client_tls();
+        let render =
+            |admin: SocketAddr| render_bootstrap(node_id, flavour.ads, xds, admin, tls.as_ref());
         let process = match flavour.kind {
             // Envoy picks its own admin port and reports it.
             Kind::Envoy => Process::Envoy(

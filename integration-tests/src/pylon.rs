@@ -12,9 +12,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use control_plane::bootstrap::{envoy_bootstrap, BootstrapOptions};
+use control_plane::bootstrap::{envoy_bootstrap, BootstrapOptions, ClientTlsFiles};
 use control_plane::{Running, ServeOptions};
 use tempfile::TempDir;
+
+use crate::tls::CertFiles;
 
 use crate::envoy::Envoy;
 use crate::eventually::eventually;
@@ -41,14 +43,37 @@ impl Ads {
 pub const REBIND_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The bootstrap `pylon-xds bootstrap` prints for these arguments.
-pub fn render_bootstrap(node_id: &str, ads: Ads, xds: SocketAddr, admin: SocketAddr) -> String {
+pub fn render_bootstrap(
+    node_id: &str,
+    ads: Ads,
+    xds: SocketAddr,
+    admin: SocketAddr,
+    tls: Option<&ClientTlsFiles>,
+) -> String {
     envoy_bootstrap(&BootstrapOptions {
         node_id: node_id.to_string(),
         node_cluster: "pylon-test".to_string(),
-        xds,
+        xds: control_plane::bootstrap::XdsAddress {
+            host: xds.ip().to_string(),
+            port: xds.port(),
+        },
         delta: ads.is_delta(),
         admin,
+        tls: tls.cloned(),
     })
+}
+
+/// pylon-xds over mutual TLS: its certificate (at fixed paths, so a test can
+/// renew it in place), the CA clients must chain to, and the certificate the
+/// data planes present.
+#[derive(Debug, Clone)]
+pub struct MutualTls {
+    /// pylon-xds's certificate and key.
+    pub server: CertFiles,
+    /// The CA of both sides.
+    pub ca: PathBuf,
+    /// What the data planes' bootstraps present.
+    pub client: CertFiles,
 }
 
 /// A running pylon-xds. It can be stopped and started again on the same
@@ -59,21 +84,37 @@ pub struct Pylon {
     /// The xDS address of the first start, reused by [`Pylon::start_again`].
     xds_addr: SocketAddr,
     config: PathBuf,
+    tls: Option<MutualTls>,
     _dir: TempDir,
 }
 
 impl Pylon {
     /// Writes `yaml` and serves it (xDS and admin on 127.0.0.1:0).
     pub async fn start(yaml: &str) -> anyhow::Result<Pylon> {
+        Pylon::start_with(yaml, None).await
+    }
+
+    /// As [`Pylon::start`], over mutual TLS when `tls` is given.
+    pub async fn start_with(yaml: &str, tls: Option<MutualTls>) -> anyhow::Result<Pylon> {
         let dir = tempfile::Builder::new().prefix("pylon-xds-").tempdir()?;
         let config = dir.path().join("pylon.yaml");
         std::fs::write(&config, yaml)?;
-        let running = serve(&config, SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+        let running = serve(&config, SocketAddr::from(([127, 0, 0, 1], 0)), tls.as_ref()).await?;
         Ok(Pylon {
             xds_addr: running.xds_addr,
             running: Some(running),
             config,
+            tls,
             _dir: dir,
+        })
+    }
+
+    /// What a client's bootstrap needs to reach this server over TLS.
+    pub fn client_tls(&self) -> Option<ClientTlsFiles> {
+        self.tls.as_ref().map(|t| ClientTlsFiles {
+            ca: t.ca.clone(),
+            cert_key: Some((t.client.cert.clone(), t.client.key.clone())),
+            sni: Some("localhost".to_string()),
         })
     }
 
@@ -90,11 +131,11 @@ impl Pylon {
     /// address is still in use.
     pub async fn start_again(&mut self) -> anyhow::Result<()> {
         anyhow::ensure!(self.running.is_none(), "pylon-xds is still running");
-        let (config, addr) = (&self.config, self.xds_addr);
+        let (config, addr, tls) = (&self.config, self.xds_addr, self.tls.as_ref());
         let running = eventually(
             format!("pylon-xds binding {addr} again"),
             REBIND_TIMEOUT,
-            async || match serve(config, addr).await {
+            async || match serve(config, addr, tls).await {
                 Ok(r) => Ok(Ok(r)),
                 Err(e) if is_addr_in_use(&e) => Err(e),
                 // Not retried: only a busy address may clear up.
@@ -163,6 +204,7 @@ impl Pylon {
             ads,
             self.xds_addr()?,
             SocketAddr::from(([127, 0, 0, 1], 0)),
+            self.client_tls().as_ref(),
         ))
     }
 
@@ -194,9 +236,18 @@ impl Pylon {
     }
 }
 
-async fn serve(config: &Path, xds_listen: SocketAddr) -> anyhow::Result<Running> {
+async fn serve(
+    config: &Path,
+    xds_listen: SocketAddr,
+    tls: Option<&MutualTls>,
+) -> anyhow::Result<Running> {
     control_plane::serve(ServeOptions {
         debounce: DEBOUNCE,
+        tls: tls.map(|t| pylon::tls::Files {
+            cert: t.server.cert.clone(),
+            key: t.server.key.clone(),
+            ca: Some(t.ca.clone()),
+        }),
         ..ServeOptions::new(
             config.to_path_buf(),
             xds_listen,

@@ -4,8 +4,11 @@
 //! who may read CSDS, certificate rotation without dropping streams, and the
 //! refusal to serve plaintext beyond loopback.
 //!
-//! Real Envoy, pylon-proxy and the proxyless clients over mutual TLS are in
-//! the interop matrix; this file holds the refusals and the server's side.
+//! `mutual_tls_end_to_end` runs on real Envoy and pylon-proxy, SotW and
+//! delta: each bootstrapped as `pylon-xds bootstrap --tls-ca --tls-cert
+//! --tls-key` prints, gets its config, takes a live edit, keeps its stream
+//! across a renewal of the server's certificate, and a node its certificate
+//! may not claim gets nothing.
 
 // Helpers here are test code too: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
@@ -22,6 +25,11 @@ use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, Discovery
 use envoy_types::pb::envoy::service::status::v3::client_status_discovery_service_client::ClientStatusDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::status::v3::ClientStatusRequest;
 use integration_tests::assert_eventually;
+use integration_tests::backends::HttpServer;
+use integration_tests::config::{Cluster, Listener, PylonConfig, Route};
+use integration_tests::dataplane::{DataPlane, Flavour};
+use integration_tests::ports::{free_addr, loopback, LOOPBACK};
+use integration_tests::pylon::{MutualTls, Pylon};
 use integration_tests::tls::{CertFiles, Leaf, Pki};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -518,4 +526,205 @@ async fn csds_never_shows_an_inline_private_key() {
     assert!(!text.contains("THIS-IS-THE-SECRET"), "{text}");
     assert!(text.contains("[redacted by pylon-xds]"), "{text}");
     running.shutdown().await;
+}
+
+integration_tests::every_data_plane!(mutual_tls_end_to_end);
+
+async fn mutual_tls_end_to_end(flavour: Flavour) {
+    let Some(bin) = flavour.binary_or_skip() else {
+        return;
+    };
+    let pki = Pki::new("pylon test CA").unwrap();
+    // The server's pair at fixed paths, renewed in place below.
+    let dir = tempfile::tempdir().unwrap();
+    let server = CertFiles {
+        cert: dir.path().join("tls.crt"),
+        key: dir.path().join("tls.key"),
+    };
+    let first = pki.server("first").unwrap();
+    std::fs::copy(&first.cert, &server.cert).unwrap();
+    std::fs::copy(&first.key, &server.key).unwrap();
+    let node = format!("mtls-{flavour}");
+    let client = pki
+        .client("proxy", "spiffe://pylon.test/proxies/edge")
+        .unwrap();
+    let rules =
+        "clients:\n  - identity: \"spiffe://pylon.test/proxies/*\"\n    nodes: {id: \"mtls-*\"}\n";
+    let web = [
+        HttpServer::start(loopback(2), "web-0").await.unwrap(),
+        HttpServer::start(loopback(2), "web-1").await.unwrap(),
+    ];
+    let front = free_addr(LOOPBACK).unwrap();
+    let mut config = PylonConfig::new()
+        .cluster(Cluster::new("web", &[web[0].addr()]))
+        .listener(Listener::http(
+            "front",
+            front,
+            vec![Route::prefix("/", "web")],
+        ));
+    let tls = MutualTls {
+        server: server.clone(),
+        ca: pki.ca().to_path_buf(),
+        client: client.clone(),
+    };
+    let pylon = Pylon::start_with(&(config.to_yaml() + rules), Some(tls))
+        .await
+        .unwrap();
+    let dp = DataPlane::start(&bin, flavour, &pylon, &node)
+        .await
+        .unwrap();
+    if let Err(e) = dp.admin().wait_ready(DEADLINE).await {
+        panic!("{e:#}\n{}", dp.log());
+    }
+    let first_stream = integration_tests::scenario::wait_node(&pylon, &dp).await;
+    let answered = |id: &'static str| async move {
+        assert_eventually!(DEADLINE, format!("GET / answered by {id}"), async || {
+            let r = integration_tests::http::get(front, "/").await?;
+            ensure!(r.status == 200 && r.body == id, "{} {}", r.status, r.body);
+            Ok(())
+        });
+    };
+    answered("web-0").await;
+    let s = pylon.status().await.unwrap();
+    assert_eq!(s["transport"]["xds"], "mutual_tls");
+    assert_eq!(first_stream["identity"], "spiffe://pylon.test/proxies/edge");
+
+    // A live edit over the TLS stream.
+    config.cluster_mut("web").unwrap().endpoints = vec![web[1].addr()];
+    pylon
+        .write_config_atomic(&(config.to_yaml() + rules))
+        .unwrap();
+    answered("web-1").await;
+
+    // The server's certificate is renewed in place: the stream stays (same
+    // stream id), the next edit arrives over it, and a new connection is
+    // served the new certificate.
+    let second = pki.server("second").unwrap();
+    for (from, to) in [(&second.cert, &server.cert), (&second.key, &server.key)] {
+        let tmp = to.with_extension("new");
+        std::fs::copy(from, &tmp).unwrap();
+        std::fs::rename(&tmp, to).unwrap();
+    }
+    assert_eventually!(DEADLINE, "the renewed certificate loaded", async || {
+        let s = pylon.status().await?;
+        ensure!(
+            s["transport"]["xds_tls"]["reloads"] == 1,
+            "{}",
+            s["transport"]
+        );
+        Ok(())
+    });
+    config.cluster_mut("web").unwrap().endpoints = vec![web[0].addr()];
+    pylon
+        .write_config_atomic(&(config.to_yaml() + rules))
+        .unwrap();
+    answered("web-0").await;
+    let now = integration_tests::scenario::wait_node(&pylon, &dp).await;
+    assert_eq!(
+        now["stream"], first_stream["stream"],
+        "the stream was re-opened"
+    );
+    let presented = presented_certificate(pylon.xds_addr().unwrap(), &pki, &client)
+        .await
+        .unwrap();
+    let second_der = rustls::pki_types::pem::PemObject::from_pem_file(&second.cert).unwrap();
+    assert_eq!(presented, second_der);
+
+    // The same certificate claiming a node its identity may not: refused,
+    // never configured; the first proxy is not affected.
+    let intruder = DataPlane::start(&bin, flavour, &pylon, &format!("intruder-{flavour}"))
+        .await
+        .unwrap();
+    assert_eventually!(DEADLINE, "the intruder's stream denied", async || {
+        let (code, m) = control_plane::admin::get(pylon_admin(&pylon), "/metrics").await?;
+        ensure!(code == 200);
+        let n = metric(
+            &m,
+            "pylon_xds_denied_streams_total{reason=\"node_not_allowed\"}",
+        );
+        ensure!(n >= 1, "{n}");
+        Ok(())
+    });
+    assert!(
+        intruder
+            .admin()
+            .wait_ready(Duration::from_secs(2))
+            .await
+            .is_err(),
+        "the intruder got a config"
+    );
+    answered("web-0").await;
+    pylon.shutdown().await;
+}
+
+fn pylon_admin(pylon: &Pylon) -> SocketAddr {
+    pylon.admin_addr().unwrap()
+}
+
+/// pylon-proxy over mutual TLS from flags alone (`--xds-ca`, `--xds-cert`,
+/// `--xds-key`), no bootstrap.
+#[tokio::test(flavor = "multi_thread")]
+async fn pylon_proxy_flags_reach_a_mutual_tls_server() {
+    let Some(bin) = integration_tests::pylon_proxy::binary_or_skip() else {
+        return;
+    };
+    let pki = Pki::new("pylon test CA").unwrap();
+    let server = pki.server("pylon-xds").unwrap();
+    let client = pki
+        .client("proxy", "spiffe://pylon.test/proxies/edge")
+        .unwrap();
+    let web = HttpServer::start(loopback(2), "web-0").await.unwrap();
+    let front = free_addr(LOOPBACK).unwrap();
+    let config = PylonConfig::new()
+        .cluster(Cluster::new("web", &[web.addr()]))
+        .listener(Listener::http(
+            "front",
+            front,
+            vec![Route::prefix("/", "web")],
+        ));
+    let tls = MutualTls {
+        server,
+        ca: pki.ca().to_path_buf(),
+        client: client.clone(),
+    };
+    let pylon = Pylon::start_with(&config.to_yaml(), Some(tls))
+        .await
+        .unwrap();
+    let admin = free_addr(LOOPBACK).unwrap();
+    let mut child = std::process::Command::new(bin)
+        .args([
+            "--xds",
+            &pylon.xds_addr().unwrap().to_string(),
+            "--node-id",
+            "flags-1",
+        ])
+        .arg("--xds-ca")
+        .arg(pki.ca())
+        .arg("--xds-cert")
+        .arg(&client.cert)
+        .arg("--xds-key")
+        .arg(&client.key)
+        .args(["--xds-sni", "localhost", "--admin", &admin.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let served = async {
+        assert_eventually!(DEADLINE, "traffic through the proxy", async || {
+            let r = integration_tests::http::get(front, "/").await?;
+            ensure!(
+                r.status == 200 && r.body == "web-0",
+                "{} {}",
+                r.status,
+                r.body
+            );
+            Ok(())
+        });
+    };
+    served.await;
+    let n = pylon.node_status("flags-1").await.unwrap().unwrap();
+    assert_eq!(n["identity"], "spiffe://pylon.test/proxies/edge");
+    let _ = child.kill();
+    let _ = child.wait();
+    pylon.shutdown().await;
 }

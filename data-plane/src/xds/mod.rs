@@ -78,7 +78,6 @@ mod tests;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -142,12 +141,59 @@ pub trait ConfigSink: Send + Sync + 'static {
 /// How to reach the control plane, and who we are.
 #[derive(Debug, Clone)]
 pub struct XdsOptions {
-    /// The ADS server (the single endpoint of the bootstrap's xDS cluster).
-    pub addr: SocketAddr,
+    /// The ADS server, `host:port` (the single endpoint of the bootstrap's
+    /// xDS cluster, or `--xds`): a host name is resolved at each connect.
+    pub target: String,
+    /// TLS to the server; `None`: plaintext.
+    pub tls: Option<XdsTls>,
     /// Sent in the first request of each stream; see [`node`].
     pub node: Node,
     /// Incremental (delta) ADS instead of state-of-the-world.
     pub delta: bool,
+}
+
+/// TLS to the xDS server: the client configuration (reloaded when its files
+/// change; each connect uses the current one) and the name the server's
+/// certificate must carry.
+#[derive(Debug, Clone)]
+pub struct XdsTls {
+    /// CA, and optionally the client certificate.
+    pub client: Arc<pylon::tls::ClientTls>,
+    /// The server name checked against its certificate (and sent as SNI).
+    pub server_name: String,
+}
+
+/// Dials the xDS server over TLS for tonic: TCP to the target, then the
+/// handshake with the current client configuration.
+#[derive(Debug, Clone)]
+struct TlsDialer {
+    target: String,
+    tls: XdsTls,
+}
+
+impl tonic::codegen::Service<tonic::codegen::http::Uri> for TlsDialer {
+    type Response = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+    type Error = std::io::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _uri: tonic::codegen::http::Uri) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let tcp = tokio::net::TcpStream::connect(&this.target).await?;
+            tcp.set_nodelay(true)?;
+            let tls = this.tls.client.connect(&this.tls.server_name, tcp).await?;
+            Ok(hyper_util::rt::TokioIo::new(tls))
+        })
+    }
 }
 
 /// The `Node` pylon-proxy presents: id, cluster, user agent `pylon-proxy`
@@ -302,7 +348,7 @@ impl XdsClient {
             "state of the world"
         };
         loop {
-            info!(addr = %self.opts.addr, mode, "connecting to the xDS server");
+            info!(addr = %self.opts.target, tls = self.opts.tls.is_some(), mode, "connecting to the xDS server");
             let mut got_response = false;
             let result = tokio::select! {
                 () = shutdown.cancelled() => break,
@@ -312,7 +358,7 @@ impl XdsClient {
             match result {
                 Ok(()) => {}
                 Err(e) => {
-                    info!(addr = %self.opts.addr, error = %e, "xDS stream ended; keeping the last config")
+                    info!(addr = %self.opts.target, error = %e, "xDS stream ended; keeping the last config")
                 }
             }
             if got_response {
@@ -338,14 +384,23 @@ impl XdsClient {
         cs: &mut ClientState,
         got_response: &mut bool,
     ) -> Result<(), StreamError> {
-        let channel =
-            tonic::transport::Endpoint::from_shared(format!("http://{}", self.opts.addr))?
+        let endpoint =
+            tonic::transport::Endpoint::from_shared(format!("http://{}", self.opts.target))?
                 .connect_timeout(CONNECT_TIMEOUT)
                 .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
                 .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-                .keep_alive_while_idle(true)
-                .connect()
-                .await?;
+                .keep_alive_while_idle(true);
+        let channel = match &self.opts.tls {
+            None => endpoint.connect().await?,
+            Some(tls) => {
+                endpoint
+                    .connect_with_connector(TlsDialer {
+                        target: self.opts.target.clone(),
+                        tls: tls.clone(),
+                    })
+                    .await?
+            }
+        };
         let mut grpc = AggregatedDiscoveryServiceClient::new(channel)
             .max_decoding_message_size(MAX_RESPONSE_BYTES);
         if self.opts.delta {
@@ -373,7 +428,7 @@ impl XdsClient {
 
     fn connected(&self) {
         self.state.lock().connected = true;
-        info!(addr = %self.opts.addr, "connected to the xDS server");
+        info!(addr = %self.opts.target, "connected to the xDS server");
     }
 }
 

@@ -176,7 +176,8 @@ fn start_client(
 ) {
     let sink = Arc::new(FakeSink::default());
     let (client, state) = XdsClient::new(XdsOptions {
-        addr,
+        target: addr.to_string(),
+        tls: None,
         node: node("n1", "c1"),
         delta,
     });
