@@ -459,6 +459,28 @@ impl GrpcClient {
             xds.ip().is_loopback(),
             "xDS server {xds} is not on loopback"
         );
+        let text = serde_json::to_string_pretty(&bootstrap_json(xds, node_id, node_cluster))?;
+        GrpcClient::start_with_bootstrap(kind, &text, node_id).await
+    }
+
+    /// Starts a client of `kind` with the bootstrap JSON `bootstrap` (whose
+    /// node is `node_id`), as `pylon-xds bootstrap --grpc` prints it.
+    pub async fn start_with_bootstrap(
+        kind: ClientKind,
+        bootstrap_text: &str,
+        node_id: &str,
+    ) -> anyhow::Result<Option<GrpcClient>> {
+        let doc: serde_json::Value = serde_json::from_str(bootstrap_text)?;
+        for server in doc["xds_servers"].as_array().into_iter().flatten() {
+            let uri = server["server_uri"].as_str().unwrap_or_default();
+            let addr: SocketAddr = uri
+                .parse()
+                .with_context(|| format!("xDS server {uri:?} is not an address"))?;
+            anyhow::ensure!(
+                addr.ip().is_loopback(),
+                "xDS server {uri} is not on loopback"
+            );
+        }
         let Some((program, script)) = kind.command_or_skip() else {
             return Ok(None);
         };
@@ -466,10 +488,7 @@ impl GrpcClient {
             .prefix(&format!("pylon-grpc-{}-", kind.name()))
             .tempdir()?;
         let bootstrap = dir.path().join("bootstrap.json");
-        std::fs::write(
-            &bootstrap,
-            serde_json::to_string_pretty(&bootstrap_json(xds, node_id, node_cluster))?,
-        )?;
+        std::fs::write(&bootstrap, bootstrap_text)?;
         let log = dir.path().join("stderr");
         let mut cmd = script_command(&program, &script, &log)?;
         cmd.env("GRPC_XDS_BOOTSTRAP", &bootstrap);

@@ -77,17 +77,19 @@ pub enum CheckId {
     Restart,
     StaleNonce,
     RequestedBeforeItExists,
+    MutualTls,
 }
 
 impl CheckId {
     /// Every check, in table order.
-    pub const ALL: [CheckId; 6] = [
+    pub const ALL: [CheckId; 7] = [
         CheckId::FirstSync,
         CheckId::Edits,
         CheckId::Nack,
         CheckId::Restart,
         CheckId::StaleNonce,
         CheckId::RequestedBeforeItExists,
+        CheckId::MutualTls,
     ];
 
     /// The test-module and file-name form.
@@ -99,6 +101,7 @@ impl CheckId {
             CheckId::Restart => "restart",
             CheckId::StaleNonce => "stale_nonce",
             CheckId::RequestedBeforeItExists => "requested_before_it_exists",
+            CheckId::MutualTls => "mutual_tls",
         }
     }
 
@@ -111,6 +114,7 @@ impl CheckId {
             CheckId::Restart => "4. restart: same versions",
             CheckId::StaleNonce => "5. stale nonce: no push",
             CheckId::RequestedBeforeItExists => "6. requested before it exists",
+            CheckId::MutualTls => "7. over mutual TLS",
         }
     }
 }
@@ -155,6 +159,12 @@ impl Recorder {
         self.write("skip");
     }
 
+    /// The client cannot do what the check needs (shown as such, not as a
+    /// pass; the test that records it asserts that it indeed fails).
+    pub fn unsupported(mut self) {
+        self.write("unsupported");
+    }
+
     fn write(&mut self, result: &str) {
         self.done = true;
         if let Err(e) = std::fs::write(&self.path, result) {
@@ -192,6 +202,7 @@ pub fn render_table(dir: &Path) -> String {
                 Ok("pass") => "✅",
                 Ok("fail") => "❌",
                 Ok("skip") => "⏭",
+                Ok("unsupported") => "🚫",
                 _ => "-",
             };
             let _ = write!(out, " {cell} |");

@@ -24,6 +24,13 @@
 //! 6. `requested_before_it_exists`: gRPC clients dial a service before it is
 //!    in the YAML; proxies start before their listener exists (their wildcard
 //!    subscription asks for it); it arrives when it is added.
+//! 7. `mutual_tls`: pylon-xds serves over mutual TLS with a `clients:` rule
+//!    for the client's certificate; the client, bootstrapped as `pylon-xds
+//!    bootstrap --tls-*` (`--grpc` for gRPC) prints, syncs and serves, takes
+//!    an edit, and keeps its stream across a renewal of the server's
+//!    certificate. A client that cannot use TLS channel credentials
+//!    (grpc-js-xds 1.14) is recorded as such after checking that it indeed
+//!    never connects.
 //!
 //! Each cell's result is recorded (`integration_tests::interop`) and
 //! `scripts/test.sh` writes the table into README.md.
@@ -35,6 +42,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::ensure;
+use control_plane::bootstrap::{grpc_bootstrap, BootstrapOptions};
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
@@ -49,7 +57,8 @@ use integration_tests::grpc_clients::{ClientKind, GrpcBackends, GrpcClient};
 use integration_tests::http;
 use integration_tests::interop::{CheckId, ClientId, Recorder};
 use integration_tests::ports::{free_addr, loopback, LOOPBACK};
-use integration_tests::pylon::{Ads, Pylon};
+use integration_tests::pylon::{Ads, MutualTls, Pylon};
+use integration_tests::tls::Pki;
 use integration_tests::traffic::TrafficLoop;
 use prost::Message as _;
 use tokio::sync::mpsc;
@@ -93,10 +102,19 @@ matrix!(
     restart => Restart,
     stale_nonce => StaleNonce,
     requested_before_it_exists => RequestedBeforeItExists,
+    mutual_tls => MutualTls,
 );
 
 async fn run(client: ClientId, check: CheckId) {
     let recorder = Recorder::start(client, check);
+    if client == ClientId::GrpcJs && check == CheckId::MutualTls {
+        if grpc_js_cannot_use_tls().await {
+            recorder.unsupported();
+        } else {
+            recorder.skip();
+        }
+        return;
+    }
     let Some(world) = World::start(client, check).await else {
         recorder.skip();
         return;
@@ -108,6 +126,7 @@ async fn run(client: ClientId, check: CheckId) {
         CheckId::Restart => restart(world).await,
         CheckId::StaleNonce => stale_nonce(world).await,
         CheckId::RequestedBeforeItExists => requested_before_it_exists(world).await,
+        CheckId::MutualTls => mutual_tls(world).await,
     }
     recorder.pass();
 }
@@ -133,6 +152,8 @@ struct Spec {
     /// A plain (non-API) listener named as a gRPC target, in the gRPC
     /// selection: gRPC clients reject it.
     plain_grpc_listener: Option<(String, SocketAddr)>,
+    /// A `clients:` section (check 7).
+    clients: Option<String>,
 }
 
 impl Spec {
@@ -202,6 +223,9 @@ impl Spec {
             quoted(&proxy_listeners),
             quoted(&grpc_listeners)
         );
+        if let Some(c) = &self.clients {
+            y += c;
+        }
         y
     }
 }
@@ -219,6 +243,8 @@ struct World {
     id: ClientId,
     node: String,
     spec: Spec,
+    /// The PKI of check 7 (pylon-xds over mutual TLS).
+    pki: Option<(Pki, MutualTls)>,
     pylon: Pylon,
     under: Under,
     web: Vec<HttpServer>,
@@ -284,13 +310,47 @@ impl World {
             greeter,
             extra_services: Vec::new(),
             plain_grpc_listener: None,
+            clients: None,
         };
-        let pylon = Pylon::start(&spec.yaml()).await.unwrap();
+        let pki = (check == CheckId::MutualTls).then(|| {
+            let pki = Pki::new("pylon interop CA").unwrap();
+            let server = pki.server("pylon-xds").unwrap();
+            let client = pki
+                .client(
+                    "client",
+                    &format!("spiffe://pylon.test/interop/{}", id.key()),
+                )
+                .unwrap();
+            let tls = MutualTls {
+                server,
+                ca: pki.ca().to_path_buf(),
+                client,
+            };
+            (pki, tls)
+        });
+        let mut spec = spec;
+        if pki.is_some() {
+            spec.clients = Some(format!(
+                "clients:\n  - identity: \"spiffe://pylon.test/interop/{}\"\n    nodes: {{id: \"{node}\"}}\n",
+                id.key()
+            ));
+        }
+        let pylon = Pylon::start_with(&spec.yaml(), pki.as_ref().map(|(_, t)| t.clone()))
+            .await
+            .unwrap();
         let under = if id.is_proxy() {
             let bin = proxy_bin.as_ref()?;
             Under::Proxy(start_proxy(bin, id, &pylon, &node).await)
         } else {
-            let c = GrpcClient::start(grpc_kind(id), pylon.xds_addr().unwrap(), &node, "grpc")
+            let bootstrap = grpc_bootstrap(&BootstrapOptions {
+                node_id: node.clone(),
+                node_cluster: "grpc".into(),
+                xds: pylon.xds_addr().unwrap().to_string().parse().unwrap(),
+                delta: false,
+                admin: "127.0.0.1:0".parse().unwrap(),
+                tls: pylon.client_tls(),
+            });
+            let c = GrpcClient::start_with_bootstrap(grpc_kind(id), &bootstrap, &node)
                 .await
                 .unwrap()?;
             Under::Grpc(c)
@@ -299,6 +359,7 @@ impl World {
             id,
             node,
             spec,
+            pki,
             pylon,
             under,
             web,
@@ -1000,4 +1061,145 @@ async fn requested_before_it_exists(mut w: World) {
         });
     }
     w.pylon.stop().await;
+}
+
+// ---------------------------------------------------------------------------
+// 7. Over mutual TLS
+
+/// Renews pylon-xds's certificate in place (written beside, renamed over)
+/// and waits until it is loaded.
+async fn renew_server_certificate(w: &World) {
+    let (pki, tls) = w.pki.as_ref().unwrap();
+    let renewed = pki.server("pylon-xds-renewed").unwrap();
+    for (from, to) in [
+        (&renewed.cert, &tls.server.cert),
+        (&renewed.key, &tls.server.key),
+    ] {
+        let tmp = to.with_extension("renewed");
+        std::fs::copy(from, &tmp).unwrap();
+        std::fs::rename(&tmp, to).unwrap();
+    }
+    assert_eventually!(DEADLINE, "the renewed certificate loaded", async || {
+        let s = w.pylon.status().await?;
+        ensure!(
+            s["transport"]["xds_tls"]["reloads"] == 1,
+            "{}",
+            s["transport"]
+        );
+        Ok(())
+    });
+}
+
+/// The streams of the node, by id, from `/status`.
+async fn stream_ids(w: &World) -> Vec<u64> {
+    let s = w.pylon.status().await.unwrap();
+    s["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|n| n["node"] == w.node.as_str())
+        .filter_map(|n| n["stream"].as_u64())
+        .collect()
+}
+
+async fn mutual_tls(mut w: World) {
+    let s = w.pylon.status().await.unwrap();
+    assert_eq!(s["transport"]["xds"], "mutual_tls");
+    if w.id.is_proxy() {
+        let types = wait_synced(&w, PROXY_VIEW).await;
+        assert!(!types.is_null());
+        let streams = stream_ids(&w).await;
+        // An edit over the TLS stream.
+        w.spec.web = vec![w.web[1].addr()];
+        w.write();
+        assert_eventually!(DEADLINE, "only web-1 behind front", async || {
+            let got = gets(w.front(), 4).await?;
+            ensure!(got.get("web-1") == Some(&4), "{got:?}");
+            Ok(())
+        });
+        // The server's certificate renewed: the stream stays, the next edit
+        // arrives over it.
+        renew_server_certificate(&w).await;
+        w.spec.web = vec![w.web[0].addr()];
+        w.write();
+        assert_eventually!(DEADLINE, "only web-0 behind front", async || {
+            let got = gets(w.front(), 4).await?;
+            ensure!(got.get("web-0") == Some(&4), "{got:?}");
+            Ok(())
+        });
+        assert_eq!(stream_ids(&w).await, streams, "the stream was re-opened");
+    } else {
+        wait_synced(&w, GRPC_VIEW).await;
+        let (g1, g2) = (w.backend("g1"), w.backend("g2"));
+        w.spec.greeter = vec![g1];
+        w.write();
+        assert_eventually!(DEADLINE, "only g1 behind the greeter", async || {
+            let c = w.calls(GREETER, 3).await?;
+            ensure!(c.ok_from("g1") == 3, "{c:?}");
+            Ok(())
+        });
+        renew_server_certificate(&w).await;
+        w.spec.greeter = vec![g2];
+        w.write();
+        assert_eventually!(DEADLINE, "only g2 behind the greeter", async || {
+            let c = w.calls(GREETER, 3).await?;
+            ensure!(c.ok_from("g2") == 3, "{c:?}");
+            Ok(())
+        });
+    }
+    let n = w.node_types().await.unwrap();
+    assert!(!n.is_null());
+    w.pylon.stop().await;
+}
+
+/// Whether @grpc/grpc-js-xds, bootstrapped with TLS channel credentials,
+/// indeed never reaches a mutual-TLS pylon-xds (its bootstrap accepts only
+/// `google_default` and `insecure`). `false` also when Node is missing
+/// outside CI.
+async fn grpc_js_cannot_use_tls() -> bool {
+    if !ClientKind::Node.tools_or_skip() {
+        return false;
+    }
+    let pki = Pki::new("pylon interop CA").unwrap();
+    let tls = MutualTls {
+        server: pki.server("pylon-xds").unwrap(),
+        ca: pki.ca().to_path_buf(),
+        client: pki
+            .client("client", "spiffe://pylon.test/interop/grpc_js")
+            .unwrap(),
+    };
+    let yaml =
+        "grpc_services:\n  - {name: greeter.example, port: 50051, endpoints: [127.0.0.1:9]}\n";
+    let pylon = Pylon::start_with(yaml, Some(tls)).await.unwrap();
+    let bootstrap = grpc_bootstrap(&BootstrapOptions {
+        node_id: "grpc-js-tls".into(),
+        node_cluster: "grpc".into(),
+        xds: pylon.xds_addr().unwrap().to_string().parse().unwrap(),
+        delta: false,
+        admin: "127.0.0.1:0".parse().unwrap(),
+        tls: pylon.client_tls(),
+    });
+    let Some(mut c) = GrpcClient::start_with_bootstrap(ClientKind::Node, &bootstrap, "grpc-js-tls")
+        .await
+        .unwrap()
+    else {
+        return false;
+    };
+    let counts = c.call(&format!("xds:///{GREETER}"), 2, CALL).await.unwrap();
+    assert_eq!(
+        counts.total_ok(),
+        0,
+        "grpc-js-xds answered over TLS: {counts:?}"
+    );
+    assert!(
+        w_absent(&pylon, "grpc-js-tls").await,
+        "grpc-js-xds reached pylon-xds over TLS: the matrix and README are out of date"
+    );
+    c.stop().await.unwrap();
+    pylon.shutdown().await;
+    true
+}
+
+async fn w_absent(pylon: &Pylon, node: &str) -> bool {
+    pylon.node_status(node).await.unwrap().is_none()
 }

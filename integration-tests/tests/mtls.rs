@@ -8,7 +8,8 @@
 //! delta: each bootstrapped as `pylon-xds bootstrap --tls-ca --tls-cert
 //! --tls-key` prints, gets its config, takes a live edit, keeps its stream
 //! across a renewal of the server's certificate, and a node its certificate
-//! may not claim gets nothing.
+//! may not claim gets nothing. The proxyless gRPC clients over mutual TLS
+//! are cells of the interop matrix (`interop.rs`, check 7).
 
 // Helpers here are test code too: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]

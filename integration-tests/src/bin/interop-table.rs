@@ -13,11 +13,18 @@ fn main() -> ExitCode {
     let table = render_table(&dir);
     let cells = table.matches('✅').count();
     let failed = table.matches('❌').count();
+    let unsupported = table.matches('🚫').count();
     let total = integration_tests::interop::ClientId::ALL.len()
         * integration_tests::interop::CheckId::ALL.len();
-    let stamp = format!(
+    let mut stamp = format!(
         "{cells} of {total} cells passed, {failed} failed, in the `scripts/test.sh` run that wrote this table."
     );
+    if unsupported > 0 {
+        stamp.push_str(&format!(
+            " 🚫 ({unsupported}): the client cannot do it, checked by the same run \
+             (see [Clients over TLS](#clients-over-tls))."
+        ));
+    }
     let readme_path = integration_tests::workspace_root().join("README.md");
     let readme = match std::fs::read_to_string(&readme_path) {
         Ok(r) => r,
