@@ -427,17 +427,19 @@ fn render_status(s: &serde_json::Value) -> String {
     if nodes.is_empty() {
         return out;
     }
-    let mut rows = vec![vec![
+    let identities = nodes.iter().any(|n| n["identity"].is_string());
+    let mut header = vec![
         "NODE".to_string(),
         "CLUSTER".into(),
         "SELECTION".into(),
         "STREAM".into(),
         "AGENT".into(),
-        "CDS".into(),
-        "EDS".into(),
-        "LDS".into(),
-        "RDS".into(),
-    ]];
+    ];
+    if identities {
+        header.push("IDENTITY".into());
+    }
+    header.extend(["CDS", "EDS", "LDS", "RDS"].map(String::from));
+    let mut rows = vec![header];
     let mut nacks = Vec::new();
     for n in &nodes {
         let mut row = vec![
@@ -447,6 +449,9 @@ fn render_status(s: &serde_json::Value) -> String {
             format!("{}#{}", str_of(&n["protocol"]), n["stream"]),
             str_of(&n["user_agent"]),
         ];
+        if identities {
+            row.push(n["identity"].as_str().unwrap_or("-").to_string());
+        }
         for ty in ResourceType::ALL {
             let t = &n["types"][ty.short()];
             let state = str_of(&t["state"]);

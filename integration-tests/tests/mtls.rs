@@ -297,6 +297,19 @@ async fn certificates_bind_identities_to_nodes_and_csds() {
         .filter_map(|c| c.node.as_ref().map(|n| n.id.clone()))
         .collect();
     assert_eq!(nodes, ["edge-1"]);
+    let meta = answer.config[0]
+        .node
+        .as_ref()
+        .unwrap()
+        .metadata
+        .as_ref()
+        .unwrap();
+    assert_eq!(
+        meta.fields["pylon.certificate_identity"].kind,
+        Some(envoy_types::pb::google::protobuf::value::Kind::StringValue(
+            "spiffe://pylon.test/edge/1".into()
+        ))
+    );
 
     // /status names each stream's certificate identity and the transport.
     let s = running.status();

@@ -41,6 +41,10 @@ use super::Shared;
 use crate::registry::{StreamStatus, TypeStatus};
 use crate::snapshot::{ResourceType, Snapshot};
 
+/// The `node.metadata` key under which CSDS reports a node's certificate
+/// identity.
+pub const IDENTITY_KEY: &str = "pylon.certificate_identity";
+
 /// The CSDS service over the server's registry and cache.
 #[derive(Debug, Clone)]
 pub struct Csds {
@@ -94,10 +98,27 @@ fn client_config(streams: &[StreamStatus], snap: &Snapshot, contents: bool) -> C
             );
         }
     }
+    let mut node = streams
+        .first()
+        .and_then(|s| s.node_proto.as_deref().cloned());
+    // Over mutual TLS, the certificate identity the node connected with, in
+    // a metadata key of Pylon's own (CSDS has no field for it).
+    if let (Some(n), Some(id)) = (
+        node.as_mut(),
+        streams.iter().find_map(|s| s.identity.clone()),
+    ) {
+        n.metadata
+            .get_or_insert_with(Default::default)
+            .fields
+            .insert(
+                IDENTITY_KEY.to_string(),
+                Value {
+                    kind: Some(Kind::StringValue(id)),
+                },
+            );
+    }
     ClientConfig {
-        node: streams
-            .first()
-            .and_then(|s| s.node_proto.as_deref().cloned()),
+        node,
         generic_xds_configs,
         client_scope: String::new(),
         ..Default::default()
