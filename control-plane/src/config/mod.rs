@@ -15,6 +15,8 @@
 //! - `native.rs`: reading `static_resources` with prost-reflect and normalising
 //!   it into servable resources, plus native-only checks.
 //! - `duration.rs`, `address.rs`: the concise form's scalar types.
+//! - `health_tls.rs`: what an `https` health check becomes (a TLS socket
+//!   only the health check selects) and its checks.
 //! - `translate.rs`: pure functions, concise model -> Envoy protos.
 //! - `v2.rs`: recognising Envoy v2 syntax in `static_resources` (reported all
 //!   at once, with the v3 spelling) and rewriting it (`pylon-xds migrate`).
@@ -40,6 +42,7 @@
 
 mod address;
 mod duration;
+mod health_tls;
 mod native;
 mod schema;
 mod translate;
@@ -830,7 +833,7 @@ listeners:
         - {prefix: /b, cluster: b}
 ";
         let want = "\
-pylon.yaml:3:5: clusters[0].health_check: health check needs a kind: `tcp: {}` or `http: {path: /healthz}`
+pylon.yaml:3:5: clusters[0].health_check: health check needs a kind: `tcp: {}`, `http: {path: /healthz}` or `https: {path: /readyz, ca: /etc/pylon/ca.crt}`
 pylon.yaml:5:26: clusters[0].health_check.healthy_threshold: healthy_threshold must be at least 1
 pylon.yaml:8:40: clusters[0].endpoints[1].weight: weight must be at least 1
 pylon.yaml:9:11: clusters[1].name: duplicate cluster name `a` (first at clusters[0].name)

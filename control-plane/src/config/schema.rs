@@ -186,8 +186,8 @@ pub enum LbPolicy {
     Random,
 }
 
-/// An active health check. Exactly one of `tcp` and `http` (checked by
-/// `validate`, so both problems can be reported at once).
+/// An active health check. Exactly one of `tcp`, `http` and `https` (checked
+/// by `validate`, so every problem can be reported at once).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheck {
@@ -196,6 +196,9 @@ pub struct HealthCheck {
     pub tcp: Option<TcpCheck>,
     #[serde(default)]
     pub http: Option<HttpCheck>,
+    /// An HTTP check over TLS; proxied connections stay plain TCP.
+    #[serde(default)]
+    pub https: Option<HttpsCheck>,
     /// Default 10s.
     #[serde(default = "default_interval")]
     pub interval: Duration,
@@ -257,6 +260,31 @@ pub struct HttpCheck {
     /// Statuses counted as healthy; empty means Envoy's default (200).
     #[serde(default)]
     pub expected_statuses: Vec<u32>,
+}
+
+/// An HTTP GET check over TLS (kube-apiserver's `/readyz`): becomes a
+/// `transport_socket_matches` entry that only the health check selects.
+/// Exactly one of `ca` and `insecure_skip_verify: true` (checked by `validate`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpsCheck {
+    pub path: String,
+    /// The Host header; Envoy sends the cluster name when absent.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Statuses counted as healthy; empty means Envoy's default (200).
+    #[serde(default)]
+    pub expected_statuses: Vec<u32>,
+    /// A PEM CA file on the proxy's host (absolute path) that the server's
+    /// certificate chain must lead to. Served as a `filename`, never inline.
+    #[serde(default)]
+    pub ca: Option<String>,
+    /// Accept any server certificate (Envoy's behaviour without a CA).
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+    /// The server name sent in the TLS handshake; none is sent when absent.
+    #[serde(default)]
+    pub sni: Option<String>,
 }
 
 /// One upstream host: `"ip:port"` or `{address: "ip:port", weight: 2}`.

@@ -102,6 +102,12 @@ pub fn cluster(c: &schema::Cluster) -> (Cluster, ClusterLoadAssignment) {
             schema::LbPolicy::Random => LbPolicy::Random,
         } as i32,
         health_checks: c.health_check.iter().map(health_check).collect(),
+        transport_socket_matches: c
+            .health_check
+            .iter()
+            .filter_map(|hc| hc.https.as_ref())
+            .map(super::health_tls::socket_match)
+            .collect(),
         circuit_breakers: c.circuit_breakers.and_then(circuit_breakers),
         ..Default::default()
     };
@@ -155,13 +161,14 @@ fn lb_endpoint(e: &schema::Endpoint) -> LbEndpoint {
 }
 
 /// A concise health check. `no_traffic_interval` defaults to `interval`.
+/// An `https` check is an HTTP check whose `transport_socket_match_criteria`
+/// picks the cluster's TLS entry (`health_tls`).
 pub fn health_check(hc: &schema::HealthCheck) -> HealthCheck {
-    let checker = match &hc.http {
-        Some(http) => health_check::HealthChecker::HttpHealthCheck(health_check::HttpHealthCheck {
-            path: http.path.clone(),
-            host: http.host.clone().unwrap_or_default(),
-            expected_statuses: http
-                .expected_statuses
+    let http = |path: &str, host: &Option<String>, statuses: &[u32]| {
+        health_check::HealthChecker::HttpHealthCheck(health_check::HttpHealthCheck {
+            path: path.to_string(),
+            host: host.clone().unwrap_or_default(),
+            expected_statuses: statuses
                 .iter()
                 .map(|&status| Int64Range {
                     start: i64::from(status),
@@ -169,11 +176,19 @@ pub fn health_check(hc: &schema::HealthCheck) -> HealthCheck {
                 })
                 .collect(),
             ..Default::default()
-        }),
-        None => {
+        })
+    };
+    let checker = match (&hc.http, &hc.https) {
+        (Some(h), _) => http(&h.path, &h.host, &h.expected_statuses),
+        (None, Some(h)) => http(&h.path, &h.host, &h.expected_statuses),
+        (None, None) => {
             health_check::HealthChecker::TcpHealthCheck(health_check::TcpHealthCheck::default())
         }
     };
+    let transport_socket_match_criteria = hc
+        .https
+        .as_ref()
+        .map(|_| super::health_tls::match_criteria());
     HealthCheck {
         timeout: Some(hc.timeout.to_proto()),
         interval: Some(hc.interval.to_proto()),
@@ -185,6 +200,7 @@ pub fn health_check(hc: &schema::HealthCheck) -> HealthCheck {
         }),
         no_traffic_interval: Some(hc.no_traffic_interval.unwrap_or(hc.interval).to_proto()),
         health_checker: Some(checker),
+        transport_socket_match_criteria,
         ..Default::default()
     }
 }
