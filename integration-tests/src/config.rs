@@ -5,7 +5,8 @@
 //! change is one edit in this file.
 //!
 //! Schema rendered: `clusters[].{name, connect_timeout, lb_policy,
-//! health_check{tcp: {} | http: {path}, interval, timeout,
+//! health_check{tcp: {} | http: {path} | https: {path, ca |
+//! insecure_skip_verify}, interval, timeout,
 //! unhealthy_threshold, healthy_threshold}, endpoints: ["ip:port"],
 //! circuit_breakers?}` and `listeners[].{name, address, tcp_proxy: {cluster}
 //! | http: {routes: [{prefix, cluster, prefix_rewrite?, timeout?}]}}`, plus
@@ -79,7 +80,14 @@ impl NativeHttpListener {
 #[derive(Debug, Clone)]
 pub enum HealthCheckKind {
     Tcp,
-    Http { path: String },
+    Http {
+        path: String,
+    },
+    /// `https: {path, ca}`, or `insecure_skip_verify: true` without a CA.
+    Https {
+        path: String,
+        ca: Option<std::path::PathBuf>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -152,6 +160,32 @@ impl Cluster {
     ) -> Self {
         self.health_check = Some(HealthCheck {
             kind: HealthCheckKind::Tcp,
+            interval,
+            timeout,
+            unhealthy_threshold: unhealthy,
+            healthy_threshold: healthy,
+        });
+        self
+    }
+}
+
+impl Cluster {
+    /// Adds an `https` health check: `GET path` over TLS, verified against
+    /// `ca` (a file on the proxy's host), or not verified without one.
+    pub fn https_health_check(
+        mut self,
+        path: &str,
+        ca: Option<&std::path::Path>,
+        interval: Duration,
+        timeout: Duration,
+        unhealthy: u32,
+        healthy: u32,
+    ) -> Self {
+        self.health_check = Some(HealthCheck {
+            kind: HealthCheckKind::Https {
+                path: path.to_string(),
+                ca: ca.map(std::path::Path::to_path_buf),
+            },
             interval,
             timeout,
             unhealthy_threshold: unhealthy,
@@ -261,6 +295,15 @@ impl PylonConfig {
                     HealthCheckKind::Tcp => y.push_str("      tcp: {}\n"),
                     HealthCheckKind::Http { path } => {
                         let _ = writeln!(y, "      http:\n        path: {}", q(path));
+                    }
+                    HealthCheckKind::Https { path, ca } => {
+                        let _ = writeln!(y, "      https:\n        path: {}", q(path));
+                        match ca {
+                            Some(ca) => {
+                                let _ = writeln!(y, "        ca: {}", q(&ca.display().to_string()));
+                            }
+                            None => y.push_str("        insecure_skip_verify: true\n"),
+                        }
                     }
                 }
                 let _ = writeln!(y, "      interval: {}", q(&duration(hc.interval)));
