@@ -45,6 +45,8 @@ pub struct Status {
     pub resources: ResourceCounts,
     /// Connected streams.
     pub nodes: Vec<StreamStatus>,
+    /// The host names of endpoints: addresses served, last lookup error.
+    pub dns: Vec<crate::dns::NameStatus>,
 }
 
 /// Resource counts of the snapshot being served.
@@ -73,6 +75,7 @@ impl AdminState {
                 routes,
             },
             nodes: self.registry.list(),
+            dns: self.reloader.dns().map(|d| d.status()).unwrap_or_default(),
         }
     }
 

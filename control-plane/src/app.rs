@@ -14,11 +14,12 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::admin::{self, AdminState};
 use crate::cache::Cache;
 use crate::config::Limits;
+use crate::dns::Dns;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::server::{Shared, XdsServer};
@@ -53,6 +54,9 @@ pub struct ServeOptions {
     /// xDS streams served at once; beyond, a new stream is refused with
     /// `UNAVAILABLE` ([`crate::server::limits::DEFAULT_MAX_STREAMS`] by default).
     pub max_streams: usize,
+    /// The DNS server that resolves host names in endpoints; `None`: the
+    /// system's (`/etc/resolv.conf`).
+    pub dns_server: Option<SocketAddr>,
 }
 
 /// A running server. Dropping it does not stop it: call [`Running::shutdown`].
@@ -71,6 +75,15 @@ pub struct Running {
 /// Loads the config (falling back to the last good revision when it is
 /// invalid; with neither, an error), binds, and serves in the background.
 pub async fn serve(opts: ServeOptions) -> anyhow::Result<Running> {
+    let metrics = Arc::new(Metrics::new());
+    let dns = match Dns::new(opts.dns_server, Arc::clone(&metrics)) {
+        Ok(dns) => Some(Arc::new(dns)),
+        Err(e) => {
+            // Only host names in endpoints need it: IP endpoints are served.
+            error!(error = %e, "no DNS resolver: host names in endpoints will have no addresses");
+            None
+        }
+    };
     let source = Source {
         path: opts.config.clone(),
         limits: opts.limits,
@@ -78,14 +91,19 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<Running> {
             .state_dir
             .as_deref()
             .map(|dir| LastGood::new(dir, &opts.config)),
+        dns: dns.clone(),
     };
-    let (snapshot, started) = source.start()?;
+    // Host names are looked up before the first revision is served, which
+    // blocks: off the runtime's worker threads.
+    let starting = source.clone();
+    let (snapshot, started) = tokio::task::spawn_blocking(move || starting.start())
+        .await
+        .context("loading the config")??;
     info!(
         config = %opts.config.display(),
         version = %snapshot.version,
         "config loaded"
     );
-    let metrics = Arc::new(Metrics::new());
     let cache = Cache::new(snapshot);
     let registry = Arc::new(Registry::with_max_streams(
         Arc::clone(&metrics),
@@ -141,6 +159,17 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<Running> {
         }
     }));
     info!(addr = %xds_addr, "xDS (ADS, CDS, EDS, LDS, RDS; SotW and delta) listening");
+
+    if let Some(dns) = dns {
+        let r = Arc::clone(&reloader);
+        tasks.push(tokio::spawn(crate::dns::run(
+            dns,
+            move || {
+                r.republish();
+            },
+            shutdown.clone(),
+        )));
+    }
 
     let reload = Arc::new(Notify::new());
     let (r, n, s) = (reloader, Arc::clone(&reload), shutdown.clone());

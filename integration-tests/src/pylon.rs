@@ -203,6 +203,7 @@ async fn serve(config: &Path, xds_listen: SocketAddr) -> anyhow::Result<Running>
         limits: Default::default(),
         state_dir: None,
         max_streams: control_plane::server::limits::DEFAULT_MAX_STREAMS,
+        dns_server: None,
     })
     .await
     .context("control_plane::serve")

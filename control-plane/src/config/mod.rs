@@ -256,6 +256,12 @@ fn load_text(file_name: &str, text: &str, limits: &Limits) -> Result<Resources, 
     let mut resources = Resources::default();
     for c in &file.clusters {
         let (cluster, endpoints) = translate::cluster(c);
+        let refresh = c
+            .dns_refresh
+            .map_or(translate::DEFAULT_DNS_REFRESH, |d| d.to_std());
+        resources
+            .names
+            .extend(translate::named_assignment(&c.name, &c.endpoints, refresh));
         resources.clusters.push(cluster);
         resources.endpoints.push(endpoints);
     }
@@ -266,6 +272,11 @@ fn load_text(file_name: &str, text: &str, limits: &Limits) -> Result<Resources, 
     }
     for g in &file.grpc_services {
         let (listener, routes, cluster, endpoints) = translate::grpc_service(g);
+        resources.names.extend(translate::named_assignment(
+            &endpoints.cluster_name,
+            &g.endpoints,
+            translate::DEFAULT_DNS_REFRESH,
+        ));
         resources.listeners.push(listener);
         resources.routes.push(routes);
         resources.clusters.push(cluster);
@@ -678,7 +689,7 @@ static_resources:
             ),
             (
                 "clusters:\n  - name: a\n    conect_timeout: 5s\n",
-                "pylon.yaml:3:5: clusters[0].conect_timeout: unknown field `conect_timeout`, expected one of `name`, `connect_timeout`, `lb_policy`, `health_check`, `endpoints`, `circuit_breakers`",
+                "pylon.yaml:3:5: clusters[0].conect_timeout: unknown field `conect_timeout`, expected one of `name`, `connect_timeout`, `lb_policy`, `health_check`, `endpoints`, `circuit_breakers`, `dns_refresh`",
             ),
             (
                 "clusters:\n  - name: a\n    connect_timeout: 5\n",
@@ -689,8 +700,8 @@ static_resources:
                 "pylon.yaml:3:22: clusters[0].connect_timeout: invalid duration `5x`: expected a number and a unit (ms, s, m or h), like \"5s\" or \"250ms\"",
             ),
             (
-                "clusters:\n  - name: a\n    endpoints:\n      - 127.0.0.1:1\n      - backend.test:80\n",
-                "pylon.yaml:5:9: clusters[0].endpoints[1]: `backend.test` in address `backend.test:80` is not an IP address; hostnames are not supported (endpoints are served over EDS, which carries IP addresses)",
+                "clusters:\n  - name: a\n    endpoints:\n      - 127.0.0.1:1\n      - backend_1.test:80\n",
+                "pylon.yaml:5:9: clusters[0].endpoints[1]: `backend_1.test` in address `backend_1.test:80` is neither an IP address nor a host name",
             ),
             (
                 "clusters:\n  - name: a\n    endpoints: [{address: 127.0.0.1:70000}]\n",

@@ -12,7 +12,7 @@ use std::fmt;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 
-use super::address::Address;
+use super::address::{Address, Target};
 use super::duration::Duration;
 use super::native::StaticResources;
 
@@ -142,6 +142,10 @@ pub struct Cluster {
     /// Envoy's defaults.
     #[serde(default)]
     pub circuit_breakers: Option<CircuitBreakers>,
+    /// How long after an answer pylon-xds looks the cluster's host names up
+    /// again (default 5s, as Envoy's `dns_refresh_rate`).
+    #[serde(default)]
+    pub dns_refresh: Option<Duration>,
 }
 
 /// A cluster's circuit breakers. Each is at least 1 (checked by `validate`);
@@ -287,10 +291,11 @@ pub struct HttpsCheck {
     pub sni: Option<String>,
 }
 
-/// One upstream host: `"ip:port"` or `{address: "ip:port", weight: 2}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// One upstream host: `"ip:port"`, `"host:port"` (resolved by pylon-xds) or
+/// `{address: ..., weight: 2}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
-    pub address: Address,
+    pub address: Target,
     /// Default 1; 0 is rejected by `validate`.
     pub weight: u32,
 }
@@ -298,7 +303,7 @@ pub struct Endpoint {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct EndpointMap {
-    address: Address,
+    address: Target,
     #[serde(default = "default_weight")]
     weight: u32,
 }
@@ -319,11 +324,11 @@ impl<'de> Visitor<'de> for EndpointVisitor {
     type Value = Endpoint;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("\"ip:port\" or {address: \"ip:port\", weight: N}")
+        f.write_str("\"ip:port\", \"host:port\" or {address: \"ip:port\", weight: N}")
     }
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<Endpoint, E> {
-        let address = super::address::parse(v).map_err(E::custom)?;
+        let address = super::address::parse_target(v).map_err(E::custom)?;
         Ok(Endpoint { address, weight: 1 })
     }
 

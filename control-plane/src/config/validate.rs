@@ -180,6 +180,12 @@ fn cluster(c: &Cluster, path: &str, catalog: &mut Catalog, issues: &mut Vec<Issu
     if let Some(hc) = &c.health_check {
         health_check(hc, &format!("{path}.health_check"), issues);
     }
+    if c.dns_refresh.is_some_and(|d| d.is_zero()) {
+        issues.push(Issue::new(
+            format!("{path}.dns_refresh"),
+            "dns_refresh must be greater than 0s",
+        ));
+    }
     for (field, value) in c.circuit_breakers.unwrap_or_default().fields() {
         if value == Some(0) {
             issues.push(Issue::new(

@@ -31,6 +31,7 @@ pub async fn start(path: &Path, debounce: Duration) -> Running {
         limits: Default::default(),
         state_dir: None,
         max_streams: control_plane::server::limits::DEFAULT_MAX_STREAMS,
+        dns_server: None,
     })
     .await
     .unwrap()
