@@ -109,7 +109,16 @@ pub struct HttpServer {
 impl HttpServer {
     /// Binds `ip:0` and serves.
     pub async fn start(ip: IpAddr, id: &str) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind(SocketAddr::new(ip, 0)).await?;
+        Self::start_at(SocketAddr::new(ip, 0), id, false).await
+    }
+
+    /// Binds `addr` and serves; with `h2c`, HTTP/2 with prior knowledge
+    /// (what Envoy sends to a cluster with HTTP/2 protocol options) besides
+    /// HTTP/1.1.
+    pub async fn start_at(addr: SocketAddr, id: &str, h2c: bool) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("replica {id} binding {addr}"))?;
         let addr = listener.local_addr()?;
         let served = Arc::new(AtomicU64::new(0));
         let (id_owned, counter) = (id.to_string(), served.clone());
@@ -128,9 +137,15 @@ impl HttpServer {
                     }
                     async move { Ok::<_, Infallible>(resp) }
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                if h2c {
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                } else {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                }
             }
         });
         Ok(HttpServer {

@@ -56,6 +56,8 @@ pub fn render_bootstrap(node_id: &str, ads: Ads, xds: SocketAddr, admin: SocketA
 #[derive(Debug)]
 pub struct Pylon {
     running: Option<Running>,
+    /// `--dns-server`, kept for [`Pylon::start_again`].
+    dns_server: Option<SocketAddr>,
     /// The xDS address of the first start, reused by [`Pylon::start_again`].
     xds_addr: SocketAddr,
     config: PathBuf,
@@ -65,11 +67,21 @@ pub struct Pylon {
 impl Pylon {
     /// Writes `yaml` and serves it (xDS and admin on 127.0.0.1:0).
     pub async fn start(yaml: &str) -> anyhow::Result<Pylon> {
+        Self::start_with_dns(yaml, None).await
+    }
+
+    /// As [`Pylon::start`], resolving endpoint host names with `dns_server`
+    /// (`--dns-server`) rather than the system's resolver.
+    pub async fn start_with_dns(
+        yaml: &str,
+        dns_server: Option<SocketAddr>,
+    ) -> anyhow::Result<Pylon> {
         let dir = tempfile::Builder::new().prefix("pylon-xds-").tempdir()?;
         let config = dir.path().join("pylon.yaml");
         std::fs::write(&config, yaml)?;
-        let running = serve(&config, SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+        let running = serve(&config, SocketAddr::from(([127, 0, 0, 1], 0)), dns_server).await?;
         Ok(Pylon {
+            dns_server,
             xds_addr: running.xds_addr,
             running: Some(running),
             config,
@@ -90,11 +102,11 @@ impl Pylon {
     /// address is still in use.
     pub async fn start_again(&mut self) -> anyhow::Result<()> {
         anyhow::ensure!(self.running.is_none(), "pylon-xds is still running");
-        let (config, addr) = (&self.config, self.xds_addr);
+        let (config, addr, dns) = (&self.config, self.xds_addr, self.dns_server);
         let running = eventually(
             format!("pylon-xds binding {addr} again"),
             REBIND_TIMEOUT,
-            async || match serve(config, addr).await {
+            async || match serve(config, addr, dns).await {
                 Ok(r) => Ok(Ok(r)),
                 Err(e) if is_addr_in_use(&e) => Err(e),
                 // Not retried: only a busy address may clear up.
@@ -194,7 +206,11 @@ impl Pylon {
     }
 }
 
-async fn serve(config: &Path, xds_listen: SocketAddr) -> anyhow::Result<Running> {
+async fn serve(
+    config: &Path,
+    xds_listen: SocketAddr,
+    dns_server: Option<SocketAddr>,
+) -> anyhow::Result<Running> {
     control_plane::serve(ServeOptions {
         config: config.to_path_buf(),
         xds_listen,
@@ -203,7 +219,7 @@ async fn serve(config: &Path, xds_listen: SocketAddr) -> anyhow::Result<Running>
         limits: Default::default(),
         state_dir: None,
         max_streams: control_plane::server::limits::DEFAULT_MAX_STREAMS,
-        dns_server: None,
+        dns_server,
     })
     .await
     .context("control_plane::serve")
