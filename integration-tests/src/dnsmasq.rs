@@ -132,11 +132,18 @@ impl Dnsmasq {
             .with_context(|| format!("spawning {}", self.binary.display()))?;
         self.child = Some(child);
         let addr = self.addr;
+        let child = &mut self.child;
         let up = eventually("dnsmasq answering", START_TIMEOUT, async || {
-            query_a(addr, "pylon-probe.invalid").map(|_| ())
+            if let Some(status) = child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                // Not retried: an exited dnsmasq will not come back.
+                return Ok(Err(anyhow::anyhow!("dnsmasq exited: {status}")));
+            }
+            query_a(addr, "pylon-probe.invalid").map(|_| Ok(()))
         })
-        .await;
+        .await
+        .and_then(|r| r);
         if let Err(e) = up {
+            self.child = None;
             anyhow::bail!("{e:#}\n{}", self.log());
         }
         Ok(())
@@ -223,11 +230,21 @@ fn running_as_root() -> bool {
     })
 }
 
-/// A port of 127.0.0.1 free for both UDP and TCP a moment ago.
+/// A port of 127.0.0.1 free for both UDP and TCP a moment ago, below the
+/// kernel's ephemeral range (32768 and up by default): while dnsmasq is
+/// stopped, no socket the system hands out (a resolver's query socket, a
+/// connection's local port) can take it before it starts again.
 fn free_udp_and_tcp() -> anyhow::Result<SocketAddr> {
-    for _ in 0..20 {
-        let udp = UdpSocket::bind("127.0.0.1:0")?;
-        let addr = udp.local_addr()?;
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos())
+        ^ std::process::id();
+    for i in 0..200u32 {
+        let port = 20_000 + (seed.wrapping_add(i.wrapping_mul(7919)) % 12_000) as u16;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let Ok(_udp) = UdpSocket::bind(addr) else {
+            continue;
+        };
         if std::net::TcpListener::bind(addr).is_ok() {
             return Ok(addr);
         }

@@ -189,7 +189,12 @@ async fn apiserver_readyz(flavour: Flavour) {
     // apiserver-1 loses readiness; its port stays open (a TCP check would
     // keep it). The first 500 ejects it.
     apis[1].set_ready(false);
+    let unready_at = std::time::Instant::now();
     wait_health(&dp, "kube-apiserver", addrs[1], false).await;
+    eprintln!(
+        "{flavour}: apiserver-1 ejected {:?} after /readyz turned 500 (interval 200 ms)",
+        unready_at.elapsed()
+    );
     assert!(apis[1].is_running());
     assert!(tokio::net::TcpStream::connect(addrs[1]).await.is_ok());
     let before = apis[1].kubectl_requests();
@@ -347,8 +352,15 @@ async fn dns_clusters_follow_answers(flavour: Flavour) {
     let logical = TrafficLoop::start(tcp_listen, "/logical");
     // The name moves to the other backend: both clusters follow.
     dns.set(&[("web.test", ip(12))]).await.unwrap();
+    let moved_at = std::time::Instant::now();
     wait_only(http_listen, "/strict", &["web-b"], true).await;
+    let strict_followed = moved_at.elapsed();
     wait_only(tcp_listen, "/logical", &["web-b"], true).await;
+    eprintln!(
+        "{flavour}: after the answer moved, STRICT_DNS followed within {strict_followed:?}, \
+         LOGICAL_DNS within {:?} (dns_refresh_rate 200 ms)",
+        moved_at.elapsed()
+    );
     // It gains one: STRICT_DNS uses both, LOGICAL_DNS the first.
     dns.set(&[("web.test", ip(12)), ("web.test", ip(11))])
         .await
@@ -418,7 +430,12 @@ async fn xds_resolves_names(flavour: Flavour) {
 
     // The answer moves: pylon-xds pushes the new address, requests follow.
     dns.set(&[("web.test", ip(14))]).await.unwrap();
+    let moved_at = std::time::Instant::now();
     wait_only(listen, "/", &["web-b"], true).await;
+    eprintln!(
+        "{flavour}: requests followed the answer pylon-xds pushed within {:?} (dns_refresh 200 ms)",
+        moved_at.elapsed()
+    );
     let entry = |status: &serde_json::Value| -> serde_json::Value {
         status["dns"]
             .as_array()
