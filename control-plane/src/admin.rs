@@ -88,6 +88,8 @@ pub struct Status {
     pub transport: TransportStatus,
     /// Connected streams.
     pub nodes: Vec<StreamStatus>,
+    /// The host names of endpoints: addresses served, last lookup error.
+    pub dns: Vec<crate::dns::NameStatus>,
 }
 
 /// Resource counts of the snapshot being served.
@@ -117,6 +119,7 @@ impl AdminState {
             },
             transport: self.transport.status(),
             nodes: self.registry.list(),
+            dns: self.reloader.dns().map(|d| d.status()).unwrap_or_default(),
         }
     }
 

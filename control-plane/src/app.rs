@@ -14,11 +14,12 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::admin::{self, AdminState, TransportInfo};
 use crate::cache::Cache;
 use crate::config::Limits;
+use crate::dns::Dns;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::server::{Shared, Transport, XdsServer};
@@ -65,6 +66,9 @@ pub struct ServeOptions {
     pub admin_tls: Option<pylon::tls::Files>,
     /// Serve plaintext beyond loopback anyway (`--insecure`).
     pub insecure: bool,
+    /// The DNS server that resolves host names in endpoints; `None`: the
+    /// system's (`/etc/resolv.conf`).
+    pub dns_server: Option<SocketAddr>,
 }
 
 impl ServeOptions {
@@ -82,6 +86,7 @@ impl ServeOptions {
             tls: None,
             admin_tls: None,
             insecure: false,
+            dns_server: None,
         }
     }
 }
@@ -128,6 +133,15 @@ pub struct Running {
 /// Loads the config (falling back to the last good revision when it is
 /// invalid; with neither, an error), binds, and serves in the background.
 pub async fn serve(opts: ServeOptions) -> anyhow::Result<Running> {
+    let metrics = Arc::new(Metrics::new());
+    let dns = match Dns::new(opts.dns_server, Arc::clone(&metrics)) {
+        Ok(dns) => Some(Arc::new(dns)),
+        Err(e) => {
+            // Only host names in endpoints need it: IP endpoints are served.
+            error!(error = %e, "no DNS resolver: host names in endpoints will have no addresses");
+            None
+        }
+    };
     let source = Source {
         path: opts.config.clone(),
         options: crate::config::Options {
@@ -138,14 +152,19 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<Running> {
             .state_dir
             .as_deref()
             .map(|dir| LastGood::new(dir, &opts.config)),
+        dns: dns.clone(),
     };
-    let (snapshot, started) = source.start()?;
+    // Host names are looked up before the first revision is served, which
+    // blocks: off the runtime's worker threads.
+    let starting = source.clone();
+    let (snapshot, started) = tokio::task::spawn_blocking(move || starting.start())
+        .await
+        .context("loading the config")??;
     info!(
         config = %opts.config.display(),
         version = %snapshot.version,
         "config loaded"
     );
-    let metrics = Arc::new(Metrics::new());
     let cache = Cache::new(snapshot);
     let registry = Arc::new(Registry::with_max_streams(
         Arc::clone(&metrics),
@@ -274,6 +293,17 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<Running> {
         }));
     }
     info!(addr = %xds_addr, transport = ?transport, "xDS (ADS, CDS, EDS, LDS, RDS; SotW and delta) listening");
+
+    if let Some(dns) = dns {
+        let r = Arc::clone(&reloader);
+        tasks.push(tokio::spawn(crate::dns::run(
+            dns,
+            move || {
+                r.republish();
+            },
+            shutdown.clone(),
+        )));
+    }
 
     let reload = Arc::new(Notify::new());
     let (r, n, s) = (reloader, Arc::clone(&reload), shutdown.clone());

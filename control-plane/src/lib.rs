@@ -9,7 +9,8 @@
 //! publishing wakes every open stream) -> `server` (tonic; streams, nonces,
 //! ACK/NACK). The cache knows no gRPC; the server knows no YAML. `source`
 //! watches the file and feeds the cache, keeping the last good revision on
-//! disk through `state`; `registry` and `metrics` record what
+//! disk through `state`, with `dns` resolving the host names of concise
+//! endpoints; `registry` and `metrics` record what
 //! streams hold; `admin` serves them; `app` wires everything for `main` and
 //! for tests; `bootstrap` prints an Envoy bootstrap pointing at this server.
 
@@ -18,6 +19,7 @@ pub mod app;
 pub mod bootstrap;
 pub mod cache;
 pub mod config;
+pub mod dns;
 pub mod metrics;
 pub mod registry;
 pub mod resources;

@@ -59,6 +59,10 @@ enum Command {
         /// Log format.
         #[arg(long, value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
+        /// The DNS server that resolves host names in endpoints
+        /// [default: the system's, from /etc/resolv.conf].
+        #[arg(long, value_name = "ADDR:PORT")]
+        dns_server: Option<SocketAddr>,
     },
     /// Check config files; print every error with file, line, column and path.
     Validate {
@@ -229,6 +233,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             tls,
             max_streams,
             log_format,
+            dns_server,
         } => {
             pylon::logging::init(matches!(log_format, LogFormat::Json));
             pylon::limits::raise_nofile();
@@ -254,6 +259,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 tls: tls.xds(),
                 admin_tls: tls.admin(),
                 insecure: tls.insecure,
+                dns_server,
             }))?;
             Ok(ExitCode::SUCCESS)
         }
@@ -422,6 +428,28 @@ fn render_status(s: &serde_json::Value) -> String {
             let _ = writeln!(out, "reload:   ok");
         }
     }
+    // Endpoint host names: what each serves, and a failing lookup.
+    for n in s["dns"].as_array().into_iter().flatten() {
+        let addrs: Vec<String> = n["addresses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(str_of)
+            .collect();
+        let served = if addrs.is_empty() {
+            "no address".to_string()
+        } else {
+            addrs.join(", ")
+        };
+        let _ = match n["last_error"].as_str() {
+            Some(e) => writeln!(
+                out,
+                "dns:      {} -> {served} (LOOKUP FAILING: {e}; the addresses above are kept)",
+                str_of(&n["name"])
+            ),
+            None => writeln!(out, "dns:      {} -> {served}", str_of(&n["name"])),
+        };
+    }
     let nodes = s["nodes"].as_array().cloned().unwrap_or_default();
     let _ = writeln!(out, "\n{} stream(s)", nodes.len());
     if nodes.is_empty() {
@@ -503,6 +531,27 @@ fn short(v: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_shows_failing_dns_names() {
+        let status = serde_json::json!({
+            "config": "pylon.yaml", "version": "v", "resources": {},
+            "last_reload_error": null, "nodes": [],
+            "dns": [
+                {"name": "a.test", "addresses": ["127.0.0.2", "127.0.0.3"], "last_error": null},
+                {"name": "b.test", "addresses": ["127.0.0.4"], "last_error": "request timed out"},
+            ],
+        });
+        let out = render_status(&status);
+        assert!(
+            out.contains("dns:      a.test -> 127.0.0.2, 127.0.0.3\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("dns:      b.test -> 127.0.0.4 (LOOKUP FAILING: request timed out; the addresses above are kept)\n"),
+            "{out}"
+        );
+    }
 
     #[test]
     fn status_table_shows_selection_states_and_nacks() {

@@ -74,6 +74,11 @@ pub struct Metrics {
     pub tokio_alive_tasks: Gauge,
     /// Resident set size of this process in bytes (set by [`Metrics::refresh_process`]).
     pub resident_memory: Gauge,
+    /// Failed lookups of endpoint host names (`crate::dns`).
+    pub dns_lookup_failures: Counter,
+    /// Endpoint host names whose last lookup failed (their last good
+    /// addresses are being served).
+    pub dns_names_failing: Gauge,
 }
 
 impl Default for Metrics {
@@ -188,8 +193,22 @@ impl Metrics {
             "Resident set size of the process in bytes (VmRSS), read at scrape time",
             resident_memory.clone(),
         );
+        let dns_lookup_failures = Counter::default();
+        registry.register(
+            "dns_lookup_failures",
+            "Failed lookups of endpoint host names (the last good addresses are kept)",
+            dns_lookup_failures.clone(),
+        );
+        let dns_names_failing = Gauge::default();
+        registry.register(
+            "dns_names_failing",
+            "Endpoint host names whose last lookup failed",
+            dns_names_failing.clone(),
+        );
         Metrics {
             registry,
+            dns_lookup_failures,
+            dns_names_failing,
             connected_streams,
             pushes,
             push_latency,

@@ -34,4 +34,34 @@ pub struct Resources {
     pub routes: Vec<RouteConfiguration>,
     /// Which node receives which part of the resources (the `nodes:` section).
     pub policy: Policy,
+    /// Load assignments with host names among their endpoints: `endpoints`
+    /// holds their IP endpoints only until `crate::dns` fills in the
+    /// names' addresses.
+    pub names: Vec<NamedAssignment>,
+}
+
+/// A load assignment (of a concise cluster or gRPC service) with endpoints
+/// written as `host:port`, which EDS cannot carry: pylon-xds resolves them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NamedAssignment {
+    /// The `ClusterLoadAssignment`'s name.
+    pub assignment: String,
+    /// Its endpoints, in the order written.
+    pub endpoints: Vec<NamedEndpoint>,
+    /// How long after an answer its names are looked up again.
+    pub refresh: std::time::Duration,
+}
+
+/// One endpoint of a [`NamedAssignment`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum NamedEndpoint {
+    /// An IP endpoint, served as written (boxed: much larger than a name).
+    Fixed(Box<envoy_types::pb::envoy::config::endpoint::v3::LbEndpoint>),
+    /// A name: every address it resolves to becomes an endpoint with this
+    /// port and weight.
+    Name {
+        host: String,
+        port: u16,
+        weight: u32,
+    },
 }

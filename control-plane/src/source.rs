@@ -28,7 +28,7 @@
 //! was ever accepted does start-up fail.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
@@ -41,7 +41,9 @@ use tracing::{debug, error, info, warn};
 
 use crate::cache::Cache;
 use crate::config::{self, ConfigErrors, Options};
+use crate::dns::Dns;
 use crate::metrics::Metrics;
+use crate::resources::Resources;
 use crate::snapshot::{Snapshot, SnapshotError};
 use crate::state::LastGood;
 
@@ -69,28 +71,53 @@ pub enum LoadError {
     },
 }
 
-/// Loads `path` into a snapshot, sharing unchanged resources with `previous`.
+/// Loads `path` into a snapshot, sharing unchanged resources with
+/// `previous`. Host names in endpoints are not resolved (`validate`).
 pub fn load(
     path: &Path,
     options: &Options,
     previous: Option<&Snapshot>,
 ) -> Result<Snapshot, LoadError> {
     let bytes = config::read_file(path, &options.limits)?;
-    build(&path.display().to_string(), &bytes, options, previous)
+    build(&path.display().to_string(), &bytes, options, previous, None).map(|(s, _)| s)
 }
 
-/// Loads the bytes of a config file named `file` into a snapshot.
+/// Loads the bytes of a config file named `file` into a snapshot. With
+/// `dns`, endpoint host names are tracked (new ones looked up first: this
+/// blocks on the runtime, so it runs on a blocking thread) and filled in;
+/// the resources as loaded, before filling, come back when there are names,
+/// for rebuilding the snapshot when an answer changes.
 fn build(
     file: &str,
     bytes: &[u8],
     options: &Options,
     previous: Option<&Snapshot>,
-) -> Result<Snapshot, LoadError> {
-    let resources = config::load_bytes(file, bytes, options)?;
-    Snapshot::build(resources, previous).map_err(|source| LoadError::Snapshot {
+    dns: Option<&Dns>,
+) -> Result<(Snapshot, Option<Resources>), LoadError> {
+    let mut resources = config::load_bytes(file, bytes, options)?;
+    let template = match dns {
+        Some(dns) if !resources.names.is_empty() => {
+            let template = resources.clone();
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                handle.block_on(dns.track(&resources.names));
+            }
+            dns.fill(&mut resources);
+            Some(template)
+        }
+        Some(dns) => {
+            // No names any more: stop looking the old ones up.
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                handle.block_on(dns.track(&[]));
+            }
+            None
+        }
+        None => None,
+    };
+    let snapshot = Snapshot::build(resources, previous).map_err(|source| LoadError::Snapshot {
         file: file.to_string(),
         source,
-    })
+    })?;
+    Ok((snapshot, template))
 }
 
 /// Where the config comes from and how it is bounded and kept.
@@ -102,6 +129,8 @@ pub struct Source {
     pub options: Options,
     /// Where the last good revision is kept; `None` keeps none.
     pub last_good: Option<LastGood>,
+    /// Resolves endpoint host names; `None` leaves them out of the snapshot.
+    pub dns: Option<Arc<Dns>>,
 }
 
 /// How start-up found the snapshot it serves first.
@@ -116,20 +145,25 @@ pub struct Started {
     served_from: PathBuf,
     /// Why the revision could not be saved, if it could not.
     save_error: Option<String>,
+    /// The served revision as loaded, before its host names were filled in
+    /// (only when it has some).
+    template: Option<Resources>,
 }
 
 impl Source {
     /// Loads the file; if it is invalid, the last good revision. Fails only
-    /// when neither can be served.
+    /// when neither can be served. With host names to resolve, it blocks on
+    /// the runtime: call it on a blocking thread.
     pub fn start(&self) -> Result<(Snapshot, Started), LoadError> {
         let file = self.path.display().to_string();
         let read = config::read_file(&self.path, &self.options.limits);
         let digest = read.as_ref().ok().map(|b| digest(b));
+        let dns = self.dns.as_deref();
         let error = match read
             .map_err(LoadError::from)
-            .and_then(|bytes| build(&file, &bytes, &self.options, None).map(|s| (s, bytes)))
+            .and_then(|bytes| build(&file, &bytes, &self.options, None, dns).map(|s| (s, bytes)))
         {
-            Ok((snapshot, bytes)) => {
+            Ok(((snapshot, template), bytes)) => {
                 let save_error = self.save(&snapshot, &bytes);
                 return Ok((
                     snapshot,
@@ -138,6 +172,7 @@ impl Source {
                         refused: None,
                         served_from: self.path.clone(),
                         save_error,
+                        template,
                     },
                 ));
             }
@@ -162,8 +197,8 @@ impl Source {
             }
         };
         let saved_name = saved.path.display().to_string();
-        match build(&saved_name, &saved.bytes, &self.options, None) {
-            Ok(snapshot) => {
+        match build(&saved_name, &saved.bytes, &self.options, None, dns) {
+            Ok((snapshot, template)) => {
                 error!(
                     error = %error,
                     last_good = %saved_name,
@@ -177,6 +212,7 @@ impl Source {
                         refused: Some(error.to_string()),
                         served_from: saved.path,
                         save_error: None,
+                        template,
                     },
                 ))
             }
@@ -231,6 +267,12 @@ pub struct Reloader {
     metrics: Arc<Metrics>,
     status: Mutex<SourceStatus>,
     last_attempt: Mutex<Option<[u8; 32]>>,
+    /// The served revision before its host names were filled in, when it
+    /// has some: rebuilt with new answers by [`Reloader::republish`].
+    template: Mutex<Option<Resources>>,
+    /// Held while a snapshot is built and published, so a reload and a DNS
+    /// republish cannot publish out of order.
+    publishing: Mutex<()>,
 }
 
 impl Reloader {
@@ -266,7 +308,53 @@ impl Reloader {
             metrics,
             status: Mutex::new(status),
             last_attempt: Mutex::new(started.digest),
+            template: Mutex::new(started.template.clone()),
+            publishing: Mutex::new(()),
         }
+    }
+
+    /// The resolver of endpoint host names, if any.
+    pub fn dns(&self) -> Option<&Arc<Dns>> {
+        self.source.dns.as_ref()
+    }
+
+    /// Rebuilds the served revision with the current DNS answers and
+    /// publishes it if it changed (blocking: call it on a blocking thread).
+    /// Returns whether a new snapshot was published.
+    pub fn republish(&self) -> bool {
+        let _publishing = self
+            .publishing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let (Some(dns), Some(mut resources)) = (
+            self.source.dns.as_ref(),
+            self.template
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
+        ) else {
+            return false;
+        };
+        dns.fill(&mut resources);
+        let previous = self.cache.current();
+        let snap = match Snapshot::build(resources, Some(&previous)) {
+            Ok(s) => s,
+            Err(e) => {
+                error!(error = %e, "rebuilding the snapshot with new DNS answers failed");
+                return false;
+            }
+        };
+        let version = snap.version.clone();
+        let changed = self.cache.publish(snap);
+        if changed {
+            self.metrics.set_version(&version);
+            if let Ok(mut s) = self.status.lock() {
+                s.version = version.clone();
+                s.published_at_unix_ms = now_ms();
+            }
+            info!(%version, "DNS answers changed endpoints; pushing");
+        }
+        changed
     }
 
     /// A copy of the current status.
@@ -303,10 +391,16 @@ impl Reloader {
             }
             *last = Some(d);
         }
+        let _publishing = self
+            .publishing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let previous = self.cache.current();
         let file = path.display().to_string();
-        match build(&file, &bytes, &self.source.options, Some(&previous)) {
-            Ok(snap) => {
+        let dns = self.source.dns.as_deref();
+        match build(&file, &bytes, &self.source.options, Some(&previous), dns) {
+            Ok((snap, template)) => {
+                *self.template.lock().unwrap_or_else(PoisonError::into_inner) = template;
                 let version = snap.version.clone();
                 let counts = snap.counts();
                 let saved = self.source.save(&snap, &bytes);

@@ -995,6 +995,7 @@ admin:
                 no_traffic_interval: Duration::from_secs(60),
                 unhealthy_interval: Duration::from_secs(10),
                 kind: HealthCheckKind::Tcp,
+                tls: None,
             })
         );
         assert_eq!(

@@ -7,8 +7,9 @@
 //! - [`Silent`]: accepts connections and never answers (a hung upstream).
 //! - [`TcpEcho`]: echoes bytes back, counting connections.
 //! - [`ApiServer`]: TLS server answering like a kube-apiserver (`/healthz`,
-//!   `/readyz`, `/livez`, `/version`), counting requests; can be stopped and
-//!   started again on the same port.
+//!   `/readyz`, `/livez`, `/version`), counting requests (kubectl's apart);
+//!   can be stopped and started again on the same port, and made unready
+//!   (`/readyz` 500 with the port open).
 //!
 //! Owns the servers and their counters only; what traffic reaches them is up to
 //! the tests. Stopping a server closes its listener and every open connection.
@@ -108,7 +109,16 @@ pub struct HttpServer {
 impl HttpServer {
     /// Binds `ip:0` and serves.
     pub async fn start(ip: IpAddr, id: &str) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind(SocketAddr::new(ip, 0)).await?;
+        Self::start_at(SocketAddr::new(ip, 0), id, false).await
+    }
+
+    /// Binds `addr` and serves; with `h2c`, HTTP/2 with prior knowledge
+    /// (what Envoy sends to a cluster with HTTP/2 protocol options) besides
+    /// HTTP/1.1.
+    pub async fn start_at(addr: SocketAddr, id: &str, h2c: bool) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("replica {id} binding {addr}"))?;
         let addr = listener.local_addr()?;
         let served = Arc::new(AtomicU64::new(0));
         let (id_owned, counter) = (id.to_string(), served.clone());
@@ -127,9 +137,15 @@ impl HttpServer {
                     }
                     async move { Ok::<_, Infallible>(resp) }
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                if h2c {
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                } else {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                }
             }
         });
         Ok(HttpServer {
@@ -312,10 +328,15 @@ impl TcpEcho {
 pub struct ApiStats {
     /// HTTP requests answered.
     pub requests: AtomicU64,
+    /// Requests whose `User-Agent` is kubectl's (health checks send `Envoy/HC`).
+    pub kubectl_requests: AtomicU64,
     /// TLS handshakes completed (a TCP health check never completes one).
     pub tls_connections: AtomicU64,
     /// Paths requested, in order.
     pub paths: std::sync::Mutex<Vec<String>>,
+    /// `/readyz` answers 500, as an apiserver that is not ready does (its
+    /// port stays open and `/healthz` stays 200).
+    pub not_ready: std::sync::atomic::AtomicBool,
 }
 
 /// A TLS server answering like a kube-apiserver.
@@ -376,6 +397,17 @@ impl ApiServer {
         self.stats.tls_connections.load(Ordering::SeqCst)
     }
 
+    /// Requests from kubectl so far (across restarts).
+    pub fn kubectl_requests(&self) -> u64 {
+        self.stats.kubectl_requests.load(Ordering::SeqCst)
+    }
+
+    /// Makes `/readyz` answer 500 (`false`) or 200 (`true`), as an apiserver
+    /// losing its etcd and getting it back would; the port stays open.
+    pub fn set_ready(&self, ready: bool) {
+        self.stats.not_ready.store(!ready, Ordering::SeqCst);
+    }
+
     /// Paths requested so far, in order (across restarts).
     pub fn paths(&self) -> Vec<String> {
         self.stats
@@ -417,7 +449,15 @@ impl ApiServer {
                     if let Ok(mut paths) = stats.paths.lock() {
                         paths.push(req.uri().path().to_string());
                     }
-                    let resp = apiserver_response(&id, req.uri().path());
+                    let kubectl = req
+                        .headers()
+                        .get(hyper::header::USER_AGENT)
+                        .is_some_and(|ua| ua.as_bytes().starts_with(b"kubectl"));
+                    if kubectl {
+                        stats.kubectl_requests.fetch_add(1, Ordering::SeqCst);
+                    }
+                    let ready = !stats.not_ready.load(Ordering::SeqCst);
+                    let resp = apiserver_response(&id, req.uri().path(), ready);
                     async move { Ok::<_, Infallible>(resp) }
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
@@ -429,8 +469,13 @@ impl ApiServer {
     }
 }
 
-fn apiserver_response(id: &str, path: &str) -> Response<Full<Bytes>> {
+fn apiserver_response(id: &str, path: &str, ready: bool) -> Response<Full<Bytes>> {
     let mut resp = match path {
+        // What an apiserver that lost etcd answers.
+        "/readyz" if !ready => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "[-]etcd failed: reason withheld\nreadyz check failed",
+        ),
         "/healthz" | "/readyz" | "/livez" => text(StatusCode::OK, "ok"),
         "/version" => {
             let mut r = text(StatusCode::OK, version_json(id));
@@ -531,5 +576,14 @@ mod tests {
         assert_eq!(tls_get(&ca, addr, "/readyz").await.unwrap(), "ok");
         assert_eq!(a.requests(), 3);
         assert_eq!(a.tls_connections(), 3);
+        a.set_ready(false);
+        assert!(tls_get(&ca, addr, "/readyz")
+            .await
+            .unwrap()
+            .contains("readyz check failed"));
+        assert_eq!(tls_get(&ca, addr, "/healthz").await.unwrap(), "ok");
+        a.set_ready(true);
+        assert_eq!(tls_get(&ca, addr, "/readyz").await.unwrap(), "ok");
+        assert_eq!(a.kubectl_requests(), 0);
     }
 }

@@ -5,7 +5,8 @@
 //! change is one edit in this file.
 //!
 //! Schema rendered: `clusters[].{name, connect_timeout, lb_policy,
-//! health_check{tcp: {} | http: {path}, interval, timeout,
+//! health_check{tcp: {} | http: {path} | https: {path, ca |
+//! insecure_skip_verify}, interval, timeout,
 //! unhealthy_threshold, healthy_threshold}, endpoints: ["ip:port"],
 //! circuit_breakers?}` and `listeners[].{name, address, tcp_proxy: {cluster}
 //! | http: {routes: [{prefix, cluster, prefix_rewrite?, timeout?}]}}`, plus
@@ -23,6 +24,9 @@ pub struct PylonConfig {
     pub clusters: Vec<Cluster>,
     pub listeners: Vec<Listener>,
     pub native_listeners: Vec<NativeHttpListener>,
+    /// Envoy-native clusters, each the YAML of one `static_resources.clusters`
+    /// entry (a map, without the leading `- `), such as a STRICT_DNS cluster.
+    pub native_clusters: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -32,6 +36,10 @@ pub struct Cluster {
     pub lb_policy: Option<String>,
     pub health_check: Option<HealthCheck>,
     pub endpoints: Vec<SocketAddr>,
+    /// Endpoints written as `host:port`, after `endpoints` (pylon-xds resolves them).
+    pub named_endpoints: Vec<String>,
+    /// `dns_refresh`, for the names.
+    pub dns_refresh: Option<Duration>,
     pub circuit_breakers: Option<CircuitBreakers>,
 }
 
@@ -79,7 +87,14 @@ impl NativeHttpListener {
 #[derive(Debug, Clone)]
 pub enum HealthCheckKind {
     Tcp,
-    Http { path: String },
+    Http {
+        path: String,
+    },
+    /// `https: {path, ca}`, or `insecure_skip_verify: true` without a CA.
+    Https {
+        path: String,
+        ca: Option<std::path::PathBuf>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -126,8 +141,18 @@ impl Cluster {
             lb_policy: Some("round_robin".to_string()),
             health_check: None,
             endpoints: endpoints.to_vec(),
+            named_endpoints: Vec::new(),
+            dns_refresh: None,
             circuit_breakers: None,
         }
+    }
+
+    /// Adds endpoints written as `host:port`, looked up again every `refresh`.
+    pub fn names(mut self, names: &[&str], refresh: Duration) -> Self {
+        self.named_endpoints
+            .extend(names.iter().map(|n| n.to_string()));
+        self.dns_refresh = Some(refresh);
+        self
     }
 
     /// Sets `circuit_breakers`.
@@ -152,6 +177,32 @@ impl Cluster {
     ) -> Self {
         self.health_check = Some(HealthCheck {
             kind: HealthCheckKind::Tcp,
+            interval,
+            timeout,
+            unhealthy_threshold: unhealthy,
+            healthy_threshold: healthy,
+        });
+        self
+    }
+}
+
+impl Cluster {
+    /// Adds an `https` health check: `GET path` over TLS, verified against
+    /// `ca` (a file on the proxy's host), or not verified without one.
+    pub fn https_health_check(
+        mut self,
+        path: &str,
+        ca: Option<&std::path::Path>,
+        interval: Duration,
+        timeout: Duration,
+        unhealthy: u32,
+        healthy: u32,
+    ) -> Self {
+        self.health_check = Some(HealthCheck {
+            kind: HealthCheckKind::Https {
+                path: path.to_string(),
+                ca: ca.map(std::path::Path::to_path_buf),
+            },
             interval,
             timeout,
             unhealthy_threshold: unhealthy,
@@ -262,6 +313,15 @@ impl PylonConfig {
                     HealthCheckKind::Http { path } => {
                         let _ = writeln!(y, "      http:\n        path: {}", q(path));
                     }
+                    HealthCheckKind::Https { path, ca } => {
+                        let _ = writeln!(y, "      https:\n        path: {}", q(path));
+                        match ca {
+                            Some(ca) => {
+                                let _ = writeln!(y, "        ca: {}", q(&ca.display().to_string()));
+                            }
+                            None => y.push_str("        insecure_skip_verify: true\n"),
+                        }
+                    }
                 }
                 let _ = writeln!(y, "      interval: {}", q(&duration(hc.interval)));
                 let _ = writeln!(y, "      timeout: {}", q(&duration(hc.timeout)));
@@ -281,12 +341,18 @@ impl PylonConfig {
                     }
                 }
             }
-            if c.endpoints.is_empty() {
+            if let Some(d) = c.dns_refresh {
+                let _ = writeln!(y, "    dns_refresh: {}", q(&duration(d)));
+            }
+            if c.endpoints.is_empty() && c.named_endpoints.is_empty() {
                 y.push_str("    endpoints: []\n");
             } else {
                 y.push_str("    endpoints:\n");
                 for e in &c.endpoints {
                     let _ = writeln!(y, "      - {}", q(&e.to_string()));
+                }
+                for n in &c.named_endpoints {
+                    let _ = writeln!(y, "      - {}", q(n));
                 }
             }
         }
@@ -317,13 +383,31 @@ impl PylonConfig {
                 }
             }
         }
+        if !self.native_listeners.is_empty() || !self.native_clusters.is_empty() {
+            y.push_str("static_resources:\n");
+        }
         if !self.native_listeners.is_empty() {
-            y.push_str("static_resources:\n  listeners:\n");
+            y.push_str("  listeners:\n");
         }
         for l in &self.native_listeners {
             l.render(&mut y);
         }
+        if !self.native_clusters.is_empty() {
+            y.push_str("  clusters:\n");
+        }
+        for c in &self.native_clusters {
+            for (i, line) in c.lines().enumerate() {
+                let lead = if i == 0 { "  - " } else { "    " };
+                let _ = writeln!(y, "{lead}{line}");
+            }
+        }
         y
+    }
+
+    /// Adds an Envoy-native cluster (see [`PylonConfig::native_clusters`]).
+    pub fn native_cluster(mut self, yaml: &str) -> Self {
+        self.native_clusters.push(yaml.to_string());
+        self
     }
 }
 

@@ -2,7 +2,7 @@
 //! either a real Envoy or pylon-proxy (`dataplane`), over SotW or delta ADS.
 //!
 //! Owns everything a scenario needs besides the code under test: finding and
-//! running external tools (Envoy, pylon-proxy, kubectl, proxyless gRPC clients
+//! running external tools (Envoy, pylon-proxy, kubectl, dnsmasq, proxyless gRPC clients
 //! and their backends), an admin API client for both proxies, in-process
 //! backends, a small HTTP client and a traffic loop, a config builder for
 //! pylon-xds YAML, and `eventually`-style assertions. It owns no production
@@ -17,6 +17,7 @@ pub mod admin;
 pub mod backends;
 pub mod config;
 pub mod dataplane;
+pub mod dnsmasq;
 pub mod envoy;
 pub mod eventually;
 pub mod grpc_clients;

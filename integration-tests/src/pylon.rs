@@ -81,6 +81,8 @@ pub struct MutualTls {
 #[derive(Debug)]
 pub struct Pylon {
     running: Option<Running>,
+    /// `--dns-server`, kept for [`Pylon::start_again`].
+    dns_server: Option<SocketAddr>,
     /// The xDS address of the first start, reused by [`Pylon::start_again`].
     xds_addr: SocketAddr,
     config: PathBuf,
@@ -91,16 +93,40 @@ pub struct Pylon {
 impl Pylon {
     /// Writes `yaml` and serves it (xDS and admin on 127.0.0.1:0).
     pub async fn start(yaml: &str) -> anyhow::Result<Pylon> {
-        Pylon::start_with(yaml, None).await
+        Pylon::launch(yaml, None, None).await
     }
 
     /// As [`Pylon::start`], over mutual TLS when `tls` is given.
     pub async fn start_with(yaml: &str, tls: Option<MutualTls>) -> anyhow::Result<Pylon> {
+        Pylon::launch(yaml, tls, None).await
+    }
+
+    /// As [`Pylon::start`], resolving endpoint host names with `dns_server`
+    /// (`--dns-server`) rather than the system's resolver.
+    pub async fn start_with_dns(
+        yaml: &str,
+        dns_server: Option<SocketAddr>,
+    ) -> anyhow::Result<Pylon> {
+        Pylon::launch(yaml, None, dns_server).await
+    }
+
+    async fn launch(
+        yaml: &str,
+        tls: Option<MutualTls>,
+        dns_server: Option<SocketAddr>,
+    ) -> anyhow::Result<Pylon> {
         let dir = tempfile::Builder::new().prefix("pylon-xds-").tempdir()?;
         let config = dir.path().join("pylon.yaml");
         std::fs::write(&config, yaml)?;
-        let running = serve(&config, SocketAddr::from(([127, 0, 0, 1], 0)), tls.as_ref()).await?;
+        let running = serve(
+            &config,
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            tls.as_ref(),
+            dns_server,
+        )
+        .await?;
         Ok(Pylon {
+            dns_server,
             xds_addr: running.xds_addr,
             running: Some(running),
             config,
@@ -131,11 +157,16 @@ impl Pylon {
     /// address is still in use.
     pub async fn start_again(&mut self) -> anyhow::Result<()> {
         anyhow::ensure!(self.running.is_none(), "pylon-xds is still running");
-        let (config, addr, tls) = (&self.config, self.xds_addr, self.tls.as_ref());
+        let (config, addr, tls, dns) = (
+            &self.config,
+            self.xds_addr,
+            self.tls.as_ref(),
+            self.dns_server,
+        );
         let running = eventually(
             format!("pylon-xds binding {addr} again"),
             REBIND_TIMEOUT,
-            async || match serve(config, addr, tls).await {
+            async || match serve(config, addr, tls, dns).await {
                 Ok(r) => Ok(Ok(r)),
                 Err(e) if is_addr_in_use(&e) => Err(e),
                 // Not retried: only a busy address may clear up.
@@ -240,6 +271,7 @@ async fn serve(
     config: &Path,
     xds_listen: SocketAddr,
     tls: Option<&MutualTls>,
+    dns_server: Option<SocketAddr>,
 ) -> anyhow::Result<Running> {
     control_plane::serve(ServeOptions {
         debounce: DEBOUNCE,
@@ -248,6 +280,7 @@ async fn serve(
             key: t.server.key.clone(),
             ca: Some(t.ca.clone()),
         }),
+        dns_server,
         ..ServeOptions::new(
             config.to_path_buf(),
             xds_listen,

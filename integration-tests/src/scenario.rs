@@ -76,6 +76,31 @@ pub async fn stack(
     (pylon, dp)
 }
 
+/// As [`stack`], with pylon-xds resolving endpoint host names through
+/// `dns_server` (its `--dns-server`).
+pub async fn stack_with_dns(
+    bin: &Path,
+    flavour: Flavour,
+    scenario: &str,
+    yaml: &str,
+    dns_server: std::net::SocketAddr,
+) -> (Pylon, DataPlane) {
+    let pylon = match Pylon::start_with_dns(yaml, Some(dns_server)).await {
+        Ok(p) => p,
+        Err(err) => panic!("pylon-xds did not start: {err:#}\n{yaml}"),
+    };
+    let node = format!("{scenario}-{flavour}");
+    let dp = match DataPlane::start(bin, flavour, &pylon, &node).await {
+        Ok(dp) => dp,
+        Err(err) => panic!("{flavour} did not start: {err:#}"),
+    };
+    if let Err(err) = dp.admin().wait_ready(DEADLINE).await {
+        panic!("{err:#}");
+    }
+    wait_node(&pylon, &dp).await;
+    (pylon, dp)
+}
+
 /// Waits until pylon-xds lists the data plane's node on a stream of its flavour.
 pub async fn wait_node(pylon: &Pylon, dp: &DataPlane) -> serde_json::Value {
     let (node, protocol) = (dp.node_id(), dp.flavour().protocol());

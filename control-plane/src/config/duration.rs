@@ -36,6 +36,13 @@ impl Duration {
         self.nanos == 0
     }
 
+    /// As a std `Duration` (saturating; [`parse`] bounds durations far below).
+    pub fn to_std(self) -> std::time::Duration {
+        let secs = u64::try_from(self.nanos / NANOS_PER_SECOND).unwrap_or(u64::MAX);
+        let nanos = u32::try_from(self.nanos % NANOS_PER_SECOND).unwrap_or(0);
+        std::time::Duration::new(secs, nanos)
+    }
+
     /// The protobuf form. [`parse`] bounds durations to what protobuf can
     /// carry, so the conversions below do not truncate.
     pub fn to_proto(self) -> ProtoDuration {

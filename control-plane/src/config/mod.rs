@@ -15,6 +15,8 @@
 //! - `native.rs`: reading `static_resources` with prost-reflect and normalising
 //!   it into servable resources, plus native-only checks.
 //! - `duration.rs`, `address.rs`: the concise form's scalar types.
+//! - `health_tls.rs`: what an `https` health check becomes (a TLS socket
+//!   only the health check selects) and its checks.
 //! - `translate.rs`: pure functions, concise model -> Envoy protos.
 //! - `v2.rs`: recognising Envoy v2 syntax in `static_resources` (reported all
 //!   at once, with the v3 spelling) and rewriting it (`pylon-xds migrate`).
@@ -40,6 +42,7 @@
 
 mod address;
 mod duration;
+mod health_tls;
 mod native;
 mod schema;
 mod translate;
@@ -266,6 +269,12 @@ fn load_text(file_name: &str, text: &str, options: &Options) -> Result<Resources
     let mut resources = Resources::default();
     for c in &file.clusters {
         let (cluster, endpoints) = translate::cluster(c);
+        let refresh = c
+            .dns_refresh
+            .map_or(translate::DEFAULT_DNS_REFRESH, |d| d.to_std());
+        resources
+            .names
+            .extend(translate::named_assignment(&c.name, &c.endpoints, refresh));
         resources.clusters.push(cluster);
         resources.endpoints.push(endpoints);
     }
@@ -276,6 +285,11 @@ fn load_text(file_name: &str, text: &str, options: &Options) -> Result<Resources
     }
     for g in &file.grpc_services {
         let (listener, routes, cluster, endpoints) = translate::grpc_service(g);
+        resources.names.extend(translate::named_assignment(
+            &endpoints.cluster_name,
+            &g.endpoints,
+            translate::DEFAULT_DNS_REFRESH,
+        ));
         resources.listeners.push(listener);
         resources.routes.push(routes);
         resources.clusters.push(cluster);
@@ -752,7 +766,7 @@ static_resources:
             ),
             (
                 "clusters:\n  - name: a\n    conect_timeout: 5s\n",
-                "pylon.yaml:3:5: clusters[0].conect_timeout: unknown field `conect_timeout`, expected one of `name`, `connect_timeout`, `lb_policy`, `health_check`, `endpoints`, `circuit_breakers`",
+                "pylon.yaml:3:5: clusters[0].conect_timeout: unknown field `conect_timeout`, expected one of `name`, `connect_timeout`, `lb_policy`, `health_check`, `endpoints`, `circuit_breakers`, `dns_refresh`",
             ),
             (
                 "clusters:\n  - name: a\n    connect_timeout: 5\n",
@@ -763,8 +777,8 @@ static_resources:
                 "pylon.yaml:3:22: clusters[0].connect_timeout: invalid duration `5x`: expected a number and a unit (ms, s, m or h), like \"5s\" or \"250ms\"",
             ),
             (
-                "clusters:\n  - name: a\n    endpoints:\n      - 127.0.0.1:1\n      - backend.test:80\n",
-                "pylon.yaml:5:9: clusters[0].endpoints[1]: `backend.test` in address `backend.test:80` is not an IP address; hostnames are not supported (endpoints are served over EDS, which carries IP addresses)",
+                "clusters:\n  - name: a\n    endpoints:\n      - 127.0.0.1:1\n      - backend_1.test:80\n",
+                "pylon.yaml:5:9: clusters[0].endpoints[1]: `backend_1.test` in address `backend_1.test:80` is neither an IP address nor a host name",
             ),
             (
                 "clusters:\n  - name: a\n    endpoints: [{address: 127.0.0.1:70000}]\n",
@@ -983,7 +997,7 @@ listeners:
         - {prefix: /b, cluster: b}
 ";
         let want = "\
-pylon.yaml:3:5: clusters[0].health_check: health check needs a kind: `tcp: {}` or `http: {path: /healthz}`
+pylon.yaml:3:5: clusters[0].health_check: health check needs a kind: `tcp: {}`, `http: {path: /healthz}` or `https: {path: /readyz, ca: /etc/pylon/ca.crt}`
 pylon.yaml:5:26: clusters[0].health_check.healthy_threshold: healthy_threshold must be at least 1
 pylon.yaml:8:40: clusters[0].endpoints[1].weight: weight must be at least 1
 pylon.yaml:9:11: clusters[1].name: duplicate cluster name `a` (first at clusters[0].name)

@@ -12,7 +12,7 @@ use std::fmt;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 
-use super::address::Address;
+use super::address::{Address, Target};
 use super::duration::Duration;
 use super::native::StaticResources;
 
@@ -174,6 +174,10 @@ pub struct Cluster {
     /// Envoy's defaults.
     #[serde(default)]
     pub circuit_breakers: Option<CircuitBreakers>,
+    /// How long after an answer pylon-xds looks the cluster's host names up
+    /// again (default 5s, as Envoy's `dns_refresh_rate`).
+    #[serde(default)]
+    pub dns_refresh: Option<Duration>,
 }
 
 /// A cluster's circuit breakers. Each is at least 1 (checked by `validate`);
@@ -218,8 +222,8 @@ pub enum LbPolicy {
     Random,
 }
 
-/// An active health check. Exactly one of `tcp` and `http` (checked by
-/// `validate`, so both problems can be reported at once).
+/// An active health check. Exactly one of `tcp`, `http` and `https` (checked
+/// by `validate`, so every problem can be reported at once).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheck {
@@ -228,6 +232,9 @@ pub struct HealthCheck {
     pub tcp: Option<TcpCheck>,
     #[serde(default)]
     pub http: Option<HttpCheck>,
+    /// An HTTP check over TLS; proxied connections stay plain TCP.
+    #[serde(default)]
+    pub https: Option<HttpsCheck>,
     /// Default 10s.
     #[serde(default = "default_interval")]
     pub interval: Duration,
@@ -291,10 +298,36 @@ pub struct HttpCheck {
     pub expected_statuses: Vec<u32>,
 }
 
-/// One upstream host: `"ip:port"` or `{address: "ip:port", weight: 2}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// An HTTP GET check over TLS (kube-apiserver's `/readyz`): becomes a
+/// `transport_socket_matches` entry that only the health check selects.
+/// Exactly one of `ca` and `insecure_skip_verify: true` (checked by `validate`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpsCheck {
+    pub path: String,
+    /// The Host header; Envoy sends the cluster name when absent.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Statuses counted as healthy; empty means Envoy's default (200).
+    #[serde(default)]
+    pub expected_statuses: Vec<u32>,
+    /// A PEM CA file on the proxy's host (absolute path) that the server's
+    /// certificate chain must lead to. Served as a `filename`, never inline.
+    #[serde(default)]
+    pub ca: Option<String>,
+    /// Accept any server certificate (Envoy's behaviour without a CA).
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+    /// The server name sent in the TLS handshake; none is sent when absent.
+    #[serde(default)]
+    pub sni: Option<String>,
+}
+
+/// One upstream host: `"ip:port"`, `"host:port"` (resolved by pylon-xds) or
+/// `{address: ..., weight: 2}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
-    pub address: Address,
+    pub address: Target,
     /// Default 1; 0 is rejected by `validate`.
     pub weight: u32,
 }
@@ -302,7 +335,7 @@ pub struct Endpoint {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct EndpointMap {
-    address: Address,
+    address: Target,
     #[serde(default = "default_weight")]
     weight: u32,
 }
@@ -323,11 +356,11 @@ impl<'de> Visitor<'de> for EndpointVisitor {
     type Value = Endpoint;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("\"ip:port\" or {address: \"ip:port\", weight: N}")
+        f.write_str("\"ip:port\", \"host:port\" or {address: \"ip:port\", weight: N}")
     }
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<Endpoint, E> {
-        let address = super::address::parse(v).map_err(E::custom)?;
+        let address = super::address::parse_target(v).map_err(E::custom)?;
         Ok(Endpoint { address, weight: 1 })
     }
 

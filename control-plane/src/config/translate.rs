@@ -36,7 +36,13 @@ use envoy_types::pb::google::protobuf::{Any, UInt32Value};
 use prost::Message;
 use pylon::type_url;
 
+use super::address::Target;
 use super::schema;
+use crate::resources::{NamedAssignment, NamedEndpoint};
+
+/// How long after an answer pylon-xds looks host names up again, when a
+/// cluster does not say (Envoy's `dns_refresh_rate` default).
+pub const DEFAULT_DNS_REFRESH: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// `ads: {}` with `resource_api_version: V3`: fetch the resource over the same
 /// ADS stream that delivered the resource naming it.
@@ -102,6 +108,12 @@ pub fn cluster(c: &schema::Cluster) -> (Cluster, ClusterLoadAssignment) {
             schema::LbPolicy::Random => LbPolicy::Random,
         } as i32,
         health_checks: c.health_check.iter().map(health_check).collect(),
+        transport_socket_matches: c
+            .health_check
+            .iter()
+            .filter_map(|hc| hc.https.as_ref())
+            .map(super::health_tls::socket_match)
+            .collect(),
         circuit_breakers: c.circuit_breakers.and_then(circuit_breakers),
         ..Default::default()
     };
@@ -110,7 +122,7 @@ pub fn cluster(c: &schema::Cluster) -> (Cluster, ClusterLoadAssignment) {
     let cla = ClusterLoadAssignment {
         cluster_name: c.name.clone(),
         endpoints: vec![LocalityLbEndpoints {
-            lb_endpoints: c.endpoints.iter().map(lb_endpoint).collect(),
+            lb_endpoints: c.endpoints.iter().filter_map(lb_endpoint).collect(),
             load_balancing_weight: Some(UInt32Value { value: 1 }),
             locality: Some(Locality::default()),
             ..Default::default()
@@ -141,27 +153,64 @@ pub fn circuit_breakers(cb: schema::CircuitBreakers) -> Option<CircuitBreakers> 
     })
 }
 
-fn lb_endpoint(e: &schema::Endpoint) -> LbEndpoint {
-    LbEndpoint {
+/// The EDS endpoint of an IP endpoint; `None` for a host name, whose
+/// addresses `crate::dns` fills in (see [`named_assignment`]).
+pub fn lb_endpoint(e: &schema::Endpoint) -> Option<LbEndpoint> {
+    let Target::Ip(address) = &e.address else {
+        return None;
+    };
+    Some(LbEndpoint {
         host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
-            address: Some(e.address.to_proto()),
+            address: Some(address.to_proto()),
             ..Default::default()
         })),
         // Unset means 1 to Envoy and gRPC alike; leaving it out keeps the
         // concise and native spellings of the same endpoints identical.
         load_balancing_weight: (e.weight != 1).then_some(UInt32Value { value: e.weight }),
         ..Default::default()
+    })
+}
+
+/// The endpoints of load assignment `assignment` as written, when some are
+/// host names (`None` otherwise): what `crate::dns` resolves.
+pub fn named_assignment(
+    assignment: &str,
+    endpoints: &[schema::Endpoint],
+    refresh: std::time::Duration,
+) -> Option<NamedAssignment> {
+    if !endpoints
+        .iter()
+        .any(|e| matches!(e.address, Target::Name(_)))
+    {
+        return None;
     }
+    let endpoints = endpoints
+        .iter()
+        .map(|e| match &e.address {
+            Target::Name(n) => NamedEndpoint::Name {
+                host: n.host.clone(),
+                port: n.port,
+                weight: e.weight,
+            },
+            Target::Ip(_) => NamedEndpoint::Fixed(Box::new(lb_endpoint(e).unwrap_or_default())),
+        })
+        .collect();
+    Some(NamedAssignment {
+        assignment: assignment.to_string(),
+        endpoints,
+        refresh,
+    })
 }
 
 /// A concise health check. `no_traffic_interval` defaults to `interval`.
+/// An `https` check is an HTTP check whose `transport_socket_match_criteria`
+/// picks the cluster's TLS entry (`health_tls`).
 pub fn health_check(hc: &schema::HealthCheck) -> HealthCheck {
-    let checker = match &hc.http {
-        Some(http) => health_check::HealthChecker::HttpHealthCheck(health_check::HttpHealthCheck {
-            path: http.path.clone(),
-            host: http.host.clone().unwrap_or_default(),
-            expected_statuses: http
-                .expected_statuses
+    let http = |path: &str, host: &Option<String>, statuses: &[u32]| {
+        health_check::HealthChecker::HttpHealthCheck(health_check::HttpHealthCheck {
+            path: path.to_string(),
+            host: host.clone().unwrap_or_default(),
+            expected_statuses: statuses
                 .iter()
                 .map(|&status| Int64Range {
                     start: i64::from(status),
@@ -169,11 +218,19 @@ pub fn health_check(hc: &schema::HealthCheck) -> HealthCheck {
                 })
                 .collect(),
             ..Default::default()
-        }),
-        None => {
+        })
+    };
+    let checker = match (&hc.http, &hc.https) {
+        (Some(h), _) => http(&h.path, &h.host, &h.expected_statuses),
+        (None, Some(h)) => http(&h.path, &h.host, &h.expected_statuses),
+        (None, None) => {
             health_check::HealthChecker::TcpHealthCheck(health_check::TcpHealthCheck::default())
         }
     };
+    let transport_socket_match_criteria = hc
+        .https
+        .as_ref()
+        .map(|_| super::health_tls::match_criteria());
     HealthCheck {
         timeout: Some(hc.timeout.to_proto()),
         interval: Some(hc.interval.to_proto()),
@@ -185,6 +242,7 @@ pub fn health_check(hc: &schema::HealthCheck) -> HealthCheck {
         }),
         no_traffic_interval: Some(hc.no_traffic_interval.unwrap_or(hc.interval).to_proto()),
         health_checker: Some(checker),
+        transport_socket_match_criteria,
         ..Default::default()
     }
 }
@@ -335,7 +393,7 @@ pub fn grpc_service(
     let cla = ClusterLoadAssignment {
         cluster_name: authority,
         endpoints: vec![LocalityLbEndpoints {
-            lb_endpoints: g.endpoints.iter().map(lb_endpoint).collect(),
+            lb_endpoints: g.endpoints.iter().filter_map(lb_endpoint).collect(),
             load_balancing_weight: Some(UInt32Value { value: 1 }),
             locality: Some(Locality::default()),
             ..Default::default()

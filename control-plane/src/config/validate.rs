@@ -216,6 +216,12 @@ fn cluster(c: &Cluster, path: &str, catalog: &mut Catalog, issues: &mut Vec<Issu
     if let Some(hc) = &c.health_check {
         health_check(hc, &format!("{path}.health_check"), issues);
     }
+    if c.dns_refresh.is_some_and(|d| d.is_zero()) {
+        issues.push(Issue::new(
+            format!("{path}.dns_refresh"),
+            "dns_refresh must be greater than 0s",
+        ));
+    }
     for (field, value) in c.circuit_breakers.unwrap_or_default().fields() {
         if value == Some(0) {
             issues.push(Issue::new(
@@ -227,16 +233,29 @@ fn cluster(c: &Cluster, path: &str, catalog: &mut Catalog, issues: &mut Vec<Issu
 }
 
 fn health_check(hc: &HealthCheck, path: &str, issues: &mut Vec<Issue>) {
-    match (&hc.tcp, &hc.http) {
-        (None, None) => issues.push(Issue::new(
+    let kinds: Vec<&str> = [
+        ("tcp", hc.tcp.is_some()),
+        ("http", hc.http.is_some()),
+        ("https", hc.https.is_some()),
+    ]
+    .iter()
+    .filter(|(_, set)| *set)
+    .map(|(k, _)| *k)
+    .collect();
+    match kinds.as_slice() {
+        [] => issues.push(Issue::new(
             path,
-            "health check needs a kind: `tcp: {}` or `http: {path: /healthz}`",
+            "health check needs a kind: `tcp: {}`, `http: {path: /healthz}` or `https: {path: /readyz, ca: /etc/pylon/ca.crt}`",
         )),
-        (Some(_), Some(_)) => issues.push(Issue::new(
+        [_] => {}
+        [a, b] => issues.push(Issue::new(
             path,
-            "health check has both `tcp` and `http`; keep one",
+            format!("health check has both `{a}` and `{b}`; keep one"),
         )),
-        _ => {}
+        _ => issues.push(Issue::new(
+            path,
+            "health check has `tcp`, `http` and `https`; keep one",
+        )),
     }
     let durations = [
         ("interval", Some(hc.interval)),
@@ -263,21 +282,32 @@ fn health_check(hc: &HealthCheck, path: &str, issues: &mut Vec<Issue>) {
             ));
         }
     }
-    if let Some(http) = &hc.http {
-        if !http.path.starts_with('/') {
+    let http_like = [
+        hc.http
+            .as_ref()
+            .map(|h| ("http", h.path.as_str(), &h.expected_statuses)),
+        hc.https
+            .as_ref()
+            .map(|h| ("https", h.path.as_str(), &h.expected_statuses)),
+    ];
+    for (kind, check_path, statuses) in http_like.into_iter().flatten() {
+        if !check_path.starts_with('/') {
             issues.push(Issue::new(
-                format!("{path}.http.path"),
+                format!("{path}.{kind}.path"),
                 "health check path must start with `/`",
             ));
         }
-        for (k, status) in http.expected_statuses.iter().enumerate() {
+        for (k, status) in statuses.iter().enumerate() {
             if !(100..=599).contains(status) {
                 issues.push(Issue::new(
-                    format!("{path}.http.expected_statuses[{k}]"),
+                    format!("{path}.{kind}.expected_statuses[{k}]"),
                     format!("status {status} is outside 100..=599"),
                 ));
             }
         }
+    }
+    if let Some(https) = &hc.https {
+        super::health_tls::validate(https, &format!("{path}.https"), issues);
     }
 }
 
@@ -550,7 +580,7 @@ listeners:
             ),
             (
                 "clusters: [{name: a, health_check: {interval: 5s}}]",
-                &[("clusters[0].health_check", "health check needs a kind: `tcp: {}` or `http: {path: /healthz}`")],
+                &[("clusters[0].health_check", "health check needs a kind: `tcp: {}`, `http: {path: /healthz}` or `https: {path: /readyz, ca: /etc/pylon/ca.crt}`")],
             ),
             (
                 "clusters: [{name: a, health_check: {tcp: {}, http: {path: /}}}]",

@@ -213,6 +213,8 @@ impl Snapshot {
             listeners,
             routes,
             policy,
+            // Already resolved into `endpoints` (crate::dns).
+            names: _,
         } = resources;
         let mut types: [TypeSnapshot; 4] = Default::default();
         let encoded: [Vec<(String, Vec<u8>)>; 4] = [
@@ -648,6 +650,7 @@ mod tests {
             listeners: vec![tcp_listener("l", "a")],
             routes: vec![],
             policy: Policy::default(),
+            names: Vec::new(),
         }
     }
 

@@ -26,9 +26,11 @@
 #![allow(deprecated)]
 
 mod cluster;
+mod dns;
 mod endpoint;
 mod listener;
 mod route;
+mod tls;
 
 #[cfg(test)]
 mod tests;

@@ -83,6 +83,69 @@ pub enum Discovery {
     },
     /// Inline `load_assignment` (STATIC).
     Static(LoadAssignment),
+    /// Host names in the inline `load_assignment`, resolved by pylon-proxy
+    /// (STRICT_DNS and LOGICAL_DNS; see `upstream::dns`). Boxed: it is
+    /// larger than the other kinds.
+    Dns(Box<DnsDiscovery>),
+}
+
+/// A STRICT_DNS or LOGICAL_DNS cluster's names and how they are resolved,
+/// with Envoy's defaults.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct DnsDiscovery {
+    /// LOGICAL_DNS: one host, the first address of the one name; else
+    /// STRICT_DNS: every address of every name is a host.
+    pub logical: bool,
+    /// The names (or IP literals) to resolve, in order.
+    pub targets: Vec<DnsTarget>,
+    /// Time between lookups of a name (`dns_refresh_rate`, default 5 s).
+    pub refresh_rate: Duration,
+    /// After a failed lookup, wait `base`, doubling up to `max`
+    /// (`dns_failure_refresh_rate`; default: `refresh_rate`).
+    pub failure_refresh: Option<(Duration, Duration)>,
+    /// Refresh after the answer's TTL instead of `refresh_rate` (`respect_dns_ttl`).
+    pub respect_ttl: bool,
+    /// Each wait is lengthened by a random amount below this (`dns_jitter`).
+    pub jitter: Option<Duration>,
+    /// Which address families are asked for (`dns_lookup_family`, default AUTO).
+    pub lookup_family: LookupFamily,
+    /// DNS servers to ask; empty: the system's (`/etc/resolv.conf`).
+    pub resolvers: Vec<SocketAddr>,
+    /// Ask the servers over TCP rather than UDP.
+    pub use_tcp: bool,
+    /// With `resolvers` given, do not append the system's search domains.
+    pub no_default_search_domain: bool,
+    /// Per-query timeout (c-ares `query_timeout_seconds`, default 5 s).
+    pub query_timeout: Duration,
+    /// Tries per server (c-ares `query_tries`, default 4).
+    pub query_tries: u32,
+}
+
+/// One name of a DNS cluster.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq, Hash)]
+pub struct DnsTarget {
+    /// A host name or an IP literal.
+    pub host: String,
+    /// The port every address of the name gets.
+    pub port: u16,
+    /// The weight every address of the name gets (>= 1).
+    pub weight: u32,
+}
+
+/// Envoy's `dns_lookup_family`.
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize, PartialEq, Eq, Default)]
+pub enum LookupFamily {
+    /// AAAA, or A when there is none (Envoy's default).
+    #[default]
+    Auto,
+    /// A only.
+    V4Only,
+    /// AAAA only.
+    V6Only,
+    /// A, or AAAA when there is none.
+    V4Preferred,
+    /// A and AAAA.
+    All,
 }
 
 /// Load balancing policies pylon-proxy implements.
@@ -127,6 +190,30 @@ pub struct HealthCheck {
     pub unhealthy_interval: Duration,
     /// What a check does.
     pub kind: HealthCheckKind,
+    /// The check runs over TLS (the cluster's `transport_socket_matches`
+    /// entry its `transport_socket_match_criteria` selects); proxied
+    /// connections stay plain.
+    pub tls: Option<UpstreamTls>,
+}
+
+/// An `UpstreamTlsContext`, as far as pylon-proxy honours it (health checks only).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct UpstreamTls {
+    /// Server name sent in the ClientHello (`sni`); none sent when `None`.
+    pub sni: Option<String>,
+    /// The CA the server's chain must lead to
+    /// (`validation_context.trusted_ca.filename`). `None`: the server's
+    /// certificate is not verified, as in Envoy without a validation context.
+    pub trusted_ca: Option<TrustedCa>,
+}
+
+/// A CA file, read when the resource was accepted.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct TrustedCa {
+    /// The file name, as configured.
+    pub filename: String,
+    /// Its certificates, DER.
+    pub certs: Vec<Vec<u8>>,
 }
 
 /// The kind of health check.

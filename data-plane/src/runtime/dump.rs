@@ -9,8 +9,8 @@ use std::time::Duration;
 use serde_json::{json, Map, Value};
 
 use crate::model::{
-    Cluster, Discovery, HealthCheck, HealthCheckKind, ListenerKind, LoadAssignment, PathMatch,
-    RouteConfig, RouteSource,
+    Cluster, Discovery, DnsDiscovery, HealthCheck, HealthCheckKind, ListenerKind, LoadAssignment,
+    LookupFamily, PathMatch, RouteConfig, RouteSource,
 };
 use crate::upstream::ClusterManager;
 
@@ -109,6 +109,9 @@ fn cluster(c: &Cluster) -> Value {
             m.insert("type".into(), "STATIC".into());
             m.insert("load_assignment".into(), load_assignment(la));
         }
+        Discovery::Dns(d) => {
+            dns(&mut m, &c.name, d);
+        }
     }
     m.insert("connect_timeout".into(), duration(c.connect_timeout).into());
     m.insert("lb_policy".into(), "ROUND_ROBIN".into());
@@ -131,6 +134,62 @@ fn cluster(c: &Cluster) -> Value {
         }] }),
     );
     Value::Object(m)
+}
+
+/// A DNS cluster's names and settings, in their Envoy spelling.
+fn dns(m: &mut Map<String, Value>, name: &str, d: &DnsDiscovery) {
+    let kind = if d.logical {
+        "LOGICAL_DNS"
+    } else {
+        "STRICT_DNS"
+    };
+    m.insert("type".into(), kind.into());
+    let lb_endpoints: Vec<Value> = d
+        .targets
+        .iter()
+        .map(|t| {
+            json!({
+                "endpoint": { "address": { "socket_address": { "address": t.host, "port_value": t.port } } },
+                "load_balancing_weight": t.weight,
+            })
+        })
+        .collect();
+    m.insert(
+        "load_assignment".into(),
+        json!({ "cluster_name": name, "endpoints": [ { "lb_endpoints": lb_endpoints } ] }),
+    );
+    m.insert("dns_refresh_rate".into(), duration(d.refresh_rate).into());
+    if let Some((base, max)) = d.failure_refresh {
+        m.insert(
+            "dns_failure_refresh_rate".into(),
+            json!({ "base_interval": duration(base), "max_interval": duration(max) }),
+        );
+    }
+    if let Some(j) = d.jitter {
+        m.insert("dns_jitter".into(), duration(j).into());
+    }
+    m.insert("respect_dns_ttl".into(), d.respect_ttl.into());
+    let family = match d.lookup_family {
+        LookupFamily::Auto => "AUTO",
+        LookupFamily::V4Only => "V4_ONLY",
+        LookupFamily::V6Only => "V6_ONLY",
+        LookupFamily::V4Preferred => "V4_PREFERRED",
+        LookupFamily::All => "ALL",
+    };
+    m.insert("dns_lookup_family".into(), family.into());
+    if !d.resolvers.is_empty() {
+        let resolvers: Vec<Value> = d.resolvers.iter().map(|a| address(*a)).collect();
+        m.insert(
+            "dns_resolution_config".into(),
+            json!({
+                "resolvers": resolvers,
+                "dns_resolver_options": {
+                    "use_tcp_for_dns_lookups": d.use_tcp,
+                    "no_default_search_domain": d.no_default_search_domain,
+                },
+            }),
+        );
+    }
 }
 
 fn health_check(hc: &HealthCheck) -> Value {
@@ -163,6 +222,20 @@ fn health_check(hc: &HealthCheck) -> Value {
         }
     };
     v[kind.0] = kind.1;
+    if let Some(tls) = &hc.tls {
+        // Where pylon-proxy keeps it; Envoy's dump shows the cluster's
+        // transport_socket_matches and the check's match criteria instead.
+        let mut t = json!({});
+        if let Some(sni) = &tls.sni {
+            t["sni"] = sni.clone().into();
+        }
+        if let Some(ca) = &tls.trusted_ca {
+            t["common_tls_context"] = json!({
+                "validation_context": { "trusted_ca": { "filename": ca.filename } }
+            });
+        }
+        v["tls"] = t;
+    }
     v
 }
 

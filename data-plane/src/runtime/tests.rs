@@ -409,6 +409,7 @@ async fn http_local_replies_and_timeouts() {
             host: None,
             expected_statuses: vec![],
         },
+        tls: None,
     });
     rt.set_clusters(vec![
         static_cluster("a", &[a]),

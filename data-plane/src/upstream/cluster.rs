@@ -13,6 +13,8 @@
 //!   cluster's stats; the swap is one `ArcSwap` store;
 //! - an EDS update changes the hosts of the current version in place (new load
 //!   balancer snapshot, checkers started for new hosts and stopped for removed ones);
+//!   so does a DNS answer, for a STRICT_DNS or LOGICAL_DNS cluster, whose
+//!   version runs its own lookups (`upstream::dns`) until it is replaced;
 //! - established connections are never touched by any of this.
 //!
 //! Circuit breakers: the cluster's `max_connections` is checked and taken in
@@ -23,7 +25,7 @@
 //! Does not own connections to hosts beyond opening them ([`Cluster::connect`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -35,6 +37,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::model::{self, Discovery, Endpoint, LoadAssignment, NackError};
 use crate::runtime::stats::{stats_struct, Counter, Gauge, StatGroup};
+use crate::upstream::dns;
 use crate::upstream::health::{run_checker, CheckerCtx, Probe};
 use crate::upstream::host::Host;
 use crate::upstream::lb::LoadBalancer;
@@ -71,6 +74,9 @@ stats_struct! {
         hc_success: Counter => "health_check.success",
         hc_failure: Counter => "health_check.failure",
         hc_network_failure: Counter => "health_check.network_failure",
+        update_attempt: Counter => "update_attempt",
+        update_success: Counter => "update_success",
+        update_failure: Counter => "update_failure",
     }
 }
 
@@ -137,6 +143,9 @@ pub struct Cluster {
     created: Instant,
     endpoints_known: AtomicBool,
     initialized: AtomicBool,
+    /// A DNS cluster's last answer per name (see `upstream::dns`), handed to
+    /// the next version of the cluster.
+    dns_answers: Mutex<Vec<Option<Vec<IpAddr>>>>,
 }
 
 impl Cluster {
@@ -150,6 +159,26 @@ impl Cluster {
         previous: Option<&Cluster>,
         parent: &CancellationToken,
     ) -> Arc<Cluster> {
+        // A DNS cluster starts from the previous version's answers when it
+        // resolves the same names; its own lookups start at once.
+        let dns_seed = match (&config.discovery, previous) {
+            (Discovery::Dns(d), Some(p)) => match &p.config.discovery {
+                Discovery::Dns(pd) if pd.targets == d.targets => Some((
+                    p.dns_answers
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .clone(),
+                    p.endpoints_known.load(Ordering::Acquire),
+                )),
+                _ => None,
+            },
+            _ => None,
+        };
+        let dns_endpoints = match (&config.discovery, &dns_seed) {
+            (Discovery::Dns(d), Some((answers, true))) => Some(dns::endpoints(d, answers)),
+            _ => None,
+        };
+        let endpoints = endpoints.or(dns_endpoints.as_deref());
         let health_checked = config.health_check.is_some();
         let prev_hosts: HashMap<SocketAddr, Arc<Host>> = previous
             .map(|p| {
@@ -191,8 +220,22 @@ impl Cluster {
             created: Instant::now(),
             endpoints_known: AtomicBool::new(endpoints.is_some()),
             initialized: AtomicBool::new(false),
+            dns_answers: Mutex::new(
+                dns_seed
+                    .as_ref()
+                    .map(|(a, _)| a.clone())
+                    .unwrap_or_default(),
+            ),
         });
         cluster.sync_checkers(&hosts);
+        if let Discovery::Dns(d) = &cluster.config.discovery {
+            tokio::spawn(dns::run(
+                Arc::downgrade(&cluster),
+                (**d).clone(),
+                dns_seed.map(|(a, _)| a).unwrap_or_default(),
+                cluster.token.child_token(),
+            ));
+        }
         cluster
     }
 
@@ -291,7 +334,8 @@ impl Cluster {
         }
     }
 
-    /// Replaces the hosts (EDS update), keeping the state of hosts that remain.
+    /// Replaces the hosts (an EDS update, or a DNS answer), keeping the state
+    /// of hosts that remain.
     pub fn set_endpoints(&self, endpoints: &[Endpoint]) {
         let members = self.lb.members();
         let prev: HashMap<SocketAddr, Arc<Host>> = members
@@ -302,7 +346,24 @@ impl Cluster {
         let hosts = reuse_hosts(endpoints, &prev, self.checker.is_some(), |_| {});
         self.lb.set_hosts(hosts.clone());
         self.sync_checkers(&hosts);
+        if !matches!(self.config.discovery, Discovery::Dns(_)) {
+            // A DNS cluster is known once every name was looked up (`dns`).
+            self.endpoints_known.store(true, Ordering::Release);
+        }
+    }
+
+    /// Records that the cluster's endpoints are known (a DNS cluster's first
+    /// lookups are done), which lets it finish warming.
+    pub fn mark_endpoints_known(&self) {
         self.endpoints_known.store(true, Ordering::Release);
+    }
+
+    /// Records a DNS cluster's answers, for the next version of the cluster.
+    pub(crate) fn set_dns_answers(&self, answers: &[Option<Vec<IpAddr>>]) {
+        *self
+            .dns_answers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = answers.to_vec();
     }
 
     /// Starts checkers for hosts that have none, stops those of hosts that left.
@@ -607,6 +668,8 @@ fn endpoints_of<'a>(
     match &c.discovery {
         Discovery::Static(la) => Some(&la.endpoints),
         Discovery::Eds { service_name } => las.get(service_name).map(|l| l.endpoints.as_slice()),
+        // Resolved by the cluster's own DNS task.
+        Discovery::Dns(_) => None,
     }
 }
 
@@ -715,6 +778,7 @@ mod tests {
             no_traffic_interval: Duration::from_secs(60),
             unhealthy_interval: Duration::from_secs(10),
             kind: HealthCheckKind::Tcp,
+            tls: None,
         });
         c.healthy_panic_threshold = 0.0;
         c.discovery = Discovery::Static(la("a", &[live_port]));

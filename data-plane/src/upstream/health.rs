@@ -2,7 +2,7 @@
 //!
 //! Owns: the per-host state machine ([`Session`], a port of Envoy's
 //! `ActiveHealthCheckSession::handleSuccess`/`setUnhealthy`), the probes (TCP
-//! connect, HTTP `GET`), the choice of the next interval, and the per-host
+//! connect, HTTP `GET`, either over TLS through `tls`), the choice of the next interval, and the per-host
 //! checker task. Does not own hosts (it flips their flags) nor the load
 //! balancer (it asks it to rebuild its snapshot when a host changes state).
 //!
@@ -22,7 +22,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
@@ -30,6 +30,7 @@ use crate::model::{HealthCheck, HealthCheckKind};
 use crate::upstream::cluster::ClusterStats;
 use crate::upstream::host::{Host, ACTIVE_HC_TIMEOUT, FAILED_ACTIVE_HC};
 use crate::upstream::lb::LoadBalancer;
+use crate::upstream::tls::TlsClient;
 
 /// The result of one check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,15 +155,23 @@ pub fn next_interval(
 /// What a check does on the wire.
 #[derive(Debug, Clone)]
 pub enum Probe {
-    /// Connect, then close.
-    Tcp,
+    /// Connect (and complete the TLS handshake, over TLS), then close.
+    Tcp {
+        /// TLS, when the check runs over it.
+        tls: Option<TlsClient>,
+    },
     /// `GET path` with `Connection: close`; the status line decides.
     Http {
         /// The request, serialised once.
         request: Arc<[u8]>,
         /// Half-open `[start, end)` ranges of good statuses.
         expected: Arc<[(u16, u16)]>,
+        /// TLS, when the check runs over it.
+        tls: Option<TlsClient>,
     },
+    /// The check's TLS settings could not be used (the reason): every check
+    /// fails, as a connection that cannot be made.
+    Unusable(Arc<str>),
     /// Test double: answers from a script, then repeats the last answer.
     #[cfg(test)]
     Scripted(Arc<std::sync::Mutex<std::collections::VecDeque<ScriptStep>>>),
@@ -181,8 +190,15 @@ pub enum ScriptStep {
 impl Probe {
     /// The probe for a cluster's health check.
     pub fn new(cfg: &HealthCheck, cluster_name: &str) -> Probe {
+        let tls = match cfg.tls.as_ref().map(TlsClient::new).transpose() {
+            Ok(tls) => tls,
+            Err(e) => {
+                tracing::error!(cluster = cluster_name, error = %e, "health check TLS unusable; every check fails");
+                return Probe::Unusable(Arc::from(e));
+            }
+        };
         match &cfg.kind {
-            HealthCheckKind::Tcp => Probe::Tcp,
+            HealthCheckKind::Tcp => Probe::Tcp { tls },
             HealthCheckKind::Http {
                 path,
                 host,
@@ -200,6 +216,7 @@ impl Probe {
                 Probe::Http {
                     request: Arc::from(request.into_bytes()),
                     expected,
+                    tls,
                 }
             }
         }
@@ -208,11 +225,34 @@ impl Probe {
     /// Runs one check (without the timeout, which the caller applies).
     pub async fn check(&self, addr: SocketAddr) -> Outcome {
         match self {
-            Probe::Tcp => match TcpStream::connect(addr).await {
-                Ok(_) => Outcome::Success,
+            Probe::Tcp { tls } => match TcpStream::connect(addr).await {
+                Ok(s) => match tls {
+                    None => Outcome::Success,
+                    Some(tls) => match tls.handshake(s, addr.ip()).await {
+                        Ok(_) => Outcome::Success,
+                        Err(_) => Outcome::NetworkFailure,
+                    },
+                },
                 Err(_) => Outcome::NetworkFailure,
             },
-            Probe::Http { request, expected } => http_check(addr, request, expected).await,
+            Probe::Http {
+                request,
+                expected,
+                tls,
+            } => {
+                let Ok(s) = TcpStream::connect(addr).await else {
+                    return Outcome::NetworkFailure;
+                };
+                let _ = s.set_nodelay(true);
+                match tls {
+                    None => http_exchange(s, request, expected).await,
+                    Some(tls) => match tls.handshake(s, addr.ip()).await {
+                        Ok(s) => http_exchange(s, request, expected).await,
+                        Err(_) => Outcome::NetworkFailure,
+                    },
+                }
+            }
+            Probe::Unusable(_) => Outcome::NetworkFailure,
             #[cfg(test)]
             Probe::Scripted(script) => {
                 let step = {
@@ -232,12 +272,13 @@ impl Probe {
     }
 }
 
-async fn http_check(addr: SocketAddr, request: &[u8], expected: &[(u16, u16)]) -> Outcome {
-    let Ok(mut s) = TcpStream::connect(addr).await else {
-        return Outcome::NetworkFailure;
-    };
-    let _ = s.set_nodelay(true);
-    if s.write_all(request).await.is_err() {
+/// Sends `request` over `s` and judges the status line of the answer.
+async fn http_exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    mut s: S,
+    request: &[u8],
+    expected: &[(u16, u16)],
+) -> Outcome {
+    if s.write_all(request).await.is_err() || s.flush().await.is_err() {
         return Outcome::NetworkFailure;
     }
     // Only the status line matters: "HTTP/1.1 200 OK\r\n".
@@ -340,6 +381,7 @@ mod tests {
             no_traffic_interval: Duration::from_secs(60),
             unhealthy_interval: Duration::from_secs(3),
             kind: HealthCheckKind::Tcp,
+            tls: None,
         }
     }
 
@@ -569,5 +611,148 @@ mod tests {
         }
         drop(l);
         assert_eq!(probe.check(addr).await, Outcome::NetworkFailure);
+    }
+
+    /// A CA and a TLS server it certifies, answering every request with
+    /// `status`, reporting the SNI each handshake carried.
+    struct TlsServer {
+        addr: SocketAddr,
+        ca_pem: String,
+        sni: tokio::sync::mpsc::UnboundedReceiver<Option<String>>,
+    }
+
+    async fn tls_server(status: u16) -> TlsServer {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_key = KeyPair::generate().unwrap();
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca_params, ca_key);
+        // Named for another host than the one checked: Envoy (and so
+        // pylon-proxy) checks the chain only.
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec!["apiserver.example".to_string()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                let (s, _) = l.accept().await.unwrap();
+                let (acceptor, tx) = (acceptor.clone(), tx.clone());
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(s).await else {
+                        return;
+                    };
+                    let _ = tx.send(tls.get_ref().1.server_name().map(str::to_string));
+                    let mut buf = vec![0u8; 1024];
+                    if tls.read(&mut buf).await.unwrap_or(0) > 0 {
+                        let answer = format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\n\r\n");
+                        let _ = tls.write_all(answer.as_bytes()).await;
+                        let _ = tls.shutdown().await;
+                    }
+                });
+            }
+        });
+        TlsServer {
+            addr,
+            ca_pem: ca.pem(),
+            sni: rx,
+        }
+    }
+
+    fn tls_probe(kind: HealthCheckKind, tls: crate::model::UpstreamTls) -> Probe {
+        let mut c = cfg(1, 1);
+        c.kind = kind;
+        c.tls = Some(tls);
+        Probe::new(&c, "api")
+    }
+
+    fn trusted(pem: &str) -> Option<crate::model::TrustedCa> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ca.crt");
+        std::fs::write(&path, pem).unwrap();
+        let filename = path.display().to_string();
+        let certs = crate::upstream::tls::read_ca_file(&filename).unwrap();
+        Some(crate::model::TrustedCa { filename, certs })
+    }
+
+    #[tokio::test]
+    async fn probes_over_tls_verify_the_chain_and_send_sni_only_when_set() {
+        use crate::model::UpstreamTls;
+        let http = HealthCheckKind::Http {
+            path: "/readyz".into(),
+            host: None,
+            expected_statuses: Vec::new(),
+        };
+        let mut ok = tls_server(200).await;
+        let other = tls_server(200).await;
+
+        // The right CA, with SNI.
+        let probe = tls_probe(
+            http.clone(),
+            UpstreamTls {
+                sni: Some("kubernetes".into()),
+                trusted_ca: trusted(&ok.ca_pem),
+            },
+        );
+        assert_eq!(probe.check(ok.addr).await, Outcome::Success);
+        assert_eq!(ok.sni.recv().await.unwrap().as_deref(), Some("kubernetes"));
+        // No SNI unless asked for.
+        let probe = tls_probe(
+            http.clone(),
+            UpstreamTls {
+                sni: None,
+                trusted_ca: trusted(&ok.ca_pem),
+            },
+        );
+        assert_eq!(probe.check(ok.addr).await, Outcome::Success);
+        assert_eq!(ok.sni.recv().await.unwrap(), None);
+        // A chain leading to another CA fails the handshake: a network failure.
+        let probe = tls_probe(
+            http.clone(),
+            UpstreamTls {
+                sni: None,
+                trusted_ca: trusted(&other.ca_pem),
+            },
+        );
+        assert_eq!(probe.check(ok.addr).await, Outcome::NetworkFailure);
+        // Without a CA any certificate passes, as in Envoy.
+        let insecure = UpstreamTls {
+            sni: None,
+            trusted_ca: None,
+        };
+        let probe = tls_probe(http.clone(), insecure.clone());
+        assert_eq!(probe.check(other.addr).await, Outcome::Success);
+        // The status still decides.
+        let failing = tls_server(500).await;
+        let probe = tls_probe(http, insecure.clone());
+        assert_eq!(probe.check(failing.addr).await, Outcome::ActiveFailure);
+        // A TCP check over TLS passes once the handshake is done.
+        let probe = tls_probe(HealthCheckKind::Tcp, insecure.clone());
+        assert_eq!(probe.check(failing.addr).await, Outcome::Success);
+        // ... and a plain server fails it.
+        let plain = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let plain_addr = plain.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = plain.accept().await {
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await;
+            }
+        });
+        assert_eq!(probe.check(plain_addr).await, Outcome::NetworkFailure);
     }
 }

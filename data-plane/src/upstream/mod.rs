@@ -7,17 +7,21 @@
 //!   and the [`ClusterSlot`]s through which the request path reaches a cluster;
 //! - [`host`]: hosts with atomic stats and health flags;
 //! - [`lb`]: weighted round robin with the panic threshold, lock-free picks;
+//! - [`dns`]: the hosts of STRICT_DNS and LOGICAL_DNS clusters, from DNS;
 //! - [`health`]: active TCP/HTTP health checks with Envoy's state machine;
+//! - [`tls`]: TLS to hosts, for health checks;
 //! - [`pool`]: upstream HTTP/1.1 exchanges with per-host connection reuse.
 //!
 //! Does not own listeners, routing or the config in force (see `listener` and
 //! `runtime`).
 
 pub mod cluster;
+pub mod dns;
 pub mod health;
 pub mod host;
 pub mod lb;
 pub mod pool;
+pub mod tls;
 
 pub use cluster::{Cluster, ClusterManager, ClusterSlot, ClusterStats, UpstreamCx};
 pub use host::Host;

@@ -360,7 +360,8 @@ impl InForce {
         let mut eff = BTreeMap::new();
         for (name, h) in &held.clusters {
             let ready = match &h.value.discovery {
-                Discovery::Static(_) => true,
+                // A DNS cluster warms in the runtime, on its first lookups.
+                Discovery::Static(_) | Discovery::Dns(_) => true,
                 Discovery::Eds { service_name } => {
                     self.pushed.endpoints.contains_key(service_name)
                         || self.expired(Kind::Cluster, name, now)
@@ -485,7 +486,7 @@ fn eds_names(
         .chain(pushed.values())
         .filter_map(|c| match &c.discovery {
             Discovery::Eds { service_name } => Some(service_name.clone()),
-            Discovery::Static(_) => None,
+            Discovery::Static(_) | Discovery::Dns(_) => None,
         })
         .collect()
 }

@@ -757,7 +757,7 @@ fn static_hosts(sink: &FakeSink, name: &str) -> Option<usize> {
         .find(|c| c.name == name)
         .map(|c| match c.discovery {
             crate::model::Discovery::Static(la) => la.endpoints.len(),
-            crate::model::Discovery::Eds { .. } => 0,
+            crate::model::Discovery::Eds { .. } | crate::model::Discovery::Dns(_) => 0,
         })
 }
 

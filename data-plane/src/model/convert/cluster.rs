@@ -13,7 +13,9 @@ use envoy_types::pb::envoy::config::core::v3::{
 };
 use envoy_types::pb::envoy::r#type::v3::{CodecClientType, Int64Range, Percent};
 
+use super::dns::{dns_discovery, DnsFields};
 use super::endpoint::endpoints;
+use super::tls::{health_check_tls, socket_matches, SocketMatch};
 use super::{
     ads_source, enum_name, optional_positive_duration, positive_duration, reject_set,
     required_name, unset, unset_or_empty, Check,
@@ -66,17 +68,17 @@ fn cluster(c: &PbCluster) -> Check<Cluster> {
         // Upstream protocol options (e.g. HTTP/2 for an xDS or gRPC cluster):
         // accepted and ignored; the upstream protocol is the runtime's choice.
         typed_extension_protocol_options: _,
-        // DNS settings only apply to STRICT_DNS/LOGICAL_DNS clusters, which are
-        // rejected below; Envoy ignores them for STATIC and EDS clusters too.
-        dns_refresh_rate: _,
-        dns_jitter: _,
-        dns_failure_refresh_rate: _,
-        respect_dns_ttl: _,
-        dns_lookup_family: _,
-        dns_resolvers: _,
-        use_tcp_for_dns_lookups: _,
-        dns_resolution_config: _,
-        typed_dns_resolver_config: _,
+        // DNS settings: read for STRICT_DNS/LOGICAL_DNS clusters (`dns`);
+        // Envoy ignores them for STATIC and EDS clusters, and so does pylon-proxy.
+        dns_refresh_rate,
+        dns_jitter,
+        dns_failure_refresh_rate,
+        respect_dns_ttl,
+        dns_lookup_family,
+        dns_resolvers,
+        use_tcp_for_dns_lookups,
+        dns_resolution_config,
+        typed_dns_resolver_config,
         wait_for_warm_on_init,
         outlier_detection,
         cleanup_interval,
@@ -109,10 +111,10 @@ fn cluster(c: &PbCluster) -> Check<Cluster> {
         lb_config,
     } = c;
     required_name(name)?;
-    // TLS first: it is the unsupported field users are most likely to set.
+    // TLS first: it is the unsupported field users are most likely to set
+    // (only a health check may use it, see `tls`).
+    let socket_matches = socket_matches(transport_socket, transport_socket_matches)?;
     reject_set!("";
-        transport_socket,
-        transport_socket_matches,
         transport_socket_matcher,
         per_connection_buffer_limit_bytes,
         per_connection_buffer_high_watermark_timeout,
@@ -189,6 +191,24 @@ fn cluster(c: &PbCluster) -> Check<Cluster> {
                 },
             }
         }
+        DiscoveryType::StrictDns | DiscoveryType::LogicalDns => {
+            unset("", "eds_cluster_config", eds_cluster_config)?;
+            Discovery::Dns(Box::new(dns_discovery(
+                kind == DiscoveryType::LogicalDns,
+                load_assignment,
+                DnsFields {
+                    refresh_rate: dns_refresh_rate,
+                    jitter: dns_jitter,
+                    failure_refresh_rate: dns_failure_refresh_rate,
+                    respect_ttl: *respect_dns_ttl,
+                    lookup_family: *dns_lookup_family,
+                    resolvers: dns_resolvers,
+                    use_tcp: *use_tcp_for_dns_lookups,
+                    resolution_config: dns_resolution_config,
+                    typed_resolver: typed_dns_resolver_config,
+                },
+            )?))
+        }
         other => return Err(format!("type {} is not supported", other.as_str_name())),
     };
 
@@ -227,7 +247,7 @@ fn cluster(c: &PbCluster) -> Check<Cluster> {
 
     let health_check = match health_checks.as_slice() {
         [] => None,
-        [hc] => Some(health_check("health_checks[0].", hc)?),
+        [hc] => Some(health_check("health_checks[0].", hc, &socket_matches)?),
         _ => return Err("health_checks: only one health check is supported".to_string()),
     };
 
@@ -327,7 +347,7 @@ fn panic_threshold(lb: &CommonLbConfig) -> Check<f64> {
     }
 }
 
-fn health_check(p: &str, hc: &PbHealthCheck) -> Check<HealthCheck> {
+fn health_check(p: &str, hc: &PbHealthCheck, sockets: &[SocketMatch]) -> Check<HealthCheck> {
     let PbHealthCheck {
         timeout,
         interval,
@@ -361,8 +381,8 @@ fn health_check(p: &str, hc: &PbHealthCheck) -> Check<HealthCheck> {
         alt_port,
         no_traffic_healthy_interval,
         tls_options,
-        transport_socket_match_criteria,
     );
+    let tls = health_check_tls(transport_socket_match_criteria, sockets);
     let timeout = positive_duration(p, "timeout", timeout)?;
     let interval = positive_duration(p, "interval", interval)?;
     let threshold =
@@ -429,6 +449,7 @@ fn health_check(p: &str, hc: &PbHealthCheck) -> Check<HealthCheck> {
         no_traffic_interval,
         unhealthy_interval,
         kind,
+        tls,
     })
 }
 

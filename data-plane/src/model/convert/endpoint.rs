@@ -11,8 +11,14 @@ use envoy_types::pb::envoy::config::endpoint::v3::{
     Endpoint as PbEndpoint, LbEndpoint, LocalityLbEndpoints,
 };
 
+use envoy_types::pb::envoy::config::core::v3::{Address, Metadata};
+
 use super::{reject_set, required_name, socket_addr, Check};
 use crate::model::{Endpoint, LoadAssignment, NackError};
+
+/// The metadata key under which Envoy matches an endpoint to a cluster's
+/// `transport_socket_matches`.
+const TRANSPORT_SOCKET_MATCH: &str = "envoy.transport_socket_match";
 
 impl TryFrom<&ClusterLoadAssignment> for LoadAssignment {
     type Error = NackError;
@@ -41,6 +47,20 @@ impl TryFrom<&ClusterLoadAssignment> for LoadAssignment {
 /// (Envoy treats all three as unhealthy); UNKNOWN, HEALTHY and DEGRADED are
 /// used. `p` prefixes field paths in messages.
 pub(super) fn endpoints(p: &str, cla: &ClusterLoadAssignment) -> Check<Vec<Endpoint>> {
+    Ok(endpoints_with(p, cla, socket_addr)?
+        .into_iter()
+        .map(|(addr, weight)| Endpoint { addr, weight })
+        .collect())
+}
+
+/// Like [`endpoints`], with each endpoint's address converted by `address`
+/// (called with the field path prefix, the field name and the field), paired
+/// with its weight. A DNS cluster takes host names where EDS takes IPs.
+pub(super) fn endpoints_with<T>(
+    p: &str,
+    cla: &ClusterLoadAssignment,
+    address: impl Fn(&str, &str, &Option<Address>) -> Check<T>,
+) -> Check<Vec<(T, u32)>> {
     let ClusterLoadAssignment {
         // The caller names the assignment (for an inline one, the cluster).
         cluster_name: _,
@@ -63,9 +83,9 @@ pub(super) fn endpoints(p: &str, cla: &ClusterLoadAssignment) -> Check<Vec<Endpo
     let mut out = Vec::new();
     for (i, locality) in endpoints.iter().enumerate() {
         let LocalityLbEndpoints {
-            // Flattened: locality, its metadata and weight are not used.
+            // Flattened: locality and weight are not used.
             locality: _,
-            metadata: _,
+            metadata,
             load_balancing_weight: _,
             lb_endpoints,
             priority,
@@ -74,8 +94,9 @@ pub(super) fn endpoints(p: &str, cla: &ClusterLoadAssignment) -> Check<Vec<Endpo
         } = locality;
         let p = format!("{p}endpoints[{i}].");
         reject_set!(&p; priority, proximity, lb_config);
+        no_transport_socket_match(&p, metadata)?;
         for (j, lb) in lb_endpoints.iter().enumerate() {
-            if let Some(e) = lb_endpoint(&format!("{p}lb_endpoints[{j}]."), lb)? {
+            if let Some(e) = lb_endpoint(&format!("{p}lb_endpoints[{j}]."), lb, &address)? {
                 out.push(e);
             }
         }
@@ -83,11 +104,32 @@ pub(super) fn endpoints(p: &str, cla: &ClusterLoadAssignment) -> Check<Vec<Endpo
     Ok(out)
 }
 
-fn lb_endpoint(p: &str, lb: &LbEndpoint) -> Check<Option<Endpoint>> {
+/// Envoy picks a cluster's `transport_socket_matches` entry for proxied
+/// connections by this metadata; pylon-proxy keeps those connections plain,
+/// so it refuses what would make Envoy use TLS for them.
+fn no_transport_socket_match(p: &str, metadata: &Option<Metadata>) -> Check<()> {
+    let set = metadata.as_ref().is_some_and(|m| {
+        m.filter_metadata.contains_key(TRANSPORT_SOCKET_MATCH)
+            || m.typed_filter_metadata.contains_key(TRANSPORT_SOCKET_MATCH)
+    });
+    if set {
+        Err(format!(
+            "{p}metadata.{TRANSPORT_SOCKET_MATCH} is not supported (proxied connections are plain TCP)"
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+fn lb_endpoint<T>(
+    p: &str,
+    lb: &LbEndpoint,
+    address: impl Fn(&str, &str, &Option<Address>) -> Check<T>,
+) -> Check<Option<(T, u32)>> {
     let LbEndpoint {
         health_status,
-        // Read by filters pylon-proxy does not have.
-        metadata: _,
+        // Read by filters pylon-proxy does not have (but see below).
+        metadata,
         load_balancing_weight,
         host_identifier,
     } = lb;
@@ -99,7 +141,7 @@ fn lb_endpoint(p: &str, lb: &LbEndpoint) -> Check<Option<Endpoint>> {
         Some(HostIdentifier::Endpoint(e)) => e,
     };
     let PbEndpoint {
-        address,
+        address: address_field,
         health_check_config,
         // Used for SNI/host rewrite and in admin output only.
         hostname: _,
@@ -107,9 +149,10 @@ fn lb_endpoint(p: &str, lb: &LbEndpoint) -> Check<Option<Endpoint>> {
         // Observability only.
         observability_name: _,
     } = endpoint;
+    no_transport_socket_match(p, metadata)?;
     let ep = format!("{p}endpoint.");
     reject_set!(&ep; health_check_config, additional_addresses);
-    let addr = socket_addr(&ep, "address", address)?;
+    let addr = address(&ep, "address", address_field)?;
     let weight = match load_balancing_weight {
         None => 1,
         Some(w) if w.value == 0 => {
@@ -121,5 +164,5 @@ fn lb_endpoint(p: &str, lb: &LbEndpoint) -> Check<Option<Endpoint>> {
         HealthStatus::try_from(*health_status),
         Ok(HealthStatus::Unhealthy | HealthStatus::Draining | HealthStatus::Timeout)
     );
-    Ok((!skip).then_some(Endpoint { addr, weight }))
+    Ok((!skip).then_some((addr, weight)))
 }

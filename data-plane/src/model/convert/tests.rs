@@ -80,6 +80,7 @@ fn tcp_check() -> HealthCheck {
         no_traffic_interval: secs(60),
         unhealthy_interval: secs(10),
         kind: HealthCheckKind::Tcp,
+        tls: None,
     }
 }
 
@@ -117,6 +118,7 @@ fn clusters_ok() {
                         host: Some("api".into()),
                         expected_statuses: vec![(200, 300)],
                     },
+                    tls: None,
                     ..tcp_check()
                 }),
                 ..eds_cluster("a", "a")
@@ -131,6 +133,7 @@ fn clusters_ok() {
                         host: None,
                         expected_statuses: vec![(200, 201)],
                     },
+                    tls: None,
                     ..tcp_check()
                 }),
                 ..eds_cluster("a", "a")
@@ -196,8 +199,8 @@ fn clusters_nack() {
     let table: Vec<(String, &str)> = vec![
         (format!("{EDS}lb_policy: MAGLEV\n"), "cluster a: lb_policy MAGLEV is not supported"),
         (format!("{EDS}lb_policy: LEAST_REQUEST\n"), "cluster a: lb_policy LEAST_REQUEST is not supported"),
-        ("name: a\ntype: STRICT_DNS\n".into(), "cluster a: type STRICT_DNS is not supported"),
-        ("name: a\ntype: LOGICAL_DNS\n".into(), "cluster a: type LOGICAL_DNS is not supported"),
+        ("name: a\ntype: LOGICAL_DNS\n".into(), "cluster a: LOGICAL_DNS clusters must have a single locality_lb_endpoint and a single lb_endpoint"),
+        ("name: a\ntype: ORIGINAL_DST\n".into(), "cluster a: type ORIGINAL_DST is not supported"),
         ("name: a\ncluster_type: {name: envoy.clusters.aggregate}\n".into(), "cluster a: cluster_type envoy.clusters.aggregate is not supported"),
         ("name: a\ntype: EDS\n".into(), "cluster a: eds_cluster_config is required for an EDS cluster"),
         ("name: a\ntype: EDS\neds_cluster_config: {}\n".into(), "cluster a: eds_cluster_config.eds_config is required"),
@@ -205,7 +208,7 @@ fn clusters_nack() {
         ("name: a\ntype: EDS\neds_cluster_config: {eds_config: {ads: {}, initial_fetch_timeout: 1s}}\n".into(), "cluster a: eds_cluster_config.eds_config.initial_fetch_timeout is not supported"),
         (format!("{EDS}load_assignment: {{cluster_name: a}}\n"), "cluster a: load_assignment is not supported"),
         ("name: a\neds_cluster_config: {eds_config: {ads: {}}}\n".into(), "cluster a: eds_cluster_config is not supported"),
-        (format!("{EDS}transport_socket: {{name: envoy.transport_sockets.tls}}\n"), "cluster a: transport_socket is not supported"),
+        (format!("{EDS}transport_socket: {{name: envoy.transport_sockets.tls}}\n"), "cluster a: transport_socket.typed_config is required"),
         (format!("{EDS}circuit_breakers: {{per_host_thresholds: [{{max_connections: 10}}]}}\n"), "cluster a: circuit_breakers.per_host_thresholds is not supported"),
         (format!("{EDS}circuit_breakers: {{thresholds: [{{max_connections: 10}}, {{max_requests: 1, retry_budget: {{}}}}]}}\n"), "cluster a: circuit_breakers.thresholds[1].retry_budget is not supported"),
         (format!("{EDS}circuit_breakers: {{thresholds: [{{max_connection_pools: 10}}]}}\n"), "cluster a: circuit_breakers.thresholds[0].max_connection_pools is not supported"),
@@ -652,4 +655,198 @@ api_listener: {}
 ",
     );
     assert_eq!(decode(type_url::LISTENER, &api.encode_to_vec()), Ok(None));
+}
+
+const STRICT: &str = "name: d\ntype: STRICT_DNS\n";
+
+fn dns_la(hosts: &[(&str, u32)]) -> String {
+    let eps: Vec<String> = hosts
+        .iter()
+        .map(|(h, p)| {
+            format!(
+                "{{endpoint: {{address: {{socket_address: {{address: {h}, port_value: {p}}}}}}}}}"
+            )
+        })
+        .collect();
+    format!(
+        "load_assignment: {{cluster_name: d, endpoints: [{{lb_endpoints: [{}]}}]}}\n",
+        eps.join(", ")
+    )
+}
+
+fn dns_of(c: Cluster) -> DnsDiscovery {
+    match c.discovery {
+        Discovery::Dns(d) => *d,
+        other => panic!("not a DNS cluster: {other:?}"),
+    }
+}
+
+#[test]
+fn dns_clusters() {
+    // Envoy's defaults: refresh 5 s, AUTO, the system's resolver, c-ares's 5 s / 4 tries.
+    let d = dns_of(
+        cluster(&format!(
+            "{STRICT}{}",
+            dns_la(&[("service1", 80), ("10.0.0.1", 81)])
+        ))
+        .unwrap(),
+    );
+    assert!(!d.logical);
+    assert_eq!(
+        d.targets,
+        vec![
+            DnsTarget {
+                host: "service1".into(),
+                port: 80,
+                weight: 1
+            },
+            DnsTarget {
+                host: "10.0.0.1".into(),
+                port: 81,
+                weight: 1
+            },
+        ]
+    );
+    assert_eq!(d.refresh_rate, secs(5));
+    assert_eq!(d.failure_refresh, None);
+    assert_eq!(d.lookup_family, LookupFamily::Auto);
+    assert!(d.resolvers.is_empty() && !d.use_tcp && !d.respect_ttl);
+    assert_eq!((d.query_timeout, d.query_tries), (secs(5), 4));
+
+    // Every setting, with the c-ares resolver.
+    let yaml = format!(
+        "name: d\ntype: LOGICAL_DNS\n{}dns_refresh_rate: 2s\ndns_failure_refresh_rate: {{base_interval: 1s}}\nrespect_dns_ttl: true\ndns_jitter: 1s\ndns_lookup_family: V4_ONLY\n\
+typed_dns_resolver_config:\n  name: envoy.network.dns_resolver.cares\n  typed_config:\n    \"@type\": type.googleapis.com/envoy.extensions.network.dns_resolver.cares.v3.CaresDnsResolverConfig\n    resolvers: [{{socket_address: {{address: 127.0.0.1, port_value: 15353}}}}]\n    dns_resolver_options: {{use_tcp_for_dns_lookups: true, no_default_search_domain: true}}\n    query_timeout_seconds: 1\n    query_tries: 2\n    udp_max_queries: 100\n",
+        dns_la(&[("api.example", 6443)])
+    );
+    let d = dns_of(cluster(&yaml).unwrap());
+    assert!(d.logical);
+    assert_eq!(d.refresh_rate, secs(2));
+    assert_eq!(d.failure_refresh, Some((secs(1), secs(10))));
+    assert!(d.respect_ttl);
+    assert_eq!(d.jitter, Some(secs(1)));
+    assert_eq!(d.lookup_family, LookupFamily::V4Only);
+    assert_eq!(d.resolvers, vec!["127.0.0.1:15353".parse().unwrap()]);
+    assert!(d.use_tcp && d.no_default_search_domain);
+    assert_eq!((d.query_timeout, d.query_tries), (secs(1), 2));
+
+    // The older spellings of the resolver.
+    let d = dns_of(cluster(&format!("{STRICT}dns_resolvers: [{{socket_address: {{address: 127.0.0.2, port_value: 53}}}}]\nuse_tcp_for_dns_lookups: true\n")).unwrap());
+    assert_eq!(d.resolvers, vec!["127.0.0.2:53".parse().unwrap()]);
+    assert!(d.use_tcp);
+    let d = dns_of(cluster(&format!("{STRICT}dns_resolution_config: {{resolvers: [{{socket_address: {{address: 127.0.0.3, port_value: 5353}}}}]}}\n")).unwrap());
+    assert_eq!(d.resolvers, vec!["127.0.0.3:5353".parse().unwrap()]);
+    // getaddrinfo is the system's resolver.
+    let d = dns_of(cluster(&format!("{STRICT}typed_dns_resolver_config: {{name: g, typed_config: {{\"@type\": type.googleapis.com/envoy.extensions.network.dns_resolver.getaddrinfo.v3.GetAddrInfoDnsResolverConfig}}}}\n")).unwrap());
+    assert!(d.resolvers.is_empty());
+
+    let nacks: Vec<(String, &str)> = vec![
+        (format!("name: d\ntype: LOGICAL_DNS\n{}", dns_la(&[("a", 1), ("b", 2)])), "cluster d: LOGICAL_DNS clusters must have a single locality_lb_endpoint and a single lb_endpoint"),
+        (format!("{STRICT}dns_refresh_rate: 0s\n"), "cluster d: dns_refresh_rate must be at least 1ms"),
+        (format!("{STRICT}dns_failure_refresh_rate: {{base_interval: 2s, max_interval: 1s}}\n"), "cluster d: dns_failure_refresh_rate.max_interval must be at least base_interval"),
+        (format!("{STRICT}typed_dns_resolver_config: {{name: c, typed_config: {{\"@type\": type.googleapis.com/envoy.extensions.network.dns_resolver.cares.v3.CaresDnsResolverConfig, use_resolvers_as_fallback: true}}}}\n"), "cluster d: typed_dns_resolver_config.typed_config.use_resolvers_as_fallback is not supported"),
+        (format!("{STRICT}typed_dns_resolver_config: {{name: c, typed_config: {{\"@type\": type.googleapis.com/envoy.extensions.network.dns_resolver.cares.v3.CaresDnsResolverConfig, qcache_max_ttl: 60}}}}\n"), "cluster d: typed_dns_resolver_config.typed_config.qcache_max_ttl is not supported (pylon-proxy keeps no DNS cache)"),
+        (format!("{STRICT}typed_dns_resolver_config: {{name: c, typed_config: {{\"@type\": type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer}}}}\n"), "cluster d: typed_dns_resolver_config.typed_config.type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer is not supported (c-ares or getaddrinfo)"),
+        (format!("{STRICT}{}", dns_la(&[("a b", 80)]).replace("port_value: 80", "named_port: http")), "cluster d: load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address.named_port is not supported"),
+        (format!("{STRICT}eds_cluster_config: {{eds_config: {{ads: {{}}}}}}\n"), "cluster d: eds_cluster_config is not supported"),
+    ];
+    for (yaml, want) in nacks {
+        assert_eq!(cluster(&yaml), Err(want.to_string()), "{yaml}");
+    }
+}
+
+/// A CA file for the TLS tests.
+fn ca_file() -> (tempfile::TempDir, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["pylon-test".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ca.crt");
+    std::fs::write(&path, cert.pem()).unwrap();
+    (dir, path.display().to_string())
+}
+
+fn tls_socket(ctx: &str) -> String {
+    format!("{{name: envoy.transport_sockets.tls, typed_config: {{\"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext{ctx}}}}}")
+}
+
+#[test]
+fn health_checks_over_tls() {
+    let (_dir, ca) = ca_file();
+    let matches = format!(
+        "transport_socket_matches:\n- name: hc\n  match: {{pylon.health_check: tls}}\n  transport_socket: {}\n",
+        tls_socket(&format!(", sni: kubernetes, common_tls_context: {{validation_context: {{trusted_ca: {{filename: {ca}}}}}}}"))
+    );
+    let check = |criteria: &str| {
+        format!("{HC}, transport_socket_match_criteria: {criteria}, http_health_check: {{path: /readyz}}}}]\n")
+    };
+    let c = cluster(&format!(
+        "{EDS}{matches}{}",
+        check("{pylon.health_check: tls, other: 1}")
+    ))
+    .unwrap();
+    let tls = c.health_check.unwrap().tls.unwrap();
+    assert_eq!(tls.sni.as_deref(), Some("kubernetes"));
+    let trusted = tls.trusted_ca.unwrap();
+    assert_eq!(trusted.filename, ca);
+    assert_eq!(trusted.certs.len(), 1);
+    // Criteria that select no entry: the cluster's plain socket.
+    let c = cluster(&format!(
+        "{EDS}{matches}{}",
+        check("{pylon.health_check: plain}")
+    ))
+    .unwrap();
+    assert_eq!(c.health_check.unwrap().tls, None);
+    // No validation context: nothing verified, as in Envoy.
+    let c = cluster(&format!(
+        "{EDS}transport_socket_matches: [{{name: hc, match: {{k: v}}, transport_socket: {}}}]\n{}",
+        tls_socket(""),
+        check("{k: v}")
+    ))
+    .unwrap();
+    assert_eq!(
+        c.health_check.unwrap().tls,
+        Some(UpstreamTls {
+            sni: None,
+            trusted_ca: None
+        })
+    );
+
+    let nacks: Vec<(String, String)> = vec![
+        (
+            format!("{EDS}transport_socket: {}\n", tls_socket("")),
+            "cluster a: transport_socket: TLS to proxied connections is not supported (TLS is for health checks only, through transport_socket_matches)".into(),
+        ),
+        (
+            format!("{EDS}transport_socket_matches: [{{name: all, transport_socket: {}}}]\n", tls_socket("")),
+            "cluster a: transport_socket_matches[0].match: an empty match applies to every endpoint's proxied connections, which pylon-proxy keeps plain; give it a key that only a health check's transport_socket_match_criteria names".into(),
+        ),
+        (
+            format!("{EDS}transport_socket_matches: [{{name: m, match: {{k: v}}, transport_socket: {}}}]\n", tls_socket(", common_tls_context: {alpn_protocols: [h2]}")),
+            "cluster a: transport_socket_matches[0].transport_socket.typed_config.common_tls_context.alpn_protocols is not supported".into(),
+        ),
+        (
+            format!("{EDS}transport_socket_matches: [{{name: m, match: {{k: v}}, transport_socket: {}}}]\n", tls_socket(", common_tls_context: {validation_context: {trusted_ca: {inline_string: x}}}")),
+            "cluster a: transport_socket_matches[0].transport_socket.typed_config.common_tls_context.validation_context.trusted_ca.only filename is supported (a CA file on the proxy's host)".into(),
+        ),
+        (
+            format!("{EDS}transport_socket_matches: [{{name: m, match: {{k: v}}, transport_socket: {}}}]\n", tls_socket(", common_tls_context: {validation_context: {trusted_ca: {filename: /nonexistent/ca.crt}, match_typed_subject_alt_names: [{san_type: DNS, matcher: {exact: a}}]}}")),
+            "cluster a: transport_socket_matches[0].transport_socket.typed_config.common_tls_context.validation_context.match_typed_subject_alt_names is not supported".into(),
+        ),
+        (
+            format!("{EDS}transport_socket_matches: [{{name: m, match: {{k: v}}, transport_socket: {}}}]\n", tls_socket(", common_tls_context: {validation_context: {trusted_ca: {filename: /nonexistent/ca.crt}}}")),
+            "cluster a: transport_socket_matches[0].transport_socket.typed_config.common_tls_context.validation_context.trusted_ca.filename: cannot read /nonexistent/ca.crt: No such file or directory (os error 2)".into(),
+        ),
+        (
+            format!("{EDS}{HC}, tls_options: {{alpn_protocols: [h2]}}, tcp_health_check: {{}}}}]\n"),
+            "cluster a: health_checks[0].tls_options is not supported".into(),
+        ),
+    ];
+    for (yaml, want) in nacks {
+        assert_eq!(cluster(&yaml), Err(want), "{yaml}");
+    }
+    let err = cla("cluster_name: a\nendpoints: [{lb_endpoints: [{metadata: {filter_metadata: {envoy.transport_socket_match: {k: v}}}, endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: 1}}}}]}]\n").unwrap_err();
+    assert_eq!(err, "load assignment a: endpoints[0].lb_endpoints[0].metadata.envoy.transport_socket_match is not supported (proxied connections are plain TCP)");
 }
