@@ -28,6 +28,7 @@
 mod cluster;
 mod endpoint;
 mod listener;
+mod retry;
 mod route;
 
 #[cfg(test)]

@@ -8,6 +8,9 @@
 //! - [`host`]: hosts with atomic stats and health flags;
 //! - [`lb`]: weighted round robin with the panic threshold, lock-free picks;
 //! - [`health`]: active TCP/HTTP health checks with Envoy's state machine;
+//! - [`outlier`]: outlier detection (passive health checks) with Envoy's
+//!   ejection algorithm;
+//! - [`replay`]: request bodies kept so that a retry can send them again;
 //! - [`pool`]: upstream HTTP/1.1 exchanges with per-host connection reuse.
 //!
 //! Does not own listeners, routing or the config in force (see `listener` and
@@ -17,9 +20,11 @@ pub mod cluster;
 pub mod health;
 pub mod host;
 pub mod lb;
+pub mod outlier;
 pub mod pool;
+pub mod replay;
 
-pub use cluster::{Cluster, ClusterManager, ClusterSlot, ClusterStats, UpstreamCx};
+pub use cluster::{Cluster, ClusterManager, ClusterSlot, ClusterStats, RetryGuard, UpstreamCx};
 pub use host::Host;
 
 /// Why an upstream TCP connection could not be opened.
