@@ -69,6 +69,10 @@ pub mod type_url {
     /// Upstream HTTP protocol options (used to make the xDS cluster speak HTTP/2).
     pub const HTTP_PROTOCOL_OPTIONS: &str =
         "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+    /// The `previous_hosts` retry host predicate's config: retries avoid the
+    /// hosts already tried.
+    pub const PREVIOUS_HOSTS: &str =
+        "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate";
 
     /// Filter names, as Envoy spells them.
     pub const TCP_PROXY_FILTER: &str = "envoy.filters.network.tcp_proxy";
@@ -76,6 +80,8 @@ pub mod type_url {
     pub const HCM_FILTER: &str = "envoy.filters.network.http_connection_manager";
     /// The router's HTTP filter name.
     pub const ROUTER_FILTER: &str = "envoy.filters.http.router";
+    /// The `previous_hosts` retry host predicate's name.
+    pub const PREVIOUS_HOSTS_PREDICATE: &str = "envoy.retry_host_predicates.previous_hosts";
 
     /// The explicit wildcard resource name.
     pub const WILDCARD: &str = "*";

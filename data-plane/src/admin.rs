@@ -278,8 +278,13 @@ impl Admin {
                 let _ = writeln!(out, "{n}::{a}::sub_zone::");
                 let _ = writeln!(out, "{n}::{a}::canary::false");
                 let _ = writeln!(out, "{n}::{a}::priority::0");
-                let _ = writeln!(out, "{n}::{a}::success_rate::-1");
-                let _ = writeln!(out, "{n}::{a}::local_origin_success_rate::-1");
+                let rate = |r: Option<f64>| r.map_or_else(|| "-1".to_owned(), |r| r.to_string());
+                let _ = writeln!(out, "{n}::{a}::success_rate::{}", rate(h.success_rate));
+                let _ = writeln!(
+                    out,
+                    "{n}::{a}::local_origin_success_rate::{}",
+                    rate(h.local_origin_success_rate)
+                );
             }
         }
         out
@@ -303,7 +308,12 @@ impl Admin {
                             {"name": "rq_active", "value": h.rq_active},
                             {"name": "rq_total", "value": h.rq_total},
                         ],
-                        "health_status": {"eds_health_status": if h.health_flags == "healthy" { "HEALTHY" } else { "UNHEALTHY" }, "failed_active_health_check": h.health_flags.contains("failed_active_hc")},
+                        "health_status": {
+                            "eds_health_status": "HEALTHY",
+                            "failed_active_health_check": h.health_flags.contains("failed_active_hc"),
+                            "failed_outlier_check": h.health_flags.contains("failed_outlier_check"),
+                            "pending_dynamic_removal": h.health_flags.contains("pending_dynamic_removal"),
+                        },
                         "weight": h.weight,
                     })).collect::<Vec<_>>(),
                 })

@@ -1,7 +1,8 @@
 //! In-process backends that stand in for real upstreams, each bound on a
 //! loopback address and stoppable:
 //!
-//! - [`HttpServer`]: HTTP/1.1 replica answering its own id, counting requests.
+//! - [`HttpServer`]: HTTP/1.1 replica answering its own id, counting requests;
+//!   the status it answers can be changed (a replica that starts failing).
 //! - [`HeaderEcho`]: HTTP/1.1 server answering with the request line and
 //!   headers it received, and response headers naming one in `Connection`.
 //! - [`Silent`]: accepts connections and never answers (a hung upstream).
@@ -16,7 +17,7 @@
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -96,13 +97,15 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
 
 // ---------------------------------------------------------------------------
 
-/// An HTTP/1.1 replica: every request is answered `200` with body `<id>`,
-/// header `x-backend-id: <id>` and header `x-request-path: <path as received>`.
+/// An HTTP/1.1 replica: every request is answered `200` (or the status set
+/// with [`HttpServer::set_status`]) with body `<id>`, header
+/// `x-backend-id: <id>` and header `x-request-path: <path as received>`.
 #[derive(Debug)]
 pub struct HttpServer {
     id: String,
     addr: SocketAddr,
     served: Arc<AtomicU64>,
+    status: Arc<AtomicU16>,
     serving: Serving,
 }
 
@@ -121,13 +124,16 @@ impl HttpServer {
             .with_context(|| format!("replica {id} binding {addr}"))?;
         let addr = listener.local_addr()?;
         let served = Arc::new(AtomicU64::new(0));
-        let (id_owned, counter) = (id.to_string(), served.clone());
+        let status = Arc::new(AtomicU16::new(200));
+        let (id_owned, counter, answer) = (id.to_string(), served.clone(), status.clone());
         let serving = Serving::spawn(listener, move |stream| {
-            let (id, counter) = (id_owned.clone(), counter.clone());
+            let (id, counter, answer) = (id_owned.clone(), counter.clone(), answer.clone());
             async move {
                 let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                     counter.fetch_add(1, Ordering::SeqCst);
-                    let mut resp = text(StatusCode::OK, id.clone());
+                    let status = StatusCode::from_u16(answer.load(Ordering::SeqCst))
+                        .unwrap_or(StatusCode::OK);
+                    let mut resp = text(status, id.clone());
                     let headers = resp.headers_mut();
                     if let Ok(v) = id.parse() {
                         headers.insert("x-backend-id", v);
@@ -152,8 +158,14 @@ impl HttpServer {
             id: id.to_string(),
             addr,
             served,
+            status,
             serving,
         })
+    }
+
+    /// Answers every request from now on with `status`.
+    pub fn set_status(&self, status: u16) {
+        self.status.store(status, Ordering::SeqCst);
     }
 
     pub fn id(&self) -> &str {

@@ -8,10 +8,11 @@
 //! health_check{tcp: {} | http: {path} | https: {path, ca |
 //! insecure_skip_verify}, interval, timeout,
 //! unhealthy_threshold, healthy_threshold}, endpoints: ["ip:port"],
-//! circuit_breakers?}` and `listeners[].{name, address, tcp_proxy: {cluster}
-//! | http: {routes: [{prefix, cluster, prefix_rewrite?, timeout?}]}}`, plus
-//! Envoy-native HTTP listeners ([`NativeHttpListener`]) under
-//! `static_resources.listeners`, for connection manager settings the concise
+//! circuit_breakers?, outlier_detection?}` and `listeners[].{name, address,
+//! tcp_proxy: {cluster, max_connect_attempts?} | http: {routes: [{prefix,
+//! cluster, prefix_rewrite?, timeout?, retries?}]}}`, plus Envoy-native HTTP
+//! listeners ([`NativeHttpListener`]) and health-checked STATIC clusters
+//! ([`NativeCluster`]) under `static_resources`, for settings the concise
 //! form does not have.
 
 use std::fmt::Write as _;
@@ -24,9 +25,10 @@ pub struct PylonConfig {
     pub clusters: Vec<Cluster>,
     pub listeners: Vec<Listener>,
     pub native_listeners: Vec<NativeHttpListener>,
-    /// Envoy-native clusters, each the YAML of one `static_resources.clusters`
+    pub native_clusters: Vec<NativeCluster>,
+    /// Envoy-native clusters written as YAML, each one `static_resources.clusters`
     /// entry (a map, without the leading `- `), such as a STRICT_DNS cluster.
-    pub native_clusters: Vec<String>,
+    pub native_cluster_yaml: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -41,6 +43,39 @@ pub struct Cluster {
     /// `dns_refresh`, for the names.
     pub dns_refresh: Option<Duration>,
     pub circuit_breakers: Option<CircuitBreakers>,
+    pub outlier_detection: Option<OutlierDetection>,
+}
+
+/// `outlier_detection` of a concise cluster; `None` leaves a field out.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OutlierDetection {
+    pub consecutive_5xx: Option<u32>,
+    pub consecutive_gateway_failure: Option<u32>,
+    pub consecutive_local_origin_failure: Option<u32>,
+    pub interval: Option<Duration>,
+    pub base_ejection_time: Option<Duration>,
+    pub max_ejection_percent: Option<u32>,
+}
+
+/// `retries` of a concise route; `None` leaves a field out (`Retries::default()`
+/// renders `retries: {}`).
+#[derive(Debug, Clone, Default)]
+pub struct Retries {
+    /// Conditions, as written in the YAML (`connect-failure`, `5xx`, ...).
+    pub on: Option<Vec<String>>,
+    pub num_retries: Option<u32>,
+    pub per_try_timeout: Option<Duration>,
+}
+
+/// An Envoy-native STATIC cluster (served as EDS by pylon-xds) with a TCP
+/// health check and, when set, an explicit `ignore_health_on_host_removal`.
+#[derive(Debug, Clone)]
+pub struct NativeCluster {
+    pub name: String,
+    pub endpoints: Vec<SocketAddr>,
+    /// The check's interval, timeout and `no_traffic_interval`; thresholds 1.
+    pub check_interval: Duration,
+    pub ignore_health_on_host_removal: Option<bool>,
 }
 
 /// `circuit_breakers` of a concise cluster; `None` leaves a threshold out.
@@ -115,8 +150,13 @@ pub struct Listener {
 
 #[derive(Debug, Clone)]
 pub enum ListenerKind {
-    TcpProxy { cluster: String },
-    Http { routes: Vec<Route> },
+    TcpProxy {
+        cluster: String,
+        max_connect_attempts: Option<u32>,
+    },
+    Http {
+        routes: Vec<Route>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -125,6 +165,7 @@ pub struct Route {
     pub cluster: String,
     pub prefix_rewrite: Option<String>,
     pub timeout: Option<Duration>,
+    pub retries: Option<Retries>,
 }
 
 /// Renders a duration in the concise form (`"250ms"`).
@@ -144,6 +185,7 @@ impl Cluster {
             named_endpoints: Vec::new(),
             dns_refresh: None,
             circuit_breakers: None,
+            outlier_detection: None,
         }
     }
 
@@ -152,6 +194,12 @@ impl Cluster {
         self.named_endpoints
             .extend(names.iter().map(|n| n.to_string()));
         self.dns_refresh = Some(refresh);
+        self
+    }
+
+    /// Sets `outlier_detection`.
+    pub fn outlier_detection(mut self, od: OutlierDetection) -> Self {
+        self.outlier_detection = Some(od);
         self
     }
 
@@ -219,8 +267,21 @@ impl Listener {
             address,
             kind: ListenerKind::TcpProxy {
                 cluster: cluster.to_string(),
+                max_connect_attempts: None,
             },
         }
+    }
+
+    /// Sets a TCP proxy's `max_connect_attempts`.
+    pub fn max_connect_attempts(mut self, n: u32) -> Self {
+        if let ListenerKind::TcpProxy {
+            max_connect_attempts,
+            ..
+        } = &mut self.kind
+        {
+            *max_connect_attempts = Some(n);
+        }
+        self
     }
 
     pub fn http(name: &str, address: SocketAddr, routes: Vec<Route>) -> Self {
@@ -239,7 +300,14 @@ impl Route {
             cluster: cluster.to_string(),
             prefix_rewrite: None,
             timeout: None,
+            retries: None,
         }
+    }
+
+    /// Sets `retries`.
+    pub fn retries(mut self, r: Retries) -> Self {
+        self.retries = Some(r);
+        self
     }
 
     pub fn rewrite(mut self, to: &str) -> Self {
@@ -277,6 +345,16 @@ impl PylonConfig {
     pub fn native_listener(mut self, l: NativeHttpListener) -> Self {
         self.native_listeners.push(l);
         self
+    }
+
+    pub fn native_cluster(mut self, c: NativeCluster) -> Self {
+        self.native_clusters.push(c);
+        self
+    }
+
+    /// The native cluster named `name`, for in-place edits between pushes.
+    pub fn native_cluster_mut(&mut self, name: &str) -> Option<&mut NativeCluster> {
+        self.native_clusters.iter_mut().find(|c| c.name == name)
     }
 
     /// The cluster named `name`, for in-place edits between pushes.
@@ -344,6 +422,37 @@ impl PylonConfig {
             if let Some(d) = c.dns_refresh {
                 let _ = writeln!(y, "    dns_refresh: {}", q(&duration(d)));
             }
+            if let Some(od) = &c.outlier_detection {
+                y.push_str("    outlier_detection:\n");
+                for (key, value) in [
+                    ("consecutive_5xx", od.consecutive_5xx),
+                    (
+                        "consecutive_gateway_failure",
+                        od.consecutive_gateway_failure,
+                    ),
+                    (
+                        "consecutive_local_origin_failure",
+                        od.consecutive_local_origin_failure,
+                    ),
+                    ("max_ejection_percent", od.max_ejection_percent),
+                ] {
+                    if let Some(v) = value {
+                        let _ = writeln!(y, "      {key}: {v}");
+                    }
+                }
+                for (key, value) in [
+                    ("interval", od.interval),
+                    ("base_ejection_time", od.base_ejection_time),
+                ] {
+                    if let Some(v) = value {
+                        let _ = writeln!(y, "      {key}: {}", q(&duration(v)));
+                    }
+                }
+                if y.ends_with("outlier_detection:\n") {
+                    y.truncate(y.len() - 1);
+                    y.push_str(" {}\n");
+                }
+            }
             if c.endpoints.is_empty() && c.named_endpoints.is_empty() {
                 y.push_str("    endpoints: []\n");
             } else {
@@ -365,8 +474,14 @@ impl PylonConfig {
             let _ = writeln!(y, "  - name: {}", q(&l.name));
             let _ = writeln!(y, "    address: {}", q(&l.address.to_string()));
             match &l.kind {
-                ListenerKind::TcpProxy { cluster } => {
+                ListenerKind::TcpProxy {
+                    cluster,
+                    max_connect_attempts,
+                } => {
                     let _ = writeln!(y, "    tcp_proxy:\n      cluster: {}", q(cluster));
+                    if let Some(n) = max_connect_attempts {
+                        let _ = writeln!(y, "      max_connect_attempts: {n}");
+                    }
                 }
                 ListenerKind::Http { routes } => {
                     y.push_str("    http:\n      routes:\n");
@@ -379,11 +494,17 @@ impl PylonConfig {
                         if let Some(t) = r.timeout {
                             let _ = writeln!(y, "          timeout: {}", q(&duration(t)));
                         }
+                        if let Some(re) = &r.retries {
+                            render_retries(&mut y, re);
+                        }
                     }
                 }
             }
         }
-        if !self.native_listeners.is_empty() || !self.native_clusters.is_empty() {
+        if !self.native_listeners.is_empty()
+            || !self.native_clusters.is_empty()
+            || !self.native_cluster_yaml.is_empty()
+        {
             y.push_str("static_resources:\n");
         }
         if !self.native_listeners.is_empty() {
@@ -392,10 +513,13 @@ impl PylonConfig {
         for l in &self.native_listeners {
             l.render(&mut y);
         }
-        if !self.native_clusters.is_empty() {
+        if !self.native_clusters.is_empty() || !self.native_cluster_yaml.is_empty() {
             y.push_str("  clusters:\n");
         }
         for c in &self.native_clusters {
+            c.render(&mut y);
+        }
+        for c in &self.native_cluster_yaml {
             for (i, line) in c.lines().enumerate() {
                 let lead = if i == 0 { "  - " } else { "    " };
                 let _ = writeln!(y, "{lead}{line}");
@@ -404,10 +528,68 @@ impl PylonConfig {
         y
     }
 
-    /// Adds an Envoy-native cluster (see [`PylonConfig::native_clusters`]).
-    pub fn native_cluster(mut self, yaml: &str) -> Self {
-        self.native_clusters.push(yaml.to_string());
+    /// Adds an Envoy-native cluster written as YAML (see
+    /// [`PylonConfig::native_cluster_yaml`]).
+    pub fn native_cluster_yaml(mut self, yaml: &str) -> Self {
+        self.native_cluster_yaml.push(yaml.to_string());
         self
+    }
+}
+
+fn render_retries(y: &mut String, r: &Retries) {
+    let mut fields = Vec::new();
+    if let Some(on) = &r.on {
+        fields.push(format!("on: [{}]", on.join(", ")));
+    }
+    if let Some(n) = r.num_retries {
+        fields.push(format!("num_retries: {n}"));
+    }
+    if let Some(t) = r.per_try_timeout {
+        fields.push(format!("per_try_timeout: {}", q(&duration(t))));
+    }
+    let _ = writeln!(y, "          retries: {{{}}}", fields.join(", "));
+}
+
+impl NativeCluster {
+    /// A cluster of `endpoints` checked every `check_interval`.
+    pub fn new(name: &str, endpoints: &[SocketAddr], check_interval: Duration) -> Self {
+        NativeCluster {
+            name: name.to_string(),
+            endpoints: endpoints.to_vec(),
+            check_interval,
+            ignore_health_on_host_removal: None,
+        }
+    }
+
+    fn render(&self, y: &mut String) {
+        let _ = writeln!(y, "  - name: {}", q(&self.name));
+        y.push_str("    type: STATIC\n    connect_timeout: 1s\n");
+        if let Some(keep) = self.ignore_health_on_host_removal {
+            let _ = writeln!(y, "    ignore_health_on_host_removal: {keep}");
+        }
+        // Native durations are seconds: "0.2s".
+        let i = format!("{}s", self.check_interval.as_secs_f64());
+        let _ = writeln!(
+            y,
+            "    health_checks:\n    - {{timeout: {i}, interval: {i}, no_traffic_interval: {i}, unhealthy_threshold: 1, healthy_threshold: 1, tcp_health_check: {{}}}}"
+        );
+        let _ = writeln!(
+            y,
+            "    load_assignment:\n      cluster_name: {}\n      endpoints:\n      - lb_endpoints:",
+            q(&self.name)
+        );
+        if self.endpoints.is_empty() {
+            y.truncate(y.len() - "\n      - lb_endpoints:\n".len());
+            y.push_str(" []\n");
+        }
+        for e in &self.endpoints {
+            let _ = writeln!(
+                y,
+                "        - endpoint: {{address: {{socket_address: {{address: {}, port_value: {}}}}}}}",
+                q(&e.ip().to_string()),
+                e.port()
+            );
+        }
     }
 }
 
@@ -534,5 +716,62 @@ listeners:
             "{y}"
         );
         assert!(y.contains("          request_headers_timeout: 1s\n"), "{y}");
+    }
+
+    #[test]
+    fn renders_outlier_detection_retries_and_native_clusters() {
+        let a: SocketAddr = "127.0.0.2:8080".parse().unwrap();
+        let b: SocketAddr = "127.0.0.3:8080".parse().unwrap();
+        let y = PylonConfig::new()
+            .cluster(
+                Cluster::new("web", &[a]).outlier_detection(OutlierDetection {
+                    consecutive_5xx: Some(3),
+                    base_ejection_time: Some(Duration::from_secs(3)),
+                    ..Default::default()
+                }),
+            )
+            .cluster(Cluster::new("plain", &[a]).outlier_detection(OutlierDetection::default()))
+            .native_cluster(NativeCluster {
+                ignore_health_on_host_removal: Some(false),
+                ..NativeCluster::new("keep", &[a, b], Duration::from_millis(200))
+            })
+            .native_cluster(NativeCluster::new("none", &[], Duration::from_secs(1)))
+            .listener(
+                Listener::tcp_proxy("api", "127.0.0.1:7000".parse().unwrap(), "web")
+                    .max_connect_attempts(1),
+            )
+            .listener(Listener::http(
+                "front",
+                "127.0.0.1:7001".parse().unwrap(),
+                vec![
+                    Route::prefix("/a", "web").retries(Retries {
+                        on: Some(vec!["5xx".into()]),
+                        num_retries: Some(1),
+                        per_try_timeout: Some(Duration::from_secs(2)),
+                    }),
+                    Route::prefix("/b", "keep").retries(Retries::default()),
+                ],
+            ))
+            .to_yaml();
+        let control = control_plane::config::load_str("t.yaml", &y);
+        assert!(control.is_ok(), "{y}\n{:?}", control.err());
+        for want in [
+            "    outlier_detection:\n      consecutive_5xx: 3\n      base_ejection_time: \"3000ms\"\n",
+            "    outlier_detection: {}\n",
+            "      max_connect_attempts: 1\n",
+            "          retries: {on: [5xx], num_retries: 1, per_try_timeout: \"2000ms\"}\n",
+            "          retries: {}\n",
+            "static_resources:\n  clusters:\n  - name: \"keep\"\n",
+            "    ignore_health_on_host_removal: false\n",
+            "      endpoints: []\n",
+        ] {
+            assert!(y.contains(want), "{want}\n---\n{y}");
+        }
+        let r = control.unwrap();
+        let keep = r.clusters.iter().find(|c| c.name == "keep").unwrap();
+        assert!(
+            !keep.ignore_health_on_host_removal,
+            "an explicit false is kept"
+        );
     }
 }

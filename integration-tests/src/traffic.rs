@@ -1,10 +1,12 @@
-//! A background loop of HTTP GETs through a proxy listener, for scenarios
-//! where "no request fails while X happens" is the assertion.
+//! Background loops of calls through a proxy, for scenarios where "no
+//! request fails while X happens" is the assertion.
 //!
-//! Owns the loop and its tally only; what counts as a failure is anything but
-//! a `200` (connection errors and timeouts included). Each request is a new
-//! connection ([`crate::http`]), so a listener that stops accepting even for a
-//! moment is seen.
+//! Owns the loops and their records only. [`TrafficLoop`] runs HTTP GETs and
+//! tallies them: a failure is anything but a `200` (connection errors and
+//! timeouts included). Each request is a new connection ([`crate::http`]),
+//! so a listener that stops accepting even for a moment is seen.
+//! [`CallLoop`] runs any call (kubectl, a GET) and records when each one
+//! started, so a scenario can count only the calls started after an event.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -12,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// Pause between two requests: enough traffic to see a gap, little CPU.
@@ -88,6 +91,103 @@ impl Drop for TrafficLoop {
     }
 }
 
+/// One call of a [`CallLoop`]: when it started and what it gave (a label
+/// such as the answering backend's id, or the error).
+#[derive(Debug, Clone)]
+pub struct Call {
+    pub started: Instant,
+    pub outcome: Result<String, String>,
+}
+
+/// Calls, split by outcome.
+#[derive(Debug, Clone, Default)]
+pub struct Calls {
+    /// Successful calls by label.
+    pub ok: BTreeMap<String, u64>,
+    /// Every failure, in order.
+    pub failures: Vec<String>,
+}
+
+impl Calls {
+    /// Every call counted.
+    pub fn total(&self) -> u64 {
+        self.ok.values().sum::<u64>() + self.failures.len() as u64
+    }
+
+    fn of<'a>(calls: impl Iterator<Item = &'a Call>) -> Calls {
+        let mut c = Calls::default();
+        for call in calls {
+            match &call.outcome {
+                Ok(label) => *c.ok.entry(label.clone()).or_insert(0) += 1,
+                Err(e) => c.failures.push(e.clone()),
+            }
+        }
+        c
+    }
+}
+
+/// A background loop of one kind of call, one after another, recording each.
+#[derive(Debug)]
+pub struct CallLoop {
+    calls: Arc<Mutex<Vec<Call>>>,
+    stop: CancellationToken,
+    task: Option<JoinHandle<()>>,
+}
+
+impl CallLoop {
+    /// Runs `call` until stopped, `pace` apart.
+    pub fn start<F, Fut>(pace: Duration, call: F) -> Self
+    where
+        F: Fn() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = anyhow::Result<String>> + Send,
+    {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let stop = CancellationToken::new();
+        let (c, s) = (Arc::clone(&calls), stop.clone());
+        let task = tokio::spawn(async move {
+            while !s.is_cancelled() {
+                let started = Instant::now();
+                let outcome = call().await.map_err(|e| format!("{e:#}"));
+                if let Ok(mut c) = c.lock() {
+                    c.push(Call { started, outcome });
+                }
+                tokio::time::sleep(pace).await;
+            }
+        });
+        CallLoop {
+            calls,
+            stop,
+            task: Some(task),
+        }
+    }
+
+    /// The calls started at or after `t` (finished ones only).
+    pub fn since(&self, t: Instant) -> Calls {
+        let calls = self.calls.lock().map(|c| c.clone()).unwrap_or_default();
+        Calls::of(calls.iter().filter(|c| c.started >= t))
+    }
+
+    /// The calls started in `[from, to)`.
+    pub fn between(&self, from: Instant, to: Instant) -> Calls {
+        let calls = self.calls.lock().map(|c| c.clone()).unwrap_or_default();
+        Calls::of(calls.iter().filter(|c| c.started >= from && c.started < to))
+    }
+
+    /// Ends the loop (after the call in flight).
+    pub async fn stop(mut self) {
+        self.stop.cancel();
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for CallLoop {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,5 +211,36 @@ mod tests {
         });
         let t = l.stop().await;
         assert!(t.ok["r1"] >= 3, "{t:?}");
+    }
+
+    #[tokio::test]
+    async fn call_loop_records_when_calls_started() {
+        let s = HttpServer::start(loopback(1), "r1").await.unwrap();
+        let addr = s.addr();
+        let begun = Instant::now();
+        let l = CallLoop::start(Duration::from_millis(5), move || async move {
+            let r = crate::http::get(addr, "/").await?;
+            anyhow::ensure!(r.status == 200, "{}", r.status);
+            Ok(r.body)
+        });
+        crate::assert_eventually!(Duration::from_secs(5), "3 calls", async || {
+            let n = l.since(begun).total();
+            anyhow::ensure!(n >= 3, "{n}");
+            Ok(())
+        });
+        let before_stop = Instant::now();
+        s.stop().await;
+        let stopped = Instant::now();
+        // Calls started once the server was gone all fail.
+        crate::assert_eventually!(Duration::from_secs(5), "a failure", async || {
+            let c = l.since(stopped);
+            anyhow::ensure!(!c.failures.is_empty(), "{c:?}");
+            Ok(())
+        });
+        assert!(l.since(stopped).ok.is_empty(), "{:?}", l.since(stopped));
+        // (One in flight during the stop may have been cut.)
+        let before = l.between(begun, before_stop);
+        assert!(before.ok["r1"] >= 3, "{before:?}");
+        l.stop().await;
     }
 }

@@ -322,14 +322,14 @@ async fn dns_clusters_follow_answers(flavour: Flavour) {
         .unwrap();
     let (http_listen, tcp_listen) = (free_addr(LOOPBACK).unwrap(), free_addr(LOOPBACK).unwrap());
     let config = PylonConfig::new()
-        .native_cluster(&dns_cluster(
+        .native_cluster_yaml(&dns_cluster(
             "web-strict",
             "STRICT_DNS",
             "web.test",
             port,
             dns.addr(),
         ))
-        .native_cluster(&dns_cluster(
+        .native_cluster_yaml(&dns_cluster(
             "web-logical",
             "LOGICAL_DNS",
             "web.test",

@@ -604,6 +604,7 @@ static_resources:
           "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
           stat_prefix: kube-apiserver
           cluster: kube-apiserver
+          max_connect_attempts: 3
   clusters:
   - name: kube-apiserver
     connect_timeout: 5s
@@ -766,7 +767,7 @@ static_resources:
             ),
             (
                 "clusters:\n  - name: a\n    conect_timeout: 5s\n",
-                "pylon.yaml:3:5: clusters[0].conect_timeout: unknown field `conect_timeout`, expected one of `name`, `connect_timeout`, `lb_policy`, `health_check`, `endpoints`, `circuit_breakers`, `dns_refresh`",
+                "pylon.yaml:3:5: clusters[0].conect_timeout: unknown field `conect_timeout`, expected one of `name`, `connect_timeout`, `lb_policy`, `health_check`, `endpoints`, `circuit_breakers`, `dns_refresh`, `outlier_detection`",
             ),
             (
                 "clusters:\n  - name: a\n    connect_timeout: 5\n",

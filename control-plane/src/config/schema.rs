@@ -178,6 +178,35 @@ pub struct Cluster {
     /// again (default 5s, as Envoy's `dns_refresh_rate`).
     #[serde(default)]
     pub dns_refresh: Option<Duration>,
+    /// Passive health checking; absent: none.
+    #[serde(default)]
+    pub outlier_detection: Option<OutlierDetection>,
+}
+
+/// A cluster's outlier detection. Every field is optional; what the
+/// defaults become is `translate`'s business (documented in the README).
+/// Ranges are checked by `validate`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutlierDetection {
+    /// 5xx answers in a row that eject a host; 0 turns this detector off.
+    #[serde(default)]
+    pub consecutive_5xx: Option<u32>,
+    /// 502, 503 and 504 answers in a row that eject a host.
+    #[serde(default)]
+    pub consecutive_gateway_failure: Option<u32>,
+    /// Connect failures, timeouts and resets in a row that eject a host.
+    #[serde(default)]
+    pub consecutive_local_origin_failure: Option<u32>,
+    /// Time between sweeps that return ejected hosts.
+    #[serde(default)]
+    pub interval: Option<Duration>,
+    /// How long a first ejection lasts.
+    #[serde(default)]
+    pub base_ejection_time: Option<Duration>,
+    /// Most hosts ejected at once, in percent of the cluster.
+    #[serde(default)]
+    pub max_ejection_percent: Option<u32>,
 }
 
 /// A cluster's circuit breakers. Each is at least 1 (checked by `validate`);
@@ -396,7 +425,7 @@ pub struct TcpProxy {
     /// Envoy's default is 1h; `0s` disables the idle timeout.
     #[serde(default)]
     pub idle_timeout: Option<Duration>,
-    /// At least 1; Envoy's default is 1.
+    /// At least 1; default 3 (Envoy's own default is 1), see `translate`.
     #[serde(default)]
     pub max_connect_attempts: Option<u32>,
 }
@@ -438,6 +467,57 @@ pub struct Route {
     /// The route timeout; Envoy's default is 15s, `0s` disables it.
     #[serde(default)]
     pub timeout: Option<Duration>,
+    /// Retries of failed attempts on another host; absent: none.
+    #[serde(default)]
+    pub retries: Option<Retries>,
+}
+
+/// A route's retries. Defaults are `translate`'s (documented in the README).
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retries {
+    /// What is retried.
+    #[serde(default)]
+    pub on: Option<Vec<RetryOn>>,
+    /// Retries at most.
+    #[serde(default)]
+    pub num_retries: Option<u32>,
+    /// Time each attempt may take until the response headers.
+    #[serde(default)]
+    pub per_try_timeout: Option<Duration>,
+    /// Statuses retried under `retriable-status-codes`.
+    #[serde(default)]
+    pub retriable_status_codes: Vec<u32>,
+}
+
+/// A retry condition, spelled as in Envoy's `retry_on`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RetryOn {
+    /// The connection to the host failed or timed out.
+    ConnectFailure,
+    /// No response at all: a connect failure, a reset, a per-try timeout.
+    Reset,
+    /// A 502, 503 or 504 answer, or no response at all.
+    GatewayError,
+    /// Any 5xx answer, or no response at all.
+    #[serde(rename = "5xx")]
+    Status5xx,
+    /// An answer among `retriable_status_codes`.
+    RetriableStatusCodes,
+}
+
+impl RetryOn {
+    /// Envoy's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RetryOn::ConnectFailure => "connect-failure",
+            RetryOn::Reset => "reset",
+            RetryOn::GatewayError => "gateway-error",
+            RetryOn::Status5xx => "5xx",
+            RetryOn::RetriableStatusCodes => "retriable-status-codes",
+        }
+    }
 }
 
 /// Keys that only make sense in an Envoy bootstrap.

@@ -10,7 +10,7 @@
 use envoy_types::pb::envoy::config::cluster::v3::{
     circuit_breakers::Thresholds,
     cluster::{ClusterDiscoveryType, DiscoveryType, EdsClusterConfig, LbPolicy},
-    CircuitBreakers, Cluster,
+    CircuitBreakers, Cluster, OutlierDetection,
 };
 use envoy_types::pb::envoy::config::core::v3::{
     config_source::ConfigSourceSpecifier, health_check, AggregatedConfigSource, ApiVersion,
@@ -23,8 +23,9 @@ use envoy_types::pb::envoy::config::listener::v3::{
     filter, ApiListener, Filter, FilterChain, Listener,
 };
 use envoy_types::pb::envoy::config::route::v3::{
-    route, route_action, route_match, Route, RouteAction, RouteConfiguration, RouteMatch,
-    VirtualHost,
+    retry_policy::{retry_host_predicate, RetryHostPredicate},
+    route, route_action, route_match, RetryPolicy, Route, RouteAction, RouteConfiguration,
+    RouteMatch, VirtualHost,
 };
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
@@ -37,12 +38,39 @@ use prost::Message;
 use pylon::type_url;
 
 use super::address::Target;
-use super::schema;
+use super::schema::{self, RetryOn};
 use crate::resources::{NamedAssignment, NamedEndpoint};
 
 /// How long after an answer pylon-xds looks host names up again, when a
 /// cluster does not say (Envoy's `dns_refresh_rate` default).
 pub const DEFAULT_DNS_REFRESH: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Connect attempts of a concise `tcp_proxy` that sets none (Envoy's
+/// default is 1). An attempt that failed to connect sent nothing, so trying
+/// the next host is always safe; three get past two dead hosts.
+pub const DEFAULT_MAX_CONNECT_ATTEMPTS: u32 = 3;
+
+/// `max_ejection_percent` of a concise `outlier_detection` that sets none.
+/// Envoy's 10 % would eject no host of a cluster with fewer than ten
+/// (ejecting one of three is 33 %); half lets one of two or three go, never
+/// a majority.
+pub const DEFAULT_MAX_EJECTION_PERCENT: u32 = 50;
+
+/// What concise `retries` retry when `on` is not given: no answer from the
+/// host at all, or a gateway error (502, 503, 504).
+pub const DEFAULT_RETRY_ON: [RetryOn; 3] = [
+    RetryOn::ConnectFailure,
+    RetryOn::Reset,
+    RetryOn::GatewayError,
+];
+
+/// `num_retries` of concise `retries` that set none (Envoy's default is 1):
+/// enough to get past two failing hosts of three.
+pub const DEFAULT_NUM_RETRIES: u32 = 2;
+
+/// Picks per retry for a host not tried yet (`host_selection_retry_max_attempts`
+/// with the `previous_hosts` predicate).
+pub const RETRY_HOST_SELECTION_ATTEMPTS: i64 = 3;
 
 /// `ads: {}` with `resource_api_version: V3`: fetch the resource over the same
 /// ADS stream that delivered the resource naming it.
@@ -115,6 +143,7 @@ pub fn cluster(c: &schema::Cluster) -> (Cluster, ClusterLoadAssignment) {
             .map(super::health_tls::socket_match)
             .collect(),
         circuit_breakers: c.circuit_breakers.and_then(circuit_breakers),
+        outlier_detection: c.outlier_detection.map(outlier_detection),
         ..Default::default()
     };
     make_eds(&mut cluster);
@@ -151,6 +180,29 @@ pub fn circuit_breakers(cb: schema::CircuitBreakers) -> Option<CircuitBreakers> 
         }],
         ..Default::default()
     })
+}
+
+/// Concise outlier detection. Fields left out keep Envoy's defaults, except
+/// `max_ejection_percent` ([`DEFAULT_MAX_EJECTION_PERCENT`]). A gateway-error
+/// count asked for is enforced (Envoy detects these without ejecting unless
+/// told to); a local-origin count asked for counts connect failures,
+/// timeouts and resets apart from answers, which is what makes it apply.
+pub fn outlier_detection(od: schema::OutlierDetection) -> OutlierDetection {
+    let value = |v: Option<u32>| v.map(|value| UInt32Value { value });
+    OutlierDetection {
+        consecutive_5xx: value(od.consecutive_5xx),
+        consecutive_gateway_failure: value(od.consecutive_gateway_failure),
+        enforcing_consecutive_gateway_failure: value(od.consecutive_gateway_failure.map(|_| 100)),
+        consecutive_local_origin_failure: value(od.consecutive_local_origin_failure),
+        split_external_local_origin_errors: od.consecutive_local_origin_failure.is_some(),
+        interval: od.interval.map(|d| d.to_proto()),
+        base_ejection_time: od.base_ejection_time.map(|d| d.to_proto()),
+        max_ejection_percent: value(Some(
+            od.max_ejection_percent
+                .unwrap_or(DEFAULT_MAX_EJECTION_PERCENT),
+        )),
+        ..Default::default()
+    }
 }
 
 /// The EDS endpoint of an IP endpoint; `None` for a host name, whose
@@ -275,7 +327,11 @@ fn tcp_proxy_filter(name: &str, tcp: &schema::TcpProxy) -> Filter {
         stat_prefix: name.to_string(),
         cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(tcp.cluster.clone())),
         idle_timeout: tcp.idle_timeout.map(|d| d.to_proto()),
-        max_connect_attempts: tcp.max_connect_attempts.map(|value| UInt32Value { value }),
+        max_connect_attempts: Some(UInt32Value {
+            value: tcp
+                .max_connect_attempts
+                .unwrap_or(DEFAULT_MAX_CONNECT_ATTEMPTS),
+        }),
         ..Default::default()
     };
     Filter {
@@ -414,7 +470,33 @@ fn router_filter() -> HttpFilter {
     }
 }
 
-/// A concise route: one match, one cluster, optional prefix rewrite and timeout.
+/// Concise retries: Envoy's `retry_policy` with the defaults above, and the
+/// `previous_hosts` predicate, so that a retry goes to a host not tried yet
+/// on Envoy and pylon-proxy alike (without it both ask their load balancer
+/// again, which round robin answers with the next host in turn).
+pub fn retry_policy(r: &schema::Retries) -> RetryPolicy {
+    let on = r.on.as_deref().unwrap_or(&DEFAULT_RETRY_ON);
+    RetryPolicy {
+        retry_on: on.iter().map(|o| o.as_str()).collect::<Vec<_>>().join(","),
+        num_retries: Some(UInt32Value {
+            value: r.num_retries.unwrap_or(DEFAULT_NUM_RETRIES),
+        }),
+        per_try_timeout: r.per_try_timeout.map(|d| d.to_proto()),
+        retriable_status_codes: r.retriable_status_codes.clone(),
+        retry_host_predicate: vec![RetryHostPredicate {
+            name: type_url::PREVIOUS_HOSTS_PREDICATE.to_string(),
+            config_type: Some(retry_host_predicate::ConfigType::TypedConfig(Any {
+                type_url: type_url::PREVIOUS_HOSTS.to_string(),
+                value: Vec::new(),
+            })),
+        }],
+        host_selection_retry_max_attempts: RETRY_HOST_SELECTION_ATTEMPTS,
+        ..Default::default()
+    }
+}
+
+/// A concise route: one match, one cluster, optional prefix rewrite,
+/// timeout and retries.
 pub fn route(r: &schema::Route) -> Route {
     let path_specifier = match (&r.prefix, &r.path, &r.path_separated_prefix) {
         (Some(prefix), _, _) => route_match::PathSpecifier::Prefix(prefix.clone()),
@@ -433,6 +515,7 @@ pub fn route(r: &schema::Route) -> Route {
             cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(r.cluster.clone())),
             prefix_rewrite: r.prefix_rewrite.clone().unwrap_or_default(),
             timeout: r.timeout.map(|d| d.to_proto()),
+            retry_policy: r.retries.as_ref().map(retry_policy),
             ..Default::default()
         })),
         ..Default::default()
@@ -634,6 +717,100 @@ mod tests {
         }
     }
 
+    #[test]
+    fn outlier_detection_table() {
+        let value = |value| Some(UInt32Value { value });
+        let table = [
+            (
+                // Nothing given: Envoy's defaults, but half the hosts may go.
+                "clusters: [{name: o, outlier_detection: {}}]",
+                OutlierDetection {
+                    max_ejection_percent: value(50),
+                    ..Default::default()
+                },
+            ),
+            (
+                "clusters: [{name: o, outlier_detection: {consecutive_5xx: 3, interval: 2s, base_ejection_time: 10s, max_ejection_percent: 34}}]",
+                OutlierDetection {
+                    consecutive_5xx: value(3),
+                    interval: secs(2),
+                    base_ejection_time: secs(10),
+                    max_ejection_percent: value(34),
+                    ..Default::default()
+                },
+            ),
+            (
+                // Asked for, gateway failures eject; local-origin errors are counted apart.
+                "clusters: [{name: o, outlier_detection: {consecutive_gateway_failure: 2, consecutive_local_origin_failure: 1}}]",
+                OutlierDetection {
+                    consecutive_gateway_failure: value(2),
+                    enforcing_consecutive_gateway_failure: value(100),
+                    consecutive_local_origin_failure: value(1),
+                    split_external_local_origin_errors: true,
+                    max_ejection_percent: value(50),
+                    ..Default::default()
+                },
+            ),
+        ];
+        for (yaml, want) in table {
+            let got = clusters(yaml);
+            assert_eq!(got[0].0.outlier_detection, Some(want), "{yaml}");
+        }
+        assert_eq!(
+            clusters("clusters: [{name: none}]")[0].0.outlier_detection,
+            None
+        );
+    }
+
+    #[test]
+    fn retries_table() {
+        let previous_hosts = vec![RetryHostPredicate {
+            name: "envoy.retry_host_predicates.previous_hosts".to_string(),
+            config_type: Some(retry_host_predicate::ConfigType::TypedConfig(Any {
+                type_url: "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate".to_string(),
+                value: vec![],
+            })),
+        }];
+        let table = [
+            (
+                "{prefix: /, cluster: c, retries: {}}",
+                RetryPolicy {
+                    retry_on: "connect-failure,reset,gateway-error".to_string(),
+                    num_retries: Some(UInt32Value { value: 2 }),
+                    retry_host_predicate: previous_hosts.clone(),
+                    host_selection_retry_max_attempts: 3,
+                    ..Default::default()
+                },
+            ),
+            (
+                "{prefix: /, cluster: c, retries: {on: [5xx, retriable-status-codes], retriable_status_codes: [409], num_retries: 1, per_try_timeout: 250ms}}",
+                RetryPolicy {
+                    retry_on: "5xx,retriable-status-codes".to_string(),
+                    num_retries: Some(UInt32Value { value: 1 }),
+                    per_try_timeout: Some(Duration {
+                        seconds: 0,
+                        nanos: 250_000_000,
+                    }),
+                    retriable_status_codes: vec![409],
+                    retry_host_predicate: previous_hosts.clone(),
+                    host_selection_retry_max_attempts: 3,
+                    ..Default::default()
+                },
+            ),
+        ];
+        for (route, want) in table {
+            let yaml = format!(
+                "listeners: [{{name: h, address: 127.0.0.1:1, http: {{routes: [{route}]}}}}]"
+            );
+            let got = listeners(&yaml);
+            let rc = got[0].1.as_ref().unwrap();
+            let Some(route::Action::Route(a)) = &rc.virtual_hosts[0].routes[0].action else {
+                panic!("no route action")
+            };
+            assert_eq!(a.retry_policy, Some(want), "{yaml}");
+        }
+    }
+
     fn filter_config<M: Message + Default>(l: &Listener) -> (String, String, M) {
         let f = &l.filter_chains[0].filters[0];
         let Some(filter::ConfigType::TypedConfig(any)) = &f.config_type else {
@@ -650,20 +827,31 @@ mod tests {
     fn tcp_listeners_table() {
         let table = [
             (
+                // Three connect attempts unless told otherwise.
                 "listeners: [{name: k8s, address: 127.0.0.1:6443, tcp_proxy: {cluster: api}}]",
                 TcpProxy {
                     stat_prefix: "k8s".to_string(),
                     cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster("api".to_string())),
+                    max_connect_attempts: Some(UInt32Value { value: 3 }),
                     ..Default::default()
                 },
             ),
             (
-                "listeners: [{name: k8s, address: 127.0.0.1:6443, tcp_proxy: {cluster: api, idle_timeout: 1h, max_connect_attempts: 3}}]",
+                "listeners: [{name: k8s, address: 127.0.0.1:6443, tcp_proxy: {cluster: api, max_connect_attempts: 1}}]",
+                TcpProxy {
+                    stat_prefix: "k8s".to_string(),
+                    cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster("api".to_string())),
+                    max_connect_attempts: Some(UInt32Value { value: 1 }),
+                    ..Default::default()
+                },
+            ),
+            (
+                "listeners: [{name: k8s, address: 127.0.0.1:6443, tcp_proxy: {cluster: api, idle_timeout: 1h, max_connect_attempts: 5}}]",
                 TcpProxy {
                     stat_prefix: "k8s".to_string(),
                     cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster("api".to_string())),
                     idle_timeout: secs(3600),
-                    max_connect_attempts: Some(UInt32Value { value: 3 }),
+                    max_connect_attempts: Some(UInt32Value { value: 5 }),
                     ..Default::default()
                 },
             ),

@@ -11,7 +11,8 @@
 use std::collections::{HashMap, HashSet};
 
 use super::schema::{
-    Cluster, File, GrpcService, HealthCheck, Http, Listener, NameList, NodeSelection, Route,
+    Cluster, File, GrpcService, HealthCheck, Http, Listener, NameList, NodeSelection,
+    OutlierDetection, Retries, RetryOn, Route,
 };
 use crate::resources::MAX_NAME_BYTES;
 
@@ -230,6 +231,112 @@ fn cluster(c: &Cluster, path: &str, catalog: &mut Catalog, issues: &mut Vec<Issu
             ));
         }
     }
+    if let Some(od) = &c.outlier_detection {
+        outlier_detection(od, &format!("{path}.outlier_detection"), issues);
+    }
+}
+
+fn outlier_detection(od: &OutlierDetection, path: &str, issues: &mut Vec<Issue>) {
+    for (field, value) in [
+        (
+            "consecutive_gateway_failure",
+            od.consecutive_gateway_failure,
+        ),
+        (
+            "consecutive_local_origin_failure",
+            od.consecutive_local_origin_failure,
+        ),
+    ] {
+        if value == Some(0) {
+            issues.push(Issue::new(
+                format!("{path}.{field}"),
+                format!("{field} must be at least 1 (leave it out to not count these)"),
+            ));
+        }
+    }
+    if od.consecutive_5xx == Some(0)
+        && od.consecutive_gateway_failure.is_none()
+        && od.consecutive_local_origin_failure.is_none()
+    {
+        issues.push(Issue::new(
+            format!("{path}.consecutive_5xx"),
+            "with consecutive_5xx 0 and no other count, outlier detection ejects nothing \
+             (leave outlier_detection out instead)",
+        ));
+    }
+    for (field, value) in [
+        ("interval", od.interval),
+        ("base_ejection_time", od.base_ejection_time),
+    ] {
+        if value.is_some_and(|d| d.is_zero()) {
+            issues.push(Issue::new(
+                format!("{path}.{field}"),
+                format!("{field} must be greater than 0s"),
+            ));
+        }
+    }
+    if let Some(p) = od.max_ejection_percent {
+        if !(1..=100).contains(&p) {
+            issues.push(Issue::new(
+                format!("{path}.max_ejection_percent"),
+                format!("max_ejection_percent {p} is not a percentage from 1 to 100"),
+            ));
+        }
+    }
+}
+
+fn retries(r: &Retries, path: &str, issues: &mut Vec<Issue>) {
+    if let Some(on) = &r.on {
+        if on.is_empty() {
+            issues.push(Issue::new(
+                format!("{path}.on"),
+                "on must name at least one condition (leave retries out for none)",
+            ));
+        }
+        for (k, o) in on.iter().enumerate() {
+            if on[..k].contains(o) {
+                issues.push(Issue::new(
+                    format!("{path}.on[{k}]"),
+                    format!("duplicate retry condition `{}`", o.as_str()),
+                ));
+            }
+        }
+    }
+    if r.num_retries == Some(0) {
+        issues.push(Issue::new(
+            format!("{path}.num_retries"),
+            "num_retries must be at least 1 (leave retries out for none)",
+        ));
+    }
+    if r.per_try_timeout.is_some_and(|d| d.is_zero()) {
+        issues.push(Issue::new(
+            format!("{path}.per_try_timeout"),
+            "per_try_timeout must be greater than 0s (leave it out for none)",
+        ));
+    }
+    let by_status =
+        r.on.as_ref()
+            .is_some_and(|on| on.contains(&RetryOn::RetriableStatusCodes));
+    if by_status && r.retriable_status_codes.is_empty() {
+        issues.push(Issue::new(
+            format!("{path}.on"),
+            "`retriable-status-codes` needs `retriable_status_codes: [...]`",
+        ));
+    }
+    if !by_status && !r.retriable_status_codes.is_empty() {
+        issues.push(Issue::new(
+            format!("{path}.retriable_status_codes"),
+            "retriable_status_codes are used only with `retriable-status-codes` in `on`",
+        ));
+    }
+    for (k, status) in r.retriable_status_codes.iter().enumerate() {
+        if !(100..=599).contains(status) {
+            issues.push(Issue::new(
+                format!("{path}.retriable_status_codes[{k}]"),
+                format!("status {status} is outside 100..=599"),
+            ));
+        }
+    }
 }
 
 fn health_check(hc: &HealthCheck, path: &str, issues: &mut Vec<Issue>) {
@@ -434,6 +541,9 @@ fn routes(list: &[Route], path: &str, catalog: &mut Catalog, issues: &mut Vec<Is
         catalog
             .cluster_refs
             .push(Named::new(&r.cluster, format!("{rpath}.cluster")));
+        if let Some(re) = &r.retries {
+            retries(re, &format!("{rpath}.retries"), issues);
+        }
     }
 }
 
@@ -610,6 +720,39 @@ listeners:
                 ],
             ),
             (
+                "clusters: [{name: a, outlier_detection: {consecutive_gateway_failure: 0, consecutive_local_origin_failure: 0, interval: 0s, base_ejection_time: 0s, max_ejection_percent: 0}}]",
+                &[
+                    ("clusters[0].outlier_detection.consecutive_gateway_failure", "consecutive_gateway_failure must be at least 1 (leave it out to not count these)"),
+                    ("clusters[0].outlier_detection.consecutive_local_origin_failure", "consecutive_local_origin_failure must be at least 1 (leave it out to not count these)"),
+                    ("clusters[0].outlier_detection.interval", "interval must be greater than 0s"),
+                    ("clusters[0].outlier_detection.base_ejection_time", "base_ejection_time must be greater than 0s"),
+                    ("clusters[0].outlier_detection.max_ejection_percent", "max_ejection_percent 0 is not a percentage from 1 to 100"),
+                ],
+            ),
+            (
+                "clusters: [{name: a, outlier_detection: {consecutive_5xx: 0, max_ejection_percent: 101}}]",
+                &[
+                    ("clusters[0].outlier_detection.consecutive_5xx", "with consecutive_5xx 0 and no other count, outlier detection ejects nothing (leave outlier_detection out instead)"),
+                    ("clusters[0].outlier_detection.max_ejection_percent", "max_ejection_percent 101 is not a percentage from 1 to 100"),
+                ],
+            ),
+            (
+                "clusters: [{name: a, outlier_detection: {consecutive_5xx: 0, consecutive_local_origin_failure: 2}}]",
+                &[],
+            ),
+            (
+                "clusters: [{name: c}]\nlisteners: [{name: l, address: 127.0.0.1:1, http: {routes: [{prefix: /, cluster: c, retries: {on: [], num_retries: 0, per_try_timeout: 0s}}, {prefix: /, cluster: c, retries: {on: [reset, 5xx, reset], retriable_status_codes: [503]}}, {prefix: /, cluster: c, retries: {on: [retriable-status-codes]}}, {prefix: /, cluster: c, retries: {on: [retriable-status-codes], retriable_status_codes: [99]}}]}}]",
+                &[
+                    ("listeners[0].http.routes[0].retries.on", "on must name at least one condition (leave retries out for none)"),
+                    ("listeners[0].http.routes[0].retries.num_retries", "num_retries must be at least 1 (leave retries out for none)"),
+                    ("listeners[0].http.routes[0].retries.per_try_timeout", "per_try_timeout must be greater than 0s (leave it out for none)"),
+                    ("listeners[0].http.routes[1].retries.on[2]", "duplicate retry condition `reset`"),
+                    ("listeners[0].http.routes[1].retries.retriable_status_codes", "retriable_status_codes are used only with `retriable-status-codes` in `on`"),
+                    ("listeners[0].http.routes[2].retries.on", "`retriable-status-codes` needs `retriable_status_codes: [...]`"),
+                    ("listeners[0].http.routes[3].retries.retriable_status_codes[0]", "status 99 is outside 100..=599"),
+                ],
+            ),
+            (
                 "listeners: [{name: l, address: 127.0.0.1:1}]",
                 &[("listeners[0]", "listener needs one of `tcp_proxy` or `http`")],
             ),
@@ -662,6 +805,46 @@ listeners:
                 .map(|(p, m)| (p.to_string(), m.to_string()))
                 .collect();
             assert_eq!(check(yaml), want, "{yaml}");
+        }
+    }
+
+    /// Outlier detection and retry errors as `pylon-xds validate` prints
+    /// them: file, line, column, path and message, structural and semantic.
+    #[test]
+    fn outlier_detection_and_retry_errors_are_positioned() {
+        let errors = |yaml: &str| match crate::config::load_str("pylon.yaml", yaml) {
+            Ok(_) => "loaded".to_string(),
+            Err(e) => e.to_string(),
+        };
+        let table = [
+            (
+                "clusters:\n  - name: a\n    outlier_detection:\n      max_ejection_percent: 150\n      interval: 0s\n",
+                "pylon.yaml:4:29: clusters[0].outlier_detection.max_ejection_percent: max_ejection_percent 150 is not a percentage from 1 to 100\n\
+                 pylon.yaml:5:17: clusters[0].outlier_detection.interval: interval must be greater than 0s",
+            ),
+            (
+                "clusters:\n  - name: a\n    outlier_detection: {consecutive_5xxx: 3}\n",
+                "pylon.yaml:3:25: clusters[0].outlier_detection.consecutive_5xxx: unknown field `consecutive_5xxx`, expected one of `consecutive_5xx`, `consecutive_gateway_failure`, `consecutive_local_origin_failure`, `interval`, `base_ejection_time`, `max_ejection_percent`",
+            ),
+            (
+                "clusters:\n  - name: a\n    outlier_detection: {base_ejection_time: 30}\n",
+                "pylon.yaml:3:45: clusters[0].outlier_detection.base_ejection_time: a bare number is not a duration: write \"30s\" (units: ms, s, m, h)",
+            ),
+            (
+                "clusters: [{name: c}]\nlisteners:\n  - name: l\n    address: 127.0.0.1:1\n    http:\n      routes:\n        - prefix: /\n          cluster: c\n          retries: {on: [connect-failure, 4xx]}\n",
+                "pylon.yaml:9:43: listeners[0].http.routes[0].retries.on[1]: unknown variant `4xx`, expected one of `connect-failure`, `reset`, `gateway-error`, `5xx`, `retriable-status-codes`",
+            ),
+            (
+                "clusters: [{name: c}]\nlisteners:\n  - name: l\n    address: 127.0.0.1:1\n    http:\n      routes:\n        - prefix: /\n          cluster: c\n          retries:\n            num_retries: 0\n",
+                "pylon.yaml:10:26: listeners[0].http.routes[0].retries.num_retries: num_retries must be at least 1 (leave retries out for none)",
+            ),
+            (
+                "clusters:\n  - name: a\n    outlier_detection: {consecutive_local_origin_failure: 2}\nlisteners: [{name: l, address: 127.0.0.1:1, http: {routes: [{prefix: /, cluster: a, retries: {on: [5xx], per_try_timeout: 1s}}]}}]\n",
+                "loaded",
+            ),
+        ];
+        for (yaml, want) in table {
+            assert_eq!(errors(yaml), want, "{yaml}");
         }
     }
 

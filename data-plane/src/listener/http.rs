@@ -8,6 +8,15 @@
 //! no cluster / no healthy upstream / connect failure / overflow, 504 timeout,
 //! 408 and 431 for misbehaving clients) and the `http.<stat_prefix>.` stats.
 //!
+//! With a retry policy, the request is attempted until an answer the policy
+//! does not retry (`listener::retry` decides; each attempt has the per-try
+//! timeout, all of them the route timeout), its body kept for the next
+//! attempt up to the route's buffer limit (`upstream::replay`); a retry asks
+//! the load balancer again, which round robin answers with the next host,
+//! as in Envoy (`previous_hosts` insists on a host not tried). Every
+//! attempt's outcome is reported to the cluster's outlier detection as
+//! Envoy's router reports it.
+//!
 //! Limits on what a client can make the proxy hold, with Envoy's meaning
 //! (defaults in `model::HttpLimits`):
 //! - the header read timeout (`request_headers_timeout`, or
@@ -63,10 +72,14 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 use crate::listener::path;
+use crate::listener::retry::{self, would_retry, Failure, RetryState};
 use crate::listener::route::{RouteSlot, RouteTable};
-use crate::model::{HttpLimits, HttpManager};
+use crate::model::{HttpLimits, HttpManager, RetryPolicy};
 use crate::runtime::stats::{stats_struct, Counter, Gauge, GaugeGuard};
+use crate::upstream::outlier::Report;
 use crate::upstream::pool::{self, Activity, Exchange, RequestBody, UpstreamBody, UpstreamError};
+use crate::upstream::replay::Replay;
+use crate::upstream::{Cluster, Host};
 
 /// The header read timeout when `request_headers_timeout` is not set. Envoy
 /// leaves it disabled then; pylon-proxy always bounds how long a client may
@@ -753,9 +766,11 @@ const OVERLOADED: HeaderName = HeaderName::from_static("x-envoy-overloaded");
 
 /// What the route lookup decided, detached from the route table.
 struct Decision {
-    cluster: Option<Arc<crate::upstream::Cluster>>,
+    cluster: Option<Arc<Cluster>>,
     rewrite: Option<(String, HeaderValue)>,
-    timeout: Option<std::time::Duration>,
+    timeout: Option<Duration>,
+    retry: Option<Arc<RetryPolicy>>,
+    retry_buffer_limit: usize,
 }
 
 fn decide(table: &RouteTable, parts: &Parts) -> Option<Decision> {
@@ -775,6 +790,8 @@ fn decide(table: &RouteTable, parts: &Parts) -> Option<Decision> {
         cluster: route.cluster.get(),
         rewrite,
         timeout: route.timeout,
+        retry: route.retry.clone(),
+        retry_buffer_limit: route.retry_buffer_limit,
     })
 }
 
@@ -866,10 +883,6 @@ async fn route_and_forward(
         ctx.stats.no_cluster.inc();
         return local_reply(StatusCode::SERVICE_UNAVAILABLE, "", held);
     };
-    let Some(host) = cluster.pick() else {
-        return local_reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream", held);
-    };
-
     // The upstream request: origin-form URI, HTTP/1.1, Host kept (h2 :authority becomes Host).
     if let Some(a) = parts.uri.authority() {
         if !parts.headers.contains_key(header::HOST) {
@@ -894,21 +907,196 @@ async fn route_and_forward(
     }
     parts.version = Version::HTTP_11;
     let activity = Activity::new(body.is_end_stream());
-    let req = Request::from_parts(parts, RequestBody::new(body, activity.clone()));
+    match d.retry {
+        None => forward_once(ctx, &cluster, parts, body, d.timeout, activity, held).await,
+        Some(policy) => {
+            let replay = Replay::new(body, d.retry_buffer_limit);
+            let state = RetryState::new(policy);
+            forward_with_retries(
+                ctx, &cluster, parts, replay, state, d.timeout, activity, held,
+            )
+            .await
+        }
+    }
+}
 
-    let mut timers = Timers::new(d.timeout, ctx.limits.stream_idle_timeout, activity);
-    let result = match timers.as_mut() {
+/// How one attempt ended.
+enum Attempt {
+    /// Response headers arrived.
+    Answered(Exchange),
+    /// The exchange failed before response headers.
+    Failed(UpstreamError),
+    /// A timer expired before response headers.
+    Expired(Expired),
+}
+
+/// Sends `req` to `host` under the request's timers; reports the outcome to
+/// the cluster's outlier detection.
+async fn attempt(
+    cluster: &Cluster,
+    host: &Arc<Host>,
+    req: Request<RequestBody>,
+    timers: Option<&mut Timers>,
+) -> Attempt {
+    let outcome = match timers {
         Some(t) => tokio::select! {
             // The exchange first: no per-poll random branch order, and a
             // response that is ready wins over a timer that fired with it.
             biased;
-            r = pool::send(&cluster, &host, req) => Ok(r),
-            expired = t.expired() => Err(expired),
+            r = pool::send(cluster, host, req) => match r {
+                Ok(x) => Attempt::Answered(x),
+                Err(e) => Attempt::Failed(e),
+            },
+            expired = t.expired() => Attempt::Expired(expired),
         },
-        None => Ok(pool::send(&cluster, &host, req).await),
+        None => match pool::send(cluster, host, req).await {
+            Ok(x) => Attempt::Answered(x),
+            Err(e) => Attempt::Failed(e),
+        },
     };
-    match result {
-        Err(Expired::Route) => {
+    // As Envoy's router reports them: a connection is a success at the
+    // connection level and the status says the rest; a failure or reset
+    // before the response is a connect failure; a timeout is a timeout. A
+    // request a circuit breaker refused says nothing about the host.
+    match &outcome {
+        Attempt::Answered(x) => {
+            cluster.report(host, Report::ConnectSuccess);
+            cluster.report(host, Report::Status(x.response.status().as_u16()));
+        }
+        Attempt::Failed(UpstreamError::Overflow) => {}
+        Attempt::Failed(_) => cluster.report(host, Report::ConnectFailed),
+        Attempt::Expired(Expired::Route | Expired::PerTry) => cluster.report(host, Report::Timeout),
+        Attempt::Expired(Expired::Idle(_)) => {}
+    }
+    outcome
+}
+
+/// One attempt, no retry policy.
+async fn forward_once(
+    ctx: &HttpCtx,
+    cluster: &Cluster,
+    parts: Parts,
+    body: Incoming,
+    timeout: Option<Duration>,
+    activity: Arc<Activity>,
+    held: Held,
+) -> Response<ProxyBody> {
+    let Some(host) = cluster.pick() else {
+        return local_reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream", held);
+    };
+    let req = Request::from_parts(parts, RequestBody::new(body, activity.clone()));
+    let mut timers = Timers::new(timeout, ctx.limits.stream_idle_timeout, activity);
+    let outcome = attempt(cluster, &host, req, timers.as_mut()).await;
+    respond(ctx, cluster, &host, outcome, timers, held)
+}
+
+/// Attempts until one gives an answer the route's retry policy does not
+/// retry, the retries are spent, or the route timeout expires (see
+/// `listener::retry`).
+#[allow(clippy::too_many_arguments)]
+async fn forward_with_retries(
+    ctx: &HttpCtx,
+    cluster: &Arc<Cluster>,
+    parts: Parts,
+    replay: Arc<Replay>,
+    mut state: RetryState,
+    timeout: Option<Duration>,
+    activity: Arc<Activity>,
+    held: Held,
+) -> Response<ProxyBody> {
+    let (per_try, previous_hosts, repicks) = {
+        let p = state.policy();
+        (
+            p.per_try_timeout,
+            p.previous_hosts,
+            p.host_selection_retry_max_attempts as usize,
+        )
+    };
+    let mut timers = Timers::create(timeout, ctx.limits.stream_idle_timeout, activity.clone());
+    let mut tried: Vec<std::net::SocketAddr> = Vec::new();
+    loop {
+        // Envoy's default: the load balancer's next pick, which round robin
+        // moves past the host just tried; `previous_hosts` insists.
+        let host = if previous_hosts && !tried.is_empty() {
+            cluster.pick_avoiding(&tried, repicks)
+        } else {
+            cluster.pick()
+        };
+        let Some(host) = host else {
+            return local_reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream", held);
+        };
+        tried.push(host.addr());
+        let mut req = Request::new(RequestBody::replay(replay.reader(), activity.clone()));
+        *req.method_mut() = parts.method.clone();
+        *req.uri_mut() = parts.uri.clone();
+        *req.version_mut() = parts.version;
+        *req.headers_mut() = parts.headers.clone();
+        timers.start_try(per_try);
+        let outcome = attempt(cluster, &host, req, Some(&mut timers)).await;
+        let failure = match &outcome {
+            Attempt::Answered(x) => {
+                let status = x.response.status().as_u16();
+                (status >= 500 || state.policy().retriable_status_codes.contains(&status)).then(
+                    || Failure::Response {
+                        status,
+                        overloaded: x.response.headers().contains_key(OVERLOADED),
+                    },
+                )
+            }
+            Attempt::Failed(UpstreamError::Overflow) => Some(Failure::Overflow),
+            Attempt::Failed(UpstreamError::Connect(_) | UpstreamError::ConnectTimeout) => {
+                Some(Failure::ConnectFailure)
+            }
+            Attempt::Failed(UpstreamError::Reset(_)) => Some(Failure::Reset),
+            Attempt::Expired(Expired::PerTry) => Some(Failure::PerTryTimeout),
+            // The route timeout ends every attempt, the stream idle timeout too.
+            Attempt::Expired(Expired::Route | Expired::Idle(_)) => None,
+        };
+        let mut would = failure.is_some_and(|f| would_retry(state.policy(), f));
+        if would && !replay.replayable() {
+            // The body outgrew what is kept for retries.
+            cluster.stats().retry_or_shadow_abandoned.inc();
+            would = false;
+        }
+        match state.decide(cluster, would) {
+            retry::Decision::Retry(back_off) => {
+                if let Attempt::Expired(Expired::PerTry) = outcome {
+                    cluster.stats().upstream_rq_per_try_timeout.inc();
+                }
+                host.stats.rq_error.inc();
+                drop(outcome);
+                tracing::debug!(cluster = cluster.name(), host = %host.addr(), ?failure, ?back_off, "retrying request");
+                timers.end_try();
+                // The route timeout runs on during the back-off.
+                tokio::select! {
+                    biased;
+                    // No attempt is under way: nothing to tell outlier detection.
+                    expired = timers.expired() => {
+                        return respond(ctx, cluster, &host, Attempt::Expired(expired), Some(timers), held);
+                    }
+                    _ = tokio::time::sleep(back_off) => {}
+                }
+            }
+            _ => {
+                timers.end_try();
+                return respond(ctx, cluster, &host, outcome, Some(timers), held);
+            }
+        }
+    }
+}
+
+/// The downstream response for an attempt's outcome: the upstream response,
+/// or Envoy's local reply for the failure.
+fn respond(
+    ctx: &HttpCtx,
+    cluster: &Cluster,
+    host: &Arc<Host>,
+    outcome: Attempt,
+    timers: Option<Timers>,
+    held: Held,
+) -> Response<ProxyBody> {
+    match outcome {
+        Attempt::Expired(Expired::Route) => {
             cluster.stats().upstream_rq_timeout.inc();
             cluster.stats().count_status(504);
             host.stats.rq_error.inc();
@@ -918,7 +1106,17 @@ async fn route_and_forward(
                 held,
             )
         }
-        Err(Expired::Idle(request_done)) => {
+        Attempt::Expired(Expired::PerTry) => {
+            cluster.stats().upstream_rq_per_try_timeout.inc();
+            cluster.stats().count_status(504);
+            host.stats.rq_error.inc();
+            local_reply(
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream request timeout",
+                held,
+            )
+        }
+        Attempt::Expired(Expired::Idle(request_done)) => {
             ctx.stats.downstream_rq_idle_timeout.inc();
             host.stats.rq_error.inc();
             // Envoy's choice: 504 once the request was received in full, 408 while
@@ -930,7 +1128,7 @@ async fn route_and_forward(
             };
             local_reply(status, "stream timeout", held)
         }
-        Ok(Err(e)) => {
+        Attempt::Failed(e) => {
             cluster.stats().count_status(503);
             let overflow = matches!(e, UpstreamError::Overflow);
             if !overflow {
@@ -944,11 +1142,11 @@ async fn route_and_forward(
             }
             r
         }
-        Ok(Ok(Exchange {
+        Attempt::Answered(Exchange {
             response,
             sender,
             rq,
-        })) => {
+        }) => {
             let status = response.status().as_u16();
             cluster.stats().count_status(status);
             if status >= 500 {
@@ -1008,18 +1206,22 @@ fn normalize_uri(uri: &mut Uri, rfc: bool, merge: bool) -> Result<(), path::Inva
 enum Expired {
     /// The route timeout.
     Route,
+    /// The retry policy's per-try timeout.
+    PerTry,
     /// The stream idle timeout; whether the request had been received in full.
     Idle(bool),
 }
 
-/// A request's route timeout and stream idle timeout, on one tokio timer.
-/// Activity does not move the timer: when it fires, the idle deadline is
-/// worked out from the last activity and the timer re-armed if it has not
-/// passed, so a busy stream costs a timer update per idle timeout, not per chunk.
+/// A request's route timeout, per-try timeout and stream idle timeout, on
+/// one tokio timer. Activity does not move the timer: when it fires, the
+/// idle deadline is worked out from the last activity and the timer re-armed
+/// if it has not passed, so a busy stream costs a timer update per idle
+/// timeout, not per chunk.
 #[derive(Debug)]
 struct Timers {
     sleep: Pin<Box<Sleep>>,
     route: Option<Instant>,
+    per_try: Option<Instant>,
     idle: Option<Duration>,
     activity: Arc<Activity>,
 }
@@ -1031,20 +1233,54 @@ impl Timers {
         idle: Option<Duration>,
         activity: Arc<Activity>,
     ) -> Option<Timers> {
+        if route.is_none() && idle.is_none() {
+            return None;
+        }
+        Some(Timers::create(route, idle, activity))
+    }
+
+    /// The timers, even when none is armed yet (retries may arm a per-try one).
+    fn create(route: Option<Duration>, idle: Option<Duration>, activity: Arc<Activity>) -> Timers {
         let now = Instant::now();
         let route = route.map(|t| now + t);
-        let first = match (route, idle) {
-            (None, None) => return None,
-            (Some(r), None) => r,
-            (None, Some(i)) => now + i,
-            (Some(r), Some(i)) => r.min(now + i),
-        };
-        Some(Timers {
-            sleep: Box::pin(tokio::time::sleep_until(first)),
+        let mut t = Timers {
+            sleep: Box::pin(tokio::time::sleep_until(now)),
             route,
+            per_try: None,
             idle,
             activity,
-        })
+        };
+        t.rearm(now);
+        t
+    }
+
+    /// The earliest deadline (`None`: nothing armed).
+    fn next_deadline(&self) -> Option<Instant> {
+        let idle_at = self.idle.map(|t| self.activity.last() + t);
+        [self.route, self.per_try, idle_at]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    fn rearm(&mut self, now: Instant) {
+        // Nothing armed: a far-off wake-up that finds nothing due.
+        let at = self
+            .next_deadline()
+            .unwrap_or(now + Duration::from_secs(86_400));
+        self.sleep.as_mut().reset(at);
+    }
+
+    /// Starts the per-try timeout of an attempt (`None`: no such timeout).
+    fn start_try(&mut self, per_try: Option<Duration>) {
+        let now = Instant::now();
+        self.per_try = per_try.map(|t| now + t);
+        self.rearm(now);
+    }
+
+    /// The attempt is over: only the route and idle timeouts run on.
+    fn end_try(&mut self) {
+        self.per_try = None;
     }
 
     fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<Expired> {
@@ -1054,16 +1290,17 @@ impl Timers {
             if self.route.is_some_and(|r| r <= now) {
                 return Poll::Ready(Expired::Route);
             }
+            if self.per_try.is_some_and(|r| r <= now) {
+                return Poll::Ready(Expired::PerTry);
+            }
             let idle_at = self.idle.map(|t| self.activity.last() + t);
             if idle_at.is_some_and(|i| i <= now) {
                 return Poll::Ready(Expired::Idle(self.activity.request_done()));
             }
-            let next = match (self.route, idle_at) {
-                (Some(r), Some(i)) => r.min(i),
-                (Some(t), None) | (None, Some(t)) => t,
-                (None, None) => return Poll::Pending,
-            };
-            self.sleep.as_mut().reset(next);
+            match self.next_deadline() {
+                Some(next) => self.sleep.as_mut().reset(next),
+                None => return Poll::Pending,
+            }
         }
     }
 
@@ -1118,7 +1355,8 @@ impl Body for ProxyBody {
             Kind::Upstream { body, timers } => {
                 if let Some(t) = timers {
                     match t.poll_expired(cx) {
-                        Poll::Ready(Expired::Route) => {
+                        // (No per-try timeout runs once the response started.)
+                        Poll::Ready(Expired::Route | Expired::PerTry) => {
                             return Poll::Ready(Some(Err(BodyError::Timeout)))
                         }
                         Poll::Ready(Expired::Idle(_)) => {

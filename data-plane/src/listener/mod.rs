@@ -10,6 +10,7 @@
 //!   is bound *before* the old one closes and every bind is validated before
 //!   anything is applied;
 //! - [`tcp`]: the TCP proxy; [`http`]: the HTTP connection manager and router;
+//!   [`retry`]: the router's retry decisions;
 //!   [`route`]: route tables and the RDS route configurations in force;
 //! - the `listener.<address>.`, `tcp.<stat_prefix>.` and `http.<stat_prefix>.` stats.
 //!
@@ -21,6 +22,7 @@
 
 pub mod http;
 pub mod path;
+pub mod retry;
 pub mod route;
 pub mod splice;
 pub mod tcp;

@@ -13,7 +13,9 @@
 //! - routes in order, first match wins: `Prefix` is a plain string prefix of
 //!   the path with its query, `Exact` compares the path without the query,
 //!   `SeparatedPrefix` needs the prefix to be followed by the end, `/` or `?`;
-//! - `prefix_rewrite` replaces the matched part of the path.
+//! - `prefix_rewrite` replaces the matched part of the path;
+//! - a route's `retry_policy` (and `per_request_buffer_limit_bytes`)
+//!   replaces its virtual host's, as in Envoy.
 //!
 //! Does not own the HTTP handling itself (see `listener::http`).
 
@@ -25,7 +27,7 @@ use std::time::Duration;
 use arc_swap::ArcSwapOption;
 use tokio::sync::Notify;
 
-use crate::model::{self, NackError, PathMatch};
+use crate::model::{self, NackError, PathMatch, RetryPolicy, DEFAULT_RETRY_BUFFER_LIMIT};
 use crate::upstream::{ClusterManager, ClusterSlot};
 
 /// A compiled route.
@@ -38,6 +40,10 @@ pub struct Route {
     pub prefix_rewrite: Option<String>,
     /// Route timeout (`None`: disabled).
     pub timeout: Option<Duration>,
+    /// The route's retry policy, else its virtual host's.
+    pub retry: Option<Arc<RetryPolicy>>,
+    /// Largest request body kept for retries.
+    pub retry_buffer_limit: usize,
 }
 
 impl Route {
@@ -144,6 +150,19 @@ impl RouteTable {
                         cluster: slot(&r.action.cluster),
                         prefix_rewrite: r.action.prefix_rewrite.clone(),
                         timeout: r.action.timeout,
+                        // Envoy: a route's policy replaces its virtual host's.
+                        retry: r
+                            .action
+                            .retry_policy
+                            .as_ref()
+                            .or(vh.retry_policy.as_ref())
+                            .map(|p| Arc::new(p.clone())),
+                        retry_buffer_limit: r
+                            .action
+                            .per_request_buffer_limit_bytes
+                            .or(vh.per_request_buffer_limit_bytes)
+                            .unwrap_or(DEFAULT_RETRY_BUFFER_LIMIT)
+                            as usize,
                     })
                     .collect(),
             });
@@ -349,6 +368,8 @@ mod tests {
                 cluster: cluster.into(),
                 prefix_rewrite: rewrite.map(str::to_owned),
                 timeout: Some(Duration::from_secs(15)),
+                retry_policy: None,
+                per_request_buffer_limit_bytes: None,
             },
         }
     }
@@ -358,6 +379,8 @@ mod tests {
             name: name.into(),
             domains: domains.iter().map(|d| d.to_string()).collect(),
             routes,
+            retry_policy: None,
+            per_request_buffer_limit_bytes: None,
         }
     }
 

@@ -1,14 +1,20 @@
 //! TCP proxy (`envoy.filters.network.tcp_proxy`).
 //!
 //! Owns one downstream connection's life: pick a host of the cluster, connect
-//! with the cluster's `connect_timeout` (up to `max_connect_attempts` hosts),
-//! then copy bytes both ways with half-close propagation until both sides are
+//! with the cluster's `connect_timeout` (up to `max_connect_attempts` hosts:
+//! a failed attempt moves on to a host not tried yet while the load balancer
+//! has one, at once, as Envoy does without `backoff_options`), then copy
+//! bytes both ways with half-close propagation until both sides are
 //! done, the connection is idle for `idle_timeout`, or the listener's drain
 //! time runs out. Bytes move with `splice(2)` (see `splice`), so they never
 //! enter user space, through pipes borrowed only while bytes are in flight,
 //! so an idle connection holds two descriptors (its sockets); per chunk, one
 //! clock read for the idle timer; stats are added once when the connection
 //! ends.
+//!
+//! Each attempt is reported to the cluster's outlier detection, as Envoy's
+//! TCP proxy does: a connection is a success, a refused or failed connect a
+//! connect failure, a connect timeout a timeout.
 //!
 //! No cluster or no host, or the cluster's `max_connections` circuit breaker
 //! open: the downstream connection is closed. Established
@@ -30,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 use super::splice::{Moved, Moved64, Splice};
 use crate::model::TcpProxy;
 use crate::runtime::stats::{stats_struct, Counter};
+use crate::upstream::outlier::Report;
 use crate::upstream::{ClusterSlot, ConnectError};
 
 /// Copy buffer size, each direction.
@@ -75,14 +82,35 @@ pub async fn serve(downstream: TcpStream, ctx: Arc<TcpCtx>, close: CancellationT
         return;
     };
     let connect = async {
-        for _ in 0..ctx.cfg.max_connect_attempts.max(1) {
-            let host = cluster.pick()?;
+        let attempts = ctx.cfg.max_connect_attempts.max(1) as usize;
+        let mut tried = Vec::with_capacity(attempts);
+        for _ in 0..attempts {
+            // The next host round robin gives, skipping those tried already
+            // (the whole host list at most), so that a dead host costs one
+            // attempt however connections interleave.
+            let repicks = if tried.is_empty() {
+                0
+            } else {
+                cluster.lb().members().hosts().len()
+            };
+            let host = cluster.pick_avoiding(&tried, repicks)?;
+            tried.push(host.addr());
             match cluster.connect(&host).await {
-                Ok(up) => return Some(up),
+                Ok(up) => {
+                    cluster.report(&host, Report::ConnectSuccessFinal);
+                    return Some(up);
+                }
                 // `max_connections` reached (counted in upstream_cx_overflow):
                 // the downstream connection is closed, as in Envoy.
                 Err(ConnectError::Overflow) => return None,
                 Err(e) => {
+                    cluster.report(
+                        &host,
+                        match e {
+                            ConnectError::Timeout => Report::Timeout,
+                            _ => Report::ConnectFailed,
+                        },
+                    );
                     tracing::debug!(host = %host.addr(), error = %e, "tcp proxy: connect failed")
                 }
             }

@@ -29,6 +29,7 @@ mod cluster;
 mod dns;
 mod endpoint;
 mod listener;
+mod retry;
 mod route;
 mod tls;
 

@@ -46,6 +46,107 @@ pub struct Cluster {
     pub healthy_panic_threshold: f64,
     /// Circuit breaker thresholds of the DEFAULT priority.
     pub circuit_breakers: CircuitBreakers,
+    /// Passive health checking (`outlier_detection`); `None` when unset.
+    /// (Boxed: most clusters have none, and it is larger than the rest.)
+    pub outlier_detection: Option<Box<OutlierDetection>>,
+    /// Whether a host removed from the endpoints leaves at once even while it
+    /// passes active health checks (default false: Envoy keeps such a host,
+    /// flagged `/pending_dynamic_removal`, until its first failed check).
+    pub ignore_health_on_host_removal: bool,
+}
+
+/// Outlier detection (passive health checking) with Envoy's defaults.
+///
+/// Consecutive-error detectors eject at once when their count is reached;
+/// the success-rate and failure-percentage detectors run every `interval`,
+/// which is also when ejected hosts are returned to service. A count of 0
+/// disables its detector; an `enforcing_*` percentage is the chance that a
+/// detection really ejects.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct OutlierDetection {
+    /// 5xx responses (and, unless split, local-origin errors mapped to 503
+    /// or 504) in a row that eject a host (default 5).
+    pub consecutive_5xx: u32,
+    /// 502, 503 and 504 responses in a row that eject a host (default 5).
+    pub consecutive_gateway_failure: u32,
+    /// Local-origin errors (connect failure, timeout, reset) in a row that
+    /// eject a host when `split_external_local_origin_errors` (default 5).
+    pub consecutive_local_origin_failure: u32,
+    /// Count local-origin errors apart from responses (default false).
+    pub split_external_local_origin_errors: bool,
+    /// Time between sweeps: success-rate analysis and returning hosts to
+    /// service (default 10 s).
+    pub interval: Duration,
+    /// Ejection time of a first ejection; the n-th in a row lasts n times
+    /// as long (default 30 s).
+    pub base_ejection_time: Duration,
+    /// Longest ejection (default the larger of 300 s and `base_ejection_time`).
+    pub max_ejection_time: Duration,
+    /// Random extra ejection time, at most this much (default 0).
+    pub max_ejection_time_jitter: Duration,
+    /// Most hosts ejected at once, as a percentage of the cluster (default 10).
+    pub max_ejection_percent: u32,
+    /// Eject one host even beyond `max_ejection_percent` (default false).
+    pub always_eject_one_host: bool,
+    /// Percent chance a consecutive-5xx detection ejects (default 100).
+    pub enforcing_consecutive_5xx: u32,
+    /// Percent chance a consecutive-gateway-failure detection ejects (default 0).
+    pub enforcing_consecutive_gateway_failure: u32,
+    /// Percent chance a consecutive-local-origin detection ejects (default 100).
+    pub enforcing_consecutive_local_origin_failure: u32,
+    /// Percent chance a success-rate detection ejects (default 100).
+    pub enforcing_success_rate: u32,
+    /// The same for the local-origin success rate (default 100).
+    pub enforcing_local_origin_success_rate: u32,
+    /// Hosts with enough requests needed for success-rate analysis (default 5).
+    pub success_rate_minimum_hosts: u32,
+    /// Requests per interval for a host to count in success-rate analysis (default 100).
+    pub success_rate_request_volume: u32,
+    /// The outlier threshold is `mean - stdev * factor / 1000` (default 1900).
+    pub success_rate_stdev_factor: u32,
+    /// Failure percentage at or above which a host is an outlier (default 85).
+    pub failure_percentage_threshold: u32,
+    /// Percent chance a failure-percentage detection ejects (default 0).
+    pub enforcing_failure_percentage: u32,
+    /// The same for the local-origin failure percentage (default 0).
+    pub enforcing_failure_percentage_local_origin: u32,
+    /// Hosts needed for failure-percentage analysis (default 5).
+    pub failure_percentage_minimum_hosts: u32,
+    /// Requests per interval for a host to count in failure-percentage analysis (default 50).
+    pub failure_percentage_request_volume: u32,
+    /// A passed active health check returns an ejected host to service (default true).
+    pub successful_active_health_check_uneject_host: bool,
+}
+
+impl Default for OutlierDetection {
+    fn default() -> Self {
+        OutlierDetection {
+            consecutive_5xx: 5,
+            consecutive_gateway_failure: 5,
+            consecutive_local_origin_failure: 5,
+            split_external_local_origin_errors: false,
+            interval: Duration::from_secs(10),
+            base_ejection_time: Duration::from_secs(30),
+            max_ejection_time: Duration::from_secs(300),
+            max_ejection_time_jitter: Duration::ZERO,
+            max_ejection_percent: 10,
+            always_eject_one_host: false,
+            enforcing_consecutive_5xx: 100,
+            enforcing_consecutive_gateway_failure: 0,
+            enforcing_consecutive_local_origin_failure: 100,
+            enforcing_success_rate: 100,
+            enforcing_local_origin_success_rate: 100,
+            success_rate_minimum_hosts: 5,
+            success_rate_request_volume: 100,
+            success_rate_stdev_factor: 1900,
+            failure_percentage_threshold: 85,
+            enforcing_failure_percentage: 0,
+            enforcing_failure_percentage_local_origin: 0,
+            failure_percentage_minimum_hosts: 5,
+            failure_percentage_request_volume: 50,
+            successful_active_health_check_uneject_host: true,
+        }
+    }
 }
 
 /// A cluster's circuit breakers (`circuit_breakers.thresholds` for the DEFAULT
@@ -58,7 +159,8 @@ pub struct CircuitBreakers {
     pub max_pending_requests: u32,
     /// Requests in flight to all hosts at once (default 1024).
     pub max_requests: u32,
-    /// Retries in flight at once (default 3; pylon-proxy does not retry, so it only shows).
+    /// Retries outstanding at once, from the decision to retry until the
+    /// retried attempt ends (default 3).
     pub max_retries: u32,
 }
 
@@ -339,6 +441,57 @@ pub struct VirtualHost {
     pub domains: Vec<String>,
     /// Routes, first match wins.
     pub routes: Vec<Route>,
+    /// The retry policy of routes that have none of their own.
+    pub retry_policy: Option<RetryPolicy>,
+    /// Largest request body kept for retries, for routes that set none
+    /// (`per_request_buffer_limit_bytes`; `None`: [`DEFAULT_RETRY_BUFFER_LIMIT`]).
+    pub per_request_buffer_limit_bytes: Option<u32>,
+}
+
+/// The request body kept for retries when nothing sets
+/// `per_request_buffer_limit_bytes`: Envoy's default connection buffer limit
+/// (1 MiB), which is what bounds its retry buffer then.
+pub const DEFAULT_RETRY_BUFFER_LIMIT: u32 = 1024 * 1024;
+
+/// A route's retry policy, with Envoy's defaults.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct RetryPolicy {
+    /// What is retried.
+    pub retry_on: RetryOn,
+    /// Retries at most (default 1).
+    pub num_retries: u32,
+    /// Time each attempt may take until response headers; `None`: only the
+    /// route timeout bounds it.
+    pub per_try_timeout: Option<Duration>,
+    /// Statuses retried under `retriable-status-codes`.
+    pub retriable_status_codes: Vec<u16>,
+    /// Back-off before the n-th retry: a random time below
+    /// `min(base * 2^(n-1), max)` (defaults 25 ms and 10 x base).
+    pub base_interval: Duration,
+    /// See `base_interval`.
+    pub max_interval: Duration,
+    /// `envoy.retry_host_predicates.previous_hosts`: a retry avoids hosts
+    /// already tried, picking again up to `host_selection_retry_max_attempts`
+    /// times (default false: the load balancer's next pick, whatever it is).
+    pub previous_hosts: bool,
+    /// Picks per retry when `previous_hosts` rejects one (default 1).
+    pub host_selection_retry_max_attempts: u32,
+}
+
+/// The `retry_on` conditions pylon-proxy implements.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct RetryOn {
+    /// `5xx`: any 5xx response, a reset, a connect failure or a per-try timeout.
+    pub status_5xx: bool,
+    /// `gateway-error`: a 502, 503 or 504 response, a reset, a connect
+    /// failure or a per-try timeout.
+    pub gateway_error: bool,
+    /// `reset`: no response at all (reset, connect failure, per-try timeout).
+    pub reset: bool,
+    /// `connect-failure`: the connection to the host failed or timed out.
+    pub connect_failure: bool,
+    /// `retriable-status-codes`: a status among `retriable_status_codes`.
+    pub retriable_status_codes: bool,
 }
 
 /// One route.
@@ -370,4 +523,8 @@ pub struct RouteAction {
     pub prefix_rewrite: Option<String>,
     /// Route timeout; `None` disables it (default 15 s).
     pub timeout: Option<Duration>,
+    /// Retry policy; `None`: no retries (or the virtual host's policy).
+    pub retry_policy: Option<RetryPolicy>,
+    /// Largest request body kept for retries (`per_request_buffer_limit_bytes`).
+    pub per_request_buffer_limit_bytes: Option<u32>,
 }

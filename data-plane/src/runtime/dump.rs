@@ -10,7 +10,7 @@ use serde_json::{json, Map, Value};
 
 use crate::model::{
     Cluster, Discovery, DnsDiscovery, HealthCheck, HealthCheckKind, ListenerKind, LoadAssignment,
-    LookupFamily, PathMatch, RouteConfig, RouteSource,
+    LookupFamily, OutlierDetection, PathMatch, RetryPolicy, RouteConfig, RouteSource,
 };
 use crate::upstream::ClusterManager;
 
@@ -133,6 +133,13 @@ fn cluster(c: &Cluster) -> Value {
             "max_retries": cb.max_retries,
         }] }),
     );
+    if let Some(od) = &c.outlier_detection {
+        m.insert("outlier_detection".into(), outlier_detection(od));
+    }
+    m.insert(
+        "ignore_health_on_host_removal".into(),
+        c.ignore_health_on_host_removal.into(),
+    );
     Value::Object(m)
 }
 
@@ -190,6 +197,71 @@ fn dns(m: &mut Map<String, Value>, name: &str, d: &DnsDiscovery) {
             }),
         );
     }
+}
+
+fn outlier_detection(od: &OutlierDetection) -> Value {
+    json!({
+        "consecutive_5xx": od.consecutive_5xx,
+        "consecutive_gateway_failure": od.consecutive_gateway_failure,
+        "consecutive_local_origin_failure": od.consecutive_local_origin_failure,
+        "split_external_local_origin_errors": od.split_external_local_origin_errors,
+        "interval": duration(od.interval),
+        "base_ejection_time": duration(od.base_ejection_time),
+        "max_ejection_time": duration(od.max_ejection_time),
+        "max_ejection_time_jitter": duration(od.max_ejection_time_jitter),
+        "max_ejection_percent": od.max_ejection_percent,
+        "always_eject_one_host": od.always_eject_one_host,
+        "enforcing_consecutive_5xx": od.enforcing_consecutive_5xx,
+        "enforcing_consecutive_gateway_failure": od.enforcing_consecutive_gateway_failure,
+        "enforcing_consecutive_local_origin_failure": od.enforcing_consecutive_local_origin_failure,
+        "enforcing_success_rate": od.enforcing_success_rate,
+        "enforcing_local_origin_success_rate": od.enforcing_local_origin_success_rate,
+        "success_rate_minimum_hosts": od.success_rate_minimum_hosts,
+        "success_rate_request_volume": od.success_rate_request_volume,
+        "success_rate_stdev_factor": od.success_rate_stdev_factor,
+        "failure_percentage_threshold": od.failure_percentage_threshold,
+        "enforcing_failure_percentage": od.enforcing_failure_percentage,
+        "enforcing_failure_percentage_local_origin": od.enforcing_failure_percentage_local_origin,
+        "failure_percentage_minimum_hosts": od.failure_percentage_minimum_hosts,
+        "failure_percentage_request_volume": od.failure_percentage_request_volume,
+        "successful_active_health_check_uneject_host": od.successful_active_health_check_uneject_host,
+    })
+}
+
+fn retry_policy(p: &RetryPolicy) -> Value {
+    let on = &p.retry_on;
+    let retry_on: Vec<&str> = [
+        (on.status_5xx, "5xx"),
+        (on.gateway_error, "gateway-error"),
+        (on.reset, "reset"),
+        (on.connect_failure, "connect-failure"),
+        (on.retriable_status_codes, "retriable-status-codes"),
+    ]
+    .into_iter()
+    .filter_map(|(set, name)| set.then_some(name))
+    .collect();
+    let mut v = json!({
+        "retry_on": retry_on.join(","),
+        "num_retries": p.num_retries,
+        "retry_back_off": {
+            "base_interval": duration(p.base_interval),
+            "max_interval": duration(p.max_interval),
+        },
+        "host_selection_retry_max_attempts": p.host_selection_retry_max_attempts,
+    });
+    if let Some(t) = p.per_try_timeout {
+        v["per_try_timeout"] = duration(t).into();
+    }
+    if !p.retriable_status_codes.is_empty() {
+        v["retriable_status_codes"] = p.retriable_status_codes.clone().into();
+    }
+    if p.previous_hosts {
+        v["retry_host_predicate"] = json!([{
+            "name": pylon::type_url::PREVIOUS_HOSTS_PREDICATE,
+            "typed_config": { "@type": pylon::type_url::PREVIOUS_HOSTS },
+        }]);
+    }
+    v
 }
 
 fn health_check(hc: &HealthCheck) -> Value {
@@ -321,10 +393,24 @@ fn route_config(rc: &RouteConfig, typed: bool) -> Value {
                     if let Some(rw) = &r.action.prefix_rewrite {
                         a["prefix_rewrite"] = rw.clone().into();
                     }
-                    json!({ "match": m, "route": a })
+                    if let Some(p) = &r.action.retry_policy {
+                        a["retry_policy"] = retry_policy(p);
+                    }
+                    let mut route = json!({ "match": m, "route": a });
+                    if let Some(limit) = r.action.per_request_buffer_limit_bytes {
+                        route["per_request_buffer_limit_bytes"] = limit.into();
+                    }
+                    route
                 })
                 .collect();
-            json!({ "name": vh.name, "domains": vh.domains, "routes": routes })
+            let mut v = json!({ "name": vh.name, "domains": vh.domains, "routes": routes });
+            if let Some(p) = &vh.retry_policy {
+                v["retry_policy"] = retry_policy(p);
+            }
+            if let Some(limit) = vh.per_request_buffer_limit_bytes {
+                v["per_request_buffer_limit_bytes"] = limit.into();
+            }
+            v
         })
         .collect();
     let mut v = json!({ "name": rc.name, "virtual_hosts": vhosts });

@@ -50,7 +50,7 @@ impl Default for RuntimeOptions {
 }
 
 /// One host as `/clusters` shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct HostView {
     /// Address.
     pub addr: SocketAddr,
@@ -68,10 +68,15 @@ pub struct HostView {
     pub rq_total: u64,
     /// Requests in flight.
     pub rq_active: u64,
+    /// Outlier detection's success rate of the last interval (percent), when
+    /// it had enough requests.
+    pub success_rate: Option<f64>,
+    /// The same over local-origin results.
+    pub local_origin_success_rate: Option<f64>,
 }
 
 /// One cluster as `/clusters` shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ClusterView {
     /// Name.
     pub name: String,
@@ -196,15 +201,20 @@ impl Runtime {
                     .members()
                     .hosts()
                     .iter()
-                    .map(|h| HostView {
-                        addr: h.addr(),
-                        weight: h.weight(),
-                        health_flags: h.health_flags(),
-                        cx_active: h.stats.cx_active.get(),
-                        cx_total: h.stats.cx_total.get(),
-                        cx_connect_fail: h.stats.cx_connect_fail.get(),
-                        rq_total: h.stats.rq_total.get(),
-                        rq_active: h.stats.rq_active.get(),
+                    .map(|h| {
+                        let (success_rate, local_origin_success_rate) = h.outlier.success_rates();
+                        HostView {
+                            addr: h.addr(),
+                            weight: h.weight(),
+                            health_flags: h.health_flags(),
+                            cx_active: h.stats.cx_active.get(),
+                            cx_total: h.stats.cx_total.get(),
+                            cx_connect_fail: h.stats.cx_connect_fail.get(),
+                            rq_total: h.stats.rq_total.get(),
+                            rq_active: h.stats.rq_active.get(),
+                            success_rate,
+                            local_origin_success_rate,
+                        }
                     })
                     .collect();
                 ClusterView {

@@ -58,6 +58,8 @@ fn static_cluster(name: &str, addrs: &[SocketAddr]) -> Cluster {
         health_check: None,
         healthy_panic_threshold: 50.0,
         circuit_breakers: Default::default(),
+        outlier_detection: None,
+        ignore_health_on_host_removal: false,
     }
 }
 
@@ -100,6 +102,8 @@ fn route(
             cluster: cluster.into(),
             prefix_rewrite: rewrite.map(str::to_owned),
             timeout,
+            retry_policy: None,
+            per_request_buffer_limit_bytes: None,
         },
     }
 }
@@ -111,6 +115,8 @@ fn route_config(name: &str, routes: Vec<Route>) -> RouteConfig {
             name: "all".into(),
             domains: vec!["*".into()],
             routes,
+            retry_policy: None,
+            per_request_buffer_limit_bytes: None,
         }],
     }
 }
@@ -445,6 +451,8 @@ async fn http_local_replies_and_timeouts() {
                     None,
                 ),
             ],
+            retry_policy: None,
+            per_request_buffer_limit_bytes: None,
         }],
     };
     rt.set_listeners(vec![http_listener("web", RouteSource::Inline(rc))])
@@ -700,3 +708,6 @@ async fn h2c_downstream_is_proxied_to_http1_upstream() {
     }
     assert_eq!(stat(&rt, "http.h2.downstream_rq_http2_total"), 3);
 }
+
+// After the helpers and the macro above, which it uses.
+mod resilience;

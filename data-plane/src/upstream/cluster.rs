@@ -20,7 +20,18 @@
 //! Circuit breakers: the cluster's `max_connections` is checked and taken in
 //! one atomic step on its `upstream_cx_active` gauge when a connection is
 //! reserved ([`Cluster::reserve_cx`]), before connecting; the request limits
-//! are applied by `pool`. No lock on either path.
+//! are applied by `pool`, `max_retries` by [`Cluster::try_retry`]. No lock on
+//! any of these paths.
+//!
+//! Health and the host set: the active health checker (`health`) and outlier
+//! detection (`outlier`) flip host flags; this module owns what the host set
+//! does about them. After each check [`Cluster::after_check`] refreshes the
+//! load balancer's healthy set, lets a passed check return a host ejected by
+//! outlier detection, and drops a host that left the endpoints once its
+//! check fails: with `ignore_health_on_host_removal` false (Envoy's default),
+//! an EDS update keeps a removed host that passes its active health checks,
+//! flagged `/pending_dynamic_removal` and still taking traffic; with it true,
+//! or without a health check, a removed host leaves at once.
 //!
 //! Does not own connections to hosts beyond opening them ([`Cluster::connect`]).
 
@@ -38,9 +49,10 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use crate::model::{self, Discovery, Endpoint, LoadAssignment, NackError};
 use crate::runtime::stats::{stats_struct, Counter, Gauge, StatGroup};
 use crate::upstream::dns;
-use crate::upstream::health::{run_checker, CheckerCtx, Probe};
-use crate::upstream::host::Host;
+use crate::upstream::health::{run_checker, CheckObserver, CheckerCtx, Probe};
+use crate::upstream::host::{Host, FAILED_OUTLIER_CHECK, PENDING_DYNAMIC_REMOVAL};
 use crate::upstream::lb::LoadBalancer;
+use crate::upstream::outlier::{Detector, Report};
 use crate::upstream::ConnectError;
 
 /// How long an EDS cluster waits for its first load assignment before it
@@ -77,6 +89,35 @@ stats_struct! {
         update_attempt: Counter => "update_attempt",
         update_success: Counter => "update_success",
         update_failure: Counter => "update_failure",
+        upstream_rq_retry: Counter => "upstream_rq_retry",
+        upstream_rq_retry_success: Counter => "upstream_rq_retry_success",
+        upstream_rq_retry_overflow: Counter => "upstream_rq_retry_overflow",
+        upstream_rq_retry_limit_exceeded: Counter => "upstream_rq_retry_limit_exceeded",
+        upstream_rq_retry_backoff_exponential: Counter => "upstream_rq_retry_backoff_exponential",
+        upstream_rq_per_try_timeout: Counter => "upstream_rq_per_try_timeout",
+        retry_or_shadow_abandoned: Counter => "retry_or_shadow_abandoned",
+        // Outlier detection (shown only for clusters that have it; see
+        // `Cluster::collect_stats`). `ejections_active` is computed.
+        od_enforced_total: Counter => "outlier_detection.ejections_enforced_total",
+        od_ejections_overflow: Counter => "outlier_detection.ejections_overflow",
+        od_enforced_consecutive_5xx: Counter => "outlier_detection.ejections_enforced_consecutive_5xx",
+        od_detected_consecutive_5xx: Counter => "outlier_detection.ejections_detected_consecutive_5xx",
+        od_enforced_consecutive_gateway_failure: Counter => "outlier_detection.ejections_enforced_consecutive_gateway_failure",
+        od_detected_consecutive_gateway_failure: Counter => "outlier_detection.ejections_detected_consecutive_gateway_failure",
+        od_enforced_consecutive_local_origin_failure: Counter => "outlier_detection.ejections_enforced_consecutive_local_origin_failure",
+        od_detected_consecutive_local_origin_failure: Counter => "outlier_detection.ejections_detected_consecutive_local_origin_failure",
+        od_enforced_success_rate: Counter => "outlier_detection.ejections_enforced_success_rate",
+        od_detected_success_rate: Counter => "outlier_detection.ejections_detected_success_rate",
+        od_enforced_local_origin_success_rate: Counter => "outlier_detection.ejections_enforced_local_origin_success_rate",
+        od_detected_local_origin_success_rate: Counter => "outlier_detection.ejections_detected_local_origin_success_rate",
+        od_enforced_failure_percentage: Counter => "outlier_detection.ejections_enforced_failure_percentage",
+        od_detected_failure_percentage: Counter => "outlier_detection.ejections_detected_failure_percentage",
+        od_enforced_local_origin_failure_percentage: Counter => "outlier_detection.ejections_enforced_local_origin_failure_percentage",
+        od_detected_local_origin_failure_percentage: Counter => "outlier_detection.ejections_detected_local_origin_failure_percentage",
+        // Envoy's deprecated totals, still emitted by Envoy 1.40.
+        od_ejections_total: Counter => "outlier_detection.ejections_total",
+        od_ejections_consecutive_5xx: Counter => "outlier_detection.ejections_consecutive_5xx",
+        od_ejections_success_rate: Counter => "outlier_detection.ejections_success_rate",
     }
 }
 
@@ -130,6 +171,19 @@ impl Drop for UpstreamCx {
     }
 }
 
+/// A retry's place under the cluster's `max_retries`, held from the decision
+/// to retry until the retried attempt ends.
+#[derive(Debug)]
+pub struct RetryGuard {
+    cluster: Arc<Cluster>,
+}
+
+impl Drop for RetryGuard {
+    fn drop(&mut self) {
+        self.cluster.retries_active.dec();
+    }
+}
+
 /// One version of a cluster.
 #[derive(Debug)]
 pub struct Cluster {
@@ -138,6 +192,12 @@ pub struct Cluster {
     lb: Arc<LoadBalancer>,
     checker: Option<CheckerCtx>,
     checkers: Mutex<HashMap<SocketAddr, DropGuard>>,
+    /// Serialises changes of the host set (EDS updates, removals after a
+    /// failed check of a host pending removal).
+    host_set: Mutex<()>,
+    outlier: Option<Arc<Detector>>,
+    /// Retries outstanding (the `max_retries` circuit breaker).
+    retries_active: Gauge,
     /// Parent of this version's checker tokens.
     token: CancellationToken,
     created: Instant,
@@ -190,12 +250,19 @@ impl Cluster {
             })
             .unwrap_or_default();
         let prev_checked = previous.is_some_and(|p| p.config.health_check.is_some());
+        let outlier_detected = config.outlier_detection.is_some();
         let hosts = reuse_hosts(endpoints.unwrap_or(&[]), &prev_hosts, health_checked, |h| {
+            // A version starts from its endpoints: nothing is pending removal.
+            h.clear_flag(PENDING_DYNAMIC_REMOVAL);
             if health_checked && !prev_checked {
                 // A cluster that gains a health check: its hosts start over.
                 h.reset_for_health_check();
             } else if !health_checked {
                 h.clear_health();
+            }
+            if !outlier_detected {
+                h.clear_flag(FAILED_OUTLIER_CHECK);
+                h.outlier.clear();
             }
         });
         let start = rand::random::<u32>() as usize;
@@ -204,29 +271,45 @@ impl Cluster {
             config.healthy_panic_threshold,
             start,
         ));
-        let checker = config.health_check.as_ref().map(|hc| CheckerCtx {
-            cfg: Arc::new(hc.clone()),
-            probe: Probe::new(hc, &config.name),
-            stats: stats.clone(),
-            lb: Arc::downgrade(&lb),
+        let outlier = config.outlier_detection.as_deref().map(|od| {
+            Arc::new(Detector::new(
+                od.clone(),
+                stats.clone(),
+                Arc::downgrade(&lb),
+            ))
         });
-        let cluster = Arc::new(Cluster {
-            config,
-            stats,
-            lb,
-            checker,
-            checkers: Mutex::new(HashMap::new()),
-            token: parent.child_token(),
-            created: Instant::now(),
-            endpoints_known: AtomicBool::new(endpoints.is_some()),
-            initialized: AtomicBool::new(false),
-            dns_answers: Mutex::new(
-                dns_seed
-                    .as_ref()
-                    .map(|(a, _)| a.clone())
-                    .unwrap_or_default(),
-            ),
+        let cluster = Arc::new_cyclic(|me: &std::sync::Weak<Cluster>| {
+            let observer: std::sync::Weak<dyn CheckObserver> = me.clone();
+            let checker = config.health_check.as_ref().map(|hc| CheckerCtx {
+                cfg: Arc::new(hc.clone()),
+                probe: Probe::new(hc, &config.name),
+                stats: stats.clone(),
+                observer,
+            });
+            Cluster {
+                config,
+                stats,
+                lb,
+                checker,
+                checkers: Mutex::new(HashMap::new()),
+                host_set: Mutex::new(()),
+                outlier,
+                retries_active: Gauge::default(),
+                token: parent.child_token(),
+                created: Instant::now(),
+                endpoints_known: AtomicBool::new(endpoints.is_some()),
+                initialized: AtomicBool::new(false),
+                dns_answers: Mutex::new(
+                    dns_seed
+                        .as_ref()
+                        .map(|(a, _)| a.clone())
+                        .unwrap_or_default(),
+                ),
+            }
         });
+        if let Some(d) = &cluster.outlier {
+            tokio::spawn(d.clone().run(cluster.token.child_token()));
+        }
         cluster.sync_checkers(&hosts);
         if let Discovery::Dns(d) = &cluster.config.discovery {
             tokio::spawn(dns::run(
@@ -268,6 +351,40 @@ impl Cluster {
             self.stats.upstream_cx_none_healthy.inc();
         }
         h
+    }
+
+    /// The next host, avoiding the hosts in `tried` while the load balancer
+    /// offers another within `repicks` more picks; else the last one picked.
+    pub fn pick_avoiding(&self, tried: &[SocketAddr], repicks: usize) -> Option<Arc<Host>> {
+        let mut host = self.pick()?;
+        for _ in 0..repicks {
+            if !tried.contains(&host.addr()) {
+                break;
+            }
+            match self.lb.pick() {
+                Some(h) => host = h,
+                None => break,
+            }
+        }
+        Some(host)
+    }
+
+    /// Tells outlier detection, if the cluster has it, what an attempt to
+    /// `host` gave.
+    #[inline]
+    pub fn report(&self, host: &Host, r: Report) {
+        if let Some(d) = &self.outlier {
+            d.report(host, r);
+        }
+    }
+
+    /// A place for one more retry within the cluster's `max_retries`, or
+    /// `None` (the caller counts the overflow).
+    pub fn try_retry(self: &Arc<Self>) -> Option<RetryGuard> {
+        let max = u64::from(self.config.circuit_breakers.max_retries);
+        self.retries_active.try_inc(max).then(|| RetryGuard {
+            cluster: self.clone(),
+        })
     }
 
     /// A place for one more connection to `host` within the cluster's
@@ -335,15 +452,31 @@ impl Cluster {
     }
 
     /// Replaces the hosts (an EDS update, or a DNS answer), keeping the state
-    /// of hosts that remain.
+    /// of hosts that remain. A health-checked cluster without
+    /// `ignore_health_on_host_removal` keeps a removed host that its checks
+    /// have not failed, as `/pending_dynamic_removal`, until they do (see
+    /// [`Cluster::after_check`]).
     pub fn set_endpoints(&self, endpoints: &[Endpoint]) {
+        let _g = self.host_set.lock().unwrap_or_else(PoisonError::into_inner);
         let members = self.lb.members();
         let prev: HashMap<SocketAddr, Arc<Host>> = members
             .hosts()
             .iter()
             .map(|h| (h.addr(), h.clone()))
             .collect();
-        let hosts = reuse_hosts(endpoints, &prev, self.checker.is_some(), |_| {});
+        // A host added back is no longer pending removal.
+        let mut hosts = reuse_hosts(endpoints, &prev, self.checker.is_some(), |h| {
+            h.clear_flag(PENDING_DYNAMIC_REMOVAL)
+        });
+        if self.checker.is_some() && !self.config.ignore_health_on_host_removal {
+            let kept: HashSet<SocketAddr> = hosts.iter().map(|h| h.addr()).collect();
+            for h in members.hosts() {
+                if !kept.contains(&h.addr()) && !h.failed_active_hc() {
+                    h.set_flag(PENDING_DYNAMIC_REMOVAL);
+                    hosts.push(h.clone());
+                }
+            }
+        }
         self.lb.set_hosts(hosts.clone());
         self.sync_checkers(&hosts);
         if !matches!(self.config.discovery, Discovery::Dns(_)) {
@@ -364,6 +497,27 @@ impl Cluster {
             .dns_answers
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = answers.to_vec();
+    }
+
+    /// Takes `host` out of the host set and stops its checker.
+    fn remove_host(&self, host: &Arc<Host>) {
+        let _g = self.host_set.lock().unwrap_or_else(PoisonError::into_inner);
+        let members = self.lb.members();
+        if !members.hosts().iter().any(|h| Arc::ptr_eq(h, host)) {
+            return;
+        }
+        let hosts: Vec<Arc<Host>> = members
+            .hosts()
+            .iter()
+            .filter(|h| !Arc::ptr_eq(h, host))
+            .cloned()
+            .collect();
+        self.lb.set_hosts(hosts);
+        self.checkers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&host.addr());
+        tracing::info!(cluster = self.name(), host = %host.addr(), "removed host failed its health check: dropped");
     }
 
     /// Starts checkers for hosts that have none, stops those of hosts that left.
@@ -414,8 +568,20 @@ impl Cluster {
     /// Appends the `cluster.<name>.` stats, computed gauges included.
     pub fn collect_stats(&self, out: &mut Vec<(String, u64)>) {
         let prefix = format!("cluster.{}.", self.config.name);
-        self.stats.collect(&prefix, out);
+        let mut own = Vec::new();
+        self.stats.collect(&prefix, &mut own);
         let members = self.lb.members();
+        if self.outlier.is_some() {
+            let ejected = members.hosts().iter().filter(|h| h.is_ejected()).count();
+            own.push((
+                format!("{prefix}outlier_detection.ejections_active"),
+                ejected as u64,
+            ));
+        } else {
+            // Envoy has these stats only for clusters that detect outliers.
+            own.retain(|(k, _)| !k[prefix.len()..].starts_with("outlier_detection."));
+        }
+        out.append(&mut own);
         let total = members.hosts().len() as u64;
         let healthy = members.healthy_count() as u64;
         out.push((format!("{prefix}membership_total"), total));
@@ -428,7 +594,7 @@ impl Cluster {
             out.push((format!("{prefix}health_check.healthy"), healthy));
         }
         // Envoy's circuit breaker gauges: 1 while the breaker is open (the
-        // resource is at its limit). Retries never happen, so theirs stays shut.
+        // resource is at its limit).
         let cb = &self.config.circuit_breakers;
         let open = |used: u64, max: u32| u64::from(used >= u64::from(max));
         let s = &self.stats;
@@ -442,10 +608,33 @@ impl Cluster {
                 open(s.upstream_rq_pending_active.get(), cb.max_pending_requests),
             ),
             ("rq_open", open(s.upstream_rq_active.get(), cb.max_requests)),
-            ("rq_retry_open", 0),
+            (
+                "rq_retry_open",
+                open(self.retries_active.get(), cb.max_retries),
+            ),
         ] {
             out.push((format!("{prefix}circuit_breakers.default.{name}"), value));
         }
+    }
+}
+
+impl CheckObserver for Cluster {
+    fn after_check(&self, host: &Arc<Host>, changed: bool, passed: bool) -> bool {
+        if passed {
+            if let Some(d) = &self.outlier {
+                d.on_active_check_passed(host);
+            }
+        }
+        if !changed {
+            return true;
+        }
+        if host.pending_removal() && host.failed_active_hc() {
+            // It left the endpoints and stayed only while it passed.
+            self.remove_host(host);
+            return false;
+        }
+        self.lb.refresh();
+        true
     }
 }
 
@@ -696,6 +885,8 @@ mod tests {
             health_check: None,
             healthy_panic_threshold: 50.0,
             circuit_breakers: Default::default(),
+            outlier_detection: None,
+            ignore_health_on_host_removal: false,
         }
     }
 

@@ -2,9 +2,12 @@
 //!
 //! Owns: the per-host state machine ([`Session`], a port of Envoy's
 //! `ActiveHealthCheckSession::handleSuccess`/`setUnhealthy`), the probes (TCP
-//! connect, HTTP `GET`, either over TLS through `tls`), the choice of the next interval, and the per-host
-//! checker task. Does not own hosts (it flips their flags) nor the load
-//! balancer (it asks it to rebuild its snapshot when a host changes state).
+//! connect, HTTP `GET`, either over TLS through `tls`), the choice of the
+//! next interval, and the per-host checker task. Does not own hosts (it
+//! flips their flags) nor the host set: after each check it tells its
+//! [`CheckObserver`] (the cluster), which rebuilds the load balancer's
+//! healthy set when a host changed state and decides what else follows
+//! (outlier detection, removals).
 //!
 //! Semantics (shared/reference/envoy-behaviour.md):
 //! - hosts start `/failed_active_hc`; the first check decides: one success
@@ -29,7 +32,6 @@ use tokio_util::sync::CancellationToken;
 use crate::model::{HealthCheck, HealthCheckKind};
 use crate::upstream::cluster::ClusterStats;
 use crate::upstream::host::{Host, ACTIVE_HC_TIMEOUT, FAILED_ACTIVE_HC};
-use crate::upstream::lb::LoadBalancer;
 use crate::upstream::tls::TlsClient;
 
 /// The result of one check.
@@ -86,7 +88,7 @@ impl Session {
             Outcome::Success => {
                 stats.hc_success.inc();
                 self.num_unhealthy = 0;
-                if host.is_healthy() {
+                if !host.failed_active_hc() {
                     Transition::Unchanged
                 } else {
                     self.num_healthy += 1;
@@ -108,7 +110,7 @@ impl Session {
                 }
                 self.num_healthy = 0;
                 let mut t = Transition::Unchanged;
-                if host.is_healthy() {
+                if !host.failed_active_hc() {
                     self.num_unhealthy += 1;
                     if outcome == Outcome::ActiveFailure
                         || self.num_unhealthy >= cfg.unhealthy_threshold
@@ -122,7 +124,7 @@ impl Session {
                 }
                 // Envoy: the timeout flag is set only on a failed host, and cleared by
                 // any other kind of failure.
-                if outcome == Outcome::Timeout && !host.is_healthy() {
+                if outcome == Outcome::Timeout && host.failed_active_hc() {
                     host.set_flag(ACTIVE_HC_TIMEOUT);
                 } else {
                     host.clear_flag(ACTIVE_HC_TIMEOUT);
@@ -309,6 +311,14 @@ fn parse_status(line: &[u8]) -> Option<u16> {
     std::str::from_utf8(code).ok()?.parse().ok()
 }
 
+/// What a host's checks mean for the host set: told after every check.
+pub trait CheckObserver: std::fmt::Debug + Send + Sync {
+    /// After a check of `host` that `passed` or not; `changed` when the host
+    /// turned healthy or unhealthy. False stops the host's checker (the host
+    /// left the cluster).
+    fn after_check(&self, host: &Arc<Host>, changed: bool, passed: bool) -> bool;
+}
+
 /// Everything a host's checker task needs.
 #[derive(Debug, Clone)]
 pub struct CheckerCtx {
@@ -318,8 +328,8 @@ pub struct CheckerCtx {
     pub probe: Probe,
     /// The cluster's stats (check counters; traffic detection).
     pub stats: Arc<ClusterStats>,
-    /// The load balancer to refresh on state changes.
-    pub lb: Weak<LoadBalancer>,
+    /// Told after each check (the cluster version; gone once it is dropped).
+    pub observer: Weak<dyn CheckObserver>,
 }
 
 /// Checks `host` until `token` is cancelled. A host that already had its
@@ -327,7 +337,7 @@ pub struct CheckerCtx {
 pub async fn run_checker(host: Arc<Host>, ctx: CheckerCtx, token: CancellationToken) {
     let mut session = Session::new(!host.first_check_done());
     if !session.first_check {
-        let wait = next_interval(&ctx.cfg, ctx.stats.had_traffic(), host.is_healthy());
+        let wait = next_interval(&ctx.cfg, ctx.stats.had_traffic(), !host.failed_active_hc());
         tokio::select! {
             biased;
             _ = token.cancelled() => return,
@@ -346,16 +356,21 @@ pub async fn run_checker(host: Arc<Host>, ctx: CheckerCtx, token: CancellationTo
         let t = session.on_result(&host, outcome, &ctx.cfg, &ctx.stats);
         let passed = outcome == Outcome::Success;
         host.mark_first_check_done();
-        if t == Transition::Changed {
+        let changed = t == Transition::Changed;
+        if changed {
             tracing::info!(
                 host = %host.addr(),
-                healthy = host.is_healthy(),
+                healthy = !host.failed_active_hc(),
                 ?outcome,
                 "health check changed host state"
             );
-            if let Some(lb) = ctx.lb.upgrade() {
-                lb.refresh();
-            }
+        }
+        let keep = match ctx.observer.upgrade() {
+            Some(o) => o.after_check(&host, changed, passed),
+            None => false,
+        };
+        if !keep {
+            return;
         }
         let wait = next_interval(&ctx.cfg, ctx.stats.had_traffic(), passed);
         tokio::select! {
@@ -369,6 +384,7 @@ pub async fn run_checker(host: Arc<Host>, ctx: CheckerCtx, token: CancellationTo
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::upstream::lb::LoadBalancer;
     use std::collections::VecDeque;
     use std::sync::Mutex;
 
@@ -504,6 +520,20 @@ mod tests {
         )))
     }
 
+    /// Refreshes the load balancer when a host changes state (what the
+    /// cluster does, without the rest).
+    #[derive(Debug)]
+    struct Refresh(Arc<LoadBalancer>);
+
+    impl CheckObserver for Refresh {
+        fn after_check(&self, _: &Arc<Host>, changed: bool, _: bool) -> bool {
+            if changed {
+                self.0.refresh();
+            }
+            true
+        }
+    }
+
     /// The checker loop on paused time: first check at once, timeouts mark
     /// the host, no_traffic_interval until traffic, then interval /
     /// unhealthy_interval, and the load balancer follows.
@@ -512,6 +542,7 @@ mod tests {
         use ScriptStep::*;
         let h = host();
         let lb = Arc::new(LoadBalancer::new(vec![h.clone()], 0.0, 0));
+        let observer = Arc::new(Refresh(lb.clone()));
         assert!(lb.pick().is_none());
         let stats = Arc::new(ClusterStats::default());
         let ctx = CheckerCtx {
@@ -523,7 +554,7 @@ mod tests {
                 Answer(Outcome::Success),
             ]),
             stats: stats.clone(),
-            lb: Arc::downgrade(&lb),
+            observer: Arc::downgrade(&observer) as Weak<dyn CheckObserver>,
         };
         let token = CancellationToken::new();
         let task = tokio::spawn(run_checker(h.clone(), ctx, token.clone()));

@@ -1,5 +1,5 @@
-//! One upstream host: its address, weight, health flags, stats and idle
-//! HTTP/1 connections.
+//! One upstream host: its address, weight, health flags, stats, outlier
+//! detection counters and idle HTTP/1 connections.
 //!
 //! A host is shared (`Arc<Host>`) by every version of its cluster and every
 //! load-balancer snapshot that contains it, so a host that stays across an EDS
@@ -10,12 +10,21 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
 
 use crate::runtime::stats::{stats_struct, Counter, Gauge};
+use crate::upstream::outlier::HostOutlier;
 use crate::upstream::pool::Pool;
 
 /// Health flag: the active health checker failed the host (Envoy `FAILED_ACTIVE_HC`).
 pub const FAILED_ACTIVE_HC: u8 = 1;
 /// Health flag: the last failed check timed out (Envoy `ACTIVE_HC_TIMEOUT`); informational.
 pub const ACTIVE_HC_TIMEOUT: u8 = 2;
+/// Health flag: outlier detection ejected the host (Envoy `FAILED_OUTLIER_CHECK`).
+pub const FAILED_OUTLIER_CHECK: u8 = 4;
+/// Health flag: the host left the endpoints but stays while it passes active
+/// health checks (Envoy `PENDING_DYNAMIC_REMOVAL`); it still takes traffic.
+pub const PENDING_DYNAMIC_REMOVAL: u8 = 8;
+
+/// The flags that keep a host out of the load balancer's healthy set.
+const UNHEALTHY: u8 = FAILED_ACTIVE_HC | FAILED_OUTLIER_CHECK;
 
 stats_struct! {
     /// Per-host stats, as `/clusters` shows them.
@@ -47,6 +56,8 @@ pub struct Host {
     first_check_done: AtomicBool,
     /// Stats.
     pub stats: HostStats,
+    /// What outlier detection counts for this host.
+    pub(crate) outlier: HostOutlier,
     /// Idle upstream HTTP/1 connections.
     pub(crate) pool: Pool,
 }
@@ -61,6 +72,7 @@ impl Host {
             flags: AtomicU8::new(if health_checked { FAILED_ACTIVE_HC } else { 0 }),
             first_check_done: AtomicBool::new(false),
             stats: HostStats::default(),
+            outlier: HostOutlier::default(),
             pool: Pool::default(),
         }
     }
@@ -81,13 +93,34 @@ impl Host {
         self.weight.store(weight.max(1), Ordering::Relaxed);
     }
 
-    /// Whether the host may receive traffic outside panic mode.
+    /// Whether the host may receive traffic outside panic mode: neither the
+    /// active health checker nor outlier detection failed it.
     #[inline]
     pub fn is_healthy(&self) -> bool {
-        self.flags.load(Ordering::Acquire) & FAILED_ACTIVE_HC == 0
+        self.flags.load(Ordering::Acquire) & UNHEALTHY == 0
     }
 
-    /// Raw health flags ([`FAILED_ACTIVE_HC`], [`ACTIVE_HC_TIMEOUT`]).
+    /// Whether the active health checker failed the host.
+    #[inline]
+    pub fn failed_active_hc(&self) -> bool {
+        self.flags.load(Ordering::Acquire) & FAILED_ACTIVE_HC != 0
+    }
+
+    /// Whether outlier detection ejected the host.
+    #[inline]
+    pub fn is_ejected(&self) -> bool {
+        self.flags.load(Ordering::Acquire) & FAILED_OUTLIER_CHECK != 0
+    }
+
+    /// Whether the host left the endpoints and stays only while it passes
+    /// active health checks.
+    #[inline]
+    pub fn pending_removal(&self) -> bool {
+        self.flags.load(Ordering::Acquire) & PENDING_DYNAMIC_REMOVAL != 0
+    }
+
+    /// Raw health flags ([`FAILED_ACTIVE_HC`], [`ACTIVE_HC_TIMEOUT`],
+    /// [`FAILED_OUTLIER_CHECK`], [`PENDING_DYNAMIC_REMOVAL`]).
     pub fn flags(&self) -> u8 {
         self.flags.load(Ordering::Acquire)
     }
@@ -100,18 +133,23 @@ impl Host {
         self.flags.fetch_and(!flag, Ordering::AcqRel);
     }
 
-    /// Envoy's `health_flags`: `healthy`, or the flags joined (`/failed_active_hc/active_hc_timeout`).
+    /// Envoy's `health_flags`: `healthy`, or the flags joined in Envoy's
+    /// order (`/failed_active_hc/failed_outlier_check/active_hc_timeout`).
     pub fn health_flags(&self) -> String {
         let flags = self.flags();
         if flags == 0 {
             return "healthy".to_owned();
         }
         let mut s = String::new();
-        if flags & FAILED_ACTIVE_HC != 0 {
-            s.push_str("/failed_active_hc");
-        }
-        if flags & ACTIVE_HC_TIMEOUT != 0 {
-            s.push_str("/active_hc_timeout");
+        for (flag, name) in [
+            (FAILED_ACTIVE_HC, "/failed_active_hc"),
+            (FAILED_OUTLIER_CHECK, "/failed_outlier_check"),
+            (PENDING_DYNAMIC_REMOVAL, "/pending_dynamic_removal"),
+            (ACTIVE_HC_TIMEOUT, "/active_hc_timeout"),
+        ] {
+            if flags & flag != 0 {
+                s.push_str(name);
+            }
         }
         s
     }
@@ -125,16 +163,19 @@ impl Host {
         self.first_check_done.store(true, Ordering::Release);
     }
 
-    /// Puts the host back in the state of a freshly added host of a
-    /// health-checked cluster (used when a cluster gains a health check).
+    /// Puts the host's active health back in the state of a freshly added
+    /// host of a health-checked cluster (used when a cluster gains a health
+    /// check). Outlier detection's flag is left alone.
     pub(crate) fn reset_for_health_check(&self) {
-        self.flags.store(FAILED_ACTIVE_HC, Ordering::Release);
+        self.clear_flag(ACTIVE_HC_TIMEOUT);
+        self.set_flag(FAILED_ACTIVE_HC);
         self.first_check_done.store(false, Ordering::Release);
     }
 
-    /// Clears every health flag (used when a cluster loses its health check).
+    /// Clears the active health checker's flags (used when a cluster loses
+    /// its health check).
     pub(crate) fn clear_health(&self) {
-        self.flags.store(0, Ordering::Release);
+        self.clear_flag(FAILED_ACTIVE_HC | ACTIVE_HC_TIMEOUT);
     }
 }
 
@@ -157,5 +198,23 @@ mod tests {
         h.clear_health();
         assert_eq!(h.health_flags(), "healthy");
         assert_eq!(Host::new(addr, 3, false).health_flags(), "healthy");
+        // Outlier detection's flag makes the host unhealthy too; a removed
+        // host kept by its health checks is not.
+        h.set_flag(PENDING_DYNAMIC_REMOVAL);
+        assert!(h.is_healthy());
+        assert_eq!(h.health_flags(), "/pending_dynamic_removal");
+        h.set_flag(FAILED_OUTLIER_CHECK | FAILED_ACTIVE_HC);
+        assert!(!h.is_healthy() && h.is_ejected() && h.pending_removal());
+        assert_eq!(
+            h.health_flags(),
+            "/failed_active_hc/failed_outlier_check/pending_dynamic_removal"
+        );
+        h.clear_health();
+        assert!(!h.is_healthy());
+        h.reset_for_health_check();
+        assert_eq!(
+            h.health_flags(),
+            "/failed_active_hc/failed_outlier_check/pending_dynamic_removal"
+        );
     }
 }

@@ -10,6 +10,9 @@
 //! - [`dns`]: the hosts of STRICT_DNS and LOGICAL_DNS clusters, from DNS;
 //! - [`health`]: active TCP/HTTP health checks with Envoy's state machine;
 //! - [`tls`]: TLS to hosts, for health checks;
+//! - [`outlier`]: outlier detection (passive health checks) with Envoy's
+//!   ejection algorithm;
+//! - [`replay`]: request bodies kept so that a retry can send them again;
 //! - [`pool`]: upstream HTTP/1.1 exchanges with per-host connection reuse.
 //!
 //! Does not own listeners, routing or the config in force (see `listener` and
@@ -20,10 +23,12 @@ pub mod dns;
 pub mod health;
 pub mod host;
 pub mod lb;
+pub mod outlier;
 pub mod pool;
+pub mod replay;
 pub mod tls;
 
-pub use cluster::{Cluster, ClusterManager, ClusterSlot, ClusterStats, UpstreamCx};
+pub use cluster::{Cluster, ClusterManager, ClusterSlot, ClusterStats, RetryGuard, UpstreamCx};
 pub use host::Host;
 
 /// Why an upstream TCP connection could not be opened.

@@ -9,8 +9,9 @@
 //! response is complete, and the cluster's request circuit breakers
 //! (`max_pending_requests`, `max_requests`; see [`send`]). A request that
 //! hyper reports as not sent (the idle connection was closed under us) is
-//! retried on another connection; nothing else is retried (Envoy: no
-//! retries without a retry policy).
+//! sent again on another connection of the same host; retrying on another
+//! host is the router's decision, under the route's retry policy
+//! (`listener::retry`), and so is reporting the outcome to outlier detection.
 //!
 //! Does not own routing, timeouts or downstream connections (see `listener::http`).
 
@@ -28,6 +29,7 @@ use tokio::time::Instant;
 
 use crate::upstream::cluster::{Cluster, ClusterStats};
 use crate::upstream::host::Host;
+use crate::upstream::replay::{BoxError, ReplayBody};
 use crate::upstream::ConnectError;
 
 /// Idle connections kept per host at most.
@@ -346,34 +348,57 @@ impl Activity {
     }
 }
 
+/// Where a request body comes from.
+#[derive(Debug)]
+enum Source {
+    /// Straight from the client (no retries).
+    Direct(Incoming),
+    /// An attempt's reading of a body kept for retries.
+    Replay(ReplayBody),
+}
+
 /// The downstream request body on its way upstream: every chunk counts as
 /// activity of the request, and its end marks the request as received.
 #[derive(Debug)]
 pub struct RequestBody {
-    inner: Incoming,
+    inner: Source,
     activity: Arc<Activity>,
 }
 
 impl RequestBody {
     /// Wraps the body of a request whose activity is `activity`.
     pub fn new(inner: Incoming, activity: Arc<Activity>) -> RequestBody {
-        RequestBody { inner, activity }
+        RequestBody {
+            inner: Source::Direct(inner),
+            activity,
+        }
+    }
+
+    /// One attempt's reading of a body kept for retries.
+    pub fn replay(inner: ReplayBody, activity: Arc<Activity>) -> RequestBody {
+        RequestBody {
+            inner: Source::Replay(inner),
+            activity,
+        }
     }
 }
 
 impl Body for RequestBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let r = Pin::new(&mut self.inner).poll_frame(cx);
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let r = match &mut self.inner {
+            Source::Direct(b) => Pin::new(b).poll_frame(cx).map_err(BoxError::from),
+            Source::Replay(b) => Pin::new(b).poll_frame(cx),
+        };
         match &r {
             Poll::Ready(Some(Ok(_))) => {
                 self.activity.touch();
-                if self.inner.is_end_stream() {
+                if self.is_end_stream() {
                     self.activity.request_done.store(true, Ordering::Relaxed);
                 }
             }
@@ -384,11 +409,17 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            Source::Direct(b) => b.is_end_stream(),
+            Source::Replay(b) => b.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Source::Direct(b) => b.size_hint(),
+            Source::Replay(b) => b.size_hint(),
+        }
     }
 }
 

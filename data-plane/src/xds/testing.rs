@@ -179,6 +179,8 @@ pub fn eds(name: &str) -> Cluster {
         health_check: None,
         healthy_panic_threshold: 50.0,
         circuit_breakers: Default::default(),
+        outlier_detection: None,
+        ignore_health_on_host_removal: false,
     }
 }
 
@@ -237,8 +239,12 @@ pub fn route_config(name: &str, cluster: &str) -> RouteConfig {
                     cluster: cluster.into(),
                     prefix_rewrite: None,
                     timeout: Some(Duration::from_secs(15)),
+                    retry_policy: None,
+                    per_request_buffer_limit_bytes: None,
                 },
             }],
+            retry_policy: None,
+            per_request_buffer_limit_bytes: None,
         }],
     }
 }

@@ -6,23 +6,25 @@ use envoy_types::pb::envoy::config::cluster::v3::{
     circuit_breakers::Thresholds,
     cluster::{self as pb_cluster, ClusterDiscoveryType, CommonLbConfig, DiscoveryType, LbConfig},
     CircuitBreakers as PbCircuitBreakers, Cluster as PbCluster,
+    OutlierDetection as PbOutlierDetection,
 };
 use envoy_types::pb::envoy::config::core::v3::{
     health_check::{self as pb_hc, HealthChecker},
     HealthCheck as PbHealthCheck, RequestMethod, RoutingPriority,
 };
 use envoy_types::pb::envoy::r#type::v3::{CodecClientType, Int64Range, Percent};
+use envoy_types::pb::google::protobuf::UInt32Value;
 
 use super::dns::{dns_discovery, DnsFields};
 use super::endpoint::endpoints;
 use super::tls::{health_check_tls, socket_matches, SocketMatch};
 use super::{
-    ads_source, enum_name, optional_positive_duration, positive_duration, reject_set,
+    ads_source, duration, enum_name, optional_positive_duration, positive_duration, reject_set,
     required_name, unset, unset_or_empty, Check,
 };
 use crate::model::{
     CircuitBreakers, Cluster, Discovery, HealthCheck, HealthCheckKind, LbPolicy, LoadAssignment,
-    NackError,
+    NackError, OutlierDetection,
 };
 
 /// Envoy's default `connect_timeout`.
@@ -91,11 +93,7 @@ fn cluster(c: &PbCluster) -> Check<Cluster> {
         protocol_selection,
         upstream_connection_options,
         close_connections_on_host_health_failure,
-        // pylon-proxy takes a host removed from the assignment out of
-        // rotation at once, as Envoy does with this field set (pylon-xds
-        // sets it). Envoy's default (false) keeps such a host while it
-        // passes active health checks.
-        ignore_health_on_host_removal: _,
+        ignore_health_on_host_removal,
         filters,
         load_balancing_policy,
         lrs_server,
@@ -119,7 +117,6 @@ fn cluster(c: &PbCluster) -> Check<Cluster> {
         per_connection_buffer_limit_bytes,
         per_connection_buffer_high_watermark_timeout,
         max_requests_per_connection,
-        outlier_detection,
         cleanup_interval,
         upstream_bind_config,
         lb_subset_config,
@@ -261,6 +258,11 @@ fn cluster(c: &PbCluster) -> Check<Cluster> {
         Some(cb) => circuit_breakers_of(cb)?,
     };
 
+    let outlier_detection = outlier_detection
+        .as_ref()
+        .map(|od| outlier_detection_of("outlier_detection.", od).map(Box::new))
+        .transpose()?;
+
     Ok(Cluster {
         name: name.clone(),
         discovery,
@@ -269,6 +271,154 @@ fn cluster(c: &PbCluster) -> Check<Cluster> {
         health_check,
         healthy_panic_threshold,
         circuit_breakers,
+        outlier_detection,
+        ignore_health_on_host_removal: *ignore_health_on_host_removal,
+    })
+}
+
+/// `outlier_detection`, with Envoy's defaults for what is unset.
+fn outlier_detection_of(p: &str, od: &PbOutlierDetection) -> Check<OutlierDetection> {
+    let PbOutlierDetection {
+        consecutive_5xx,
+        interval,
+        base_ejection_time,
+        max_ejection_percent,
+        enforcing_consecutive_5xx,
+        enforcing_success_rate,
+        success_rate_minimum_hosts,
+        success_rate_request_volume,
+        success_rate_stdev_factor,
+        consecutive_gateway_failure,
+        enforcing_consecutive_gateway_failure,
+        split_external_local_origin_errors,
+        consecutive_local_origin_failure,
+        enforcing_consecutive_local_origin_failure,
+        enforcing_local_origin_success_rate,
+        failure_percentage_threshold,
+        enforcing_failure_percentage,
+        enforcing_failure_percentage_local_origin,
+        failure_percentage_minimum_hosts,
+        failure_percentage_request_volume,
+        max_ejection_time,
+        max_ejection_time_jitter,
+        successful_active_health_check_uneject_host,
+        monitors,
+        always_eject_one_host,
+        detect_degraded_hosts,
+    } = od;
+    reject_set!(p; monitors);
+    if detect_degraded_hosts.as_ref().is_some_and(|b| b.value) {
+        return Err(format!("{p}detect_degraded_hosts is not supported"));
+    }
+    let d = OutlierDetection::default();
+    let count = |v: &Option<UInt32Value>, default: u32| v.as_ref().map_or(default, |v| v.value);
+    // Percentages (Envoy validates them as at most 100).
+    let percent = |field: &str, v: &Option<UInt32Value>, default: u32| -> Check<u32> {
+        match v {
+            None => Ok(default),
+            Some(UInt32Value { value }) if *value <= 100 => Ok(*value),
+            Some(UInt32Value { value }) => {
+                Err(format!("{p}{field} {value} is not a percentage (0 to 100)"))
+            }
+        }
+    };
+    let interval = optional_positive_duration(p, "interval", interval)?.unwrap_or(d.interval);
+    let base_ejection_time =
+        optional_positive_duration(p, "base_ejection_time", base_ejection_time)?
+            .unwrap_or(d.base_ejection_time);
+    // Unset: the larger of 300 s and the base ejection time.
+    let max_ejection_time = optional_positive_duration(p, "max_ejection_time", max_ejection_time)?
+        .unwrap_or(d.max_ejection_time.max(base_ejection_time));
+    if max_ejection_time < base_ejection_time {
+        return Err(format!(
+            "{p}max_ejection_time cannot be smaller than base_ejection_time"
+        ));
+    }
+    Ok(OutlierDetection {
+        consecutive_5xx: count(consecutive_5xx, d.consecutive_5xx),
+        consecutive_gateway_failure: count(
+            consecutive_gateway_failure,
+            d.consecutive_gateway_failure,
+        ),
+        consecutive_local_origin_failure: count(
+            consecutive_local_origin_failure,
+            d.consecutive_local_origin_failure,
+        ),
+        split_external_local_origin_errors: *split_external_local_origin_errors,
+        interval,
+        base_ejection_time,
+        max_ejection_time,
+        max_ejection_time_jitter: duration(
+            p,
+            "max_ejection_time_jitter",
+            max_ejection_time_jitter,
+        )?
+        .unwrap_or(d.max_ejection_time_jitter),
+        max_ejection_percent: percent(
+            "max_ejection_percent",
+            max_ejection_percent,
+            d.max_ejection_percent,
+        )?,
+        always_eject_one_host: always_eject_one_host
+            .as_ref()
+            .map_or(d.always_eject_one_host, |b| b.value),
+        enforcing_consecutive_5xx: percent(
+            "enforcing_consecutive_5xx",
+            enforcing_consecutive_5xx,
+            d.enforcing_consecutive_5xx,
+        )?,
+        enforcing_consecutive_gateway_failure: percent(
+            "enforcing_consecutive_gateway_failure",
+            enforcing_consecutive_gateway_failure,
+            d.enforcing_consecutive_gateway_failure,
+        )?,
+        enforcing_consecutive_local_origin_failure: percent(
+            "enforcing_consecutive_local_origin_failure",
+            enforcing_consecutive_local_origin_failure,
+            d.enforcing_consecutive_local_origin_failure,
+        )?,
+        enforcing_success_rate: percent(
+            "enforcing_success_rate",
+            enforcing_success_rate,
+            d.enforcing_success_rate,
+        )?,
+        enforcing_local_origin_success_rate: percent(
+            "enforcing_local_origin_success_rate",
+            enforcing_local_origin_success_rate,
+            d.enforcing_local_origin_success_rate,
+        )?,
+        success_rate_minimum_hosts: count(success_rate_minimum_hosts, d.success_rate_minimum_hosts),
+        success_rate_request_volume: count(
+            success_rate_request_volume,
+            d.success_rate_request_volume,
+        ),
+        success_rate_stdev_factor: count(success_rate_stdev_factor, d.success_rate_stdev_factor),
+        failure_percentage_threshold: percent(
+            "failure_percentage_threshold",
+            failure_percentage_threshold,
+            d.failure_percentage_threshold,
+        )?,
+        enforcing_failure_percentage: percent(
+            "enforcing_failure_percentage",
+            enforcing_failure_percentage,
+            d.enforcing_failure_percentage,
+        )?,
+        enforcing_failure_percentage_local_origin: percent(
+            "enforcing_failure_percentage_local_origin",
+            enforcing_failure_percentage_local_origin,
+            d.enforcing_failure_percentage_local_origin,
+        )?,
+        failure_percentage_minimum_hosts: count(
+            failure_percentage_minimum_hosts,
+            d.failure_percentage_minimum_hosts,
+        ),
+        failure_percentage_request_volume: count(
+            failure_percentage_request_volume,
+            d.failure_percentage_request_volume,
+        ),
+        successful_active_health_check_uneject_host: successful_active_health_check_uneject_host
+            .as_ref()
+            .map_or(d.successful_active_health_check_uneject_host, |b| b.value),
     })
 }
 

@@ -8,7 +8,7 @@ use envoy_types::pb::envoy::config::route::v3::{
     RouteConfiguration, RouteMatch, VirtualHost as PbVirtualHost,
 };
 
-use super::{reject_set, required_name, timeout_or_disabled, Check};
+use super::{reject_set, required_name, retry, timeout_or_disabled, Check};
 use crate::model::{NackError, PathMatch, Route, RouteAction, RouteConfig, VirtualHost};
 
 /// Envoy's default route `timeout`.
@@ -126,11 +126,9 @@ fn virtual_host(p: &str, vh: &PbVirtualHost) -> Check<VirtualHost> {
         typed_per_filter_config,
         include_request_attempt_count,
         include_attempt_count_in_response,
-        retry_policy,
         retry_policy_typed_config,
         hedge_policy,
         include_is_timeout_retry_header,
-        per_request_buffer_limit_bytes,
         request_body_buffer_limit,
         request_mirror_policies,
         route_specifiers,
@@ -153,6 +151,11 @@ fn virtual_host(p: &str, vh: &PbVirtualHost) -> Check<VirtualHost> {
         name: name.clone(),
         domains: domains.clone(),
         routes,
+        retry_policy: retry_policy
+            .as_ref()
+            .map(|r| retry::retry_policy(&format!("{p}retry_policy."), r))
+            .transpose()?,
+        per_request_buffer_limit_bytes: per_request_buffer_limit_bytes.as_ref().map(|v| v.value),
     })
 }
 
@@ -182,7 +185,6 @@ fn route(p: &str, r: &PbRoute) -> Check<Route> {
         request_headers_to_remove,
         response_headers_to_add,
         response_headers_to_remove,
-        per_request_buffer_limit_bytes,
         request_body_buffer_limit,
         route_specifiers,
     );
@@ -192,7 +194,12 @@ fn route(p: &str, r: &PbRoute) -> Check<Route> {
     };
     let action = match action {
         None => return Err(format!("{p}route is required")),
-        Some(route::Action::Route(a)) => route_action(&format!("{p}route."), a)?,
+        Some(route::Action::Route(a)) => {
+            let mut a = route_action(&format!("{p}route."), a)?;
+            a.per_request_buffer_limit_bytes =
+                per_request_buffer_limit_bytes.as_ref().map(|v| v.value);
+            a
+        }
         Some(route::Action::Redirect(_)) => return Err(format!("{p}redirect is not supported")),
         Some(route::Action::DirectResponse(_)) => {
             return Err(format!("{p}direct_response is not supported"))
@@ -290,7 +297,6 @@ fn route_action(p: &str, a: &PbRouteAction) -> Check<RouteAction> {
         idle_timeout,
         flush_timeout,
         early_data_policy,
-        retry_policy,
         retry_policy_typed_config,
         request_mirror_policies,
         priority,
@@ -333,5 +339,10 @@ fn route_action(p: &str, a: &PbRouteAction) -> Check<RouteAction> {
         cluster,
         prefix_rewrite: (!prefix_rewrite.is_empty()).then(|| prefix_rewrite.clone()),
         timeout: timeout_or_disabled(p, "timeout", timeout, DEFAULT_ROUTE_TIMEOUT)?,
+        retry_policy: retry_policy
+            .as_ref()
+            .map(|r| retry::retry_policy(&format!("{p}retry_policy."), r))
+            .transpose()?,
+        per_request_buffer_limit_bytes: None,
     })
 }

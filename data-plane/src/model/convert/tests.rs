@@ -68,6 +68,8 @@ fn eds_cluster(name: &str, service: &str) -> Cluster {
         health_check: None,
         healthy_panic_threshold: 50.0,
         circuit_breakers: Default::default(),
+        outlier_detection: None,
+        ignore_health_on_host_removal: false,
     }
 }
 
@@ -212,7 +214,12 @@ fn clusters_nack() {
         (format!("{EDS}circuit_breakers: {{per_host_thresholds: [{{max_connections: 10}}]}}\n"), "cluster a: circuit_breakers.per_host_thresholds is not supported"),
         (format!("{EDS}circuit_breakers: {{thresholds: [{{max_connections: 10}}, {{max_requests: 1, retry_budget: {{}}}}]}}\n"), "cluster a: circuit_breakers.thresholds[1].retry_budget is not supported"),
         (format!("{EDS}circuit_breakers: {{thresholds: [{{max_connection_pools: 10}}]}}\n"), "cluster a: circuit_breakers.thresholds[0].max_connection_pools is not supported"),
-        (format!("{EDS}outlier_detection: {{}}\n"), "cluster a: outlier_detection is not supported"),
+        (format!("{EDS}outlier_detection: {{monitors: [{{name: x}}]}}\n"), "cluster a: outlier_detection.monitors is not supported"),
+        (format!("{EDS}outlier_detection: {{detect_degraded_hosts: true}}\n"), "cluster a: outlier_detection.detect_degraded_hosts is not supported"),
+        (format!("{EDS}outlier_detection: {{enforcing_consecutive_5xx: 101}}\n"), "cluster a: outlier_detection.enforcing_consecutive_5xx 101 is not a percentage (0 to 100)"),
+        (format!("{EDS}outlier_detection: {{max_ejection_percent: 200}}\n"), "cluster a: outlier_detection.max_ejection_percent 200 is not a percentage (0 to 100)"),
+        (format!("{EDS}outlier_detection: {{interval: 0s}}\n"), "cluster a: outlier_detection.interval must be greater than 0"),
+        (format!("{EDS}outlier_detection: {{base_ejection_time: 60s, max_ejection_time: 30s}}\n"), "cluster a: outlier_detection.max_ejection_time cannot be smaller than base_ejection_time"),
         (format!("{EDS}http2_protocol_options: {{max_concurrent_streams: 10}}\n"), "cluster a: http2_protocol_options is not supported"),
         (format!("{EDS}common_lb_config: {{healthy_panic_threshold: {{value: 150}}}}\n"), "cluster a: common_lb_config.healthy_panic_threshold 150 is not a percentage (0 to 100)"),
         (format!("{EDS}common_lb_config: {{ignore_new_hosts_until_first_hc: true}}\n"), "cluster a: common_lb_config.ignore_new_hosts_until_first_hc is not supported"),
@@ -357,8 +364,12 @@ fn listeners_ok() {
                             cluster: "c".into(),
                             prefix_rewrite: None,
                             timeout: Some(secs(15)),
+                            retry_policy: None,
+                            per_request_buffer_limit_bytes: None,
                         },
                     }],
+                    retry_policy: None,
+                    per_request_buffer_limit_bytes: None,
                 }],
             })),
         ),
@@ -537,6 +548,8 @@ fn routes_ok() {
         cluster: cluster.into(),
         prefix_rewrite: rewrite.map(str::to_string),
         timeout,
+        retry_policy: None,
+        per_request_buffer_limit_bytes: None,
     };
     assert_eq!(
         routes(yaml),
@@ -560,15 +573,148 @@ fn routes_ok() {
                             action: action("c", None, Some(secs(30))),
                         },
                     ],
+                    retry_policy: None,
+                    per_request_buffer_limit_bytes: None,
                 },
                 VirtualHost {
                     name: "any".into(),
                     domains: vec!["*".into()],
                     routes: vec![],
+                    retry_policy: None,
+                    per_request_buffer_limit_bytes: None,
                 },
             ],
         })
     );
+}
+
+/// A virtual host's and its first route's retry policies and buffer limits.
+type Policies = (
+    Option<RetryPolicy>,
+    Option<RetryPolicy>,
+    Option<u32>,
+    Option<u32>,
+);
+
+#[test]
+fn retry_policies() {
+    let policy = |yaml: &str| -> Result<Policies, String> {
+        let rc = routes(&format!("name: r\nvirtual_hosts: [{yaml}]\n"))?;
+        let vh = &rc.virtual_hosts[0];
+        let a = &vh.routes[0].action;
+        Ok((
+            vh.retry_policy.clone(),
+            a.retry_policy.clone(),
+            vh.per_request_buffer_limit_bytes,
+            a.per_request_buffer_limit_bytes,
+        ))
+    };
+    let defaults = RetryPolicy {
+        retry_on: RetryOn::default(),
+        num_retries: 1,
+        per_try_timeout: None,
+        retriable_status_codes: vec![],
+        base_interval: Duration::from_millis(25),
+        max_interval: Duration::from_millis(250),
+        previous_hosts: false,
+        host_selection_retry_max_attempts: 1,
+    };
+    // A route's policy, with Envoy's defaults.
+    let (vh, route, vh_limit, route_limit) = policy(
+        "{name: v, domains: ['*'], routes: [{match: {prefix: /}, route: {cluster: c, retry_policy: {retry_on: 'connect-failure, reset,gateway-error,refused-stream'}}}]}",
+    )
+    .unwrap();
+    assert_eq!((vh, vh_limit, route_limit), (None, None, None));
+    assert_eq!(
+        route,
+        Some(RetryPolicy {
+            retry_on: RetryOn {
+                connect_failure: true,
+                reset: true,
+                gateway_error: true,
+                ..RetryOn::default()
+            },
+            ..defaults.clone()
+        })
+    );
+    // Everything set; the virtual host's policy and buffer limits.
+    let (vh, route, vh_limit, route_limit) = policy(
+        "{name: v, domains: ['*'], per_request_buffer_limit_bytes: 4096, retry_policy: {retry_on: 5xx, num_retries: 0}, routes: [{match: {prefix: /}, per_request_buffer_limit_bytes: 10, route: {cluster: c, retry_policy: {retry_on: '5xx,retriable-status-codes', retriable_status_codes: [409, 503], num_retries: 3, per_try_timeout: 0.5s, retry_back_off: {base_interval: 0.0001s}, host_selection_retry_max_attempts: 4, retry_host_predicate: [{name: envoy.retry_host_predicates.previous_hosts, typed_config: {'@type': type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate}}]}}}]}",
+    )
+    .unwrap();
+    assert_eq!(
+        vh,
+        Some(RetryPolicy {
+            retry_on: RetryOn {
+                status_5xx: true,
+                ..RetryOn::default()
+            },
+            num_retries: 0,
+            ..defaults.clone()
+        })
+    );
+    assert_eq!(
+        route,
+        Some(RetryPolicy {
+            retry_on: RetryOn {
+                status_5xx: true,
+                retriable_status_codes: true,
+                ..RetryOn::default()
+            },
+            num_retries: 3,
+            per_try_timeout: Some(Duration::from_millis(500)),
+            retriable_status_codes: vec![409, 503],
+            // Below 1 ms is rounded up to 1 ms.
+            base_interval: Duration::from_millis(1),
+            max_interval: Duration::from_millis(10),
+            previous_hosts: true,
+            host_selection_retry_max_attempts: 4,
+        })
+    );
+    assert_eq!((vh_limit, route_limit), (Some(4096), Some(10)));
+}
+
+#[test]
+fn outlier_detection_defaults_and_fields() {
+    let od = |extra: &str| {
+        cluster(&format!("{EDS}outlier_detection: {{{extra}}}\n")).map(|c| c.outlier_detection)
+    };
+    assert_eq!(od(""), Ok(Some(Box::default())));
+    assert_eq!(
+        od("consecutive_5xx: 3, consecutive_gateway_failure: 0, consecutive_local_origin_failure: 2, split_external_local_origin_errors: true, interval: 1s, base_ejection_time: 400s, max_ejection_percent: 50, enforcing_consecutive_gateway_failure: 100, max_ejection_time_jitter: 0.5s, always_eject_one_host: true, successful_active_health_check_uneject_host: false, success_rate_minimum_hosts: 3, success_rate_request_volume: 10, success_rate_stdev_factor: 1000, failure_percentage_threshold: 50, enforcing_failure_percentage: 100, enforcing_failure_percentage_local_origin: 30, failure_percentage_minimum_hosts: 2, failure_percentage_request_volume: 7, enforcing_success_rate: 0, enforcing_local_origin_success_rate: 0, enforcing_consecutive_5xx: 90, enforcing_consecutive_local_origin_failure: 80"),
+        Ok(Some(Box::new(OutlierDetection {
+            consecutive_5xx: 3,
+            consecutive_gateway_failure: 0,
+            consecutive_local_origin_failure: 2,
+            split_external_local_origin_errors: true,
+            interval: secs(1),
+            base_ejection_time: secs(400),
+            // Unset: the larger of 300 s and the base ejection time.
+            max_ejection_time: secs(400),
+            max_ejection_time_jitter: Duration::from_millis(500),
+            max_ejection_percent: 50,
+            always_eject_one_host: true,
+            enforcing_consecutive_5xx: 90,
+            enforcing_consecutive_gateway_failure: 100,
+            enforcing_consecutive_local_origin_failure: 80,
+            enforcing_success_rate: 0,
+            enforcing_local_origin_success_rate: 0,
+            success_rate_minimum_hosts: 3,
+            success_rate_request_volume: 10,
+            success_rate_stdev_factor: 1000,
+            failure_percentage_threshold: 50,
+            enforcing_failure_percentage: 100,
+            enforcing_failure_percentage_local_origin: 30,
+            failure_percentage_minimum_hosts: 2,
+            failure_percentage_request_volume: 7,
+            successful_active_health_check_uneject_host: false,
+        })))
+    );
+    // Carried as given: true leaves at once, false (Envoy's default) keeps a
+    // removed host while it passes its checks.
+    let c = cluster(&format!("{EDS}ignore_health_on_host_removal: true\n")).unwrap();
+    assert!(c.ignore_health_on_host_removal);
+    assert!(!cluster(EDS).unwrap().ignore_health_on_host_removal);
 }
 
 #[test]
@@ -586,7 +732,18 @@ fn routes_nack() {
         (vh("{match: {prefix: /, headers: [{name: x, present_match: true}]}, route: {cluster: c}}"), "route configuration r: virtual_hosts[0].routes[0].match.headers is not supported"),
         (vh("{match: {prefix: /, case_sensitive: false}, route: {cluster: c}}"), "route configuration r: virtual_hosts[0].routes[0].match.case_sensitive false is not supported"),
         (vh("{match: {}, route: {cluster: c}}"), "route configuration r: virtual_hosts[0].routes[0].match.prefix, path or path_separated_prefix is required"),
-        (vh("{match: {prefix: /}, route: {cluster: c, retry_policy: {retry_on: 5xx}}}"), "route configuration r: virtual_hosts[0].routes[0].route.retry_policy is not supported"),
+        (vh("{match: {prefix: /}, route: {cluster: c, retry_policy: {retry_on: '5xx,retriable-4xx'}}}"), "route configuration r: virtual_hosts[0].routes[0].route.retry_policy.retry_on retriable-4xx is not supported"),
+        (vh("{match: {prefix: /}, route: {cluster: c, retry_policy: {retry_on: '5xx,bogus'}}}"), "route configuration r: virtual_hosts[0].routes[0].route.retry_policy.retry_on \"bogus\" is not a retry condition"),
+        (vh("{match: {prefix: /}, route: {cluster: c, retry_policy: {retry_on: 5xx, per_try_idle_timeout: 1s}}}"), "route configuration r: virtual_hosts[0].routes[0].route.retry_policy.per_try_idle_timeout is not supported"),
+        (vh("{match: {prefix: /}, route: {cluster: c, retry_policy: {retry_on: 5xx, retriable_headers: [{name: x, present_match: true}]}}}"), "route configuration r: virtual_hosts[0].routes[0].route.retry_policy.retriable_headers is not supported"),
+        (vh("{match: {prefix: /}, route: {cluster: c, retry_policy: {retry_on: 5xx, retry_priority: {name: envoy.retry_priorities.previous_priorities}}}}"), "route configuration r: virtual_hosts[0].routes[0].route.retry_policy.retry_priority is not supported"),
+        (vh("{match: {prefix: /}, route: {cluster: c, retry_policy: {retry_on: 5xx, retry_back_off: {max_interval: 1s}}}}"), "route configuration r: virtual_hosts[0].routes[0].route.retry_policy.retry_back_off.base_interval is required"),
+        (vh("{match: {prefix: /}, route: {cluster: c, retry_policy: {retry_on: 5xx, retry_back_off: {base_interval: 2s, max_interval: 1s}}}}"), "route configuration r: virtual_hosts[0].routes[0].route.retry_policy.retry_back_off.max_interval must be at least base_interval"),
+        (vh("{match: {prefix: /}, route: {cluster: c, retry_policy: {retry_on: retriable-status-codes, retriable_status_codes: [700]}}}"), "route configuration r: virtual_hosts[0].routes[0].route.retry_policy.retriable_status_codes 700 is not an HTTP status (100 to 599)"),
+        (vh("{match: {prefix: /}, route: {cluster: c, retry_policy: {retry_on: 5xx, retry_host_predicate: [{name: envoy.retry_host_predicates.omit_canary_hosts, typed_config: {'@type': type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate}}, {name: x}]}}}"), "route configuration r: virtual_hosts[0].routes[0].route.retry_policy.retry_host_predicate[1].typed_config is required (retry host predicate x)"),
+        (vh("{match: {prefix: /}, route: {cluster: c, retry_policy: {retry_on: 5xx, host_selection_retry_max_attempts: -1}}}"), "route configuration r: virtual_hosts[0].routes[0].route.retry_policy.host_selection_retry_max_attempts -1 must be a positive count"),
+        (vh("{match: {prefix: /}, route: {cluster: c, retry_policy_typed_config: {'@type': type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate}}}"), "route configuration r: virtual_hosts[0].routes[0].route.retry_policy_typed_config is not supported"),
+        ("name: r\nvirtual_hosts: [{name: v, domains: ['*'], hedge_policy: {}}]\n".into(), "route configuration r: virtual_hosts[0].hedge_policy is not supported"),
         (vh("{match: {prefix: /}, route: {cluster: c, host_rewrite_literal: x}}"), "route configuration r: virtual_hosts[0].routes[0].route.host_rewrite_literal is not supported"),
         (vh("{match: {prefix: /}, route: {cluster: c}, request_headers_to_add: [{header: {key: a, value: b}}]}"), "route configuration r: virtual_hosts[0].routes[0].request_headers_to_add is not supported"),
         ("name: r\nvirtual_hosts: [{name: v, domains: []}]\n".into(), "route configuration r: virtual_hosts[0].domains: at least one domain is required"),
