@@ -142,6 +142,14 @@ impl AdminState {
             "/metrics" => {
                 let metrics = self.registry.metrics();
                 metrics.refresh_process();
+                for (listener, tls) in [
+                    ("xds", &self.transport.xds_tls),
+                    ("admin", &self.transport.admin_tls),
+                ] {
+                    if let Some(tls) = tls {
+                        metrics.refresh_tls(listener, tls);
+                    }
+                }
                 let mut r = text(StatusCode::OK, metrics.encode());
                 r.headers_mut().insert(
                     hyper::header::CONTENT_TYPE,

@@ -29,6 +29,13 @@ pub struct ReasonLabel {
     pub reason: &'static str,
 }
 
+/// Label set naming a listener (`xds`, `admin`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabel {
+    /// The listener.
+    pub listener: &'static str,
+}
+
 /// Label set naming the config version in force.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VersionLabel {
@@ -58,6 +65,14 @@ pub struct Metrics {
     pub denied_csds: Counter,
     /// TLS handshakes refused or timed out on the xDS listener.
     pub tls_handshake_failures: Counter,
+    /// Failed reloads of a listener's certificate, key or CA since start (set
+    /// at scrape time, see [`Metrics::refresh_tls`]).
+    pub tls_reload_errors: Family<ListenerLabel, Gauge>,
+    /// 1 while a listener's certificate files load, 0 while the last reload
+    /// failed (the last good set stays in use).
+    pub tls_files_valid: Family<ListenerLabel, Gauge>,
+    /// When a listener's certificate in use expires, in Unix seconds.
+    pub tls_certificate_not_after: Family<ListenerLabel, Gauge>,
     /// Requests ignored because their nonce was not the latest one sent.
     pub stale_nonces: Family<TypeLabel, Counter>,
     /// Requests for a type URL Pylon does not serve.
@@ -145,6 +160,24 @@ impl Metrics {
             "TLS handshakes refused (no or an untrusted or expired client certificate, plaintext) or timed out on the xDS listener",
             tls_handshake_failures.clone(),
         );
+        let tls_reload_errors = Family::<ListenerLabel, Gauge>::default();
+        registry.register(
+            "tls_reload_errors",
+            "Failed reloads of a listener's certificate, key or CA since start; the last good set stays in use",
+            tls_reload_errors.clone(),
+        );
+        let tls_files_valid = Family::<ListenerLabel, Gauge>::default();
+        registry.register(
+            "tls_files_valid",
+            "1 while a listener's certificate files load, 0 while the last reload failed",
+            tls_files_valid.clone(),
+        );
+        let tls_certificate_not_after = Family::<ListenerLabel, Gauge>::default();
+        registry.register(
+            "tls_certificate_not_after_seconds",
+            "When the certificate a listener presents expires (Unix seconds)",
+            tls_certificate_not_after.clone(),
+        );
         let stale_nonces = Family::<TypeLabel, Counter>::default();
         registry.register(
             "stale_nonces",
@@ -217,6 +250,9 @@ impl Metrics {
             denied_streams,
             denied_csds,
             tls_handshake_failures,
+            tls_reload_errors,
+            tls_files_valid,
+            tls_certificate_not_after,
             stale_nonces,
             unknown_types,
             reloads,
@@ -240,6 +276,21 @@ impl Metrics {
         if let Some(rss) = resident_memory_bytes() {
             self.resident_memory
                 .set(i64::try_from(rss).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// Fills the TLS gauges of `listener` from its TLS state.
+    pub fn refresh_tls(&self, listener: &'static str, tls: &pylon::tls::ServerTls) {
+        let label = ListenerLabel { listener };
+        let status = tls.status();
+        self.tls_reload_errors
+            .get_or_create(&label)
+            .set(i64::try_from(tls.reload_errors()).unwrap_or(i64::MAX));
+        self.tls_files_valid
+            .get_or_create(&label)
+            .set(i64::from(status.last_error.is_none()));
+        if let Some(t) = status.not_after_unix {
+            self.tls_certificate_not_after.get_or_create(&label).set(t);
         }
     }
 

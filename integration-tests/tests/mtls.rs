@@ -416,6 +416,16 @@ async fn a_renewed_certificate_serves_new_connections_without_dropping_streams()
     });
     let presented = presented_certificate(addr, &pki, &edge).await.unwrap();
     assert_eq!(presented, second_der, "the last good pair stays in use");
+    let m = metrics(&running).await;
+    assert_eq!(
+        metric(&m, "pylon_xds_tls_files_valid{listener=\"xds\"}"),
+        0,
+        "{m}"
+    );
+    assert!(
+        metric(&m, "pylon_xds_tls_reload_errors{listener=\"xds\"}") >= 1,
+        "{m}"
+    );
 
     running.shutdown().await;
 }
@@ -741,4 +751,44 @@ async fn pylon_proxy_flags_reach_a_mutual_tls_server() {
     let _ = child.kill();
     let _ = child.wait();
     pylon.shutdown().await;
+}
+
+/// The admin API over TLS (`--admin-tls-cert/--admin-tls-key`): a TLS client
+/// gets `/status`; plaintext gets nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_admin_api_over_tls() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let pki = Pki::new("pylon test CA").unwrap();
+    let admin_pair = pki.server("admin").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pylon.yaml");
+    std::fs::write(&path, config(&["a"], "")).unwrap();
+    let running = control_plane::serve(ServeOptions {
+        admin_tls: Some(pylon::tls::Files {
+            cert: admin_pair.cert.clone(),
+            key: admin_pair.key.clone(),
+            ca: None,
+        }),
+        ..ServeOptions::new(
+            path,
+            "127.0.0.1:0".parse().unwrap(),
+            Some("127.0.0.1:0".parse().unwrap()),
+        )
+    })
+    .await
+    .unwrap();
+    let admin = running.admin_addr.unwrap();
+    let client = pylon::tls::ClientTls::load(pki.ca().to_path_buf(), None, &[b"http/1.1"]).unwrap();
+    let tcp = tokio::net::TcpStream::connect(admin).await.unwrap();
+    let mut s = client.connect("localhost", tcp).await.unwrap();
+    s.write_all(b"GET /status HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    assert!(out.starts_with("HTTP/1.0 200"), "{out}");
+    assert!(out.contains("\"admin_tls\": {"), "{out}");
+    // Plaintext to a TLS listener is not answered.
+    assert!(control_plane::admin::get(admin, "/status").await.is_err());
+    running.shutdown().await;
 }
