@@ -22,6 +22,10 @@
 //!    failover the replica the proxy lands on sends no new version for
 //!    unchanged content (`/nodes`), and the proxy's config dump keeps its
 //!    versions.
+//! 5. `grpc_bootstrap_lists_every_replica`: `bootstrap --grpc --xds A,B`
+//!    lists both; grpcio (gRFC A71) starts on the second when the first is
+//!    down and keeps calling when the replica it uses dies; grpc-js-xds 1.14
+//!    uses only the first server (checked, so the README stays true).
 //!
 //! The tests here run one at a time (each starts a three-member etcd
 //! cluster and up to three replicas): a lock serialises them.
@@ -744,4 +748,99 @@ async fn futures_join(ids: std::ops::Range<u8>) -> Vec<HttpServer> {
         );
     }
     out
+}
+
+// ---------------------------------------------------------------------------
+// 5. Proxyless gRPC clients and several replicas
+
+/// `pylon-xds bootstrap --grpc --xds A,B` for node `node`.
+async fn grpc_bootstrap(bin: &Path, node: &str, xds: &[SocketAddr]) -> String {
+    let list: Vec<String> = xds.iter().map(ToString::to_string).collect();
+    let r = pylon_xds(
+        bin,
+        &[
+            "bootstrap",
+            "--grpc",
+            "--node-id",
+            node,
+            "--xds",
+            &list.join(","),
+        ],
+    )
+    .await;
+    assert_eq!(r.code, 0, "{r:?}");
+    r.stdout
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn grpc_bootstrap_lists_every_replica() {
+    use integration_tests::grpc_clients::{ClientKind, GrpcBackends, GrpcClient};
+    if !ClientKind::Node.tools_or_skip() {
+        return;
+    }
+    let Some((etcd_bin, xds)) = tools() else {
+        return;
+    };
+    let _serial = SERIAL.lock().await;
+    let etcd = EtcdCluster::start(&etcd_bin, 3).await.unwrap();
+    let url = etcd.url(KEY);
+    let dir = tempfile::tempdir().unwrap();
+    let backends = GrpcBackends::start(&["g1"]).await.unwrap();
+    let yaml = format!(
+        "grpc_services:\n  - {{name: greeter.example, port: 50051, endpoints: [{}]}}\n",
+        backends.addr("g1").unwrap()
+    );
+    let rev = apply(&xds, &url, &write(dir.path(), "g.yaml", &yaml)).await;
+    let mut replicas = Vec::new();
+    for i in 0..2 {
+        replicas.push(Replica::start(&xds, &format!("r{i}"), &url).await.unwrap());
+    }
+    serving(&replicas, rev).await;
+    let target = "xds:///greeter.example:50051";
+    let call = Duration::from_secs(5);
+    let dead = free_addr(LOOPBACK).unwrap();
+
+    // grpcio: the first server is down, the second serves.
+    let boot = grpc_bootstrap(&xds, "py-1", &[dead, replicas[0].xds_addr()]).await;
+    let mut py = GrpcClient::start_with_bootstrap(ClientKind::Python, &boot, "py-1")
+        .await
+        .unwrap()
+        .unwrap();
+    let c = py.call(target, 3, call).await.unwrap();
+    assert_eq!(c.ok_from("g1"), 3, "grpcio did not fall back: {c:?}");
+    assert!(replicas[0].node("py-1").await.unwrap().is_some());
+
+    // grpcio on replica 0 with replica 1 listed second: r0 dies, calls go on.
+    let boot = grpc_bootstrap(
+        &xds,
+        "py-2",
+        &[replicas[0].xds_addr(), replicas[1].xds_addr()],
+    )
+    .await;
+    let mut py2 = GrpcClient::start_with_bootstrap(ClientKind::Python, &boot, "py-2")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(py2.call(target, 2, call).await.unwrap().ok_from("g1"), 2);
+    replicas[0].kill().await.unwrap();
+    let c = py2.call(target, 5, call).await.unwrap();
+    assert_eq!(c.ok_from("g1"), 5, "calls after the replica died: {c:?}");
+
+    // grpc-js-xds 1.14: only the first server is used (no gRFC A71).
+    let boot = grpc_bootstrap(&xds, "js-1", &[dead, replicas[1].xds_addr()]).await;
+    let mut js = GrpcClient::start_with_bootstrap(ClientKind::Node, &boot, "js-1")
+        .await
+        .unwrap()
+        .unwrap();
+    let c = js.call(target, 1, Duration::from_secs(3)).await.unwrap();
+    assert_eq!(
+        c.total_ok(),
+        0,
+        "grpc-js-xds fell back to the second xDS server: the README is out of date ({c:?})"
+    );
+    assert!(replicas[1].node("js-1").await.unwrap().is_none());
+    py.stop().await.unwrap();
+    py2.stop().await.unwrap();
+    js.stop().await.unwrap();
+    backends.stop().await.unwrap();
 }
