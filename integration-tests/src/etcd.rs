@@ -66,18 +66,41 @@ struct Member {
     started: bool,
 }
 
+/// Mutual TLS on the members' client port: the members' certificate, the
+/// CA that signs clients, and a client certificate for the harness itself.
+#[derive(Debug, Clone)]
+pub struct ClientTls {
+    /// The CA of both sides.
+    pub ca: PathBuf,
+    /// What the members present.
+    pub server: crate::tls::CertFiles,
+    /// What the harness presents.
+    pub client: crate::tls::CertFiles,
+}
+
 /// A running etcd cluster. Every member is killed when it is dropped.
 #[derive(Debug)]
 pub struct EtcdCluster {
     binary: PathBuf,
     members: Vec<Member>,
     token: String,
+    tls: Option<ClientTls>,
     _dir: TempDir,
 }
 
 impl EtcdCluster {
     /// Starts `n` members and waits until the cluster answers a write.
     pub async fn start(binary: &Path, n: usize) -> anyhow::Result<EtcdCluster> {
+        Self::start_with(binary, n, None).await
+    }
+
+    /// As [`EtcdCluster::start`], with clients over mutual TLS when `tls`
+    /// is given (`https://` client URLs, `--client-cert-auth`).
+    pub async fn start_with(
+        binary: &Path,
+        n: usize,
+        tls: Option<ClientTls>,
+    ) -> anyhow::Result<EtcdCluster> {
         let dir = tempfile::Builder::new().prefix("pylon-etcd-").tempdir()?;
         let mut members = Vec::new();
         for i in 0..n {
@@ -101,6 +124,7 @@ impl EtcdCluster {
             binary: binary.to_path_buf(),
             members,
             token,
+            tls,
             _dir: dir,
         };
         for i in 0..n {
@@ -122,6 +146,7 @@ impl EtcdCluster {
         let initial = self.initial_cluster();
         let m = &mut self.members[i];
         let state = if m.started { "existing" } else { "new" };
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -132,9 +157,9 @@ impl EtcdCluster {
             .arg("--data-dir")
             .arg(&m.data)
             .arg("--listen-client-urls")
-            .arg(format!("http://{}", m.client))
+            .arg(format!("{scheme}://{}", m.client))
             .arg("--advertise-client-urls")
-            .arg(format!("http://{}", m.client))
+            .arg(format!("{scheme}://{}", m.client))
             .arg("--listen-peer-urls")
             .arg(format!("http://{}", m.peer))
             .arg("--initial-advertise-peer-urls")
@@ -146,8 +171,17 @@ impl EtcdCluster {
             .arg("--initial-cluster-token")
             .arg(&self.token)
             .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
-            .args(["--logger", "zap", "--log-level", "warn"])
-            .stdin(Stdio::null())
+            .args(["--logger", "zap", "--log-level", "warn"]);
+        if let Some(t) = &self.tls {
+            cmd.arg("--cert-file")
+                .arg(&t.server.cert)
+                .arg("--key-file")
+                .arg(&t.server.key)
+                .arg("--trusted-ca-file")
+                .arg(&t.ca)
+                .arg("--client-cert-auth");
+        }
+        cmd.stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
             .kill_on_drop(true);
@@ -197,7 +231,18 @@ impl EtcdCluster {
             .filter(|m| m.child.is_some())
             .map(|m| m.client.to_string())
             .collect();
-        Ok(etcd_client::Client::connect(live, None).await?)
+        Ok(etcd_client::Client::connect(live, self.connect_options()?).await?)
+    }
+
+    fn connect_options(&self) -> anyhow::Result<Option<etcd_client::ConnectOptions>> {
+        let Some(t) = &self.tls else { return Ok(None) };
+        let tls = etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(std::fs::read(&t.ca)?))
+            .identity(etcd_client::Identity::from_pem(
+                std::fs::read(&t.client.cert)?,
+                std::fs::read(&t.client.key)?,
+            ));
+        Ok(Some(etcd_client::ConnectOptions::new().with_tls(tls)))
     }
 
     /// Waits until a write through any live member succeeds.
@@ -226,7 +271,9 @@ impl EtcdCluster {
                 ids.push(None);
                 continue;
             }
-            let mut c = etcd_client::Client::connect([m.client.to_string()], None).await?;
+            let mut c =
+                etcd_client::Client::connect([m.client.to_string()], self.connect_options()?)
+                    .await?;
             match tokio::time::timeout(Duration::from_secs(2), c.status()).await {
                 Ok(Ok(s)) => {
                     ids.push(s.header().map(|h| h.member_id()));

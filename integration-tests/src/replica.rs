@@ -72,6 +72,8 @@ pub struct Replica {
     binary: PathBuf,
     name: String,
     url: String,
+    /// More arguments for `serve` (TLS to etcd).
+    args: Vec<String>,
     xds: SocketAddr,
     admin: SocketAddr,
     child: Option<Child>,
@@ -82,6 +84,16 @@ impl Replica {
     /// Starts `pylon-xds serve --etcd url` on free loopback ports and waits
     /// until it is ready.
     pub async fn start(binary: &Path, name: &str, url: &str) -> anyhow::Result<Replica> {
+        Self::start_with(binary, name, url, &[]).await
+    }
+
+    /// As [`Replica::start`], with more arguments for `serve`.
+    pub async fn start_with(
+        binary: &Path,
+        name: &str,
+        url: &str,
+        args: &[String],
+    ) -> anyhow::Result<Replica> {
         let dir = tempfile::Builder::new()
             .prefix("pylon-xds-replica-")
             .tempdir()?;
@@ -89,6 +101,7 @@ impl Replica {
             binary: binary.to_path_buf(),
             name: name.to_string(),
             url: url.to_string(),
+            args: args.to_vec(),
             xds: free_addr(LOOPBACK)?,
             admin: free_addr(LOOPBACK)?,
             child: None,
@@ -114,6 +127,7 @@ impl Replica {
             .arg(self.admin.to_string())
             .arg("--cache-dir")
             .arg(self.dir.path().join("cache"))
+            .args(&self.args)
             .env(
                 "RUST_LOG",
                 std::env::var("PYLON_XDS_LOG").unwrap_or_else(|_| "info".into()),

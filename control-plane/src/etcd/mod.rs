@@ -525,19 +525,24 @@ impl Etcd {
 
 /// An etcd client error in one line, without tonic's nesting noise.
 pub fn short_error(e: &etcd_client::Error) -> String {
+    // The causes say what went wrong (a refused connection, a TLS alert);
+    // the top-level text often says only "transport error" or "cancelled".
+    let with_causes = |mut text: String, top: &dyn std::error::Error| {
+        let mut source = top.source();
+        while let Some(s) = source {
+            let cause = s.to_string();
+            if !text.contains(&cause) {
+                text = format!("{text}: {cause}");
+            }
+            source = s.source();
+        }
+        text
+    };
     match e {
         etcd_client::Error::GRpcStatus(s) => {
-            format!("{:?}: {}", s.code(), s.message())
+            with_causes(format!("{:?}: {}", s.code(), s.message()), s)
         }
-        etcd_client::Error::TransportError(t) => {
-            let mut text = t.to_string();
-            let mut source = std::error::Error::source(t);
-            while let Some(s) = source {
-                text = format!("{text}: {s}");
-                source = s.source();
-            }
-            text
-        }
+        etcd_client::Error::TransportError(t) => with_causes(t.to_string(), t),
         other => other.to_string(),
     }
 }
