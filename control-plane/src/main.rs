@@ -122,7 +122,7 @@ enum Command {
         #[command(flatten)]
         etcd_tls: EtcdTlsArgs,
         /// Write only if the key is at this etcd revision (the one the
-        /// caller last saw).
+        /// caller last saw; 0: only if the key does not exist yet).
         #[arg(long, value_name = "N")]
         expect_revision: Option<i64>,
         /// Keep applying this file each time it is saved, until stopped
