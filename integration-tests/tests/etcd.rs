@@ -29,6 +29,8 @@
 //! 6. `etcd_over_mutual_tls`: `apply` and `serve` with `--etcd-ca`,
 //!    `--etcd-cert` and `--etcd-key` against a member that requires client
 //!    certificates; without the client certificate, a clear refusal.
+//! 7. `watch_file_syncs_and_stops_at_a_conflict`: `apply --watch-file`
+//!    writes each save; an edit made in etcd meanwhile is not overwritten.
 //!
 //! The tests here run one at a time (each starts a three-member etcd
 //! cluster and up to three replicas): a lock serialises them.
@@ -917,4 +919,73 @@ async fn etcd_over_mutual_tls() {
         .await
         .unwrap();
     serving(std::slice::from_ref(&replica), rev).await;
+}
+
+// ---------------------------------------------------------------------------
+// 7. apply --watch-file
+
+#[tokio::test(flavor = "multi_thread")]
+async fn watch_file_syncs_and_stops_at_a_conflict() {
+    let Some((etcd_bin, xds)) = tools() else {
+        return;
+    };
+    let _serial = SERIAL.lock().await;
+    let etcd = EtcdCluster::start(&etcd_bin, 1).await.unwrap();
+    let url = etcd.url(KEY);
+    let dir = tempfile::tempdir().unwrap();
+    let listen = free_addr(LOOPBACK).unwrap();
+    let mut cfg = config(listen, &["127.0.0.2:7001".parse().unwrap()]);
+    let file = write(dir.path(), "pylon.yaml", &cfg.to_yaml());
+    let log = std::fs::File::create(dir.path().join("watch.log")).unwrap();
+    let mut child = tokio::process::Command::new(&xds)
+        .args([
+            "apply",
+            "--watch-file",
+            file.to_str().unwrap(),
+            "--etcd",
+            &url,
+        ])
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let holds = async |bytes: Vec<u8>| {
+        assert_eventually!(DEADLINE, "etcd holds the file", async || {
+            let now = etcd.get(KEY).await?.map(|(_, b)| b);
+            ensure!(
+                now.as_deref() == Some(bytes.as_slice()),
+                "etcd holds {now:?}"
+            );
+            Ok(())
+        });
+    };
+    holds(cfg.to_yaml().into_bytes()).await;
+    // A save (by rename, as editors do) is written.
+    cfg.cluster_mut("web")
+        .unwrap()
+        .endpoints
+        .push("127.0.0.3:7001".parse().unwrap());
+    let tmp = write(dir.path(), "pylon.yaml.tmp", &cfg.to_yaml());
+    std::fs::rename(&tmp, &file).unwrap();
+    holds(cfg.to_yaml().into_bytes()).await;
+    // Someone edits etcd directly; the next save must not overwrite it.
+    let theirs = format!("# theirs\n{}", cfg.to_yaml());
+    etcd.put(KEY, theirs.as_bytes()).await.unwrap();
+    cfg.cluster_mut("web")
+        .unwrap()
+        .endpoints
+        .push("127.0.0.4:7001".parse().unwrap());
+    std::fs::write(&file, cfg.to_yaml()).unwrap();
+    let log_path = dir.path().join("watch.log");
+    assert_eventually!(DEADLINE, "the conflict is logged", async || {
+        let log = std::fs::read_to_string(&log_path)?;
+        ensure!(log.contains("written by someone else"), "{log}");
+        Ok(())
+    });
+    assert_eq!(etcd.get(KEY).await.unwrap().unwrap().1, theirs.as_bytes());
+    child.start_kill().unwrap();
+    let _ = child.wait().await;
 }
