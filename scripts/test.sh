@@ -6,8 +6,11 @@
 # root; the Node proxyless gRPC client's packages with `npm ci` into the
 # git-ignored integration-tests/clients/node/node_modules; from Debian when
 # missing: dnsmasq, etcd (etcd-server) and protoc (protobuf-compiler, which
-# the etcd client's build needs)), checks node, npm and kubectl, builds the
-# binaries (the scenarios run `pylon-proxy` and `pylon-xds` from the
+# the etcd client's build needs)), checks node, npm, go and kubectl, builds
+# the Go programs into the target directory (the grpc-go client of the
+# interop matrix, and the go-control-plane peer of the fleet benchmark, so
+# that CI proves it builds), builds the binaries (the scenarios run
+# `pylon-proxy` and `pylon-xds` from the
 # target directory; cargo does not build another package's binaries for a
 # test), then runs tests, rustfmt and clippy. Under CI=true the end-to-end
 # tests treat a missing tool as a failure, never a skip.
@@ -60,6 +63,20 @@ if [[ ! -d "$NODE_CLIENT/node_modules" || "$NODE_CLIENT/package-lock.json" -nt "
 fi
 export PYLON_NODE="${PYLON_NODE:-$(command -v node)}"
 echo "==> node: $("$PYLON_NODE" --version), $NODE_CLIENT/node_modules"
+
+# Go programs, built from their committed go.mod/go.sum into the git-ignored
+# target directory: the grpc-go client (and backends) of the interop matrix,
+# and the go-control-plane peer of bench/xds_fleet.rs. The first build
+# downloads the modules through the Go module proxy; later ones take a second.
+if ! command -v go >/dev/null 2>&1; then
+    echo "error: go not found on PATH: the grpc-go interop client and the benchmark peer need Go >= 1.26" >&2
+    exit 1
+fi
+TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+echo "==> go build: integration-tests/clients/go, bench/peers/go-control-plane ($(go version | cut -d' ' -f3))"
+(cd "$ROOT/integration-tests/clients/go" && go build -o "$TARGET_DIR/clients/grpc-go-client" .)
+(cd "$ROOT/bench/peers/go-control-plane" && go build -o "$TARGET_DIR/peers/go-control-plane/xds-peer" .)
+export PYLON_GRPC_GO="${PYLON_GRPC_GO:-$TARGET_DIR/clients/grpc-go-client}"
 
 if ! command -v kubectl >/dev/null 2>&1 && [[ ! -x /usr/bin/kubectl ]]; then
     echo "error: kubectl not found (expected /usr/bin/kubectl or on PATH)" >&2

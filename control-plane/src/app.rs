@@ -244,6 +244,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<Running> {
         .await
         .with_context(|| format!("binding xDS address {}", opts.xds_listen))?;
     let xds_addr = xds.local_addr()?;
+    let cache_for_shutdown = cache.clone();
     let admin_state = AdminState {
         cache,
         registry,
@@ -276,6 +277,13 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<Running> {
     };
 
     let router = XdsServer::new(shared).router();
+    // Streams wake for their client and for new snapshots only: wake them
+    // all once the server stops, so that each ends.
+    let (stop, c) = (shutdown.clone(), cache_for_shutdown);
+    tasks.push(tokio::spawn(async move {
+        stop.cancelled().await;
+        c.wake();
+    }));
     let stop = shutdown.clone();
     let handshake_failures = metrics.tls_handshake_failures.clone();
     let tls_for_xds = xds_tls.clone();

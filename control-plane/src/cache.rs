@@ -38,6 +38,13 @@ impl Cache {
         })
     }
 
+    /// Wakes every subscriber without changing the snapshot: how streams,
+    /// which are woken only by their client and by new snapshots, learn that
+    /// the server is stopping.
+    pub fn wake(&self) {
+        self.tx.send_modify(|_| {});
+    }
+
     /// The snapshot being served.
     pub fn current(&self) -> Arc<Snapshot> {
         self.tx.borrow().clone()

@@ -12,7 +12,8 @@
 //! disk through `state`, with `dns` resolving the host names of concise
 //! endpoints; `registry` and `metrics` record what
 //! streams hold; `admin` serves them; `app` wires everything for `main` and
-//! for tests; `bootstrap` prints an Envoy bootstrap pointing at this server.
+//! for tests; `bootstrap` prints an Envoy bootstrap pointing at this server;
+//! `render` shows what a node would receive, as protobuf JSON.
 //! `etcd` is the other source of truth (a key watched by every replica, and
 //! the `apply`, `history`, `diff` and `rollback` commands), with `diff`
 //! comparing revisions resource by resource.
@@ -27,6 +28,7 @@ pub mod dns;
 pub mod etcd;
 pub mod metrics;
 pub mod registry;
+pub mod render;
 pub mod resources;
 pub mod secrets;
 pub mod selection;

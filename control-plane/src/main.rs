@@ -97,6 +97,21 @@ enum Command {
         #[command(flatten)]
         limits: LimitArgs,
     },
+    /// Print the resources (and versions) a node would be served, as
+    /// protobuf JSON; inline secrets are redacted.
+    Render {
+        /// The config file.
+        file: PathBuf,
+        /// Show the view of the node with this id (its `nodes:` selection);
+        /// without it, everything, as a node that matches no entry.
+        #[arg(long)]
+        node_id: Option<String>,
+        /// The node's cluster, for `nodes:` entries that match on it.
+        #[arg(long, requires = "node_id")]
+        node_cluster: Option<String>,
+        #[command(flatten)]
+        limits: LimitArgs,
+    },
     /// Print the v3 form of an Envoy v2 config's static_resources (servable
     /// by pylon-xds); the changes are listed in a comment at the top.
     Migrate {
@@ -395,6 +410,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Validate { files, limits } => Ok(validate(&files, &limits.options())),
+        Command::Render {
+            file,
+            node_id,
+            node_cluster,
+            limits,
+        } => render(&file, node_id, node_cluster, &limits.options()),
         Command::Apply {
             file,
             etcd,
@@ -630,6 +651,36 @@ fn validate(files: &[PathBuf], options: &control_plane::config::Options) -> Exit
     } else {
         ExitCode::SUCCESS
     }
+}
+
+fn render(
+    file: &std::path::Path,
+    node_id: Option<String>,
+    node_cluster: Option<String>,
+    options: &control_plane::config::Options,
+) -> anyhow::Result<ExitCode> {
+    use control_plane::render;
+    let loaded = control_plane::config::load_file(file, options).map(|r| {
+        let names = render::host_names(&r.names);
+        (r, names)
+    });
+    let (resources, names) = match loaded {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let snap = control_plane::snapshot::Snapshot::build(resources, None)
+        .with_context(|| file.display().to_string())?;
+    let node = node_id.map(|id| envoy_types::pb::envoy::config::core::v3::Node {
+        id,
+        cluster: node_cluster.unwrap_or_default(),
+        ..Default::default()
+    });
+    let doc = render::render(std::sync::Arc::new(snap), node.as_ref(), &names)?;
+    emit(&format!("{}\n", serde_json::to_string_pretty(&doc)?));
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The `/status` document as a table, like `istioctl proxy-status`.

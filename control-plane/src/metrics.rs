@@ -51,6 +51,9 @@ pub struct Metrics {
     pub connected_streams: Gauge,
     /// Responses sent, by type.
     pub pushes: Family<TypeLabel, Counter>,
+    /// The counters of `pushes`, by `ResourceType` index (counted without
+    /// looking the label up).
+    push_counters: [Counter; 4],
     /// Seconds from a snapshot's creation to a response carrying it being queued on a stream.
     pub push_latency: Histogram,
     /// NACKs received, by type.
@@ -114,6 +117,13 @@ impl Metrics {
         );
         let pushes = Family::<TypeLabel, Counter>::default();
         registry.register("pushes", "xDS responses sent, by type", pushes.clone());
+        let push_counters = crate::snapshot::ResourceType::ALL.map(|ty| {
+            pushes
+                .get_or_create(&TypeLabel {
+                    r#type: ty.short().to_string(),
+                })
+                .clone()
+        });
         let push_latency = Histogram::new(exponential_buckets(0.0001, 2.0, 18));
         registry.register(
             "push_latency_seconds",
@@ -244,6 +254,7 @@ impl Metrics {
             dns_names_failing,
             connected_streams,
             pushes,
+            push_counters,
             push_latency,
             nacks,
             refused,
@@ -292,6 +303,11 @@ impl Metrics {
         if let Some(t) = status.not_after_unix {
             self.tls_certificate_not_after.get_or_create(&label).set(t);
         }
+    }
+
+    /// Counts a response of `ty` sent.
+    pub fn pushed(&self, ty: crate::snapshot::ResourceType) {
+        self.push_counters[ty as usize].inc();
     }
 
     /// Counts a request refused for `reason`.

@@ -19,7 +19,7 @@ use std::net::SocketAddr;
 
 use pylon::tls::Identity;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
@@ -52,26 +52,55 @@ pub(crate) fn display(s: &str) -> String {
     truncate(s, DISPLAY_BYTES).into_owned()
 }
 
-/// What a client holds of one type. Shared with the stream's own state (and,
-/// for a SotW wildcard stream, with the snapshot), never copied per stream.
+/// The names a stream subscribes to for one type, shared with the stream's
+/// state and between streams that subscribe to the same names.
+pub type NameSet = Arc<BTreeSet<Arc<str>>>;
+
+/// What a client holds of one type. Shared with the stream's own state (and
+/// with the snapshot), never copied per stream.
 #[derive(Debug, Clone, Default)]
 pub enum Held {
     /// Nothing sent or declared yet.
     #[default]
     Nothing,
-    /// SotW: the resources of the last response.
-    Sent(ResourceMap),
+    /// Exactly the resources of a snapshot's map that the subscription
+    /// covers: all of them (`names: None`, a wildcard), or those it names.
+    /// What a stream holds once it is up to date, without a copy.
+    Scoped {
+        /// The map of the snapshot (or view) the client was brought up to
+        /// date with.
+        map: ResourceMap,
+        /// The names subscribed to; `None` for a wildcard.
+        names: Option<NameSet>,
+    },
     /// Delta: name -> version of everything the client holds (sent, or
-    /// declared in `initial_resource_versions`).
+    /// declared in `initial_resource_versions`) while it differs from any
+    /// snapshot.
     Versions(Arc<HashMap<Arc<str>, Arc<str>>>),
 }
 
 impl Held {
+    /// The resources of `map` in scope of `names` (all for `None`).
+    fn scoped<'a>(
+        map: &'a ResourceMap,
+        names: &'a Option<NameSet>,
+    ) -> Box<dyn Iterator<Item = (&'a str, &'a crate::snapshot::Resource)> + 'a> {
+        match names {
+            None => Box::new(map.iter().map(|(n, r)| (&**n, &**r))),
+            Some(names) => Box::new(
+                names
+                    .iter()
+                    .filter_map(|n| map.get(n).map(|r| (&**n, &**r))),
+            ),
+        }
+    }
+
     /// Number of resources held.
     pub fn len(&self) -> usize {
         match self {
             Held::Nothing => 0,
-            Held::Sent(m) => m.len(),
+            Held::Scoped { map, names: None } => map.len(),
+            Held::Scoped { map, names } => Held::scoped(map, names).count(),
             Held::Versions(m) => m.len(),
         }
     }
@@ -85,30 +114,39 @@ impl Held {
     pub fn version(&self, name: &str) -> Option<&str> {
         match self {
             Held::Nothing => None,
-            Held::Sent(m) => m.get(name).map(|r| &*r.version),
+            Held::Scoped { map, names } => names
+                .as_ref()
+                .is_none_or(|n| n.contains(name))
+                .then(|| map.get(name).map(|r| &*r.version))
+                .flatten(),
             Held::Versions(m) => m.get(name).map(|v| &**v),
         }
     }
 
-    /// The resource as it was sent, when the stream keeps it (SotW).
+    /// The resource as the client holds it, when the stream knows its
+    /// content (it is up to date with a snapshot).
     pub fn body(&self, name: &str) -> Option<&Any> {
         match self {
-            Held::Sent(m) => m.get(name).map(|r| &r.body),
+            Held::Scoped { map, names } if names.as_ref().is_none_or(|n| n.contains(name)) => {
+                map.get(name).map(|r| &r.body)
+            }
             _ => None,
         }
     }
 
     /// (name, version) pairs ordered by name.
     pub fn sorted(&self) -> Vec<(&str, &str)> {
-        let mut v: Vec<(&str, &str)> = match self {
+        match self {
             Held::Nothing => Vec::new(),
-            Held::Sent(m) => m.iter().map(|(n, r)| (&**n, &*r.version)).collect(),
-            Held::Versions(m) => m.iter().map(|(n, v)| (&**n, &**v)).collect(),
-        };
-        if matches!(self, Held::Versions(_)) {
-            v.sort_unstable();
+            Held::Scoped { map, names } => Held::scoped(map, names)
+                .map(|(n, r)| (n, &*r.version))
+                .collect(),
+            Held::Versions(m) => {
+                let mut v: Vec<(&str, &str)> = m.iter().map(|(n, v)| (&**n, &**v)).collect();
+                v.sort_unstable();
+                v
+            }
         }
-        v
     }
 }
 
@@ -123,10 +161,7 @@ impl Serialize for Held {
     }
 }
 
-fn serialize_names<S: Serializer>(
-    names: &Arc<BTreeSet<Arc<str>>>,
-    s: S,
-) -> Result<S::Ok, S::Error> {
+fn serialize_names<S: Serializer>(names: &NameSet, s: S) -> Result<S::Ok, S::Error> {
     s.collect_seq(names.iter().map(|n| &**n))
 }
 
@@ -149,22 +184,29 @@ pub struct TypeStatus {
     /// `NOT_SENT`, `SYNCED`, `STALE` or `ERROR` (see [`TypeStatus::state`]);
     /// filled in by [`Registry::list`].
     pub state: &'static str,
-    /// The version of the last response sent.
-    pub sent_version: Option<String>,
+    /// The version of the last response sent (shared with the snapshot).
+    #[serde(serialize_with = "serialize_opt_str")]
+    pub sent_version: Option<Arc<str>>,
     /// The nonce of the last response sent.
-    pub sent_nonce: Option<String>,
+    #[serde(serialize_with = "serialize_opt_nonce")]
+    pub sent_nonce: Option<u64>,
+    /// How many resources the last response sent carried.
+    pub sent_resources: usize,
     /// The last version the client ACKed.
-    pub acked_version: Option<String>,
-    /// Names in the last response sent (SotW) or known to be held (delta).
+    #[serde(serialize_with = "serialize_opt_str")]
+    pub acked_version: Option<Arc<str>>,
+    /// Names the client holds (the size of `held`); filled in by
+    /// [`Registry::list`].
     pub resources: usize,
-    /// What the client was sent and holds: name -> resource version (the
-    /// last response for SotW; everything held for delta).
+    /// What the client was sent and holds: name -> resource version (for
+    /// SotW load assignments and route configurations, which a response
+    /// leaves out when they did not change, what earlier responses sent too).
     pub held: Held,
     /// Whether the client subscribes to every resource of the type.
     pub wildcard: bool,
     /// The names the client asked for (besides a wildcard).
     #[serde(serialize_with = "serialize_names")]
-    pub subscribed: Arc<BTreeSet<Arc<str>>>,
+    pub subscribed: NameSet,
     /// When the last response of this type was sent (milliseconds since the
     /// Unix epoch).
     pub updated_at_unix_ms: Option<u64>,
@@ -176,6 +218,21 @@ pub struct TypeStatus {
     pub last_nack: Option<Nack>,
 }
 
+fn serialize_opt_str<S: Serializer>(v: &Option<Arc<str>>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(v) => s.serialize_some(&**v),
+        None => s.serialize_none(),
+    }
+}
+
+/// Nonces are shown as the client sees them: strings.
+fn serialize_opt_nonce<S: Serializer>(v: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(v) => s.serialize_some(&v.to_string()),
+        None => s.serialize_none(),
+    }
+}
+
 impl TypeStatus {
     /// `NOT_SENT`, `SYNCED` (the last response was ACKed, or, before any
     /// response, a reconnecting delta client already holds what it should),
@@ -184,7 +241,7 @@ impl TypeStatus {
         match (&self.sent_nonce, &self.last_nack) {
             (None, _) if !self.held.is_empty() => "SYNCED",
             (None, _) => "NOT_SENT",
-            (Some(nonce), Some(n)) if &n.nonce == nonce => "ERROR",
+            (Some(nonce), Some(n)) if n.nonce == nonce.to_string() => "ERROR",
             _ if self.acked_version.is_some() && self.acked_version == self.sent_version => {
                 "SYNCED"
             }
@@ -259,13 +316,28 @@ impl TypeStatuses {
 /// Every open stream of one server.
 #[derive(Debug)]
 pub struct Registry {
-    streams: DashMap<u64, StreamStatus>,
+    /// Each stream's entry, shared with its guard, which updates it under
+    /// the entry's own lock (no map lookup per response or ACK).
+    streams: DashMap<u64, Arc<Mutex<StreamStatus>>>,
     next_id: AtomicU64,
     metrics: Arc<Metrics>,
     /// Streams open (and reserved by [`Registry::open`]), at most `max_streams`.
     open: AtomicUsize,
     max_streams: usize,
     client_warnings: Throttle,
+    /// Every stream's subscribed names, by a hash of their content (see
+    /// [`Registry::share_names`]).
+    name_sets: Mutex<NameSets>,
+}
+
+/// Subscriptions in use, so that streams naming the same resources share one
+/// set: a fleet configured alike subscribes alike, and a set of 1,000 names
+/// costs tens of KiB.
+#[derive(Debug, Default)]
+struct NameSets {
+    by_hash: HashMap<u64, Vec<Weak<BTreeSet<Arc<str>>>>>,
+    /// Sets added since dead entries were last swept out.
+    added: usize,
 }
 
 impl Registry {
@@ -284,6 +356,7 @@ impl Registry {
             open: AtomicUsize::new(0),
             max_streams,
             client_warnings: Throttle::new(CLIENT_WARNINGS_PER_SECOND, Duration::from_secs(1)),
+            name_sets: Mutex::default(),
         }
     }
 
@@ -313,25 +386,24 @@ impl Registry {
             ));
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.streams.insert(
-            id,
-            StreamStatus {
-                stream: id,
-                node: String::new(),
-                cluster: String::new(),
-                user_agent: String::new(),
-                selection: String::new(),
-                node_proto: None,
-                peer,
-                identity: identity.as_ref().map(|i| display(&i.display())),
-                protocol: protocol.to_string(),
-                connected_at_unix_ms: now_ms(),
-                types: TypeStatuses::default(),
-            },
-        );
+        let entry = Arc::new(Mutex::new(StreamStatus {
+            stream: id,
+            node: String::new(),
+            cluster: String::new(),
+            user_agent: String::new(),
+            selection: String::new(),
+            node_proto: None,
+            peer,
+            identity: identity.as_ref().map(|i| display(&i.display())),
+            protocol: protocol.to_string(),
+            connected_at_unix_ms: now_ms(),
+            types: TypeStatuses::default(),
+        }));
+        self.streams.insert(id, Arc::clone(&entry));
         self.metrics.connected_streams.inc();
         Ok(StreamGuard {
             id,
+            entry,
             registry: Arc::clone(self),
             node: String::new(),
             has_node: false,
@@ -341,7 +413,11 @@ impl Registry {
 
     /// A copy of every stream's status, ordered by node then stream id.
     pub fn list(&self) -> Vec<StreamStatus> {
-        let mut v: Vec<StreamStatus> = self.streams.iter().map(|e| e.value().clone()).collect();
+        let mut v: Vec<StreamStatus> = self
+            .streams
+            .iter()
+            .map(|e| lock(e.value()).clone())
+            .collect();
         for s in &mut v {
             for t in [
                 &mut s.types.cds,
@@ -350,10 +426,50 @@ impl Registry {
                 &mut s.types.rds,
             ] {
                 t.state = t.state();
+                t.resources = t.held.len();
             }
         }
         v.sort_by(|a, b| (&a.node, a.stream).cmp(&(&b.node, b.stream)));
         v
+    }
+
+    /// A set with the names of `set`: one already in use by some stream if
+    /// there is one (then `set` is dropped), else `set` itself, remembered.
+    pub fn share_names(&self, set: NameSet) -> NameSet {
+        use std::hash::{Hash, Hasher};
+        if set.is_empty() {
+            return set;
+        }
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for n in set.iter() {
+            n.hash(&mut h);
+        }
+        let key = h.finish();
+        let mut sets = self
+            .name_sets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let bucket = sets.by_hash.entry(key).or_default();
+        bucket.retain(|w| w.strong_count() > 0);
+        if let Some(same) = bucket
+            .iter()
+            .filter_map(Weak::upgrade)
+            .find(|other| **other == *set)
+        {
+            return same;
+        }
+        bucket.push(Arc::downgrade(&set));
+        sets.added += 1;
+        // Sets whose streams all ended leave a dead entry behind: sweep them
+        // out now and then, in time proportional to the sets added meanwhile.
+        if sets.added > 1024 && sets.added > sets.by_hash.len() {
+            sets.by_hash.retain(|_, b| {
+                b.retain(|w| w.strong_count() > 0);
+                !b.is_empty()
+            });
+            sets.added = 0;
+        }
+        set
     }
 
     /// The metrics this registry updates.
@@ -372,6 +488,8 @@ impl Registry {
 #[derive(Debug)]
 pub struct StreamGuard {
     id: u64,
+    /// This stream's entry in the registry.
+    entry: Arc<Mutex<StreamStatus>>,
     registry: Arc<Registry>,
     /// The node id, cut to [`DISPLAY_BYTES`] (for logs).
     node: String,
@@ -406,6 +524,11 @@ impl StreamGuard {
         self.has_node
     }
 
+    /// See [`Registry::share_names`].
+    pub fn share_names(&self, set: NameSet) -> NameSet {
+        self.registry.share_names(set)
+    }
+
     /// The server's allowance for client-caused warnings.
     pub fn client_warnings(&self) -> &Throttle {
         &self.registry.client_warnings
@@ -426,62 +549,66 @@ impl StreamGuard {
                 .unwrap_or_default(),
             None => String::new(),
         };
-        if let Some(mut s) = self.registry.streams.get_mut(&self.id) {
-            s.node = self.node.clone();
-            s.cluster = display(&node.cluster);
-            s.user_agent = display(format!("{} {}", node.user_agent_name, version).trim());
-            s.node_proto = Some(node);
-        }
+        let mut s = lock(&self.entry);
+        s.node = self.node.clone();
+        s.cluster = display(&node.cluster);
+        s.user_agent = display(format!("{} {}", node.user_agent_name, version).trim());
+        s.node_proto = Some(node);
     }
 
     /// Records the node selection the stream's node matched.
     pub fn set_selection(&self, selection: &str) {
-        if let Some(mut s) = self.registry.streams.get_mut(&self.id) {
-            if s.selection != selection {
-                s.selection = selection.to_string();
-            }
+        let mut s = lock(&self.entry);
+        if s.selection != selection {
+            s.selection = selection.to_string();
         }
     }
 
     /// Records what the client subscribes to for one type (shared with the
     /// stream's state, not copied).
-    pub fn subscribed(&self, ty: ResourceType, wildcard: bool, names: Arc<BTreeSet<Arc<str>>>) {
-        if let Some(mut s) = self.registry.streams.get_mut(&self.id) {
-            let t = s.types.get_mut(ty);
-            t.wildcard = wildcard;
-            t.subscribed = names;
-        }
+    pub fn subscribed(&self, ty: ResourceType, wildcard: bool, names: NameSet) {
+        let mut s = lock(&self.entry);
+        let t = s.types.get_mut(ty);
+        t.wildcard = wildcard;
+        t.subscribed = names;
     }
 
     /// Records what a reconnecting delta client says it holds
     /// (`initial_resource_versions`) before anything is sent on this stream.
     pub fn seeded(&self, ty: ResourceType, held: Held) {
-        if let Some(mut s) = self.registry.streams.get_mut(&self.id) {
-            let t = s.types.get_mut(ty);
-            t.resources = held.len();
-            t.held = held;
-        }
+        let mut s = lock(&self.entry);
+        s.types.get_mut(ty).held = held;
     }
 
-    /// Records a response sent, and what the client holds once it applies it.
-    pub fn sent(&self, ty: ResourceType, version: &str, nonce: &str, held: Held) {
-        if let Some(mut s) = self.registry.streams.get_mut(&self.id) {
-            let t = s.types.get_mut(ty);
-            t.sent_version = Some(version.to_string());
-            t.sent_nonce = Some(nonce.to_string());
-            t.updated_at_unix_ms = Some(now_ms());
-            t.resources = held.len();
-            t.held = held;
-        }
+    /// Records a response sent (carrying `resources` resources), and what
+    /// the client holds once it applies it.
+    pub fn sent(
+        &self,
+        ty: ResourceType,
+        version: &Arc<str>,
+        nonce: u64,
+        resources: usize,
+        held: Held,
+    ) {
+        let mut s = lock(&self.entry);
+        let t = s.types.get_mut(ty);
+        t.sent_version = Some(Arc::clone(version));
+        t.sent_nonce = Some(nonce);
+        t.sent_resources = resources;
+        t.updated_at_unix_ms = Some(now_ms());
+        t.held = held;
     }
 
     /// Records an ACK of `version`.
     pub fn acked(&self, ty: ResourceType, version: &str) {
-        if let Some(mut s) = self.registry.streams.get_mut(&self.id) {
-            let t = s.types.get_mut(ty);
-            // The client's text: cut like any other shown.
-            t.acked_version = Some(display(version));
-        }
+        let mut s = lock(&self.entry);
+        let t = s.types.get_mut(ty);
+        // Usually the version just sent: shared, not copied. Otherwise
+        // the client's text, cut like any other shown.
+        t.acked_version = match &t.sent_version {
+            Some(sent) if **sent == *version => Some(Arc::clone(sent)),
+            _ => Some(Arc::from(display(version))),
+        };
     }
 
     /// Counts a request with a stale nonce, on this stream and in the metrics.
@@ -493,9 +620,8 @@ impl StreamGuard {
                 r#type: ty.short().to_string(),
             })
             .inc();
-        if let Some(mut s) = self.registry.streams.get_mut(&self.id) {
-            s.types.get_mut(ty).stale_nonces += 1;
-        }
+        let mut s = lock(&self.entry);
+        s.types.get_mut(ty).stale_nonces += 1;
     }
 
     /// Records a NACK (its message cut to [`MAX_NACK_MESSAGE_BYTES`]) and
@@ -508,14 +634,13 @@ impl StreamGuard {
                 r#type: ty.short().to_string(),
             })
             .inc();
-        if let Some(mut s) = self.registry.streams.get_mut(&self.id) {
-            s.types.get_mut(ty).last_nack = Some(Nack {
-                version: display(version),
-                nonce: display(nonce),
-                message: truncate(message, MAX_NACK_MESSAGE_BYTES).into_owned(),
-                at_unix_ms: now_ms(),
-            });
-        }
+        let mut s = lock(&self.entry);
+        s.types.get_mut(ty).last_nack = Some(Nack {
+            version: display(version),
+            nonce: display(nonce),
+            message: truncate(message, MAX_NACK_MESSAGE_BYTES).into_owned(),
+            at_unix_ms: now_ms(),
+        });
     }
 }
 
@@ -525,6 +650,13 @@ impl Drop for StreamGuard {
         self.registry.metrics.connected_streams.dec();
         self.registry.open.fetch_sub(1, Ordering::AcqRel);
     }
+}
+
+/// The entry's lock; a panic while it was held leaves a usable status.
+fn lock(entry: &Mutex<StreamStatus>) -> std::sync::MutexGuard<'_, StreamStatus> {
+    entry
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn now_ms() -> u64 {
@@ -545,20 +677,39 @@ mod tests {
         let st = |reg: &Registry| reg.list()[0].types.cds.state();
         assert_eq!(st(&reg), "NOT_SENT");
         let held = Held::Versions(Arc::new([(Arc::from("a"), Arc::from("1"))].into()));
-        g.sent(ResourceType::Cluster, "v1", "1", held.clone());
+        let v = |s: &str| Arc::<str>::from(s);
+        g.sent(ResourceType::Cluster, &v("v1"), 1, 1, held.clone());
         assert_eq!(st(&reg), "STALE");
         g.acked(ResourceType::Cluster, "v1");
         assert_eq!(st(&reg), "SYNCED");
-        g.sent(ResourceType::Cluster, "v2", "2", held.clone());
+        g.sent(ResourceType::Cluster, &v("v2"), 2, 1, held.clone());
         g.nacked(ResourceType::Cluster, "v2", "2", "bad");
         assert_eq!(st(&reg), "ERROR");
-        g.sent(ResourceType::Cluster, "v3", "3", held);
+        g.sent(ResourceType::Cluster, &v("v3"), 3, 1, held);
         g.acked(ResourceType::Cluster, "v3");
         assert_eq!(st(&reg), "SYNCED");
         assert_eq!(reg.metrics().connected_streams.get(), 1);
         drop(g);
         assert!(reg.list().is_empty());
         assert_eq!(reg.metrics().connected_streams.get(), 0);
+    }
+
+    #[test]
+    fn streams_naming_the_same_resources_share_one_set() {
+        let reg = Registry::new(Arc::new(Metrics::new()));
+        let set =
+            |names: &[&str]| -> NameSet { Arc::new(names.iter().map(|n| Arc::from(*n)).collect()) };
+        let a = reg.share_names(set(&["x", "y"]));
+        let b = reg.share_names(set(&["x", "y"]));
+        assert!(Arc::ptr_eq(&a, &b));
+        let c = reg.share_names(set(&["x"]));
+        assert!(!Arc::ptr_eq(&a, &c));
+        // Once no stream uses a set, it is not handed out again.
+        let ptr = Arc::as_ptr(&c);
+        drop(c);
+        let d = reg.share_names(set(&["x"]));
+        assert_eq!(*d, *set(&["x"]));
+        assert!(Arc::strong_count(&d) == 1 || Arc::as_ptr(&d) != ptr);
     }
 
     #[test]

@@ -615,3 +615,93 @@ fn a_v2_config_is_recognised_whole_and_migrated() {
     let again = run(&["migrate", v3.to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&again.stderr).contains(": 0 v2 construct(s) rewritten"));
 }
+
+#[test]
+fn render_prints_what_each_node_receives_with_the_served_versions() {
+    let fleet = examples().join("mixed-fleet.yaml");
+    let fleet = fleet.to_str().unwrap();
+    let validated = String::from_utf8(run(&["validate", fleet]).stdout).unwrap();
+    let render = |extra: &[&str]| -> serde_json::Value {
+        let mut args = vec!["render", fleet];
+        args.extend_from_slice(extra);
+        let out = run(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let names = |doc: &serde_json::Value, key: &str| -> Vec<String> {
+        doc[key]["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    // Everything, with the version `validate` (and `serve`) gives the revision.
+    let all = render(&[]);
+    let version = all["version"].as_str().unwrap();
+    assert!(
+        validated.contains(&format!("ok, version {version} ")),
+        "{validated} vs {version}"
+    );
+    assert_eq!(names(&all, "clusters"), ["greeter.example:50051", "web"]);
+    for r in all["endpoints"]["resources"].as_array().unwrap() {
+        assert_eq!(r["version"].as_str().unwrap().len(), 16, "{r}");
+        assert_eq!(
+            r["resource"]["@type"],
+            "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+        );
+    }
+    // A node's view: its selection, the same versions.
+    let grpc = render(&["--node-id", "grpc-1"]);
+    assert_eq!(grpc["selection"], "proxyless");
+    assert_eq!(grpc["version"], all["version"]);
+    assert_eq!(names(&grpc, "listeners"), ["greeter.example:50051"]);
+    assert_eq!(grpc["listeners"]["version"], all["listeners"]["version"]);
+    let edge = render(&["--node-id", "e-1", "--node-cluster", "edge"]);
+    assert_eq!(edge["selection"], "edge");
+    assert_eq!(names(&edge, "listeners"), ["front"]);
+    assert_eq!(names(&edge, "clusters"), ["web"]);
+    let other = render(&["--node-id", "someone"]);
+    assert_eq!(other["selection"], "nothing");
+    assert!(names(&other, "clusters").is_empty());
+
+    // An invalid file: its errors, with positions, and no document.
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "clusters:\n  - name: a\n    endpoints: [127.0.0.1:70000]\n",
+    )
+    .unwrap();
+    let out = run(&["render", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.yaml:3:"), "{err}");
+}
+
+#[test]
+fn render_never_prints_inline_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tls.yaml");
+    std::fs::write(
+        &path,
+        "static_resources:\n  clusters:\n  - name: tls\n    type: STATIC\n    load_assignment:\n      cluster_name: tls\n      endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: 443}}}}]}]\n    transport_socket:\n      name: envoy.transport_sockets.tls\n      typed_config:\n        \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext\n        common_tls_context:\n          tls_certificates:\n          - certificate_chain: {filename: /etc/tls.crt}\n            private_key: {inline_string: \"-----BEGIN PRIVATE KEY-----TOPSECRET\"}\n",
+    )
+    .unwrap();
+    let path = path.to_str().unwrap();
+    // Refused as `serve` refuses it, unless allowed...
+    let out = run(&["render", path]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("TOPSECRET"));
+    // ... and then redacted.
+    let out = run(&["render", "--allow-inline-secrets", path]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains("TOPSECRET"), "{text}");
+    assert!(text.contains("[redacted by pylon-xds]"), "{text}");
+}

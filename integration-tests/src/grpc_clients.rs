@@ -1,11 +1,13 @@
 //! Real proxyless gRPC peers for one test: gRPC backends ([`GrpcBackends`],
-//! Python grpcio servers) and xDS-resolving gRPC clients ([`GrpcClient`],
-//! Python grpcio or Node `@grpc/grpc-js` + `@grpc/grpc-js-xds`), each a child
-//! process started from the test process.
+//! Python grpcio servers, or grpc-go servers for the grpc-go client) and
+//! xDS-resolving gRPC clients ([`GrpcClient`], Python grpcio, Node
+//! `@grpc/grpc-js` + `@grpc/grpc-js-xds`, or grpc-go), each a child process
+//! started from the test process.
 //!
 //! Owns: finding the runtimes (a Python that imports `grpc`, Node with the
-//! client's `node_modules` installed), writing the client's xDS bootstrap
-//! (`GRPC_XDS_BOOTSTRAP`) into a private temp dir, spawning the scripts in
+//! client's `node_modules` installed, the grpc-go program built from
+//! `clients/go`), writing the client's xDS bootstrap (`GRPC_XDS_BOOTSTRAP`)
+//! into a private temp dir, spawning the programs in
 //! `integration-tests/clients/`, speaking their line protocol (one command on
 //! stdin, one JSON answer on stdout, see `clients/grpc_client.py`), capturing
 //! their stderr into a log whose tail goes into errors and panics, and killing
@@ -21,10 +23,15 @@
 //! - Node: `PYLON_NODE` when set, else `node` on `PATH`, and
 //!   `integration-tests/clients/node/node_modules` installed
 //!   (`scripts/test.sh` runs `npm ci` there).
+//! - grpc-go: `PYLON_GRPC_GO` when set, else `<target>/clients/grpc-go-client`
+//!   (`scripts/test.sh` builds it from `integration-tests/clients/go` with
+//!   `go build`). Its row of the matrix calls grpc-go backends (the same
+//!   program), so it needs no Python.
 //!
 //! `PYLON_GRPC_TRACE` turns on the clients' own tracing (into their log):
 //! `1` picks xDS and load-balancing tracers; any other value is passed as
-//! `GRPC_TRACE` (Python) or `GRPC_NODE_TRACE` (Node) as is.
+//! `GRPC_TRACE` (Python) or `GRPC_NODE_TRACE` (Node) as is; grpc-go logs
+//! everything at `info` with any value.
 //!
 //! Everything listens on and dials 127.0.0.1 only.
 
@@ -83,6 +90,37 @@ pub fn clients_dir() -> PathBuf {
 /// The Node client's package directory.
 pub fn node_package_dir() -> PathBuf {
     clients_dir().join("node")
+}
+
+/// The grpc-go program's module directory.
+pub fn go_module_dir() -> PathBuf {
+    clients_dir().join("go")
+}
+
+/// The grpc-go program, if built (see the module docs for where).
+pub fn grpc_go() -> Option<PathBuf> {
+    let path = match std::env::var_os("PYLON_GRPC_GO") {
+        Some(p) => PathBuf::from(p),
+        None => {
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| crate::workspace_root().join("target"));
+            target.join("clients/grpc-go-client")
+        }
+    };
+    path.is_file().then_some(path)
+}
+
+/// The grpc-go program, or `None` after reporting it missing (a panic under
+/// CI).
+pub fn grpc_go_or_skip() -> Option<PathBuf> {
+    grpc_go().or_else(|| {
+        crate::missing_tool(
+            "grpc-go-client",
+            "run scripts/test.sh (builds integration-tests/clients/go into target/clients/ \
+             with `go build`; needs Go 1.26) or set PYLON_GRPC_GO",
+        )
+    })
 }
 
 /// A Python that imports `grpc`, if any (see the module docs for the order).
@@ -153,6 +191,8 @@ pub enum ClientKind {
     Python,
     /// `@grpc/grpc-js` with `@grpc/grpc-js-xds` registered.
     Node,
+    /// grpc-go with `google.golang.org/grpc/xds` imported.
+    Go,
 }
 
 impl ClientKind {
@@ -161,27 +201,42 @@ impl ClientKind {
         match self {
             ClientKind::Python => "python",
             ClientKind::Node => "node",
+            ClientKind::Go => "go",
         }
     }
 
-    /// The program and script that run this kind of client, or `None` after
-    /// reporting what is missing.
-    fn command_or_skip(self) -> Option<(PathBuf, PathBuf)> {
+    /// The program and arguments that run this kind of client, or `None`
+    /// after reporting what is missing.
+    fn command_or_skip(self) -> Option<(PathBuf, Vec<PathBuf>)> {
         match self {
             ClientKind::Python => {
-                python_or_skip().map(|p| (p, clients_dir().join("grpc_client.py")))
+                python_or_skip().map(|p| (p, vec![clients_dir().join("grpc_client.py")]))
             }
             ClientKind::Node => {
-                node_or_skip().map(|n| (n, node_package_dir().join("grpc_client.js")))
+                node_or_skip().map(|n| (n, vec![node_package_dir().join("grpc_client.js")]))
             }
+            ClientKind::Go => grpc_go_or_skip().map(|g| (g, vec![PathBuf::from("client")])),
+        }
+    }
+
+    /// The backends its tests call: grpc-go's for grpc-go, grpcio's for the
+    /// others.
+    pub fn backends(self) -> BackendKind {
+        match self {
+            ClientKind::Go => BackendKind::Go,
+            ClientKind::Python | ClientKind::Node => BackendKind::Python,
         }
     }
 
     /// Whether everything a test with this client needs is installed: the
-    /// client's runtime, and Python for [`GrpcBackends`]. Reports what is
-    /// missing (a panic under CI).
+    /// client's runtime, and its [`GrpcBackends`]. Reports what is missing
+    /// (a panic under CI).
     pub fn tools_or_skip(self) -> bool {
-        python_or_skip().is_some() && (self == ClientKind::Python || node_or_skip().is_some())
+        match self {
+            ClientKind::Python => python_or_skip().is_some(),
+            ClientKind::Node => python_or_skip().is_some() && node_or_skip().is_some(),
+            ClientKind::Go => grpc_go_or_skip().is_some(),
+        }
     }
 
     /// Sets the tracing variables for `PYLON_GRPC_TRACE`.
@@ -207,6 +262,10 @@ impl ClientKind {
             ClientKind::Node => {
                 cmd.env("GRPC_NODE_TRACE", pick(NODE_TRACERS))
                     .env("GRPC_NODE_VERBOSITY", "DEBUG");
+            }
+            ClientKind::Go => {
+                cmd.env("GRPC_GO_LOG_SEVERITY_LEVEL", "info")
+                    .env("GRPC_GO_LOG_VERBOSITY_LEVEL", "99");
             }
         }
     }
@@ -284,12 +343,17 @@ impl CallCounts {
     }
 }
 
-/// A command for a script: stdin and stdout piped, stderr into `log`, no
-/// proxy settings, killed on drop.
-fn script_command(program: &Path, script: &Path, log: &Path) -> anyhow::Result<Command> {
+/// A command for a client or backend program: stdin and stdout piped,
+/// stderr into `log`, no proxy settings, killed on drop, run from `dir`.
+fn script_command(
+    program: &Path,
+    args: &[PathBuf],
+    dir: &Path,
+    log: &Path,
+) -> anyhow::Result<Command> {
     let mut cmd = Command::new(program);
-    cmd.arg(script)
-        .current_dir(script.parent().unwrap_or(Path::new(".")))
+    cmd.args(args)
+        .current_dir(dir)
         .env("PYTHONUNBUFFERED", "1")
         .env_remove("GRPC_XDS_BOOTSTRAP")
         .env_remove("GRPC_XDS_BOOTSTRAP_CONFIG")
@@ -303,8 +367,17 @@ fn script_command(program: &Path, script: &Path, log: &Path) -> anyhow::Result<C
     Ok(cmd)
 }
 
+/// Which program serves [`GrpcBackends`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    /// `clients/grpc_backends.py` on grpcio.
+    Python,
+    /// `grpc-go-client backends`.
+    Go,
+}
+
 /// gRPC servers on loopback, one per name, each answering [`METHOD`] with its
-/// own name, all in one Python process. Killed when dropped.
+/// own name, all in one process (grpcio or grpc-go). Killed when dropped.
 #[derive(Debug)]
 pub struct GrpcBackends {
     child: Child,
@@ -315,13 +388,30 @@ pub struct GrpcBackends {
 }
 
 impl GrpcBackends {
-    /// Starts one backend per name on free loopback ports and waits until all
-    /// listen. Ports taken by someone else in the meantime are retried.
+    /// Starts one grpcio backend per name on free loopback ports and waits
+    /// until all listen. Ports taken by someone else in the meantime are
+    /// retried.
     pub async fn start(names: &[&str]) -> anyhow::Result<GrpcBackends> {
-        let python = python().context(
-            "python3 with grpcio not found: run scripts/test.sh (installs grpcio into .venv) \
-             or set PYLON_PYTHON",
-        )?;
+        GrpcBackends::start_kind(BackendKind::Python, names).await
+    }
+
+    /// [`GrpcBackends::start`] with the backends of `kind`.
+    pub async fn start_kind(kind: BackendKind, names: &[&str]) -> anyhow::Result<GrpcBackends> {
+        let (program, args) = match kind {
+            BackendKind::Python => {
+                let python = python().context(
+                    "python3 with grpcio not found: run scripts/test.sh (installs grpcio into .venv) \
+                     or set PYLON_PYTHON",
+                )?;
+                (python, vec![clients_dir().join("grpc_backends.py")])
+            }
+            BackendKind::Go => {
+                let go = grpc_go().context(
+                    "grpc-go-client not found: run scripts/test.sh (builds it) or set PYLON_GRPC_GO",
+                )?;
+                (go, vec![PathBuf::from("backends")])
+            }
+        };
         anyhow::ensure!(!names.is_empty(), "no backend names");
         for name in names {
             anyhow::ensure!(
@@ -331,7 +421,7 @@ impl GrpcBackends {
         }
         let mut last_err = None;
         for _ in 0..START_ATTEMPTS {
-            match Self::try_start(&python, names).await? {
+            match Self::try_start(&program, &args, names).await? {
                 Ok(backends) => return Ok(backends),
                 Err(err) => last_err = Some(err),
             }
@@ -345,7 +435,8 @@ impl GrpcBackends {
 
     /// One attempt: `Ok(Err(_))` means a port was taken (worth retrying).
     async fn try_start(
-        python: &Path,
+        program: &Path,
+        args: &[PathBuf],
         names: &[&str],
     ) -> anyhow::Result<anyhow::Result<GrpcBackends>> {
         let dir = tempfile::Builder::new()
@@ -361,11 +452,11 @@ impl GrpcBackends {
         }
         anyhow::ensure!(addrs.len() == names.len(), "duplicate backend names");
         let log = dir.path().join("stderr");
-        let mut cmd = script_command(python, &clients_dir().join("grpc_backends.py"), &log)?;
+        let mut cmd = script_command(program, args, &clients_dir(), &log)?;
         cmd.args(names.iter().map(|n| format!("{n}={}", addrs[*n].port())));
         let mut child = cmd
             .spawn()
-            .with_context(|| format!("spawning {} grpc_backends.py", python.display()))?;
+            .with_context(|| format!("spawning {} {args:?}", program.display()))?;
         let stdin = child.stdin.take().context("backends: no stdin pipe")?;
         let stdout = child.stdout.take().context("backends: no stdout pipe")?;
         let mut lines = BufReader::new(stdout).lines();
@@ -378,10 +469,10 @@ impl GrpcBackends {
         };
         let failure = match first {
             Ok(Ok(Some(line))) if line.trim() == "READY" => return Ok(Ok(backends)),
-            Ok(Ok(Some(line))) => format!("grpc_backends.py printed {line:?} instead of READY"),
-            Ok(Ok(None)) => "grpc_backends.py exited before READY".to_string(),
-            Ok(Err(err)) => format!("reading grpc_backends.py stdout: {err}"),
-            Err(_) => format!("grpc_backends.py not READY within {START_TIMEOUT:?}"),
+            Ok(Ok(Some(line))) => format!("the backends printed {line:?} instead of READY"),
+            Ok(Ok(None)) => "the backends exited before READY".to_string(),
+            Ok(Err(err)) => format!("reading the backends stdout: {err}"),
+            Err(_) => format!("the backends not READY within {START_TIMEOUT:?}"),
         };
         let tail = backends.log_tail(40);
         if tail.contains("bind failed:") {
@@ -481,7 +572,7 @@ impl GrpcClient {
                 "xDS server {uri} is not on loopback"
             );
         }
-        let Some((program, script)) = kind.command_or_skip() else {
+        let Some((program, args)) = kind.command_or_skip() else {
             return Ok(None);
         };
         let dir = tempfile::Builder::new()
@@ -490,12 +581,16 @@ impl GrpcClient {
         let bootstrap = dir.path().join("bootstrap.json");
         std::fs::write(&bootstrap, bootstrap_text)?;
         let log = dir.path().join("stderr");
-        let mut cmd = script_command(&program, &script, &log)?;
+        let cwd = match kind {
+            ClientKind::Node => node_package_dir(),
+            ClientKind::Python | ClientKind::Go => clients_dir(),
+        };
+        let mut cmd = script_command(&program, &args, &cwd, &log)?;
         cmd.env("GRPC_XDS_BOOTSTRAP", &bootstrap);
         kind.trace_env(&mut cmd);
         let mut child = cmd
             .spawn()
-            .with_context(|| format!("spawning {} {}", program.display(), script.display()))?;
+            .with_context(|| format!("spawning {} {args:?}", program.display()))?;
         let stdin = child.stdin.take().context("client: no stdin pipe")?;
         let stdout = child.stdout.take().context("client: no stdout pipe")?;
         Ok(Some(GrpcClient {
@@ -684,5 +779,7 @@ mod tests {
         assert!(clients_dir().join("grpc_client.py").is_file());
         assert!(node_package_dir().join("grpc_client.js").is_file());
         assert!(node_package_dir().join("package-lock.json").is_file());
+        assert!(go_module_dir().join("main.go").is_file());
+        assert!(go_module_dir().join("go.sum").is_file());
     }
 }

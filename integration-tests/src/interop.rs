@@ -19,17 +19,19 @@ pub enum ClientId {
     PylonDelta,
     Grpcio,
     GrpcJs,
+    GrpcGo,
 }
 
 impl ClientId {
     /// Every client, in table order.
-    pub const ALL: [ClientId; 6] = [
+    pub const ALL: [ClientId; 7] = [
         ClientId::EnvoySotw,
         ClientId::EnvoyDelta,
         ClientId::PylonSotw,
         ClientId::PylonDelta,
         ClientId::Grpcio,
         ClientId::GrpcJs,
+        ClientId::GrpcGo,
     ];
 
     /// The test-name and file-name form, e.g. `envoy_delta`.
@@ -41,6 +43,7 @@ impl ClientId {
             ClientId::PylonDelta => "pylon_delta",
             ClientId::Grpcio => "grpcio",
             ClientId::GrpcJs => "grpc_js",
+            ClientId::GrpcGo => "grpc_go",
         }
     }
 
@@ -53,6 +56,7 @@ impl ClientId {
             ClientId::PylonDelta => "pylon-proxy (delta ADS)",
             ClientId::Grpcio => "Python grpcio 1.85 (xds:///)",
             ClientId::GrpcJs => "Node @grpc/grpc-js-xds 1.14",
+            ClientId::GrpcGo => "grpc-go 1.84 (xds:///)",
         }
     }
 
@@ -64,7 +68,7 @@ impl ClientId {
     /// Whether it is a proxy (Envoy or pylon-proxy) rather than a proxyless
     /// gRPC client.
     pub fn is_proxy(self) -> bool {
-        !matches!(self, ClientId::Grpcio | ClientId::GrpcJs)
+        !matches!(self, ClientId::Grpcio | ClientId::GrpcJs | ClientId::GrpcGo)
     }
 }
 

@@ -1,7 +1,8 @@
 //! The interop matrix: every xDS client against the same protocol checks.
 //!
 //! Clients (rows): Envoy over SotW and delta ADS, pylon-proxy over SotW and
-//! delta ADS, Python grpcio and Node @grpc/grpc-js-xds (proxyless, SotW).
+//! delta ADS, Python grpcio, Node @grpc/grpc-js-xds and grpc-go (proxyless,
+//! SotW; grpc-go calls grpc-go backends, the others grpcio's).
 //! Each runs against one pylon-xds whose `nodes:` section gives proxies the
 //! HTTP listener `front` and gRPC clients the service `greeter.example:50051`;
 //! other resources exist that no selection names. Checks (columns), each a
@@ -91,6 +92,8 @@ macro_rules! matrix {
             async fn grpcio() { super::run(ClientId::Grpcio, CheckId::$id).await }
             #[tokio::test(flavor = "multi_thread")]
             async fn grpc_js() { super::run(ClientId::GrpcJs, CheckId::$id).await }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn grpc_go() { super::run(ClientId::GrpcGo, CheckId::$id).await }
         }
     )*};
 }
@@ -144,6 +147,10 @@ struct Spec {
     /// Extra proxy listeners (name, address), HTTP to `web`, in the proxies'
     /// selection.
     extra_listeners: Vec<(String, SocketAddr)>,
+    /// A second HTTP listener `side` on this address, in the proxies'
+    /// selection, routing to its own cluster `side` (these endpoints), with
+    /// this route timeout in seconds when set.
+    side: Option<(SocketAddr, Vec<SocketAddr>, Option<u32>)>,
     /// A listener nobody selects.
     unused: SocketAddr,
     greeter: Vec<SocketAddr>,
@@ -170,10 +177,14 @@ impl Spec {
         let mut y = format!(
             "clusters:\n  - name: web\n    connect_timeout: {}s\n    endpoints: [{}]\n    \
              health_check: {{tcp: {{}}, interval: 200ms, timeout: 200ms}}\n  \
-             - name: unused\n    endpoints: [127.0.0.1:9]\nlisteners:\n",
+             - name: unused\n    endpoints: [127.0.0.1:9]\n",
             self.web_timeout_s,
             list(&self.web)
         );
+        if let Some((_, eps, _)) = &self.side {
+            y += &format!("  - name: side\n    endpoints: [{}]\n", list(eps));
+        }
+        y += "listeners:\n";
         let http = |name: &str, addr: SocketAddr| {
             format!(
                 "  - name: \"{name}\"\n    address: {addr}\n    http:\n      routes: [{{prefix: /, cluster: web}}]\n"
@@ -187,6 +198,15 @@ impl Spec {
         for (name, addr) in &self.extra_listeners {
             y += &http(name, *addr);
             proxy_listeners.push(name.clone());
+        }
+        if let Some((addr, _, timeout)) = &self.side {
+            let timeout = timeout
+                .map(|t| format!(", timeout: {t}s"))
+                .unwrap_or_default();
+            y += &format!(
+                "  - name: side\n    address: {addr}\n    http:\n      routes: [{{prefix: /, cluster: side{timeout}}}]\n"
+            );
+            proxy_listeners.push("side".to_string());
         }
         y += &format!(
             "  - name: unused-l\n    address: {}\n    tcp_proxy: {{cluster: unused}}\n",
@@ -260,10 +280,10 @@ fn flavour(id: ClientId) -> Flavour {
 }
 
 fn grpc_kind(id: ClientId) -> ClientKind {
-    if id == ClientId::GrpcJs {
-        ClientKind::Node
-    } else {
-        ClientKind::Python
+    match id {
+        ClientId::GrpcJs => ClientKind::Node,
+        ClientId::GrpcGo => ClientKind::Go,
+        _ => ClientKind::Python,
     }
 }
 
@@ -294,7 +314,12 @@ impl World {
             if !grpc_kind(id).tools_or_skip() {
                 return None;
             }
-            grpc = Some(GrpcBackends::start(&["g0", "g1", "g2"]).await.unwrap());
+            let backends = grpc_kind(id).backends();
+            grpc = Some(
+                GrpcBackends::start_kind(backends, &["g0", "g1", "g2"])
+                    .await
+                    .unwrap(),
+            );
         }
         let greeter = grpc
             .as_ref()
@@ -306,6 +331,7 @@ impl World {
             web_timeout_s: 5,
             front: (!late_proxy).then(|| free_addr(LOOPBACK).unwrap()),
             extra_listeners: Vec::new(),
+            side: None,
             unused: free_addr(LOOPBACK).unwrap(),
             greeter,
             extra_services: Vec::new(),
@@ -546,6 +572,40 @@ async fn wait_synced(w: &World, want: [&[&str]; 4]) -> serde_json::Value {
     )
 }
 
+/// Waits until the node is SYNCED and the last `ty` response of each of its
+/// streams carried one resource, while it holds what `held` says of `ty`
+/// (over all its streams; the other types are not checked). With SotW, a
+/// push of load assignments or route configurations leaves out those that
+/// did not change; this checks that a client keeps them (the caller then
+/// uses them).
+async fn only_the_change_was_sent(w: &World, ty: &str, held_all: [&[&str]; 4]) {
+    let index = ["cds", "eds", "lds", "rds"]
+        .iter()
+        .position(|t| *t == ty)
+        .unwrap();
+    let want = held_all[index];
+    assert_eventually!(
+        DEADLINE,
+        format!("{ty}: the last push carried one resource; {want:?} held"),
+        async || {
+            let t = w.node_types().await?;
+            ensure!(held(&t, ty) == want, "{ty} held {:?}; {t}", held(&t, ty));
+            ensure!(state(&t, ty) == "SYNCED", "{t}");
+            let status = w.pylon.status().await?;
+            for s in status["nodes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|n| n["node"] == w.node.as_str())
+            {
+                let sent = &s["types"][ty]["sent_resources"];
+                ensure!(sent == 1, "{ty} sent_resources {sent}: {s}");
+            }
+            Ok(())
+        }
+    );
+}
+
 /// The proxies' resources: `front` (and its route configuration) and `web`.
 const PROXY_VIEW: [&[&str]; 4] = [&["web"], &["web"], &["front"], &["front"]];
 const GRPC_VIEW: [&[&str]; 4] = [&[GREETER], &[GREETER], &[GREETER], &[GREETER]];
@@ -597,14 +657,26 @@ async fn first_sync(mut w: World) {
 
 async fn add_change_remove(mut w: World) {
     if w.id.is_proxy() {
-        // Add a listener.
+        // Add two listeners: `extra` (to `web`) and `side`, with its own
+        // cluster (web-1), so that the client holds two load assignments
+        // and three route configurations.
         let extra = free_addr(LOOPBACK).unwrap();
+        let side = free_addr(LOOPBACK).unwrap();
         w.spec.extra_listeners.push(("extra".into(), extra));
+        w.spec.side = Some((side, vec![w.web[1].addr()], None));
         w.write();
         assert_eventually!(DEADLINE, "the added listener serves", async || gets(
             extra, 2
         )
         .await);
+        assert_eventually!(DEADLINE, "side serves", async || gets(side, 2).await);
+        let both = [
+            &["side", "web"][..],
+            &["side", "web"],
+            &["extra", "front", "side"],
+            &["extra", "front", "side"],
+        ];
+        wait_synced(&w, both).await;
         // Change the endpoints of `web`: web-0, healthy and health-checked,
         // is removed; only web-1 answers, and web-0 gets nothing more.
         w.spec.web = vec![w.web[1].addr()];
@@ -618,17 +690,33 @@ async fn add_change_remove(mut w: World) {
         let got = gets(w.front(), 6).await.unwrap();
         assert_eq!(got.get("web-1"), Some(&6), "{got:?}");
         assert_eq!(w.web[0].served(), served, "a removed host took requests");
-        // Remove the listener: gone from the proxy, port closed.
+        // The push carried `web`'s load assignment alone (SotW too); the
+        // client kept `side`'s, which still routes.
+        only_the_change_was_sent(&w, "eds", both).await;
+        let got = gets(side, 2).await.unwrap();
+        assert_eq!(got.get("web-1"), Some(&2), "{got:?}");
+        // Change `side`'s route configuration: the push carries it alone,
+        // and `front` and `extra` keep theirs.
+        w.spec.side = Some((side, vec![w.web[1].addr()], Some(9)));
+        w.write();
+        only_the_change_was_sent(&w, "rds", both).await;
+        for addr in [w.front(), extra, side] {
+            gets(addr, 2).await.unwrap();
+        }
+        // Remove the listeners: gone from the proxy, ports closed.
         w.spec.extra_listeners.clear();
+        w.spec.side = None;
         w.write();
         let admin = w.proxy().admin();
-        assert_eventually!(DEADLINE, "the listener removed", async || {
+        assert_eventually!(DEADLINE, "the listeners removed", async || {
             let l = admin.config_dump().await?.active_listeners();
             ensure!(l == ["front"], "{l:?}");
-            ensure!(
-                tokio::net::TcpStream::connect(extra).await.is_err(),
-                "{extra} still accepts"
-            );
+            for addr in [extra, side] {
+                ensure!(
+                    tokio::net::TcpStream::connect(addr).await.is_err(),
+                    "{addr} still accepts"
+                );
+            }
             Ok(())
         });
         wait_synced(&w, PROXY_VIEW).await;
@@ -653,6 +741,12 @@ async fn add_change_remove(mut w: World) {
             ensure!(c.ok_from("g2") == 4, "{c:?}");
             Ok(())
         });
+        // The push carried the greeter's load assignment alone; the client
+        // kept the other service's, which still answers.
+        let second = "second.example:50052";
+        only_the_change_was_sent(&w, "eds", [&[], &[GREETER, second], &[], &[]]).await;
+        let c = w.calls(second, 2).await.unwrap();
+        assert_eq!(c.ok_from("g0"), 2, "{c:?}");
         // Remove the added service: calls to it fail.
         w.spec.extra_services.clear();
         w.write();

@@ -1,7 +1,8 @@
 //! Proxyless gRPC: real gRPC clients resolving `xds:///greeter.example:50051`
 //! through pylon-xds, with no proxy in between. Each scenario runs once per
-//! client implementation, grpcio (Python, gRPC C core) and
-//! `@grpc/grpc-js-xds` (Node), against three real gRPC backends:
+//! client implementation, grpcio (Python, gRPC C core),
+//! `@grpc/grpc-js-xds` (Node) and grpc-go, against three real gRPC backends
+//! (grpc-go's for grpc-go, grpcio's for the others):
 //!
 //! 1. 30 calls spread exactly round robin, 10 per backend;
 //! 2. the client's node is selected by a `nodes:` entry and shows up in
@@ -47,6 +48,11 @@ async fn python_round_robin_and_endpoint_changes() {
 #[tokio::test(flavor = "multi_thread")]
 async fn node_round_robin_and_endpoint_changes() {
     round_robin_and_endpoint_changes(ClientKind::Node, "grpc-node-1").await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn go_round_robin_and_endpoint_changes() {
+    round_robin_and_endpoint_changes(ClientKind::Go, "grpc-go-1").await
 }
 
 /// pylon-xds YAML serving one gRPC service over `endpoints`, and a `nodes:`
@@ -127,7 +133,7 @@ async fn round_robin_and_endpoint_changes(kind: ClientKind, node_id: &str) {
     }
     // b4 listens from the start but is not in the config until step 4, so
     // whatever reaches it was sent there by pylon-xds.
-    let backends = GrpcBackends::start(&["b1", "b2", "b3", "b4"])
+    let backends = GrpcBackends::start_kind(kind.backends(), &["b1", "b2", "b3", "b4"])
         .await
         .unwrap();
     let [b1, b2, b3, b4] = ["b1", "b2", "b3", "b4"].map(|b| backends.addr(b).unwrap());

@@ -1,9 +1,10 @@
 //! Incremental (delta) xDS streams (aggregated or single-type).
 //!
 //! [`DeltaStream`] is the per-stream state machine, free of I/O;
-//! `server::drive` runs it. What the client holds is recorded **at send time** (name ->
-//! version): a resource is never sent twice with the same version, and a NACKed
-//! version is therefore not resent; the next different version is. Rules:
+//! `server::Driver` runs it. What the client holds is recorded **at send
+//! time** (name -> version): a resource is never sent twice with the same
+//! version, and a NACKed version is therefore not resent; the next different
+//! version is. Rules:
 //!
 //! - subscription changes are applied even when the request's nonce is stale;
 //! - the first wildcard request is answered even when there is nothing to send;
@@ -17,8 +18,19 @@
 //! - on a new snapshot: cluster updates, endpoints, listeners, routes, and
 //!   cluster removals last. A changed cluster's load assignment is resent so a
 //!   warming cluster completes. Removed endpoints and routes go last too.
+//!
+//! Once a client is up to date, what it holds is the map of the snapshot (or
+//! view) it was brought up to date with, shared with the snapshot: no
+//! per-stream copy of names and versions. A new snapshot is compared with
+//! that map through the names that changed since
+//! ([`TypeSnapshot::changes_from`]), so a push costs a stream the changes,
+//! not its whole subscription. An explicit name -> version map is kept only
+//! while a subscription changes and after a reconnect, until the client is
+//! up to date again.
+//!
+//! [`TypeSnapshot::changes_from`]: crate::snapshot::TypeSnapshot::changes_from
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::service::discovery::v3::{
@@ -28,32 +40,74 @@ use tonic::Status;
 use tracing::debug;
 
 use super::limits::{check_name_count, check_names, check_subscribed_bytes};
-use super::sotw::{request_type, warn_nack, warn_unknown_type};
+use super::sotw::{is_nonce, request_type, warn_nack, warn_unknown_type};
 use super::wire::Outgoing;
-use crate::metrics::TypeLabel;
-use crate::registry::{Held, StreamGuard};
-use crate::snapshot::{intern, Resource, ResourceType, Snapshot};
+use crate::registry::{Held, NameSet, StreamGuard};
+use crate::snapshot::{intern, Resource, ResourceMap, ResourceType, Snapshot};
 
 #[derive(Debug, Default)]
 struct TypeState {
     seen: bool,
     wildcard: bool,
-    /// Shared with the registry entry (copied on write).
-    names: Arc<BTreeSet<Arc<str>>>,
-    /// What the client holds: name -> version (recorded when sent). Shared
-    /// with the registry entry (copied on write).
-    client: Arc<HashMap<Arc<str>, Arc<str>>>,
-    last_nonce: Option<String>,
-    sent_version: Option<String>,
-    /// The view content (`TypeSnapshot::content`) the client was last
-    /// brought up to date with, while neither its subscription nor what it
-    /// holds changed otherwise: a diff against the same content is empty.
-    synced_with: Option<String>,
+    /// Shared with the registry entry and with streams naming the same
+    /// resources (copied on write).
+    names: NameSet,
+    /// What the client holds, when it is up to date: exactly the resources
+    /// of this map (a snapshot's or view's) that the subscription covers.
+    held_map: Option<ResourceMap>,
+    /// What the client holds otherwise: name -> version, all in the
+    /// subscription's scope.
+    held_versions: Arc<HashMap<Arc<str>, Arc<str>>>,
+    /// The nonce of the last response of this type; 0 before the first.
+    last_nonce: u64,
+    sent_version: Option<Arc<str>>,
     /// Bytes of `names`, and of the names and versions declared in
     /// `initial_resource_versions` (for the stream's limit on subscribed
     /// names).
     name_bytes: usize,
     declared_bytes: usize,
+}
+
+impl TypeState {
+    fn in_scope(&self, name: &str) -> bool {
+        self.wildcard || self.names.contains(name)
+    }
+
+    /// What the client holds as an explicit map, to change it.
+    fn versions(&mut self) -> &mut HashMap<Arc<str>, Arc<str>> {
+        if let Some(map) = self.held_map.take() {
+            let held = map
+                .iter()
+                .filter(|(n, _)| self.in_scope(n))
+                .map(|(n, r)| (Arc::clone(n), Arc::clone(&r.version)))
+                .collect();
+            self.held_versions = Arc::new(held);
+        }
+        Arc::make_mut(&mut self.held_versions)
+    }
+
+    /// The client is up to date with `map`.
+    fn synced(&mut self, map: &ResourceMap) {
+        self.held_map = Some(Arc::clone(map));
+        if !self.held_versions.is_empty() {
+            self.held_versions = Arc::default();
+        }
+    }
+
+    fn holds(&self, name: &str) -> bool {
+        match &self.held_map {
+            Some(m) => self.in_scope(name) && m.contains_key(name),
+            None => self.held_versions.contains_key(name),
+        }
+    }
+
+    /// What the registry shows the client holds once it has `map`.
+    fn held(&self, map: &ResourceMap) -> Held {
+        Held::Scoped {
+            map: Arc::clone(map),
+            names: (!self.wildcard).then(|| Arc::clone(&self.names)),
+        }
+    }
 }
 
 /// Updates and removals of one type for one response.
@@ -118,19 +172,18 @@ impl DeltaStream {
         check_names(metrics, ty, "resource name", names.map(String::as_str))?;
         let versions = req.initial_resource_versions.values();
         check_names(metrics, ty, "version", versions.map(String::as_str))?;
-        let node = self.guard.node().to_string();
         let t = &mut self.types[ty as usize];
         let stale = !req.response_nonce.is_empty()
-            && t.last_nonce.is_some()
-            && t.last_nonce.as_deref() != Some(req.response_nonce.as_str());
+            && t.last_nonce != 0
+            && !is_nonce(&req.response_nonce, t.last_nonce);
         if stale {
             self.guard.stale_nonce(ty);
-            debug!(node, r#type = ty.short(), nonce = %req.response_nonce, "stale nonce; applying subscription changes only");
+            debug!(node = self.guard.node(), r#type = ty.short(), nonce = %req.response_nonce, "stale nonce; applying subscription changes only");
         } else if let Some(err) = &req.error_detail {
-            let rejected = t.sent_version.clone().unwrap_or_default();
-            warn_nack(&self.guard, ty, &rejected, &err.message);
+            let rejected = t.sent_version.as_deref().unwrap_or_default();
+            warn_nack(&self.guard, ty, rejected, &err.message);
             self.guard
-                .nacked(ty, &rejected, &req.response_nonce, &err.message);
+                .nacked(ty, rejected, &req.response_nonce, &err.message);
         } else if !req.response_nonce.is_empty() {
             if let Some(v) = &t.sent_version {
                 self.guard.acked(ty, v);
@@ -138,10 +191,14 @@ impl DeltaStream {
         }
 
         let first = !t.seen;
-        // Copy the subscription into the registry only when it may change.
+        // The subscription may change: copy it (and what the client holds)
+        // only then. Most requests are ACKs.
         let resubscribed = first
             || !req.resource_names_subscribe.is_empty()
             || !req.resource_names_unsubscribe.is_empty();
+        if resubscribed {
+            t.versions();
+        }
         // Names and versions are interned against the snapshot: a stream
         // keeps pointers, not copies.
         let all = &snap.get(ty).resources;
@@ -160,7 +217,7 @@ impl DeltaStream {
                         .map_or_else(|| Arc::from(v), |r| Arc::clone(&r.version));
                     (intern(all, n), version)
                 });
-                Arc::make_mut(&mut t.client).extend(held);
+                t.versions().extend(held);
             }
             t.wildcard = ty.is_full_set() && req.resource_names_subscribe.is_empty();
         }
@@ -168,8 +225,8 @@ impl DeltaStream {
             if name == pylon::type_url::WILDCARD {
                 t.wildcard = true;
             } else {
-                if !first && t.client.contains_key(name.as_str()) {
-                    Arc::make_mut(&mut t.client).remove(name.as_str());
+                if !first && t.holds(&name) {
+                    t.versions().remove(name.as_str());
                 }
                 if !t.names.contains(name.as_str()) {
                     t.name_bytes += name.len();
@@ -199,19 +256,19 @@ impl DeltaStream {
             .sum();
         check_subscribed_bytes(self.guard.metrics(), bytes)?;
         let t = &mut self.types[ty as usize];
-        if !t.wildcard && t.client.keys().any(|n| !t.names.contains(n)) {
-            let names = &t.names;
-            Arc::make_mut(&mut t.client).retain(|n, _| names.contains(n));
+        let out_of_scope = |t: &TypeState| t.held_versions.keys().any(|n| !t.names.contains(n));
+        if t.held_map.is_none() && !t.wildcard && out_of_scope(t) {
+            let names = Arc::clone(&t.names);
+            t.versions().retain(|n, _| names.contains(n));
         }
         if resubscribed {
+            t.names = self.guard.share_names(Arc::clone(&t.names));
             self.guard.subscribed(ty, t.wildcard, Arc::clone(&t.names));
         }
-        if first && !t.client.is_empty() {
+        if first && t.held_map.is_none() && !t.held_versions.is_empty() {
             // After a reconnect the client already holds these.
-            self.guard.seeded(ty, Held::Versions(Arc::clone(&t.client)));
-        }
-        if resubscribed {
-            t.synced_with = None;
+            self.guard
+                .seeded(ty, Held::Versions(Arc::clone(&t.held_versions)));
         }
         let diff = self.diff(ty, snap);
         let answer_anyway = (first && self.types[ty as usize].wildcard) || wildcard_unsubscribed;
@@ -220,7 +277,9 @@ impl DeltaStream {
         } else {
             vec![self.respond(ty, snap, diff)]
         };
-        self.types[ty as usize].synced_with = Some(snap.get(ty).content.clone());
+        // Whether or not anything was sent, the client now holds exactly
+        // what it sees of the snapshot.
+        self.types[ty as usize].synced(&snap.get(ty).resources);
         Ok(out)
     }
 
@@ -229,22 +288,30 @@ impl DeltaStream {
         let mut out = Vec::new();
         let mut cds = self.diff(ResourceType::Cluster, snap);
         let cds_removed = std::mem::take(&mut cds.removed);
+        let mut eds = self.diff(ResourceType::Endpoint, snap);
+        let eds_removed = std::mem::take(&mut eds.removed);
         if !cds.updates.is_empty() {
             // A changed cluster warms until it gets its load assignment again.
-            let eds = &mut self.types[ResourceType::Endpoint as usize];
-            if cds.updates.iter().any(|c| eds.client.contains_key(&c.name)) {
-                let client = Arc::make_mut(&mut eds.client);
+            let t = &self.types[ResourceType::Endpoint as usize];
+            let served = &snap.get(ResourceType::Endpoint).resources;
+            if t.seen {
+                let mut resend = false;
                 for c in &cds.updates {
-                    client.remove(&c.name);
+                    let again =
+                        t.in_scope(&c.name) && !eds.updates.iter().any(|r| r.name == c.name);
+                    if let Some(r) = served.get(&c.name).filter(|_| again) {
+                        eds.updates.push(Arc::clone(r));
+                        resend = true;
+                    }
                 }
-                eds.synced_with = None;
+                if resend {
+                    eds.updates.sort_by(|a, b| a.name.cmp(&b.name));
+                }
             }
             out.push(self.respond(ResourceType::Cluster, snap, cds));
         }
         // Endpoints and routes of a retiring cluster or listener are removed
         // with it, at the end; listener removals break nothing and go in order.
-        let mut eds = self.diff(ResourceType::Endpoint, snap);
-        let eds_removed = std::mem::take(&mut eds.removed);
         if !eds.is_empty() {
             out.push(self.respond(ResourceType::Endpoint, snap, eds));
         }
@@ -274,7 +341,7 @@ impl DeltaStream {
         for ty in ResourceType::ALL {
             let t = &mut self.types[ty as usize];
             if t.seen {
-                t.synced_with = Some(snap.get(ty).content.clone());
+                t.synced(&snap.get(ty).resources);
             }
         }
         let latency = snap.created.elapsed().as_secs_f64();
@@ -289,47 +356,64 @@ impl DeltaStream {
     fn diff(&self, ty: ResourceType, snap: &Snapshot) -> Diff {
         let t = &self.types[ty as usize];
         let view = snap.get(ty);
-        if !t.seen || t.synced_with.as_ref() == Some(&view.content) {
+        let all = &view.resources;
+        if !t.seen {
             return Diff::default();
         }
-        let all = &view.resources;
         let mut updates = Vec::new();
         let mut removed = Vec::new();
-        if t.wildcard {
-            // Everything the client holds is in scope.
-            let mut held = 0;
-            for r in all.values() {
-                match t.client.get(&r.name) {
-                    Some(v) if *v == r.version => held += 1,
-                    Some(_) => {
-                        held += 1;
-                        updates.push(Arc::clone(r));
+        let client = &t.held_versions;
+        match &t.held_map {
+            Some(held) if Arc::ptr_eq(held, all) => {}
+            Some(held) => {
+                // Only what changed since the map the client holds.
+                for name in view.changes_from(held).iter() {
+                    if !t.in_scope(name) {
+                        continue;
                     }
-                    None => updates.push(Arc::clone(r)),
+                    match (all.get(name), held.get(name)) {
+                        (Some(r), _) => updates.push(Arc::clone(r)),
+                        (None, Some(_)) => removed.push(name.to_string()),
+                        (None, None) => {}
+                    }
                 }
             }
-            if held < t.client.len() {
-                removed = t
-                    .client
-                    .keys()
-                    .filter(|n| !all.contains_key(*n))
-                    .map(|n| n.to_string())
-                    .collect();
-                removed.sort();
-            }
-        } else {
-            // The client holds only names it subscribes to. Names and
-            // resources are both ordered by name: one merge walk.
-            let mut served = all.iter().peekable();
-            for name in t.names.iter() {
-                while served.next_if(|(n, _)| *n < name).is_some() {}
-                match served.next_if(|(n, _)| *n == name) {
-                    Some((_, r)) if t.client.get(name) != Some(&r.version) => {
-                        updates.push(Arc::clone(r));
+            None if t.wildcard => {
+                // Everything the client holds is in scope.
+                let mut held = 0;
+                for r in all.values() {
+                    match client.get(&r.name) {
+                        Some(v) if *v == r.version => held += 1,
+                        Some(_) => {
+                            held += 1;
+                            updates.push(Arc::clone(r));
+                        }
+                        None => updates.push(Arc::clone(r)),
                     }
-                    Some(_) => {}
-                    None if t.client.contains_key(name) => removed.push(name.to_string()),
-                    None => {}
+                }
+                if held < client.len() {
+                    removed = client
+                        .keys()
+                        .filter(|n| !all.contains_key(*n))
+                        .map(|n| n.to_string())
+                        .collect();
+                    removed.sort();
+                }
+            }
+            None => {
+                // The client holds only names it subscribes to. Names and
+                // resources are both ordered by name: one merge walk.
+                let mut served = all.iter().peekable();
+                for name in t.names.iter() {
+                    while served.next_if(|(n, _)| *n < name).is_some() {}
+                    match served.next_if(|(n, _)| *n == name) {
+                        Some((_, r)) if client.get(name) != Some(&r.version) => {
+                            updates.push(Arc::clone(r));
+                        }
+                        Some(_) => {}
+                        None if client.contains_key(name) => removed.push(name.to_string()),
+                        None => {}
+                    }
                 }
             }
         }
@@ -343,43 +427,31 @@ impl DeltaStream {
         diff: Diff,
     ) -> Outgoing<DeltaDiscoveryResponse> {
         self.nonce += 1;
-        let nonce = self.nonce.to_string();
-        let version = snap.get(ty).version.clone();
+        let nonce = self.nonce;
+        let version = Arc::clone(&snap.get(ty).version);
         let t = &mut self.types[ty as usize];
-        if !diff.is_empty() {
-            let client = Arc::make_mut(&mut t.client);
-            for r in &diff.updates {
-                client.insert(Arc::clone(&r.name), Arc::clone(&r.version));
-            }
-            for n in &diff.removed {
-                client.remove(n.as_str());
-            }
-        }
-        t.last_nonce = Some(nonce.clone());
-        t.sent_version = Some(version.clone());
+        t.last_nonce = nonce;
+        t.sent_version = Some(Arc::clone(&version));
+        // Responses of one batch are made together, so the client holds the
+        // snapshot's view once the last of them is applied.
+        let held = t.held(&snap.get(ty).resources);
         self.guard
-            .sent(ty, &version, &nonce, Held::Versions(Arc::clone(&t.client)));
-        self.guard.metrics().pushes.get_or_create(&label(ty)).inc();
+            .sent(ty, &version, nonce, diff.updates.len(), held);
+        self.guard.metrics().pushed(ty);
         debug!(
-            node = self.guard.node(), r#type = ty.short(), %version, %nonce,
+            node = self.guard.node(), r#type = ty.short(), version = %version, nonce,
             updates = diff.updates.len(), removed = diff.removed.len(), "send delta"
         );
         Outgoing {
             message: DeltaDiscoveryResponse {
-                system_version_info: version,
+                system_version_info: version.to_string(),
                 type_url: ty.type_url().to_string(),
                 removed_resources: diff.removed,
-                nonce,
+                nonce: nonce.to_string(),
                 ..Default::default()
             },
             resources: diff.updates,
         }
-    }
-}
-
-fn label(ty: ResourceType) -> TypeLabel {
-    TypeLabel {
-        r#type: ty.short().to_string(),
     }
 }
 
@@ -420,7 +492,7 @@ mod tests {
 
     use super::*;
     use crate::metrics::Metrics;
-    use crate::registry::Registry;
+    use crate::registry::{Held, Registry};
     use crate::server::sotw::MAX_NAMES_PER_TYPE;
     use crate::server::tests::{names_of, node, snapshot, Fixture};
     use envoy_types::pb::google::rpc;
@@ -719,6 +791,51 @@ mod tests {
         };
         let err = s.on_request(seeded, &v).unwrap_err();
         assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+    }
+
+    #[test]
+    fn an_up_to_date_client_is_held_as_the_snapshot_and_sent_what_changed() {
+        let reg = registry();
+        let mut s = DeltaStream::new(reg.open("ads-delta", None, None).unwrap(), None);
+        let v1 = snapshot(&Fixture::two_clusters());
+        let out = s
+            .on_request(req(ResourceType::Endpoint, &["a", "b"], &[], ""), &v1)
+            .unwrap();
+        assert_eq!(names(&out[0]), ["a", "b"]);
+        // What it holds is the snapshot's own map, not a copy.
+        let held = |reg: &Registry| reg.list()[0].types.eds.held.clone();
+        match held(&reg) {
+            Held::Scoped { map, names } => {
+                assert!(Arc::ptr_eq(&map, &v1.get(ResourceType::Endpoint).resources));
+                assert_eq!(names.unwrap().len(), 2);
+            }
+            other => panic!("{other:?}"),
+        }
+        let v2 = snapshot(&Fixture::two_clusters_b_moved());
+        let out = s.on_snapshot(&v2);
+        assert_eq!(out.len(), 1);
+        assert_eq!(names(&out[0]), ["b"]);
+        assert_eq!(
+            out[0].resources[0].version,
+            v2.get(ResourceType::Endpoint).resources["b"].version
+        );
+        // A re-subscription to a held name sends it again (Envoy warming).
+        let again = s
+            .on_request(req(ResourceType::Endpoint, &["a"], &[], &out[0].nonce), &v2)
+            .unwrap();
+        assert_eq!(names(&again[0]), ["a"]);
+        // Unsubscribing leaves the rest; a removal of a held name is sent.
+        assert!(s
+            .on_request(
+                req(ResourceType::Endpoint, &[], &["a"], &again[0].nonce),
+                &v2
+            )
+            .unwrap()
+            .is_empty());
+        let gone = s.on_snapshot(&snapshot(&Fixture::one_cluster()));
+        assert_eq!(gone.len(), 1);
+        assert_eq!(gone[0].removed_resources, ["b"]);
+        assert!(held(&reg).is_empty());
     }
 
     #[test]

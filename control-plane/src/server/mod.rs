@@ -17,6 +17,7 @@ pub mod wire;
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::cluster::v3::cluster_discovery_service_server::{
@@ -38,8 +39,7 @@ use envoy_types::pb::envoy::service::route::v3::route_discovery_service_server::
     RouteDiscoveryService, RouteDiscoveryServiceServer,
 };
 use futures::{Stream, StreamExt};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::wrappers::WatchStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -71,31 +71,135 @@ pub trait Protocol: Send + 'static {
     fn take_node(req: &mut Self::Request) -> Option<Node>;
 }
 
-/// Runs one stream: feeds `state` the client's requests and every new
-/// snapshot, and queues what it answers, until the client or the server ends
-/// the stream.
-pub async fn drive<P, S>(
+/// One stream: feeds its protocol state machine the client's requests and
+/// every new snapshot, and yields what it answers.
+///
+/// The driver is the response body's source (see [`streams`]): the HTTP/2
+/// layer polls it for the next response when the stream may send, so the
+/// stream needs no task and no queue of its own. A client that stops reading
+/// stops being polled once its flow-control window is full; snapshots
+/// published meanwhile are not queued for it, and when it reads again it
+/// is sent what changed since what it holds, once, from the latest snapshot.
+/// Responses made together (one snapshot's CDS, EDS, LDS and RDS) are yielded
+/// before anything else is read.
+pub struct Driver<P: Protocol, S> {
     shared: Arc<Shared>,
-    mut requests: S,
-    tx: mpsc::Sender<Result<P::Response, Status>>,
-    mut state: P,
-) where
+    requests: S,
+    snapshots: WatchStream<Arc<Snapshot>>,
+    /// The snapshot being served.
+    full: Arc<Snapshot>,
+    /// What this stream's node receives of `full`; set from the first
+    /// request (a node cannot change on a stream) and after every new
+    /// snapshot.
+    snap: Arc<Snapshot>,
+    node: Option<Arc<Node>>,
+    state: P,
+    /// Responses made and not yet yielded.
+    pending: std::vec::IntoIter<P::Response>,
+    done: bool,
+}
+
+// Nothing in a driver is pinned: its request stream is `Unpin` and is
+// polled through `Pin::new`.
+impl<P: Protocol, S> Unpin for Driver<P, S> {}
+
+impl<P: Protocol, S> std::fmt::Debug for Driver<P, S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Driver")
+            .field("stream", &self.state.guard().id())
+            .field("done", &self.done)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Requests (or snapshots) handled in one poll before the driver yields to
+/// other streams.
+const POLL_BUDGET: usize = 32;
+
+impl<P, S> Driver<P, S>
+where
     P: Protocol,
     S: Stream<Item = Result<P::Request, Status>> + Unpin,
 {
-    let mut snapshots = shared.cache.subscribe();
-    let mut full = snapshots.borrow_and_update().clone();
-    // What this stream's node receives of `full`; set from the first request
-    // (a node cannot change on a stream) and after every new snapshot.
-    let mut node: Option<Arc<Node>> = None;
-    let mut snap = Arc::clone(&full);
-    let id = state.guard().id();
-    loop {
-        let out = tokio::select! {
-            _ = shared.shutdown.cancelled() => break,
-            req = requests.next() => match req {
-                None => break,
-                Some(Err(status)) => {
+    fn new(shared: Arc<Shared>, requests: S, state: P) -> Self {
+        let snapshots = shared.cache.subscribe();
+        let full = snapshots.borrow().clone();
+        Driver {
+            snap: Arc::clone(&full),
+            full,
+            snapshots: WatchStream::from_changes(snapshots),
+            shared,
+            requests,
+            node: None,
+            state,
+            pending: Vec::new().into_iter(),
+            done: false,
+        }
+    }
+
+    fn on_request(&mut self, mut req: P::Request) -> Result<Vec<P::Response>, Status> {
+        let Driver {
+            shared,
+            state,
+            full,
+            node,
+            snap,
+            ..
+        } = self;
+        if let Some(view) = take_node(shared, state, &mut req, full, node)? {
+            *snap = view;
+        }
+        state.on_request(req, snap)
+    }
+
+    fn on_snapshot(&mut self, full: Arc<Snapshot>) -> Result<Vec<P::Response>, Status> {
+        self.full = full;
+        self.snap = match &self.node {
+            Some(n) => {
+                // A rule that no longer allows this node ends the stream.
+                authorize(
+                    self.shared.transport,
+                    self.full.policy(),
+                    self.state.guard(),
+                    n,
+                )?;
+                select(&self.full, n, self.state.guard())
+            }
+            None => Arc::clone(&self.full),
+        };
+        Ok(self.state.on_snapshot(&self.snap))
+    }
+
+    /// Ends the stream with `status` (OK: `None`).
+    fn end(&mut self, status: Option<Status>) -> Poll<Option<Result<P::Response, Status>>> {
+        self.done = true;
+        Poll::Ready(status.map(Err))
+    }
+}
+
+impl<P, S> Stream for Driver<P, S>
+where
+    P: Protocol,
+    S: Stream<Item = Result<P::Request, Status>> + Unpin,
+{
+    type Item = Result<P::Response, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        for _ in 0..POLL_BUDGET {
+            if let Some(r) = this.pending.next() {
+                return Poll::Ready(Some(Ok(r)));
+            }
+            if this.done {
+                return Poll::Ready(None);
+            }
+            if this.shared.shutdown.is_cancelled() {
+                return this.end(None);
+            }
+            let out = match Pin::new(&mut this.requests).poll_next(cx) {
+                Poll::Ready(None) => return this.end(None),
+                Poll::Ready(Some(Err(status))) => {
+                    let id = this.state.guard().id();
                     tracing::debug!(stream = id, %status, "stream error");
                     let reason = match status.code() {
                         tonic::Code::OutOfRange => Some(limits::Reason::RequestTooLarge),
@@ -103,58 +207,38 @@ pub async fn drive<P, S>(
                         _ => None,
                     };
                     if let Some(reason) = reason {
-                        state.guard().metrics().refused(reason);
+                        this.state.guard().metrics().refused(reason);
                     }
-                    // Tell the client why: a request that cannot be decoded is
-                    // INTERNAL, one over the size limit OUT_OF_RANGE. After a
-                    // reset nobody reads, and the send fails at once.
-                    let _ = tx.send(Err(status)).await;
-                    break;
+                    // Tell the client why: a request that cannot be decoded
+                    // is INTERNAL, one over the size limit OUT_OF_RANGE.
+                    return this.end(Some(status));
                 }
-                Some(Ok(mut req)) => {
-                    let out = match take_node(&shared, &mut state, &mut req, &full, &mut node) {
-                        Ok(Some(view)) => {
-                            snap = view;
-                            state.on_request(req, &snap)
-                        }
-                        Ok(None) => state.on_request(req, &snap),
-                        Err(status) => Err(status),
-                    };
-                    match out {
-                        Ok(out) => out,
-                        Err(status) => {
-                            let _ = tx.send(Err(status)).await;
-                            break;
-                        }
-                    }
-                }
-            },
-            changed = snapshots.changed() => {
-                if changed.is_err() {
-                    break;
-                }
-                full = snapshots.borrow_and_update().clone();
-                snap = match &node {
-                    Some(n) => {
-                        // A rule that no longer allows this node ends the stream.
-                        if let Err(status) = authorize(shared.transport, full.policy(), state.guard(), n) {
-                            let _ = tx.send(Err(status)).await;
-                            break;
-                        }
-                        select(&full, n, state.guard())
-                    }
-                    None => Arc::clone(&full),
-                };
-                state.on_snapshot(&snap)
-            }
-        };
-        for resp in out {
-            if tx.send(Ok(resp)).await.is_err() {
-                return;
+                Poll::Ready(Some(Ok(req))) => this.on_request(req),
+                Poll::Pending => match Pin::new(&mut this.snapshots).poll_next(cx) {
+                    // The cache is gone: the server is stopping.
+                    Poll::Ready(None) => return this.end(None),
+                    // Checked again at the top: shutdown wakes every stream.
+                    Poll::Ready(Some(_)) if this.shared.shutdown.is_cancelled() => continue,
+                    Poll::Ready(Some(full)) => this.on_snapshot(full),
+                    Poll::Pending => return Poll::Pending,
+                },
+            };
+            match out {
+                Ok(out) => this.pending = out.into_iter(),
+                Err(status) => return this.end(Some(status)),
             }
         }
+        // Budget spent with more to do: let other streams run first.
+        cx.waker().wake_by_ref();
+        Poll::Pending
     }
-    tracing::info!(stream = id, node = state.guard().node(), "stream closed");
+}
+
+impl<P: Protocol, S> Drop for Driver<P, S> {
+    fn drop(&mut self) {
+        let guard = self.state.guard();
+        tracing::info!(stream = guard.id(), node = guard.node(), "stream closed");
+    }
 }
 
 /// Checks the node `req` carries against [`limits::MAX_NODE_BYTES`], records
@@ -205,9 +289,6 @@ fn select(full: &Arc<Snapshot>, node: &Node, guard: &StreamGuard) -> Arc<Snapsho
 /// The largest request message decoded (tonic's default, stated): a larger
 /// one ends its stream with `OUT_OF_RANGE` before it is buffered.
 const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
-
-/// Responses queued per stream before the stream task waits for the client.
-const STREAM_BUFFER: usize = 16;
 
 /// How clients reach the xDS listener, which decides what they are trusted
 /// with.
@@ -298,9 +379,10 @@ pub struct XdsServer {
     shared: Arc<Shared>,
 }
 
-/// What a stream task queues (see [`wire`]).
-type SotwQueue = ReceiverStream<Result<Outgoing<DiscoveryResponse>, Status>>;
-type DeltaQueue = ReceiverStream<Result<Outgoing<DeltaDiscoveryResponse>, Status>>;
+/// A SotW stream's driver over a stream of requests `S`.
+pub type SotwDriver<S> = Driver<sotw::SotwStream, S>;
+/// A delta stream's driver over a stream of requests `S`.
+pub type DeltaDriver<S> = Driver<delta::DeltaStream, S>;
 /// The generated services' stream types. [`streams::XdsStreams`] serves the
 /// streaming methods itself; these are what the generated services would
 /// answer if called.
@@ -308,11 +390,13 @@ type FullMessages<M> = Pin<Box<dyn Stream<Item = Result<M, Status>> + Send>>;
 type SotwOut = FullMessages<DiscoveryResponse>;
 type DeltaOut = FullMessages<DeltaDiscoveryResponse>;
 
-/// A queue of [`Outgoing`] responses as full messages.
-fn full_messages<M: wire::WireMessage + Send + 'static>(
-    queue: Response<ReceiverStream<Result<Outgoing<M>, Status>>>,
-) -> Response<FullMessages<M>> {
-    queue.map(|q| Box::pin(q.map(|r| r.map(Outgoing::into_proto))) as Pin<Box<_>>)
+/// A stream of [`Outgoing`] responses as full messages.
+fn full_messages<M, D>(driver: Response<D>) -> Response<FullMessages<M>>
+where
+    M: wire::WireMessage + Send + 'static,
+    D: Stream<Item = Result<Outgoing<M>, Status>> + Send + 'static,
+{
+    driver.map(|d| Box::pin(d.map(|r| r.map(Outgoing::into_proto))) as Pin<Box<_>>)
 }
 
 impl XdsServer {
@@ -386,38 +470,50 @@ impl XdsServer {
         streams::XdsStreams::new(generated, self.clone(), only, methods, MAX_REQUEST_BYTES)
     }
 
-    /// Opens a SotW stream; `UNAVAILABLE` when the server is full.
-    fn sotw(
+    /// Opens a SotW stream over `requests`; `UNAVAILABLE` when the server
+    /// is full.
+    fn sotw<S>(
         &self,
-        req: Request<Streaming<DiscoveryRequest>>,
+        req: Request<S>,
         only: Option<ResourceType>,
-    ) -> Result<Response<SotwQueue>, Status> {
+    ) -> Result<Response<SotwDriver<S>>, Status>
+    where
+        S: Stream<Item = Result<DiscoveryRequest, Status>> + Unpin,
+    {
         let protocol = only.map_or("ads", ResourceType::short);
         let guard = self
             .shared
             .registry
             .open(protocol, req.remote_addr(), identity(&req))?;
-        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let state = sotw::SotwStream::new(guard, only);
-        tokio::spawn(drive(Arc::clone(&self.shared), req.into_inner(), tx, state));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(Driver::new(
+            Arc::clone(&self.shared),
+            req.into_inner(),
+            state,
+        )))
     }
 
-    /// Opens a delta stream; `UNAVAILABLE` when the server is full.
-    fn delta(
+    /// Opens a delta stream over `requests`; `UNAVAILABLE` when the server
+    /// is full.
+    fn delta<S>(
         &self,
-        req: Request<Streaming<DeltaDiscoveryRequest>>,
+        req: Request<S>,
         only: Option<ResourceType>,
-    ) -> Result<Response<DeltaQueue>, Status> {
+    ) -> Result<Response<DeltaDriver<S>>, Status>
+    where
+        S: Stream<Item = Result<DeltaDiscoveryRequest, Status>> + Unpin,
+    {
         let protocol = format!("{}-delta", only.map_or("ads", ResourceType::short));
         let guard = self
             .shared
             .registry
             .open(&protocol, req.remote_addr(), identity(&req))?;
-        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let state = delta::DeltaStream::new(guard, only);
-        tokio::spawn(drive(Arc::clone(&self.shared), req.into_inner(), tx, state));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(Driver::new(
+            Arc::clone(&self.shared),
+            req.into_inner(),
+            state,
+        )))
     }
 
     /// Unary fetch: the named resources (all of a full-set type when none are named).
@@ -441,7 +537,7 @@ impl XdsServer {
                 .collect()
         };
         Ok(DiscoveryResponse {
-            version_info: snap.get(ty).version.clone(),
+            version_info: snap.get(ty).version.to_string(),
             resources,
             type_url: ty.type_url().to_string(),
             ..Default::default()
@@ -646,6 +742,16 @@ pub(crate) mod tests {
                 endpoints: vec![cla("a"), cla("b")],
                 ..Default::default()
             }
+        }
+        /// `two_clusters` with b's load assignment changed.
+        pub fn two_clusters_b_moved() -> Resources {
+            use envoy_types::pb::envoy::config::endpoint::v3::LocalityLbEndpoints;
+            let mut r = Self::two_clusters();
+            r.endpoints[1].endpoints = vec![LocalityLbEndpoints {
+                priority: 1,
+                ..Default::default()
+            }];
+            r
         }
         pub fn two_clusters_timeout_changed() -> Resources {
             Resources {

@@ -2,8 +2,8 @@
 //!
 //! [`SotwStream`] is the per-stream protocol state machine, free of I/O: it
 //! takes a request or a new snapshot and returns the responses to send, in
-//! order. `server::drive` runs it on a gRPC stream. The rules it implements are in
-//! `shared/reference/xds-protocol.md`:
+//! order. `server::Driver` runs it on a gRPC stream. The rules it implements
+//! are in `shared/reference/xds-protocol.md`:
 //!
 //! - nonces are per type; a request carrying an older nonce is stale and
 //!   ignored (counted);
@@ -17,9 +17,25 @@
 //!   even if unchanged, because Envoy waits for it to finish warming;
 //! - on a new snapshot, types are sent clusters, endpoints, listeners, routes;
 //!   clusters that disappear are kept in an interim CDS response until the
-//!   listeners and routes that used them have been replaced, then removed.
+//!   listeners and routes that used them have been replaced, then removed;
+//! - **a new snapshot's EDS and RDS responses carry only the load
+//!   assignments and route configurations that changed.** The protocol asks
+//!   for the full set in LDS and CDS responses only; for the other types a
+//!   client keeps what a response leaves out (Envoy updates only the
+//!   subscriptions a response names, gRPC clients mark EDS and RDS as not
+//!   needing every resource in each response, pylon-proxy merges), which the
+//!   interop matrix checks against every client. Answers to requests (a
+//!   first request, new names, the warming answer) carry everything
+//!   requested, and so do responses to a wildcard EDS or RDS subscription.
+//!
+//! What the client holds is recorded as the map of the snapshot (or view) it
+//! was brought up to date with, shared with the snapshot, so an up-to-date
+//! stream keeps no copy of it. On a new snapshot only the names that changed
+//! since that map are looked at ([`TypeSnapshot::changes_from`]).
+//!
+//! [`TypeSnapshot::changes_from`]: crate::snapshot::TypeSnapshot::changes_from
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
@@ -28,8 +44,7 @@ use tracing::{debug, warn};
 
 use super::limits::{check_name_count, check_names, check_subscribed_bytes};
 use super::wire::Outgoing;
-use crate::metrics::TypeLabel;
-use crate::registry::{Held, StreamGuard};
+use crate::registry::{Held, NameSet, StreamGuard};
 use crate::snapshot::{intern, Resource, ResourceMap, ResourceType, Snapshot};
 
 pub use super::limits::MAX_NAMES_PER_TYPE;
@@ -50,6 +65,16 @@ pub(super) fn request_type(
         };
     }
     Ok(ResourceType::from_type_url(type_url))
+}
+
+/// Whether `nonce`, as a client sent it, is `n` as this server wrote it
+/// (decimal, no sign, no leading zero), without formatting `n`.
+pub(super) fn is_nonce(nonce: &str, n: u64) -> bool {
+    !nonce.is_empty()
+        && nonce.len() <= 20
+        && nonce.bytes().all(|b| b.is_ascii_digit())
+        && (nonce.len() == 1 || !nonce.starts_with('0'))
+        && nonce.parse::<u64>() == Ok(n)
 }
 
 /// Logs that a client asked for a type that is not served (the type URL
@@ -89,21 +114,54 @@ struct TypeState {
     /// A request of this type has arrived on this stream.
     seen: bool,
     wildcard: bool,
-    /// Shared with the registry entry; interned against the snapshot.
-    names: Arc<BTreeSet<Arc<str>>>,
-    last_nonce: Option<String>,
-    sent_version: Option<String>,
-    /// What the last response of this type carried (shared with the registry
-    /// entry; for a wildcard, with the snapshot).
-    sent: ResourceMap,
+    /// Shared with the registry entry and with streams naming the same
+    /// resources; interned against the snapshot.
+    names: NameSet,
+    /// The nonce of the last response of this type; 0 before the first.
+    last_nonce: u64,
+    sent_version: Option<Arc<str>>,
+    /// The map (of the snapshot or view served) whose resources in the
+    /// subscription's scope the client holds; `None` before the first
+    /// response.
+    held: Option<ResourceMap>,
     /// Answer the next request even if nothing changed (warming).
     always_respond: bool,
-    /// The view content (`TypeSnapshot::content`) `sent` was selected from,
-    /// while the subscription has not changed since: the same content would
-    /// select the same resources.
-    sent_from: Option<String>,
     /// Bytes of `names` (for the stream's limit on subscribed names).
     name_bytes: usize,
+}
+
+impl TypeState {
+    fn in_scope(&self, name: &str) -> bool {
+        self.wildcard || self.names.contains(name)
+    }
+
+    /// The resources of `map` the subscription covers, in name order.
+    fn select(&self, map: &ResourceMap) -> Vec<Arc<Resource>> {
+        if self.wildcard {
+            map.values().cloned().collect()
+        } else {
+            self.names
+                .iter()
+                .filter_map(|n| map.get(n).cloned())
+                .collect()
+        }
+    }
+
+    /// What the registry shows the client holds once it has `map`.
+    fn held(&self, map: &ResourceMap) -> Held {
+        Held::Scoped {
+            map: Arc::clone(map),
+            names: (!self.wildcard).then(|| Arc::clone(&self.names)),
+        }
+    }
+}
+
+/// What one type sends on a new snapshot.
+enum Push {
+    /// Everything in scope (LDS, CDS, wildcards).
+    Full,
+    /// Only these resources, which changed (EDS, RDS).
+    Changed(Vec<Arc<Resource>>),
 }
 
 /// The protocol state of one SotW stream.
@@ -152,34 +210,33 @@ impl SotwStream {
             "resource name",
             req.resource_names.iter().map(String::as_str),
         )?;
-        let node = self.guard.node().to_string();
         let other_types_bytes: usize = ResourceType::ALL
             .into_iter()
             .filter(|&o| o != ty)
             .map(|o| self.types[o as usize].name_bytes)
             .sum();
         let t = &mut self.types[ty as usize];
-        let initial = t.last_nonce.is_none();
-        if !initial && t.last_nonce.as_deref() != Some(req.response_nonce.as_str()) {
+        let initial = t.last_nonce == 0;
+        if !initial && !is_nonce(&req.response_nonce, t.last_nonce) {
             if req.response_nonce.is_empty() {
                 // A client that lost track of the stream's nonces: answer it.
                 debug!(
-                    node,
+                    node = self.guard.node(),
                     r#type = ty.short(),
                     "request without nonce on a live stream"
                 );
             } else {
                 self.guard.stale_nonce(ty);
-                debug!(node, r#type = ty.short(), nonce = %req.response_nonce, "stale nonce; ignored");
+                debug!(node = self.guard.node(), r#type = ty.short(), nonce = %req.response_nonce, "stale nonce; ignored");
                 return Ok(Vec::new());
             }
         }
         let nack = req.error_detail.as_ref();
         if let Some(err) = nack {
-            let rejected = t.sent_version.clone().unwrap_or_default();
-            warn_nack(&self.guard, ty, &rejected, &err.message);
+            let rejected = t.sent_version.as_deref().unwrap_or_default();
+            warn_nack(&self.guard, ty, rejected, &err.message);
             self.guard
-                .nacked(ty, &rejected, &req.response_nonce, &err.message);
+                .nacked(ty, rejected, &req.response_nonce, &err.message);
         } else if !req.response_nonce.is_empty() {
             self.guard.acked(ty, &req.version_info);
         }
@@ -188,34 +245,43 @@ impl SotwStream {
             .resource_names
             .iter()
             .any(|n| n == pylon::type_url::WILDCARD);
-        let names: BTreeSet<String> = req
-            .resource_names
-            .into_iter()
-            .filter(|n| n != pylon::type_url::WILDCARD)
-            .collect();
         let was_wildcard = t.wildcard;
+        let named = req
+            .resource_names
+            .iter()
+            .filter(|n| *n != pylon::type_url::WILDCARD);
         if !t.seen {
             t.seen = true;
-            t.wildcard = explicit_wildcard || (ty.is_full_set() && names.is_empty());
+            t.wildcard = explicit_wildcard || (ty.is_full_set() && named.clone().next().is_none());
         } else if explicit_wildcard {
             t.wildcard = true;
-        } else if !names.is_empty() || !ty.is_full_set() {
+        } else if named.clone().next().is_some() || !ty.is_full_set() {
             // A legacy wildcard lasts while the client keeps naming nothing.
             t.wildcard = false;
         }
-        let grew =
-            (t.wildcard && !was_wildcard) || names.iter().any(|n| !t.names.contains(n.as_str()));
-        // Most requests are ACKs repeating the subscription: keep it (and copy
-        // it into the registry) only when it changed.
-        let same_names = names.len() == t.names.len()
-            && names.iter().zip(t.names.iter()).all(|(a, b)| *a == **b);
+        // Most requests are ACKs repeating the subscription: compare before
+        // building anything.
+        let same_names = {
+            let mut given: Vec<&str> = named.clone().map(String::as_str).collect();
+            given.sort_unstable();
+            given.dedup();
+            given.len() == t.names.len()
+                && given.iter().zip(t.names.iter()).all(|(a, b)| *a == &**b)
+        };
+        let grew = (t.wildcard && !was_wildcard)
+            || (!same_names && named.clone().any(|n| !t.names.contains(n.as_str())));
         if t.wildcard != was_wildcard || !same_names {
+            let names: BTreeSet<String> = req
+                .resource_names
+                .into_iter()
+                .filter(|n| n != pylon::type_url::WILDCARD)
+                .collect();
             let bytes = names.iter().map(String::len).sum();
             check_subscribed_bytes(self.guard.metrics(), other_types_bytes + bytes)?;
             t.name_bytes = bytes;
             let all = &snap.get(ty).resources;
-            t.names = Arc::new(names.into_iter().map(|n| intern(all, n)).collect());
-            t.sent_from = None;
+            let set = Arc::new(names.into_iter().map(|n| intern(all, n)).collect());
+            t.names = self.guard.share_names(set);
             self.guard.subscribed(ty, t.wildcard, Arc::clone(&t.names));
         }
         let respond = initial || grew || (t.always_respond && nack.is_none());
@@ -223,49 +289,76 @@ impl SotwStream {
             return Ok(Vec::new());
         }
         t.always_respond = false;
-        Ok(vec![self.respond(ty, snap, &BTreeMap::new(), "")])
+        let map = Arc::clone(&snap.get(ty).resources);
+        let resources = t.select(&map);
+        Ok(vec![self.respond(ty, snap, resources, &map, "")])
     }
 
     /// Handles a new snapshot: sends whatever changed for this stream, in
     /// make-before-break order.
     pub fn on_snapshot(&mut self, snap: &Snapshot) -> Vec<Outgoing<DiscoveryResponse>> {
-        let mut out = Vec::new();
-        let changed: Vec<ResourceType> = ResourceType::ALL
-            .into_iter()
-            .filter(|&ty| {
-                let t = &self.types[ty as usize];
-                t.seen
-                    && t.sent_from.as_ref() != Some(&snap.get(ty).content)
-                    && !same_content(&t.sent, &self.select(ty, snap))
-            })
-            .collect();
-        // Clusters the stream holds that the new snapshot drops: keep them in an
+        let mut pushes: Vec<(ResourceType, Push)> = Vec::new();
+        // Clusters the client holds that the new snapshot drops: kept in an
         // interim CDS response while listeners/routes that used them change.
-        let cds = &self.types[ResourceType::Cluster as usize];
-        let retiring: BTreeMap<Arc<str>, Arc<Resource>> = cds
-            .sent
-            .iter()
-            .filter(|(name, _)| {
-                !snap
-                    .get(ResourceType::Cluster)
-                    .resources
-                    .contains_key(*name)
-            })
-            .map(|(n, r)| (n.clone(), Arc::clone(r)))
-            .collect();
-        let later_types_change = changed
-            .iter()
-            .any(|t| matches!(t, ResourceType::Listener | ResourceType::Route));
-        let two_phase = !retiring.is_empty() && later_types_change;
-        for &ty in &changed {
-            if ty == ResourceType::Cluster && two_phase {
-                out.push(self.respond(ty, snap, &retiring, "-retiring"));
+        let mut retiring: Vec<Arc<Resource>> = Vec::new();
+        for ty in ResourceType::ALL {
+            let t = &mut self.types[ty as usize];
+            let view = snap.get(ty);
+            let held = match &t.held {
+                Some(h) if t.seen && !Arc::ptr_eq(h, &view.resources) => Arc::clone(h),
+                _ => continue,
+            };
+            let changes = view.changes_from(&held);
+            let in_scope: Vec<&Arc<str>> = changes.iter().filter(|n| t.in_scope(n)).collect();
+            if in_scope.is_empty() {
+                t.held = Some(Arc::clone(&view.resources));
+                continue;
+            }
+            if ty == ResourceType::Cluster {
+                retiring = in_scope
+                    .iter()
+                    .filter(|n| !view.resources.contains_key(**n))
+                    .filter_map(|n| held.get(*n).cloned())
+                    .collect();
+            }
+            if ty.is_full_set() || t.wildcard {
+                pushes.push((ty, Push::Full));
+                continue;
+            }
+            let changed: Vec<Arc<Resource>> = in_scope
+                .iter()
+                .filter_map(|n| view.resources.get(*n).cloned())
+                .collect();
+            if changed.is_empty() {
+                // Only removals, which a SotW EDS or RDS response cannot say.
+                t.held = Some(Arc::clone(&view.resources));
             } else {
-                out.push(self.respond(ty, snap, &BTreeMap::new(), ""));
+                pushes.push((ty, Push::Changed(changed)));
             }
         }
+        let later_types_change = pushes
+            .iter()
+            .any(|(t, _)| matches!(t, ResourceType::Listener | ResourceType::Route));
+        let two_phase = !retiring.is_empty() && later_types_change;
+        let mut out = Vec::new();
+        for (ty, push) in pushes {
+            let map = Arc::clone(&snap.get(ty).resources);
+            let (resources, suffix) = match push {
+                Push::Full if ty == ResourceType::Cluster && two_phase => {
+                    let mut all = self.types[ty as usize].select(&map);
+                    all.extend(retiring.iter().cloned());
+                    all.sort_by(|a, b| a.name.cmp(&b.name));
+                    (all, "-retiring")
+                }
+                Push::Full => (self.types[ty as usize].select(&map), ""),
+                Push::Changed(changed) => (changed, ""),
+            };
+            out.push(self.respond(ty, snap, resources, &map, suffix));
+        }
         if two_phase {
-            out.push(self.respond(ResourceType::Cluster, snap, &BTreeMap::new(), ""));
+            let map = Arc::clone(&snap.get(ResourceType::Cluster).resources);
+            let all = self.types[ResourceType::Cluster as usize].select(&map);
+            out.push(self.respond(ResourceType::Cluster, snap, all, &map, ""));
         }
         let latency = snap.created.elapsed().as_secs_f64();
         for _ in &out {
@@ -274,49 +367,32 @@ impl SotwStream {
         out
     }
 
-    /// The resources of `ty` this stream should hold in `snap`.
-    fn select(&self, ty: ResourceType, snap: &Snapshot) -> ResourceMap {
-        let t = &self.types[ty as usize];
-        let all = &snap.get(ty).resources;
-        if t.wildcard {
-            Arc::clone(all)
-        } else {
-            Arc::new(
-                t.names
-                    .iter()
-                    .filter_map(|n| all.get(n).map(|r| (Arc::clone(&r.name), Arc::clone(r))))
-                    .collect(),
-            )
-        }
-    }
-
+    /// A response of `ty` carrying `resources`, after which the client
+    /// holds the in-scope resources of `map`.
     fn respond(
         &mut self,
         ty: ResourceType,
         snap: &Snapshot,
-        extra: &BTreeMap<Arc<str>, Arc<Resource>>,
+        resources: Vec<Arc<Resource>>,
+        map: &ResourceMap,
         version_suffix: &str,
     ) -> Outgoing<DiscoveryResponse> {
-        let mut selected = self.select(ty, snap);
-        if !extra.is_empty() {
-            let all = Arc::make_mut(&mut selected);
-            for (n, r) in extra {
-                all.entry(n.clone()).or_insert_with(|| Arc::clone(r));
-            }
-        }
         self.nonce += 1;
-        let nonce = self.nonce.to_string();
-        let version = format!("{}{}", snap.get(ty).version, version_suffix);
-        let resources = selected.values().cloned().collect();
-        self.guard
-            .sent(ty, &version, &nonce, Held::Sent(Arc::clone(&selected)));
-        self.guard.metrics().pushes.get_or_create(&label(ty)).inc();
-        debug!(node = self.guard.node(), r#type = ty.short(), %version, %nonce, n = selected.len(), "send");
+        let nonce = self.nonce;
+        let served = &snap.get(ty).version;
+        let version: Arc<str> = if version_suffix.is_empty() {
+            Arc::clone(served)
+        } else {
+            Arc::from(format!("{served}{version_suffix}"))
+        };
         let t = &mut self.types[ty as usize];
-        t.last_nonce = Some(nonce.clone());
-        t.sent_version = Some(version.clone());
-        t.sent = selected;
-        t.sent_from = extra.is_empty().then(|| snap.get(ty).content.clone());
+        self.guard
+            .sent(ty, &version, nonce, resources.len(), t.held(map));
+        self.guard.metrics().pushed(ty);
+        debug!(node = self.guard.node(), r#type = ty.short(), version = %version, nonce, n = resources.len(), "send");
+        t.last_nonce = nonce;
+        t.sent_version = Some(Arc::clone(&version));
+        t.held = Some(Arc::clone(map));
         match ty {
             ResourceType::Cluster => {
                 self.types[ResourceType::Endpoint as usize].always_respond = true
@@ -328,29 +404,13 @@ impl SotwStream {
         }
         Outgoing {
             message: DiscoveryResponse {
-                version_info: version,
+                version_info: version.to_string(),
                 type_url: ty.type_url().to_string(),
-                nonce,
+                nonce: nonce.to_string(),
                 ..Default::default()
             },
             resources,
         }
-    }
-}
-
-fn same_content(
-    a: &BTreeMap<Arc<str>, Arc<Resource>>,
-    b: &BTreeMap<Arc<str>, Arc<Resource>>,
-) -> bool {
-    a.len() == b.len()
-        && a.iter()
-            .zip(b.iter())
-            .all(|((n1, r1), (n2, r2))| n1 == n2 && r1.version == r2.version)
-}
-
-fn label(ty: ResourceType) -> TypeLabel {
-    TypeLabel {
-        r#type: ty.short().to_string(),
     }
 }
 
@@ -532,8 +592,87 @@ mod tests {
             &out[0].nonce,
         );
         assert!(s.on_request(ack, &v1).unwrap().is_empty());
+        // Only the load assignment that appeared: the client keeps `a`.
         let out = s.on_snapshot(&snapshot(&Fixture::two_clusters()));
         assert_eq!(out.len(), 1);
+        assert_eq!(names(&out[0]), ["b"]);
+        let eds = &reg.list()[0].types.eds;
+        assert_eq!(eds.held.sorted().len(), 2, "{:?}", eds.held);
+        assert_eq!(eds.sent_resources, 1);
+    }
+
+    #[test]
+    fn eds_pushes_carry_what_changed_and_answers_carry_everything() {
+        let reg = registry();
+        let mut s = stream(&reg);
+        let v1 = snapshot(&Fixture::two_clusters());
+        let c = s
+            .on_request(req(ResourceType::Cluster, &[], "", ""), &v1)
+            .unwrap();
+        s.on_request(
+            req(ResourceType::Cluster, &[], &c[0].version_info, &c[0].nonce),
+            &v1,
+        )
+        .unwrap();
+        let e = s
+            .on_request(req(ResourceType::Endpoint, &["a", "b"], "", ""), &v1)
+            .unwrap();
+        assert_eq!(names(&e[0]), ["a", "b"]);
+        let ack = req(
+            ResourceType::Endpoint,
+            &["a", "b"],
+            &e[0].version_info,
+            &e[0].nonce,
+        );
+        assert!(s.on_request(ack, &v1).unwrap().is_empty());
+        // b's endpoints move: the push carries b alone, with the new version.
+        let v2 = snapshot(&Fixture::two_clusters_b_moved());
+        let out = s.on_snapshot(&v2);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].type_url, ResourceType::Endpoint.type_url());
+        assert_eq!(names(&out[0]), ["b"]);
+        assert_ne!(out[0].version_info, e[0].version_info);
+        let eds = reg.list()[0].types.eds.clone();
+        let served = &v2.get(ResourceType::Endpoint).resources;
+        assert_eq!(
+            eds.held.sorted(),
+            [("a", &*served["a"].version), ("b", &*served["b"].version)]
+        );
+        // The same content again: nothing.
+        assert!(s
+            .on_snapshot(&snapshot(&Fixture::two_clusters_b_moved()))
+            .is_empty());
+        // A cluster change makes the next EDS request a warming one: it is
+        // answered with everything requested.
+        let v3 = snapshot(&Fixture::two_clusters_timeout_changed());
+        let pushed = s.on_snapshot(&v3);
+        let kinds: Vec<&str> = pushed
+            .iter()
+            .map(|r| ResourceType::from_type_url(&r.type_url).unwrap().short())
+            .collect();
+        // b moves back too: CDS (full set) and the EDS change.
+        assert_eq!(kinds, ["cds", "eds"]);
+        assert_eq!(names(&pushed[1]), ["b"]);
+        let warming = req(
+            ResourceType::Endpoint,
+            &["a", "b"],
+            &pushed[1].version_info,
+            &pushed[1].nonce,
+        );
+        let answer = s.on_request(warming, &v3).unwrap();
+        assert_eq!(names(&answer[0]), ["a", "b"]);
+    }
+
+    #[test]
+    fn a_wildcard_eds_subscription_gets_the_full_set() {
+        let reg = registry();
+        let mut s = stream(&reg);
+        let v1 = snapshot(&Fixture::two_clusters());
+        let out = s
+            .on_request(req(ResourceType::Endpoint, &["*"], "", ""), &v1)
+            .unwrap();
+        assert_eq!(names(&out[0]), ["a", "b"]);
+        let out = s.on_snapshot(&snapshot(&Fixture::two_clusters_b_moved()));
         assert_eq!(names(&out[0]), ["a", "b"]);
     }
 

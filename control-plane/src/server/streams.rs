@@ -1,36 +1,40 @@
-//! The streaming xDS methods on the wire: request decoding by tonic, response
-//! framing here.
+//! The streaming xDS methods on the wire: request decoding and response
+//! framing.
 //!
 //! tonic's generated servers encode a stream's responses into one buffer per
 //! stream that grows to the largest response and is reused, never shrunk,
-//! until the stream ends. An xDS stream's largest response is usually its
-//! first (the whole config), and streams live for days, so every connected
-//! node would keep a buffer the size of the config. [`XdsStreams`] wraps a
-//! generated service, serves its two streaming methods itself and hands every
-//! other method (the unary `Fetch*`) to it unchanged. Each response is encoded
-//! into an allocation of exactly its size, owned by the frame, and freed once
-//! written to the socket.
+//! until the stream ends, and decode its requests through a buffer of 8 KiB
+//! kept for as long. An xDS stream's largest response is usually its first
+//! (the whole config), and streams live for days, so every connected node
+//! would keep buffers it uses once. [`XdsStreams`] wraps a generated service,
+//! serves its two streaming methods itself and hands every other method (the
+//! unary `Fetch*`) to it unchanged.
 //!
-//! Requests are decoded as before, by tonic's [`Streaming`] with the same
-//! message size limit; compression stays unsupported, as in the generated
-//! servers built without tonic's compression features.
+//! - Each response is encoded into an allocation of exactly its size, owned
+//!   by the frame, and freed once written to the socket.
+//! - Requests are decoded by [`Requests`] straight from the HTTP/2 data
+//!   frames; only a message split across frames is copied, into a buffer
+//!   freed once the message is complete. The size limit and the errors are
+//!   tonic's (`OUT_OF_RANGE` from the length prefix, `INTERNAL` for bytes
+//!   that are not the message); compression stays unsupported, as in the
+//!   generated servers built without tonic's compression features.
+//! - The response body is the stream's [`Driver`](super::Driver): there is
+//!   no task or queue per stream besides what HTTP/2 keeps.
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use futures::Stream;
-use http_body::Frame;
-use prost::bytes::{BufMut, Bytes};
+use http_body::{Body as _, Frame};
+use prost::bytes::{Buf, BufMut, Bytes};
 use prost::Message;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::body::Body;
-use tonic::codec::Codec;
 use tonic::codegen::{http, Service};
 use tonic::server::NamedService;
-use tonic::{Request, Response, Status, Streaming};
-use tonic_prost::ProstCodec;
+use tonic::{Code, Request, Response, Status};
 
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
@@ -105,7 +109,7 @@ where
         let (server, only, max) = (self.server.clone(), self.only, self.max_request_bytes);
         if method == self.sotw_method {
             Box::pin(async move {
-                Ok(serve::<DiscoveryRequest, DiscoveryResponse>(
+                Ok(serve::<DiscoveryRequest, DiscoveryResponse, _>(
                     req,
                     max,
                     |r| server.sotw(r, only),
@@ -113,7 +117,7 @@ where
             })
         } else if method == self.delta_method {
             Box::pin(async move {
-                Ok(serve::<DeltaDiscoveryRequest, DeltaDiscoveryResponse>(
+                Ok(serve::<DeltaDiscoveryRequest, DeltaDiscoveryResponse, _>(
                     req,
                     max,
                     |r| server.delta(r, only),
@@ -129,17 +133,15 @@ where
 
 /// Decodes `req` as a stream of `Req`, runs `handler`, and frames what it
 /// answers.
-fn serve<Req, Resp>(
+fn serve<Req, Resp, D>(
     req: http::Request<Body>,
     max_request_bytes: usize,
-    handler: impl FnOnce(
-        Request<Streaming<Req>>,
-    )
-        -> Result<Response<ReceiverStream<Result<Outgoing<Resp>, Status>>>, Status>,
+    handler: impl FnOnce(Request<Requests<Req>>) -> Result<Response<D>, Status>,
 ) -> http::Response<Body>
 where
     Req: Message + Default + Send + 'static,
     Resp: WireMessage + Send + 'static,
+    D: Stream<Item = Result<Outgoing<Resp>, Status>> + Unpin + Send + 'static,
 {
     if let Some(encoding) = req.headers().get("grpc-encoding") {
         if encoding.as_bytes() != b"identity" {
@@ -150,8 +152,7 @@ where
             .into_http();
         }
     }
-    let decoder = ProstCodec::<Resp, Req>::default().decoder();
-    let req = req.map(|body| Streaming::new_request(decoder, body, None, Some(max_request_bytes)));
+    let req = req.map(|body| Requests::new(body, max_request_bytes));
     let (metadata, responses, extensions) = match handler(Request::from_http(req)) {
         Ok(response) => response.into_parts(),
         // Refused before it started (the server is full).
@@ -168,6 +169,169 @@ where
         http::HeaderValue::from_static("application/grpc"),
     );
     resp
+}
+
+/// The client's messages, decoded one at a time from a request body.
+///
+/// A message that arrives whole in one data frame is decoded from the frame
+/// itself; a message split across frames is gathered into `partial`, which
+/// is freed once it is decoded. Between messages the decoder holds nothing.
+pub struct Requests<Req> {
+    body: Body,
+    /// The rest of the last data frame, not yet decoded.
+    chunk: Bytes,
+    /// The start of a message split across frames.
+    partial: Vec<u8>,
+    max: usize,
+    done: bool,
+    _message: PhantomData<fn() -> Req>,
+}
+
+impl<Req> std::fmt::Debug for Requests<Req> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Requests")
+            .field("buffered", &(self.chunk.len() + self.partial.len()))
+            .field("done", &self.done)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<Req: Message + Default> Requests<Req> {
+    /// Messages of `body`, each of at most `max` bytes.
+    pub fn new(body: Body, max: usize) -> Self {
+        Requests {
+            body,
+            chunk: Bytes::new(),
+            partial: Vec::new(),
+            max,
+            done: false,
+            _message: PhantomData,
+        }
+    }
+
+    /// The length a message header announces, checked.
+    fn length(&self, header: &[u8]) -> Result<usize, Status> {
+        match header[0] {
+            0 => {}
+            1 => {
+                return Err(Status::internal(
+                    "protocol error: received message with compressed-flag but no grpc-encoding was specified",
+                ))
+            }
+            f => {
+                return Err(Status::internal(format!(
+                    "protocol error: received message with invalid compression flag: {f} (valid flags are 0 and 1) while receiving request"
+                )))
+            }
+        }
+        let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+        if len > self.max {
+            return Err(Status::out_of_range(format!(
+                "Error, decoded message length too large: found {len} bytes, the limit is: {} bytes",
+                self.max
+            )));
+        }
+        Ok(len)
+    }
+
+    /// The next whole message of what was received, if any.
+    fn next_message(&mut self) -> Result<Option<Req>, Status> {
+        let decode = |bytes: &[u8]| Req::decode(bytes).map_err(|e| Status::internal(e.to_string()));
+        if self.partial.is_empty() {
+            if self.chunk.len() >= HEADER_LEN {
+                let len = self.length(&self.chunk[..HEADER_LEN])?;
+                if self.chunk.len() >= HEADER_LEN + len {
+                    let msg = decode(&self.chunk[HEADER_LEN..HEADER_LEN + len])?;
+                    self.chunk.advance(HEADER_LEN + len);
+                    if self.chunk.is_empty() {
+                        // Let go of the connection's buffer the frame was cut from.
+                        self.chunk = Bytes::new();
+                    }
+                    return Ok(Some(msg));
+                }
+            }
+            // The start of a message: keep it, not the whole frame.
+            self.partial.extend_from_slice(&self.chunk);
+            self.chunk = Bytes::new();
+            return Ok(None);
+        }
+        // Complete the header, then the message, from the new frame.
+        if self.partial.len() < HEADER_LEN {
+            let take = (HEADER_LEN - self.partial.len()).min(self.chunk.len());
+            self.partial.extend_from_slice(&self.chunk[..take]);
+            self.chunk.advance(take);
+            if self.partial.len() < HEADER_LEN {
+                return Ok(None);
+            }
+        }
+        let len = self.length(&self.partial[..HEADER_LEN])?;
+        let missing = HEADER_LEN + len - self.partial.len();
+        let take = missing.min(self.chunk.len());
+        if self.partial.capacity() < HEADER_LEN + len {
+            self.partial
+                .reserve_exact(HEADER_LEN + len - self.partial.len());
+        }
+        self.partial.extend_from_slice(&self.chunk[..take]);
+        self.chunk.advance(take);
+        if take < missing {
+            return Ok(None);
+        }
+        let msg = decode(&self.partial[HEADER_LEN..])?;
+        self.partial = Vec::new();
+        if self.chunk.is_empty() {
+            self.chunk = Bytes::new();
+        }
+        Ok(Some(msg))
+    }
+}
+
+impl<Req: Message + Default> Stream for Requests<Req> {
+    type Item = Result<Req, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        loop {
+            if this.done {
+                return Poll::Ready(None);
+            }
+            if !this.chunk.is_empty() {
+                match this.next_message() {
+                    Ok(Some(msg)) => return Poll::Ready(Some(Ok(msg))),
+                    Ok(None) => {}
+                    Err(status) => {
+                        this.done = true;
+                        return Poll::Ready(Some(Err(status)));
+                    }
+                }
+                continue;
+            }
+            match Pin::new(&mut this.body).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        this.chunk = data;
+                    }
+                }
+                Poll::Ready(Some(Err(status))) => {
+                    this.done = true;
+                    // A client that resets its stream is gone: no error to report.
+                    if status.code() == Code::Cancelled {
+                        return Poll::Ready(None);
+                    }
+                    return Poll::Ready(Some(Err(status)));
+                }
+                Poll::Ready(None) => {
+                    this.done = true;
+                    if !this.partial.is_empty() {
+                        return Poll::Ready(Some(Err(Status::internal(
+                            "Unexpected EOF decoding stream.",
+                        ))));
+                    }
+                    return Poll::Ready(None);
+                }
+            }
+        }
+    }
 }
 
 /// A response body: one data frame per message, then the status trailers.

@@ -18,7 +18,7 @@ mod canonical;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::Instant;
 
 use envoy_types::pb::envoy::config::{
@@ -121,14 +121,99 @@ pub type ResourceMap = Arc<BTreeMap<Arc<str>, Arc<Resource>>>;
 pub struct TypeSnapshot {
     /// Hash of the (name, version) pairs of this type in the revision: the
     /// version sent to clients.
-    pub version: String,
+    pub version: Arc<str>,
     /// Hash of the (name, version) pairs held here. The same as `version` in
     /// a revision; a view keeps the revision's `version` but has its own
-    /// `content`. Streams compare it to skip work when nothing they see
-    /// changed.
-    pub content: String,
-    /// Resources by name.
+    /// `content`.
+    pub content: Arc<str>,
+    /// Resources by name. A type whose content did not change since the
+    /// previous revision shares the previous map.
     pub resources: ResourceMap,
+    /// The last list [`TypeSnapshot::changes_from`] computed, and the map it
+    /// was computed from: the streams of one selection are all brought up
+    /// to date from the same map, so they share one walk.
+    changes: Mutex<Option<(MapRef, Changes)>>,
+}
+
+/// A map a change list was computed from, without keeping it alive.
+type MapRef = Weak<BTreeMap<Arc<str>, Arc<Resource>>>;
+
+/// Names whose resource differs between two maps of one type (added,
+/// changed or removed), in name order.
+pub type Changes = Arc<[Arc<str>]>;
+
+impl TypeSnapshot {
+    fn new(version: Arc<str>, content: Arc<str>, resources: ResourceMap) -> Self {
+        TypeSnapshot {
+            version,
+            content,
+            resources,
+            changes: Mutex::new(None),
+        }
+    }
+
+    /// The names whose resource differs between `old` and this type's
+    /// resources: in one and not the other, or with another version.
+    ///
+    /// A stream that holds `old` has only these to look at. The walk is done
+    /// once per `old` map and shared (the last one is kept), so a push to
+    /// many streams of one selection costs one walk, not one per stream.
+    pub fn changes_from(&self, old: &ResourceMap) -> Changes {
+        if Arc::ptr_eq(old, &self.resources) {
+            return Arc::from([]);
+        }
+        let mut cached = self.changes.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((from, changes)) = cached.as_ref() {
+            if std::ptr::eq(from.as_ptr(), Arc::as_ptr(old)) && from.strong_count() > 0 {
+                return Arc::clone(changes);
+            }
+        }
+        let changes: Changes = diff_maps(old, &self.resources).into();
+        *cached = Some((Arc::downgrade(old), Arc::clone(&changes)));
+        changes
+    }
+}
+
+/// The names of `a` and `b` whose entries differ, in order: one merge walk
+/// over both (resources shared between revisions compare by pointer).
+fn diff_maps(
+    a: &BTreeMap<Arc<str>, Arc<Resource>>,
+    b: &BTreeMap<Arc<str>, Arc<Resource>>,
+) -> Vec<Arc<str>> {
+    use std::cmp::Ordering;
+    let mut out = Vec::new();
+    let (mut x, mut y) = (a.iter().peekable(), b.iter().peekable());
+    loop {
+        match (x.peek(), y.peek()) {
+            (None, None) => break,
+            (Some((n, _)), None) => {
+                out.push(Arc::clone(n));
+                x.next();
+            }
+            (None, Some((n, _))) => {
+                out.push(Arc::clone(n));
+                y.next();
+            }
+            (Some((n1, r1)), Some((n2, r2))) => match n1.cmp(n2) {
+                Ordering::Less => {
+                    out.push(Arc::clone(n1));
+                    x.next();
+                }
+                Ordering::Greater => {
+                    out.push(Arc::clone(n2));
+                    y.next();
+                }
+                Ordering::Equal => {
+                    if !Arc::ptr_eq(r1, r2) && r1.version != r2.version {
+                        out.push(Arc::clone(n1));
+                    }
+                    x.next();
+                    y.next();
+                }
+            },
+        }
+    }
+    out
 }
 
 /// One consistent revision of the whole config, or one node selection's view
@@ -256,9 +341,14 @@ impl Snapshot {
                 });
                 map.insert(Arc::clone(&resource.name), resource);
             }
-            slot.content = content_hash(&map);
-            slot.version = slot.content.clone();
-            slot.resources = Arc::new(map);
+            let content: Arc<str> = Arc::from(content_hash(&map));
+            // Unchanged: the previous map, so that streams holding it see
+            // at once that there is nothing to send.
+            let resources = match previous.map(|p| p.get(ty)) {
+                Some(p) if p.content == content => Arc::clone(&p.resources),
+                _ => Arc::new(map),
+            };
+            *slot = TypeSnapshot::new(Arc::clone(&content), content, resources);
         }
         let mut h = Sha256::new();
         for t in &types {
@@ -351,11 +441,11 @@ impl Snapshot {
                 .filter(|(n, _)| names.contains(&***n))
                 .map(|(n, r)| (Arc::clone(n), Arc::clone(r)))
                 .collect();
-            TypeSnapshot {
-                version: self.types[ty as usize].version.clone(),
-                content: content_hash(&picked),
-                resources: Arc::new(picked),
-            }
+            TypeSnapshot::new(
+                Arc::clone(&self.types[ty as usize].version),
+                Arc::from(content_hash(&picked)),
+                Arc::new(picked),
+            )
         };
         Snapshot {
             version: self.version.clone(),
@@ -738,6 +828,39 @@ mod tests {
         let a1 = &s1.get(ResourceType::Cluster).resources["a"];
         let a3 = &s3.get(ResourceType::Cluster).resources["a"];
         assert!(Arc::ptr_eq(a1, a3));
+    }
+
+    #[test]
+    fn changes_are_listed_once_per_map_and_unchanged_types_share_theirs() {
+        let s1 = Snapshot::build(resources(), None).unwrap();
+        let mut r = resources();
+        r.clusters[1].connect_timeout = Some(envoy_types::pb::google::protobuf::Duration {
+            seconds: 3,
+            nanos: 0,
+        });
+        r.clusters.push(eds_cluster("c"));
+        r.endpoints.push(cla("c"));
+        r.clusters.remove(0);
+        r.endpoints.remove(0);
+        r.listeners.clear();
+        let s2 = Snapshot::build(r, Some(&s1)).unwrap();
+        let old = &s1.get(ResourceType::Cluster).resources;
+        let changes = s2.get(ResourceType::Cluster).changes_from(old);
+        let names: Vec<&str> = changes.iter().map(|n| &**n).collect();
+        assert_eq!(names, ["a", "b", "c"]);
+        // Computed once for that map, shared after.
+        let again = s2.get(ResourceType::Cluster).changes_from(old);
+        assert!(Arc::ptr_eq(&changes, &again));
+        let eds = s2
+            .get(ResourceType::Endpoint)
+            .changes_from(&s1.get(ResourceType::Endpoint).resources);
+        assert_eq!(eds.iter().map(|n| &**n).collect::<Vec<_>>(), ["a", "c"]);
+        // A type whose content did not change keeps the previous map.
+        let s3 = Snapshot::build(resources(), Some(&s1)).unwrap();
+        for ty in ResourceType::ALL {
+            assert!(Arc::ptr_eq(&s1.get(ty).resources, &s3.get(ty).resources));
+            assert!(s3.get(ty).changes_from(&s1.get(ty).resources).is_empty());
+        }
     }
 
     #[test]
