@@ -12,5 +12,6 @@ pub mod bootstrap;
 pub mod listener;
 pub mod model;
 pub mod runtime;
+pub mod stats;
 pub mod upstream;
 pub mod xds;

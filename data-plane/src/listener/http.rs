@@ -75,7 +75,7 @@ use crate::listener::path;
 use crate::listener::retry::{self, would_retry, Failure, RetryState};
 use crate::listener::route::{RouteSlot, RouteTable};
 use crate::model::{HttpLimits, HttpManager, RetryPolicy};
-use crate::runtime::stats::{stats_struct, Counter, Gauge, GaugeGuard};
+use crate::stats::{stats_struct, Counter, Gauge, GaugeGuard};
 use crate::upstream::outlier::Report;
 use crate::upstream::pool::{self, Activity, Exchange, RequestBody, UpstreamBody, UpstreamError};
 use crate::upstream::replay::Replay;

@@ -38,7 +38,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::model::{self, ListenerKind, NackError, RouteSource};
-use crate::runtime::stats::{stats_struct, Counter, Gauge, GaugeGuard, Scopes};
+use crate::stats::{stats_struct, Counter, Gauge, GaugeGuard, Scopes};
 use crate::upstream::ClusterManager;
 
 use self::http::{HttpCtx, HttpStats, Routes};

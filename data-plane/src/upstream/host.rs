@@ -9,7 +9,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
 
-use crate::runtime::stats::{stats_struct, Counter, Gauge};
+use crate::stats::{stats_struct, Counter, Gauge};
 use crate::upstream::outlier::HostOutlier;
 use crate::upstream::pool::Pool;
 

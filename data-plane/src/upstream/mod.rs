@@ -5,6 +5,8 @@
 //! open connection to one of X's hosts:
 //! - [`cluster`]: cluster versions, the cluster manager (CDS/EDS reconciliation)
 //!   and the [`ClusterSlot`]s through which the request path reaches a cluster;
+//! - [`stats`]: the cluster's stats, which every part below counts in;
+//! - [`connect`]: opening connections within `max_connections`;
 //! - [`host`]: hosts with atomic stats and health flags;
 //! - [`lb`]: weighted round robin with the panic threshold, lock-free picks;
 //! - [`dns`]: the hosts of STRICT_DNS and LOGICAL_DNS clusters, from DNS;
@@ -19,6 +21,7 @@
 //! `runtime`).
 
 pub mod cluster;
+pub mod connect;
 pub mod dns;
 pub mod health;
 pub mod host;
@@ -26,21 +29,10 @@ pub mod lb;
 pub mod outlier;
 pub mod pool;
 pub mod replay;
+pub mod stats;
 pub mod tls;
 
-pub use cluster::{Cluster, ClusterManager, ClusterSlot, ClusterStats, RetryGuard, UpstreamCx};
+pub use cluster::{Cluster, ClusterManager, ClusterSlot, RetryGuard};
+pub use connect::{ConnectError, UpstreamCx};
 pub use host::Host;
-
-/// Why an upstream TCP connection could not be opened.
-#[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
-    /// Not connected within the cluster's `connect_timeout`.
-    #[error("connection timeout")]
-    Timeout,
-    /// The connect failed.
-    #[error("connection failure: {0}")]
-    Io(#[from] std::io::Error),
-    /// The cluster's `max_connections` circuit breaker is open.
-    #[error("connection overflow")]
-    Overflow,
-}
+pub use stats::ClusterStats;

@@ -42,9 +42,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::model::OutlierDetection;
-use crate::upstream::cluster::ClusterStats;
 use crate::upstream::host::{Host, FAILED_OUTLIER_CHECK};
 use crate::upstream::lb::{LoadBalancer, Members};
+use crate::upstream::stats::ClusterStats;
 
 /// What one request or connection attempt tells about its host (Envoy's
 /// `Outlier::Result`).

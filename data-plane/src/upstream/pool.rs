@@ -27,10 +27,11 @@ use hyper_util::rt::TokioIo;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::upstream::cluster::{Cluster, ClusterStats};
+use crate::upstream::cluster::Cluster;
+use crate::upstream::connect::ConnectError;
 use crate::upstream::host::Host;
 use crate::upstream::replay::{BoxError, ReplayBody};
-use crate::upstream::ConnectError;
+use crate::upstream::stats::ClusterStats;
 
 /// Idle connections kept per host at most.
 pub const MAX_IDLE_PER_HOST: usize = 1024;
