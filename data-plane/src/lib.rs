@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod bootstrap;
+pub mod http1;
 pub mod listener;
 pub mod model;
 pub mod runtime;

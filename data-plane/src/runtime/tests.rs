@@ -709,5 +709,6 @@ async fn h2c_downstream_is_proxied_to_http1_upstream() {
     assert_eq!(stat(&rt, "http.h2.downstream_rq_http2_total"), 3);
 }
 
-// After the helpers and the macro above, which it uses.
+// After the helpers and the macro above, which they use.
+mod http1;
 mod resilience;

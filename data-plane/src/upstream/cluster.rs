@@ -54,6 +54,7 @@ use crate::upstream::health::{run_checker, CheckObserver, CheckerCtx, Probe};
 use crate::upstream::host::{Host, FAILED_OUTLIER_CHECK, PENDING_DYNAMIC_REMOVAL};
 use crate::upstream::lb::LoadBalancer;
 use crate::upstream::outlier::{Detector, Report};
+use crate::upstream::pool::{self, PoolSet};
 use crate::upstream::stats::ClusterStats;
 
 /// How long an EDS cluster waits for its first load assignment before it
@@ -81,6 +82,8 @@ pub struct Cluster {
     lb: Arc<LoadBalancer>,
     checker: Option<CheckerCtx>,
     checkers: Mutex<HashMap<SocketAddr, DropGuard>>,
+    /// Idle HTTP connections per host, shared by every version of the cluster.
+    pools: Arc<PoolSet>,
     /// Serialises changes of the host set (EDS updates, removals after a
     /// failed check of a host pending removal).
     host_set: Mutex<()>,
@@ -154,6 +157,9 @@ impl Cluster {
                 h.outlier.clear();
             }
         });
+        // Pools exist before their hosts can be picked.
+        let pools = previous.map_or_else(PoolSet::new, |p| p.pools.clone());
+        pools.add(&hosts);
         let start = rand::random::<u32>() as usize;
         let lb = Arc::new(LoadBalancer::new(
             hosts.clone(),
@@ -181,6 +187,7 @@ impl Cluster {
                 lb,
                 checker,
                 checkers: Mutex::new(HashMap::new()),
+                pools,
                 host_set: Mutex::new(()),
                 outlier,
                 retries_active: Gauge::default(),
@@ -199,6 +206,8 @@ impl Cluster {
         if let Some(d) = &cluster.outlier {
             tokio::spawn(d.clone().run(cluster.token.child_token()));
         }
+        // Hosts the previous version had and this one has not lose their pools.
+        cluster.pools.retain(&hosts);
         cluster.sync_checkers(&hosts);
         if let Discovery::Dns(d) = &cluster.config.discovery {
             tokio::spawn(dns::run(
@@ -229,6 +238,23 @@ impl Cluster {
     /// The load balancer.
     pub fn lb(&self) -> &LoadBalancer {
         &self.lb
+    }
+
+    /// The hosts' pools of idle HTTP connections.
+    #[inline]
+    pub fn pools(&self) -> &PoolSet {
+        &self.pools
+    }
+
+    /// What taking an HTTP connection needs of the cluster: its stats,
+    /// circuit breakers and `connect_timeout`.
+    #[inline]
+    pub fn pool_limits(&self) -> pool::Limits<'_> {
+        pool::Limits {
+            stats: &self.stats,
+            breakers: self.config.circuit_breakers,
+            connect_timeout: self.config.connect_timeout,
+        }
     }
 
     /// The next host to use; `None` (counted in `upstream_cx_none_healthy`)
@@ -334,7 +360,9 @@ impl Cluster {
                 }
             }
         }
+        self.pools.add(&hosts);
         self.lb.set_hosts(hosts.clone());
+        self.pools.retain(&hosts);
         self.sync_checkers(&hosts);
         if !matches!(self.config.discovery, Discovery::Dns(_)) {
             // A DNS cluster is known once every name was looked up (`dns`).
@@ -369,7 +397,8 @@ impl Cluster {
             .filter(|h| !Arc::ptr_eq(h, host))
             .cloned()
             .collect();
-        self.lb.set_hosts(hosts);
+        self.lb.set_hosts(hosts.clone());
+        self.pools.retain(&hosts);
         self.checkers
             .lock()
             .unwrap_or_else(PoisonError::into_inner)

@@ -56,8 +56,6 @@ impl Drop for UpstreamCx {
     fn drop(&mut self) {
         self.host.stats.cx_active.dec();
         self.stats.upstream_cx_active.dec();
-        // A request waiting for a connection to this host may open one now.
-        self.host.pool.wake_one();
     }
 }
 

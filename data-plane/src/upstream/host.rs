@@ -1,17 +1,17 @@
-//! One upstream host: its address, weight, health flags, stats, outlier
-//! detection counters and idle HTTP/1 connections.
+//! One upstream host: its address, weight, health flags, stats and outlier
+//! detection counters.
 //!
 //! A host is shared (`Arc<Host>`) by every version of its cluster and every
 //! load-balancer snapshot that contains it, so a host that stays across an EDS
-//! update or a cluster change keeps its health state, stats and pooled
-//! connections. Everything a request touches is an atomic.
+//! update or a cluster change keeps its health state and stats (its pooled
+//! connections are kept by the cluster's pools, `upstream::pool`).
+//! Everything a request touches is an atomic.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
 
 use crate::stats::{stats_struct, Counter, Gauge};
 use crate::upstream::outlier::HostOutlier;
-use crate::upstream::pool::Pool;
 
 /// Health flag: the active health checker failed the host (Envoy `FAILED_ACTIVE_HC`).
 pub const FAILED_ACTIVE_HC: u8 = 1;
@@ -58,8 +58,6 @@ pub struct Host {
     pub stats: HostStats,
     /// What outlier detection counts for this host.
     pub(crate) outlier: HostOutlier,
-    /// Idle upstream HTTP/1 connections.
-    pub(crate) pool: Pool,
 }
 
 impl Host {
@@ -73,7 +71,6 @@ impl Host {
             first_check_done: AtomicBool::new(false),
             stats: HostStats::default(),
             outlier: HostOutlier::default(),
-            pool: Pool::default(),
         }
     }
 

@@ -14,12 +14,16 @@
 //! - [`tls`]: TLS to hosts, for health checks;
 //! - [`outlier`]: outlier detection (passive health checks) with Envoy's
 //!   ejection algorithm;
-//! - [`replay`]: request bodies kept so that a retry can send them again;
-//! - [`pool`]: upstream HTTP/1.1 exchanges with per-host connection reuse.
+//! - [`client`]: the HTTP/1.1 client of the request path (one connection,
+//!   driven by the request's own task);
+//! - [`pool`]: idle HTTP/1.1 connections per host and per worker, and the
+//!   request circuit breakers;
+//! - [`replay`]: request bodies kept so that a retry can send them again.
 //!
 //! Does not own listeners, routing or the config in force (see `listener` and
 //! `runtime`).
 
+pub mod client;
 pub mod cluster;
 pub mod connect;
 pub mod dns;
