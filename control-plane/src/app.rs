@@ -1,4 +1,5 @@
-//! Wires the pipeline together: source -> cache -> xDS server + admin server.
+//! Wires the pipeline together: source (a file, or a key in etcd) -> cache ->
+//! xDS server + admin server.
 //!
 //! Used by `main` (`pylon-xds serve`) and by tests, which run several servers
 //! in one process: nothing here is global, and shutdown is an argument
@@ -40,8 +41,10 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// How to run one pylon-xds server.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
-    /// The YAML source of truth.
+    /// The YAML source of truth (unused when `etcd` is set).
     pub config: PathBuf,
+    /// The source of truth in etcd instead of `config` (`--etcd`).
+    pub etcd: Option<crate::etcd::EtcdOptions>,
     /// gRPC (xDS) listen address; port 0 picks a free port.
     pub xds_listen: SocketAddr,
     /// Admin HTTP listen address (`/healthz`, `/readyz`, `/metrics`, `/nodes`, `/status`).
@@ -52,8 +55,10 @@ pub struct ServeOptions {
     pub limits: Limits,
     /// Accept secrets written inline in TLS contexts (`--allow-inline-secrets`).
     pub allow_inline_secrets: bool,
-    /// Where the last good revision is kept (see [`crate::state`]); `None`
-    /// keeps none, and an invalid file at start-up is then fatal.
+    /// Where the last good revision is kept (see [`crate::state`]): the
+    /// state directory, or with `etcd` the cache directory; `None` keeps
+    /// none, and an invalid (or, for etcd, unreachable) source at start-up
+    /// is then fatal.
     pub state_dir: Option<PathBuf>,
     /// xDS streams served at once; beyond, a new stream is refused with
     /// `UNAVAILABLE` ([`crate::server::limits::DEFAULT_MAX_STREAMS`] by default).
@@ -76,6 +81,7 @@ impl ServeOptions {
     pub fn new(config: PathBuf, xds_listen: SocketAddr, admin_listen: Option<SocketAddr>) -> Self {
         ServeOptions {
             config,
+            etcd: None,
             xds_listen,
             admin_listen,
             debounce: DEFAULT_DEBOUNCE,
@@ -143,25 +149,37 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<Running> {
         }
     };
     let source = Source {
-        path: opts.config.clone(),
+        path: match &opts.etcd {
+            Some(e) => PathBuf::from(e.url.to_string()),
+            None => opts.config.clone(),
+        },
         options: crate::config::Options {
             limits: opts.limits,
             allow_inline_secrets: opts.allow_inline_secrets,
         },
-        last_good: opts
-            .state_dir
-            .as_deref()
-            .map(|dir| LastGood::new(dir, &opts.config)),
+        last_good: opts.state_dir.as_deref().map(|dir| match &opts.etcd {
+            Some(e) => LastGood::for_etcd_key(dir, &e.url.key),
+            None => LastGood::new(dir, &opts.config),
+        }),
         dns: dns.clone(),
     };
     // Host names are looked up before the first revision is served, which
     // blocks: off the runtime's worker threads.
-    let starting = source.clone();
-    let (snapshot, started) = tokio::task::spawn_blocking(move || starting.start())
-        .await
-        .context("loading the config")??;
+    let (snapshot, started, etcd_start) = match &opts.etcd {
+        None => {
+            let starting = source.clone();
+            let (snapshot, started) = tokio::task::spawn_blocking(move || starting.start())
+                .await
+                .context("loading the config")??;
+            (snapshot, started, None)
+        }
+        Some(e) => {
+            let s = crate::etcd::serve::start(&source, e).await?;
+            (s.snapshot, s.started, Some((s.status, s.watch_from)))
+        }
+    };
     info!(
-        config = %opts.config.display(),
+        config = %source.path.display(),
         version = %snapshot.version,
         "config loaded"
     );
@@ -177,6 +195,10 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<Running> {
         cache.clone(),
         Arc::clone(&metrics),
     ));
+    let etcd_watch = etcd_start.map(|(status, watch_from)| {
+        reloader.set_etcd(status);
+        watch_from
+    });
     // Plaintext beyond loopback is refused before anything is bound.
     if opts.tls.is_none() {
         plaintext_allowed("xDS", opts.xds_listen, opts.insecure)?;
@@ -307,11 +329,18 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<Running> {
 
     let reload = Arc::new(Notify::new());
     let (r, n, s) = (reloader, Arc::clone(&reload), shutdown.clone());
-    tasks.push(tokio::spawn(async move {
-        if let Err(e) = source::watch(r, opts.debounce, n, s).await {
-            warn!(error = %e, "config watch failed; SIGHUP still reloads");
+    match (etcd_watch, opts.etcd) {
+        (Some(first), Some(etcd)) => {
+            tasks.push(tokio::spawn(crate::etcd::serve::watch(
+                r, etcd, first, n, s,
+            )));
         }
-    }));
+        _ => tasks.push(tokio::spawn(async move {
+            if let Err(e) = source::watch(r, opts.debounce, n, s).await {
+                warn!(error = %e, "config watch failed; SIGHUP still reloads");
+            }
+        })),
+    }
 
     Ok(Running {
         xds_addr,

@@ -13,13 +13,18 @@
 //! endpoints; `registry` and `metrics` record what
 //! streams hold; `admin` serves them; `app` wires everything for `main` and
 //! for tests; `bootstrap` prints an Envoy bootstrap pointing at this server.
+//! `etcd` is the other source of truth (a key watched by every replica, and
+//! the `apply`, `history`, `diff` and `rollback` commands), with `diff`
+//! comparing revisions resource by resource.
 
 pub mod admin;
 pub mod app;
 pub mod bootstrap;
 pub mod cache;
 pub mod config;
+pub mod diff;
 pub mod dns;
+pub mod etcd;
 pub mod metrics;
 pub mod registry;
 pub mod resources;

@@ -10,6 +10,8 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use control_plane::bootstrap::{envoy_bootstrap, BootstrapOptions};
 use control_plane::config::Limits;
+use control_plane::etcd::cli::CliError;
+use control_plane::etcd::{Etcd, EtcdOptions, EtcdTls, EtcdUrl};
 use control_plane::snapshot::ResourceType;
 use control_plane::{app, source, ServeOptions};
 
@@ -24,13 +26,36 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once at start-up: the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Serve the config over ADS (SotW and delta) and the standalone xDS services.
     Serve {
         /// The YAML source of truth (watched; SIGHUP also reloads).
-        #[arg(long, short = 'c')]
-        config: PathBuf,
+        #[arg(
+            long,
+            short = 'c',
+            required_unless_present = "etcd",
+            conflicts_with = "etcd"
+        )]
+        config: Option<PathBuf>,
+        /// The source of truth in etcd instead of a file (watched):
+        /// etcd://HOST:PORT[,HOST:PORT...]/KEY.
+        #[arg(long, value_name = "URL")]
+        etcd: Option<EtcdUrl>,
+        #[command(flatten)]
+        etcd_tls: EtcdTlsArgs,
+        /// With --etcd: where the last good revision from etcd is cached,
+        /// served at start-up when etcd is unreachable or holds an invalid
+        /// revision [default: the state directory].
+        #[arg(
+            long,
+            requires = "etcd",
+            conflicts_with = "no_state",
+            value_name = "DIR"
+        )]
+        cache_dir: Option<PathBuf>,
         /// gRPC (xDS) listen address.
         #[arg(long, default_value = app::DEFAULT_XDS)]
         listen: SocketAddr,
@@ -84,6 +109,74 @@ enum Command {
         #[command(flatten)]
         limits: LimitArgs,
     },
+    /// Validate a config file and write it to etcd, showing what changes
+    /// (compare-and-swap on the revision read: a concurrent write makes it
+    /// fail, writing nothing).
+    Apply {
+        /// The config file.
+        #[arg(required_unless_present = "watch_file", conflicts_with = "watch_file")]
+        file: Option<PathBuf>,
+        /// The config in etcd: etcd://HOST:PORT[,HOST:PORT...]/KEY.
+        #[arg(long, value_name = "URL")]
+        etcd: EtcdUrl,
+        #[command(flatten)]
+        etcd_tls: EtcdTlsArgs,
+        /// Write only if the key is at this etcd revision (the one the
+        /// caller last saw; 0: only if the key does not exist yet).
+        #[arg(long, value_name = "N")]
+        expect_revision: Option<i64>,
+        /// Keep applying this file each time it is saved, until stopped
+        /// (stops writing at the first conflicting edit made in etcd).
+        #[arg(long, value_name = "FILE")]
+        watch_file: Option<PathBuf>,
+        #[command(flatten)]
+        limits: LimitArgs,
+    },
+    /// List the revisions of the config etcd still holds: revision, time,
+    /// version, what changed, and who wrote it.
+    History {
+        /// The config in etcd: etcd://HOST:PORT[,HOST:PORT...]/KEY.
+        #[arg(long, value_name = "URL")]
+        etcd: EtcdUrl,
+        #[command(flatten)]
+        etcd_tls: EtcdTlsArgs,
+        /// The most revisions shown, newest first.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[command(flatten)]
+        limits: LimitArgs,
+    },
+    /// Show what changes, resource by resource, from the config as of etcd
+    /// revision FROM to revision TO (default: the current one).
+    Diff {
+        /// The older revision.
+        from: i64,
+        /// The newer revision [default: the current one].
+        to: Option<i64>,
+        /// The config in etcd: etcd://HOST:PORT[,HOST:PORT...]/KEY.
+        #[arg(long, value_name = "URL")]
+        etcd: EtcdUrl,
+        #[command(flatten)]
+        etcd_tls: EtcdTlsArgs,
+        #[command(flatten)]
+        limits: LimitArgs,
+    },
+    /// Write the config as it was at an older etcd revision, byte for byte,
+    /// through the same compare-and-swap as apply.
+    Rollback {
+        /// The revision to restore.
+        revision: i64,
+        /// The config in etcd: etcd://HOST:PORT[,HOST:PORT...]/KEY.
+        #[arg(long, value_name = "URL")]
+        etcd: EtcdUrl,
+        #[command(flatten)]
+        etcd_tls: EtcdTlsArgs,
+        /// Write only if the key is at this etcd revision.
+        #[arg(long, value_name = "N")]
+        expect_revision: Option<i64>,
+        #[command(flatten)]
+        limits: LimitArgs,
+    },
     /// Print an Envoy bootstrap that connects Envoy to pylon-xds over ADS.
     Bootstrap {
         /// The node id the client presents.
@@ -92,9 +185,11 @@ enum Command {
         /// The node cluster the client presents.
         #[arg(long, default_value = "pylon")]
         node_cluster: String,
-        /// pylon-xds's gRPC address: HOST:PORT, an IP address or a host name.
-        #[arg(long, default_value = app::DEFAULT_XDS, value_name = "HOST:PORT")]
-        xds: control_plane::bootstrap::XdsAddress,
+        /// pylon-xds's gRPC address: HOST:PORT, an IP address or a host
+        /// name; several replicas separated by commas.
+        #[arg(long, default_value = app::DEFAULT_XDS, value_name = "HOST:PORT[,HOST:PORT...]",
+              value_delimiter = ',')]
+        xds: Vec<control_plane::bootstrap::XdsAddress>,
         /// Use delta (incremental) ADS instead of state-of-the-world.
         #[arg(long)]
         delta: bool,
@@ -174,6 +269,32 @@ impl TlsArgs {
     }
 }
 
+/// TLS to etcd.
+#[derive(clap::Args, Debug, Clone)]
+struct EtcdTlsArgs {
+    /// TLS to etcd: the CA the members' certificates chain to (PEM).
+    #[arg(long, value_name = "FILE")]
+    etcd_ca: Option<PathBuf>,
+    /// The client certificate presented to etcd (PEM).
+    #[arg(long, requires = "etcd_key", requires = "etcd_ca", value_name = "FILE")]
+    etcd_cert: Option<PathBuf>,
+    /// The private key of --etcd-cert.
+    #[arg(long, requires = "etcd_cert", value_name = "FILE")]
+    etcd_key: Option<PathBuf>,
+}
+
+impl EtcdTlsArgs {
+    fn options(self, url: EtcdUrl) -> EtcdOptions {
+        EtcdOptions {
+            url,
+            tls: self.etcd_ca.map(|ca| EtcdTls {
+                ca,
+                cert_key: self.etcd_cert.zip(self.etcd_key),
+            }),
+        }
+    }
+}
+
 /// How a config file is read.
 #[derive(clap::Args, Debug, Clone, Copy)]
 struct LimitArgs {
@@ -224,6 +345,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve {
             config,
+            etcd,
+            etcd_tls,
+            cache_dir,
             listen,
             admin,
             debounce_ms,
@@ -237,10 +361,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             pylon::logging::init(matches!(log_format, LogFormat::Json));
             pylon::limits::raise_nofile();
+            anyhow::ensure!(
+                etcd.is_some() || etcd_tls.etcd_ca.is_none(),
+                "--etcd-ca, --etcd-cert and --etcd-key go with --etcd"
+            );
             let state_dir = if no_state {
                 None
             } else {
-                let dir = state_dir.or_else(control_plane::state::default_dir);
+                let dir = cache_dir
+                    .or(state_dir)
+                    .or_else(control_plane::state::default_dir);
                 if dir.is_none() {
                     tracing::warn!("no state directory (set --state-dir or HOME): the last good config is not kept");
                 }
@@ -248,7 +378,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(serve(ServeOptions {
-                config,
+                config: config.unwrap_or_default(),
+                etcd: etcd.map(|url| etcd_tls.options(url)),
                 xds_listen: listen,
                 admin_listen: Some(admin),
                 debounce: Duration::from_millis(debounce_ms),
@@ -264,6 +395,81 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Validate { files, limits } => Ok(validate(&files, &limits.options())),
+        Command::Apply {
+            file,
+            etcd,
+            etcd_tls,
+            expect_revision,
+            watch_file,
+            limits,
+        } => {
+            let opts = etcd_tls.options(etcd);
+            let options = limits.options();
+            let rt = tokio::runtime::Runtime::new()?;
+            if let Some(file) = watch_file {
+                pylon::logging::init(false);
+                return rt.block_on(async {
+                    let etcd = Etcd::connect(&opts).await?.with_patience(COMMAND_PATIENCE);
+                    let stop = tokio_util::sync::CancellationToken::new();
+                    let s = stop.clone();
+                    tokio::spawn(async move {
+                        let _ = tokio::signal::ctrl_c().await;
+                        s.cancel();
+                    });
+                    control_plane::etcd::cli::watch_file(
+                        &etcd,
+                        &file,
+                        &options,
+                        app::DEFAULT_DEBOUNCE,
+                        stop,
+                    )
+                    .await?;
+                    Ok(ExitCode::SUCCESS)
+                });
+            }
+            let file = file.context("a FILE to apply")?;
+            rt.block_on(etcd_command(&opts, |etcd| async move {
+                control_plane::etcd::cli::apply(&etcd, &file, &options, expect_revision).await
+            }))
+        }
+        Command::History {
+            etcd,
+            etcd_tls,
+            limit,
+            limits,
+        } => {
+            let options = limits.options();
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(etcd_command(&etcd_tls.options(etcd), |etcd| async move {
+                control_plane::etcd::cli::history(&etcd, limit, &options).await
+            }))
+        }
+        Command::Diff {
+            from,
+            to,
+            etcd,
+            etcd_tls,
+            limits,
+        } => {
+            let options = limits.options();
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(etcd_command(&etcd_tls.options(etcd), |etcd| async move {
+                control_plane::etcd::cli::diff_revisions(&etcd, from, to, &options).await
+            }))
+        }
+        Command::Rollback {
+            revision,
+            etcd,
+            etcd_tls,
+            expect_revision,
+            limits,
+        } => {
+            let options = limits.options();
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(etcd_command(&etcd_tls.options(etcd), |etcd| async move {
+                control_plane::etcd::cli::rollback(&etcd, revision, &options, expect_revision).await
+            }))
+        }
         Command::Migrate {
             file,
             bootstrap,
@@ -310,6 +516,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     sni: tls_sni,
                 }),
             };
+            if let Err(e) = opts.check() {
+                anyhow::bail!("{e}");
+            }
             if grpc {
                 emit(&control_plane::bootstrap::grpc_bootstrap(&opts));
             } else {
@@ -334,6 +543,35 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::from(1)
             } else {
                 ExitCode::SUCCESS
+            })
+        }
+    }
+}
+
+/// How long an etcd command keeps trying while no member answers.
+const COMMAND_PATIENCE: Duration = Duration::from_secs(10);
+
+/// Runs one etcd command: its text on standard output; an error on
+/// standard error, exiting 2 for a conflict (someone else wrote the key)
+/// and 1 for anything else.
+async fn etcd_command<F, Fut>(opts: &EtcdOptions, run: F) -> anyhow::Result<ExitCode>
+where
+    F: FnOnce(Etcd) -> Fut,
+    Fut: std::future::Future<Output = Result<String, CliError>>,
+{
+    // An election or a member restart takes a moment: keep trying for a
+    // while before saying etcd is unreachable.
+    let etcd = Etcd::connect(opts).await?.with_patience(COMMAND_PATIENCE);
+    match run(etcd).await {
+        Ok(text) => {
+            emit(&text);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("pylon-xds: {e}");
+            Ok(match e {
+                CliError::Conflict { .. } => ExitCode::from(2),
+                _ => ExitCode::FAILURE,
             })
         }
     }
@@ -402,11 +640,47 @@ fn render_status(s: &serde_json::Value) -> String {
     let _ = writeln!(out, "config:   {}", str_of(&s["config"]));
     let _ = writeln!(out, "version:  {}", str_of(&s["version"]));
     let served_from = str_of(&s["served_from"]);
-    if !served_from.is_empty() && served_from != str_of(&s["config"]) {
+    if s["etcd"].is_object() {
+        let _ = writeln!(out, "source:   {served_from}");
+    } else if !served_from.is_empty() && served_from != str_of(&s["config"]) {
         let _ = writeln!(
             out,
             "source:   the last good revision, {served_from} (the config was invalid at start-up)"
         );
+    }
+    if s["etcd"].is_object() {
+        let e = &s["etcd"];
+        let rev = |v: &serde_json::Value| v.as_i64().map_or("?".to_string(), |r| r.to_string());
+        let cached = if e["served_from_cache"] == true {
+            " (from this replica's cache)"
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            out,
+            "etcd:     revision {} served{cached}",
+            rev(&e["revision"])
+        );
+        if !e["invalid_revision"].is_null() {
+            let _ = writeln!(
+                out,
+                "etcd:     revision {} cannot be served (see reload below)",
+                rev(&e["invalid_revision"])
+            );
+        }
+        if e["connected"] == true {
+            let _ = writeln!(out, "etcd:     connected through {}", str_of(&e["member"]));
+        } else {
+            let since = e["outage_since_unix_ms"]
+                .as_u64()
+                .map(control_plane::etcd::cli::utc)
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "etcd:     UNREACHABLE since {since} UTC: {} (serving the revision above; reconnecting)",
+                str_of(&e["last_error"])
+            );
+        }
     }
     if let Some(e) = s["last_good_error"].as_str() {
         let _ = writeln!(out, "state:    cannot save the last good revision: {e}");
@@ -531,6 +805,31 @@ fn short(v: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_shows_the_etcd_revision_and_outage() {
+        let mut status = serde_json::json!({
+            "config": "etcd://127.0.0.1:2379/pylon/config", "version": "v", "resources": {},
+            "last_reload_error": null, "nodes": [],
+            "etcd": {"revision": 7, "served_from_cache": false, "invalid_revision": 9,
+                     "connected": true, "member": "127.0.0.1:2379",
+                     "outage_since_unix_ms": null, "last_error": null},
+        });
+        let out = render_status(&status);
+        assert!(out.contains("etcd:     revision 7 served\n"), "{out}");
+        assert!(out.contains("revision 9 cannot be served"), "{out}");
+        assert!(out.contains("connected through 127.0.0.1:2379"), "{out}");
+        status["etcd"]["connected"] = false.into();
+        status["etcd"]["served_from_cache"] = true.into();
+        status["etcd"]["outage_since_unix_ms"] = 0.into();
+        status["etcd"]["last_error"] = "etcd is unreachable: refused".into();
+        let out = render_status(&status);
+        assert!(out.contains("(from this replica's cache)"), "{out}");
+        assert!(
+            out.contains("UNREACHABLE since 1970-01-01 00:00:00 UTC: etcd is unreachable: refused"),
+            "{out}"
+        );
+    }
 
     #[test]
     fn status_shows_failing_dns_names() {

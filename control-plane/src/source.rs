@@ -61,6 +61,10 @@ pub enum LoadError {
         /// The consistency error.
         source: SnapshotError,
     },
+    /// The source could not be read at all (etcd unreachable, the key
+    /// absent).
+    #[error("{0}")]
+    Unavailable(String),
     /// The file is invalid and no good revision was ever saved.
     #[error("{error}\nno last good revision to serve instead ({why})")]
     NoLastGood {
@@ -80,6 +84,12 @@ pub fn load(
 ) -> Result<Snapshot, LoadError> {
     let bytes = config::read_file(path, &options.limits)?;
     build(&path.display().to_string(), &bytes, options, previous, None).map(|(s, _)| s)
+}
+
+/// Loads `bytes`, named `file` in errors, into a snapshot. Host names in
+/// endpoints are not resolved (`apply`, `history`, `diff`).
+pub fn load_bytes(file: &str, bytes: &[u8], options: &Options) -> Result<Snapshot, LoadError> {
+    build(file, bytes, options, None, None).map(|(s, _)| s)
 }
 
 /// Loads the bytes of a config file named `file` into a snapshot. With
@@ -148,6 +158,53 @@ pub struct Started {
     /// The served revision as loaded, before its host names were filled in
     /// (only when it has some).
     template: Option<Resources>,
+    /// The saved revision served, when the source itself was refused.
+    saved: Option<crate::state::Saved>,
+}
+
+impl Started {
+    /// The saved last good revision being served, when the source itself
+    /// could not be (invalid or unreachable at start-up).
+    pub fn saved(&self) -> Option<&crate::state::Saved> {
+        self.saved.as_ref()
+    }
+}
+
+/// Where one revision came from: how errors name it, what `/status` shows
+/// as its source, and how the saved copy describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    /// The name errors start with: the file, or `etcd:KEY@REVISION`.
+    pub name: String,
+    /// What `/status` shows in `served_from`.
+    pub served_from: PathBuf,
+    /// What the header of the saved last good revision says it is.
+    pub saved_as: String,
+}
+
+impl Origin {
+    /// A revision read from the file at `path`.
+    pub fn file(path: &Path) -> Origin {
+        let name = path.display().to_string();
+        Origin {
+            served_from: path.to_path_buf(),
+            saved_as: name.clone(),
+            name,
+        }
+    }
+}
+
+/// What [`Reloader::accept`] did with a revision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Valid, and published: it changed what is served.
+    Published,
+    /// Valid, and it serves exactly what was served already.
+    Unchanged,
+    /// Byte for byte the previous attempt: not looked at again.
+    Skipped,
+    /// Invalid: logged, shown, and the last good snapshot kept.
+    Invalid,
 }
 
 impl Source {
@@ -155,24 +212,33 @@ impl Source {
     /// when neither can be served. With host names to resolve, it blocks on
     /// the runtime: call it on a blocking thread.
     pub fn start(&self) -> Result<(Snapshot, Started), LoadError> {
-        let file = self.path.display().to_string();
-        let read = config::read_file(&self.path, &self.options.limits);
+        let read = config::read_file(&self.path, &self.options.limits).map_err(LoadError::from);
+        self.start_with(&Origin::file(&self.path), read)
+    }
+
+    /// As [`Source::start`], with the first revision already read (or why
+    /// it could not be) from `origin`.
+    pub fn start_with(
+        &self,
+        origin: &Origin,
+        read: Result<Vec<u8>, LoadError>,
+    ) -> Result<(Snapshot, Started), LoadError> {
         let digest = read.as_ref().ok().map(|b| digest(b));
         let dns = self.dns.as_deref();
-        let error = match read
-            .map_err(LoadError::from)
-            .and_then(|bytes| build(&file, &bytes, &self.options, None, dns).map(|s| (s, bytes)))
-        {
+        let error = match read.and_then(|bytes| {
+            build(&origin.name, &bytes, &self.options, None, dns).map(|s| (s, bytes))
+        }) {
             Ok(((snapshot, template), bytes)) => {
-                let save_error = self.save(&snapshot, &bytes);
+                let save_error = self.save(origin, &snapshot, &bytes);
                 return Ok((
                     snapshot,
                     Started {
                         digest,
                         refused: None,
-                        served_from: self.path.clone(),
+                        served_from: origin.served_from.clone(),
                         save_error,
                         template,
+                        saved: None,
                     },
                 ));
             }
@@ -203,16 +269,17 @@ impl Source {
                     error = %error,
                     last_good = %saved_name,
                     version = %snapshot.version,
-                    "the config file is invalid; serving the last good revision"
+                    "the config cannot be served (invalid, or its source unreachable); serving the last good revision"
                 );
                 Ok((
                     snapshot,
                     Started {
                         digest,
                         refused: Some(error.to_string()),
-                        served_from: saved.path,
+                        served_from: saved.path.clone(),
                         save_error: None,
                         template,
+                        saved: Some(saved),
                     },
                 ))
             }
@@ -225,9 +292,9 @@ impl Source {
 
     /// Saves an accepted revision; a failure is logged and returned as text
     /// for `/status`.
-    fn save(&self, snapshot: &Snapshot, bytes: &[u8]) -> Option<String> {
+    fn save(&self, origin: &Origin, snapshot: &Snapshot, bytes: &[u8]) -> Option<String> {
         let last_good = self.last_good.as_ref()?;
-        match last_good.save(&self.path, &snapshot.version, bytes) {
+        match last_good.save(&origin.saved_as, &snapshot.version, bytes) {
             Ok(()) => None,
             Err(e) => {
                 warn!(error = %e, "cannot save the last good revision; a restart with an invalid file would not start");
@@ -257,6 +324,9 @@ pub struct SourceStatus {
     pub last_reload_error: Option<String>,
     /// When the last reload attempt failed.
     pub last_reload_error_at_unix_ms: Option<u64>,
+    /// With an etcd source: its revisions and connection.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub etcd: Option<crate::etcd::serve::EtcdStatus>,
 }
 
 /// Reloads the file into the cache and keeps [`SourceStatus`] current.
@@ -372,22 +442,29 @@ impl Reloader {
     /// snapshot was published.
     pub fn reload(&self, force: bool) -> bool {
         let path = &self.source.path;
-        let bytes = match config::read_file(path, &self.source.options.limits) {
-            Ok(b) => b,
+        match config::read_file(path, &self.source.options.limits) {
+            Ok(bytes) => self.accept(&Origin::file(path), &bytes, force) == Outcome::Published,
             Err(e) => {
                 // Whatever comes next differs from this attempt.
                 if let Ok(mut last) = self.last_attempt.lock() {
                     *last = None;
                 }
                 self.fail(e.to_string());
-                return false;
+                false
             }
-        };
-        let d = digest(&bytes);
+        }
+    }
+
+    /// Validates one revision of the source, read from `origin`, and
+    /// publishes it if it is valid (blocking: call it on a blocking thread).
+    /// `force` looks at it even when it is byte for byte the previous
+    /// attempt.
+    pub fn accept(&self, origin: &Origin, bytes: &[u8], force: bool) -> Outcome {
+        let d = digest(bytes);
         if let Ok(mut last) = self.last_attempt.lock() {
             if !force && *last == Some(d) {
-                debug!(file = %path.display(), "content unchanged; reload skipped");
-                return false;
+                debug!(source = %origin.name, "content unchanged; reload skipped");
+                return Outcome::Skipped;
             }
             *last = Some(d);
         }
@@ -396,21 +473,26 @@ impl Reloader {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let previous = self.cache.current();
-        let file = path.display().to_string();
         let dns = self.source.dns.as_deref();
-        match build(&file, &bytes, &self.source.options, Some(&previous), dns) {
+        match build(
+            &origin.name,
+            bytes,
+            &self.source.options,
+            Some(&previous),
+            dns,
+        ) {
             Ok((snap, template)) => {
                 *self.template.lock().unwrap_or_else(PoisonError::into_inner) = template;
                 let version = snap.version.clone();
                 let counts = snap.counts();
-                let saved = self.source.save(&snap, &bytes);
+                let saved = self.source.save(origin, &snap, bytes);
                 let changed = self.cache.publish(snap);
                 self.metrics.config_valid.set(1);
                 if let Ok(mut s) = self.status.lock() {
                     s.last_reload_error = None;
                     s.last_reload_error_at_unix_ms = None;
                     s.last_good_error = saved;
-                    s.served_from = path.clone();
+                    s.served_from = origin.served_from.clone();
                     if changed {
                         s.version = version.clone();
                         s.published_at_unix_ms = now_ms();
@@ -426,16 +508,48 @@ impl Reloader {
                 } else {
                     info!(%version, "config reloaded; nothing changed");
                 }
-                changed
+                if changed {
+                    Outcome::Published
+                } else {
+                    Outcome::Unchanged
+                }
             }
             Err(e) => {
                 self.fail(e.to_string());
-                false
+                Outcome::Invalid
             }
         }
     }
 
-    fn fail(&self, message: String) {
+    /// Changes the etcd part of the status (a no-op for a file source).
+    pub fn update_etcd(&self, f: impl FnOnce(&mut crate::etcd::serve::EtcdStatus)) {
+        if let Ok(mut s) = self.status.lock() {
+            if let Some(e) = s.etcd.as_mut() {
+                f(e);
+            }
+        }
+    }
+
+    /// Makes the status show an etcd source.
+    pub fn set_etcd(&self, status: crate::etcd::serve::EtcdStatus) {
+        if let Ok(mut s) = self.status.lock() {
+            s.etcd = Some(status);
+        }
+    }
+
+    /// Records that the source holds nothing to serve (a deleted etcd key):
+    /// as [`Reloader::fail`], and the next revision is looked at whatever
+    /// its content.
+    pub fn fail_source(&self, message: String) {
+        if let Ok(mut last) = self.last_attempt.lock() {
+            *last = None;
+        }
+        self.fail(message);
+    }
+
+    /// Records a revision that could not be served: logged, counted, shown
+    /// in `/status`; the last good snapshot stays.
+    pub fn fail(&self, message: String) {
         error!(error = %message, "invalid config; still serving the last good version");
         self.metrics.reload_errors.inc();
         self.metrics.config_valid.set(0);
@@ -534,7 +648,8 @@ fn digest(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
 }
 
-fn now_ms() -> u64 {
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)

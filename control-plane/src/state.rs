@@ -75,19 +75,45 @@ impl LastGood {
         }
     }
 
+    /// The entry of the etcd key `key` in `dir`: `last-good/etcd-NAME-HASH.yaml`,
+    /// NAME being the key's last segment and HASH a hash of the whole key,
+    /// so that replicas of different keys can share a directory.
+    pub fn for_etcd_key(dir: &Path, key: &str) -> Self {
+        let hash = Sha256::digest(key.as_bytes());
+        let hex: String = hash.iter().take(8).map(|b| format!("{b:02x}")).collect();
+        let stem: String = key
+            .rsplit('/')
+            .next()
+            .unwrap_or("config")
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        LastGood {
+            file: dir
+                .join("last-good")
+                .join(format!("etcd-{stem}-{hex}.yaml")),
+        }
+    }
+
     /// The file the revision is kept in.
     pub fn path(&self) -> &Path {
         &self.file
     }
 
-    /// Writes `bytes` (an accepted revision of `config`, served as `version`)
-    /// atomically, replacing the previous one. Skips the write when the same
-    /// revision is already saved.
-    pub fn save(&self, config: &Path, version: &str, bytes: &[u8]) -> Result<(), StateError> {
+    /// Writes `bytes` (an accepted revision of `what`, the config file or
+    /// the etcd key at a revision, served as `version`) atomically,
+    /// replacing the previous one. Skips the write when the same revision is
+    /// already saved.
+    pub fn save(&self, what: &str, version: &str, bytes: &[u8]) -> Result<(), StateError> {
         let mut content = format!(
-            "# pylon-xds: the last good revision of {}, served as version {version}.\n\
-             # Served at start-up if that file is invalid. Do not edit.\n",
-            config.display()
+            "# pylon-xds: the last good revision of {what}, served as version {version}.\n\
+             # Served at start-up if the source is invalid or unreachable. Do not edit.\n",
         )
         .into_bytes();
         content.extend_from_slice(bytes);
@@ -157,17 +183,13 @@ mod tests {
         let b = LastGood::new(dir.path(), Path::new("/srv/other/pylon.yaml"));
         assert_ne!(a.path(), b.path(), "one entry per config path");
         assert_eq!(a.load().unwrap(), None);
-        a.save(Path::new("/etc/pylon/pylon.yaml"), "v1", b"clusters: []\n")
+        a.save("/etc/pylon/pylon.yaml", "v1", b"clusters: []\n")
             .unwrap();
         let saved = a.load().unwrap().unwrap();
         assert!(saved.bytes.ends_with(b"\nclusters: []\n"));
         assert!(String::from_utf8_lossy(&saved.bytes).contains("version v1"));
-        a.save(
-            Path::new("/etc/pylon/pylon.yaml"),
-            "v2",
-            b"clusters: [] # 2\n",
-        )
-        .unwrap();
+        a.save("/etc/pylon/pylon.yaml", "v2", b"clusters: [] # 2\n")
+            .unwrap();
         assert!(a.load().unwrap().unwrap().bytes.ends_with(b"# 2\n"));
         // No temporary file is left behind.
         let names: Vec<_> = fs::read_dir(a.path().parent().unwrap())
@@ -187,7 +209,7 @@ mod tests {
         let blocker = dir.path().join("file");
         fs::write(&blocker, "").unwrap();
         let lg = LastGood::new(&blocker, Path::new("pylon.yaml"));
-        let e = lg.save(Path::new("pylon.yaml"), "v", b"x").unwrap_err();
+        let e = lg.save("pylon.yaml", "v", b"x").unwrap_err();
         assert!(e.to_string().contains("cannot create"), "{e}");
     }
 }

@@ -175,6 +175,7 @@ impl Admin {
                         "xds".into(),
                         serde_json::json!({
                             "connected": st.connected,
+                            "server": st.server,
                             "versions": {
                                 "clusters": st.versions.clusters,
                                 "endpoints": st.versions.endpoints,

@@ -11,8 +11,9 @@
 //! - `admin`: `address.socket_address` (`access_log_path: /dev/null` is
 //!   accepted, as older configs carry it);
 //! - `dynamic_resources`: `ads_config` (`api_type` GRPC or DELTA_GRPC, one
-//!   `grpc_services` entry with `envoy_grpc.cluster_name` naming a STATIC
-//!   cluster of `static_resources` with exactly one endpoint: the xDS server)
+//!   `grpc_services` entry with `envoy_grpc.cluster_name` naming a cluster
+//!   of `static_resources` whose endpoints are the xDS servers: one, or
+//!   several replicas of it, tried in turn)
 //!   and `cds_config`/`lds_config` as `ads: {}`;
 //! - `static_resources`: `clusters` and `listeners`, converted with the same
 //!   `TryFrom` as xDS resources. The xDS cluster is not a proxied cluster and
@@ -67,16 +68,33 @@ pub struct Bootstrap {
 /// Where ADS is served, and how.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct XdsTarget {
-    /// The single endpoint of the xDS cluster: an IP address (a STATIC
-    /// cluster) or a host name (STRICT_DNS or LOGICAL_DNS, resolved at each
-    /// connect).
-    pub host: String,
-    /// Its port.
-    pub port: u16,
+    /// The endpoints of the xDS cluster, in order: replicas of the server.
+    pub endpoints: Vec<XdsEndpoint>,
     /// `api_type: DELTA_GRPC` (incremental) rather than `GRPC` (state of the world).
     pub delta: bool,
     /// TLS to the server, from the cluster's `transport_socket`.
     pub tls: Option<XdsTls>,
+}
+
+/// One xDS server.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct XdsEndpoint {
+    /// An IP address (a STATIC cluster) or a host name (STRICT_DNS or
+    /// LOGICAL_DNS, resolved at each connect).
+    pub host: String,
+    /// Its port.
+    pub port: u16,
+}
+
+impl XdsEndpoint {
+    /// `host:port`, an IPv6 literal in brackets.
+    pub fn target(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
 }
 
 /// TLS to the xDS server: the `UpstreamTlsContext` subset pylon-proxy reads
@@ -90,8 +108,8 @@ pub struct XdsTls {
     /// mutual TLS.
     pub cert_key: Option<(std::path::PathBuf, std::path::PathBuf)>,
     /// The name the server's certificate must carry: `sni`, else the exact
-    /// value of `validation_context.match_typed_subject_alt_names`, else the
-    /// cluster's host.
+    /// value of `validation_context.match_typed_subject_alt_names`, else
+    /// (`None`) the host of the endpoint being dialled.
     pub server_name: Option<String>,
 }
 
@@ -358,10 +376,9 @@ fn walk(b: &PbBootstrap) -> Check<Bootstrap> {
                 .as_ref()
                 .and_then(|s| s.clusters.iter().find(|c| c.name == cluster_name))
                 .ok_or_else(|| format!("static_resources.clusters: no cluster {cluster_name}"))?;
-            let (host, port, tls) = xds_cluster(pb)?;
+            let (endpoints, tls) = xds_cluster(pb)?;
             Some(XdsTarget {
-                host,
-                port,
+                endpoints,
                 delta,
                 tls,
             })
@@ -377,10 +394,10 @@ fn walk(b: &PbBootstrap) -> Check<Bootstrap> {
     })
 }
 
-/// The xDS cluster: its one endpoint (an IP address for STATIC, a host
-/// name for STRICT_DNS and LOGICAL_DNS), and its TLS. The rest of the
-/// cluster is checked as any static cluster is.
-fn xds_cluster(pb: &PbCluster) -> Check<(String, u16, Option<XdsTls>)> {
+/// The xDS cluster: its endpoints (IP addresses for STATIC, host names or
+/// addresses for STRICT_DNS; LOGICAL_DNS has exactly one), and its TLS. The
+/// rest of the cluster is checked as any static cluster is.
+fn xds_cluster(pb: &PbCluster) -> Check<(Vec<XdsEndpoint>, Option<XdsTls>)> {
     use envoy_types::pb::envoy::config::cluster::v3::cluster::{
         ClusterDiscoveryType, DiscoveryType,
     };
@@ -392,61 +409,78 @@ fn xds_cluster(pb: &PbCluster) -> Check<(String, u16, Option<XdsTls>)> {
         .take()
         .map(|ts| xds_tls(&ts).map_err(|e| format!("{at}: transport_socket: {e}")))
         .transpose()?;
-    let dns = match plain.cluster_discovery_type {
-        None => false,
+    let (dns, logical) = match plain.cluster_discovery_type {
+        None => (false, false),
         Some(ClusterDiscoveryType::Type(t)) => match DiscoveryType::try_from(t) {
-            Ok(DiscoveryType::Static) => false,
-            Ok(DiscoveryType::StrictDns | DiscoveryType::LogicalDns) => true,
+            Ok(DiscoveryType::Static) => (false, false),
+            Ok(DiscoveryType::StrictDns) => (true, false),
+            Ok(DiscoveryType::LogicalDns) => (true, true),
             _ => return Err(format!("{at} must be STATIC, STRICT_DNS or LOGICAL_DNS")),
         },
         Some(ClusterDiscoveryType::ClusterType(_)) => {
             return Err(format!("{at} must be STATIC, STRICT_DNS or LOGICAL_DNS"))
         }
     };
-    let sa = plain
+    let addrs = plain
         .load_assignment
         .as_mut()
-        .and_then(one_socket_address)
-        .ok_or_else(|| format!("{at} must have exactly one endpoint"))?;
-    let host = sa.address.clone();
-    let port = match sa.port_specifier {
-        Some(socket_address::PortSpecifier::PortValue(p)) => {
-            u16::try_from(p).map_err(|_| format!("{at}: port {p} is out of range"))?
-        }
-        _ => return Err(format!("{at}: the endpoint needs a port_value")),
-    };
-    if dns {
-        // The model checks the rest as a STATIC cluster with an IP address.
-        sa.address = "127.0.0.1".to_string();
-        plain.cluster_discovery_type = None;
-    } else if host.parse::<std::net::IpAddr>().is_err() {
+        .map(socket_addresses)
+        .transpose()
+        .map_err(|e| format!("{at}: {e}"))?
+        .unwrap_or_default();
+    if addrs.is_empty() {
+        return Err(format!("{at} must have at least one endpoint"));
+    }
+    if logical && addrs.len() > 1 {
         return Err(format!(
-            "{at}: {host:?} is not an IP address (make the cluster STRICT_DNS or LOGICAL_DNS for a host name)"
+            "{at}: a LOGICAL_DNS cluster has exactly one endpoint (list several replicas in a STATIC or STRICT_DNS cluster)"
         ));
     }
+    let mut endpoints = Vec::new();
+    for sa in addrs {
+        let host = sa.address.clone();
+        let port = match sa.port_specifier {
+            Some(socket_address::PortSpecifier::PortValue(p)) => {
+                u16::try_from(p).map_err(|_| format!("{at}: port {p} is out of range"))?
+            }
+            _ => return Err(format!("{at}: the endpoint needs a port_value")),
+        };
+        if dns {
+            // The model checks the rest as a STATIC cluster with IP addresses.
+            sa.address = "127.0.0.1".to_string();
+        } else if host.parse::<std::net::IpAddr>().is_err() {
+            return Err(format!(
+                "{at}: {host:?} is not an IP address (make the cluster STRICT_DNS or LOGICAL_DNS for a host name)"
+            ));
+        }
+        endpoints.push(XdsEndpoint { host, port });
+    }
+    if dns {
+        plain.cluster_discovery_type = None;
+    }
     model::Cluster::try_from(&plain).map_err(|e| format!("{at}: {e}"))?;
-    Ok((host, port, tls))
+    Ok((endpoints, tls))
 }
 
-/// The socket address of the only endpoint of `la`, if it has exactly one.
-fn one_socket_address(
+/// The socket addresses of every endpoint of `la`; an endpoint that is not
+/// a socket address is an error.
+fn socket_addresses(
     la: &mut envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment,
-) -> Option<&mut envoy_types::pb::envoy::config::core::v3::SocketAddress> {
+) -> Check<Vec<&mut envoy_types::pb::envoy::config::core::v3::SocketAddress>> {
     use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
-    let mut eps = la
-        .endpoints
+    la.endpoints
         .iter_mut()
-        .flat_map(|l| l.lb_endpoints.iter_mut());
-    let (Some(e), None) = (eps.next(), eps.next()) else {
-        return None;
-    };
-    match &mut e.host_identifier {
-        Some(HostIdentifier::Endpoint(ep)) => match ep.address.as_mut()?.address.as_mut()? {
-            address::Address::SocketAddress(sa) => Some(sa),
-            _ => None,
-        },
-        _ => None,
-    }
+        .flat_map(|l| l.lb_endpoints.iter_mut())
+        .map(|e| match &mut e.host_identifier {
+            Some(HostIdentifier::Endpoint(ep)) => {
+                match ep.address.as_mut().and_then(|a| a.address.as_mut()) {
+                    Some(address::Address::SocketAddress(sa)) => Ok(sa),
+                    _ => Err("each endpoint must be a socket_address".to_string()),
+                }
+            }
+            _ => Err("each endpoint must be an endpoint with an address".to_string()),
+        })
+        .collect()
 }
 
 /// The `UpstreamTlsContext` of the xDS cluster, files only.
@@ -950,8 +984,10 @@ admin:
                     node_cluster: "pylon".into(),
                     admin: Some("127.0.0.1:9901".parse().unwrap()),
                     xds: Some(XdsTarget {
-                        host: "127.0.0.1".into(),
-                        port: 18000,
+                        endpoints: vec![XdsEndpoint {
+                            host: "127.0.0.1".into(),
+                            port: 18000,
+                        }],
                         delta,
                         tls: None,
                     }),
@@ -1093,10 +1129,38 @@ static_resources:
 "#;
 
     #[test]
+    fn the_xds_cluster_may_list_several_replicas() {
+        let text = PYLON_XDS_BOOTSTRAP.replace(
+            "          - lb_endpoints:\n",
+            "          - lb_endpoints:\n              - endpoint:\n                  address:\n                    socket_address: { address: \"127.0.0.2\", port_value: 18001 }\n",
+        );
+        let x = parse("bootstrap.yaml", &text).unwrap().xds.unwrap();
+        let targets: Vec<String> = x.endpoints.iter().map(XdsEndpoint::target).collect();
+        assert_eq!(targets, ["127.0.0.2:18001", "127.0.0.1:18000"]);
+        let logical = PYLON_XDS_TLS_BOOTSTRAP
+            .replace("type: STRICT_DNS", "type: LOGICAL_DNS")
+            .replace(
+                "          - lb_endpoints:\n",
+                "          - lb_endpoints:\n              - endpoint:\n                  address:\n                    socket_address: { address: \"b.example\", port_value: 18001 }\n",
+            );
+        let e = err(&logical);
+        assert!(
+            e.contains("a LOGICAL_DNS cluster has exactly one endpoint"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn the_xds_cluster_may_be_a_host_name_over_tls() {
         let b = parse("bootstrap.yaml", PYLON_XDS_TLS_BOOTSTRAP).unwrap();
         let x = b.xds.unwrap();
-        assert_eq!((x.host.as_str(), x.port), ("pylon-xds.example", 18000));
+        assert_eq!(
+            x.endpoints,
+            [XdsEndpoint {
+                host: "pylon-xds.example".into(),
+                port: 18000
+            }]
+        );
         assert_eq!(
             x.tls,
             Some(XdsTls {
@@ -1164,7 +1228,8 @@ static_resources:
             (b.replace("  cds_config: { ads: {}, resource_api_version: V3 }\n", ""), "dynamic_resources.cds_config is required (pylon-proxy takes clusters and listeners over ADS)"),
             (b.replace("lds_config: { ads: {}", "lds_config: { path_config_source: { path: /l.yaml }"), "dynamic_resources.lds_config.ads is required: only ADS is supported"),
             (b.replace("id: \"edge-1\"", "id: \"\""), "node.id is required with dynamic_resources"),
-            (b.replace("          - lb_endpoints:\n", "          - lb_endpoints:\n              - endpoint:\n                  address:\n                    socket_address: { address: \"127.0.0.1\", port_value: 18001 }\n"), "static_resources.clusters: the xDS cluster pylon_xds must have exactly one endpoint"),
+            (b.replace("          - lb_endpoints:\n              - endpoint:\n                  address:\n                    socket_address: { address: \"127.0.0.1\", port_value: 18000 }\n", "          - lb_endpoints: []\n"), "static_resources.clusters: the xDS cluster pylon_xds must have at least one endpoint"),
+            (b.replace("          - lb_endpoints:\n", "          - lb_endpoints:\n              - endpoint:\n                  address:\n                    socket_address: { address: \"pylon-xds-2.example\", port_value: 18001 }\n"), "static_resources.clusters: the xDS cluster pylon_xds: \"pylon-xds-2.example\" is not an IP address (make the cluster STRICT_DNS or LOGICAL_DNS for a host name)"),
         ];
         for (text, want) in table {
             assert_eq!(

@@ -42,9 +42,10 @@ struct Cli {
     #[arg(short = 'c', long = "config-path")]
     config: Option<PathBuf>,
     /// The ADS server (pylon-xds), when not given by a bootstrap: HOST:PORT,
-    /// a host name resolved at start-up or an IP address.
-    #[arg(long, value_name = "HOST:PORT")]
-    xds: Option<String>,
+    /// a host name or an IP address; several replicas separated by commas,
+    /// tried in turn when the stream breaks.
+    #[arg(long, value_name = "HOST:PORT[,HOST:PORT...]", value_delimiter = ',')]
+    xds: Vec<String>,
     /// TLS to the ADS server: the CA its certificate must chain to (PEM).
     /// Overrides the bootstrap's `transport_socket`; reloaded on change.
     #[arg(long, value_name = "FILE")]
@@ -106,15 +107,6 @@ fn parse_log_level(level: &str) -> Result<String, String> {
         }
     }
     .to_string())
-}
-
-/// `host` as it goes before `:port`: an IPv6 literal in brackets.
-fn bracket(host: &str) -> String {
-    if host.contains(':') {
-        format!("[{host}]")
-    } else {
-        host.to_string()
-    }
 }
 
 /// Resolves HOST:PORT (a host name, an IPv4 literal or `[IPv6]`), taking the
@@ -205,15 +197,18 @@ fn plan(cli: Cli) -> anyhow::Result<Plan> {
         (None, Some(a)) => a,
         (None, None) => DEFAULT_ADMIN.parse()?,
     };
-    // A typo in --xds fails now; the name is resolved again at each connect.
-    if let Some(x) = &cli.xds {
+    // A typo in --xds fails now; names are resolved again at each connect.
+    for x in &cli.xds {
         resolve("xds", x)?;
     }
     let boot_xds = boot.as_ref().and_then(|b| b.xds.clone());
-    let target = match (&cli.xds, &boot_xds) {
-        (Some(t), from_boot) => Some((t.clone(), from_boot.as_ref().is_none_or(|b| b.delta))),
-        (None, Some(t)) => Some((format!("{}:{}", bracket(&t.host), t.port), t.delta)),
-        (None, None) => None,
+    let target = match (cli.xds.is_empty(), &boot_xds) {
+        (false, from_boot) => Some((cli.xds.clone(), from_boot.as_ref().is_none_or(|b| b.delta))),
+        (true, Some(t)) => Some((
+            t.endpoints.iter().map(|e| e.target()).collect::<Vec<_>>(),
+            t.delta,
+        )),
+        (true, None) => None,
     };
     let tls_files = match (&cli.xds_ca, boot_xds.as_ref().and_then(|b| b.tls.clone())) {
         (Some(ca), _) => Some(bootstrap::XdsTls {
@@ -224,7 +219,7 @@ fn plan(cli: Cli) -> anyhow::Result<Plan> {
         (None, from_boot) => from_boot,
     };
     let xds = match target {
-        Some((target, delta)) => {
+        Some((targets, delta)) => {
             anyhow::ensure!(
                 !node_id.is_empty(),
                 "a node id is needed to talk to the control plane: --node-id or node.id in the bootstrap"
@@ -242,15 +237,8 @@ fn plan(cli: Cli) -> anyhow::Result<Plan> {
                         &[b"h2"],
                     )
                     .context("TLS to the xDS server")?;
-                    let host = target
-                        .rsplit_once(':')
-                        .map_or(target.as_str(), |(h, _)| h)
-                        .trim_matches(['[', ']']);
-                    let server_name = cli
-                        .xds_sni
-                        .clone()
-                        .or(files.server_name)
-                        .unwrap_or_else(|| host.to_string());
+                    // Without a name, each server's own host is checked.
+                    let server_name = cli.xds_sni.clone().or(files.server_name);
                     Some(xds::XdsTls {
                         client,
                         server_name,
@@ -258,7 +246,7 @@ fn plan(cli: Cli) -> anyhow::Result<Plan> {
                 }
             };
             Some(XdsOptions {
-                target,
+                targets,
                 tls,
                 node: xds::node(&node_id, &node_cluster),
                 delta,
@@ -422,7 +410,7 @@ async fn serve(plan: Plan) -> anyhow::Result<()> {
 
     let (xds_client, xds_state) = match plan.xds.clone() {
         Some(opts) => {
-            info!(addr = %opts.target, tls = opts.tls.is_some(), delta = opts.delta, node = %plan.node_id, "subscribing over ADS");
+            info!(addrs = %opts.targets.join(","), tls = opts.tls.is_some(), delta = opts.delta, node = %plan.node_id, "subscribing over ADS");
             if let Some(tls) = &opts.tls {
                 // A renewed client certificate (or CA) is used for the next connection.
                 let client = Arc::clone(&tls.client);

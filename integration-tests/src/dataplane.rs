@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use crate::admin::AdminClient;
 use crate::envoy::{self, Envoy};
-use crate::pylon::{render_bootstrap, Ads, Pylon};
+use crate::pylon::{render_bootstrap_replicas, Ads, Pylon};
 use crate::pylon_proxy::{self, PylonProxy};
 
 /// Which proxy.
@@ -95,8 +95,30 @@ impl DataPlane {
     ) -> anyhow::Result<DataPlane> {
         let xds = pylon.xds_addr()?;
         let tls = pylon.client_tls();
-        let render =
-            |admin: SocketAddr| render_bootstrap(node_id, flavour.ads, xds, admin, tls.as_ref());
+        Self::start_with(binary, flavour, &[xds], tls, node_id).await
+    }
+
+    /// As [`DataPlane::start`], bootstrapped against several pylon-xds
+    /// replicas (`pylon-xds bootstrap --xds A,B,C`), in plaintext.
+    pub async fn start_replicas(
+        binary: &Path,
+        flavour: Flavour,
+        xds: &[SocketAddr],
+        node_id: &str,
+    ) -> anyhow::Result<DataPlane> {
+        Self::start_with(binary, flavour, xds, None, node_id).await
+    }
+
+    async fn start_with(
+        binary: &Path,
+        flavour: Flavour,
+        xds: &[SocketAddr],
+        tls: Option<control_plane::bootstrap::ClientTlsFiles>,
+        node_id: &str,
+    ) -> anyhow::Result<DataPlane> {
+        let render = |admin: SocketAddr| {
+            render_bootstrap_replicas(node_id, flavour.ads, xds, admin, tls.as_ref())
+        };
         let process = match flavour.kind {
             // Envoy picks its own admin port and reports it.
             Kind::Envoy => Process::Envoy(

@@ -3,7 +3,7 @@
 //!
 //! Owns everything a scenario needs besides the code under test: finding and
 //! running external tools (Envoy, pylon-proxy, kubectl, dnsmasq, proxyless gRPC clients
-//! and their backends), an admin API client for both proxies, in-process
+//! and their backends, an etcd cluster and pylon-xds replicas serving from it), an admin API client for both proxies, in-process
 //! backends, a small HTTP client and a traffic loop, a config builder for
 //! pylon-xds YAML, and `eventually`-style assertions. It owns no production
 //! logic: the control plane is used only through its public API
@@ -19,6 +19,7 @@ pub mod config;
 pub mod dataplane;
 pub mod dnsmasq;
 pub mod envoy;
+pub mod etcd;
 pub mod eventually;
 pub mod grpc_clients;
 pub mod http;
@@ -29,6 +30,7 @@ pub mod ports;
 pub mod procfs;
 pub mod pylon;
 pub mod pylon_proxy;
+pub mod replica;
 pub mod scenario;
 pub mod tls;
 pub mod traffic;

@@ -50,13 +50,28 @@ pub fn render_bootstrap(
     admin: SocketAddr,
     tls: Option<&ClientTlsFiles>,
 ) -> String {
+    render_bootstrap_replicas(node_id, ads, &[xds], admin, tls)
+}
+
+/// The bootstrap `pylon-xds bootstrap --xds A,B,C` prints: one xDS cluster
+/// listing every replica.
+pub fn render_bootstrap_replicas(
+    node_id: &str,
+    ads: Ads,
+    xds: &[SocketAddr],
+    admin: SocketAddr,
+    tls: Option<&ClientTlsFiles>,
+) -> String {
     envoy_bootstrap(&BootstrapOptions {
         node_id: node_id.to_string(),
         node_cluster: "pylon-test".to_string(),
-        xds: control_plane::bootstrap::XdsAddress {
-            host: xds.ip().to_string(),
-            port: xds.port(),
-        },
+        xds: xds
+            .iter()
+            .map(|a| control_plane::bootstrap::XdsAddress {
+                host: a.ip().to_string(),
+                port: a.port(),
+            })
+            .collect(),
         delta: ads.is_delta(),
         admin,
         tls: tls.cloned(),

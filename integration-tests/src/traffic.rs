@@ -47,11 +47,18 @@ pub struct TrafficLoop {
 impl TrafficLoop {
     /// GETs `http://{addr}{path}` one after another until stopped.
     pub fn start(addr: SocketAddr, path: &str) -> Self {
+        Self::start_bounded(addr, path, u64::MAX)
+    }
+
+    /// As [`TrafficLoop::start`], sending at most `max` requests.
+    pub fn start_bounded(addr: SocketAddr, path: &str, max: u64) -> Self {
         let tally = Arc::new(Mutex::new(Tally::default()));
         let stop = CancellationToken::new();
         let (t, s, path) = (Arc::clone(&tally), stop.clone(), path.to_string());
         let task = tokio::spawn(async move {
-            while !s.is_cancelled() {
+            let mut sent = 0u64;
+            while !s.is_cancelled() && sent < max {
+                sent += 1;
                 let outcome = crate::http::get(addr, &path).await;
                 if let Ok(mut t) = t.lock() {
                     match outcome {

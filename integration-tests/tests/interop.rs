@@ -345,7 +345,7 @@ impl World {
             let bootstrap = grpc_bootstrap(&BootstrapOptions {
                 node_id: node.clone(),
                 node_cluster: "grpc".into(),
-                xds: pylon.xds_addr().unwrap().to_string().parse().unwrap(),
+                xds: vec![pylon.xds_addr().unwrap().to_string().parse().unwrap()],
                 delta: false,
                 admin: "127.0.0.1:0".parse().unwrap(),
                 tls: pylon.client_tls(),
@@ -1174,7 +1174,7 @@ async fn grpc_js_cannot_use_tls() -> bool {
     let bootstrap = grpc_bootstrap(&BootstrapOptions {
         node_id: "grpc-js-tls".into(),
         node_cluster: "grpc".into(),
-        xds: pylon.xds_addr().unwrap().to_string().parse().unwrap(),
+        xds: vec![pylon.xds_addr().unwrap().to_string().parse().unwrap()],
         delta: false,
         admin: "127.0.0.1:0".parse().unwrap(),
         tls: pylon.client_tls(),

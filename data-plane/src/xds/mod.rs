@@ -8,7 +8,7 @@
 //!
 //! # Use
 //! ```ignore
-//! let (client, state) = XdsClient::new(XdsOptions { addr, node: xds::node(id, cluster), delta: true });
+//! let (client, state) = XdsClient::new(XdsOptions { targets, node: xds::node(id, cluster), delta: true, tls: None });
 //! tokio::spawn(client.run(sink, shutdown.clone()));
 //! state.status(); // for admin: connected, versions, last NACK, initialized
 //! ```
@@ -53,6 +53,11 @@
 //! - Control plane down: the last config stays in force; reconnect with
 //!   jittered exponential backoff from 100 ms to 10 s (reset once a stream
 //!   has delivered a response). Connection events are logged at info.
+//! - Several servers (replicas of one control plane serving the same
+//!   content): the first is picked at random, so a fleet spreads over them,
+//!   and each reconnect goes to the next one in the list. A delta client
+//!   resumes on the new server with `initial_resource_versions`, so a
+//!   replica serving the same content sends nothing new.
 //!
 //! # SotW or delta
 //! Delta is the better default for pylon-proxy (`pylon-xds bootstrap --delta`
@@ -141,9 +146,10 @@ pub trait ConfigSink: Send + Sync + 'static {
 /// How to reach the control plane, and who we are.
 #[derive(Debug, Clone)]
 pub struct XdsOptions {
-    /// The ADS server, `host:port` (the single endpoint of the bootstrap's
-    /// xDS cluster, or `--xds`): a host name is resolved at each connect.
-    pub target: String,
+    /// The ADS servers, `host:port` each (the endpoints of the bootstrap's
+    /// xDS cluster, or `--xds`): replicas serving the same content, tried
+    /// in turn. A host name is resolved at each connect. At least one.
+    pub targets: Vec<String>,
     /// TLS to the server; `None`: plaintext.
     pub tls: Option<XdsTls>,
     /// Sent in the first request of each stream; see [`node`].
@@ -159,8 +165,17 @@ pub struct XdsOptions {
 pub struct XdsTls {
     /// CA, and optionally the client certificate.
     pub client: Arc<pylon::tls::ClientTls>,
-    /// The server name checked against its certificate (and sent as SNI).
-    pub server_name: String,
+    /// The server name checked against its certificate (and sent as SNI);
+    /// `None`: the host of the target being dialled.
+    pub server_name: Option<String>,
+}
+
+/// The host of `host:port` (an IPv6 literal without its brackets).
+fn host_of(target: &str) -> &str {
+    target
+        .rsplit_once(':')
+        .map_or(target, |(h, _)| h)
+        .trim_matches(['[', ']'])
 }
 
 /// Dials the xDS server over TLS for tonic: TCP to the target, then the
@@ -190,7 +205,11 @@ impl tonic::codegen::Service<tonic::codegen::http::Uri> for TlsDialer {
         Box::pin(async move {
             let tcp = tokio::net::TcpStream::connect(&this.target).await?;
             tcp.set_nodelay(true)?;
-            let tls = this.tls.client.connect(&this.tls.server_name, tcp).await?;
+            let name = match &this.tls.server_name {
+                Some(n) => n.as_str(),
+                None => host_of(&this.target),
+            };
+            let tls = this.tls.client.connect(name, tcp).await?;
             Ok(hyper_util::rt::TokioIo::new(tls))
         })
     }
@@ -250,6 +269,8 @@ impl TypeVersions {
 pub struct XdsStatus {
     /// A stream to the control plane is open.
     pub connected: bool,
+    /// The server of the current (or last) stream, `host:port`.
+    pub server: Option<String>,
     /// Accepted version per type.
     pub versions: TypeVersions,
     /// The text of the last NACK sent (kept after later ACKs).
@@ -347,23 +368,33 @@ impl XdsClient {
         } else {
             "state of the world"
         };
+        let n = self.opts.targets.len().max(1);
+        // A random first server spreads a fleet over the replicas.
+        let mut at = rand::rng().random_range(0..n);
         loop {
-            info!(addr = %self.opts.target, tls = self.opts.tls.is_some(), mode, "connecting to the xDS server");
+            let Some(target) = self.opts.targets.get(at % n) else {
+                warn!("no xDS server to connect to");
+                break;
+            };
+            info!(addr = %target, tls = self.opts.tls.is_some(), mode, "connecting to the xDS server");
             let mut got_response = false;
             let result = tokio::select! {
                 () = shutdown.cancelled() => break,
-                r = self.stream(&mut cs, &mut got_response) => r,
+                r = self.stream(target, &mut cs, &mut got_response) => r,
             };
             self.state.lock().connected = false;
             match result {
                 Ok(()) => {}
                 Err(e) => {
-                    info!(addr = %self.opts.target, error = %e, "xDS stream ended; keeping the last config")
+                    info!(addr = %target, error = %e, "xDS stream ended; keeping the last config")
                 }
             }
             if got_response {
                 backoff.reset();
             }
+            // The next attempt goes to the next server: the one that failed
+            // may be gone for a while.
+            at = (at + 1) % n;
             let delay = backoff.next_delay();
             info!(
                 delay_ms = delay.as_millis() as u64,
@@ -381,21 +412,21 @@ impl XdsClient {
     /// One stream, from connecting until it ends.
     async fn stream(
         &self,
+        target: &str,
         cs: &mut ClientState,
         got_response: &mut bool,
     ) -> Result<(), StreamError> {
-        let endpoint =
-            tonic::transport::Endpoint::from_shared(format!("http://{}", self.opts.target))?
-                .connect_timeout(CONNECT_TIMEOUT)
-                .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-                .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-                .keep_alive_while_idle(true);
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{target}"))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true);
         let channel = match &self.opts.tls {
             None => endpoint.connect().await?,
             Some(tls) => {
                 endpoint
                     .connect_with_connector(TlsDialer {
-                        target: self.opts.target.clone(),
+                        target: target.to_string(),
                         tls: tls.clone(),
                     })
                     .await?
@@ -411,7 +442,7 @@ impl XdsClient {
                 .delta_aggregated_resources(ReceiverStream::new(rx))
                 .await?
                 .into_inner();
-            self.connected();
+            self.connected(target);
             drive(&mut proto, inbound, tx, cs, got_response).await
         } else {
             let mut proto = sotw::SotwStream::new(self.opts.node.clone());
@@ -421,14 +452,17 @@ impl XdsClient {
                 .stream_aggregated_resources(ReceiverStream::new(rx))
                 .await?
                 .into_inner();
-            self.connected();
+            self.connected(target);
             drive(&mut proto, inbound, tx, cs, got_response).await
         }
     }
 
-    fn connected(&self) {
-        self.state.lock().connected = true;
-        info!(addr = %self.opts.target, "connected to the xDS server");
+    fn connected(&self, target: &str) {
+        let mut st = self.state.lock();
+        st.connected = true;
+        st.server = Some(target.to_string());
+        drop(st);
+        info!(addr = %target, "connected to the xDS server");
     }
 }
 

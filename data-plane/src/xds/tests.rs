@@ -176,7 +176,7 @@ fn start_client(
 ) {
     let sink = Arc::new(FakeSink::default());
     let (client, state) = XdsClient::new(XdsOptions {
-        target: addr.to_string(),
+        targets: vec![addr.to_string()],
         tls: None,
         node: node("n1", "c1"),
         delta,
@@ -1146,6 +1146,56 @@ async fn api_listeners_are_skipped_not_rejected() {
         sink.wait_calls(1).await,
         vec![Call::Listeners(names(&["front"]))]
     );
+    shutdown.cancel();
+    tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
+}
+
+/// Several servers (replicas): the client reaches a live one whichever it
+/// tries first, and when the stream to it breaks it moves to the next.
+#[tokio::test]
+async fn several_servers_fail_over_to_the_next() {
+    let dead = {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        l.local_addr().unwrap()
+    };
+    let mut a = Server::start("127.0.0.1:0".parse().unwrap()).await;
+    let mut b = Server::start("127.0.0.1:0".parse().unwrap()).await;
+    let (a_addr, b_addr) = (a.addr.to_string(), b.addr.to_string());
+    let sink = Arc::new(FakeSink::default());
+    let (client, state) = XdsClient::new(XdsOptions {
+        targets: vec![dead.to_string(), a_addr.clone(), b_addr.clone()],
+        tls: None,
+        node: node("n1", "c1"),
+        delta: false,
+    });
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(client.run(Arc::clone(&sink) as Arc<dyn ConfigSink>, shutdown.clone()));
+    // Whichever server the client picked, a stream arrives at a live one.
+    let (first, survivor, conn) = tokio::time::timeout(WAIT, async {
+        tokio::select! {
+            c = a.sotw.recv() => (a, b, c),
+            c = b.sotw.recv() => (b, a, c),
+        }
+    })
+    .await
+    .unwrap();
+    let mut conn = conn.unwrap();
+    let _ = conn.recv().await;
+    eventually("connected", || state.status().connected).await;
+    let first_addr = state.status().server.unwrap();
+    assert!(first_addr == a_addr || first_addr == b_addr, "{first_addr}");
+    // That replica dies: the client reconnects to the next, which is either
+    // the other live one or the dead address and then the live one.
+    drop(conn);
+    first.kill().await;
+    let mut survivor = survivor;
+    let mut conn = survivor.sotw_conn().await;
+    let _ = conn.recv().await;
+    eventually("connected to the other replica", || {
+        let st = state.status();
+        st.connected && st.server.as_deref() != Some(first_addr.as_str())
+    })
+    .await;
     shutdown.cancel();
     tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
 }
