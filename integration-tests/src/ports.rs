@@ -85,7 +85,10 @@ mod tests {
         assert_ne!(addr.port(), 0);
         TcpListener::bind(addr).unwrap();
         let (low, high) = band();
-        assert!((low..high).contains(&addr.port()), "{addr} outside {low}..{high}");
+        assert!(
+            (low..high).contains(&addr.port()),
+            "{addr} outside {low}..{high}"
+        );
         let a = free_port().unwrap();
         let b = free_port().unwrap();
         assert_ne!(a, b, "two calls in a row hand out distinct ports");
