@@ -387,6 +387,19 @@ impl ConfigSink for Sink {
     async fn set_route_configs(&self, v: Vec<model::RouteConfig>) -> Result<(), NackError> {
         self.runtime.set_route_configs(v).await
     }
+
+    /// Rejects a listener whose address another process holds, as Envoy
+    /// does, rather than accepting it and failing to apply it later.
+    fn check(&self, resource: &model::Decoded) -> Result<(), NackError> {
+        if let model::Decoded::Listener(l) = resource {
+            data_plane::listener::probe_bind(l.addr).map_err(|e| NackError {
+                kind: "listener",
+                name: l.name.clone(),
+                message: format!("cannot bind {}: {e}", l.addr),
+            })?;
+        }
+        Ok(())
+    }
 }
 
 async fn serve(plan: Plan) -> anyhow::Result<()> {
