@@ -589,7 +589,7 @@ pub struct ClusterManager {
 }
 
 fn check_unique<'a>(
-    kind: &'static str,
+    kind: crate::model::ResourceKind,
     names: impl Iterator<Item = &'a str>,
 ) -> Result<(), NackError> {
     let mut seen = HashSet::new();
@@ -626,7 +626,10 @@ impl ClusterManager {
 
     /// Replaces the set of clusters. Needs a tokio runtime (checkers are spawned).
     pub fn set_clusters(&self, clusters: Vec<model::Cluster>) -> Result<(), NackError> {
-        check_unique("cluster", clusters.iter().map(|c| c.name.as_str()))?;
+        check_unique(
+            crate::model::ResourceKind::Cluster,
+            clusters.iter().map(|c| c.name.as_str()),
+        )?;
         let mut st = self.lock();
         let mut next = BTreeMap::new();
         for c in clusters {
@@ -674,7 +677,10 @@ impl ClusterManager {
 
     /// Replaces the set of load assignments and updates the EDS clusters whose assignment changed.
     pub fn set_load_assignments(&self, las: Vec<LoadAssignment>) -> Result<(), NackError> {
-        check_unique("load assignment", las.iter().map(|l| l.name.as_str()))?;
+        check_unique(
+            crate::model::ResourceKind::LoadAssignment,
+            las.iter().map(|l| l.name.as_str()),
+        )?;
         let mut st = self.lock();
         let next: BTreeMap<String, LoadAssignment> =
             las.into_iter().map(|l| (l.name.clone(), l)).collect();

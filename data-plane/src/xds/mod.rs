@@ -594,7 +594,7 @@ impl ClientState {
                     break;
                 }
                 Err(e) => {
-                    let culprit = if e.kind == kind_word(kind) {
+                    let culprit = if e.kind == resource_kind(kind) {
                         update.upserts.iter().position(|(d, _)| d.name() == e.name)
                     } else {
                         None
@@ -652,12 +652,12 @@ impl ClientState {
 }
 
 /// The `kind` word of a [`NackError`] for resources of `kind`.
-fn kind_word(kind: Kind) -> &'static str {
+fn resource_kind(kind: Kind) -> model::ResourceKind {
     match kind {
-        Kind::Cluster => "cluster",
-        Kind::Endpoint => "load assignment",
-        Kind::Listener => "listener",
-        Kind::Route => "route configuration",
+        Kind::Cluster => model::ResourceKind::Cluster,
+        Kind::Endpoint => model::ResourceKind::LoadAssignment,
+        Kind::Listener => model::ResourceKind::Listener,
+        Kind::Route => model::ResourceKind::RouteConfig,
     }
 }
 
@@ -665,7 +665,7 @@ fn kind_word(kind: Kind) -> &'static str {
 fn decode_any(kind: Kind, any: &Any) -> Result<Option<Decoded>, NackError> {
     if any.type_url != kind.type_url() {
         return Err(NackError {
-            kind: "resource",
+            kind: crate::model::ResourceKind::Unknown,
             name: any.type_url.clone(),
             message: format!("unexpected in a {} response", kind.type_url()),
         });
@@ -756,7 +756,7 @@ fn sort_resources(
             Ok(d) if twice.contains(d.name()) => {
                 if keep.insert(d.name().to_string()) {
                     rejected.push(NackError {
-                        kind: kind_word(kind),
+                        kind: resource_kind(kind),
                         name: d.name().to_string(),
                         message: "appears twice in one response".to_string(),
                     });

@@ -389,7 +389,7 @@ async fn sotw_warming_order_ack_and_nack() {
     sink.reject(
         Kind::Listener,
         NackError {
-            kind: "listener",
+            kind: crate::model::ResourceKind::Listener,
             name: "k8s".into(),
             message: "address in use".into(),
         },
@@ -917,7 +917,7 @@ async fn sink_error_naming_a_resource_rejects_that_one_only() {
     sink.reject_named(
         Kind::Listener,
         NackError {
-            kind: "listener",
+            kind: crate::model::ResourceKind::Listener,
             name: "k8s".into(),
             message: "address in use".into(),
         },
@@ -947,7 +947,7 @@ async fn sink_error_naming_a_resource_rejects_that_one_only() {
     sink.reject(
         Kind::Listener,
         NackError {
-            kind: "listener",
+            kind: crate::model::ResourceKind::Listener,
             name: "elsewhere".into(),
             message: "out of file descriptors".into(),
         },
@@ -975,7 +975,7 @@ async fn sink_error_naming_a_resource_rejects_that_one_only() {
     // removed), the NACK names `d`.
     sink.accept(Kind::Listener);
     sink.refuse_in_check(NackError {
-        kind: "listener",
+        kind: crate::model::ResourceKind::Listener,
         name: "d".into(),
         message: "cannot bind".into(),
     });
