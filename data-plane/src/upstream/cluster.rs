@@ -754,6 +754,24 @@ fn endpoints_of<'a>(
     }
 }
 
+impl dns::Fed for Cluster {
+    fn name(&self) -> &str {
+        Cluster::name(self)
+    }
+    fn stats(&self) -> &ClusterStats {
+        Cluster::stats(self)
+    }
+    fn set_dns_answers(&self, answers: &[Option<Vec<IpAddr>>]) {
+        Cluster::set_dns_answers(self, answers);
+    }
+    fn set_endpoints(&self, endpoints: &[Endpoint]) {
+        Cluster::set_endpoints(self, endpoints);
+    }
+    fn mark_endpoints_known(&self) {
+        Cluster::mark_endpoints_known(self);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

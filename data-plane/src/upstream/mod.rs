@@ -20,6 +20,14 @@
 //!   request circuit breakers;
 //! - [`replay`]: request bodies kept so that a retry can send them again.
 //!
+//! Imports run one way, from `cluster` down: `cluster` uses discovery
+//! (`dns`, which feeds it through the [`dns::Fed`] trait rather than
+//! importing it), health (`health`, `outlier`), selection (`lb`) and
+//! connections (`pool` -> `client` -> `connect`), and those use `host` and
+//! `stats` only. One pair still imports each other: `host` holds its
+//! `outlier::HostOutlier` counters and `outlier` sets `host`'s flags. Check
+//! with `grep -n "crate::upstream::" data-plane/src/upstream/*.rs`.
+//!
 //! Does not own listeners, routing or the config in force (see `listener` and
 //! `runtime`).
 
