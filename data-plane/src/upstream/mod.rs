@@ -23,10 +23,11 @@
 //! Imports run one way, from `cluster` down: `cluster` uses discovery
 //! (`dns`, which feeds it through the [`dns::Fed`] trait rather than
 //! importing it), health (`health`, `outlier`), selection (`lb`) and
-//! connections (`pool` -> `client` -> `connect`), and those use `host` and
-//! `stats` only. One pair still imports each other: `host` holds its
-//! `outlier::HostOutlier` counters and `outlier` sets `host`'s flags. Check
-//! with `grep -n "crate::upstream::" data-plane/src/upstream/*.rs`.
+//! connections (`pool` -> `client` -> `connect`), and those use `host`,
+//! `lb`, `tls` and `stats` only; `host` (which keeps each host's outlier
+//! counters for `outlier` to change) imports nothing of `upstream`. No
+//! module imports one that imports it. Check with
+//! `grep -n "crate::upstream::" data-plane/src/upstream/*.rs`.
 //!
 //! Does not own listeners, routing or the config in force (see `listener` and
 //! `runtime`).
