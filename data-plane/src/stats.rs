@@ -5,7 +5,7 @@
 //! them for the admin API.
 //!
 //! Owns: [`Counter`] and [`Gauge`] (plain atomics, `Relaxed`: a stat is never
-//! used to synchronise memory), the [`stats_struct!`] macro that declares a
+//! used to synchronise memory), the `stats_struct!` macro that declares a
 //! group of stats with their Envoy names, and [`Scopes`], a name -> stats map
 //! so that two listeners with the same `stat_prefix` (or a cluster that is
 //! replaced by a changed version of itself) share their counters, as Envoy's

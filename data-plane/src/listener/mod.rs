@@ -157,7 +157,7 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     s.listen(BACKLOG)
 }
 
-/// Checks that `addr` can be bound as [`bind`] would (a socket bound, never
+/// Checks that `addr` can be bound as `bind` would (a socket bound, never
 /// listening, then closed). Our own listeners share their ports through
 /// `SO_REUSEPORT`, so only an address some other socket holds fails: the LDS
 /// update naming it is then rejected, as Envoy rejects a listener it cannot

@@ -7,7 +7,7 @@ use crate::stats::{stats_struct, Counter, Gauge};
 
 stats_struct! {
     /// Envoy's `cluster.<name>.` stats (computed gauges such as
-    /// `membership_total` are added by [`Cluster::collect_stats`]).
+    /// `membership_total` are added by `Cluster::collect_stats`).
     pub struct ClusterStats {
         upstream_cx_total: Counter => "upstream_cx_total",
         upstream_cx_active: Gauge => "upstream_cx_active",

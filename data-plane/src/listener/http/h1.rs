@@ -6,7 +6,7 @@
 //! timers on one lazily re-armed tokio timer (a keep-alive connection
 //! serving requests back to back touches it about once per header timeout,
 //! not per request), `100 Continue`, each request's body read straight from
-//! the connection ([`H1Source`]), the response written from the upstream's
+//! the connection (`H1Source`), the response written from the upstream's
 //! bytes (its head copied once, its body coalesced into one write when it
 //! is small, written straight from the upstream buffer when it is not,
 //! re-chunked when the upstream chunked it), keep-alive and pipelining,

@@ -4,7 +4,7 @@
 //! Owns: serving a connection whose first bytes were the HTTP/2 preface
 //! (they are handed to hyper first), its idle timer (a connection without
 //! an active stream is closed with a GOAWAY after `idle_timeout`, and given
-//! [`IDLE_DRAIN_TIME`] to finish), drain (GOAWAY) and close, and each
+//! `IDLE_DRAIN_TIME` to finish), drain (GOAWAY) and close, and each
 //! stream: its headers converted to the `(name, value)` slices the router
 //! reads, its body as a [`BodySource`], and the upstream answer as a
 //! response body ([`H2Body`]) that reads the upstream connection from the
