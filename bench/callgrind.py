@@ -10,7 +10,8 @@ request, followed by the functions that cost the most (exclusive).
 Kernel time (about two thirds of the proxy's CPU on loopback) is not counted.
 
 Usage: bench/callgrind.py [--binary target/release/pylon-proxy] [--duration 10]
-       [--top 30] [--out DIR]
+       [--connections 50] [--path /] [--top 30] [--out DIR]
+(`--path /1m` measures 1 MiB responses, as bench/run.py's `1mib` workload.)
 Needs: valgrind, wrk, nginx, and `cargo build --release -p data-plane`.
 """
 
@@ -30,10 +31,10 @@ run = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(run)
 
 
-def wrk(port, duration):
+def wrk(port, duration, connections=50, path="/"):
     out = subprocess.run(
-        ["taskset", "-c", run.LOAD_CPUS, "wrk", "-t1", "-c50", f"-d{duration}s",
-         f"http://{run.HOST}:{port}/"],
+        ["taskset", "-c", run.LOAD_CPUS, "wrk", "-t1", f"-c{connections}", f"-d{duration}s",
+         f"http://{run.HOST}:{port}{path}"],
         capture_output=True, text=True, check=True).stdout
     if "Non-2xx" in out or "Socket errors" in out:
         run.log(out)
@@ -63,13 +64,19 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--binary", default=run.pylon_proxy_bin())
     ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--connections", type=int, default=50)
+    ap.add_argument("--path", default="/")
     ap.add_argument("--top", type=int, default=30)
     ap.add_argument("--out", help="keep the callgrind dump in this directory")
     args = ap.parse_args()
     tmp = args.out or tempfile.mkdtemp(prefix="pylon-callgrind-")
+    # nginx's workers drop root: they must be able to read the 1 MiB file.
+    os.chmod(tmp, 0o755)
     os.makedirs(tmp, exist_ok=True)
     for old in glob.glob(os.path.join(tmp, "callgrind.out.*")):
         os.remove(old)
+    with open(os.path.join(tmp, "1m"), "wb") as f:
+        f.write(b"x" * (1 << 20))
     with open(os.path.join(tmp, "nginx-backend.conf"), "w") as f:
         f.write(run.nginx_conf(0, 0, 0, tmp, role="backend"))
     http_port, tcp_port, admin_port = run.PORTS["pylon-proxy"]
@@ -87,11 +94,11 @@ def main():
     try:
         run.wait_port(run.HTTP_BACKEND)
         run.wait_port(http_port, timeout=60)
-        wrk(http_port, 3)  # warm-up: upstream connections, allocator, caches
+        wrk(http_port, 3, args.connections, args.path)  # warm-up: connections, allocator, caches
         time.sleep(0.5)
         pid = str(proxy.p.pid)  # taskset execs valgrind in place
         subprocess.run(["callgrind_control", "-z", pid], check=True, capture_output=True)
-        requests = wrk(http_port, args.duration)
+        requests = wrk(http_port, args.duration, args.connections, args.path)
         time.sleep(0.3)
         subprocess.run(["callgrind_control", "-d", pid], check=True, capture_output=True)
         time.sleep(0.5)

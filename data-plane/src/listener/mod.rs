@@ -38,7 +38,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::model::{self, ListenerKind, NackError, RouteSource};
-use crate::runtime::stats::{stats_struct, Counter, Gauge, GaugeGuard, Scopes};
+use crate::stats::{stats_struct, Counter, Gauge, GaugeGuard, Scopes};
 use crate::upstream::ClusterManager;
 
 use self::http::{HttpCtx, HttpStats, Routes};
@@ -137,7 +137,7 @@ fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
 
 fn nack(l: &model::Listener, message: String) -> NackError {
     NackError {
-        kind: "listener",
+        kind: crate::model::ResourceKind::Listener,
         name: l.name.clone(),
         message,
     }
@@ -157,7 +157,7 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     s.listen(BACKLOG)
 }
 
-/// Checks that `addr` can be bound as [`bind`] would (a socket bound, never
+/// Checks that `addr` can be bound as `bind` would (a socket bound, never
 /// listening, then closed). Our own listeners share their ports through
 /// `SO_REUSEPORT`, so only an address some other socket holds fails: the LDS
 /// update naming it is then rejected, as Envoy rejects a listener it cannot

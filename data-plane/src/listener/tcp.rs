@@ -35,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::splice::{Moved, Moved64, Splice};
 use crate::model::TcpProxy;
-use crate::runtime::stats::{stats_struct, Counter};
+use crate::stats::{stats_struct, Counter};
 use crate::upstream::outlier::Report;
 use crate::upstream::{ClusterSlot, ConnectError};
 

@@ -91,7 +91,7 @@ impl Decoded {
 pub fn decode(type_url: &str, bytes: &[u8]) -> Result<Option<Decoded>, NackError> {
     fn undecodable(type_url: &str, e: prost::DecodeError) -> NackError {
         NackError {
-            kind: "resource",
+            kind: crate::model::ResourceKind::Unknown,
             name: type_url.to_string(),
             message: format!("does not decode: {e}"),
         }
@@ -117,7 +117,7 @@ pub fn decode(type_url: &str, bytes: &[u8]) -> Result<Option<Decoded>, NackError
             RouteConfig::try_from(&pb).map(Decoded::RouteConfig)
         }
         other => Err(NackError {
-            kind: "resource",
+            kind: crate::model::ResourceKind::Unknown,
             name: other.to_string(),
             message: "this resource type is not supported".to_string(),
         }),

@@ -15,14 +15,51 @@ pub use convert::{decode, Decoded};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-/// Why a resource cannot be applied: names the resource and the field.
+/// The type of the resource a [`NackError`] names: the xDS client finds the
+/// culprit of a refused update by it, not by comparing words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ResourceKind {
+    /// A cluster (CDS).
+    Cluster,
+    /// A load assignment (EDS).
+    LoadAssignment,
+    /// A listener (LDS).
+    Listener,
+    /// A route configuration (RDS).
+    RouteConfig,
+    /// A resource whose type could not be told (undecodable, or of a type
+    /// pylon-proxy does not read).
+    Unknown,
+}
+
+impl ResourceKind {
+    /// The word NACK texts use for it.
+    pub fn word(self) -> &'static str {
+        match self {
+            ResourceKind::Cluster => "cluster",
+            ResourceKind::LoadAssignment => "load assignment",
+            ResourceKind::Listener => "listener",
+            ResourceKind::RouteConfig => "route configuration",
+            ResourceKind::Unknown => "resource",
+        }
+    }
+}
+
+impl std::fmt::Display for ResourceKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.word())
+    }
+}
+
+/// Why a resource cannot be applied: names the resource (its type and
+/// name) and the field.
 ///
 /// Display: `listener front: http filter envoy.filters.http.jwt_authn is not supported`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{kind} {name}: {message}")]
 pub struct NackError {
-    /// `cluster`, `listener`, `route configuration`, `load assignment`.
-    pub kind: &'static str,
+    /// The resource's type.
+    pub kind: ResourceKind,
     /// The resource name.
     pub name: String,
     /// What is wrong, naming the field.

@@ -13,7 +13,6 @@
 //! Does not own the xDS client, the model conversion or the admin server.
 
 mod dump;
-pub mod stats;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};

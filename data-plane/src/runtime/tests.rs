@@ -580,7 +580,7 @@ async fn bind_error_names_listener_and_applies_nothing() {
         .set_listeners(vec![tcp_listener("other", "e"), bad])
         .await
         .unwrap_err();
-    assert_eq!(err.kind, "listener");
+    assert_eq!(err.kind, crate::model::ResourceKind::Listener);
     assert_eq!(err.name, "bad");
     assert!(err.message.contains(&taken_addr.to_string()), "{err}");
     // Nothing applied: "first" still there, "other" not bound.
@@ -709,5 +709,6 @@ async fn h2c_downstream_is_proxied_to_http1_upstream() {
     assert_eq!(stat(&rt, "http.h2.downstream_rq_http2_total"), 3);
 }
 
-// After the helpers and the macro above, which it uses.
+// After the helpers and the macro above, which they use.
+mod http1;
 mod resilience;

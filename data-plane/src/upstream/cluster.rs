@@ -47,129 +47,19 @@ use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::model::{self, Discovery, Endpoint, LoadAssignment, NackError};
-use crate::runtime::stats::{stats_struct, Counter, Gauge, StatGroup};
+use crate::stats::{Gauge, StatGroup};
+use crate::upstream::connect::{self, ConnectError, UpstreamCx};
 use crate::upstream::dns;
 use crate::upstream::health::{run_checker, CheckObserver, CheckerCtx, Probe};
 use crate::upstream::host::{Host, FAILED_OUTLIER_CHECK, PENDING_DYNAMIC_REMOVAL};
 use crate::upstream::lb::LoadBalancer;
 use crate::upstream::outlier::{Detector, Report};
-use crate::upstream::ConnectError;
+use crate::upstream::pool::{self, PoolSet};
+use crate::upstream::stats::ClusterStats;
 
 /// How long an EDS cluster waits for its first load assignment before it
 /// counts as initialised anyway (Envoy's `initial_fetch_timeout` default).
 pub const INITIAL_FETCH_TIMEOUT: Duration = Duration::from_secs(15);
-
-stats_struct! {
-    /// Envoy's `cluster.<name>.` stats (computed gauges such as
-    /// `membership_total` are added by [`Cluster::collect_stats`]).
-    pub struct ClusterStats {
-        upstream_cx_total: Counter => "upstream_cx_total",
-        upstream_cx_active: Gauge => "upstream_cx_active",
-        upstream_cx_overflow: Counter => "upstream_cx_overflow",
-        upstream_cx_connect_fail: Counter => "upstream_cx_connect_fail",
-        upstream_cx_connect_timeout: Counter => "upstream_cx_connect_timeout",
-        upstream_cx_none_healthy: Counter => "upstream_cx_none_healthy",
-        upstream_cx_rx_bytes_total: Counter => "upstream_cx_rx_bytes_total",
-        upstream_cx_tx_bytes_total: Counter => "upstream_cx_tx_bytes_total",
-        upstream_rq_total: Counter => "upstream_rq_total",
-        upstream_rq_active: Gauge => "upstream_rq_active",
-        upstream_rq_pending_total: Counter => "upstream_rq_pending_total",
-        upstream_rq_pending_active: Gauge => "upstream_rq_pending_active",
-        upstream_rq_pending_overflow: Counter => "upstream_rq_pending_overflow",
-        upstream_rq_timeout: Counter => "upstream_rq_timeout",
-        upstream_rq_1xx: Counter => "upstream_rq_1xx",
-        upstream_rq_2xx: Counter => "upstream_rq_2xx",
-        upstream_rq_3xx: Counter => "upstream_rq_3xx",
-        upstream_rq_4xx: Counter => "upstream_rq_4xx",
-        upstream_rq_5xx: Counter => "upstream_rq_5xx",
-        hc_attempt: Counter => "health_check.attempt",
-        hc_success: Counter => "health_check.success",
-        hc_failure: Counter => "health_check.failure",
-        hc_network_failure: Counter => "health_check.network_failure",
-        update_attempt: Counter => "update_attempt",
-        update_success: Counter => "update_success",
-        update_failure: Counter => "update_failure",
-        upstream_rq_retry: Counter => "upstream_rq_retry",
-        upstream_rq_retry_success: Counter => "upstream_rq_retry_success",
-        upstream_rq_retry_overflow: Counter => "upstream_rq_retry_overflow",
-        upstream_rq_retry_limit_exceeded: Counter => "upstream_rq_retry_limit_exceeded",
-        upstream_rq_retry_backoff_exponential: Counter => "upstream_rq_retry_backoff_exponential",
-        upstream_rq_per_try_timeout: Counter => "upstream_rq_per_try_timeout",
-        retry_or_shadow_abandoned: Counter => "retry_or_shadow_abandoned",
-        // Outlier detection (shown only for clusters that have it; see
-        // `Cluster::collect_stats`). `ejections_active` is computed.
-        od_enforced_total: Counter => "outlier_detection.ejections_enforced_total",
-        od_ejections_overflow: Counter => "outlier_detection.ejections_overflow",
-        od_enforced_consecutive_5xx: Counter => "outlier_detection.ejections_enforced_consecutive_5xx",
-        od_detected_consecutive_5xx: Counter => "outlier_detection.ejections_detected_consecutive_5xx",
-        od_enforced_consecutive_gateway_failure: Counter => "outlier_detection.ejections_enforced_consecutive_gateway_failure",
-        od_detected_consecutive_gateway_failure: Counter => "outlier_detection.ejections_detected_consecutive_gateway_failure",
-        od_enforced_consecutive_local_origin_failure: Counter => "outlier_detection.ejections_enforced_consecutive_local_origin_failure",
-        od_detected_consecutive_local_origin_failure: Counter => "outlier_detection.ejections_detected_consecutive_local_origin_failure",
-        od_enforced_success_rate: Counter => "outlier_detection.ejections_enforced_success_rate",
-        od_detected_success_rate: Counter => "outlier_detection.ejections_detected_success_rate",
-        od_enforced_local_origin_success_rate: Counter => "outlier_detection.ejections_enforced_local_origin_success_rate",
-        od_detected_local_origin_success_rate: Counter => "outlier_detection.ejections_detected_local_origin_success_rate",
-        od_enforced_failure_percentage: Counter => "outlier_detection.ejections_enforced_failure_percentage",
-        od_detected_failure_percentage: Counter => "outlier_detection.ejections_detected_failure_percentage",
-        od_enforced_local_origin_failure_percentage: Counter => "outlier_detection.ejections_enforced_local_origin_failure_percentage",
-        od_detected_local_origin_failure_percentage: Counter => "outlier_detection.ejections_detected_local_origin_failure_percentage",
-        // Envoy's deprecated totals, still emitted by Envoy 1.40.
-        od_ejections_total: Counter => "outlier_detection.ejections_total",
-        od_ejections_consecutive_5xx: Counter => "outlier_detection.ejections_consecutive_5xx",
-        od_ejections_success_rate: Counter => "outlier_detection.ejections_success_rate",
-    }
-}
-
-impl ClusterStats {
-    /// Whether the cluster ever opened an upstream connection (Envoy uses
-    /// `no_traffic_interval` until then).
-    pub fn had_traffic(&self) -> bool {
-        self.upstream_cx_total.get() > 0
-    }
-
-    /// Counts a response status in `upstream_rq_<N>xx`.
-    #[inline]
-    pub fn count_status(&self, status: u16) {
-        match status / 100 {
-            1 => self.upstream_rq_1xx.inc(),
-            2 => self.upstream_rq_2xx.inc(),
-            3 => self.upstream_rq_3xx.inc(),
-            4 => self.upstream_rq_4xx.inc(),
-            _ => self.upstream_rq_5xx.inc(),
-        }
-    }
-}
-
-/// An upstream connection's place among the cluster's connections (its
-/// `max_connections` circuit breaker): holds `cx_active` of the host and the
-/// cluster from its reservation, before connecting, until dropped.
-#[derive(Debug)]
-pub struct UpstreamCx {
-    host: Arc<Host>,
-    stats: Arc<ClusterStats>,
-}
-
-impl UpstreamCx {
-    /// The host connected to.
-    pub fn host(&self) -> &Arc<Host> {
-        &self.host
-    }
-
-    /// The cluster's stats.
-    pub fn stats(&self) -> &Arc<ClusterStats> {
-        &self.stats
-    }
-}
-
-impl Drop for UpstreamCx {
-    fn drop(&mut self) {
-        self.host.stats.cx_active.dec();
-        self.stats.upstream_cx_active.dec();
-        // A request waiting for a connection to this host may open one now.
-        self.host.pool.wake_one();
-    }
-}
 
 /// A retry's place under the cluster's `max_retries`, held from the decision
 /// to retry until the retried attempt ends.
@@ -192,6 +82,8 @@ pub struct Cluster {
     lb: Arc<LoadBalancer>,
     checker: Option<CheckerCtx>,
     checkers: Mutex<HashMap<SocketAddr, DropGuard>>,
+    /// Idle HTTP connections per host, shared by every version of the cluster.
+    pools: Arc<PoolSet>,
     /// Serialises changes of the host set (EDS updates, removals after a
     /// failed check of a host pending removal).
     host_set: Mutex<()>,
@@ -265,6 +157,9 @@ impl Cluster {
                 h.outlier.clear();
             }
         });
+        // Pools exist before their hosts can be picked.
+        let pools = previous.map_or_else(PoolSet::new, |p| p.pools.clone());
+        pools.add(&hosts);
         let start = rand::random::<u32>() as usize;
         let lb = Arc::new(LoadBalancer::new(
             hosts.clone(),
@@ -292,6 +187,7 @@ impl Cluster {
                 lb,
                 checker,
                 checkers: Mutex::new(HashMap::new()),
+                pools,
                 host_set: Mutex::new(()),
                 outlier,
                 retries_active: Gauge::default(),
@@ -310,6 +206,8 @@ impl Cluster {
         if let Some(d) = &cluster.outlier {
             tokio::spawn(d.clone().run(cluster.token.child_token()));
         }
+        // Hosts the previous version had and this one has not lose their pools.
+        cluster.pools.retain(&hosts);
         cluster.sync_checkers(&hosts);
         if let Discovery::Dns(d) = &cluster.config.discovery {
             tokio::spawn(dns::run(
@@ -340,6 +238,23 @@ impl Cluster {
     /// The load balancer.
     pub fn lb(&self) -> &LoadBalancer {
         &self.lb
+    }
+
+    /// The hosts' pools of idle HTTP connections.
+    #[inline]
+    pub fn pools(&self) -> &PoolSet {
+        &self.pools
+    }
+
+    /// What taking an HTTP connection needs of the cluster: its stats,
+    /// circuit breakers and `connect_timeout`.
+    #[inline]
+    pub fn pool_limits(&self) -> pool::Limits<'_> {
+        pool::Limits {
+            stats: &self.stats,
+            breakers: self.config.circuit_breakers,
+            connect_timeout: self.config.connect_timeout,
+        }
     }
 
     /// The next host to use; `None` (counted in `upstream_cx_none_healthy`)
@@ -388,24 +303,15 @@ impl Cluster {
     }
 
     /// A place for one more connection to `host` within the cluster's
-    /// `max_connections`, or `None` (the caller counts the overflow).
-    /// `at_least_one`: a host with no connection gets one even beyond the
-    /// limit, as Envoy's HTTP connection pools do, so requests queued for it
-    /// are not stranded by other hosts' connections.
+    /// `max_connections`, or `None` (the caller counts the overflow); see
+    /// [`connect::reserve`].
     pub fn reserve_cx(&self, host: &Arc<Host>, at_least_one: bool) -> Option<UpstreamCx> {
-        let max = u64::from(self.config.circuit_breakers.max_connections);
-        let cx = &self.stats.upstream_cx_active;
-        if !cx.try_inc(max) {
-            if !(at_least_one && host.stats.cx_active.get() == 0) {
-                return None;
-            }
-            cx.inc();
-        }
-        host.stats.cx_active.inc();
-        Some(UpstreamCx {
-            host: host.clone(),
-            stats: self.stats.clone(),
-        })
+        connect::reserve(
+            &self.stats,
+            self.config.circuit_breakers.max_connections,
+            host,
+            at_least_one,
+        )
     }
 
     /// Opens a TCP connection to `host` within `connect_timeout` if
@@ -419,36 +325,13 @@ impl Cluster {
         self.connect_reserved(cx).await
     }
 
-    /// Opens the connection `cx` reserved, within `connect_timeout`, with
-    /// `TCP_NODELAY`, counting it in the host's and the cluster's stats; a
-    /// failure gives the place back.
+    /// Opens the connection `cx` reserved, within `connect_timeout`; see
+    /// [`connect::open`].
     pub async fn connect_reserved(
         &self,
         cx: UpstreamCx,
     ) -> Result<(TcpStream, UpstreamCx), ConnectError> {
-        let host = &cx.host;
-        self.stats.upstream_cx_total.inc();
-        host.stats.cx_total.inc();
-        let r = tokio::time::timeout(self.config.connect_timeout, TcpStream::connect(host.addr()))
-            .await;
-        match r {
-            Ok(Ok(s)) => {
-                // Nagle only delays proxied writes.
-                let _ = s.set_nodelay(true);
-                Ok((s, cx))
-            }
-            Ok(Err(e)) => {
-                self.stats.upstream_cx_connect_fail.inc();
-                host.stats.cx_connect_fail.inc();
-                Err(ConnectError::Io(e))
-            }
-            Err(_) => {
-                self.stats.upstream_cx_connect_fail.inc();
-                self.stats.upstream_cx_connect_timeout.inc();
-                host.stats.cx_connect_fail.inc();
-                Err(ConnectError::Timeout)
-            }
-        }
+        connect::open(cx, self.config.connect_timeout).await
     }
 
     /// Replaces the hosts (an EDS update, or a DNS answer), keeping the state
@@ -477,7 +360,9 @@ impl Cluster {
                 }
             }
         }
+        self.pools.add(&hosts);
         self.lb.set_hosts(hosts.clone());
+        self.pools.retain(&hosts);
         self.sync_checkers(&hosts);
         if !matches!(self.config.discovery, Discovery::Dns(_)) {
             // A DNS cluster is known once every name was looked up (`dns`).
@@ -512,7 +397,8 @@ impl Cluster {
             .filter(|h| !Arc::ptr_eq(h, host))
             .cloned()
             .collect();
-        self.lb.set_hosts(hosts);
+        self.lb.set_hosts(hosts.clone());
+        self.pools.retain(&hosts);
         self.checkers
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -703,7 +589,7 @@ pub struct ClusterManager {
 }
 
 fn check_unique<'a>(
-    kind: &'static str,
+    kind: crate::model::ResourceKind,
     names: impl Iterator<Item = &'a str>,
 ) -> Result<(), NackError> {
     let mut seen = HashSet::new();
@@ -740,7 +626,10 @@ impl ClusterManager {
 
     /// Replaces the set of clusters. Needs a tokio runtime (checkers are spawned).
     pub fn set_clusters(&self, clusters: Vec<model::Cluster>) -> Result<(), NackError> {
-        check_unique("cluster", clusters.iter().map(|c| c.name.as_str()))?;
+        check_unique(
+            crate::model::ResourceKind::Cluster,
+            clusters.iter().map(|c| c.name.as_str()),
+        )?;
         let mut st = self.lock();
         let mut next = BTreeMap::new();
         for c in clusters {
@@ -788,7 +677,10 @@ impl ClusterManager {
 
     /// Replaces the set of load assignments and updates the EDS clusters whose assignment changed.
     pub fn set_load_assignments(&self, las: Vec<LoadAssignment>) -> Result<(), NackError> {
-        check_unique("load assignment", las.iter().map(|l| l.name.as_str()))?;
+        check_unique(
+            crate::model::ResourceKind::LoadAssignment,
+            las.iter().map(|l| l.name.as_str()),
+        )?;
         let mut st = self.lock();
         let next: BTreeMap<String, LoadAssignment> =
             las.into_iter().map(|l| (l.name.clone(), l)).collect();
@@ -859,6 +751,24 @@ fn endpoints_of<'a>(
         Discovery::Eds { service_name } => las.get(service_name).map(|l| l.endpoints.as_slice()),
         // Resolved by the cluster's own DNS task.
         Discovery::Dns(_) => None,
+    }
+}
+
+impl dns::Fed for Cluster {
+    fn name(&self) -> &str {
+        Cluster::name(self)
+    }
+    fn stats(&self) -> &ClusterStats {
+        Cluster::stats(self)
+    }
+    fn set_dns_answers(&self, answers: &[Option<Vec<IpAddr>>]) {
+        Cluster::set_dns_answers(self, answers);
+    }
+    fn set_endpoints(&self, endpoints: &[Endpoint]) {
+        Cluster::set_endpoints(self, endpoints);
+    }
+    fn mark_endpoints_known(&self) {
+        Cluster::mark_endpoints_known(self);
     }
 }
 

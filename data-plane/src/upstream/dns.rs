@@ -5,7 +5,7 @@
 //! [`DnsDiscovery`]: the servers given, else the system's from
 //! `/etc/resolv.conf`; no answer cache, so every refresh asks), and the task
 //! that keeps the cluster's hosts following the answers. It feeds hosts the
-//! way EDS does, through [`Cluster::set_endpoints`]; health and selection are
+//! way EDS does, through [`Fed::set_endpoints`]; health and selection are
 //! the cluster's business.
 //!
 //! - STRICT_DNS: every address of every name is a host, with the name's port
@@ -33,7 +33,23 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::model::{DnsDiscovery, Endpoint, LookupFamily};
-use crate::upstream::cluster::Cluster;
+use crate::upstream::stats::ClusterStats;
+
+/// The cluster whose hosts DNS discovery keeps (implemented by
+/// `cluster::Cluster`): discovery feeds it without importing it, so that
+/// discovery and the cluster it feeds are not an import circle.
+pub trait Fed: Send + Sync {
+    /// The cluster's name, for logs.
+    fn name(&self) -> &str;
+    /// Where lookups are counted.
+    fn stats(&self) -> &ClusterStats;
+    /// Each name's addresses as now known (kept for the next version).
+    fn set_dns_answers(&self, answers: &[Option<Vec<IpAddr>>]);
+    /// The hosts, from the answers.
+    fn set_endpoints(&self, endpoints: &[Endpoint]);
+    /// Every name had its first lookup: the cluster is warm.
+    fn mark_endpoints_known(&self);
+}
 
 /// What one lookup gave.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -170,8 +186,8 @@ pub fn endpoints(cfg: &DnsDiscovery, addrs: &[Option<Vec<IpAddr>>]) -> Vec<Endpo
 /// `token` is cancelled or the cluster version is gone. `known` holds each
 /// name's addresses as the previous version of the cluster had them (so a
 /// changed cluster does not start empty).
-pub async fn run(
-    cluster: Weak<Cluster>,
+pub async fn run<C: Fed + ?Sized>(
+    cluster: Weak<C>,
     cfg: DnsDiscovery,
     mut known: Vec<Option<Vec<IpAddr>>>,
     token: CancellationToken,

@@ -30,8 +30,8 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::model::{HealthCheck, HealthCheckKind};
-use crate::upstream::cluster::ClusterStats;
 use crate::upstream::host::{Host, ACTIVE_HC_TIMEOUT, FAILED_ACTIVE_HC};
+use crate::upstream::stats::ClusterStats;
 use crate::upstream::tls::TlsClient;
 
 /// The result of one check.

@@ -1,17 +1,20 @@
-//! One upstream host: its address, weight, health flags, stats, outlier
-//! detection counters and idle HTTP/1 connections.
+//! One upstream host: its address, weight, health flags, stats and outlier
+//! detection counters.
 //!
 //! A host is shared (`Arc<Host>`) by every version of its cluster and every
 //! load-balancer snapshot that contains it, so a host that stays across an EDS
-//! update or a cluster change keeps its health state, stats and pooled
-//! connections. Everything a request touches is an atomic.
+//! update or a cluster change keeps its health state and stats (its pooled
+//! connections are kept by the cluster's pools, `upstream::pool`).
+//! Everything a request touches is an atomic.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
-use crate::runtime::stats::{stats_struct, Counter, Gauge};
-use crate::upstream::outlier::HostOutlier;
-use crate::upstream::pool::Pool;
+use tokio::time::Instant;
+
+use crate::stats::{stats_struct, Counter, Gauge};
 
 /// Health flag: the active health checker failed the host (Envoy `FAILED_ACTIVE_HC`).
 pub const FAILED_ACTIVE_HC: u8 = 1;
@@ -58,8 +61,6 @@ pub struct Host {
     pub stats: HostStats,
     /// What outlier detection counts for this host.
     pub(crate) outlier: HostOutlier,
-    /// Idle upstream HTTP/1 connections.
-    pub(crate) pool: Pool,
 }
 
 impl Host {
@@ -73,7 +74,6 @@ impl Host {
             first_check_done: AtomicBool::new(false),
             stats: HostStats::default(),
             outlier: HostOutlier::default(),
-            pool: Pool::default(),
         }
     }
 
@@ -176,6 +176,98 @@ impl Host {
     /// its health check).
     pub(crate) fn clear_health(&self) {
         self.clear_flag(FAILED_ACTIVE_HC | ACTIVE_HC_TIMEOUT);
+    }
+}
+
+/// Successes and results of the current interval.
+#[derive(Debug, Default)]
+pub(crate) struct Bucket {
+    success: AtomicU64,
+    total: AtomicU64,
+}
+
+impl Bucket {
+    #[inline]
+    pub(crate) fn record(&self, ok: bool) {
+        self.total.fetch_add(1, Ordering::Relaxed);
+        if ok {
+            self.success.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// (successes, total) so far, starting a new interval.
+    pub(crate) fn take(&self) -> (u64, u64) {
+        // Read total first: a result recorded in between is counted in the
+        // next interval's total and, at worst, this one's successes.
+        let total = self.total.swap(0, Ordering::Relaxed);
+        let success = self.success.swap(0, Ordering::Relaxed).min(total);
+        (success, total)
+    }
+}
+
+/// One host's ejection bookkeeping, changed only under the detector's lock.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Ejections {
+    /// Ejections so far.
+    pub(crate) num_ejections: u32,
+    /// The ejection time multiplier.
+    pub(crate) backoff: u32,
+    pub(crate) last_ejection: Option<Instant>,
+    pub(crate) last_unejection: Option<Instant>,
+    pub(crate) jitter: Duration,
+    /// The last interval's (successes, total), external and local origin.
+    pub(crate) external: (u64, u64),
+    pub(crate) local: (u64, u64),
+    /// Success rates `/clusters` shows, when the last interval had enough requests.
+    pub(crate) success_rate: Option<f64>,
+    pub(crate) local_origin_success_rate: Option<f64>,
+}
+
+/// What outlier detection (`outlier`) counts for one host. Kept in the
+/// host, so it survives a change of its cluster, as the host's active
+/// health does; the detector alone changes it.
+#[derive(Debug, Default)]
+pub struct HostOutlier {
+    pub(crate) consecutive_5xx: AtomicU32,
+    pub(crate) consecutive_gateway_failure: AtomicU32,
+    pub(crate) consecutive_local_origin_failure: AtomicU32,
+    pub(crate) external: Bucket,
+    pub(crate) local: Bucket,
+    pub(crate) ejections: Mutex<Ejections>,
+}
+
+impl HostOutlier {
+    pub(crate) fn ejections(&self) -> MutexGuard<'_, Ejections> {
+        self.ejections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn reset_consecutive(&self) {
+        self.consecutive_5xx.store(0, Ordering::Relaxed);
+        self.consecutive_gateway_failure.store(0, Ordering::Relaxed);
+        self.consecutive_local_origin_failure
+            .store(0, Ordering::Relaxed);
+    }
+
+    /// Times the host was ejected.
+    pub fn num_ejections(&self) -> u32 {
+        self.ejections().num_ejections
+    }
+
+    /// The success rates (percent) of the last interval, external and local
+    /// origin, when it had enough requests to count (`/clusters`).
+    pub fn success_rates(&self) -> (Option<f64>, Option<f64>) {
+        let e = self.ejections();
+        (e.success_rate, e.local_origin_success_rate)
+    }
+
+    /// Forgets everything (the host's cluster no longer detects outliers).
+    pub(crate) fn clear(&self) {
+        self.reset_consecutive();
+        self.external.take();
+        self.local.take();
+        *self.ejections() = Ejections::default();
     }
 }
 

@@ -1,10 +1,10 @@
 //! Outlier detection (passive health checking) with Envoy's semantics.
 //!
 //! Owns: what one request or connection attempt tells about its host
-//! ([`Report`]), each host's counters ([`HostOutlier`]), and the detector of
-//! one cluster version ([`Detector`]): consecutive-error ejections, the
-//! interval sweep, the ejection bookkeeping and the `outlier_detection.`
-//! stats. It flips a host's `/failed_outlier_check` flag and asks the load
+//! ([`Report`]), and the detector of one cluster version ([`Detector`]):
+//! consecutive-error ejections, the interval sweep, the ejection
+//! bookkeeping (kept per host in `host::HostOutlier`, so that it outlives a
+//! cluster version) and the `outlier_detection.` stats. It flips a host's `/failed_outlier_check` flag and asks the load
 //! balancer to rebuild its healthy set, as the active health checker does
 //! for `/failed_active_hc`; it owns neither the hosts, nor the host set
 //! (`cluster`), nor selection (`lb`).
@@ -34,7 +34,7 @@
 //! - a passed active health check returns an ejected host to service at once
 //!   (`successful_active_health_check_uneject_host`, default true).
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
@@ -42,9 +42,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::model::OutlierDetection;
-use crate::upstream::cluster::ClusterStats;
 use crate::upstream::host::{Host, FAILED_OUTLIER_CHECK};
 use crate::upstream::lb::{LoadBalancer, Members};
+use crate::upstream::stats::ClusterStats;
 
 /// What one request or connection attempt tells about its host (Envoy's
 /// `Outlier::Result`).
@@ -86,97 +86,6 @@ pub enum EjectionType {
 enum Origin {
     External,
     Local,
-}
-
-/// Successes and results of the current interval.
-#[derive(Debug, Default)]
-struct Bucket {
-    success: AtomicU64,
-    total: AtomicU64,
-}
-
-impl Bucket {
-    #[inline]
-    fn record(&self, ok: bool) {
-        self.total.fetch_add(1, Ordering::Relaxed);
-        if ok {
-            self.success.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    /// (successes, total) so far, starting a new interval.
-    fn take(&self) -> (u64, u64) {
-        // Read total first: a result recorded in between is counted in the
-        // next interval's total and, at worst, this one's successes.
-        let total = self.total.swap(0, Ordering::Relaxed);
-        let success = self.success.swap(0, Ordering::Relaxed).min(total);
-        (success, total)
-    }
-}
-
-/// One host's ejection bookkeeping, changed only under the detector's lock.
-#[derive(Debug, Default, Clone)]
-struct Ejections {
-    /// Ejections so far.
-    num_ejections: u32,
-    /// The ejection time multiplier.
-    backoff: u32,
-    last_ejection: Option<Instant>,
-    last_unejection: Option<Instant>,
-    jitter: Duration,
-    /// The last interval's (successes, total), external and local origin.
-    external: (u64, u64),
-    local: (u64, u64),
-    /// Success rates `/clusters` shows, when the last interval had enough requests.
-    success_rate: Option<f64>,
-    local_origin_success_rate: Option<f64>,
-}
-
-/// What outlier detection counts for one host. Kept in the host, so it
-/// survives a change of its cluster, as the host's active health does.
-#[derive(Debug, Default)]
-pub struct HostOutlier {
-    consecutive_5xx: AtomicU32,
-    consecutive_gateway_failure: AtomicU32,
-    consecutive_local_origin_failure: AtomicU32,
-    external: Bucket,
-    local: Bucket,
-    ejections: Mutex<Ejections>,
-}
-
-impl HostOutlier {
-    fn ejections(&self) -> MutexGuard<'_, Ejections> {
-        self.ejections
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn reset_consecutive(&self) {
-        self.consecutive_5xx.store(0, Ordering::Relaxed);
-        self.consecutive_gateway_failure.store(0, Ordering::Relaxed);
-        self.consecutive_local_origin_failure
-            .store(0, Ordering::Relaxed);
-    }
-
-    /// Times the host was ejected.
-    pub fn num_ejections(&self) -> u32 {
-        self.ejections().num_ejections
-    }
-
-    /// The success rates (percent) of the last interval, external and local
-    /// origin, when it had enough requests to count (`/clusters`).
-    pub fn success_rates(&self) -> (Option<f64>, Option<f64>) {
-        let e = self.ejections();
-        (e.success_rate, e.local_origin_success_rate)
-    }
-
-    /// Forgets everything (the host's cluster no longer detects outliers).
-    pub(crate) fn clear(&self) {
-        self.reset_consecutive();
-        self.external.take();
-        self.local.take();
-        *self.ejections() = Ejections::default();
-    }
 }
 
 /// `++counter == threshold`, Envoy's test: fires once when the count reaches

@@ -1,94 +1,334 @@
-//! Upstream HTTP/1.1 exchanges with connection reuse per host.
+//! Upstream HTTP/1.1 connection pools and the request circuit breakers.
 //!
-//! Owns: each host's stack of idle connections ([`Pool`], most recently used
-//! first), the request exchange ([`send`]: reuse an idle connection, else
-//! connect with the cluster's `connect_timeout`), the request body as sent
-//! upstream ([`RequestBody`], which notes each chunk in the request's
-//! [`Activity`] for the downstream stream idle timer), and the response body
-//! ([`UpstreamBody`]) that gives its connection back to the pool once the
-//! response is complete, and the cluster's request circuit breakers
-//! (`max_pending_requests`, `max_requests`; see [`send`]). A request that
-//! hyper reports as not sent (the idle connection was closed under us) is
-//! sent again on another connection of the same host; retrying on another
-//! host is the router's decision, under the route's retry policy
-//! (`listener::retry`), and so is reporting the outcome to outlier detection.
+//! Owns, per cluster, a [`PoolSet`]: one [`HostPool`] of idle connections
+//! per host address, shared by every version of the cluster (as its stats
+//! are), so a host that stays across an EDS update or a cluster change keeps
+//! its connections. Each host pool is split per worker thread, as HAProxy
+//! keeps its idle connections per thread: a request takes the most recently
+//! used connection of its own worker's list (one uncontended lock), and
+//! another worker's only when its own list is empty, so no connection is
+//! opened while one sits idle. A connection goes back to the list of the
+//! worker that finished with it.
 //!
-//! Does not own routing, timeouts or downstream connections (see `listener::http`).
+//! Idle connections have no task: each registers the pool set's waker for
+//! read readiness when it goes idle, so a host closing one wakes a single
+//! sweeper task per cluster that drops the closed ones (their place under
+//! `max_connections` is given back at once); taking one checks it again
+//! without a system call unless its socket turned readable.
+//!
+//! [`acquire`] applies the cluster's request circuit breakers as Envoy's
+//! HTTP/1 connection pool does (see its docs). Writing the request and
+//! reading the response are the router's (`listener::http`, through
+//! `client`), and so are retries and outlier reports.
+//!
+//! Does not own hosts (`host`), connecting (`connect`) or the wire format
+//! (`client`, `crate::http1`).
 
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll};
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::task::{Poll, Wake, Waker};
+use std::time::Duration;
 
-use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
-use hyper::client::conn::http1::SendRequest;
-use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
-use tokio::sync::Notify;
-use tokio::time::Instant;
+use arc_swap::ArcSwap;
+use futures::task::AtomicWaker;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
-use crate::upstream::cluster::{Cluster, ClusterStats};
+use crate::model::CircuitBreakers;
+use crate::upstream::client::{ClientError, UpstreamConn, Waiters};
+use crate::upstream::connect::{self, ConnectError};
 use crate::upstream::host::Host;
-use crate::upstream::replay::{BoxError, ReplayBody};
-use crate::upstream::ConnectError;
+use crate::upstream::stats::ClusterStats;
 
-/// Idle connections kept per host at most.
+/// Idle connections kept per host at most (all workers together).
 pub const MAX_IDLE_PER_HOST: usize = 1024;
 
-/// A host's idle upstream connections, and the requests waiting for one.
-#[derive(Debug, Default)]
-pub struct Pool {
-    idle: Mutex<Vec<SendRequest<RequestBody>>>,
-    /// Requests of this host waiting for a connection (pending).
-    waiting: AtomicUsize,
-    /// Wakes one waiting request when a connection goes back to the pool or
-    /// a connection closes (a place under `max_connections` may be free).
-    available: Notify,
+/// Worker lists per host pool when [`set_workers`] was not called.
+fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-impl Pool {
-    fn take(&self) -> Option<SendRequest<RequestBody>> {
-        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        while let Some(s) = idle.pop() {
-            if !s.is_closed() {
-                return Some(s);
+static WORKERS: AtomicUsize = AtomicUsize::new(0);
+static NEXT_SLOT: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    /// This thread's list in every host pool (taken in the order threads
+    /// first use a pool: the workers, in practice).
+    static SLOT: usize = NEXT_SLOT.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Sets the number of per-worker lists of pools created from now on (the
+/// proxy's worker threads); call before any traffic.
+pub fn set_workers(n: usize) {
+    WORKERS.store(n.clamp(1, 256), Ordering::Relaxed);
+}
+
+fn workers() -> usize {
+    match WORKERS.load(Ordering::Relaxed) {
+        0 => default_workers().clamp(1, 256),
+        n => n,
+    }
+}
+
+#[inline]
+fn my_slot(n: usize) -> usize {
+    SLOT.with(|s| *s) % n
+}
+
+/// Wakes a pool set's sweeper when an idle connection turned readable.
+#[derive(Debug, Default)]
+struct Sweep {
+    dirty: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Wake for Sweep {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.dirty.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+/// One host's idle connections, per worker, and the requests waiting for one.
+#[derive(Debug)]
+pub struct HostPool {
+    lists: Box<[Mutex<Vec<UpstreamConn>>]>,
+    idle: AtomicUsize,
+    waiters: Arc<Waiters>,
+    /// The host left its cluster: connections given back are closed.
+    retired: AtomicBool,
+    sweep: Waker,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl HostPool {
+    fn new(sweep: Waker) -> HostPool {
+        HostPool {
+            lists: (0..workers()).map(|_| Mutex::new(Vec::new())).collect(),
+            idle: AtomicUsize::new(0),
+            waiters: Arc::new(Waiters::default()),
+            retired: AtomicBool::new(false),
+            sweep,
+        }
+    }
+
+    /// An idle connection still usable: this worker's most recent, else
+    /// another worker's.
+    fn take(&self) -> Option<UpstreamConn> {
+        if self.idle.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        let mine = my_slot(self.lists.len());
+        let order = (0..self.lists.len()).map(|i| (mine + i) % self.lists.len());
+        for i in order {
+            let Some(list) = self.lists.get(i) else {
+                continue;
+            };
+            let mut list = lock(list);
+            while let Some(conn) = list.pop() {
+                self.idle.fetch_sub(1, Ordering::Relaxed);
+                if conn.idle_alive() {
+                    return Some(conn);
+                }
             }
         }
         None
     }
 
-    fn put(&self, s: SendRequest<RequestBody>) {
-        if s.is_closed() {
+    /// Gives back a connection whose last exchange ended cleanly; it is
+    /// closed instead if it is no longer usable, the host left its cluster
+    /// or the pool is full.
+    pub fn put(&self, conn: UpstreamConn) {
+        if self.retired.load(Ordering::Relaxed)
+            || self.idle.load(Ordering::Relaxed) >= MAX_IDLE_PER_HOST
+            || !conn.watch(&self.sweep)
+        {
             return;
         }
-        {
-            let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-            if idle.len() < MAX_IDLE_PER_HOST {
-                idle.push(s);
-            }
+        let mine = my_slot(self.lists.len());
+        if let Some(list) = self.lists.get(mine) {
+            lock(list).push(conn);
+            self.idle.fetch_add(1, Ordering::Relaxed);
         }
-        self.wake_one();
+        self.waiters.wake_one();
     }
 
-    /// Wakes one pending request, if any waits: a connection became idle or
-    /// one closed. (A waker with nobody waiting costs one atomic load.)
-    pub(crate) fn wake_one(&self) {
-        if self.waiting.load(Ordering::Acquire) > 0 {
-            self.available.notify_one();
+    /// Drops the idle connections the host closed; keeps watching the others.
+    fn sweep(&self) {
+        for list in self.lists.iter() {
+            let mut list = lock(list);
+            let before = list.len();
+            list.retain(|c| c.watch(&self.sweep));
+            self.idle.fetch_sub(before - list.len(), Ordering::Relaxed);
         }
     }
 
-    /// Number of idle connections (for tests and admin).
+    /// The host left its cluster: its idle connections are closed.
+    fn retire(&self) {
+        self.retired.store(true, Ordering::Relaxed);
+        for list in self.lists.iter() {
+            let drained = std::mem::take(&mut *lock(list));
+            self.idle.fetch_sub(drained.len(), Ordering::Relaxed);
+        }
+    }
+
+    /// Idle connections now (all workers).
     pub fn idle_len(&self) -> usize {
-        self.idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
+        self.idle.load(Ordering::Relaxed)
     }
 }
 
-/// Why an upstream exchange failed before response headers. The display
-/// strings are Envoy's local-reply bodies.
+/// A cheap hash for socket addresses (keys chosen by the control plane's
+/// config, not by clients).
+#[derive(Debug, Default)]
+struct AddrHasher(u64);
+
+impl Hasher for AddrHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+    }
+
+    #[inline]
+    fn write_u16(&mut self, n: u16) {
+        self.write_u64(u64::from(n));
+    }
+
+    #[inline]
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+
+    #[inline]
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+
+    #[inline]
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type HostMap = HashMap<SocketAddr, Arc<HostPool>, BuildHasherDefault<AddrHasher>>;
+
+/// The pools of one cluster's hosts (shared by every version of the cluster).
+#[derive(Debug)]
+pub struct PoolSet {
+    hosts: ArcSwap<HostMap>,
+    /// Serialises changes of the host set.
+    update: Mutex<()>,
+    sweep: Arc<Sweep>,
+    _stop: DropGuard,
+}
+
+impl PoolSet {
+    /// An empty set. Within a tokio runtime, it starts the task that drops
+    /// idle connections their hosts closed.
+    pub fn new() -> Arc<PoolSet> {
+        let stop = CancellationToken::new();
+        let set = Arc::new(PoolSet {
+            hosts: ArcSwap::from_pointee(HostMap::default()),
+            update: Mutex::new(()),
+            sweep: Arc::new(Sweep::default()),
+            _stop: stop.clone().drop_guard(),
+        });
+        if tokio::runtime::Handle::try_current().is_ok() {
+            tokio::spawn(sweeper(Arc::downgrade(&set), set.sweep.clone(), stop));
+        }
+        set
+    }
+
+    /// The pool of the host at `addr`, if it is one of the cluster's.
+    #[inline]
+    pub fn get(&self, addr: &SocketAddr) -> Option<Arc<HostPool>> {
+        self.hosts.load().get(addr).cloned()
+    }
+
+    /// Adds pools for hosts that have none. Call before the hosts can be
+    /// picked.
+    pub fn add(&self, hosts: &[Arc<Host>]) {
+        let _g = lock(&self.update);
+        let cur = self.hosts.load();
+        if hosts.iter().all(|h| cur.contains_key(&h.addr())) {
+            return;
+        }
+        let mut next: HostMap = (**cur).clone();
+        let waker = Waker::from(self.sweep.clone());
+        for h in hosts {
+            next.entry(h.addr())
+                .or_insert_with(|| Arc::new(HostPool::new(waker.clone())));
+        }
+        self.hosts.store(Arc::new(next));
+    }
+
+    /// Keeps the pools of `hosts` only; the others are retired (their idle
+    /// connections closed). Call once the others can no longer be picked.
+    pub fn retain(&self, hosts: &[Arc<Host>]) {
+        let _g = lock(&self.update);
+        let cur = self.hosts.load();
+        let keep: std::collections::HashSet<SocketAddr> = hosts.iter().map(|h| h.addr()).collect();
+        if cur.len() == keep.len() && cur.keys().all(|a| keep.contains(a)) {
+            return;
+        }
+        let mut next = HostMap::default();
+        for (addr, pool) in cur.iter() {
+            if keep.contains(addr) {
+                next.insert(*addr, pool.clone());
+            } else {
+                pool.retire();
+            }
+        }
+        self.hosts.store(Arc::new(next));
+    }
+}
+
+/// Drops idle connections their hosts closed, whenever one of them turns
+/// readable; ends with its pool set.
+async fn sweeper(set: Weak<PoolSet>, sweep: Arc<Sweep>, stop: CancellationToken) {
+    loop {
+        let woke = std::future::poll_fn(|cx| {
+            sweep.task.register(cx.waker());
+            if stop.is_cancelled() {
+                return Poll::Ready(false);
+            }
+            if sweep.dirty.swap(false, Ordering::AcqRel) {
+                return Poll::Ready(true);
+            }
+            Poll::Pending
+        });
+        let woke = tokio::select! {
+            w = woke => w,
+            () = stop.cancelled() => false,
+        };
+        if !woke {
+            return;
+        }
+        let Some(set) = set.upgrade() else { return };
+        for pool in set.hosts.load().values() {
+            pool.sweep();
+        }
+    }
+}
+
+/// Why a request got no answer from its host. The display strings are
+/// Envoy's local-reply bodies.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
     /// Connecting failed.
@@ -99,7 +339,12 @@ pub enum UpstreamError {
     ConnectTimeout,
     /// The connection broke before response headers.
     #[error("upstream connect error or disconnect/reset before headers. reset reason: connection termination")]
-    Reset(#[source] hyper::Error),
+    Reset(#[source] ClientError),
+    /// The host's answer was not a response we can relay.
+    #[error(
+        "upstream connect error or disconnect/reset before headers. reset reason: protocol error"
+    )]
+    Protocol(#[source] ClientError),
     /// A circuit breaker is open: `max_pending_requests` or `max_requests`
     /// (counted in `upstream_rq_pending_overflow`).
     #[error("upstream connect error or disconnect/reset before headers. reset reason: overflow")]
@@ -112,6 +357,15 @@ impl From<ConnectError> for UpstreamError {
             ConnectError::Timeout => UpstreamError::ConnectTimeout,
             ConnectError::Io(e) => UpstreamError::Connect(e),
             ConnectError::Overflow => UpstreamError::Overflow,
+        }
+    }
+}
+
+impl From<ClientError> for UpstreamError {
+    fn from(e: ClientError) -> Self {
+        match e {
+            ClientError::Protocol(_) => UpstreamError::Protocol(e),
+            _ => UpstreamError::Reset(e),
         }
     }
 }
@@ -145,11 +399,6 @@ impl ActiveRq {
     pub fn host(&self) -> &Arc<Host> {
         &self.host
     }
-
-    /// The cluster's stats.
-    pub fn stats(&self) -> &Arc<ClusterStats> {
-        &self.stats
-    }
 }
 
 impl Drop for ActiveRq {
@@ -163,41 +412,41 @@ impl Drop for ActiveRq {
 /// `upstream_rq_pending_active` and the host's count of waiters.
 struct Pending<'a> {
     stats: &'a ClusterStats,
-    host: &'a Host,
+    waiters: &'a Waiters,
 }
 
 impl<'a> Pending<'a> {
     /// Takes a place under `max_pending_requests`, or `None`.
-    fn try_new(stats: &'a ClusterStats, host: &'a Host, max: u32) -> Option<Pending<'a>> {
+    fn try_new(stats: &'a ClusterStats, waiters: &'a Waiters, max: u32) -> Option<Pending<'a>> {
         if !stats.upstream_rq_pending_active.try_inc(u64::from(max)) {
             return None;
         }
         stats.upstream_rq_pending_total.inc();
-        host.pool.waiting.fetch_add(1, Ordering::AcqRel);
-        Some(Pending { stats, host })
+        waiters.waiting.fetch_add(1, Ordering::AcqRel);
+        Some(Pending { stats, waiters })
     }
 }
 
 impl Drop for Pending<'_> {
     fn drop(&mut self) {
         self.stats.upstream_rq_pending_active.dec();
-        self.host.pool.waiting.fetch_sub(1, Ordering::AcqRel);
+        self.waiters.waiting.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
-/// A response and what it came over.
-#[derive(Debug)]
-pub struct Exchange {
-    /// The response (headers; the body streams).
-    pub response: Response<Incoming>,
-    /// Its connection, for [`UpstreamBody`] to give back.
-    pub sender: SendRequest<RequestBody>,
-    /// The request's share of the stats, for [`UpstreamBody`] to hold.
-    pub rq: ActiveRq,
+/// What [`acquire`] needs of the cluster.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits<'a> {
+    /// The cluster's stats.
+    pub stats: &'a Arc<ClusterStats>,
+    /// Its circuit breakers (DEFAULT priority).
+    pub breakers: CircuitBreakers,
+    /// Its `connect_timeout`.
+    pub connect_timeout: Duration,
 }
 
-/// Sends `req` (origin-form URI, HTTP/1.1) to `host` of `cluster` within the
-/// cluster's circuit breakers, as Envoy's HTTP/1 connection pool does:
+/// A connection to `host` for one request, within the cluster's circuit
+/// breakers, as Envoy's HTTP/1 connection pool does:
 /// - an idle connection is used at once;
 /// - otherwise the request is pending (at most `max_pending_requests` of
 ///   them, beyond which it fails with [`UpstreamError::Overflow`], counted in
@@ -207,280 +456,75 @@ pub struct Exchange {
 /// - a request is sent only while fewer than `max_requests` are in flight
 ///   (else it overflows too).
 ///
-/// A request that hyper reports as not sent (the idle connection was closed
-/// under us) is retried on another connection. Nothing here waits on a lock:
-/// the limits are atomic counters, and a pending request sleeps on its
-/// host's [`Notify`].
-pub async fn send(
-    cluster: &Cluster,
+/// `rq` is the request's place under `max_requests` if it already has one
+/// (a request sent again on another connection keeps it). Nothing here
+/// waits on a lock: the limits are atomic counters, and a pending request
+/// sleeps on its host's [`Waiters`]. `pool` is `None` for a host that left
+/// its cluster meanwhile: its connection is then not kept.
+pub async fn acquire(
+    limits: Limits<'_>,
     host: &Arc<Host>,
-    mut req: Request<RequestBody>,
-) -> Result<Exchange, UpstreamError> {
-    let stats = cluster.stats();
-    let limits = cluster.config().circuit_breakers;
+    pool: Option<&HostPool>,
+    mut rq: Option<ActiveRq>,
+) -> Result<(UpstreamConn, ActiveRq), UpstreamError> {
+    let stats = limits.stats;
+    let cb = limits.breakers;
     let overflow = || {
         stats.upstream_rq_pending_overflow.inc();
         UpstreamError::Overflow
     };
+    let orphan = Waiters::default();
+    let waiters: &Waiters = pool.map_or(&orphan, |p| &p.waiters);
     let mut pending: Option<Pending<'_>> = None;
-    let mut rq: Option<ActiveRq> = None;
     let mut counted_cx_overflow = false;
     loop {
-        let notified = host.pool.available.notified();
+        let notified = waiters.available.notified();
         tokio::pin!(notified);
         if pending.is_some() {
             // Registered before looking, so a wake between the look and the
             // wait is not lost.
             notified.as_mut().enable();
         }
-        while let Some(mut sender) = host.pool.take() {
-            if sender.ready().await.is_err() {
-                continue;
-            }
-            pending = None;
-            if rq.is_none() {
-                rq = ActiveRq::try_new(host, stats, limits.max_requests);
-            }
-            let Some(active) = rq.take() else {
-                host.pool.put(sender);
+        if let Some(conn) = pool.and_then(HostPool::take) {
+            drop(pending.take());
+            let Some(active) = rq
+                .take()
+                .or_else(|| ActiveRq::try_new(host, stats, cb.max_requests))
+            else {
+                if let Some(p) = pool {
+                    p.put(conn);
+                }
                 return Err(overflow());
             };
-            match sender.try_send_request(req).await {
-                Ok(response) => {
-                    return Ok(Exchange {
-                        response,
-                        sender,
-                        rq: active,
-                    })
-                }
-                Err(mut e) => match e.take_message() {
-                    // Not written: the connection went away while idle; try another.
-                    Some(r) => {
-                        req = r;
-                        rq = Some(active);
-                    }
-                    None => return Err(UpstreamError::Reset(e.into_error())),
-                },
-            }
+            return Ok((conn, active));
         }
         if pending.is_none() {
             // Waiting for a connection, be it one being opened: pending, as in Envoy.
             pending = Some(
-                Pending::try_new(stats, host, limits.max_pending_requests).ok_or_else(overflow)?,
+                Pending::try_new(stats, waiters, cb.max_pending_requests).ok_or_else(overflow)?,
             );
             continue;
         }
-        if let Some(cx) = cluster.reserve_cx(host, true) {
-            let (stream, cx) = cluster.connect_reserved(cx).await?;
+        if let Some(cx) = connect::reserve(stats, cb.max_connections, host, true) {
+            let (stream, cx) = connect::open(cx, limits.connect_timeout).await?;
             drop(pending.take());
-            let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
-                // One flattened `write(2)` per request head (see the server side).
-                .writev(false)
-                .handshake(TokioIo::new(stream))
-                .await
-                .map_err(UpstreamError::Reset)?;
-            tokio::spawn(async move {
-                // `cx` holds the connection's place until it ends.
-                let _cx = cx;
-                let _ = conn.await;
-            });
+            let weak = pool.map_or_else(Weak::new, |p| Arc::downgrade(&p.waiters));
+            let conn = UpstreamConn::new(stream, cx, weak);
             let Some(active) = rq
                 .take()
-                .or_else(|| ActiveRq::try_new(host, stats, limits.max_requests))
+                .or_else(|| ActiveRq::try_new(host, stats, cb.max_requests))
             else {
-                host.pool.put(sender);
+                if let Some(p) = pool {
+                    p.put(conn);
+                }
                 return Err(overflow());
             };
-            return match sender.send_request(req).await {
-                Ok(response) => Ok(Exchange {
-                    response,
-                    sender,
-                    rq: active,
-                }),
-                Err(e) => Err(UpstreamError::Reset(e)),
-            };
+            return Ok((conn, active));
         }
         if !counted_cx_overflow {
             stats.upstream_cx_overflow.inc();
             counted_cx_overflow = true;
         }
         notified.await;
-    }
-}
-
-/// When a request last moved bytes, in either direction, and whether its
-/// body has been read in full: what the downstream stream idle timer needs.
-/// Shared by the request body (which travels into the upstream connection's
-/// task) and the downstream response.
-#[derive(Debug)]
-pub struct Activity {
-    base: Instant,
-    /// Milliseconds since `base`.
-    last_ms: AtomicU64,
-    request_done: AtomicBool,
-}
-
-impl Activity {
-    /// Activity of a request starting now; `request_done` when it has no body.
-    pub fn new(request_done: bool) -> Arc<Activity> {
-        Arc::new(Activity {
-            base: Instant::now(),
-            last_ms: AtomicU64::new(0),
-            request_done: AtomicBool::new(request_done),
-        })
-    }
-
-    /// Notes that bytes moved now.
-    #[inline]
-    pub fn touch(&self) {
-        let ms = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_ms.store(ms, Ordering::Relaxed);
-    }
-
-    /// When bytes last moved (the request's start if they never did).
-    pub fn last(&self) -> Instant {
-        self.base + std::time::Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
-    }
-
-    /// Whether the downstream request was received in full.
-    pub fn request_done(&self) -> bool {
-        self.request_done.load(Ordering::Relaxed)
-    }
-}
-
-/// Where a request body comes from.
-#[derive(Debug)]
-enum Source {
-    /// Straight from the client (no retries).
-    Direct(Incoming),
-    /// An attempt's reading of a body kept for retries.
-    Replay(ReplayBody),
-}
-
-/// The downstream request body on its way upstream: every chunk counts as
-/// activity of the request, and its end marks the request as received.
-#[derive(Debug)]
-pub struct RequestBody {
-    inner: Source,
-    activity: Arc<Activity>,
-}
-
-impl RequestBody {
-    /// Wraps the body of a request whose activity is `activity`.
-    pub fn new(inner: Incoming, activity: Arc<Activity>) -> RequestBody {
-        RequestBody {
-            inner: Source::Direct(inner),
-            activity,
-        }
-    }
-
-    /// One attempt's reading of a body kept for retries.
-    pub fn replay(inner: ReplayBody, activity: Arc<Activity>) -> RequestBody {
-        RequestBody {
-            inner: Source::Replay(inner),
-            activity,
-        }
-    }
-}
-
-impl Body for RequestBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let r = match &mut self.inner {
-            Source::Direct(b) => Pin::new(b).poll_frame(cx).map_err(BoxError::from),
-            Source::Replay(b) => Pin::new(b).poll_frame(cx),
-        };
-        match &r {
-            Poll::Ready(Some(Ok(_))) => {
-                self.activity.touch();
-                if self.is_end_stream() {
-                    self.activity.request_done.store(true, Ordering::Relaxed);
-                }
-            }
-            Poll::Ready(None) => self.activity.request_done.store(true, Ordering::Relaxed),
-            _ => {}
-        }
-        r
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match &self.inner {
-            Source::Direct(b) => b.is_end_stream(),
-            Source::Replay(b) => b.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match &self.inner {
-            Source::Direct(b) => b.size_hint(),
-            Source::Replay(b) => b.size_hint(),
-        }
-    }
-}
-
-/// An upstream response body: when it ends, its connection goes back to the
-/// host's pool; dropped before its end, the connection is closed (HTTP/1 cannot
-/// abandon a response otherwise).
-#[derive(Debug)]
-pub struct UpstreamBody {
-    inner: Incoming,
-    sender: Option<SendRequest<RequestBody>>,
-    rq: ActiveRq,
-}
-
-impl UpstreamBody {
-    /// Wraps a response body of `rq` sent over `sender`.
-    pub fn new(inner: Incoming, sender: SendRequest<RequestBody>, rq: ActiveRq) -> UpstreamBody {
-        UpstreamBody {
-            inner,
-            sender: Some(sender),
-            rq,
-        }
-    }
-
-    fn release(&mut self) {
-        if let Some(s) = self.sender.take() {
-            self.rq.host.pool.put(s);
-        }
-    }
-}
-
-impl Body for UpstreamBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = &mut *self;
-        let r = Pin::new(&mut this.inner).poll_frame(cx);
-        match &r {
-            Poll::Ready(None) => this.release(),
-            Poll::Ready(Some(Err(_))) => this.sender = None,
-            _ => {}
-        }
-        r
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for UpstreamBody {
-    fn drop(&mut self) {
-        if self.inner.is_end_stream() {
-            self.release();
-        }
     }
 }

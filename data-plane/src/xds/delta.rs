@@ -16,7 +16,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 use tracing::{debug, warn};
 
 use super::store::{Kind, Update};
-use super::{error_detail, kind_word, sort_resources, ClientState, Item, Protocol};
+use super::{error_detail, resource_kind, sort_resources, ClientState, Item, Protocol};
 use crate::model::NackError;
 
 /// Per-stream delta state.
@@ -79,7 +79,7 @@ impl DeltaStream {
             if let Ok(d) = &item.result {
                 if d.name() != name {
                     item.result = Err(NackError {
-                        kind: kind_word(kind),
+                        kind: resource_kind(kind),
                         name: d.name().to_string(),
                         message: format!("sent under the name {name:?}"),
                     });

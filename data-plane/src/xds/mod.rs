@@ -34,10 +34,13 @@
 //!   `initial_resource_versions` name the rejected ones at their old
 //!   version, so the server resends them). Nothing rejected: ACKed with the
 //!   response's version and nonce.
+//! - A resource the sink's [`ConfigSink::check`] refuses (pylon-proxy's
+//!   sink: a listener whose address another process holds) is rejected
+//!   before anything is applied, as one that did not decode.
 //! - If the sink refuses the response's own type naming one of the
-//!   response's resources (say a listener that cannot bind), that resource
-//!   is rejected too and the rest is retried without it; an error naming
-//!   anything else rejects the whole response (nothing of it is applied).
+//!   response's resources, that resource is rejected too and the rest is
+//!   retried without it; an error naming anything else rejects the whole
+//!   response (nothing of it is applied).
 //! - A first CDS or LDS response ends that type's initialization even when
 //!   NACKed (Envoy does the same), so `/ready` does not wait forever on one
 //!   bad resource.
@@ -141,6 +144,13 @@ pub trait ConfigSink: Send + Sync + 'static {
     async fn set_listeners(&self, v: Vec<model::Listener>) -> Result<(), model::NackError>;
     /// All route configurations (RDS).
     async fn set_route_configs(&self, v: Vec<model::RouteConfig>) -> Result<(), model::NackError>;
+    /// Whether one decoded resource can be applied at all, before any set
+    /// is: `Err` rejects that resource alone (the rest of its response is
+    /// applied, and its held version, if any, stays), as Envoy rejects a
+    /// listener whose address it cannot bind. The default accepts all.
+    fn check(&self, _resource: &Decoded) -> Result<(), model::NackError> {
+        Ok(())
+    }
 }
 
 /// How to reach the control plane, and who we are.
@@ -563,6 +573,17 @@ impl ClientState {
         let now = Instant::now();
         self.responded[kind.index()] = true;
         let mut applied = false;
+        // What the sink refuses to take at all is left out first, as a
+        // resource that did not decode is.
+        let sink = &*self.sink;
+        update.upserts.retain(|(d, _)| match sink.check(d) {
+            Ok(()) => true,
+            Err(e) => {
+                update.keep.insert(d.name().to_string());
+                rejected.push(e);
+                false
+            }
+        });
         loop {
             match self.store.apply(&update, &*self.sink, now).await {
                 Ok(errors) => {
@@ -573,7 +594,7 @@ impl ClientState {
                     break;
                 }
                 Err(e) => {
-                    let culprit = if e.kind == kind_word(kind) {
+                    let culprit = if e.kind == resource_kind(kind) {
                         update.upserts.iter().position(|(d, _)| d.name() == e.name)
                     } else {
                         None
@@ -631,12 +652,12 @@ impl ClientState {
 }
 
 /// The `kind` word of a [`NackError`] for resources of `kind`.
-fn kind_word(kind: Kind) -> &'static str {
+fn resource_kind(kind: Kind) -> model::ResourceKind {
     match kind {
-        Kind::Cluster => "cluster",
-        Kind::Endpoint => "load assignment",
-        Kind::Listener => "listener",
-        Kind::Route => "route configuration",
+        Kind::Cluster => model::ResourceKind::Cluster,
+        Kind::Endpoint => model::ResourceKind::LoadAssignment,
+        Kind::Listener => model::ResourceKind::Listener,
+        Kind::Route => model::ResourceKind::RouteConfig,
     }
 }
 
@@ -644,7 +665,7 @@ fn kind_word(kind: Kind) -> &'static str {
 fn decode_any(kind: Kind, any: &Any) -> Result<Option<Decoded>, NackError> {
     if any.type_url != kind.type_url() {
         return Err(NackError {
-            kind: "resource",
+            kind: crate::model::ResourceKind::Unknown,
             name: any.type_url.clone(),
             message: format!("unexpected in a {} response", kind.type_url()),
         });
@@ -688,7 +709,7 @@ impl Item {
                 info!(r#type = kind.short(), name = ?name, "skipping an api_listener: it is for proxyless gRPC clients");
                 return None;
             }
-            Ok(Some(d)) => check_bind(d),
+            Ok(Some(d)) => Ok(d),
             Err(e) => Err(e),
         };
         let name = match (&result, name) {
@@ -702,19 +723,6 @@ impl Item {
             version: version.to_string(),
         })
     }
-}
-
-/// Rejects a listener whose address another process holds, as Envoy does,
-/// rather than accepting it and failing to apply it later.
-fn check_bind(d: Decoded) -> Result<Decoded, NackError> {
-    if let Decoded::Listener(l) = &d {
-        crate::listener::probe_bind(l.addr).map_err(|e| NackError {
-            kind: "listener",
-            name: l.name.clone(),
-            message: format!("cannot bind {}: {e}", l.addr),
-        })?;
-    }
-    Ok(d)
 }
 
 /// Splits a response's resources into the update to apply and the rejected
@@ -748,7 +756,7 @@ fn sort_resources(
             Ok(d) if twice.contains(d.name()) => {
                 if keep.insert(d.name().to_string()) {
                     rejected.push(NackError {
-                        kind: kind_word(kind),
+                        kind: resource_kind(kind),
                         name: d.name().to_string(),
                         message: "appears twice in one response".to_string(),
                     });

@@ -706,7 +706,7 @@ mod tests {
         sink.reject(
             Kind::Cluster,
             NackError {
-                kind: "cluster",
+                kind: crate::model::ResourceKind::Cluster,
                 name: "b".into(),
                 message: "no".into(),
             },

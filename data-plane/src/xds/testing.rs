@@ -55,6 +55,7 @@ pub struct FakeSink {
     calls: Mutex<Vec<Call>>,
     reject: Mutex<HashMap<Kind, NackError>>,
     reject_named: Mutex<HashMap<Kind, NackError>>,
+    unfit: Mutex<Vec<NackError>>,
     endpoints: Mutex<Vec<LoadAssignment>>,
     clusters: Mutex<Vec<Cluster>>,
     notify: Notify,
@@ -98,6 +99,11 @@ impl FakeSink {
     /// fail with `err`.
     pub fn reject_named(&self, kind: Kind, err: NackError) {
         self.reject_named.lock().unwrap().insert(kind, err);
+    }
+
+    /// Makes [`ConfigSink::check`] refuse the resource `err` names.
+    pub fn refuse_in_check(&self, err: NackError) {
+        self.unfit.lock().unwrap().push(err);
     }
 
     /// Stops rejecting `kind`.
@@ -162,6 +168,18 @@ impl ConfigSink for FakeSink {
             Kind::Route,
             Call::RouteConfigs(v.into_iter().map(|c| c.name).collect()),
         )
+    }
+    fn check(&self, resource: &Decoded) -> Result<(), NackError> {
+        match self
+            .unfit
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|e| e.name == resource.name())
+        {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        }
     }
 }
 

@@ -389,7 +389,7 @@ async fn sotw_warming_order_ack_and_nack() {
     sink.reject(
         Kind::Listener,
         NackError {
-            kind: "listener",
+            kind: crate::model::ResourceKind::Listener,
             name: "k8s".into(),
             message: "address in use".into(),
         },
@@ -917,7 +917,7 @@ async fn sink_error_naming_a_resource_rejects_that_one_only() {
     sink.reject_named(
         Kind::Listener,
         NackError {
-            kind: "listener",
+            kind: crate::model::ResourceKind::Listener,
             name: "k8s".into(),
             message: "address in use".into(),
         },
@@ -947,7 +947,7 @@ async fn sink_error_naming_a_resource_rejects_that_one_only() {
     sink.reject(
         Kind::Listener,
         NackError {
-            kind: "listener",
+            kind: crate::model::ResourceKind::Listener,
             name: "elsewhere".into(),
             message: "out of file descriptors".into(),
         },
@@ -969,6 +969,35 @@ async fn sink_error_naming_a_resource_rejects_that_one_only() {
     );
     c.silent().await;
     assert_eq!(sink.take(), vec![]);
+
+    // A resource the sink's check refuses (a listener that cannot bind) is
+    // left out before any set is applied: the rest goes in (`c` added, `b`
+    // removed), the NACK names `d`.
+    sink.accept(Kind::Listener);
+    sink.refuse_in_check(NackError {
+        kind: crate::model::ResourceKind::Listener,
+        name: "d".into(),
+        message: "cannot bind".into(),
+    });
+    c.send(sotw_resp(
+        type_url::LISTENER,
+        "l4",
+        "4",
+        vec![pb_tcp("a", "x"), pb_tcp("c", "x"), pb_tcp("d", "x")],
+    ))
+    .await;
+    check(
+        &c.recv().await,
+        type_url::LISTENER,
+        &[],
+        "l1",
+        "4",
+        Some("listener d: cannot bind"),
+    );
+    assert_eq!(
+        sink.wait_calls(1).await,
+        vec![Call::Listeners(names(&["a", "c"]))]
+    );
 
     shutdown.cancel();
     tokio::time::timeout(WAIT, task).await.unwrap().unwrap();

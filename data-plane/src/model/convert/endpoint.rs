@@ -34,7 +34,7 @@ impl TryFrom<&ClusterLoadAssignment> for LoadAssignment {
                 endpoints,
             }),
             Err(message) => Err(NackError {
-                kind: "load assignment",
+                kind: crate::model::ResourceKind::LoadAssignment,
                 name: cla.cluster_name.clone(),
                 message,
             }),

@@ -43,7 +43,7 @@ impl TryFrom<&PbListener> for Listener {
 
     fn try_from(l: &PbListener) -> Result<Self, NackError> {
         listener(l).map_err(|message| NackError {
-            kind: "listener",
+            kind: crate::model::ResourceKind::Listener,
             name: l.name.clone(),
             message,
         })

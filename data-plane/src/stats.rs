@@ -1,14 +1,18 @@
-//! Stats primitives and the per-runtime stats registry.
+//! Stats primitives, shared by every part of the proxy that counts.
+//!
+//! A crate-root module below the pipeline: `listener` and `upstream` declare
+//! their stats with it without reaching into `runtime`, which only collects
+//! them for the admin API.
 //!
 //! Owns: [`Counter`] and [`Gauge`] (plain atomics, `Relaxed`: a stat is never
-//! used to synchronise memory), the [`stats_struct!`] macro that declares a
+//! used to synchronise memory), the `stats_struct!` macro that declares a
 //! group of stats with their Envoy names, and [`Scopes`], a name -> stats map
 //! so that two listeners with the same `stat_prefix` (or a cluster that is
 //! replaced by a changed version of itself) share their counters, as Envoy's
 //! stats store does. Does not own the stats of any component: clusters,
 //! hosts, listeners and filters declare theirs next to their code.
 //!
-//! Nothing here is process-global: every [`crate::runtime::Runtime`] has its own.
+//! Nothing here is process-global: every runtime has its own stats.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -134,7 +138,7 @@ macro_rules! stats_struct {
             $($(#[$fmeta])* pub $field: $kind,)*
         }
 
-        impl $crate::runtime::stats::StatGroup for $name {
+        impl $crate::stats::StatGroup for $name {
             fn collect(&self, prefix: &str, out: &mut Vec<(String, u64)>) {
                 $(out.push((format!("{prefix}{}", $stat), self.$field.get()));)*
             }
