@@ -36,5 +36,6 @@ pub mod server;
 pub mod snapshot;
 pub mod source;
 pub mod state;
+pub mod table;
 
 pub use app::{serve, Running, ServeOptions};

@@ -829,17 +829,7 @@ fn render_status(s: &serde_json::Value) -> String {
         }
         rows.push(row);
     }
-    let widths: Vec<usize> = (0..rows[0].len())
-        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
-        .collect();
-    for r in &rows {
-        let line: Vec<String> = r
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        let _ = writeln!(out, "{}", line.join("  ").trim_end());
-    }
+    control_plane::table::write(&mut out, &rows);
     if !nacks.is_empty() {
         let _ = writeln!(out, "\nlast NACKs:");
         for n in nacks {

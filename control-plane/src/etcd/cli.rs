@@ -312,23 +312,13 @@ pub async fn history(etcd: &Etcd, limit: usize, options: &Options) -> Result<Str
         let mark = if i == 0 { " *" } else { "" };
         rows.push([format!("{}{mark}", rev.revision), when, version, change, by]);
     }
-    let widths: Vec<usize> = (0..5)
-        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
-        .collect();
     let mut out = String::new();
     let _ = writeln!(out, "etcd key {} (* = current)", etcd.key());
     if revisions.is_empty() {
         let _ = writeln!(out, "no revision: the key does not exist");
         return Ok(out);
     }
-    for r in &rows {
-        let line: Vec<String> = r
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        let _ = writeln!(out, "{}", line.join("  ").trim_end());
-    }
+    crate::table::write(&mut out, &rows);
     if revisions.len() > limit {
         let _ = writeln!(out, "(older revisions not shown: --limit N shows more)");
     } else if compacted {
