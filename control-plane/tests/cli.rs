@@ -567,7 +567,12 @@ fn run_get(admin: &str, path: &str) -> String {
 fn seed_front_proxy() -> String {
     let seed =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/seeds/004_8771ba3f8aabcd48.txt");
-    let text = std::fs::read_to_string(&seed).unwrap();
+    let text = std::fs::read_to_string(&seed).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (the seed documents live in shared/seeds beside the workspace)",
+            seed.display()
+        )
+    });
     let start = text.find("static_resources:").unwrap();
     let end = start + text[start..].find("port_value: 8001").unwrap();
     format!("{}port_value: 8001\n", &text[start..end])
