@@ -22,7 +22,53 @@ pub struct TypeLabel {
     pub r#type: String,
 }
 
-/// Label set naming why a request was refused (`server::limits::Reason`).
+/// Why a request was refused: the `reason` label of
+/// `pylon_xds_refused_requests_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// The node is over `server::limits::MAX_NODE_BYTES`.
+    NodeTooLarge,
+    /// A name or version is over `server::limits::MAX_NAME_BYTES`.
+    NameTooLong,
+    /// More than `server::limits::MAX_NAMES_PER_TYPE` names of one type.
+    TooManyNames,
+    /// Subscribed names over `server::limits::MAX_SUBSCRIBED_BYTES` on one stream.
+    SubscriptionTooLarge,
+    /// The server already serves `--max-streams` streams.
+    TooManyStreams,
+    /// A request message over the 4 MiB limit (`OUT_OF_RANGE`).
+    RequestTooLarge,
+    /// A request that is not valid protobuf (`INTERNAL`).
+    Undecodable,
+}
+
+impl Reason {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::NodeTooLarge => "node_too_large",
+            Reason::NameTooLong => "name_too_long",
+            Reason::TooManyNames => "too_many_names",
+            Reason::SubscriptionTooLarge => "subscription_too_large",
+            Reason::TooManyStreams => "too_many_streams",
+            Reason::RequestTooLarge => "request_too_large",
+            Reason::Undecodable => "undecodable",
+        }
+    }
+
+    /// Every reason, for tests and documentation.
+    pub const ALL: [Reason; 7] = [
+        Reason::NodeTooLarge,
+        Reason::NameTooLong,
+        Reason::TooManyNames,
+        Reason::SubscriptionTooLarge,
+        Reason::TooManyStreams,
+        Reason::RequestTooLarge,
+        Reason::Undecodable,
+    ];
+}
+
+/// Label set naming why a request was refused ([`Reason`]).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
     /// The reason's label value, e.g. `node_too_large`.
@@ -140,7 +186,7 @@ impl Metrics {
         );
         // Every reason from the start, at 0: a rate over a series that
         // appears only with the first refusal misses that refusal.
-        for reason in crate::server::limits::Reason::ALL {
+        for reason in Reason::ALL {
             refused
                 .get_or_create(&ReasonLabel {
                     reason: reason.as_str(),
@@ -311,7 +357,7 @@ impl Metrics {
     }
 
     /// Counts a request refused for `reason`.
-    pub fn refused(&self, reason: crate::server::limits::Reason) {
+    pub fn refused(&self, reason: Reason) {
         self.refused
             .get_or_create(&ReasonLabel {
                 reason: reason.as_str(),

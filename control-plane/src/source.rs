@@ -326,7 +326,37 @@ pub struct SourceStatus {
     pub last_reload_error_at_unix_ms: Option<u64>,
     /// With an etcd source: its revisions and connection.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub etcd: Option<crate::etcd::serve::EtcdStatus>,
+    pub etcd: Option<EtcdStatus>,
+}
+
+/// What `/status` shows of an etcd source (`etcd` in the document). Defined
+/// here, beside the status that carries it, and kept current by `etcd::serve`.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct EtcdStatus {
+    /// The members, as given.
+    pub endpoints: Vec<String>,
+    /// The key holding the config.
+    pub key: String,
+    /// The etcd revision of the content being served (`null` when the
+    /// cached copy does not say).
+    pub revision: Option<i64>,
+    /// Whether what is served came from the replica's cache rather than
+    /// from etcd (at start-up, with etcd unreachable or invalid).
+    pub served_from_cache: bool,
+    /// The newest revision of the key this replica has seen.
+    pub latest_revision: Option<i64>,
+    /// The newest revision, when it could not be served (invalid, or the
+    /// key deleted): the last good one above is served instead.
+    pub invalid_revision: Option<i64>,
+    /// A member answers and the key is watched.
+    pub connected: bool,
+    /// The member the watch goes through.
+    pub member: Option<String>,
+    /// Since when no member answers (ms since the Unix epoch); `null`
+    /// while connected.
+    pub outage_since_unix_ms: Option<u64>,
+    /// Why the last attempt to reach etcd failed; `null` while connected.
+    pub last_error: Option<String>,
 }
 
 /// Reloads the file into the cache and keeps [`SourceStatus`] current.
@@ -522,7 +552,7 @@ impl Reloader {
     }
 
     /// Changes the etcd part of the status (a no-op for a file source).
-    pub fn update_etcd(&self, f: impl FnOnce(&mut crate::etcd::serve::EtcdStatus)) {
+    pub fn update_etcd(&self, f: impl FnOnce(&mut EtcdStatus)) {
         if let Ok(mut s) = self.status.lock() {
             if let Some(e) = s.etcd.as_mut() {
                 f(e);
@@ -531,7 +561,7 @@ impl Reloader {
     }
 
     /// Makes the status show an etcd source.
-    pub fn set_etcd(&self, status: crate::etcd::serve::EtcdStatus) {
+    pub fn set_etcd(&self, status: EtcdStatus) {
         if let Ok(mut s) = self.status.lock() {
             s.etcd = Some(status);
         }

@@ -24,14 +24,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::EventType;
-use serde::Serialize;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::{short_error, Etcd, EtcdError, EtcdOptions, Read, Revision};
 use crate::snapshot::Snapshot;
-use crate::source::{now_ms, LoadError, Origin, Outcome, Reloader, Source, Started};
+use crate::source::{now_ms, EtcdStatus, LoadError, Origin, Outcome, Reloader, Source, Started};
 
 /// How long start-up waits for etcd before serving the cached revision.
 pub const START_TIMEOUT: Duration = Duration::from_secs(5);
@@ -39,35 +38,6 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(5);
 const BACKOFF_BASE: Duration = Duration::from_millis(100);
 /// Longest reconnect delay.
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
-
-/// What `/status` shows of an etcd source (`etcd` in the document).
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
-pub struct EtcdStatus {
-    /// The members, as given.
-    pub endpoints: Vec<String>,
-    /// The key holding the config.
-    pub key: String,
-    /// The etcd revision of the content being served (`null` when the
-    /// cached copy does not say).
-    pub revision: Option<i64>,
-    /// Whether what is served came from the replica's cache rather than
-    /// from etcd (at start-up, with etcd unreachable or invalid).
-    pub served_from_cache: bool,
-    /// The newest revision of the key this replica has seen.
-    pub latest_revision: Option<i64>,
-    /// The newest revision, when it could not be served (invalid, or the
-    /// key deleted): the last good one above is served instead.
-    pub invalid_revision: Option<i64>,
-    /// A member answers and the key is watched.
-    pub connected: bool,
-    /// The member the watch goes through.
-    pub member: Option<String>,
-    /// Since when no member answers (ms since the Unix epoch); `null`
-    /// while connected.
-    pub outage_since_unix_ms: Option<u64>,
-    /// Why the last attempt to reach etcd failed; `null` while connected.
-    pub last_error: Option<String>,
-}
 
 /// The origin of revision `rev` of the key.
 fn origin(url: &super::EtcdUrl, rev: i64) -> Origin {

@@ -18,6 +18,8 @@
 use tonic::Status;
 
 use crate::metrics::Metrics;
+/// Why a request was refused; defined beside the metric it labels.
+pub use crate::metrics::Reason;
 use crate::snapshot::ResourceType;
 
 /// The largest `Node` a stream may present, encoded (id, cluster, metadata,
@@ -45,52 +47,6 @@ pub const MAX_NAMES_PER_TYPE: usize = 100_000;
 /// Far beyond one server's fleet: each stream costs a task and, with 1,000
 /// clusters, 160 to 310 KiB (README, "Memory per stream").
 pub const DEFAULT_MAX_STREAMS: usize = 100_000;
-
-/// Why a request was refused: the `reason` label of
-/// `pylon_xds_refused_requests_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Reason {
-    /// The node is over [`MAX_NODE_BYTES`].
-    NodeTooLarge,
-    /// A name or version is over [`MAX_NAME_BYTES`].
-    NameTooLong,
-    /// More than [`MAX_NAMES_PER_TYPE`] names of one type.
-    TooManyNames,
-    /// Subscribed names over [`MAX_SUBSCRIBED_BYTES`] on one stream.
-    SubscriptionTooLarge,
-    /// The server already serves `--max-streams` streams.
-    TooManyStreams,
-    /// A request message over the 4 MiB limit (`OUT_OF_RANGE`).
-    RequestTooLarge,
-    /// A request that is not valid protobuf (`INTERNAL`).
-    Undecodable,
-}
-
-impl Reason {
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::NodeTooLarge => "node_too_large",
-            Reason::NameTooLong => "name_too_long",
-            Reason::TooManyNames => "too_many_names",
-            Reason::SubscriptionTooLarge => "subscription_too_large",
-            Reason::TooManyStreams => "too_many_streams",
-            Reason::RequestTooLarge => "request_too_large",
-            Reason::Undecodable => "undecodable",
-        }
-    }
-
-    /// Every reason, for tests and documentation.
-    pub const ALL: [Reason; 7] = [
-        Reason::NodeTooLarge,
-        Reason::NameTooLong,
-        Reason::TooManyNames,
-        Reason::SubscriptionTooLarge,
-        Reason::TooManyStreams,
-        Reason::RequestTooLarge,
-        Reason::Undecodable,
-    ];
-}
 
 /// Counts a refusal for `reason` and returns `status` to end the stream with.
 pub fn refuse(metrics: &Metrics, reason: Reason, status: Status) -> Status {
