@@ -1,6 +1,7 @@
 //! The admin HTTP endpoint of pylon-xds, and the small client `pylon-xds status` uses.
 //!
-//! Read-only: `/healthz` (the process answers), `/readyz` (a valid snapshot is
+//! Read-only: `/healthz` (the process answers and its xDS runtime runs: see
+//! [`Heartbeat`]), `/readyz` (a valid snapshot is
 //! served and the server is not stopping), `/metrics` (Prometheus text),
 //! `/nodes` (JSON: every connected stream and its per-type sync state) and
 //! `/status` (JSON: the config source, version, last reload error, resource
@@ -8,7 +9,9 @@
 //! `pylon::admin_http`, when it comes from a web page of another origin).
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
@@ -16,6 +19,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use tokio::net::TcpListener;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::cache::Cache;
@@ -37,6 +41,62 @@ pub struct AdminState {
     pub shutdown: CancellationToken,
     /// How the listeners are secured.
     pub transport: TransportInfo,
+    /// The xDS runtime's pulse and handle.
+    pub heartbeat: Heartbeat,
+}
+
+/// `/healthz` fails once the xDS runtime has not beaten for this long.
+pub const STALLED_AFTER: Duration = Duration::from_secs(10);
+/// How often the xDS runtime beats.
+const BEAT_EVERY: Duration = Duration::from_millis(500);
+
+/// The xDS runtime's pulse, read by the admin API.
+///
+/// The admin API runs on a thread and runtime of its own (`app`), so that
+/// probes answer promptly while the xDS runtime is saturated, as in a
+/// reconnect storm of every stream on two cores. `/healthz` must still mean
+/// "this process serves": a task on the xDS runtime stamps the time every
+/// 500 ms, and `/healthz` turns 503 when the stamp is older than
+/// [`STALLED_AFTER`]. The handle lets `/metrics` report that runtime's tasks.
+#[derive(Debug, Clone)]
+pub struct Heartbeat {
+    start: Instant,
+    last_ms: Arc<AtomicU64>,
+    runtime: Option<tokio::runtime::Handle>,
+}
+
+impl Heartbeat {
+    /// A heartbeat of the runtime this is called on (beaten now).
+    pub fn current() -> Self {
+        Heartbeat {
+            start: Instant::now(),
+            last_ms: Arc::new(AtomicU64::new(0)),
+            runtime: tokio::runtime::Handle::try_current().ok(),
+        }
+    }
+
+    fn beat(&self) {
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Time since the last beat.
+    pub fn age(&self) -> Duration {
+        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+        self.start.elapsed().saturating_sub(last)
+    }
+
+    /// Beats until `stop`; spawn it on the runtime to watch.
+    pub async fn run(self, stop: CancellationToken) {
+        let mut every = tokio::time::interval(BEAT_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = every.tick() => self.beat(),
+            }
+        }
+    }
 }
 
 /// How the listeners are secured, for `/status`.
@@ -134,14 +194,20 @@ impl AdminState {
             .split_once('?')
             .map_or(path_and_query, |(p, _)| p);
         match path {
-            "/healthz" => text(StatusCode::OK, "ok\n".into()),
+            "/healthz" => match self.heartbeat.age() {
+                age if age > STALLED_AFTER => text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("the xDS runtime has not run for {} s\n", age.as_secs()),
+                ),
+                _ => text(StatusCode::OK, "ok\n".into()),
+            },
             "/readyz" if self.shutdown.is_cancelled() => {
                 text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n".into())
             }
             "/readyz" => text(StatusCode::OK, "ready\n".into()),
             "/metrics" => {
                 let metrics = self.registry.metrics();
-                metrics.refresh_process();
+                metrics.refresh_process(self.heartbeat.runtime.as_ref());
                 for (listener, tls) in [
                     ("xds", &self.transport.xds_tls),
                     ("admin", &self.transport.admin_tls),
@@ -223,4 +289,22 @@ pub async fn get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> 
     let status = resp.status().as_u16();
     let body = resp.into_body().collect().await?.to_bytes();
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn heartbeat_goes_stale_when_its_runtime_stops_beating() {
+        let heart = Heartbeat::current();
+        let stop = CancellationToken::new();
+        let beating = tokio::spawn(heart.clone().run(stop.clone()));
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert!(heart.age() <= BEAT_EVERY, "{:?}", heart.age());
+        stop.cancel();
+        beating.await.unwrap();
+        tokio::time::sleep(STALLED_AFTER + Duration::from_secs(1)).await;
+        assert!(heart.age() > STALLED_AFTER, "{:?}", heart.age());
+    }
 }

@@ -256,6 +256,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<Running> {
             xds_tls: xds_tls.clone(),
             admin_tls: admin_tls.clone(),
         },
+        heartbeat: admin::Heartbeat::current(),
     };
     let mut tasks = Vec::new();
     let admin_addr = match opts.admin_listen {
@@ -264,12 +265,15 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<Running> {
                 .await
                 .with_context(|| format!("binding admin address {addr}"))?;
             let bound = l.local_addr()?;
-            tasks.push(tokio::spawn(admin::serve(
+            tasks.push(tokio::spawn(
+                admin_state.heartbeat.clone().run(shutdown.clone()),
+            ));
+            tasks.push(spawn_admin_thread(
                 l,
                 admin_tls.clone(),
                 admin_state.clone(),
                 shutdown.clone(),
-            )));
+            )?);
             info!(addr = %bound, "admin listening");
             Some(bound)
         }
@@ -390,4 +394,43 @@ impl Running {
 /// Whether the served revision has no `clients:` rules.
 fn started_policy_is_open(cache: &Cache) -> bool {
     cache.current().policy().clients.is_empty()
+}
+
+/// Runs the admin API on a thread and a single-threaded runtime of its own,
+/// so that `/healthz` and `/readyz` answer promptly while every xDS stream
+/// reconnects at once on a busy machine (`admin::Heartbeat` keeps `/healthz`
+/// honest about the xDS runtime). The returned task ends with the thread.
+fn spawn_admin_thread(
+    listener: TcpListener,
+    tls: Option<Arc<pylon::tls::ServerTls>>,
+    state: AdminState,
+    stop: CancellationToken,
+) -> anyhow::Result<JoinHandle<()>> {
+    let listener = listener.into_std()?;
+    let (done, ended) = tokio::sync::oneshot::channel::<()>();
+    std::thread::Builder::new()
+        .name("pylon-admin".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start the admin runtime");
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                match TcpListener::from_std(listener) {
+                    Ok(l) => admin::serve(l, tls, state, stop).await,
+                    Err(e) => tracing::error!(error = %e, "cannot serve the admin listener"),
+                }
+            });
+            let _ = done.send(());
+        })
+        .context("starting the admin thread")?;
+    Ok(tokio::spawn(async move {
+        let _ = ended.await;
+    }))
 }

@@ -134,7 +134,7 @@ pub struct Metrics {
     pub config_valid: Gauge,
     /// 1 for the version being served.
     pub config_version: Family<VersionLabel, Gauge>,
-    /// Tasks alive on the tokio runtime serving the scrape (set by [`Metrics::refresh_process`]).
+    /// Tasks alive on the tokio runtime serving xDS (set by [`Metrics::refresh_process`]).
     pub tokio_alive_tasks: Gauge,
     /// Resident set size of this process in bytes (set by [`Metrics::refresh_process`]).
     pub resident_memory: Gauge,
@@ -321,11 +321,12 @@ impl Metrics {
         }
     }
 
-    /// Fills the gauges read at scrape time: the tokio runtime's alive tasks
-    /// (when called on a runtime) and the process's resident memory (on Linux).
-    /// A value that cannot be read keeps its previous one.
-    pub fn refresh_process(&self) {
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+    /// Fills the gauges read at scrape time: the alive tasks of `runtime` (the
+    /// one serving xDS, which is not the admin API's) and the process's
+    /// resident memory (on Linux). A value that cannot be read keeps its
+    /// previous one.
+    pub fn refresh_process(&self, runtime: Option<&tokio::runtime::Handle>) {
+        if let Some(handle) = runtime {
             let alive = handle.metrics().num_alive_tasks();
             self.tokio_alive_tasks
                 .set(i64::try_from(alive).unwrap_or(i64::MAX));
@@ -427,7 +428,7 @@ mod tests {
         let m = Metrics::new();
         assert!(m.encode().contains("pylon_xds_tokio_alive_tasks 0"));
         let task = tokio::spawn(std::future::pending::<()>());
-        m.refresh_process();
+        m.refresh_process(Some(&tokio::runtime::Handle::current()));
         let text = m.encode();
         assert!(m.tokio_alive_tasks.get() >= 1, "{text}");
         assert!(!text.contains("pylon_xds_tokio_alive_tasks 0\n"), "{text}");
