@@ -116,3 +116,37 @@ pub async fn wait_node(pylon: &Pylon, dp: &DataPlane) -> serde_json::Value {
         }
     )
 }
+
+/// Waits until the data plane's `/clusters` lists exactly `want` as the
+/// hosts of `cluster`.
+pub async fn wait_hosts(dp: &DataPlane, cluster: &str, want: &[std::net::SocketAddr]) {
+    let mut want: Vec<String> = want.iter().map(|a| a.to_string()).collect();
+    want.sort();
+    let admin = dp.admin();
+    crate::assert_eventually!(
+        DEADLINE,
+        format!("{cluster} hosts = {want:?}"),
+        async || {
+            let hosts = admin.clusters().await?.hosts(cluster);
+            ensure!(hosts == want, "hosts = {hosts:?}");
+            Ok(())
+        }
+    );
+}
+
+/// Waits until `/clusters` shows `flag` among the health flags of `host` in
+/// `cluster`; `healthy` must be the only flag.
+pub async fn wait_flags(dp: &DataPlane, cluster: &str, host: std::net::SocketAddr, flag: &str) {
+    let host = host.to_string();
+    let admin = dp.admin();
+    crate::assert_eventually!(DEADLINE, format!("{cluster}/{host} {flag}"), async || {
+        let c = admin.clusters().await?;
+        let flags = c.health_flags(cluster, &host).unwrap_or("<host absent>");
+        if flag == "healthy" {
+            ensure!(flags == "healthy", "health_flags = {flags}");
+        } else {
+            ensure!(flags.contains(flag), "health_flags = {flags}");
+        }
+        Ok(())
+    });
+}

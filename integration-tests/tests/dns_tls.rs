@@ -45,7 +45,7 @@ use integration_tests::dnsmasq::{self, Dnsmasq};
 use integration_tests::http;
 use integration_tests::kubectl::Kubectl;
 use integration_tests::ports::{free_addr, loopback, LOOPBACK};
-use integration_tests::scenario::{stack, stack_with_dns, DEADLINE};
+use integration_tests::scenario::{stack, stack_with_dns, wait_flags, DEADLINE};
 use integration_tests::tls::TestCa;
 use integration_tests::traffic::TrafficLoop;
 use integration_tests::{assert_eventually, every_data_plane};
@@ -56,29 +56,6 @@ every_data_plane!(
     xds_resolves_names,
     seed_front_proxy
 );
-
-async fn wait_health(dp: &DataPlane, cluster: &str, host: SocketAddr, healthy: bool) {
-    let host = host.to_string();
-    let what = format!(
-        "{cluster}/{host} {}",
-        if healthy {
-            "healthy"
-        } else {
-            "failed_active_hc"
-        }
-    );
-    let admin = dp.admin();
-    assert_eventually!(DEADLINE, what, async || {
-        let c = admin.clusters().await?;
-        let flags = c.health_flags(cluster, &host).unwrap_or("<host absent>");
-        if healthy {
-            ensure!(flags == "healthy", "health_flags = {flags}");
-        } else {
-            ensure!(flags.contains("failed_active_hc"), "health_flags = {flags}");
-        }
-        Ok(())
-    });
-}
 
 // ---------------------------------------------------------------------------
 // 1. kube-apiserver readiness over TLS
@@ -167,7 +144,7 @@ async fn apiserver_readyz(flavour: Flavour) {
         ));
     let (pylon, dp) = stack(&bin, flavour, "apiserver-readyz", &config).await;
     for a in &addrs {
-        wait_health(&dp, "kube-apiserver", *a, true).await;
+        wait_flags(&dp, "kube-apiserver", *a, "healthy").await;
     }
     // The checks are GET /readyz over TLS: only a completed handshake shows
     // the apiserver a request.
@@ -190,7 +167,7 @@ async fn apiserver_readyz(flavour: Flavour) {
     // keep it). The first 500 ejects it.
     apis[1].set_ready(false);
     let unready_at = std::time::Instant::now();
-    wait_health(&dp, "kube-apiserver", addrs[1], false).await;
+    wait_flags(&dp, "kube-apiserver", addrs[1], "failed_active_hc").await;
     eprintln!(
         "{flavour}: apiserver-1 ejected {:?} after /readyz turned 500 (interval 200 ms)",
         unready_at.elapsed()
@@ -210,7 +187,7 @@ async fn apiserver_readyz(flavour: Flavour) {
     // Envoy hands health changes to its workers through
     // `update_merge_window` (1 s), so the first connection is awaited.
     apis[1].set_ready(true);
-    wait_health(&dp, "kube-apiserver", addrs[1], true).await;
+    wait_flags(&dp, "kube-apiserver", addrs[1], "healthy").await;
     assert_eventually!(
         DEADLINE,
         "a kubectl connection reaches apiserver-1",

@@ -44,7 +44,7 @@ use integration_tests::dataplane::{DataPlane, Flavour};
 use integration_tests::http;
 use integration_tests::kubectl::Kubectl;
 use integration_tests::ports::{free_addr, loopback, LOOPBACK};
-use integration_tests::scenario::{stack, DEADLINE};
+use integration_tests::scenario::{stack, wait_flags, wait_hosts, DEADLINE};
 use integration_tests::tls::TestCa;
 use integration_tests::traffic::{CallLoop, Calls, TrafficLoop};
 use integration_tests::{assert_eventually, every_data_plane};
@@ -59,38 +59,6 @@ every_data_plane!(
 
 /// Long enough for a loop of kubectl runs to gather its calls.
 const LONG_DEADLINE: Duration = Duration::from_secs(90);
-
-/// Waits until `/clusters` shows `flag` in the host's health flags (or,
-/// for `healthy`, exactly that).
-async fn wait_flags(dp: &DataPlane, cluster: &str, host: SocketAddr, flag: &str) {
-    let host = host.to_string();
-    let admin = dp.admin();
-    assert_eventually!(DEADLINE, format!("{cluster}/{host} {flag}"), async || {
-        let c = admin.clusters().await?;
-        let flags = c.health_flags(cluster, &host).unwrap_or("<host absent>");
-        if flag == "healthy" {
-            ensure!(flags == "healthy", "health_flags = {flags}");
-        } else {
-            ensure!(flags.contains(flag), "health_flags = {flags}");
-        }
-        Ok(())
-    });
-}
-
-async fn wait_hosts(dp: &DataPlane, cluster: &str, want: &[SocketAddr]) {
-    let mut want: Vec<String> = want.iter().map(|a| a.to_string()).collect();
-    want.sort();
-    let admin = dp.admin();
-    assert_eventually!(
-        DEADLINE,
-        format!("{cluster} hosts = {want:?}"),
-        async || {
-            let hosts = admin.clusters().await?.hosts(cluster);
-            ensure!(hosts == want, "hosts = {hosts:?}");
-            Ok(())
-        }
-    );
-}
 
 async fn stat(dp: &DataPlane, name: &str) -> u64 {
     dp.admin()

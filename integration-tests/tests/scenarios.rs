@@ -45,7 +45,7 @@ use integration_tests::http;
 use integration_tests::kubectl::Kubectl;
 use integration_tests::ports::{free_addr, loopback, LOOPBACK};
 use integration_tests::pylon::Pylon;
-use integration_tests::scenario::{stack, wait_node, DEADLINE};
+use integration_tests::scenario::{stack, wait_flags, wait_hosts, wait_node, DEADLINE};
 use integration_tests::tls::TestCa;
 use integration_tests::traffic::TrafficLoop;
 use integration_tests::{assert_eventually, every_data_plane};
@@ -79,44 +79,6 @@ async fn wait_type_status(
         check(&t).with_context(|| format!("{ty} = {t}"))?;
         Ok(t)
     })
-}
-
-async fn wait_health(dp: &DataPlane, cluster: &str, host: SocketAddr, healthy: bool) {
-    let host = host.to_string();
-    let what = format!(
-        "{cluster}/{host} {}",
-        if healthy {
-            "healthy"
-        } else {
-            "failed_active_hc"
-        }
-    );
-    let admin = dp.admin();
-    assert_eventually!(DEADLINE, what, async || {
-        let c = admin.clusters().await?;
-        let flags = c.health_flags(cluster, &host).unwrap_or("<host absent>");
-        if healthy {
-            ensure!(flags == "healthy", "health_flags = {flags}");
-        } else {
-            ensure!(flags.contains("failed_active_hc"), "health_flags = {flags}");
-        }
-        Ok(())
-    });
-}
-
-async fn wait_hosts(dp: &DataPlane, cluster: &str, want: &[SocketAddr]) {
-    let mut want: Vec<String> = want.iter().map(|a| a.to_string()).collect();
-    want.sort();
-    let admin = dp.admin();
-    assert_eventually!(
-        DEADLINE,
-        format!("{cluster} hosts = {want:?}"),
-        async || {
-            let hosts = admin.clusters().await?.hosts(cluster);
-            ensure!(hosts == want, "hosts = {hosts:?}");
-            Ok(())
-        }
-    );
 }
 
 /// `n` GETs of `path` through `listen`; counts by answering replica id.
@@ -235,7 +197,7 @@ async fn apiserver_ha(flavour: Flavour) {
         ));
     let (pylon, dp) = stack(&bin, flavour, "apiserver-ha", &config).await;
     for a in &addrs {
-        wait_health(&dp, "kube-apiserver", *a, true).await;
+        wait_flags(&dp, "kube-apiserver", *a, "healthy").await;
     }
 
     // Each kubectl is a new connection: round robin over the three.
@@ -253,7 +215,7 @@ async fn apiserver_ha(flavour: Flavour) {
 
     // One apiserver goes away: health checks eject it, new connections avoid it.
     apis[1].stop().await;
-    wait_health(&dp, "kube-apiserver", addrs[1], false).await;
+    wait_flags(&dp, "kube-apiserver", addrs[1], "failed_active_hc").await;
     let seq = kubectl_sequence(&kubectl, listen, &ca, &apis, 6).await;
     assert_round_robin(&seq, &[0, 2]);
 
@@ -264,7 +226,7 @@ async fn apiserver_ha(flavour: Flavour) {
     // it, so the first connection to the returning host is awaited.
     apis[1].start_again().await.unwrap();
     assert_eq!(apis[1].addr(), addrs[1]);
-    wait_health(&dp, "kube-apiserver", addrs[1], true).await;
+    wait_flags(&dp, "kube-apiserver", addrs[1], "healthy").await;
     let healthy_at = std::time::Instant::now();
     assert_eventually!(
         DEADLINE,
@@ -915,7 +877,7 @@ async fn removal_drains(flavour: Flavour) {
         } else {
             "kube-apiserver"
         };
-        wait_health(&dp, cluster, *a, true).await;
+        wait_flags(&dp, cluster, *a, "healthy").await;
     }
     let seq = kubectl_sequence(&kubectl, listen, &ca, &apis, 3).await;
     assert_round_robin(&seq, &[0, 1, 2]);
