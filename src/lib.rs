@@ -1,5 +1,5 @@
 //! Pylon's shared foundation: the descriptor set compiled from `proto/`, the
-//! xDS protocol constants every crate uses, and the small process plumbing both
+//! xDS protocol constants and resource types every crate uses, and the small process plumbing both
 //! binaries share: the admin HTTP server, accept loops that back off when
 //! descriptors run out, the descriptor limit, rate-limited log lines, logging
 //! set-up.
@@ -12,9 +12,12 @@ pub mod accept;
 pub mod admin_http;
 pub mod limits;
 pub mod logging;
+pub mod resource_type;
 pub mod throttle;
 pub mod tls;
 pub mod yaml;
+
+pub use resource_type::{PerType, ResourceType};
 
 use std::sync::OnceLock;
 

@@ -37,66 +37,7 @@ use sha2::{Digest, Sha256};
 use crate::resources::Resources;
 use crate::selection::{Names, Policy, Selector, DEFAULT_SELECTION};
 
-/// The four resource kinds Pylon serves, in make-before-break order:
-/// clusters, then endpoints, then listeners, then routes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum ResourceType {
-    /// CDS.
-    Cluster = 0,
-    /// EDS.
-    Endpoint = 1,
-    /// LDS.
-    Listener = 2,
-    /// RDS.
-    Route = 3,
-}
-
-impl ResourceType {
-    /// Every type, in the order a stream sends them.
-    pub const ALL: [ResourceType; 4] = [
-        ResourceType::Cluster,
-        ResourceType::Endpoint,
-        ResourceType::Listener,
-        ResourceType::Route,
-    ];
-
-    /// The type URL on the wire.
-    pub fn type_url(self) -> &'static str {
-        match self {
-            ResourceType::Cluster => pylon::type_url::CLUSTER,
-            ResourceType::Endpoint => pylon::type_url::ENDPOINT,
-            ResourceType::Listener => pylon::type_url::LISTENER,
-            ResourceType::Route => pylon::type_url::ROUTE,
-        }
-    }
-
-    /// The type a type URL names, if Pylon serves it.
-    pub fn from_type_url(url: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|t| t.type_url() == url)
-    }
-
-    /// Short name used in logs, metrics and status ("cds", "eds", "lds", "rds").
-    pub fn short(self) -> &'static str {
-        match self {
-            ResourceType::Cluster => "cds",
-            ResourceType::Endpoint => "eds",
-            ResourceType::Listener => "lds",
-            ResourceType::Route => "rds",
-        }
-    }
-
-    /// Whether a response of this type carries the full set (LDS, CDS), so that
-    /// absence means deletion, and an empty first request means wildcard.
-    pub fn is_full_set(self) -> bool {
-        matches!(self, ResourceType::Cluster | ResourceType::Listener)
-    }
-
-    fn full_name(self) -> &'static str {
-        self.type_url()
-            .strip_prefix("type.googleapis.com/")
-            .unwrap_or_else(|| self.type_url())
-    }
-}
+pub use pylon::ResourceType;
 
 /// One encoded resource, shared by every stream that sends it. Its name and
 /// version are shared too: streams keep them (as subscribed names, as what a
@@ -507,7 +448,7 @@ fn short_hex(bytes: &[u8]) -> String {
 fn content_version(ty: ResourceType, bytes: &[u8]) -> String {
     let pool = pylon::descriptor_pool();
     let canonical = pool
-        .get_message_by_name(ty.full_name())
+        .get_message_by_name(ty.message_name())
         .and_then(|desc| canonical::hash(pool, &desc, bytes));
     match canonical {
         Some(hash) => short_hex(&hash),
