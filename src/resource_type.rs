@@ -101,6 +101,11 @@ impl<T> PerType<T> {
         PerType(ResourceType::ALL.map(&mut f))
     }
 
+    /// A map of the values given in [`ResourceType::ALL`] order.
+    pub fn from_array(values: [T; 4]) -> Self {
+        PerType(values)
+    }
+
     /// The slots with their types, in [`ResourceType::ALL`] order.
     pub fn iter(&self) -> impl Iterator<Item = (ResourceType, &T)> {
         ResourceType::ALL.into_iter().zip(self.0.iter())
@@ -127,6 +132,16 @@ impl<T> PerType<T> {
     }
 }
 
+/// The slots with their types, by value, in [`ResourceType::ALL`] order.
+impl<T> IntoIterator for PerType<T> {
+    type Item = (ResourceType, T);
+    type IntoIter =
+        std::iter::Zip<std::array::IntoIter<ResourceType, 4>, std::array::IntoIter<T, 4>>;
+    fn into_iter(self) -> Self::IntoIter {
+        ResourceType::ALL.into_iter().zip(self.0)
+    }
+}
+
 impl<T> Index<ResourceType> for PerType<T> {
     type Output = T;
     fn index(&self, ty: ResourceType) -> &T {
@@ -137,6 +152,19 @@ impl<T> Index<ResourceType> for PerType<T> {
 impl<T> IndexMut<ResourceType> for PerType<T> {
     fn index_mut(&mut self, ty: ResourceType) -> &mut T {
         &mut self.0[ty as usize]
+    }
+}
+
+/// Serialised as an object keyed by the types' short names (`cds`, `eds`,
+/// `lds`, `rds`), in [`ResourceType::ALL`] order.
+impl<T: serde::Serialize> serde::Serialize for PerType<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(4))?;
+        for (ty, v) in self.iter() {
+            map.serialize_entry(ty.short(), v)?;
+        }
+        map.end()
     }
 }
 
@@ -186,5 +214,12 @@ mod tests {
             *v += 1;
         }
         assert_eq!(m.values().sum::<usize>(), 17);
+    }
+
+    #[test]
+    fn per_type_serialises_keyed_by_short_name() {
+        let m = PerType::from_fn(|t| t as u8);
+        let yaml = serde_yaml::to_string(&m).unwrap();
+        assert_eq!(yaml, "cds: 0\neds: 1\nlds: 2\nrds: 3\n");
     }
 }

@@ -14,6 +14,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+use pylon::PerType;
 
 /// Label set naming an xDS type (`cds`, `eds`, `lds`, `rds`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -99,7 +100,7 @@ pub struct Metrics {
     pub pushes: Family<TypeLabel, Counter>,
     /// The counters of `pushes`, by `ResourceType` index (counted without
     /// looking the label up).
-    push_counters: [Counter; 4],
+    push_counters: PerType<Counter>,
     /// Seconds from a snapshot's creation to a response carrying it being queued on a stream.
     pub push_latency: Histogram,
     /// NACKs received, by type.
@@ -163,7 +164,7 @@ impl Metrics {
         );
         let pushes = Family::<TypeLabel, Counter>::default();
         registry.register("pushes", "xDS responses sent, by type", pushes.clone());
-        let push_counters = crate::snapshot::ResourceType::ALL.map(|ty| {
+        let push_counters = PerType::from_fn(|ty| {
             pushes
                 .get_or_create(&TypeLabel {
                     r#type: ty.short().to_string(),
@@ -354,7 +355,7 @@ impl Metrics {
 
     /// Counts a response of `ty` sent.
     pub fn pushed(&self, ty: crate::snapshot::ResourceType) {
-        self.push_counters[ty as usize].inc();
+        self.push_counters[ty].inc();
     }
 
     /// Counts a request refused for `reason`.

@@ -33,6 +33,7 @@ use tonic::Status;
 use crate::metrics::{Metrics, TypeLabel};
 use crate::server::limits::{refuse, Reason, DEFAULT_MAX_STREAMS};
 use crate::snapshot::{ResourceMap, ResourceType};
+use pylon::PerType;
 
 /// The longest node id, node cluster, user agent, version or nonce kept
 /// for display (`/nodes`, `status`, logs); longer ones are cut, with their
@@ -276,41 +277,7 @@ pub struct StreamStatus {
     /// When the stream opened (milliseconds since the Unix epoch).
     pub connected_at_unix_ms: u64,
     /// Per type: `cds`, `eds`, `lds`, `rds`.
-    pub types: TypeStatuses,
-}
-
-/// Per-type status, serialised as an object keyed by short type name.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct TypeStatuses {
-    /// Clusters.
-    pub cds: TypeStatus,
-    /// Endpoints.
-    pub eds: TypeStatus,
-    /// Listeners.
-    pub lds: TypeStatus,
-    /// Routes.
-    pub rds: TypeStatus,
-}
-
-impl TypeStatuses {
-    /// The status of one type.
-    pub fn get(&self, ty: ResourceType) -> &TypeStatus {
-        match ty {
-            ResourceType::Cluster => &self.cds,
-            ResourceType::Endpoint => &self.eds,
-            ResourceType::Listener => &self.lds,
-            ResourceType::Route => &self.rds,
-        }
-    }
-
-    fn get_mut(&mut self, ty: ResourceType) -> &mut TypeStatus {
-        match ty {
-            ResourceType::Cluster => &mut self.cds,
-            ResourceType::Endpoint => &mut self.eds,
-            ResourceType::Listener => &mut self.lds,
-            ResourceType::Route => &mut self.rds,
-        }
-    }
+    pub types: PerType<TypeStatus>,
 }
 
 /// Every open stream of one server.
@@ -397,7 +364,7 @@ impl Registry {
             identity: identity.as_ref().map(|i| display(&i.display())),
             protocol: protocol.to_string(),
             connected_at_unix_ms: now_ms(),
-            types: TypeStatuses::default(),
+            types: PerType::default(),
         }));
         self.streams.insert(id, Arc::clone(&entry));
         self.metrics.connected_streams.inc();
@@ -419,12 +386,7 @@ impl Registry {
             .map(|e| lock(e.value()).clone())
             .collect();
         for s in &mut v {
-            for t in [
-                &mut s.types.cds,
-                &mut s.types.eds,
-                &mut s.types.lds,
-                &mut s.types.rds,
-            ] {
+            for (_, t) in s.types.iter_mut() {
                 t.state = t.state();
                 t.resources = t.held.len();
             }
@@ -568,7 +530,7 @@ impl StreamGuard {
     /// stream's state, not copied).
     pub fn subscribed(&self, ty: ResourceType, wildcard: bool, names: NameSet) {
         let mut s = lock(&self.entry);
-        let t = s.types.get_mut(ty);
+        let t = &mut s.types[ty];
         t.wildcard = wildcard;
         t.subscribed = names;
     }
@@ -577,7 +539,7 @@ impl StreamGuard {
     /// (`initial_resource_versions`) before anything is sent on this stream.
     pub fn seeded(&self, ty: ResourceType, held: Held) {
         let mut s = lock(&self.entry);
-        s.types.get_mut(ty).held = held;
+        s.types[ty].held = held;
     }
 
     /// Records a response sent (carrying `resources` resources), and what
@@ -591,7 +553,7 @@ impl StreamGuard {
         held: Held,
     ) {
         let mut s = lock(&self.entry);
-        let t = s.types.get_mut(ty);
+        let t = &mut s.types[ty];
         t.sent_version = Some(Arc::clone(version));
         t.sent_nonce = Some(nonce);
         t.sent_resources = resources;
@@ -602,7 +564,7 @@ impl StreamGuard {
     /// Records an ACK of `version`.
     pub fn acked(&self, ty: ResourceType, version: &str) {
         let mut s = lock(&self.entry);
-        let t = s.types.get_mut(ty);
+        let t = &mut s.types[ty];
         // Usually the version just sent: shared, not copied. Otherwise
         // the client's text, cut like any other shown.
         t.acked_version = match &t.sent_version {
@@ -621,7 +583,7 @@ impl StreamGuard {
             })
             .inc();
         let mut s = lock(&self.entry);
-        s.types.get_mut(ty).stale_nonces += 1;
+        s.types[ty].stale_nonces += 1;
     }
 
     /// Records a NACK (its message cut to [`MAX_NACK_MESSAGE_BYTES`]) and
@@ -635,7 +597,7 @@ impl StreamGuard {
             })
             .inc();
         let mut s = lock(&self.entry);
-        s.types.get_mut(ty).last_nack = Some(Nack {
+        s.types[ty].last_nack = Some(Nack {
             version: display(version),
             nonce: display(nonce),
             message: truncate(message, MAX_NACK_MESSAGE_BYTES).into_owned(),
@@ -674,7 +636,7 @@ mod tests {
     fn states_follow_sends_acks_and_nacks() {
         let reg = Arc::new(Registry::new(Arc::new(Metrics::new())));
         let g = reg.open("ads", None, None).unwrap();
-        let st = |reg: &Registry| reg.list()[0].types.cds.state();
+        let st = |reg: &Registry| reg.list()[0].types[ResourceType::Cluster].state();
         assert_eq!(st(&reg), "NOT_SENT");
         let held = Held::Versions(Arc::new([(Arc::from("a"), Arc::from("1"))].into()));
         let v = |s: &str| Arc::<str>::from(s);
@@ -751,10 +713,17 @@ mod tests {
                 &field[field.len() - 20..]
             );
         }
-        let nack = s.types.cds.last_nack.as_ref().unwrap();
+        let nack = s.types[ResourceType::Cluster].last_nack.as_ref().unwrap();
         assert!(nack.message.len() < MAX_NACK_MESSAGE_BYTES + 32);
         assert!(nack.nonce.len() < DISPLAY_BYTES + 32);
-        assert!(s.types.cds.acked_version.as_ref().unwrap().len() < DISPLAY_BYTES + 32);
+        assert!(
+            s.types[ResourceType::Cluster]
+                .acked_version
+                .as_ref()
+                .unwrap()
+                .len()
+                < DISPLAY_BYTES + 32
+        );
         assert!(reg
             .metrics()
             .encode()

@@ -89,13 +89,7 @@ fn client_config(streams: &[StreamStatus], snap: &Snapshot, contents: bool) -> C
     let mut generic_xds_configs = Vec::new();
     for s in streams {
         for ty in ResourceType::ALL {
-            resources(
-                ty,
-                s.types.get(ty),
-                snap,
-                contents,
-                &mut generic_xds_configs,
-            );
+            resources(ty, &s.types[ty], snap, contents, &mut generic_xds_configs);
         }
     }
     let mut node = streams

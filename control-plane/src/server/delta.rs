@@ -44,6 +44,7 @@ use super::sotw::{is_nonce, request_type, warn_nack, warn_unknown_type};
 use super::wire::Outgoing;
 use crate::registry::{Held, NameSet, StreamGuard};
 use crate::snapshot::{intern, Resource, ResourceMap, ResourceType, Snapshot};
+use pylon::PerType;
 
 #[derive(Debug, Default)]
 struct TypeState {
@@ -126,7 +127,7 @@ impl Diff {
 /// The protocol state of one delta stream.
 #[derive(Debug)]
 pub struct DeltaStream {
-    types: [TypeState; 4],
+    types: PerType<TypeState>,
     nonce: u64,
     only: Option<ResourceType>,
     guard: StreamGuard,
@@ -172,7 +173,7 @@ impl DeltaStream {
         check_names(metrics, ty, "resource name", names.map(String::as_str))?;
         let versions = req.initial_resource_versions.values();
         check_names(metrics, ty, "version", versions.map(String::as_str))?;
-        let t = &mut self.types[ty as usize];
+        let t = &mut self.types[ty];
         let stale = !req.response_nonce.is_empty()
             && t.last_nonce != 0
             && !is_nonce(&req.response_nonce, t.last_nonce);
@@ -251,11 +252,11 @@ impl DeltaStream {
         check_name_count(self.guard.metrics(), ty, t.names.len())?;
         let bytes: usize = self
             .types
-            .iter()
+            .values()
             .map(|t| t.name_bytes + t.declared_bytes)
             .sum();
         check_subscribed_bytes(self.guard.metrics(), bytes)?;
-        let t = &mut self.types[ty as usize];
+        let t = &mut self.types[ty];
         let out_of_scope = |t: &TypeState| t.held_versions.keys().any(|n| !t.names.contains(n));
         if t.held_map.is_none() && !t.wildcard && out_of_scope(t) {
             let names = Arc::clone(&t.names);
@@ -271,7 +272,7 @@ impl DeltaStream {
                 .seeded(ty, Held::Versions(Arc::clone(&t.held_versions)));
         }
         let diff = self.diff(ty, snap);
-        let answer_anyway = (first && self.types[ty as usize].wildcard) || wildcard_unsubscribed;
+        let answer_anyway = (first && self.types[ty].wildcard) || wildcard_unsubscribed;
         let out = if diff.is_empty() && !answer_anyway {
             Vec::new()
         } else {
@@ -279,7 +280,7 @@ impl DeltaStream {
         };
         // Whether or not anything was sent, the client now holds exactly
         // what it sees of the snapshot.
-        self.types[ty as usize].synced(&snap.get(ty).resources);
+        self.types[ty].synced(&snap.get(ty).resources);
         Ok(out)
     }
 
@@ -292,7 +293,7 @@ impl DeltaStream {
         let eds_removed = std::mem::take(&mut eds.removed);
         if !cds.updates.is_empty() {
             // A changed cluster warms until it gets its load assignment again.
-            let t = &self.types[ResourceType::Endpoint as usize];
+            let t = &self.types[ResourceType::Endpoint];
             let served = &snap.get(ResourceType::Endpoint).resources;
             if t.seen {
                 let mut resend = false;
@@ -339,7 +340,7 @@ impl DeltaStream {
         }
         // Everything the stream sees is sent now.
         for ty in ResourceType::ALL {
-            let t = &mut self.types[ty as usize];
+            let t = &mut self.types[ty];
             if t.seen {
                 t.synced(&snap.get(ty).resources);
             }
@@ -354,7 +355,7 @@ impl DeltaStream {
     /// What the client lacks of `ty` (new or changed resources in its
     /// scope) and holds in vain (names in scope no longer served).
     fn diff(&self, ty: ResourceType, snap: &Snapshot) -> Diff {
-        let t = &self.types[ty as usize];
+        let t = &self.types[ty];
         let view = snap.get(ty);
         let all = &view.resources;
         if !t.seen {
@@ -429,7 +430,7 @@ impl DeltaStream {
         self.nonce += 1;
         let nonce = self.nonce;
         let version = Arc::clone(&snap.get(ty).version);
-        let t = &mut self.types[ty as usize];
+        let t = &mut self.types[ty];
         t.last_nonce = nonce;
         t.sent_version = Some(Arc::clone(&version));
         // Responses of one batch are made together, so the client holds the
@@ -622,7 +623,7 @@ mod tests {
         assert!(s
             .on_snapshot(&snapshot(&Fixture::two_clusters()))
             .is_empty());
-        assert_eq!(reg.list()[0].types.eds.state(), "ERROR");
+        assert_eq!(reg.list()[0].types[ResourceType::Endpoint].state(), "ERROR");
     }
 
     #[test]
@@ -803,7 +804,7 @@ mod tests {
             .unwrap();
         assert_eq!(names(&out[0]), ["a", "b"]);
         // What it holds is the snapshot's own map, not a copy.
-        let held = |reg: &Registry| reg.list()[0].types.eds.held.clone();
+        let held = |reg: &Registry| reg.list()[0].types[ResourceType::Endpoint].held.clone();
         match held(&reg) {
             Held::Scoped { map, names } => {
                 assert!(Arc::ptr_eq(&map, &v1.get(ResourceType::Endpoint).resources));

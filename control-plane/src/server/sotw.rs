@@ -46,6 +46,7 @@ use super::limits::{check_name_count, check_names, check_subscribed_bytes};
 use super::wire::Outgoing;
 use crate::registry::{Held, NameSet, StreamGuard};
 use crate::snapshot::{intern, Resource, ResourceMap, ResourceType, Snapshot};
+use pylon::PerType;
 
 pub use super::limits::MAX_NAMES_PER_TYPE;
 
@@ -167,7 +168,7 @@ enum Push {
 /// The protocol state of one SotW stream.
 #[derive(Debug)]
 pub struct SotwStream {
-    types: [TypeState; 4],
+    types: PerType<TypeState>,
     nonce: u64,
     only: Option<ResourceType>,
     guard: StreamGuard,
@@ -213,9 +214,9 @@ impl SotwStream {
         let other_types_bytes: usize = ResourceType::ALL
             .into_iter()
             .filter(|&o| o != ty)
-            .map(|o| self.types[o as usize].name_bytes)
+            .map(|o| self.types[o].name_bytes)
             .sum();
-        let t = &mut self.types[ty as usize];
+        let t = &mut self.types[ty];
         let initial = t.last_nonce == 0;
         if !initial && !is_nonce(&req.response_nonce, t.last_nonce) {
             if req.response_nonce.is_empty() {
@@ -302,7 +303,7 @@ impl SotwStream {
         // interim CDS response while listeners/routes that used them change.
         let mut retiring: Vec<Arc<Resource>> = Vec::new();
         for ty in ResourceType::ALL {
-            let t = &mut self.types[ty as usize];
+            let t = &mut self.types[ty];
             let view = snap.get(ty);
             let held = match &t.held {
                 Some(h) if t.seen && !Arc::ptr_eq(h, &view.resources) => Arc::clone(h),
@@ -345,19 +346,19 @@ impl SotwStream {
             let map = Arc::clone(&snap.get(ty).resources);
             let (resources, suffix) = match push {
                 Push::Full if ty == ResourceType::Cluster && two_phase => {
-                    let mut all = self.types[ty as usize].select(&map);
+                    let mut all = self.types[ty].select(&map);
                     all.extend(retiring.iter().cloned());
                     all.sort_by(|a, b| a.name.cmp(&b.name));
                     (all, "-retiring")
                 }
-                Push::Full => (self.types[ty as usize].select(&map), ""),
+                Push::Full => (self.types[ty].select(&map), ""),
                 Push::Changed(changed) => (changed, ""),
             };
             out.push(self.respond(ty, snap, resources, &map, suffix));
         }
         if two_phase {
             let map = Arc::clone(&snap.get(ResourceType::Cluster).resources);
-            let all = self.types[ResourceType::Cluster as usize].select(&map);
+            let all = self.types[ResourceType::Cluster].select(&map);
             out.push(self.respond(ResourceType::Cluster, snap, all, &map, ""));
         }
         let latency = snap.created.elapsed().as_secs_f64();
@@ -385,7 +386,7 @@ impl SotwStream {
         } else {
             Arc::from(format!("{served}{version_suffix}"))
         };
-        let t = &mut self.types[ty as usize];
+        let t = &mut self.types[ty];
         self.guard
             .sent(ty, &version, nonce, resources.len(), t.held(map));
         self.guard.metrics().pushed(ty);
@@ -394,12 +395,8 @@ impl SotwStream {
         t.sent_version = Some(Arc::clone(&version));
         t.held = Some(Arc::clone(map));
         match ty {
-            ResourceType::Cluster => {
-                self.types[ResourceType::Endpoint as usize].always_respond = true
-            }
-            ResourceType::Listener => {
-                self.types[ResourceType::Route as usize].always_respond = true
-            }
+            ResourceType::Cluster => self.types[ResourceType::Endpoint].always_respond = true,
+            ResourceType::Listener => self.types[ResourceType::Route].always_respond = true,
             _ => {}
         }
         Outgoing {
@@ -508,7 +505,7 @@ mod tests {
             &out[0].nonce,
         );
         assert!(s.on_request(ack, &v1).unwrap().is_empty());
-        assert_eq!(reg.list()[0].types.cds.state(), "SYNCED");
+        assert_eq!(reg.list()[0].types[ResourceType::Cluster].state(), "SYNCED");
         // A cluster removed: full set without it.
         let v2 = snapshot(&Fixture::one_cluster());
         let out2 = s.on_snapshot(&v2);
@@ -563,9 +560,13 @@ mod tests {
             .on_snapshot(&snapshot(&Fixture::two_clusters()))
             .is_empty());
         let st = &reg.list()[0];
-        assert_eq!(st.types.cds.state(), "ERROR");
+        assert_eq!(st.types[ResourceType::Cluster].state(), "ERROR");
         assert_eq!(
-            st.types.cds.last_nack.as_ref().unwrap().message,
+            st.types[ResourceType::Cluster]
+                .last_nack
+                .as_ref()
+                .unwrap()
+                .message,
             "cluster a: bad"
         );
         assert!(reg
@@ -596,7 +597,7 @@ mod tests {
         let out = s.on_snapshot(&snapshot(&Fixture::two_clusters()));
         assert_eq!(out.len(), 1);
         assert_eq!(names(&out[0]), ["b"]);
-        let eds = &reg.list()[0].types.eds;
+        let eds = &reg.list()[0].types[ResourceType::Endpoint];
         assert_eq!(eds.held.sorted().len(), 2, "{:?}", eds.held);
         assert_eq!(eds.sent_resources, 1);
     }
@@ -632,7 +633,7 @@ mod tests {
         assert_eq!(out[0].type_url, ResourceType::Endpoint.type_url());
         assert_eq!(names(&out[0]), ["b"]);
         assert_ne!(out[0].version_info, e[0].version_info);
-        let eds = reg.list()[0].types.eds.clone();
+        let eds = reg.list()[0].types[ResourceType::Endpoint].clone();
         let served = &v2.get(ResourceType::Endpoint).resources;
         assert_eq!(
             eds.held.sorted(),

@@ -37,6 +37,7 @@ use sha2::{Digest, Sha256};
 use crate::resources::Resources;
 use crate::selection::{Names, Policy, Selector, DEFAULT_SELECTION};
 
+use pylon::PerType;
 pub use pylon::ResourceType;
 
 /// One encoded resource, shared by every stream that sends it. Its name and
@@ -167,7 +168,7 @@ fn diff_maps(
 pub struct Snapshot {
     /// Hash of the four type versions (and of the node policy when there is one).
     pub version: String,
-    types: [TypeSnapshot; 4],
+    types: PerType<TypeSnapshot>,
     /// When this snapshot was built (push latency is measured from here).
     pub created: Instant,
     /// The selection this is a view for; [`DEFAULT_SELECTION`] for the whole
@@ -242,8 +243,8 @@ impl Snapshot {
             // Already resolved into `endpoints` (crate::dns).
             names: _,
         } = resources;
-        let mut types: [TypeSnapshot; 4] = Default::default();
-        let encoded: [Vec<(String, Vec<u8>)>; 4] = [
+        let mut types: PerType<TypeSnapshot> = PerType::default();
+        let encoded: PerType<Vec<(String, Vec<u8>)>> = PerType::from_array([
             clusters
                 .iter()
                 .map(|r| (r.name.clone(), r.encode_to_vec()))
@@ -260,9 +261,9 @@ impl Snapshot {
                 .iter()
                 .map(|r| (r.name.clone(), r.encode_to_vec()))
                 .collect(),
-        ];
-        for (ty, items) in ResourceType::ALL.into_iter().zip(encoded) {
-            let slot = &mut types[ty as usize];
+        ]);
+        for (ty, items) in encoded {
+            let slot = &mut types[ty];
             let mut map = BTreeMap::new();
             for (name, bytes) in items {
                 let version = content_version(ty, &bytes);
@@ -292,7 +293,7 @@ impl Snapshot {
             *slot = TypeSnapshot::new(Arc::clone(&content), content, resources);
         }
         let mut h = Sha256::new();
-        for t in &types {
+        for t in types.values() {
             h.update(t.version.as_bytes());
         }
         if !policy.selectors.is_empty() || !policy.clients.is_empty() {
@@ -341,7 +342,7 @@ impl Snapshot {
     /// selected cluster its load assignment.
     fn narrow(&self, selector: &Selector) -> Snapshot {
         let g = &self.graph;
-        let all = |ty: ResourceType| &self.types[ty as usize].resources;
+        let all = |ty: ResourceType| &self.types[ty].resources;
         let keys = |ty: ResourceType| all(ty).keys().map(|k| &**k);
         let listeners: BTreeSet<&str> = keys(ResourceType::Listener)
             .filter(|n| selector.listeners.contains(n))
@@ -383,19 +384,19 @@ impl Snapshot {
                 .map(|(n, r)| (Arc::clone(n), Arc::clone(r)))
                 .collect();
             TypeSnapshot::new(
-                Arc::clone(&self.types[ty as usize].version),
+                Arc::clone(&self.types[ty].version),
                 Arc::from(content_hash(&picked)),
                 Arc::new(picked),
             )
         };
         Snapshot {
             version: self.version.clone(),
-            types: [
-                pick(ResourceType::Cluster, &clusters),
-                pick(ResourceType::Endpoint, &endpoints),
-                pick(ResourceType::Listener, &listeners),
-                pick(ResourceType::Route, &routes),
-            ],
+            types: PerType::from_fn(|ty| match ty {
+                ResourceType::Cluster => pick(ty, &clusters),
+                ResourceType::Endpoint => pick(ty, &endpoints),
+                ResourceType::Listener => pick(ty, &listeners),
+                ResourceType::Route => pick(ty, &routes),
+            }),
             created: self.created,
             selection: selector.name.clone(),
             policy: Arc::default(),
@@ -406,12 +407,12 @@ impl Snapshot {
 
     /// The resources of one type.
     pub fn get(&self, ty: ResourceType) -> &TypeSnapshot {
-        &self.types[ty as usize]
+        &self.types[ty]
     }
 
     /// Number of resources of each type, in [`ResourceType::ALL`] order.
     pub fn counts(&self) -> [usize; 4] {
-        [0, 1, 2, 3].map(|i| self.types[i].resources.len())
+        ResourceType::ALL.map(|ty| self.types[ty].resources.len())
     }
 }
 
