@@ -102,6 +102,70 @@ pub fn trim(v: &[u8]) -> &[u8] {
     v.get(start..end).unwrap_or_default()
 }
 
+/// Whether the header name or token `s` is `lower` (a lowercase literal of
+/// letters, digits and `-`), ASCII case-insensitively.
+///
+/// Setting bit 0x20 folds `A`-`Z` onto `a`-`z`; the only other bytes it maps
+/// onto a letter, a digit or `-` are control characters (and CR onto `-`),
+/// which httparse refuses in names and values. So one OR and one compare per
+/// eight bytes decide, where `eq_ignore_ascii_case` folds byte by byte.
+#[inline]
+pub fn eq_lower(s: &[u8], lower: &[u8]) -> bool {
+    debug_assert!(!lower.iter().any(u8::is_ascii_uppercase));
+    if s.len() != lower.len() {
+        return false;
+    }
+    const FOLD: u64 = 0x2020_2020_2020_2020;
+    let (a8, b8) = (s.chunks_exact(8), lower.chunks_exact(8));
+    let (a_rest, b_rest) = (a8.remainder(), b8.remainder());
+    for (a, b) in a8.zip(b8) {
+        let (Ok(a), Ok(b)) = (<[u8; 8]>::try_from(a), <[u8; 8]>::try_from(b)) else {
+            return false;
+        };
+        if u64::from_ne_bytes(a) | FOLD != u64::from_ne_bytes(b) | FOLD {
+            return false;
+        }
+    }
+    a_rest.iter().zip(b_rest).all(|(a, b)| a | 0x20 == b | 0x20)
+}
+
+/// What a `Connection` header value says.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionValue {
+    /// The `close` option.
+    pub close: bool,
+    /// The `keep-alive` option.
+    pub keep_alive: bool,
+    /// A token other than the connection options `close`, `keep-alive`,
+    /// `upgrade` and `http2-settings`: the value names headers to drop.
+    pub names_headers: bool,
+}
+
+/// Reads a `Connection` value in one pass (the usual single `keep-alive` or
+/// `close` without splitting it into tokens).
+#[inline]
+pub fn connection_value(v: &[u8]) -> ConnectionValue {
+    let mut c = ConnectionValue::default();
+    if eq_lower(v, b"keep-alive") {
+        c.keep_alive = true;
+        return c;
+    }
+    if eq_lower(v, b"close") {
+        c.close = true;
+        return c;
+    }
+    for t in tokens(v) {
+        if eq_lower(t, b"close") {
+            c.close = true;
+        } else if eq_lower(t, b"keep-alive") {
+            c.keep_alive = true;
+        } else if !(eq_lower(t, b"upgrade") || eq_lower(t, b"http2-settings")) {
+            c.names_headers = true;
+        }
+    }
+    c
+}
+
 /// The comma-separated, trimmed, non-empty tokens of a header value.
 #[inline]
 pub fn tokens(v: &[u8]) -> impl Iterator<Item = &[u8]> {
@@ -117,9 +181,7 @@ pub fn has_token(v: &[u8], token: &str) -> bool {
 /// Whether the last coding of a `transfer-encoding` value is `chunked`.
 #[inline]
 pub fn final_chunked(v: &[u8]) -> bool {
-    tokens(v)
-        .last()
-        .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"))
+    eq_lower(v, b"chunked") || tokens(v).last().is_some_and(|t| eq_lower(t, b"chunked"))
 }
 
 /// What one step of a [`BodyDecoder`] found at the start of its buffer.
@@ -360,6 +422,11 @@ pub fn last_chunk(out: &mut Vec<u8>, trailers: &[u8]) {
 
 /// Appends `HTTP/1.1 <status> <reason>\r\n`.
 pub fn status_line(out: &mut Vec<u8>, status: u16) {
+    if status == 200 {
+        // Most responses: one copy.
+        out.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+        return;
+    }
     let reason = hyper::StatusCode::from_u16(status)
         .ok()
         .and_then(|s| s.canonical_reason())
@@ -388,6 +455,75 @@ pub fn header_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn eq_lower_folds_case_only() {
+        for (s, lower, eq) in [
+            (&b"Content-Length"[..], &b"content-length"[..], true),
+            (b"CONTENT-LENGTH", b"content-length", true),
+            (b"content-lengtx", b"content-length", false),
+            (b"content_length", b"content-length", false),
+            (b"Keep-Alive", b"keep-alive", true),
+            (b"keep-alivE", b"keep-alive", true),
+            (b"keep-alive ", b"keep-alive", false),
+            (b"te", b"te", true),
+            (b"tE", b"te", true),
+            (b"t", b"te", false),
+            (b"x-envoy-original-path", b"x-envoy-original-path", true),
+            (b"X-Envoy-Original-Pat\xc8", b"x-envoy-original-path", false),
+            (b"x-envoy-original-patj", b"x-envoy-original-path", false),
+            (b"1OO-continue", b"100-continue", false),
+            (b"100-CONTINUE", b"100-continue", true),
+            (b"", b"", true),
+        ] {
+            assert_eq!(
+                eq_lower(s, lower),
+                eq,
+                "{:?} vs {:?}",
+                String::from_utf8_lossy(s),
+                String::from_utf8_lossy(lower)
+            );
+            assert_eq!(s.eq_ignore_ascii_case(lower), eq, "reference for {s:?}");
+        }
+    }
+
+    #[test]
+    fn connection_values() {
+        let c = |v: &[u8]| connection_value(v);
+        assert_eq!(
+            c(b"Keep-Alive"),
+            ConnectionValue {
+                keep_alive: true,
+                ..Default::default()
+            }
+        );
+        assert_eq!(
+            c(b"close"),
+            ConnectionValue {
+                close: true,
+                ..Default::default()
+            }
+        );
+        assert_eq!(
+            c(b"upgrade, CLOSE"),
+            ConnectionValue {
+                close: true,
+                ..Default::default()
+            }
+        );
+        assert_eq!(
+            c(b"keep-alive, x-foo"),
+            ConnectionValue {
+                keep_alive: true,
+                names_headers: true,
+                ..Default::default()
+            }
+        );
+        assert_eq!(c(b" , http2-settings ,"), ConnectionValue::default());
+        assert!(final_chunked(b"Chunked"));
+        assert!(final_chunked(b"gzip, chunked"));
+        assert!(!final_chunked(b"chunked, gzip"));
+    }
 
     /// Feeds `input` to a decoder `split` bytes at a time, as a connection
     /// would, and returns the data and the trailers.

@@ -192,7 +192,7 @@ impl RouteTable {
 
     /// The virtual host for a Host header value.
     pub fn virtual_host(&self, host: &str) -> Option<&VirtualHost> {
-        if self.exact.is_empty() && self.suffix.is_empty() && self.prefix.is_empty() {
+        if !self.reads_host() {
             // Only a `*` virtual host (or none): nothing to look up.
             return self.default.and_then(|i| self.vhosts.get(i));
         }
@@ -206,6 +206,13 @@ impl RouteTable {
             .or_else(|| strip_port(&host).and_then(|h| self.match_domain(h)))
             .or(self.default)?;
         self.vhosts.get(i)
+    }
+
+    /// Whether choosing a virtual host reads the request's host: not when
+    /// the only one is `*` (or there is none).
+    #[inline]
+    pub fn reads_host(&self) -> bool {
+        !(self.exact.is_empty() && self.suffix.is_empty() && self.prefix.is_empty())
     }
 
     /// The route for a request: Host header, path without query, path with query.

@@ -229,6 +229,8 @@ pub struct ResponseHead<'b> {
     pub status: u16,
     /// The headers, as the host wrote them.
     pub headers: &'b [httparse::Header<'b>],
+    /// The head they were parsed from.
+    pub raw: &'b [u8],
     /// Where the body ends.
     pub framing: Framing,
     /// Whether the connection may carry another request afterwards.
@@ -264,11 +266,12 @@ pub fn parse_response<'b>(
     for h in headers {
         let name = h.name.as_bytes();
         match name.len() {
-            10 if name.eq_ignore_ascii_case(b"connection") => {
-                close |= http1::has_token(h.value, "close");
-                keep_alive |= http1::has_token(h.value, "keep-alive");
+            10 if http1::eq_lower(name, b"connection") => {
+                let c = http1::connection_value(h.value);
+                close |= c.close;
+                keep_alive |= c.keep_alive;
             }
-            14 if name.eq_ignore_ascii_case(b"content-length") => {
+            14 if http1::eq_lower(name, b"content-length") => {
                 let n = http1::parse_content_length(h.value)
                     .ok_or(ClientError::Protocol("invalid content-length"))?;
                 if length.is_some_and(|l| l != n) {
@@ -276,10 +279,10 @@ pub fn parse_response<'b>(
                 }
                 length = Some(n);
             }
-            17 if name.eq_ignore_ascii_case(b"transfer-encoding") => {
+            17 if http1::eq_lower(name, b"transfer-encoding") => {
                 chunked = Some(http1::final_chunked(h.value));
             }
-            18 if name.eq_ignore_ascii_case(b"x-envoy-overloaded") => overloaded = true,
+            18 if http1::eq_lower(name, b"x-envoy-overloaded") => overloaded = true,
             _ => {}
         }
     }
@@ -302,6 +305,7 @@ pub fn parse_response<'b>(
     Ok(ResponseHead {
         status,
         headers,
+        raw: buf,
         framing,
         reusable,
         overloaded,

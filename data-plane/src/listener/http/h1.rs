@@ -601,7 +601,7 @@ fn begin_response(wbuf: &mut Vec<u8>, head: &ResponseHead<'_>, http10: bool, kee
     let close = !keep || (reframed && http10);
     wbuf.clear();
     http1::status_line(wbuf, head.status);
-    let info = headers::write_response_headers(wbuf, head.headers, reframed);
+    let info = headers::write_response_headers(wbuf, head.raw, head.headers, reframed);
     if !info.has_date {
         push_date(wbuf);
     }

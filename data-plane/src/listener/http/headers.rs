@@ -20,7 +20,7 @@
 
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 
-use crate::http1::{self, header_line, tokens};
+use crate::http1::{self, eq_lower, header_line, tokens};
 
 /// What a header name is, for the headers that matter here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,7 +41,7 @@ enum Name {
 
 #[inline]
 fn classify(name: &[u8]) -> Name {
-    let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
+    let is = |n: &[u8]| eq_lower(name, n);
     match name.len() {
         2 if is(b"te") => Name::Te,
         4 if is(b"host") => Name::Host,
@@ -92,9 +92,10 @@ pub enum BadRequest {
 /// Connection tokens that name no header (`close`, `keep-alive` and
 /// `upgrade` are connection options; `http2-settings` belongs to h2c upgrades).
 fn is_connection_option(token: &[u8]) -> bool {
-    [&b"close"[..], b"keep-alive", b"upgrade", b"http2-settings"]
-        .iter()
-        .any(|o| token.eq_ignore_ascii_case(o))
+    eq_lower(token, b"close")
+        || eq_lower(token, b"keep-alive")
+        || eq_lower(token, b"upgrade")
+        || eq_lower(token, b"http2-settings")
 }
 
 /// What one pass over a request's headers found.
@@ -130,9 +131,9 @@ pub fn scan_request<'b>(headers: &[httparse::Header<'b>]) -> Result<RequestInfo<
             Name::Connection => {
                 for token in tokens(v) {
                     connection_tokens += 1;
-                    if token.eq_ignore_ascii_case(b"close") {
+                    if eq_lower(token, b"close") {
                         info.close = true;
-                    } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                    } else if eq_lower(token, b"keep-alive") {
                         info.keep_alive = true;
                     }
                     if is_connection_option(token) {
@@ -246,35 +247,108 @@ fn response_nominated<'b>(headers: &[httparse::Header<'b>]) -> Vec<&'b [u8]> {
 /// Appends the response headers that go downstream: all but the hop-by-hop
 /// ones and those `Connection` names; `content-length` too when
 /// `drop_length` (the body is re-framed).
+///
+/// `raw` is the head the headers were parsed from (empty if they were not):
+/// headers that follow each other there, each line ending right after its
+/// value, are copied as one run of bytes rather than line by line.
 pub fn write_response_headers(
     out: &mut Vec<u8>,
+    raw: &[u8],
     headers: &[httparse::Header<'_>],
     drop_length: bool,
 ) -> ResponseInfo {
     let mut info = ResponseInfo::default();
     let start = out.len();
     let mut nominated: Option<Vec<&[u8]>> = None;
+    let mut run = Run::new(raw);
     for h in headers {
         let name = h.name.as_bytes();
         match classify(name) {
             Name::Connection => {
-                if nominated.is_none() {
+                // Usually a lone `keep-alive` or `close`: only a value
+                // that names headers needs the second look.
+                if nominated.is_none() && http1::connection_value(h.value).names_headers {
                     nominated = Some(response_nominated(headers));
                 }
+                run.flush(out);
                 continue;
             }
-            n if hop_by_hop(n) => continue,
-            Name::ContentLength if drop_length => continue,
+            n if hop_by_hop(n) => {
+                run.flush(out);
+                continue;
+            }
+            Name::ContentLength if drop_length => {
+                run.flush(out);
+                continue;
+            }
             Name::Date => info.has_date = true,
             _ => {}
         }
-        header_line(out, name, h.value);
+        run.push(out, name, h.value);
     }
+    run.flush(out);
     if let Some(names) = nominated.filter(|n| !n.is_empty()) {
         // Rare: take the nominated ones out again.
         remove_lines(out, start, &names);
     }
     info
+}
+
+/// Kept header lines that stand next to each other in the raw head, waiting
+/// to be copied in one piece.
+struct Run<'r> {
+    raw: &'r [u8],
+    /// `raw[start..end]` is pending (`start == end`: nothing is).
+    start: usize,
+    end: usize,
+}
+
+impl<'r> Run<'r> {
+    fn new(raw: &'r [u8]) -> Self {
+        Run {
+            raw,
+            start: 0,
+            end: 0,
+        }
+    }
+
+    /// Where `s` starts in `raw`, if it lies inside it.
+    #[inline]
+    fn offset(&self, s: &[u8]) -> Option<usize> {
+        let at = (s.as_ptr() as usize).checked_sub(self.raw.as_ptr() as usize)?;
+        (at + s.len() <= self.raw.len()).then_some(at)
+    }
+
+    /// Adds the line `name: value`: to the pending run when it follows it
+    /// in `raw` and ends with CRLF right after the value, else on its own.
+    #[inline]
+    fn push(&mut self, out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+        let line = self
+            .offset(name)
+            .zip(self.offset(value))
+            .and_then(|(n, v)| {
+                let end = v + value.len();
+                (self.raw.get(end..end + 2) == Some(b"\r\n")).then_some((n, end + 2))
+            });
+        match line {
+            Some((n, end)) if n == self.end && self.start != self.end => self.end = end,
+            Some((n, end)) => {
+                self.flush(out);
+                (self.start, self.end) = (n, end);
+            }
+            None => {
+                self.flush(out);
+                header_line(out, name, value);
+            }
+        }
+    }
+
+    fn flush(&mut self, out: &mut Vec<u8>) {
+        if self.start != self.end {
+            out.extend_from_slice(self.raw.get(self.start..self.end).unwrap_or_default());
+            self.start = self.end;
+        }
+    }
 }
 
 /// Removes the header lines named `names` from those written at `start`
@@ -467,7 +541,7 @@ mod tests {
         for (input, want) in table {
             let headers = h(input);
             let mut out = b"HTTP/1.1 200 OK\r\n".to_vec();
-            write_response_headers(&mut out, &headers, false);
+            write_response_headers(&mut out, &[], &headers, false);
             let mut got = lines(&out);
             got.retain(|l| !l.starts_with("HTTP/"));
             assert_eq!(got, *want, "{input:?}");
@@ -481,8 +555,47 @@ mod tests {
         }
         let headers = h(&[("Content-Length", "2"), ("Date", "x")]);
         let mut out = Vec::new();
-        let info = write_response_headers(&mut out, &headers, true);
+        let info = write_response_headers(&mut out, &[], &headers, true);
         assert!(info.has_date);
         assert_eq!(lines(&out), ["Date: x"]);
+    }
+
+    #[test]
+    fn response_headers_copied_in_runs_from_the_raw_head() {
+        let raw: &[u8] = b"HTTP/1.1 200 OK\r\nServer: nginx\r\nDate:Mon\r\nx-pad: a  \r\n\
+            Content-Length: 2\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n\
+            ETag: \"1\"\r\nX-Last:\tz\r\n\r\n";
+        let mut slots = [httparse::EMPTY_HEADER; 16];
+        let mut r = httparse::Response::new(&mut slots);
+        assert!(r.parse(raw).unwrap().is_complete());
+        let headers = r.headers;
+        for (drop_length, want) in [
+            (
+                false,
+                &b"Server: nginx\r\nDate:Mon\r\nx-pad: a\r\nContent-Length: 2\r\nETag: \"1\"\r\nX-Last:\tz\r\n"[..],
+            ),
+            (
+                true,
+                b"Server: nginx\r\nDate:Mon\r\nx-pad: a\r\nETag: \"1\"\r\nX-Last:\tz\r\n",
+            ),
+        ] {
+            let mut out = Vec::new();
+            let info = write_response_headers(&mut out, raw, headers, drop_length);
+            assert!(info.has_date);
+            assert_eq!(String::from_utf8_lossy(&out), String::from_utf8_lossy(want));
+            // Line by line (no raw head) gives the same headers.
+            let mut plain = Vec::new();
+            write_response_headers(&mut plain, &[], headers, drop_length);
+            assert_eq!(lines(&plain).len(), lines(&out).len());
+        }
+        // A Connection value that names a header takes it out of the runs too.
+        let raw: &[u8] =
+            b"HTTP/1.1 200 OK\r\nA: 1\r\nX-Hop: 2\r\nB: 3\r\nConnection: x-hop\r\n\r\n";
+        let mut slots = [httparse::EMPTY_HEADER; 8];
+        let mut r = httparse::Response::new(&mut slots);
+        assert!(r.parse(raw).unwrap().is_complete());
+        let mut out = Vec::new();
+        write_response_headers(&mut out, raw, r.headers, false);
+        assert_eq!(out, b"A: 1\r\nB: 3\r\n");
     }
 }

@@ -101,14 +101,17 @@ pub fn prepare(
     } else {
         raw_pq
     };
-    let host = info
-        .host
-        .and_then(|h| std::str::from_utf8(h).ok())
-        .or(req.authority)
-        .or(target_authority)
-        .unwrap_or("");
-    let path_only = pq.find('?').map_or(pq, |i| &pq[..i]);
+    let host = || {
+        info.host
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .or(req.authority)
+            .or(target_authority)
+            .unwrap_or("")
+    };
+    let path_only = memchr::memchr(b'?', pq.as_bytes()).map_or(pq, |i| &pq[..i]);
     let decide = |t: &RouteTable| {
+        // A table with only a `*` virtual host never reads the host.
+        let host = if t.reads_host() { host() } else { "" };
         let route = t.route(host, path_only, pq)?;
         Some((
             route.cluster.get(),
