@@ -266,20 +266,26 @@ impl Snapshot {
             let slot = &mut types[ty];
             let mut map = BTreeMap::new();
             for (name, bytes) in items {
-                let version = content_version(ty, &bytes);
-                let reused = previous
-                    .and_then(|p| p.get(ty).resources.get(name.as_str()))
-                    .filter(|r| *r.version == *version)
-                    .cloned();
-                let resource = reused.unwrap_or_else(|| {
-                    Arc::new(Resource {
-                        name: Arc::from(name),
-                        version: Arc::from(version),
-                        body: Any {
-                            type_url: ty.type_url().to_string(),
-                            value: bytes,
-                        },
-                    })
+                let before = previous.and_then(|p| p.get(ty).resources.get(name.as_str()));
+                // The same bytes as before: the same resource, without
+                // hashing it again (an edit usually changes one resource of
+                // many, and the canonical hash is most of a rebuild's cost).
+                let same_bytes = before.filter(|r| r.body.value == bytes).cloned();
+                let resource = same_bytes.unwrap_or_else(|| {
+                    let version = content_version(ty, &bytes);
+                    before
+                        .filter(|r| *r.version == *version)
+                        .cloned()
+                        .unwrap_or_else(|| {
+                            Arc::new(Resource {
+                                name: Arc::from(name),
+                                version: Arc::from(version),
+                                body: Any {
+                                    type_url: ty.type_url().to_string(),
+                                    value: bytes,
+                                },
+                            })
+                        })
                 });
                 map.insert(Arc::clone(&resource.name), resource);
             }
