@@ -43,7 +43,7 @@ use tokio_stream::wrappers::WatchStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::cache::Cache;
+use crate::cache::{Cache, Subscription};
 use crate::registry::{Registry, StreamGuard};
 use crate::snapshot::{ResourceType, Snapshot};
 use wire::Outgoing;
@@ -85,14 +85,11 @@ pub trait Protocol: Send + 'static {
 pub struct Driver<P: Protocol, S> {
     shared: Arc<Shared>,
     requests: S,
-    snapshots: WatchStream<Arc<Snapshot>>,
-    /// The snapshot being served.
-    full: Arc<Snapshot>,
-    /// What this stream's node receives of `full`; set from the first
-    /// request (a node cannot change on a stream) and after every new
-    /// snapshot.
+    snapshots: Feed,
+    /// What this stream's node receives of the snapshot being served; set
+    /// from the first request (a node cannot change on a stream) and after
+    /// every new snapshot.
     snap: Arc<Snapshot>,
-    node: Option<Arc<Node>>,
     state: P,
     /// Responses made and not yet yielded.
     pending: std::vec::IntoIter<P::Response>,
@@ -112,6 +109,25 @@ impl<P: Protocol, S> std::fmt::Debug for Driver<P, S> {
     }
 }
 
+/// Where a stream's snapshots come from: the whole snapshot's changes (only
+/// to be woken) until the first request names the node, then the node's
+/// subscription, which yields the node's view of each snapshot.
+enum Feed {
+    Waiting(WatchStream<Arc<Snapshot>>),
+    Node(Subscription),
+}
+
+impl Feed {
+    /// The next snapshot: `Some(view)` once the node is known, `None` before
+    /// (nothing is subscribed then, so there is nothing to send).
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Option<Arc<Snapshot>>>> {
+        match self {
+            Feed::Waiting(changes) => Pin::new(changes).poll_next(cx).map(|s| s.map(|_| None)),
+            Feed::Node(sub) => Pin::new(sub).poll_next(cx).map(|s| s.map(Some)),
+        }
+    }
+}
+
 /// Requests (or snapshots) handled in one poll before the driver yields to
 /// other streams.
 const POLL_BUDGET: usize = 32;
@@ -122,15 +138,13 @@ where
     S: Stream<Item = Result<P::Request, Status>> + Unpin,
 {
     fn new(shared: Arc<Shared>, requests: S, state: P) -> Self {
-        let snapshots = shared.cache.subscribe();
-        let full = snapshots.borrow().clone();
+        let snapshots = shared.cache.watch();
+        let snap = snapshots.borrow().clone();
         Driver {
-            snap: Arc::clone(&full),
-            full,
-            snapshots: WatchStream::from_changes(snapshots),
+            snap,
+            snapshots: Feed::Waiting(WatchStream::from_changes(snapshots)),
             shared,
             requests,
-            node: None,
             state,
             pending: Vec::new().into_iter(),
             done: false,
@@ -141,32 +155,31 @@ where
         let Driver {
             shared,
             state,
-            full,
-            node,
+            snapshots,
             snap,
             ..
         } = self;
-        if let Some(view) = take_node(shared, state, &mut req, full, node)? {
+        if let Some(view) = take_node(shared, state, &mut req, snapshots)? {
             *snap = view;
         }
         state.on_request(req, snap)
     }
 
-    fn on_snapshot(&mut self, full: Arc<Snapshot>) -> Result<Vec<P::Response>, Status> {
-        self.full = full;
-        self.snap = match &self.node {
-            Some(n) => {
-                // A rule that no longer allows this node ends the stream.
-                authorize(
-                    self.shared.transport,
-                    self.full.policy(),
-                    self.state.guard(),
-                    n,
-                )?;
-                select(&self.full, n, self.state.guard())
-            }
-            None => Arc::clone(&self.full),
+    /// Handles the node's view of a new snapshot (`None`: the node is not
+    /// known yet, and nothing is subscribed).
+    fn on_snapshot(&mut self, view: Option<Arc<Snapshot>>) -> Result<Vec<P::Response>, Status> {
+        let (Some(view), Feed::Node(sub)) = (view, &self.snapshots) else {
+            return Ok(Vec::new());
         };
+        // A rule that no longer allows this node ends the stream.
+        authorize(
+            self.shared.transport,
+            sub.policy(),
+            self.state.guard(),
+            sub.node(),
+        )?;
+        self.state.guard().set_selection(sub.selection());
+        self.snap = view;
         Ok(self.state.on_snapshot(&self.snap))
     }
 
@@ -214,12 +227,12 @@ where
                     return this.end(Some(status));
                 }
                 Poll::Ready(Some(Ok(req))) => this.on_request(req),
-                Poll::Pending => match Pin::new(&mut this.snapshots).poll_next(cx) {
+                Poll::Pending => match this.snapshots.poll_next(cx) {
                     // The cache is gone: the server is stopping.
                     Poll::Ready(None) => return this.end(None),
                     // Checked again at the top: shutdown wakes every stream.
                     Poll::Ready(Some(_)) if this.shared.shutdown.is_cancelled() => continue,
-                    Poll::Ready(Some(full)) => this.on_snapshot(full),
+                    Poll::Ready(Some(view)) => this.on_snapshot(view),
                     Poll::Pending => return Poll::Pending,
                 },
             };
@@ -243,17 +256,17 @@ impl<P: Protocol, S> Drop for Driver<P, S> {
 
 /// Checks the node `req` carries against [`limits::MAX_NODE_BYTES`], records
 /// the first one in the registry, and fixes the stream's node on its first
-/// request. Returns the stream's view of `full` when it was just chosen.
+/// request by subscribing with it. Returns the node's view of the snapshot
+/// being served when it was just fixed.
 ///
-/// The node is taken out of the request and kept once, shared by the stream
-/// and its registry entry: later copies (Envoy may repeat it on every
-/// request) are dropped with their request.
+/// The node is taken out of the request and kept once, shared by the
+/// stream's subscription and its registry entry: later copies (Envoy may
+/// repeat it on every request) are dropped with their request.
 fn take_node<P: Protocol>(
     shared: &Shared,
     state: &mut P,
     req: &mut P::Request,
-    full: &Arc<Snapshot>,
-    node: &mut Option<Arc<Node>>,
+    feed: &mut Feed,
 ) -> Result<Option<Arc<Snapshot>>, Status> {
     use prost::Message as _;
     let sent = P::take_node(req);
@@ -268,22 +281,15 @@ fn take_node<P: Protocol>(
         }
         _ => None,
     };
-    if node.is_some() {
+    if matches!(feed, Feed::Node(_)) {
         return Ok(None);
     }
-    let n = sent.unwrap_or_default();
-    authorize(shared.transport, full.policy(), state.guard(), &n)?;
-    let view = select(full, &n, state.guard());
-    *node = Some(n);
+    let sub = shared.cache.subscribe(sent.unwrap_or_default());
+    let view = Arc::clone(sub.current());
+    authorize(shared.transport, sub.policy(), state.guard(), sub.node())?;
+    state.guard().set_selection(sub.selection());
+    *feed = Feed::Node(sub);
     Ok(Some(view))
-}
-
-/// The view of `full` that `node` receives, recorded in the stream's registry
-/// entry.
-fn select(full: &Arc<Snapshot>, node: &Node, guard: &StreamGuard) -> Arc<Snapshot> {
-    let index = full.policy().select(node);
-    guard.set_selection(full.policy().name(index));
-    full.view(index)
 }
 
 /// The largest request message decoded (tonic's default, stated): a larger
