@@ -23,9 +23,6 @@ use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::cluster::v3::cluster_discovery_service_server::{
     ClusterDiscoveryService, ClusterDiscoveryServiceServer,
 };
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
-    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
-};
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
@@ -38,7 +35,7 @@ use envoy_types::pb::envoy::service::listener::v3::listener_discovery_service_se
 use envoy_types::pb::envoy::service::route::v3::route_discovery_service_server::{
     RouteDiscoveryService, RouteDiscoveryServiceServer,
 };
-use futures::{Stream, StreamExt};
+use futures::Stream;
 use tokio_stream::wrappers::WatchStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
@@ -46,7 +43,6 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::cache::{Cache, Subscription};
 use crate::registry::{Registry, StreamGuard};
 use crate::snapshot::{ResourceType, Snapshot};
-use wire::Outgoing;
 
 /// A stream's protocol state machine (SotW or delta), free of I/O.
 pub trait Protocol: Send + 'static {
@@ -389,20 +385,18 @@ pub struct XdsServer {
 pub type SotwDriver<S> = Driver<sotw::SotwStream, S>;
 /// A delta stream's driver over a stream of requests `S`.
 pub type DeltaDriver<S> = Driver<delta::DeltaStream, S>;
-/// The generated services' stream types. [`streams::XdsStreams`] serves the
-/// streaming methods itself; these are what the generated services would
-/// answer if called.
-type FullMessages<M> = Pin<Box<dyn Stream<Item = Result<M, Status>> + Send>>;
-type SotwOut = FullMessages<DiscoveryResponse>;
-type DeltaOut = FullMessages<DeltaDiscoveryResponse>;
+/// The stream types the generated standalone-service traits require. The
+/// streaming methods are served by [`streams::XdsStreams`] before the
+/// generated server sees their request, so these streams are never made.
+type NeverSotw = futures::stream::Empty<Result<DiscoveryResponse, Status>>;
+type NeverDelta = futures::stream::Empty<Result<DeltaDiscoveryResponse, Status>>;
 
-/// A stream of [`Outgoing`] responses as full messages.
-fn full_messages<M, D>(driver: Response<D>) -> Response<FullMessages<M>>
-where
-    M: wire::WireMessage + Send + 'static,
-    D: Stream<Item = Result<Outgoing<M>, Status>> + Send + 'static,
-{
-    driver.map(|d| Box::pin(d.map(|r| r.map(Outgoing::into_proto))) as Pin<Box<_>>)
+/// The body of a generated streaming method: unreachable (see [`NeverSotw`]),
+/// and an honest answer should that ever change.
+fn served_by_hand<T>() -> Result<Response<T>, Status> {
+    Err(Status::unimplemented(
+        "this streaming method is served by the hand-framed stream service",
+    ))
 }
 
 impl XdsServer {
@@ -425,8 +419,10 @@ impl XdsServer {
         tonic::transport::Server::builder()
             .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
             .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+            // ADS has only its two streaming methods, served by hand: no
+            // generated server behind them.
             .add_service(self.streams(
-                AggregatedDiscoveryServiceServer::new(self.clone()),
+                streams::AdsOnly,
                 None,
                 ("StreamAggregatedResources", "DeltaAggregatedResources"),
             ))
@@ -551,47 +547,29 @@ impl XdsServer {
     }
 }
 
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for XdsServer {
-    type StreamAggregatedResourcesStream = SotwOut;
-    type DeltaAggregatedResourcesStream = DeltaOut;
-
-    async fn stream_aggregated_resources(
-        &self,
-        req: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<SotwOut>, Status> {
-        self.sotw(req, None).map(full_messages)
-    }
-
-    async fn delta_aggregated_resources(
-        &self,
-        req: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<DeltaOut>, Status> {
-        self.delta(req, None).map(full_messages)
-    }
-}
-
-/// Implements one standalone discovery service by delegating to the shared
-/// stream machinery with the type fixed.
+/// Implements one standalone discovery service's generated trait: its unary
+/// `Fetch*` method, the only one its generated server is left to route.
+/// The trait also requires the two streaming methods, which
+/// [`streams::XdsStreams`] serves before they reach it.
 macro_rules! single_type_service {
     ($trait:ident, $ty:expr, $stream:ident, $delta_stream:ident, $sotw:ident, $delta:ident, $fetch:ident) => {
         #[tonic::async_trait]
         impl $trait for XdsServer {
-            type $stream = SotwOut;
-            type $delta_stream = DeltaOut;
+            type $stream = NeverSotw;
+            type $delta_stream = NeverDelta;
 
             async fn $sotw(
                 &self,
-                req: Request<Streaming<DiscoveryRequest>>,
-            ) -> Result<Response<SotwOut>, Status> {
-                self.sotw(req, Some($ty)).map(full_messages)
+                _: Request<Streaming<DiscoveryRequest>>,
+            ) -> Result<Response<NeverSotw>, Status> {
+                served_by_hand()
             }
 
             async fn $delta(
                 &self,
-                req: Request<Streaming<DeltaDiscoveryRequest>>,
-            ) -> Result<Response<DeltaOut>, Status> {
-                self.delta(req, Some($ty)).map(full_messages)
+                _: Request<Streaming<DeltaDiscoveryRequest>>,
+            ) -> Result<Response<NeverDelta>, Status> {
+                served_by_hand()
             }
 
             async fn $fetch(
