@@ -1,12 +1,15 @@
 //! The gRPC edge: ADS (state-of-the-world and delta), the standalone
 //! CDS/EDS/LDS/RDS services and CSDS ([`csds`]), all over one tonic server.
 //!
-//! Each stream gets a task running a protocol state machine ([`sotw`],
-//! [`delta`]) fed by its requests and by the cache's snapshot channel. The
-//! state machines answer [`wire::Outgoing`] responses, which carry the
-//! snapshot's shared resources; [`streams`] frames them onto the wire.
-//! [`limits`] bounds what one client may make the server hold. The server
-//! knows no YAML; `tonic::Status` appears only here.
+//! Each stream runs a protocol state machine ([`sotw`], [`delta`]) fed by
+//! its requests and, once its first request names the node, by the node's
+//! subscription to the cache (the node's view of every snapshot: which
+//! `nodes:` selection applies is the cache's business, not the server's;
+//! the server only checks the `clients:` rules of mutual TLS). The state
+//! machines answer [`wire::Outgoing`] responses, which carry the snapshot's
+//! shared resources; [`streams`] frames them onto the wire. [`limits`]
+//! bounds what one client may make the server hold. The server knows no
+//! YAML; `tonic::Status` appears only here.
 
 pub mod csds;
 pub mod delta;
