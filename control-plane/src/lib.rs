@@ -5,9 +5,12 @@
 //!
 //! `config` (YAML, validation, translation to Envoy protos) -> `resources`
 //! (the typed protos of one revision) -> `snapshot` (checked for consistency,
-//! encoded once, content-hashed versions) -> `cache` (the current snapshot;
-//! publishing wakes every open stream) -> `server` (tonic; streams, nonces,
-//! ACK/NACK). The cache knows no gRPC; the server knows no YAML. `source`
+//! encoded once, content-hashed versions) -> `cache` (the current snapshot
+//! and each node's view of it; publishing wakes every open stream) ->
+//! `server` (tonic; streams, nonces, ACK/NACK). No module imports one above
+//! it. The cache knows no gRPC; the server knows no YAML and no `nodes:`
+//! selection. The rules the server follows are in `docs/xds-protocol.md`.
+//! `source`
 //! watches the file and feeds the cache, keeping the last good revision on
 //! disk through `state`, with `dns` resolving the host names of concise
 //! endpoints; `registry` and `metrics` record what

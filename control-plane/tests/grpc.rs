@@ -290,6 +290,26 @@ async fn standalone_services_serve_their_type() {
         .unwrap()
         .into_inner();
     assert_eq!(common::cluster_names(&r), ["b"]);
+    // ADS has only its two streaming methods: any other path answers
+    // UNIMPLEMENTED, as a generated server does for a method it lacks.
+    let channel = tonic::transport::Channel::from_shared(url.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let err = grpc
+        .unary::<DiscoveryRequest, DiscoveryResponse, _>(
+            tonic::Request::new(sotw_req(CLUSTER, &[], "", "")),
+            tonic::codegen::http::uri::PathAndQuery::from_static(
+                "/envoy.service.discovery.v3.AggregatedDiscoveryService/FetchAggregatedResources",
+            ),
+            tonic_prost::ProstCodec::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unimplemented, "{err:?}");
     running.shutdown().await;
 }
 

@@ -23,9 +23,9 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
 };
 use envoy_types::pb::google::protobuf::{value, Struct, Value};
 
+use super::issue::Issue;
+use super::proto::pack;
 use super::schema::HttpsCheck;
-use super::translate::pack;
-use super::validate::Issue;
 
 /// The match key of the TLS entry; no endpoint carries it, so only the
 /// health check selects the entry.

@@ -8,19 +8,26 @@
 //! forms end up as the same protos: clusters served as EDS over ADS, HTTP
 //! routes served over RDS.
 //!
-//! Files of this module and what each owns:
-//! - `mod.rs`: the public API, the pipeline below, and turning problems into
-//!   [`ConfigError`]s with positions.
-//! - `schema.rs`: the serde types of the file (concise form, top-level keys).
-//! - `native.rs`: reading `static_resources` with prost-reflect and normalising
-//!   it into servable resources, plus native-only checks.
+//! Files of this module, from the bottom up (a file imports only files
+//! listed above it):
 //! - `duration.rs`, `address.rs`: the concise form's scalar types.
-//! - `health_tls.rs`: what an `https` health check becomes (a TLS socket
-//!   only the health check selects) and its checks.
-//! - `translate.rs`: pure functions, concise model -> Envoy protos.
 //! - `v2.rs`: recognising Envoy v2 syntax in `static_resources` (reported all
 //!   at once, with the v3 spelling) and rewriting it (`pylon-xds migrate`).
+//! - `issue.rs`: what every check shares: a problem at a path ([`Issue`]) and
+//!   the names both forms define and reference (`Catalog`).
+//! - `proto.rs`: Envoy proto building blocks both forms share (the ADS config
+//!   source, EDS over ADS, locality weights, packing in an `Any`).
+//! - `schema.rs`: the serde types of the file: the concise form, the
+//!   top-level keys, and the native form's `static_resources` (each cluster
+//!   and listener read with prost-reflect).
+//! - `health_tls.rs`: what an `https` health check becomes (a TLS socket
+//!   only the health check selects) and its checks.
+//! - `native.rs`: normalising `static_resources` into servable resources,
+//!   plus native-only checks.
+//! - `translate.rs`: pure functions, concise model -> Envoy protos.
 //! - `validate.rs`: semantic checks and cross-references over both forms.
+//! - `mod.rs`: the public API, the pipeline below, and turning problems into
+//!   [`ConfigError`]s with positions.
 //!
 //! The pipeline: (0) the bytes are bounded ([`Limits::max_bytes`]), must be
 //! UTF-8 (an invalid byte is an error with its position, at start-up and on
@@ -43,7 +50,9 @@
 mod address;
 mod duration;
 mod health_tls;
+mod issue;
 mod native;
+mod proto;
 mod schema;
 mod translate;
 mod v2;
@@ -55,9 +64,9 @@ use std::path::Path;
 
 use crate::resources::Resources;
 use crate::selection::{ClientRule, Glob, IdentityGlob, Names, Policy, Selector};
+use issue::{Catalog, Issue};
 pub use pylon::yaml::Limits;
 use pylon::yaml::{self, PositionIndex};
-use validate::{Catalog, Issue};
 
 /// One problem in a config file.
 ///

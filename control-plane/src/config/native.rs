@@ -1,13 +1,8 @@
 //! The Envoy-native form: `static_resources: {clusters, listeners}` exactly as
-//! in an envoy.yaml, read with prost-reflect and normalised into what an xDS
-//! server can serve.
+//! in an envoy.yaml, normalised into what an xDS server can serve. Reading it
+//! (prost-reflect, in the same serde pass as the concise form) is `schema`'s.
 //!
-//! This file owns three things:
-//! - Reading. Each cluster and listener is deserialized as a prost-reflect
-//!   `DynamicMessage` (protobuf JSON mapping, `"@type"` in `typed_config`,
-//!   unknown field names rejected) straight from serde_yaml's deserializer, in
-//!   the same serde pass as the concise form, so errors keep line and column.
-//!   The message is then encoded and decoded as the envoy-types struct.
+//! This file owns two things:
 //! - Normalisation. A STATIC cluster becomes an EDS cluster over ADS and its
 //!   `load_assignment` a `ClusterLoadAssignment`; an HTTP connection manager's
 //!   inline `route_config` becomes a `RouteConfiguration` fetched over RDS/ADS.
@@ -19,7 +14,6 @@
 //! Filters are recognised by their `typed_config` `@type`, not their name, so
 //! legacy names such as `envoy.tcp_proxy` work too.
 
-use std::fmt;
 use std::net::IpAddr;
 
 use envoy_types::pb::envoy::config::cluster::v3::{
@@ -35,107 +29,12 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 };
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{tcp_proxy, TcpProxy};
 use prost::Message;
-use prost_reflect::DynamicMessage;
 use pylon::type_url;
-use serde::de::{self, Deserialize, Deserializer, MapAccess, Visitor};
 
-use super::schema::KeySeed;
-use super::translate::{
-    ads_config_source, default_locality_weights, drain_removed_hosts, make_eds,
-};
-use super::validate::{Catalog, Issue, Named};
+use super::issue::{Catalog, Issue, Named};
+use super::proto::{ads_config_source, default_locality_weights, drain_removed_hosts, make_eds};
+use super::schema::{NativeCluster, NativeListener, StaticResources};
 use crate::resources::Resources;
-
-/// `static_resources:` as pylon-xds accepts it: only clusters and listeners.
-#[derive(Debug, Default)]
-pub struct StaticResources {
-    pub clusters: Vec<NativeCluster>,
-    pub listeners: Vec<NativeListener>,
-}
-
-/// A `Cluster` read from its protobuf JSON mapping.
-#[derive(Debug)]
-pub struct NativeCluster(pub Cluster);
-
-/// A `Listener` read from its protobuf JSON mapping.
-#[derive(Debug)]
-pub struct NativeListener(pub Listener);
-
-/// Deserializes `M` through prost-reflect, using the descriptor `full_name`.
-fn from_dynamic<'de, D, M>(deserializer: D, full_name: &str) -> Result<M, D::Error>
-where
-    D: Deserializer<'de>,
-    M: Message + Default,
-{
-    let descriptor = pylon::descriptor_pool()
-        .get_message_by_name(full_name)
-        .ok_or_else(|| {
-            de::Error::custom(format!(
-                "{full_name} is missing from pylon's descriptor set (a build defect)"
-            ))
-        })?;
-    let message = DynamicMessage::deserialize(descriptor, deserializer)?;
-    M::decode(message.encode_to_vec().as_slice())
-        .map_err(|e| de::Error::custom(format!("{full_name} does not decode: {e}")))
-}
-
-impl<'de> Deserialize<'de> for NativeCluster {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        from_dynamic(deserializer, "envoy.config.cluster.v3.Cluster").map(NativeCluster)
-    }
-}
-
-impl<'de> Deserialize<'de> for NativeListener {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        from_dynamic(deserializer, "envoy.config.listener.v3.Listener").map(NativeListener)
-    }
-}
-
-fn unknown_static_key(key: &str) -> String {
-    if key == "secrets" {
-        "`secrets` are not served by pylon-xds: static_resources may hold only `clusters` and `listeners`"
-            .to_string()
-    } else {
-        format!("unknown field `{key}` in static_resources: expected `clusters` or `listeners`")
-    }
-}
-
-impl<'de> Deserialize<'de> for StaticResources {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_map(StaticResourcesVisitor)
-    }
-}
-
-struct StaticResourcesVisitor;
-
-impl<'de> Visitor<'de> for StaticResourcesVisitor {
-    type Value = StaticResources;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a map with `clusters` and/or `listeners`")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<StaticResources, A::Error> {
-        let mut resources = StaticResources::default();
-        let mut seen = Vec::new();
-        let keys = KeySeed {
-            allowed: &["clusters", "listeners"],
-            unknown: unknown_static_key,
-        };
-        while let Some(key) = map.next_key_seed(keys)? {
-            if seen.contains(&key) {
-                return Err(de::Error::custom(format!("duplicate key `{key}`")));
-            }
-            seen.push(key);
-            if key == "clusters" {
-                resources.clusters = map.next_value::<Option<Vec<_>>>()?.unwrap_or_default();
-            } else {
-                resources.listeners = map.next_value::<Option<Vec<_>>>()?.unwrap_or_default();
-            }
-        }
-        Ok(resources)
-    }
-}
 
 /// Normalises the native resources into `out`, checking them and recording
 /// their names and references in `catalog`.

@@ -3,18 +3,27 @@
 //!
 //! This file owns field names, defaults and the shape of each value (one serde
 //! pass, so every structural error keeps its line and column). It does not
-//! check relations between values (`validate`) or build protos (`translate`).
-//! Every struct denies unknown fields, so a misspelt key is an error, not a
-//! silently ignored setting.
+//! check relations between values (`validate`) or build protos (`translate`,
+//! `native`). Every struct denies unknown fields, so a misspelt key is an
+//! error, not a silently ignored setting.
+//!
+//! Each native cluster and listener is deserialized as a prost-reflect
+//! `DynamicMessage` (protobuf JSON mapping, `"@type"` in `typed_config`,
+//! unknown field names rejected) straight from serde_yaml's deserializer, so
+//! its errors keep line and column too; the message is then encoded and
+//! decoded as the envoy-types struct.
 
 use std::fmt;
 
+use envoy_types::pb::envoy::config::cluster::v3::Cluster as EnvoyCluster;
+use envoy_types::pb::envoy::config::listener::v3::Listener as EnvoyListener;
+use prost::Message;
+use prost_reflect::DynamicMessage;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 
 use super::address::{Address, Target};
 use super::duration::Duration;
-use super::native::StaticResources;
 
 /// One config file: concise clusters and listeners plus Envoy-native ones.
 #[derive(Debug, Default)]
@@ -635,6 +644,97 @@ impl Visitor<'_> for KeySeed {
             .copied()
             .find(|allowed| *allowed == v)
             .ok_or_else(|| E::custom((self.unknown)(v)))
+    }
+}
+
+/// `static_resources:` as pylon-xds accepts it: only clusters and listeners.
+#[derive(Debug, Default)]
+pub struct StaticResources {
+    pub clusters: Vec<NativeCluster>,
+    pub listeners: Vec<NativeListener>,
+}
+
+/// A `Cluster` read from its protobuf JSON mapping.
+#[derive(Debug)]
+pub struct NativeCluster(pub EnvoyCluster);
+
+/// A `Listener` read from its protobuf JSON mapping.
+#[derive(Debug)]
+pub struct NativeListener(pub EnvoyListener);
+
+/// Deserializes `M` through prost-reflect, using the descriptor `full_name`.
+fn from_dynamic<'de, D, M>(deserializer: D, full_name: &str) -> Result<M, D::Error>
+where
+    D: Deserializer<'de>,
+    M: Message + Default,
+{
+    let descriptor = pylon::descriptor_pool()
+        .get_message_by_name(full_name)
+        .ok_or_else(|| {
+            de::Error::custom(format!(
+                "{full_name} is missing from pylon's descriptor set (a build defect)"
+            ))
+        })?;
+    let message = DynamicMessage::deserialize(descriptor, deserializer)?;
+    M::decode(message.encode_to_vec().as_slice())
+        .map_err(|e| de::Error::custom(format!("{full_name} does not decode: {e}")))
+}
+
+impl<'de> Deserialize<'de> for NativeCluster {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        from_dynamic(deserializer, "envoy.config.cluster.v3.Cluster").map(NativeCluster)
+    }
+}
+
+impl<'de> Deserialize<'de> for NativeListener {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        from_dynamic(deserializer, "envoy.config.listener.v3.Listener").map(NativeListener)
+    }
+}
+
+fn unknown_static_key(key: &str) -> String {
+    if key == "secrets" {
+        "`secrets` are not served by pylon-xds: static_resources may hold only `clusters` and `listeners`"
+            .to_string()
+    } else {
+        format!("unknown field `{key}` in static_resources: expected `clusters` or `listeners`")
+    }
+}
+
+impl<'de> Deserialize<'de> for StaticResources {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(StaticResourcesVisitor)
+    }
+}
+
+struct StaticResourcesVisitor;
+
+impl<'de> Visitor<'de> for StaticResourcesVisitor {
+    type Value = StaticResources;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a map with `clusters` and/or `listeners`")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<StaticResources, A::Error> {
+        let mut resources = StaticResources::default();
+        let mut seen = Vec::new();
+        let keys = KeySeed {
+            allowed: &["clusters", "listeners"],
+            unknown: unknown_static_key,
+        };
+        while let Some(key) = map.next_key_seed(keys)? {
+            if seen.contains(&key) {
+                return Err(de::Error::custom(format!("duplicate key `{key}`")));
+            }
+            seen.push(key);
+            if key == "clusters" {
+                resources.clusters = map.next_value::<Option<Vec<_>>>()?.unwrap_or_default();
+            } else {
+                resources.listeners = map.next_value::<Option<Vec<_>>>()?.unwrap_or_default();
+            }
+        }
+        Ok(resources)
     }
 }
 

@@ -1,6 +1,6 @@
-//! Pure functions from the concise model to Envoy v3 protos, plus the few
-//! building blocks the Envoy-native normalisation shares (the ADS config
-//! source, locality weights).
+//! Pure functions from the concise model to Envoy v3 protos. The building
+//! blocks the Envoy-native normalisation shares (the ADS config source, EDS
+//! over ADS, locality weights) live in `proto`, below both.
 //!
 //! This file owns what a concise setting means in Envoy terms. It assumes its
 //! input passed `validate` (exactly one health check kind, one route match, one
@@ -8,13 +8,10 @@
 //! than panicking, and that result is never served.
 
 use envoy_types::pb::envoy::config::cluster::v3::{
-    circuit_breakers::Thresholds,
-    cluster::{ClusterDiscoveryType, DiscoveryType, EdsClusterConfig, LbPolicy},
-    CircuitBreakers, Cluster, OutlierDetection,
+    circuit_breakers::Thresholds, cluster::LbPolicy, CircuitBreakers, Cluster, OutlierDetection,
 };
 use envoy_types::pb::envoy::config::core::v3::{
-    config_source::ConfigSourceSpecifier, health_check, AggregatedConfigSource, ApiVersion,
-    ConfigSource, HealthCheck, Locality, RoutingPriority,
+    health_check, HealthCheck, Locality, RoutingPriority,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::{
     lb_endpoint::HostIdentifier, ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
@@ -34,10 +31,10 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{tcp_proxy, TcpProxy};
 use envoy_types::pb::envoy::r#type::v3::Int64Range;
 use envoy_types::pb::google::protobuf::{Any, UInt32Value};
-use prost::Message;
 use pylon::type_url;
 
 use super::address::Target;
+use super::proto::{ads_config_source, drain_removed_hosts, make_eds, pack};
 use super::schema::{self, RetryOn};
 use crate::resources::{NamedAssignment, NamedEndpoint};
 
@@ -71,58 +68,6 @@ pub const DEFAULT_NUM_RETRIES: u32 = 2;
 /// Picks per retry for a host not tried yet (`host_selection_retry_max_attempts`
 /// with the `previous_hosts` predicate).
 pub const RETRY_HOST_SELECTION_ATTEMPTS: i64 = 3;
-
-/// `ads: {}` with `resource_api_version: V3`: fetch the resource over the same
-/// ADS stream that delivered the resource naming it.
-pub fn ads_config_source() -> ConfigSource {
-    ConfigSource {
-        resource_api_version: ApiVersion::V3 as i32,
-        config_source_specifier: Some(ConfigSourceSpecifier::Ads(AggregatedConfigSource {})),
-        ..Default::default()
-    }
-}
-
-/// Makes `cluster` an EDS cluster whose endpoints come over ADS.
-pub fn make_eds(cluster: &mut Cluster) {
-    cluster.cluster_discovery_type = Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32));
-    cluster.eds_cluster_config = Some(EdsClusterConfig {
-        eds_config: Some(ads_config_source()),
-        service_name: String::new(),
-    });
-}
-
-/// Makes a host removed from the cluster's endpoints leave it at once, even
-/// while it passes active health checks. Envoy's default keeps such a host
-/// (and sends it new connections) until a health check fails, so removing a
-/// healthy backend from the YAML would not take it out of rotation.
-/// `ignore_health_on_host_removal` is an Envoy field; gRPC clients ignore it.
-pub fn drain_removed_hosts(cluster: &mut Cluster) {
-    cluster.ignore_health_on_host_removal = true;
-}
-
-/// Gives every locality without a weight the weight 1, and an empty
-/// `locality` to every group without one. gRPC's xDS client ignores
-/// localities without a weight and rejects (NACKs) groups without a
-/// `locality`, so either would leave gRPC clients with no endpoints while
-/// Envoy works.
-pub fn default_locality_weights(cla: &mut ClusterLoadAssignment) {
-    for locality in &mut cla.endpoints {
-        if locality.load_balancing_weight.is_none() {
-            locality.load_balancing_weight = Some(UInt32Value { value: 1 });
-        }
-        if locality.locality.is_none() {
-            locality.locality = Some(Locality::default());
-        }
-    }
-}
-
-/// `message` packed in an `Any` of type `type_url`.
-pub fn pack(type_url: &str, message: &impl Message) -> Any {
-    Any {
-        type_url: type_url.to_string(),
-        value: message.encode_to_vec(),
-    }
-}
 
 /// A concise cluster: an EDS cluster over ADS, and its endpoints in one
 /// locality of weight 1.
@@ -529,6 +474,7 @@ mod tests {
         address, socket_address, Address, SocketAddress,
     };
     use envoy_types::pb::google::protobuf::Duration;
+    use prost::Message;
 
     fn secs(seconds: i64) -> Option<Duration> {
         Some(Duration { seconds, nanos: 0 })
@@ -970,28 +916,5 @@ mod tests {
                 "{yaml}"
             );
         }
-    }
-
-    #[test]
-    fn locality_weights_default_to_one() {
-        let mut cla = ClusterLoadAssignment {
-            endpoints: vec![
-                LocalityLbEndpoints::default(),
-                LocalityLbEndpoints {
-                    load_balancing_weight: Some(UInt32Value { value: 7 }),
-                    ..Default::default()
-                },
-            ],
-            ..Default::default()
-        };
-        default_locality_weights(&mut cla);
-        assert_eq!(
-            cla.endpoints[0].load_balancing_weight,
-            Some(UInt32Value { value: 1 })
-        );
-        assert_eq!(
-            cla.endpoints[1].load_balancing_weight,
-            Some(UInt32Value { value: 7 })
-        );
     }
 }

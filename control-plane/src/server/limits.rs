@@ -43,10 +43,9 @@ pub const MAX_SUBSCRIBED_BYTES: usize = 4 * 1024 * 1024;
 /// Well above any real fleet (one name per cluster or route configuration).
 pub const MAX_NAMES_PER_TYPE: usize = 100_000;
 
-/// Default for `--max-streams`: xDS streams one server serves at once.
-/// Far beyond one server's fleet: each stream costs a task and, with 1,000
-/// clusters, 160 to 310 KiB (README, "Memory per stream").
-pub const DEFAULT_MAX_STREAMS: usize = 100_000;
+/// Default for `--max-streams`; the registry, which counts open streams,
+/// enforces it.
+pub use crate::registry::DEFAULT_MAX_STREAMS;
 
 /// Counts a refusal for `reason` and returns `status` to end the stream with.
 pub fn refuse(metrics: &Metrics, reason: Reason, status: Status) -> Status {

@@ -1,12 +1,15 @@
 //! The gRPC edge: ADS (state-of-the-world and delta), the standalone
 //! CDS/EDS/LDS/RDS services and CSDS ([`csds`]), all over one tonic server.
 //!
-//! Each stream gets a task running a protocol state machine ([`sotw`],
-//! [`delta`]) fed by its requests and by the cache's snapshot channel. The
-//! state machines answer [`wire::Outgoing`] responses, which carry the
-//! snapshot's shared resources; [`streams`] frames them onto the wire.
-//! [`limits`] bounds what one client may make the server hold. The server
-//! knows no YAML; `tonic::Status` appears only here.
+//! Each stream runs a protocol state machine ([`sotw`], [`delta`]) fed by
+//! its requests and, once its first request names the node, by the node's
+//! subscription to the cache (the node's view of every snapshot: which
+//! `nodes:` selection applies is the cache's business, not the server's;
+//! the server only checks the `clients:` rules of mutual TLS). The state
+//! machines answer [`wire::Outgoing`] responses, which carry the snapshot's
+//! shared resources; [`streams`] frames them onto the wire. [`limits`]
+//! bounds what one client may make the server hold. The server knows no
+//! YAML; `tonic::Status` appears only here.
 
 pub mod csds;
 pub mod delta;
@@ -23,9 +26,6 @@ use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::cluster::v3::cluster_discovery_service_server::{
     ClusterDiscoveryService, ClusterDiscoveryServiceServer,
 };
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
-    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
-};
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
@@ -38,15 +38,14 @@ use envoy_types::pb::envoy::service::listener::v3::listener_discovery_service_se
 use envoy_types::pb::envoy::service::route::v3::route_discovery_service_server::{
     RouteDiscoveryService, RouteDiscoveryServiceServer,
 };
-use futures::{Stream, StreamExt};
+use futures::Stream;
 use tokio_stream::wrappers::WatchStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::cache::Cache;
+use crate::cache::{Cache, Subscription};
 use crate::registry::{Registry, StreamGuard};
 use crate::snapshot::{ResourceType, Snapshot};
-use wire::Outgoing;
 
 /// A stream's protocol state machine (SotW or delta), free of I/O.
 pub trait Protocol: Send + 'static {
@@ -85,14 +84,11 @@ pub trait Protocol: Send + 'static {
 pub struct Driver<P: Protocol, S> {
     shared: Arc<Shared>,
     requests: S,
-    snapshots: WatchStream<Arc<Snapshot>>,
-    /// The snapshot being served.
-    full: Arc<Snapshot>,
-    /// What this stream's node receives of `full`; set from the first
-    /// request (a node cannot change on a stream) and after every new
-    /// snapshot.
+    snapshots: Feed,
+    /// What this stream's node receives of the snapshot being served; set
+    /// from the first request (a node cannot change on a stream) and after
+    /// every new snapshot.
     snap: Arc<Snapshot>,
-    node: Option<Arc<Node>>,
     state: P,
     /// Responses made and not yet yielded.
     pending: std::vec::IntoIter<P::Response>,
@@ -112,6 +108,25 @@ impl<P: Protocol, S> std::fmt::Debug for Driver<P, S> {
     }
 }
 
+/// Where a stream's snapshots come from: the whole snapshot's changes (only
+/// to be woken) until the first request names the node, then the node's
+/// subscription, which yields the node's view of each snapshot.
+enum Feed {
+    Waiting(WatchStream<Arc<Snapshot>>),
+    Node(Subscription),
+}
+
+impl Feed {
+    /// The next snapshot: `Some(view)` once the node is known, `None` before
+    /// (nothing is subscribed then, so there is nothing to send).
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Option<Arc<Snapshot>>>> {
+        match self {
+            Feed::Waiting(changes) => Pin::new(changes).poll_next(cx).map(|s| s.map(|_| None)),
+            Feed::Node(sub) => Pin::new(sub).poll_next(cx).map(|s| s.map(Some)),
+        }
+    }
+}
+
 /// Requests (or snapshots) handled in one poll before the driver yields to
 /// other streams.
 const POLL_BUDGET: usize = 32;
@@ -122,15 +137,13 @@ where
     S: Stream<Item = Result<P::Request, Status>> + Unpin,
 {
     fn new(shared: Arc<Shared>, requests: S, state: P) -> Self {
-        let snapshots = shared.cache.subscribe();
-        let full = snapshots.borrow().clone();
+        let snapshots = shared.cache.watch();
+        let snap = snapshots.borrow().clone();
         Driver {
-            snap: Arc::clone(&full),
-            full,
-            snapshots: WatchStream::from_changes(snapshots),
+            snap,
+            snapshots: Feed::Waiting(WatchStream::from_changes(snapshots)),
             shared,
             requests,
-            node: None,
             state,
             pending: Vec::new().into_iter(),
             done: false,
@@ -141,32 +154,31 @@ where
         let Driver {
             shared,
             state,
-            full,
-            node,
+            snapshots,
             snap,
             ..
         } = self;
-        if let Some(view) = take_node(shared, state, &mut req, full, node)? {
+        if let Some(view) = take_node(shared, state, &mut req, snapshots)? {
             *snap = view;
         }
         state.on_request(req, snap)
     }
 
-    fn on_snapshot(&mut self, full: Arc<Snapshot>) -> Result<Vec<P::Response>, Status> {
-        self.full = full;
-        self.snap = match &self.node {
-            Some(n) => {
-                // A rule that no longer allows this node ends the stream.
-                authorize(
-                    self.shared.transport,
-                    self.full.policy(),
-                    self.state.guard(),
-                    n,
-                )?;
-                select(&self.full, n, self.state.guard())
-            }
-            None => Arc::clone(&self.full),
+    /// Handles the node's view of a new snapshot (`None`: the node is not
+    /// known yet, and nothing is subscribed).
+    fn on_snapshot(&mut self, view: Option<Arc<Snapshot>>) -> Result<Vec<P::Response>, Status> {
+        let (Some(view), Feed::Node(sub)) = (view, &self.snapshots) else {
+            return Ok(Vec::new());
         };
+        // A rule that no longer allows this node ends the stream.
+        authorize(
+            self.shared.transport,
+            sub.policy(),
+            self.state.guard(),
+            sub.node(),
+        )?;
+        self.state.guard().set_selection(sub.selection());
+        self.snap = view;
         Ok(self.state.on_snapshot(&self.snap))
     }
 
@@ -214,12 +226,12 @@ where
                     return this.end(Some(status));
                 }
                 Poll::Ready(Some(Ok(req))) => this.on_request(req),
-                Poll::Pending => match Pin::new(&mut this.snapshots).poll_next(cx) {
+                Poll::Pending => match this.snapshots.poll_next(cx) {
                     // The cache is gone: the server is stopping.
                     Poll::Ready(None) => return this.end(None),
                     // Checked again at the top: shutdown wakes every stream.
                     Poll::Ready(Some(_)) if this.shared.shutdown.is_cancelled() => continue,
-                    Poll::Ready(Some(full)) => this.on_snapshot(full),
+                    Poll::Ready(Some(view)) => this.on_snapshot(view),
                     Poll::Pending => return Poll::Pending,
                 },
             };
@@ -243,17 +255,17 @@ impl<P: Protocol, S> Drop for Driver<P, S> {
 
 /// Checks the node `req` carries against [`limits::MAX_NODE_BYTES`], records
 /// the first one in the registry, and fixes the stream's node on its first
-/// request. Returns the stream's view of `full` when it was just chosen.
+/// request by subscribing with it. Returns the node's view of the snapshot
+/// being served when it was just fixed.
 ///
-/// The node is taken out of the request and kept once, shared by the stream
-/// and its registry entry: later copies (Envoy may repeat it on every
-/// request) are dropped with their request.
+/// The node is taken out of the request and kept once, shared by the
+/// stream's subscription and its registry entry: later copies (Envoy may
+/// repeat it on every request) are dropped with their request.
 fn take_node<P: Protocol>(
     shared: &Shared,
     state: &mut P,
     req: &mut P::Request,
-    full: &Arc<Snapshot>,
-    node: &mut Option<Arc<Node>>,
+    feed: &mut Feed,
 ) -> Result<Option<Arc<Snapshot>>, Status> {
     use prost::Message as _;
     let sent = P::take_node(req);
@@ -268,22 +280,15 @@ fn take_node<P: Protocol>(
         }
         _ => None,
     };
-    if node.is_some() {
+    if matches!(feed, Feed::Node(_)) {
         return Ok(None);
     }
-    let n = sent.unwrap_or_default();
-    authorize(shared.transport, full.policy(), state.guard(), &n)?;
-    let view = select(full, &n, state.guard());
-    *node = Some(n);
+    let sub = shared.cache.subscribe(sent.unwrap_or_default());
+    let view = Arc::clone(sub.current());
+    authorize(shared.transport, sub.policy(), state.guard(), sub.node())?;
+    state.guard().set_selection(sub.selection());
+    *feed = Feed::Node(sub);
     Ok(Some(view))
-}
-
-/// The view of `full` that `node` receives, recorded in the stream's registry
-/// entry.
-fn select(full: &Arc<Snapshot>, node: &Node, guard: &StreamGuard) -> Arc<Snapshot> {
-    let index = full.policy().select(node);
-    guard.set_selection(full.policy().name(index));
-    full.view(index)
 }
 
 /// The largest request message decoded (tonic's default, stated): a larger
@@ -383,20 +388,18 @@ pub struct XdsServer {
 pub type SotwDriver<S> = Driver<sotw::SotwStream, S>;
 /// A delta stream's driver over a stream of requests `S`.
 pub type DeltaDriver<S> = Driver<delta::DeltaStream, S>;
-/// The generated services' stream types. [`streams::XdsStreams`] serves the
-/// streaming methods itself; these are what the generated services would
-/// answer if called.
-type FullMessages<M> = Pin<Box<dyn Stream<Item = Result<M, Status>> + Send>>;
-type SotwOut = FullMessages<DiscoveryResponse>;
-type DeltaOut = FullMessages<DeltaDiscoveryResponse>;
+/// The stream types the generated standalone-service traits require. The
+/// streaming methods are served by [`streams::XdsStreams`] before the
+/// generated server sees their request, so these streams are never made.
+type NeverSotw = futures::stream::Empty<Result<DiscoveryResponse, Status>>;
+type NeverDelta = futures::stream::Empty<Result<DeltaDiscoveryResponse, Status>>;
 
-/// A stream of [`Outgoing`] responses as full messages.
-fn full_messages<M, D>(driver: Response<D>) -> Response<FullMessages<M>>
-where
-    M: wire::WireMessage + Send + 'static,
-    D: Stream<Item = Result<Outgoing<M>, Status>> + Send + 'static,
-{
-    driver.map(|d| Box::pin(d.map(|r| r.map(Outgoing::into_proto))) as Pin<Box<_>>)
+/// The body of a generated streaming method: unreachable (see [`NeverSotw`]),
+/// and an honest answer should that ever change.
+fn served_by_hand<T>() -> Result<Response<T>, Status> {
+    Err(Status::unimplemented(
+        "this streaming method is served by the hand-framed stream service",
+    ))
 }
 
 impl XdsServer {
@@ -419,8 +422,10 @@ impl XdsServer {
         tonic::transport::Server::builder()
             .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
             .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+            // ADS has only its two streaming methods, served by hand: no
+            // generated server behind them.
             .add_service(self.streams(
-                AggregatedDiscoveryServiceServer::new(self.clone()),
+                streams::AdsOnly,
                 None,
                 ("StreamAggregatedResources", "DeltaAggregatedResources"),
             ))
@@ -545,47 +550,29 @@ impl XdsServer {
     }
 }
 
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for XdsServer {
-    type StreamAggregatedResourcesStream = SotwOut;
-    type DeltaAggregatedResourcesStream = DeltaOut;
-
-    async fn stream_aggregated_resources(
-        &self,
-        req: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<SotwOut>, Status> {
-        self.sotw(req, None).map(full_messages)
-    }
-
-    async fn delta_aggregated_resources(
-        &self,
-        req: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<DeltaOut>, Status> {
-        self.delta(req, None).map(full_messages)
-    }
-}
-
-/// Implements one standalone discovery service by delegating to the shared
-/// stream machinery with the type fixed.
+/// Implements one standalone discovery service's generated trait: its unary
+/// `Fetch*` method, the only one its generated server is left to route.
+/// The trait also requires the two streaming methods, which
+/// [`streams::XdsStreams`] serves before they reach it.
 macro_rules! single_type_service {
     ($trait:ident, $ty:expr, $stream:ident, $delta_stream:ident, $sotw:ident, $delta:ident, $fetch:ident) => {
         #[tonic::async_trait]
         impl $trait for XdsServer {
-            type $stream = SotwOut;
-            type $delta_stream = DeltaOut;
+            type $stream = NeverSotw;
+            type $delta_stream = NeverDelta;
 
             async fn $sotw(
                 &self,
-                req: Request<Streaming<DiscoveryRequest>>,
-            ) -> Result<Response<SotwOut>, Status> {
-                self.sotw(req, Some($ty)).map(full_messages)
+                _: Request<Streaming<DiscoveryRequest>>,
+            ) -> Result<Response<NeverSotw>, Status> {
+                served_by_hand()
             }
 
             async fn $delta(
                 &self,
-                req: Request<Streaming<DeltaDiscoveryRequest>>,
-            ) -> Result<Response<DeltaOut>, Status> {
-                self.delta(req, Some($ty)).map(full_messages)
+                _: Request<Streaming<DeltaDiscoveryRequest>>,
+            ) -> Result<Response<NeverDelta>, Status> {
+                served_by_hand()
             }
 
             async fn $fetch(

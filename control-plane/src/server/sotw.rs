@@ -3,7 +3,7 @@
 //! [`SotwStream`] is the per-stream protocol state machine, free of I/O: it
 //! takes a request or a new snapshot and returns the responses to send, in
 //! order. `server::Driver` runs it on a gRPC stream. The rules it implements
-//! are in `shared/reference/xds-protocol.md`:
+//! are rules 1 to 7 of `docs/xds-protocol.md`:
 //!
 //! - nonces are per type; a request carrying an older nonce is stale and
 //!   ignored (counted);

@@ -8,7 +8,9 @@
 //! (the whole config), and streams live for days, so every connected node
 //! would keep buffers it uses once. [`XdsStreams`] wraps a generated service,
 //! serves its two streaming methods itself and hands every other method (the
-//! unary `Fetch*`) to it unchanged.
+//! unary `Fetch*`) to it unchanged. ADS has no other method, so it wraps no
+//! generated server ([`AdsOnly`]); the standalone services' generated traits
+//! still require the streaming methods, which are never called.
 //!
 //! - Each response is encoded into an allocation of exactly its size, owned
 //!   by the frame, and freed once written to the socket.
@@ -37,7 +39,8 @@ use tonic::server::NamedService;
 use tonic::{Code, Request, Response, Status};
 
 use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+    aggregated_discovery_service_server, DeltaDiscoveryRequest, DeltaDiscoveryResponse,
+    DiscoveryRequest, DiscoveryResponse,
 };
 
 use super::wire::{Outgoing, WireMessage};
@@ -128,6 +131,30 @@ where
             let mut generated = self.generated.clone();
             Box::pin(async move { generated.call(req).await })
         }
+    }
+}
+
+/// The service behind ADS's two streaming methods: ADS has no other method,
+/// so any other path answers `UNIMPLEMENTED`, as a generated server answers a
+/// method it does not know.
+#[derive(Debug, Clone, Copy)]
+pub struct AdsOnly;
+
+impl NamedService for AdsOnly {
+    const NAME: &'static str = aggregated_discovery_service_server::SERVICE_NAME;
+}
+
+impl Service<http::Request<Body>> for AdsOnly {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<http::Response<Body>, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _req: http::Request<Body>) -> Self::Future {
+        std::future::ready(Ok(Status::unimplemented("").into_http()))
     }
 }
 

@@ -1,9 +1,9 @@
 //! Versioned, consistent, encoded-once snapshots of every resource.
 //!
 //! A [`Snapshot`] is built from one [`Resources`] revision. Building it checks
-//! consistency (rule 9 of the protocol notes: every referenced cluster, route
-//! configuration and load assignment exists), encodes each resource into its
-//! `Any` exactly once, and derives every version from content:
+//! consistency (rule 9 of `docs/xds-protocol.md`: every referenced cluster,
+//! route configuration and load assignment exists), encodes each resource
+//! into its `Any` exactly once, and derives every version from content:
 //!
 //! - a resource's version is a hash of its encoding with map entries taken
 //!   in sorted order ([`canonical`]), so it is the same across restarts and
@@ -463,8 +463,9 @@ fn content_version(ty: ResourceType, bytes: &[u8]) -> String {
     }
 }
 
-/// Rule 9: every reference inside the revision resolves within it. Returns
-/// the references, for narrowing to node selections.
+/// Rule 9 of `docs/xds-protocol.md`: every reference inside the revision
+/// resolves within it. Returns the references, for narrowing to node
+/// selections.
 fn check_consistency(r: &Resources) -> Result<Graph, SnapshotError> {
     let mut graph = Graph::default();
     let known = Known {

@@ -6,7 +6,7 @@
 //! [`RouteSlot`] through which HTTP listeners see the current version of an RDS
 //! route configuration on every request, and the [`RouteManager`].
 //!
-//! Matching (Envoy's, see shared/reference/envoy-behaviour.md):
+//! Matching (Envoy's, see docs/envoy-behaviour.md):
 //! - virtual host by Host (case-insensitive): exact domain, then the longest
 //!   `*suffix`, then the longest `prefix*`; if none matches and Host has a port,
 //!   the same again without the port; then `*`;

@@ -6,7 +6,7 @@
 //! a [`NackError`] that names the resource and the field, so the update is
 //! NACKed and the last good config stays.
 //!
-//! Defaults documented here are Envoy's (see shared/reference/envoy-behaviour.md).
+//! Defaults documented here are Envoy's (see docs/envoy-behaviour.md).
 
 mod convert;
 

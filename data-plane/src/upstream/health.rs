@@ -9,7 +9,7 @@
 //! healthy set when a host changed state and decides what else follows
 //! (outlier detection, removals).
 //!
-//! Semantics (shared/reference/envoy-behaviour.md):
+//! Semantics (Envoy's, see docs/envoy-behaviour.md):
 //! - hosts start `/failed_active_hc`; the first check decides: one success
 //!   makes the host healthy at once;
 //! - then `healthy_threshold` successes in a row make an unhealthy host
