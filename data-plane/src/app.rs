@@ -28,6 +28,11 @@ use crate::xds::{ConfigSink, XdsClient, XdsOptions};
 #[cfg(test)]
 mod tests;
 
+/// The target of this module's log lines: the process's own, as they were
+/// when `main` held this code, so log filters (`RUST_LOG=pylon_proxy=...`)
+/// and the lines themselves stay as operators know them.
+const LOG: &str = "pylon_proxy";
+
 /// How often the xDS TLS files are looked at for a renewed certificate or CA.
 const TLS_WATCH_INTERVAL: Duration = Duration::from_millis(200);
 
@@ -83,7 +88,7 @@ pub async fn serve(plan: Plan, shutdown: impl Future<Output = ()>) -> anyhow::Re
 
     let (xds_client, xds_state) = match plan.xds.clone() {
         Some(opts) => {
-            info!(addrs = %opts.targets.join(","), tls = opts.tls.is_some(), delta = opts.delta, node = %plan.node_id, "subscribing over ADS");
+            info!(target: LOG, addrs = %opts.targets.join(","), tls = opts.tls.is_some(), delta = opts.delta, node = %plan.node_id, "subscribing over ADS");
             if let Some(tls) = &opts.tls {
                 watch_tls_files(Arc::clone(&tls.client), stop_all.clone());
             }
@@ -103,7 +108,7 @@ pub async fn serve(plan: Plan, shutdown: impl Future<Output = ()>) -> anyhow::Re
     let admin_listener = tokio::net::TcpListener::bind(plan.admin)
         .await
         .with_context(|| format!("binding admin address {}", plan.admin))?;
-    info!(addr = %admin_listener.local_addr()?, "admin listening");
+    info!(target: LOG, addr = %admin_listener.local_addr()?, "admin listening");
     let admin_stop = CancellationToken::new();
     let admin_task = tokio::spawn(admin::serve(
         admin_listener,
@@ -129,11 +134,11 @@ pub async fn serve(plan: Plan, shutdown: impl Future<Output = ()>) -> anyhow::Re
     admin_stop.cancel();
     if let Some(t) = xds_task {
         if let Err(e) = t.await {
-            error!(error = %e, "xDS task failed");
+            error!(target: LOG, error = %e, "xDS task failed");
         }
     }
     let _ = admin_task.await;
-    info!("stopped");
+    info!(target: LOG, "stopped");
     Ok(())
 }
 
@@ -144,7 +149,7 @@ fn watch_tls_files(client: Arc<pylon::tls::ClientTls>, stop: CancellationToken) 
     tokio::spawn(async move {
         let target: Arc<dyn pylon::tls::Reload> = client;
         if let Err(e) = pylon::tls::watch(target, files, TLS_WATCH_INTERVAL, stop).await {
-            tracing::warn!(error = %e, "TLS file watch failed; the xDS certificates are not reloaded");
+            tracing::warn!(target: LOG, error = %e, "TLS file watch failed; the xDS certificates are not reloaded");
         }
     });
 }
