@@ -13,7 +13,7 @@ use data_plane::bootstrap;
 use data_plane::xds::{self, XdsOptions};
 use tracing::info;
 
-/// mimalloc rather than the system allocator: it returns the pages of freed
+/// jemalloc rather than the system allocator: it returns the pages of freed
 /// memory to the system shortly after, where glibc keeps them in its arenas,
 /// so the memory a burst of connections (a slowloris wave, say) held goes
 /// back once they are closed instead of staying at the peak.
