@@ -1,24 +1,19 @@
-//! `pylon-proxy`: the command line. Reads the bootstrap or flags, builds the
-//! runtime, the xDS client and the admin API, and wires signals; no proxying
-//! or protocol logic lives here.
+//! `pylon-proxy`: the command line. Reads the bootstrap or flags into an
+//! [`app::Plan`] and runs it with [`app::serve`] until SIGTERM or SIGINT;
+//! running the proxy (static resources, xDS, admin, drain order) is `app`'s.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
-use data_plane::admin::{self, Admin};
+use data_plane::app::{self, Plan};
 use data_plane::bootstrap;
-use data_plane::model::{self, NackError};
-use data_plane::runtime::{Runtime, RuntimeOptions};
-use data_plane::xds::{self, ConfigSink, XdsClient, XdsOptions};
-use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use data_plane::xds::{self, XdsOptions};
+use tracing::info;
 
-/// mimalloc rather than the system allocator: it returns the pages of freed
+/// jemalloc rather than the system allocator: it returns the pages of freed
 /// memory to the system shortly after, where glibc keeps them in its arenas,
 /// so the memory a burst of connections (a slowloris wave, say) held goes
 /// back once they are closed instead of staying at the peak.
@@ -158,19 +153,7 @@ fn main() -> ExitCode {
     }
 }
 
-/// Everything the process runs, resolved from the bootstrap and the flags.
-struct Plan {
-    node_id: String,
-    node_cluster: String,
-    admin: SocketAddr,
-    xds: Option<XdsOptions>,
-    clusters: Vec<model::Cluster>,
-    listeners: Vec<model::Listener>,
-    concurrency: usize,
-    /// `--drain-time-s`, else the runtime's default.
-    drain_time: Option<std::time::Duration>,
-}
-
+/// Resolves the bootstrap and the flags into what the process runs.
 fn plan(cli: Cli) -> anyhow::Result<Plan> {
     let boot = match &cli.config {
         Some(path) => Some(load_bootstrap(path.clone())?),
@@ -326,174 +309,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .worker_threads(plan.concurrency)
         .enable_all()
         .build()?;
-    rt.block_on(serve(plan))
-}
-
-/// Applies xDS updates on top of the static resources: the runtime always
-/// receives the full set, static first. A dynamic resource may not reuse a
-/// static name.
-struct Sink {
-    runtime: Arc<Runtime>,
-    static_clusters: Vec<model::Cluster>,
-    static_listeners: Vec<model::Listener>,
-}
-
-fn no_shadowing<'a>(
-    kind: model::ResourceKind,
-    statics: impl Iterator<Item = &'a str>,
-    dynamic: impl Iterator<Item = &'a str>,
-) -> Result<(), NackError> {
-    let statics: std::collections::HashSet<&str> = statics.collect();
-    for name in dynamic {
-        if statics.contains(name) {
-            return Err(NackError {
-                kind,
-                name: name.to_string(),
-                message: "name already used by static_resources in the bootstrap".into(),
-            });
-        }
-    }
-    Ok(())
-}
-
-#[tonic::async_trait]
-impl ConfigSink for Sink {
-    async fn set_clusters(&self, v: Vec<model::Cluster>) -> Result<(), NackError> {
-        no_shadowing(
-            model::ResourceKind::Cluster,
-            self.static_clusters.iter().map(|c| c.name.as_str()),
-            v.iter().map(|c| c.name.as_str()),
-        )?;
-        let mut all = self.static_clusters.clone();
-        all.extend(v);
-        self.runtime.set_clusters(all).await
-    }
-
-    async fn set_load_assignments(&self, v: Vec<model::LoadAssignment>) -> Result<(), NackError> {
-        self.runtime.set_load_assignments(v).await
-    }
-
-    async fn set_listeners(&self, v: Vec<model::Listener>) -> Result<(), NackError> {
-        no_shadowing(
-            model::ResourceKind::Listener,
-            self.static_listeners.iter().map(|l| l.name.as_str()),
-            v.iter().map(|l| l.name.as_str()),
-        )?;
-        let mut all = self.static_listeners.clone();
-        all.extend(v);
-        self.runtime.set_listeners(all).await
-    }
-
-    async fn set_route_configs(&self, v: Vec<model::RouteConfig>) -> Result<(), NackError> {
-        self.runtime.set_route_configs(v).await
-    }
-
-    /// Rejects a listener whose address another process holds, as Envoy
-    /// does, rather than accepting it and failing to apply it later.
-    fn check(&self, resource: &model::Decoded) -> Result<(), NackError> {
-        if let model::Decoded::Listener(l) = resource {
-            data_plane::listener::probe_bind(l.addr).map_err(|e| NackError {
-                kind: model::ResourceKind::Listener,
-                name: l.name.clone(),
-                message: format!("cannot bind {}: {e}", l.addr),
-            })?;
-        }
-        Ok(())
-    }
-}
-
-async fn serve(plan: Plan) -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let shutdown = CancellationToken::new();
-    let runtime = Runtime::new(RuntimeOptions {
-        shutdown: shutdown.clone(),
-        drain_time: plan
-            .drain_time
-            .unwrap_or(data_plane::runtime::DEFAULT_DRAIN_TIME),
-    });
-    runtime.mark_static_clusters(plan.clusters.iter().map(|c| c.name.clone()));
-    runtime
-        .set_clusters(plan.clusters.clone())
-        .await
-        .context("static_resources")?;
-    runtime
-        .set_listeners(plan.listeners.clone())
-        .await
-        .context("static_resources")?;
-
-    let (xds_client, xds_state) = match plan.xds.clone() {
-        Some(opts) => {
-            info!(addrs = %opts.targets.join(","), tls = opts.tls.is_some(), delta = opts.delta, node = %plan.node_id, "subscribing over ADS");
-            if let Some(tls) = &opts.tls {
-                // A renewed client certificate (or CA) is used for the next connection.
-                let client = Arc::clone(&tls.client);
-                let files = client.files();
-                let stop = shutdown.clone();
-                tokio::spawn(async move {
-                    let target: Arc<dyn pylon::tls::Reload> = client;
-                    if let Err(e) = pylon::tls::watch(
-                        target,
-                        files,
-                        std::time::Duration::from_millis(200),
-                        stop,
-                    )
-                    .await
-                    {
-                        tracing::warn!(error = %e, "TLS file watch failed; the xDS certificates are not reloaded");
-                    }
-                });
+    rt.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let signalled = async move {
+            tokio::select! {
+                _ = term.recv() => info!("SIGTERM: draining"),
+                _ = int.recv() => info!("SIGINT: draining"),
             }
-            let (c, s) = XdsClient::new(opts);
-            (Some(c), Some(s))
-        }
-        None => (None, None),
-    };
-    let admin = Arc::new(Admin::new(
-        Arc::clone(&runtime),
-        plan.node_id.clone(),
-        plan.node_cluster.clone(),
-        plan.concurrency,
-        xds_state,
-    ));
-    admin.initialized.store(true, Ordering::Relaxed);
-    let admin_listener = tokio::net::TcpListener::bind(plan.admin)
-        .await
-        .with_context(|| format!("binding admin address {}", plan.admin))?;
-    info!(addr = %admin_listener.local_addr()?, "admin listening");
-    let admin_stop = CancellationToken::new();
-    let admin_task = tokio::spawn(admin::serve(
-        admin_listener,
-        Arc::clone(&admin),
-        admin_stop.clone(),
-    ));
-
-    let xds_stop = CancellationToken::new();
-    let xds_task = xds_client.map(|c| {
-        let sink = Arc::new(Sink {
-            runtime: Arc::clone(&runtime),
-            static_clusters: plan.clusters.clone(),
-            static_listeners: plan.listeners.clone(),
-        });
-        tokio::spawn(c.run(sink, xds_stop.clone()))
-    });
-
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM: draining"),
-        _ = int.recv() => info!("SIGINT: draining"),
-    }
-    admin.set_shutting_down();
-    xds_stop.cancel();
-    runtime.drain().await;
-    shutdown.cancel();
-    admin_stop.cancel();
-    if let Some(t) = xds_task {
-        if let Err(e) = t.await {
-            error!(error = %e, "xDS task failed");
-        }
-    }
-    let _ = admin_task.await;
-    info!("stopped");
-    Ok(())
+        };
+        app::serve(plan, signalled).await
+    })
 }

@@ -6,6 +6,10 @@
 //! a [`NackError`] that names the resource and the field, so the update is
 //! NACKed and the last good config stays.
 //!
+//! The files a resource names are read here too, when it is accepted (a CA
+//! file: [`TrustedCa::read`]), so a missing one refuses the resource; the
+//! layers below only use what was read.
+//!
 //! Defaults documented here are Envoy's (see docs/envoy-behaviour.md).
 
 mod convert;
@@ -353,6 +357,28 @@ pub struct TrustedCa {
     pub filename: String,
     /// Its certificates, DER.
     pub certs: Vec<Vec<u8>>,
+}
+
+impl TrustedCa {
+    /// Reads the PEM file `filename`: its certificates, DER. The file is read
+    /// when the resource is accepted, so a missing or unreadable one refuses
+    /// the resource; the error names the file and what is wrong with it.
+    pub fn read(filename: &str) -> Result<TrustedCa, String> {
+        use rustls::pki_types::pem::PemObject as _;
+        use rustls::pki_types::CertificateDer;
+        let bytes = std::fs::read(filename).map_err(|e| format!("cannot read {filename}: {e}"))?;
+        let certs: Vec<Vec<u8>> = CertificateDer::pem_slice_iter(&bytes)
+            .map(|c| c.map(|c| c.to_vec()))
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("{filename}: not a PEM certificate file: {e}"))?;
+        if certs.is_empty() {
+            return Err(format!("{filename} holds no PEM certificate"));
+        }
+        Ok(TrustedCa {
+            filename: filename.to_string(),
+            certs,
+        })
+    }
 }
 
 /// The kind of health check.

@@ -717,9 +717,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ca.crt");
         std::fs::write(&path, pem).unwrap();
-        let filename = path.display().to_string();
-        let certs = crate::upstream::tls::read_ca_file(&filename).unwrap();
-        Some(crate::model::TrustedCa { filename, certs })
+        Some(crate::model::TrustedCa::read(&path.display().to_string()).unwrap())
     }
 
     #[tokio::test]

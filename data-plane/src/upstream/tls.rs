@@ -1,9 +1,10 @@
 //! TLS to upstream hosts, for health checks (rustls with the ring provider;
 //! no OpenSSL).
 //!
-//! Owns reading a CA file, the client config built from a model
-//! [`UpstreamTls`], and the handshake. Verification is Envoy's for an
-//! `UpstreamTlsContext` whose validation context holds only `trusted_ca`:
+//! Owns the client config built from a model [`UpstreamTls`] (whose CA file
+//! the model read when the cluster was accepted) and the handshake.
+//! Verification is Envoy's for an `UpstreamTlsContext` whose validation
+//! context holds only `trusted_ca`:
 //! the server's chain must lead to one of the CA's certificates and be valid
 //! now, and its names are not checked (Envoy checks them only with
 //! `match_typed_subject_alt_names`, which pylon-proxy refuses). Without a
@@ -18,26 +19,12 @@ use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::WebPkiSupportedAlgorithms;
-use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
 use crate::model::UpstreamTls;
-
-/// The certificates of a PEM file, DER; an error names what is wrong.
-pub fn read_ca_file(path: &str) -> Result<Vec<Vec<u8>>, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}"))?;
-    let certs: Vec<Vec<u8>> = CertificateDer::pem_slice_iter(&bytes)
-        .map(|c| c.map(|c| c.to_vec()))
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("{path}: not a PEM certificate file: {e}"))?;
-    if certs.is_empty() {
-        return Err(format!("{path} holds no PEM certificate"));
-    }
-    Ok(certs)
-}
 
 /// A ready client side of TLS for one cluster's health checks.
 #[derive(Clone)]

@@ -242,10 +242,6 @@ fn validation(p: &str, v: &CertificateValidationContext) -> Check<Option<Trusted
             ))
         }
     };
-    let certs =
-        crate::upstream::tls::read_ca_file(filename).map_err(|e| format!("{p}filename: {e}"))?;
-    Ok(Some(TrustedCa {
-        filename: filename.clone(),
-        certs,
-    }))
+    let ca = TrustedCa::read(filename).map_err(|e| format!("{p}filename: {e}"))?;
+    Ok(Some(ca))
 }
