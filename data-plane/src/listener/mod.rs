@@ -137,7 +137,7 @@ fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
 
 fn nack(l: &model::Listener, message: String) -> NackError {
     NackError {
-        kind: crate::model::ResourceKind::Listener,
+        kind: Some(pylon::ResourceType::Listener),
         name: l.name.clone(),
         message,
     }

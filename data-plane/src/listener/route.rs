@@ -108,7 +108,7 @@ impl RouteTable {
         slot: impl Fn(&str) -> Arc<ClusterSlot>,
     ) -> Result<RouteTable, NackError> {
         let nack = |message: String| NackError {
-            kind: crate::model::ResourceKind::RouteConfig,
+            kind: Some(pylon::ResourceType::Route),
             name: rc.name.clone(),
             message,
         };
@@ -315,7 +315,7 @@ impl RouteManager {
         for rc in &rcs {
             if !names.insert(rc.name.as_str()) {
                 return Err(NackError {
-                    kind: crate::model::ResourceKind::RouteConfig,
+                    kind: Some(pylon::ResourceType::Route),
                     name: rc.name.clone(),
                     message: "duplicate route configuration name".into(),
                 });

@@ -580,7 +580,7 @@ async fn bind_error_names_listener_and_applies_nothing() {
         .set_listeners(vec![tcp_listener("other", "e"), bad])
         .await
         .unwrap_err();
-    assert_eq!(err.kind, crate::model::ResourceKind::Listener);
+    assert_eq!(err.kind, Some(pylon::ResourceType::Listener));
     assert_eq!(err.name, "bad");
     assert!(err.message.contains(&taken_addr.to_string()), "{err}");
     // Nothing applied: "first" still there, "other" not bound.

@@ -589,16 +589,16 @@ pub struct ClusterManager {
 }
 
 fn check_unique<'a>(
-    kind: crate::model::ResourceKind,
+    kind: pylon::ResourceType,
     names: impl Iterator<Item = &'a str>,
 ) -> Result<(), NackError> {
     let mut seen = HashSet::new();
     for n in names {
         if !seen.insert(n) {
             return Err(NackError {
-                kind,
+                kind: Some(kind),
                 name: n.to_owned(),
-                message: format!("duplicate {kind} name"),
+                message: format!("duplicate {} name", kind.noun()),
             });
         }
     }
@@ -627,7 +627,7 @@ impl ClusterManager {
     /// Replaces the set of clusters. Needs a tokio runtime (checkers are spawned).
     pub fn set_clusters(&self, clusters: Vec<model::Cluster>) -> Result<(), NackError> {
         check_unique(
-            crate::model::ResourceKind::Cluster,
+            pylon::ResourceType::Cluster,
             clusters.iter().map(|c| c.name.as_str()),
         )?;
         let mut st = self.lock();
@@ -678,7 +678,7 @@ impl ClusterManager {
     /// Replaces the set of load assignments and updates the EDS clusters whose assignment changed.
     pub fn set_load_assignments(&self, las: Vec<LoadAssignment>) -> Result<(), NackError> {
         check_unique(
-            crate::model::ResourceKind::LoadAssignment,
+            pylon::ResourceType::Endpoint,
             las.iter().map(|l| l.name.as_str()),
         )?;
         let mut st = self.lock();

@@ -2,7 +2,7 @@
 //! request the client sends and answers with hand-made responses, then checks
 //! the ACKs/NACKs and the calls the client made on a recording sink.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,9 +22,9 @@ use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::store::Kind;
 use super::testing::*;
 use super::*;
+use pylon::ResourceType;
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -387,9 +387,9 @@ async fn sotw_warming_order_ack_and_nack() {
 
     // The runtime refusing the new set is a NACK as well.
     sink.reject(
-        Kind::Listener,
+        ResourceType::Listener,
         NackError {
-            kind: crate::model::ResourceKind::Listener,
+            kind: Some(pylon::ResourceType::Listener),
             name: "k8s".into(),
             message: "address in use".into(),
         },
@@ -409,14 +409,14 @@ async fn sotw_warming_order_ack_and_nack() {
         "9",
         Some("listener k8s: address in use"),
     );
-    sink.accept(Kind::Listener);
+    sink.accept(ResourceType::Listener);
     let st = state.status();
     assert_eq!(
         st.last_nack.as_deref(),
         Some("listener k8s: address in use")
     );
-    assert_eq!(st.versions.clusters.as_deref(), Some("c1"));
-    assert_eq!(st.versions.listeners.as_deref(), Some("l1"));
+    assert_eq!(st.versions[ResourceType::Cluster].as_deref(), Some("c1"));
+    assert_eq!(st.versions[ResourceType::Listener].as_deref(), Some("l1"));
 
     // CDS without the cluster: removed, then its assignment; EDS unsubscribed.
     c.send(sotw_resp(type_url::CLUSTER, "c6", "10", vec![]))
@@ -633,7 +633,10 @@ async fn delta_ack_nack_reconnect_with_initial_versions() {
         Some("listener k8s: sent under the name \"other\""),
     );
     assert_eq!(sink.take(), vec![]);
-    assert_eq!(state.status().versions.listeners.as_deref(), Some("v3"));
+    assert_eq!(
+        state.status().versions[ResourceType::Listener].as_deref(),
+        Some("v3")
+    );
 
     // Control plane restarts: same config in force; the new stream says what is held.
     drop(c);
@@ -794,7 +797,7 @@ async fn sotw_partial_acceptance() {
         vec![Call::Clusters(names(&["web"]))]
     );
     let st = state.status();
-    assert_eq!(st.versions.clusters, None);
+    assert_eq!(st.versions[ResourceType::Cluster], None);
     assert_eq!(st.last_nack.as_deref(), Some(MAGLEV_RND));
 
     // A listener to `web` starts; CDS and LDS have answered: initialized.
@@ -849,7 +852,10 @@ async fn sotw_partial_acceptance() {
         vec![Call::Clusters(names(&["b", "web"]))]
     );
     assert_eq!(static_hosts(&sink, "web"), Some(2));
-    assert_eq!(state.status().versions.clusters.as_deref(), Some("c3"));
+    assert_eq!(
+        state.status().versions[ResourceType::Cluster].as_deref(),
+        Some("c3")
+    );
 
     // A full set still removes what it does not name (`b`), but not a name
     // it carries invalid (`web`); an undecodable resource (no name) makes
@@ -915,9 +921,9 @@ async fn sink_error_naming_a_resource_rejects_that_one_only() {
 
     // `k8s` cannot bind: `b` is applied all the same; NACK naming `k8s`.
     sink.reject_named(
-        Kind::Listener,
+        ResourceType::Listener,
         NackError {
-            kind: crate::model::ResourceKind::Listener,
+            kind: Some(pylon::ResourceType::Listener),
             name: "k8s".into(),
             message: "address in use".into(),
         },
@@ -941,13 +947,16 @@ async fn sink_error_naming_a_resource_rejects_that_one_only() {
         sink.wait_calls(1).await,
         vec![Call::Listeners(names(&["a", "b"]))]
     );
-    assert_eq!(state.status().versions.listeners.as_deref(), Some("l1"));
+    assert_eq!(
+        state.status().versions[ResourceType::Listener].as_deref(),
+        Some("l1")
+    );
 
     // An error naming nothing of the response rejects all of it.
     sink.reject(
-        Kind::Listener,
+        ResourceType::Listener,
         NackError {
-            kind: crate::model::ResourceKind::Listener,
+            kind: Some(pylon::ResourceType::Listener),
             name: "elsewhere".into(),
             message: "out of file descriptors".into(),
         },
@@ -973,9 +982,9 @@ async fn sink_error_naming_a_resource_rejects_that_one_only() {
     // A resource the sink's check refuses (a listener that cannot bind) is
     // left out before any set is applied: the rest goes in (`c` added, `b`
     // removed), the NACK names `d`.
-    sink.accept(Kind::Listener);
+    sink.accept(ResourceType::Listener);
     sink.refuse_in_check(NackError {
-        kind: crate::model::ResourceKind::Listener,
+        kind: Some(pylon::ResourceType::Listener),
         name: "d".into(),
         message: "cannot bind".into(),
     });
@@ -1034,7 +1043,7 @@ async fn delta_partial_acceptance() {
         sink.wait_calls(1).await,
         vec![Call::Clusters(names(&["web"]))]
     );
-    assert_eq!(state.status().versions.clusters, None);
+    assert_eq!(state.status().versions[ResourceType::Cluster], None);
 
     // `web` made invalid: its previous version stays.
     c.send(delta_resp(
@@ -1082,7 +1091,10 @@ async fn delta_partial_acceptance() {
         vec![Call::Clusters(names(&["web"]))]
     );
     assert_eq!(static_hosts(&sink, "web"), Some(2));
-    assert_eq!(state.status().versions.clusters.as_deref(), Some("v3"));
+    assert_eq!(
+        state.status().versions[ResourceType::Cluster].as_deref(),
+        Some("v3")
+    );
 
     shutdown.cancel();
     tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
@@ -1116,16 +1128,6 @@ fn backoff_doubles_with_jitter_up_to_the_cap() {
     }
     b.reset();
     assert!(b.next_delay() <= BACKOFF_BASE);
-}
-
-#[test]
-fn kinds_round_trip_their_type_urls() {
-    let urls: BTreeSet<_> = Kind::ALL.iter().map(|k| k.type_url()).collect();
-    assert_eq!(urls.len(), 4);
-    for k in Kind::ALL {
-        assert_eq!(Kind::from_type_url(k.type_url()), Some(k));
-    }
-    assert_eq!(Kind::from_type_url(type_url::TCP_PROXY), None);
 }
 
 /// An `api_listener` (for proxyless gRPC clients sharing the config) is
