@@ -121,7 +121,8 @@ use store::{Store, Update};
 /// `set_load_assignments` may carry an assignment whose cluster is still
 /// warming (not yet given to `set_clusters`); and after the warming timeout an
 /// EDS cluster may arrive without its assignment (no hosts yet), a listener
-/// without its RDS route configuration (no routes: 404).
+/// without its RDS route configuration (no routes: 404). The sink uses them
+/// as given: the client has done the waiting ([`WARMING_TIMEOUT`]).
 ///
 /// Resources from the bootstrap's `static_resources` are not included: an
 /// implementation that also serves them must merge them into each set

@@ -15,9 +15,15 @@
 //!   a listener and answers 503, and waiting would block on a typo forever;
 //! - while a changed cluster or listener warms, the previous version stays in
 //!   force; a new one is simply absent;
-//! - after [`WARMING_TIMEOUT`] (Envoy's `initial_fetch_timeout`, 15 s) a
-//!   warming resource is pushed anyway: an EDS cluster without an assignment
-//!   has no hosts, a listener without its routes has no routes.
+//! - after [`WARMING_TIMEOUT`] (Envoy's `initial_fetch_timeout`, 15 s),
+//!   counted from when the cluster or listener started warming, it is pushed
+//!   anyway: an EDS cluster without an assignment has no hosts, a listener
+//!   without its routes has no routes. A listener's deadline does not move
+//!   when what it waits for (its routes, their clusters) arrives late.
+//!
+//! The store is the only place that decides warming and its deadline: the
+//! runtime uses what the sink is given at once, without a wait of its own
+//! (see `upstream::cluster` and `listener`).
 //!
 //! Assignments and route configurations are kept while a held or pushed
 //! cluster or listener names them, so a warming replacement never removes
