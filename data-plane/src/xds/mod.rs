@@ -74,6 +74,18 @@
 //! [`XdsClient::new`] returns an `Arc<XdsState>`; [`XdsState::status`] gives
 //! an [`XdsStatus`] snapshot (connected, accepted version per type, last NACK,
 //! whether the initial config has arrived and warmed) for the admin endpoints.
+//!
+//! # Structure
+//! - `sotw` and `delta`: the two stream state machines, each a `Protocol`
+//!   (first requests, a response in and the ACK or NACK and subscription
+//!   changes out, resubscriptions after a reconcile). They hold no gRPC:
+//!   `drive` runs one over any stream of responses, the gRPC one here, an
+//!   in-memory one in the tests, which drive it on paused time.
+//! - `store`: what is held and what is in force, and warming: the one place
+//!   that decides when a cluster or listener is ready, and its one timeout
+//!   ([`WARMING_TIMEOUT`]); `drive` wakes at its deadlines.
+//! - The four types are [`pylon::ResourceType`]; what is kept per type
+//!   (versions, nonces, subscriptions) is a [`pylon::PerType`].
 
 mod delta;
 mod sotw;
@@ -103,8 +115,8 @@ use rand::Rng;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt as _};
 use tokio_util::sync::CancellationToken;
-use tonic::Streaming;
 use tracing::{debug, info, warn};
 
 use crate::model::{self, Decoded, NackError};
@@ -335,13 +347,7 @@ impl XdsClient {
 
     /// Connects, and keeps reconnecting, until `shutdown` is cancelled.
     pub async fn run(self, sink: Arc<dyn ConfigSink>, shutdown: CancellationToken) {
-        let mut cs = ClientState {
-            store: Store::default(),
-            versions: PerType::default(),
-            responded: PerType::default(),
-            state: Arc::clone(&self.state),
-            sink,
-        };
+        let mut cs = ClientState::new(sink, Arc::clone(&self.state));
         let mut backoff = Backoff::default();
         let mode = if self.opts.delta {
             "delta"
@@ -473,17 +479,25 @@ async fn send_all<T>(tx: &mpsc::Sender<T>, reqs: Vec<T>) -> Result<(), StreamErr
     Ok(())
 }
 
-async fn drive<P: Protocol>(
+/// Runs one stream after its first requests were sent: handles each
+/// response, and reconciles when a warming deadline passes, sending what the
+/// protocol answers. `inbound` is the gRPC response stream, or, in tests, a
+/// channel fed in memory.
+async fn drive<P, S>(
     proto: &mut P,
-    mut inbound: Streaming<P::Response>,
+    mut inbound: S,
     tx: mpsc::Sender<P::Request>,
     cs: &mut ClientState,
     got_response: &mut bool,
-) -> Result<(), StreamError> {
+) -> Result<(), StreamError>
+where
+    P: Protocol,
+    S: Stream<Item = Result<P::Response, tonic::Status>> + Unpin,
+{
     loop {
         let deadline = cs.store.next_deadline(Instant::now());
         let reqs = tokio::select! {
-            msg = inbound.message() => match msg? {
+            msg = inbound.next() => match msg.transpose()? {
                 None => return Err(StreamError::Closed),
                 Some(resp) => {
                     *got_response = true;
@@ -519,6 +533,17 @@ struct ClientState {
 }
 
 impl ClientState {
+    /// Nothing held yet.
+    fn new(sink: Arc<dyn ConfigSink>, state: Arc<XdsState>) -> Self {
+        ClientState {
+            store: Store::default(),
+            versions: PerType::default(),
+            responded: PerType::default(),
+            state,
+            sink,
+        }
+    }
+
     /// The last accepted version of `kind`, or empty.
     fn version(&self, kind: ResourceType) -> String {
         self.versions[kind].clone().unwrap_or_default()

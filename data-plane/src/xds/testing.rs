@@ -69,6 +69,11 @@ impl FakeSink {
 
     /// Waits (up to 5 s) until `n` calls are recorded, then takes them.
     pub async fn wait_calls(&self, n: usize) -> Vec<Call> {
+        self.wait_calls_within(n, Duration::from_secs(5)).await
+    }
+
+    /// Waits (up to `max`) until `n` calls are recorded, then takes them.
+    pub async fn wait_calls_within(&self, n: usize, max: Duration) -> Vec<Call> {
         let wait = async {
             loop {
                 let notified = self.notify.notified();
@@ -78,10 +83,7 @@ impl FakeSink {
                 notified.await;
             }
         };
-        if tokio::time::timeout(Duration::from_secs(5), wait)
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(max, wait).await.is_err() {
             panic!(
                 "timed out waiting for {n} sink calls; got {:?}",
                 self.calls.lock().unwrap()
