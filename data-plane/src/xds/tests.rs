@@ -518,7 +518,7 @@ async fn sotw_warming_order_ack_and_nack() {
 
 #[tokio::test(start_paused = true)]
 async fn sotw_reconnect_resends_versions_and_keeps_config() {
-    let (sink, _state, cs) = harness();
+    let (sink, state, cs) = harness();
     let mut c = sotw(cs).await;
     c.recv().await;
     c.recv().await;
@@ -538,6 +538,10 @@ async fn sotw_reconnect_resends_versions_and_keeps_config() {
 
     // The control plane goes away: the config stays, the client reconnects.
     let mut c = sotw(c.close().await).await;
+    assert_eq!(sink.take(), vec![], "nothing removed");
+    let versions = state.status().versions;
+    assert_eq!(versions[ResourceType::Cluster].as_deref(), Some("c1"));
+    assert_eq!(versions[ResourceType::Endpoint].as_deref(), Some("e1"));
     let r = c.recv().await;
     check(&r, type_url::CLUSTER, &[], "c1", "", None);
     assert!(
