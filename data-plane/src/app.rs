@@ -168,7 +168,7 @@ struct Sink {
 /// The first of `dynamic` whose name one of `statics` already has, as a NACK
 /// of that resource.
 fn no_shadowing<'a>(
-    kind: model::ResourceKind,
+    kind: Option<pylon::ResourceType>,
     statics: impl Iterator<Item = &'a str>,
     dynamic: impl Iterator<Item = &'a str>,
 ) -> Result<(), NackError> {
@@ -189,7 +189,7 @@ fn no_shadowing<'a>(
 impl ConfigSink for Sink {
     async fn set_clusters(&self, v: Vec<model::Cluster>) -> Result<(), NackError> {
         no_shadowing(
-            model::ResourceKind::Cluster,
+            Some(pylon::ResourceType::Cluster),
             self.static_clusters.iter().map(|c| c.name.as_str()),
             v.iter().map(|c| c.name.as_str()),
         )?;
@@ -204,7 +204,7 @@ impl ConfigSink for Sink {
 
     async fn set_listeners(&self, v: Vec<model::Listener>) -> Result<(), NackError> {
         no_shadowing(
-            model::ResourceKind::Listener,
+            Some(pylon::ResourceType::Listener),
             self.static_listeners.iter().map(|l| l.name.as_str()),
             v.iter().map(|l| l.name.as_str()),
         )?;
@@ -222,7 +222,7 @@ impl ConfigSink for Sink {
     fn check(&self, resource: &model::Decoded) -> Result<(), NackError> {
         if let model::Decoded::Listener(l) = resource {
             crate::listener::probe_bind(l.addr).map_err(|e| NackError {
-                kind: model::ResourceKind::Listener,
+                kind: Some(pylon::ResourceType::Listener),
                 name: l.name.clone(),
                 message: format!("cannot bind {}: {e}", l.addr),
             })?;

@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use pylon::ResourceType;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
@@ -12,8 +13,7 @@ use tokio::time::Instant;
 use super::*;
 use crate::model::{
     Cluster, Decoded, Discovery, Endpoint, HttpManager, LbPolicy, Listener, ListenerKind,
-    LoadAssignment, PathMatch, ResourceKind, Route, RouteAction, RouteConfig, RouteSource,
-    TcpProxy, VirtualHost,
+    LoadAssignment, PathMatch, Route, RouteAction, RouteConfig, RouteSource, TcpProxy, VirtualHost,
 };
 
 /// How long an eventually-assertion waits before it fails.
@@ -238,7 +238,7 @@ async fn a_dynamic_cluster_named_like_a_static_one_is_nacked_and_nothing_applied
     assert_eq!(
         err,
         NackError {
-            kind: ResourceKind::Cluster,
+            kind: Some(ResourceType::Cluster),
             name: "static".into(),
             message: "name already used by static_resources in the bootstrap".into(),
         }
@@ -274,7 +274,7 @@ async fn a_dynamic_listener_named_like_a_static_one_is_nacked_and_nothing_applie
     assert_eq!(
         err,
         NackError {
-            kind: ResourceKind::Listener,
+            kind: Some(ResourceType::Listener),
             name: "static".into(),
             message: "name already used by static_resources in the bootstrap".into(),
         }
@@ -327,7 +327,7 @@ async fn route_configurations_pass_through_to_the_runtime() {
         .set_route_configs(vec![rc("r1"), rc("r1")])
         .await
         .unwrap_err();
-    assert_eq!(err.kind, ResourceKind::RouteConfig);
+    assert_eq!(err.kind, Some(ResourceType::Route));
     assert_eq!(err.name, "r1");
     assert_eq!(err.message, "duplicate route configuration name");
 }
@@ -347,7 +347,7 @@ async fn the_runtimes_refusals_of_the_merged_set_name_the_dynamic_resource() {
         .unwrap_err();
     assert_eq!(
         (err.kind, err.name.as_str(), err.message.as_str()),
-        (ResourceKind::Cluster, "a", "duplicate cluster name")
+        (Some(ResourceType::Cluster), "a", "duplicate cluster name")
     );
 
     // Static resources come first in the merged set, so a dynamic listener
@@ -358,7 +358,7 @@ async fn the_runtimes_refusals_of_the_merged_set_name_the_dynamic_resource() {
         .unwrap_err();
     assert_eq!(
         (err.kind, err.name.as_str()),
-        (ResourceKind::Listener, "dyn")
+        (Some(ResourceType::Listener), "dyn")
     );
     assert_eq!(
         err.message,
@@ -380,7 +380,7 @@ async fn check_refuses_a_listener_whose_address_another_socket_holds() {
         .unwrap_err();
     assert_eq!(
         (err.kind, err.name.as_str()),
-        (ResourceKind::Listener, "taken")
+        (Some(ResourceType::Listener), "taken")
     );
     assert!(
         err.message

@@ -14,9 +14,11 @@
 //!   [`route`]: route tables and the RDS route configurations in force;
 //! - the `listener.<address>.`, `tcp.<stat_prefix>.` and `http.<stat_prefix>.` stats.
 //!
-//! An HTTP listener on RDS waits (at most [`RDS_WARMING_TIMEOUT`]) for its route
-//! configuration before it accepts, like Envoy's listener warming; the kernel
-//! queues connections meanwhile.
+//! A listener accepts as soon as it is given. Envoy's listener warming (an
+//! RDS listener waits for its route configuration) is done before that, by
+//! the xDS store, which owns the one warming timeout: a listener given while
+//! its RDS route configuration is absent (the wait timed out) answers 404
+//! until it arrives.
 //!
 //! Does not own clusters (see `upstream`) nor the order of updates (see `runtime`).
 
@@ -42,12 +44,8 @@ use crate::stats::{stats_struct, Counter, Gauge, GaugeGuard, Scopes};
 use crate::upstream::ClusterManager;
 
 use self::http::{HttpCtx, HttpStats, Routes};
-use self::route::{RouteManager, RouteSlot, RouteTable};
+use self::route::{RouteManager, RouteTable};
 use self::tcp::{TcpCtx, TcpStats};
-
-/// Longest wait of an RDS listener for its route configuration (Envoy's
-/// `initial_fetch_timeout` default).
-pub const RDS_WARMING_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Listen backlog.
 pub const BACKLOG: u32 = 1024;
@@ -137,7 +135,7 @@ fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
 
 fn nack(l: &model::Listener, message: String) -> NackError {
     NackError {
-        kind: crate::model::ResourceKind::Listener,
+        kind: Some(pylon::ResourceType::Listener),
         name: l.name.clone(),
         message,
     }
@@ -251,22 +249,22 @@ impl ListenerManager {
         // Build handlers (compiles inline routes), then bind; any error: nothing applied.
         let mut prepared = Vec::with_capacity(to_start.len());
         for l in to_start {
-            let (handler, warm) = self.handler(&l, clusters, routes)?;
-            prepared.push((l, handler, warm));
+            let handler = self.handler(&l, clusters, routes)?;
+            prepared.push((l, handler));
         }
         let mut bound = Vec::with_capacity(prepared.len());
-        for (l, handler, warm) in prepared {
+        for (l, handler) in prepared {
             let socket =
                 bind(l.addr).map_err(|e| nack(&l, format!("cannot bind {}: {e}", l.addr)))?;
             let local_addr = socket
                 .local_addr()
                 .map_err(|e| nack(&l, format!("cannot bind {}: {e}", l.addr)))?;
-            bound.push((l, handler, warm, socket, local_addr));
+            bound.push((l, handler, socket, local_addr));
         }
 
         // Apply.
         let mut next = kept;
-        for (l, handler, warm, socket, local_addr) in bound {
+        for (l, handler, socket, local_addr) in bound {
             let h = Arc::new(ListenerHandle {
                 local_addr,
                 stop_accept: self.shutdown.child_token(),
@@ -276,7 +274,7 @@ impl ListenerManager {
                 model: l,
             });
             let lstats = self.listener_stats.get(&listener_stat_prefix(local_addr));
-            tokio::spawn(accept_loop(socket, handler, lstats, h.clone(), warm));
+            tokio::spawn(accept_loop(socket, handler, lstats, h.clone()));
             tracing::info!(listener = h.model.name, address = %local_addr, "listener started");
             next.insert(h.model.name.clone(), h);
         }
@@ -306,27 +304,24 @@ impl ListenerManager {
         l: &model::Listener,
         clusters: &ClusterManager,
         routes: &RouteManager,
-    ) -> Result<(Handler, Option<Arc<RouteSlot>>), NackError> {
+    ) -> Result<Handler, NackError> {
         Ok(match &l.kind {
             ListenerKind::Tcp(t) => {
                 let stats = self.tcp_stats.get(&format!("tcp.{}.", t.stat_prefix));
                 let ctx = TcpCtx::new(t.clone(), clusters.slot(&t.cluster), stats);
-                (Handler::Tcp(Arc::new(ctx)), None)
+                Handler::Tcp(Arc::new(ctx))
             }
             ListenerKind::Http(hm) => {
                 let stats = self.http_stats.get(&format!("http.{}.", hm.stat_prefix));
-                let (r, warm) = match &hm.routes {
-                    RouteSource::Rds(name) => {
-                        let slot = routes.slot(name);
-                        (Routes::Rds(slot.clone()), Some(slot))
-                    }
+                let r = match &hm.routes {
+                    RouteSource::Rds(name) => Routes::Rds(routes.slot(name)),
                     RouteSource::Inline(rc) => {
                         let t = RouteTable::compile(rc, |c| clusters.slot(c))
                             .map_err(|e| nack(l, format!("inline {e}")))?;
-                        (Routes::Inline(Arc::new(t)), None)
+                        Routes::Inline(Arc::new(t))
                     }
                 };
-                (Handler::Http(Arc::new(HttpCtx::new(stats, r, hm))), warm)
+                Handler::Http(Arc::new(HttpCtx::new(stats, r, hm)))
             }
         })
     }
@@ -380,14 +375,7 @@ async fn accept_loop(
     handler: Handler,
     stats: Arc<ListenerStats>,
     h: Arc<ListenerHandle>,
-    warm: Option<Arc<RouteSlot>>,
 ) {
-    if let Some(slot) = warm {
-        tokio::select! {
-            _ = h.stop_accept.cancelled() => return,
-            _ = slot.wait_ready(RDS_WARMING_TIMEOUT) => {}
-        }
-    }
     // Out of file descriptors and the like: waited out with a growing delay
     // and a warning at most once a second, instead of spinning.
     let mut backoff = pylon::accept::AcceptBackoff::new(h.model.name.as_str());

@@ -25,7 +25,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
-use tokio::sync::Notify;
 
 use crate::model::{self, NackError, PathMatch, RetryPolicy, DEFAULT_RETRY_BUFFER_LIMIT};
 use crate::upstream::{ClusterManager, ClusterSlot};
@@ -108,7 +107,7 @@ impl RouteTable {
         slot: impl Fn(&str) -> Arc<ClusterSlot>,
     ) -> Result<RouteTable, NackError> {
         let nack = |message: String| NackError {
-            kind: crate::model::ResourceKind::RouteConfig,
+            kind: Some(pylon::ResourceType::Route),
             name: rc.name.clone(),
             message,
         };
@@ -242,7 +241,6 @@ fn strip_port(host: &str) -> Option<&str> {
 pub struct RouteSlot {
     name: String,
     current: ArcSwapOption<RouteTable>,
-    notify: Notify,
 }
 
 impl RouteSlot {
@@ -259,23 +257,6 @@ impl RouteSlot {
 
     fn store(&self, t: Option<Arc<RouteTable>>) {
         self.current.store(t);
-        self.notify.notify_waiters();
-    }
-
-    /// Waits until the route configuration exists, at most `max` (Envoy's
-    /// listener warming on RDS with `initial_fetch_timeout`).
-    pub async fn wait_ready(&self, max: Duration) {
-        let deadline = tokio::time::Instant::now() + max;
-        loop {
-            let notified = self.notify.notified();
-            if self.current.load().is_some() {
-                return;
-            }
-            tokio::select! {
-                _ = notified => {}
-                _ = tokio::time::sleep_until(deadline) => return,
-            }
-        }
     }
 }
 
@@ -305,7 +286,6 @@ impl RouteManager {
         let s = Arc::new(RouteSlot {
             name: name.to_owned(),
             current: ArcSwapOption::empty(),
-            notify: Notify::new(),
         });
         st.slots.insert(name.to_owned(), s.clone());
         s
@@ -322,7 +302,7 @@ impl RouteManager {
         for rc in &rcs {
             if !names.insert(rc.name.as_str()) {
                 return Err(NackError {
-                    kind: crate::model::ResourceKind::RouteConfig,
+                    kind: Some(pylon::ResourceType::Route),
                     name: rc.name.clone(),
                     message: "duplicate route configuration name".into(),
                 });
@@ -513,16 +493,11 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn route_manager_swaps_and_slot_waits() {
+    async fn route_manager_swaps_tables_in_slots() {
         let cm = ClusterManager::new(CancellationToken::new());
         let rm = Arc::new(RouteManager::default());
         let slot = rm.slot("rc");
         assert!(slot.load().is_none());
-        let waiter = {
-            let slot = slot.clone();
-            tokio::spawn(async move { slot.wait_ready(Duration::from_secs(15)).await })
-        };
-        tokio::task::yield_now().await;
         let rc = RouteConfig {
             name: "rc".into(),
             virtual_hosts: vec![vh(
@@ -532,15 +507,12 @@ mod tests {
             )],
         };
         rm.set(vec![rc.clone()], &cm).unwrap();
-        waiter.await.unwrap();
         let first = slot.load_full_for_test();
         // Unchanged: same table.
         rm.set(vec![rc], &cm).unwrap();
         assert!(Arc::ptr_eq(&first, &slot.load_full_for_test()));
         rm.set(vec![], &cm).unwrap();
         assert!(slot.load().is_none());
-        // A slot that never fills stops waiting after the timeout.
-        slot.wait_ready(Duration::from_secs(15)).await;
     }
 
     impl RouteSlot {

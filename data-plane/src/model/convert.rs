@@ -49,7 +49,7 @@ use envoy_types::pb::envoy::config::listener::v3::Listener as PbListener;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration as PbRouteConfig;
 use envoy_types::pb::google::protobuf::Duration as PbDuration;
 use prost::Message;
-use pylon::type_url;
+use pylon::ResourceType;
 
 use super::{Cluster, Listener, LoadAssignment, NackError, RouteConfig};
 
@@ -76,13 +76,23 @@ impl Decoded {
             Decoded::RouteConfig(r) => &r.name,
         }
     }
+
+    /// The xDS type the resource came as.
+    pub fn resource_type(&self) -> ResourceType {
+        match self {
+            Decoded::Cluster(_) => ResourceType::Cluster,
+            Decoded::LoadAssignment(_) => ResourceType::Endpoint,
+            Decoded::Listener(_) => ResourceType::Listener,
+            Decoded::RouteConfig(_) => ResourceType::Route,
+        }
+    }
 }
 
 /// Decodes one xDS resource (the `type_url` and `value` of its `Any`) and
 /// validates it.
 ///
 /// A type pylon-proxy does not consume, or bytes that do not decode, give a
-/// `NackError` of kind `resource` named after the type URL; a resource that
+/// `NackError` of no type ("resource") named after the type URL; a resource that
 /// decodes but cannot be honoured gives one naming the resource and field.
 ///
 /// `Ok(None)` is a resource to leave out without rejecting it: an
@@ -91,36 +101,38 @@ impl Decoded {
 pub fn decode(type_url: &str, bytes: &[u8]) -> Result<Option<Decoded>, NackError> {
     fn undecodable(type_url: &str, e: prost::DecodeError) -> NackError {
         NackError {
-            kind: crate::model::ResourceKind::Unknown,
+            kind: None,
             name: type_url.to_string(),
             message: format!("does not decode: {e}"),
         }
     }
-    let decoded = match type_url {
-        type_url::CLUSTER => {
+    let Some(ty) = ResourceType::from_type_url(type_url) else {
+        return Err(NackError {
+            kind: None,
+            name: type_url.to_string(),
+            message: "this resource type is not supported".to_string(),
+        });
+    };
+    let decoded = match ty {
+        ResourceType::Cluster => {
             let pb = PbCluster::decode(bytes).map_err(|e| undecodable(type_url, e))?;
             Cluster::try_from(&pb).map(Decoded::Cluster)
         }
-        type_url::ENDPOINT => {
+        ResourceType::Endpoint => {
             let pb = PbLoadAssignment::decode(bytes).map_err(|e| undecodable(type_url, e))?;
             LoadAssignment::try_from(&pb).map(Decoded::LoadAssignment)
         }
-        type_url::LISTENER => {
+        ResourceType::Listener => {
             let pb = PbListener::decode(bytes).map_err(|e| undecodable(type_url, e))?;
             if pb.api_listener.is_some() {
                 return Ok(None);
             }
             Listener::try_from(&pb).map(Decoded::Listener)
         }
-        type_url::ROUTE => {
+        ResourceType::Route => {
             let pb = PbRouteConfig::decode(bytes).map_err(|e| undecodable(type_url, e))?;
             RouteConfig::try_from(&pb).map(Decoded::RouteConfig)
         }
-        other => Err(NackError {
-            kind: crate::model::ResourceKind::Unknown,
-            name: other.to_string(),
-            message: "this resource type is not supported".to_string(),
-        }),
     };
     decoded.map(Some)
 }

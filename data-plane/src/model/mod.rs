@@ -19,51 +19,21 @@ pub use convert::{decode, Decoded};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-/// The type of the resource a [`NackError`] names: the xDS client finds the
-/// culprit of a refused update by it, not by comparing words.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ResourceKind {
-    /// A cluster (CDS).
-    Cluster,
-    /// A load assignment (EDS).
-    LoadAssignment,
-    /// A listener (LDS).
-    Listener,
-    /// A route configuration (RDS).
-    RouteConfig,
-    /// A resource whose type could not be told (undecodable, or of a type
-    /// pylon-proxy does not read).
-    Unknown,
-}
-
-impl ResourceKind {
-    /// The word NACK texts use for it.
-    pub fn word(self) -> &'static str {
-        match self {
-            ResourceKind::Cluster => "cluster",
-            ResourceKind::LoadAssignment => "load assignment",
-            ResourceKind::Listener => "listener",
-            ResourceKind::RouteConfig => "route configuration",
-            ResourceKind::Unknown => "resource",
-        }
-    }
-}
-
-impl std::fmt::Display for ResourceKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.word())
-    }
-}
+use pylon::ResourceType;
 
 /// Why a resource cannot be applied: names the resource (its type and
-/// name) and the field.
+/// name) and the field. The xDS client finds the culprit of a refused update
+/// by its type and name, not by comparing words.
 ///
-/// Display: `listener front: http filter envoy.filters.http.jwt_authn is not supported`.
+/// Display: `listener front: http filter envoy.filters.http.jwt_authn is not supported`;
+/// the type is spelled by [`ResourceType::noun`], or `resource` when unknown.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{kind} {name}: {message}")]
+#[error("{} {name}: {message}", .kind.map_or("resource", ResourceType::noun))]
 pub struct NackError {
-    /// The resource's type.
-    pub kind: ResourceKind,
+    /// The resource's type; `None` when it could not be told (bytes that do
+    /// not decode, or a type pylon-proxy does not read: the name is then the
+    /// type URL).
+    pub kind: Option<ResourceType>,
     /// The resource name.
     pub name: String,
     /// What is wrong, naming the field.

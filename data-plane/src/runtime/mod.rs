@@ -262,8 +262,10 @@ impl Runtime {
     }
 
     /// Envoy's initialisation: false until the clusters were set once and every
-    /// cluster is warm (EDS clusters have their endpoints, health-checked
-    /// clusters had a first check of each host); true from then on.
+    /// cluster is warm (DNS clusters had their first lookups, health-checked
+    /// clusters a first check of each host); true from then on. Waiting for
+    /// EDS assignments and RDS routes is not done here: the xDS store gives a
+    /// cluster or listener only once it is warm or its warming timed out.
     pub fn ready(&self) -> bool {
         if self.ready.load(Ordering::Acquire) {
             return true;

@@ -484,6 +484,31 @@ async fn http_local_replies_and_timeouts() {
     assert_eq!(stat(&rt, "cluster.dead.upstream_cx_connect_fail"), 1);
 }
 
+/// The xDS store owns warming: it gives an EDS cluster without its
+/// assignment, or an RDS listener without its routes, only once their one
+/// warming timeout has passed. The runtime then uses them at once: it does
+/// not start a second wait of its own (which made an RDS listener wait
+/// twice the timeout).
+#[tokio::test]
+async fn resources_given_before_their_eds_or_rds_are_used_at_once() {
+    let rt = runtime(Duration::from_secs(1));
+    let mut eds = static_cluster("a", &[]);
+    eds.discovery = Discovery::Eds {
+        service_name: "a".into(),
+    };
+    rt.set_clusters(vec![eds]).await.unwrap();
+    assert!(rt.ready(), "an EDS cluster without its assignment is warm");
+    rt.set_listeners(vec![http_listener("web", RouteSource::Rds("never".into()))])
+        .await
+        .unwrap();
+    let mut c = client(bound(&rt, "web")).await;
+    // Well before a second warming timeout would end.
+    let answer = tokio::time::timeout(Duration::from_secs(5), get(&mut c, "/"))
+        .await
+        .expect("the listener answers without waiting for its routes");
+    assert_eq!(answer, (StatusCode::NOT_FOUND, String::new()));
+}
+
 #[tokio::test]
 async fn listener_reconciliation_keeps_unchanged_and_drains_changed() {
     let rt = runtime(Duration::from_millis(300));
@@ -580,7 +605,7 @@ async fn bind_error_names_listener_and_applies_nothing() {
         .set_listeners(vec![tcp_listener("other", "e"), bad])
         .await
         .unwrap_err();
-    assert_eq!(err.kind, crate::model::ResourceKind::Listener);
+    assert_eq!(err.kind, Some(pylon::ResourceType::Listener));
     assert_eq!(err.name, "bad");
     assert!(err.message.contains(&taken_addr.to_string()), "{err}");
     // Nothing applied: "first" still there, "other" not bound.

@@ -39,11 +39,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use tokio::net::TcpStream;
-use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::model::{self, Discovery, Endpoint, LoadAssignment, NackError};
@@ -56,10 +54,6 @@ use crate::upstream::lb::LoadBalancer;
 use crate::upstream::outlier::{Detector, Report};
 use crate::upstream::pool::{self, PoolSet};
 use crate::upstream::stats::ClusterStats;
-
-/// How long an EDS cluster waits for its first load assignment before it
-/// counts as initialised anyway (Envoy's `initial_fetch_timeout` default).
-pub const INITIAL_FETCH_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// A retry's place under the cluster's `max_retries`, held from the decision
 /// to retry until the retried attempt ends.
@@ -92,7 +86,7 @@ pub struct Cluster {
     retries_active: Gauge,
     /// Parent of this version's checker tokens.
     token: CancellationToken,
-    created: Instant,
+    /// The endpoints are known: given, or (DNS) the first lookups are done.
     endpoints_known: AtomicBool,
     initialized: AtomicBool,
     /// A DNS cluster's last answer per name (see `upstream::dns`), handed to
@@ -173,6 +167,10 @@ impl Cluster {
                 Arc::downgrade(&lb),
             ))
         });
+        // An EDS cluster given without its assignment is not waited for
+        // here: the xDS store gives a cluster only once its assignment is in
+        // force or its warming timed out.
+        let endpoints_known = endpoints.is_some() || !matches!(config.discovery, Discovery::Dns(_));
         let cluster = Arc::new_cyclic(|me: &std::sync::Weak<Cluster>| {
             let observer: std::sync::Weak<dyn CheckObserver> = me.clone();
             let checker = config.health_check.as_ref().map(|hc| CheckerCtx {
@@ -192,8 +190,7 @@ impl Cluster {
                 outlier,
                 retries_active: Gauge::default(),
                 token: parent.child_token(),
-                created: Instant::now(),
-                endpoints_known: AtomicBool::new(endpoints.is_some()),
+                endpoints_known: AtomicBool::new(endpoints_known),
                 initialized: AtomicBool::new(false),
                 dns_answers: Mutex::new(
                     dns_seed
@@ -427,15 +424,18 @@ impl Cluster {
         self.token.cancel();
     }
 
-    /// Envoy's cluster warming: an EDS cluster waits for its load assignment
-    /// (at most [`INITIAL_FETCH_TIMEOUT`]), a health-checked cluster for the
-    /// first check of each of its hosts. Latches once true.
+    /// The part of Envoy's cluster warming that happens after a cluster is
+    /// given: a DNS cluster waits for its first lookups (each bounded by the
+    /// query timeout, failed or not), a health-checked cluster for the first
+    /// check of each of its hosts. Waiting for an EDS assignment is not
+    /// done here but by the xDS store, which owns that timeout. Latches once
+    /// true.
     pub fn initialized(&self) -> bool {
         if self.initialized.load(Ordering::Acquire) {
             return true;
         }
         let done = if !self.endpoints_known.load(Ordering::Acquire) {
-            self.created.elapsed() >= INITIAL_FETCH_TIMEOUT
+            false
         } else if self.checker.is_some() {
             self.lb
                 .members()
@@ -589,16 +589,16 @@ pub struct ClusterManager {
 }
 
 fn check_unique<'a>(
-    kind: crate::model::ResourceKind,
+    kind: pylon::ResourceType,
     names: impl Iterator<Item = &'a str>,
 ) -> Result<(), NackError> {
     let mut seen = HashSet::new();
     for n in names {
         if !seen.insert(n) {
             return Err(NackError {
-                kind,
+                kind: Some(kind),
                 name: n.to_owned(),
-                message: format!("duplicate {kind} name"),
+                message: format!("duplicate {} name", kind.noun()),
             });
         }
     }
@@ -627,7 +627,7 @@ impl ClusterManager {
     /// Replaces the set of clusters. Needs a tokio runtime (checkers are spawned).
     pub fn set_clusters(&self, clusters: Vec<model::Cluster>) -> Result<(), NackError> {
         check_unique(
-            crate::model::ResourceKind::Cluster,
+            pylon::ResourceType::Cluster,
             clusters.iter().map(|c| c.name.as_str()),
         )?;
         let mut st = self.lock();
@@ -678,7 +678,7 @@ impl ClusterManager {
     /// Replaces the set of load assignments and updates the EDS clusters whose assignment changed.
     pub fn set_load_assignments(&self, las: Vec<LoadAssignment>) -> Result<(), NackError> {
         check_unique(
-            crate::model::ResourceKind::LoadAssignment,
+            pylon::ResourceType::Endpoint,
             las.iter().map(|l| l.name.as_str()),
         )?;
         let mut st = self.lock();
@@ -776,6 +776,7 @@ impl dns::Fed for Cluster {
 mod tests {
     use super::*;
     use crate::model::{HealthCheck, HealthCheckKind, LbPolicy};
+    use std::time::Duration;
 
     fn ep(port: u16) -> Endpoint {
         Endpoint {
@@ -824,7 +825,9 @@ mod tests {
         cm.set_clusters(vec![eds("a")]).unwrap();
         let v1 = slot.get().unwrap();
         assert!(ports(&v1).is_empty());
-        assert!(!v1.initialized(), "waits for EDS");
+        // Given without its assignment (the xDS store timed out waiting
+        // for it): warm at once, no second wait here.
+        assert!(v1.initialized());
         cm.set_load_assignments(vec![la("a", &[1, 2])]).unwrap();
         assert!(v1.initialized());
         assert_eq!(ports(&v1), vec![1, 2]);
@@ -856,13 +859,15 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn eds_wait_times_out() {
+    async fn eds_cluster_without_assignment_does_not_wait_again() {
+        // The xDS store gives an EDS cluster without its assignment only
+        // once its warming timed out; the cluster does not start a second
+        // wait of its own.
         let cm = ClusterManager::new(CancellationToken::new());
         cm.set_clusters(vec![eds("a")]).unwrap();
         let c = cm.slot("a").get().unwrap();
-        assert!(!c.initialized());
-        tokio::time::sleep(INITIAL_FETCH_TIMEOUT).await;
         assert!(c.initialized());
+        assert!(c.lb().members().hosts().is_empty());
     }
 
     #[tokio::test]

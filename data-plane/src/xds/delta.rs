@@ -15,8 +15,10 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 };
 use tracing::{debug, warn};
 
-use super::store::{Kind, Update};
-use super::{error_detail, resource_kind, sort_resources, ClientState, Item, Protocol};
+use pylon::{PerType, ResourceType};
+
+use super::store::Update;
+use super::{error_detail, sort_resources, ClientState, Item, Protocol};
 use crate::model::NackError;
 
 /// Per-stream delta state.
@@ -26,7 +28,7 @@ pub(super) struct DeltaStream {
     node: Option<Node>,
     /// Names subscribed to on this stream for EDS and RDS; `None` before the
     /// first request of that type.
-    subscribed: [Option<BTreeSet<String>>; 4],
+    subscribed: PerType<Option<BTreeSet<String>>>,
 }
 
 impl DeltaStream {
@@ -37,7 +39,7 @@ impl DeltaStream {
         }
     }
 
-    fn request(&mut self, kind: Kind) -> DeltaDiscoveryRequest {
+    fn request(&mut self, kind: ResourceType) -> DeltaDiscoveryRequest {
         DeltaDiscoveryRequest {
             node: self.node.take(),
             type_url: kind.type_url().to_string(),
@@ -48,7 +50,7 @@ impl DeltaStream {
     /// Decodes a response into the update to apply and the rejected
     /// resources.
     fn decode(
-        kind: Kind,
+        kind: ResourceType,
         resp: &DeltaDiscoveryResponse,
         cs: &ClientState,
     ) -> (Update, Vec<NackError>) {
@@ -79,7 +81,7 @@ impl DeltaStream {
             if let Ok(d) = &item.result {
                 if d.name() != name {
                     item.result = Err(NackError {
-                        kind: resource_kind(kind),
+                        kind: Some(kind),
                         name: d.name().to_string(),
                         message: format!("sent under the name {name:?}"),
                     });
@@ -105,9 +107,10 @@ impl Protocol for DeltaStream {
 
     fn initial(&mut self, cs: &ClientState) -> Vec<DeltaDiscoveryRequest> {
         let mut out = Vec::new();
-        for kind in Kind::ALL {
+        for kind in ResourceType::ALL {
             let names = cs.store.names(kind);
-            if !kind.is_wildcard() && names.is_empty() {
+            // The full-set types (CDS, LDS) are wildcard subscriptions.
+            if !kind.is_full_set() && names.is_empty() {
                 continue;
             }
             let mut req = self.request(kind);
@@ -116,9 +119,9 @@ impl Protocol for DeltaStream {
                 .store
                 .versions(kind)
                 .into_iter()
-                .filter(|(name, _)| kind.is_wildcard() || names.contains(name))
+                .filter(|(name, _)| kind.is_full_set() || names.contains(name))
                 .collect();
-            self.subscribed[kind.index()] = Some(names);
+            self.subscribed[kind] = Some(names);
             out.push(req);
         }
         out
@@ -129,7 +132,7 @@ impl Protocol for DeltaStream {
         resp: DeltaDiscoveryResponse,
         cs: &mut ClientState,
     ) -> Vec<DeltaDiscoveryRequest> {
-        let Some(kind) = Kind::from_type_url(&resp.type_url) else {
+        let Some(kind) = ResourceType::from_type_url(&resp.type_url) else {
             warn!(type_url = %resp.type_url, "ignoring a response of a type not subscribed to");
             return Vec::new();
         };
@@ -149,9 +152,9 @@ impl Protocol for DeltaStream {
 
     fn resubscribe(&mut self, cs: &ClientState) -> Vec<DeltaDiscoveryRequest> {
         let mut out = Vec::new();
-        for kind in [Kind::Endpoint, Kind::Route] {
+        for kind in [ResourceType::Endpoint, ResourceType::Route] {
             let names = cs.store.names(kind);
-            let sent = self.subscribed[kind.index()].clone().unwrap_or_default();
+            let sent = self.subscribed[kind].clone().unwrap_or_default();
             let subscribe: Vec<String> = names.difference(&sent).cloned().collect();
             let unsubscribe: Vec<String> = sent.difference(&names).cloned().collect();
             if subscribe.is_empty() && unsubscribe.is_empty() {
@@ -160,7 +163,7 @@ impl Protocol for DeltaStream {
             let mut req = self.request(kind);
             req.resource_names_subscribe = subscribe;
             req.resource_names_unsubscribe = unsubscribe;
-            self.subscribed[kind.index()] = Some(names);
+            self.subscribed[kind] = Some(names);
             out.push(req);
         }
         out

@@ -74,6 +74,18 @@
 //! [`XdsClient::new`] returns an `Arc<XdsState>`; [`XdsState::status`] gives
 //! an [`XdsStatus`] snapshot (connected, accepted version per type, last NACK,
 //! whether the initial config has arrived and warmed) for the admin endpoints.
+//!
+//! # Structure
+//! - `sotw` and `delta`: the two stream state machines, each a `Protocol`
+//!   (first requests, a response in and the ACK or NACK and subscription
+//!   changes out, resubscriptions after a reconcile). They hold no gRPC:
+//!   `drive` runs one over any stream of responses, the gRPC one here, an
+//!   in-memory one in the tests, which drive it on paused time.
+//! - `store`: what is held and what is in force, and warming: the one place
+//!   that decides when a cluster or listener is ready, and its one timeout
+//!   ([`WARMING_TIMEOUT`]); `drive` wakes at its deadlines.
+//! - The four types are [`pylon::ResourceType`]; what is kept per type
+//!   (versions, nonces, subscriptions) is a [`pylon::PerType`].
 
 mod delta;
 mod sotw;
@@ -98,17 +110,18 @@ use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service
 use envoy_types::pb::google::protobuf::Any;
 use envoy_types::pb::google::rpc;
 use prost::Message as _;
+use pylon::{PerType, ResourceType};
 use rand::Rng;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt as _};
 use tokio_util::sync::CancellationToken;
-use tonic::Streaming;
 use tracing::{debug, info, warn};
 
 use crate::model::{self, Decoded, NackError};
 pub use store::WARMING_TIMEOUT;
-use store::{Kind, Store, Update};
+use store::{Store, Update};
 
 /// Where the runtime takes the configuration the client accepted.
 ///
@@ -120,7 +133,8 @@ use store::{Kind, Store, Update};
 /// `set_load_assignments` may carry an assignment whose cluster is still
 /// warming (not yet given to `set_clusters`); and after the warming timeout an
 /// EDS cluster may arrive without its assignment (no hosts yet), a listener
-/// without its RDS route configuration (no routes: 404).
+/// without its RDS route configuration (no routes: 404). The sink uses them
+/// as given: the client has done the waiting ([`WARMING_TIMEOUT`]).
 ///
 /// Resources from the bootstrap's `static_resources` are not included: an
 /// implementation that also serves them must merge them into each set
@@ -239,41 +253,6 @@ pub fn node(id: &str, cluster: &str) -> Node {
     }
 }
 
-/// Accepted versions per type (`None`: nothing accepted yet): those of the
-/// last response ACKed (a partly accepted, NACKed response leaves them).
-/// SotW: the response's `version_info`; delta: its `system_version_info`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TypeVersions {
-    /// CDS.
-    pub clusters: Option<String>,
-    /// EDS.
-    pub endpoints: Option<String>,
-    /// LDS.
-    pub listeners: Option<String>,
-    /// RDS.
-    pub routes: Option<String>,
-}
-
-impl TypeVersions {
-    fn slot(&mut self, kind: Kind) -> &mut Option<String> {
-        match kind {
-            Kind::Cluster => &mut self.clusters,
-            Kind::Endpoint => &mut self.endpoints,
-            Kind::Listener => &mut self.listeners,
-            Kind::Route => &mut self.routes,
-        }
-    }
-
-    fn get(&self, kind: Kind) -> Option<&String> {
-        match kind {
-            Kind::Cluster => self.clusters.as_ref(),
-            Kind::Endpoint => self.endpoints.as_ref(),
-            Kind::Listener => self.listeners.as_ref(),
-            Kind::Route => self.routes.as_ref(),
-        }
-    }
-}
-
 /// A snapshot of the client's state, for admin.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct XdsStatus {
@@ -281,8 +260,11 @@ pub struct XdsStatus {
     pub connected: bool,
     /// The server of the current (or last) stream, `host:port`.
     pub server: Option<String>,
-    /// Accepted version per type.
-    pub versions: TypeVersions,
+    /// Accepted version per type (`None`: nothing accepted yet): that of
+    /// the last response ACKed (a partly accepted, NACKed response leaves
+    /// it). SotW: the response's `version_info`; delta: its
+    /// `system_version_info`.
+    pub versions: PerType<Option<String>>,
     /// The text of the last NACK sent (kept after later ACKs).
     pub last_nack: Option<String>,
     /// The last error applying an already ACKed update (a warming resource
@@ -365,13 +347,7 @@ impl XdsClient {
 
     /// Connects, and keeps reconnecting, until `shutdown` is cancelled.
     pub async fn run(self, sink: Arc<dyn ConfigSink>, shutdown: CancellationToken) {
-        let mut cs = ClientState {
-            store: Store::default(),
-            versions: TypeVersions::default(),
-            responded: [false; 4],
-            state: Arc::clone(&self.state),
-            sink,
-        };
+        let mut cs = ClientState::new(sink, Arc::clone(&self.state));
         let mut backoff = Backoff::default();
         let mode = if self.opts.delta {
             "delta"
@@ -503,17 +479,25 @@ async fn send_all<T>(tx: &mpsc::Sender<T>, reqs: Vec<T>) -> Result<(), StreamErr
     Ok(())
 }
 
-async fn drive<P: Protocol>(
+/// Runs one stream after its first requests were sent: handles each
+/// response, and reconciles when a warming deadline passes, sending what the
+/// protocol answers. `inbound` is the gRPC response stream, or, in tests, a
+/// channel fed in memory.
+async fn drive<P, S>(
     proto: &mut P,
-    mut inbound: Streaming<P::Response>,
+    mut inbound: S,
     tx: mpsc::Sender<P::Request>,
     cs: &mut ClientState,
     got_response: &mut bool,
-) -> Result<(), StreamError> {
+) -> Result<(), StreamError>
+where
+    P: Protocol,
+    S: Stream<Item = Result<P::Response, tonic::Status>> + Unpin,
+{
     loop {
         let deadline = cs.store.next_deadline(Instant::now());
         let reqs = tokio::select! {
-            msg = inbound.message() => match msg? {
+            msg = inbound.next() => match msg.transpose()? {
                 None => return Err(StreamError::Closed),
                 Some(resp) => {
                     *got_response = true;
@@ -540,18 +524,29 @@ async fn sleep_until(deadline: Option<Instant>) {
 /// handle and the sink.
 struct ClientState {
     store: Store,
-    versions: TypeVersions,
+    versions: PerType<Option<String>>,
     /// A response of the type has been handled (ACKed or NACKed): as in
     /// Envoy, a rejected first response ends that type's initialization too.
-    responded: [bool; 4],
+    responded: PerType<bool>,
     state: Arc<XdsState>,
     sink: Arc<dyn ConfigSink>,
 }
 
 impl ClientState {
+    /// Nothing held yet.
+    fn new(sink: Arc<dyn ConfigSink>, state: Arc<XdsState>) -> Self {
+        ClientState {
+            store: Store::default(),
+            versions: PerType::default(),
+            responded: PerType::default(),
+            state,
+            sink,
+        }
+    }
+
     /// The last accepted version of `kind`, or empty.
-    fn version(&self, kind: Kind) -> String {
-        self.versions.get(kind).cloned().unwrap_or_default()
+    fn version(&self, kind: ResourceType) -> String {
+        self.versions[kind].clone().unwrap_or_default()
     }
 
     /// Applies the valid part of a response (`update`; `rejected` are the
@@ -571,7 +566,7 @@ impl ClientState {
     ) -> Option<String> {
         let kind = update.kind;
         let now = Instant::now();
-        self.responded[kind.index()] = true;
+        self.responded[kind] = true;
         let mut applied = false;
         // What the sink refuses to take at all is left out first, as a
         // resource that did not decode is.
@@ -594,7 +589,7 @@ impl ClientState {
                     break;
                 }
                 Err(e) => {
-                    let culprit = if e.kind == resource_kind(kind) {
+                    let culprit = if e.kind == Some(kind) {
                         update.upserts.iter().position(|(d, _)| d.name() == e.name)
                     } else {
                         None
@@ -607,8 +602,8 @@ impl ClientState {
             }
         }
         if rejected.is_empty() {
-            *self.versions.slot(kind) = Some(version.to_string());
-            *self.state.lock().versions.slot(kind) = Some(version.to_string());
+            self.versions[kind] = Some(version.to_string());
+            self.state.lock().versions[kind] = Some(version.to_string());
             self.update_initialized(now);
             return None;
         }
@@ -638,8 +633,8 @@ impl ClientState {
     }
 
     fn update_initialized(&self, now: Instant) {
-        let ready = self.responded[Kind::Cluster.index()]
-            && self.responded[Kind::Listener.index()]
+        let ready = self.responded[ResourceType::Cluster]
+            && self.responded[ResourceType::Listener]
             && self.store.is_warm(now);
         if ready {
             let mut st = self.state.lock();
@@ -651,21 +646,11 @@ impl ClientState {
     }
 }
 
-/// The `kind` word of a [`NackError`] for resources of `kind`.
-fn resource_kind(kind: Kind) -> model::ResourceKind {
-    match kind {
-        Kind::Cluster => model::ResourceKind::Cluster,
-        Kind::Endpoint => model::ResourceKind::LoadAssignment,
-        Kind::Listener => model::ResourceKind::Listener,
-        Kind::Route => model::ResourceKind::RouteConfig,
-    }
-}
-
 /// Decodes one resource of a `kind` response.
-fn decode_any(kind: Kind, any: &Any) -> Result<Option<Decoded>, NackError> {
+fn decode_any(kind: ResourceType, any: &Any) -> Result<Option<Decoded>, NackError> {
     if any.type_url != kind.type_url() {
         return Err(NackError {
-            kind: crate::model::ResourceKind::Unknown,
+            kind: None,
             name: any.type_url.clone(),
             message: format!("unexpected in a {} response", kind.type_url()),
         });
@@ -675,16 +660,16 @@ fn decode_any(kind: Kind, any: &Any) -> Result<Option<Decoded>, NackError> {
 
 /// The name of a resource that failed validation, if its bytes decode as a
 /// `kind` message (so that a full set keeps that name's previous version).
-fn resource_name(kind: Kind, any: &Any) -> Option<String> {
+fn resource_name(kind: ResourceType, any: &Any) -> Option<String> {
     if any.type_url != kind.type_url() {
         return None;
     }
     let bytes = any.value.as_slice();
     let name = match kind {
-        Kind::Cluster => PbCluster::decode(bytes).ok()?.name,
-        Kind::Endpoint => PbLoadAssignment::decode(bytes).ok()?.cluster_name,
-        Kind::Listener => PbListener::decode(bytes).ok()?.name,
-        Kind::Route => PbRouteConfig::decode(bytes).ok()?.name,
+        ResourceType::Cluster => PbCluster::decode(bytes).ok()?.name,
+        ResourceType::Endpoint => PbLoadAssignment::decode(bytes).ok()?.cluster_name,
+        ResourceType::Listener => PbListener::decode(bytes).ok()?.name,
+        ResourceType::Route => PbRouteConfig::decode(bytes).ok()?.name,
     };
     (!name.is_empty()).then_some(name)
 }
@@ -703,7 +688,7 @@ impl Item {
     /// A resource of a `kind` response; `name` is the name the response
     /// gives it (delta), if any. `None` for a resource left out without
     /// being rejected (see `model::decode`).
-    fn decode(kind: Kind, any: &Any, name: Option<&str>, version: &str) -> Option<Item> {
+    fn decode(kind: ResourceType, any: &Any, name: Option<&str>, version: &str) -> Option<Item> {
         let result = match decode_any(kind, any) {
             Ok(None) => {
                 info!(r#type = kind.short(), name = ?name, "skipping an api_listener: it is for proxyless gRPC clients");
@@ -732,7 +717,7 @@ impl Item {
 /// A rejected resource whose name is unknown makes a full set remove nothing.
 /// Resources of EDS and RDS not subscribed to (`wanted`) are ignored.
 fn sort_resources(
-    kind: Kind,
+    kind: ResourceType,
     items: Vec<Item>,
     mut full_set: bool,
     removed: Vec<String>,
@@ -756,13 +741,13 @@ fn sort_resources(
             Ok(d) if twice.contains(d.name()) => {
                 if keep.insert(d.name().to_string()) {
                     rejected.push(NackError {
-                        kind: resource_kind(kind),
+                        kind: Some(kind),
                         name: d.name().to_string(),
                         message: "appears twice in one response".to_string(),
                     });
                 }
             }
-            Ok(d) if !kind.is_wildcard() && !wanted.contains(d.name()) => {
+            Ok(d) if !kind.is_full_set() && !wanted.contains(d.name()) => {
                 debug!(
                     r#type = kind.short(),
                     name = d.name(),

@@ -12,7 +12,9 @@ use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use tracing::{debug, warn};
 
-use super::store::{Kind, Update};
+use pylon::{PerType, ResourceType};
+
+use super::store::Update;
 use super::{error_detail, sort_resources, ClientState, Item, Protocol};
 use crate::model::NackError;
 
@@ -22,10 +24,10 @@ pub(super) struct SotwStream {
     /// Sent in the first request only.
     node: Option<Node>,
     /// The nonce of the last response of each type.
-    nonces: [String; 4],
+    nonces: PerType<String>,
     /// The names last requested for each type; `None` before the first
     /// request of that type on this stream.
-    requested: [Option<BTreeSet<String>>; 4],
+    requested: PerType<Option<BTreeSet<String>>>,
 }
 
 impl SotwStream {
@@ -39,7 +41,7 @@ impl SotwStream {
 
     fn request(
         &mut self,
-        kind: Kind,
+        kind: ResourceType,
         names: BTreeSet<String>,
         version: String,
         error: Option<&str>,
@@ -49,24 +51,28 @@ impl SotwStream {
             node: self.node.take(),
             resource_names: names.iter().cloned().collect(),
             type_url: kind.type_url().to_string(),
-            response_nonce: self.nonces[kind.index()].clone(),
+            response_nonce: self.nonces[kind].clone(),
             error_detail: error.map(error_detail),
             ..Default::default()
         };
-        self.requested[kind.index()] = Some(names);
+        self.requested[kind] = Some(names);
         req
     }
 
     /// Decodes a response into the update to apply and the rejected
     /// resources.
-    fn decode(kind: Kind, resp: &DiscoveryResponse, cs: &ClientState) -> (Update, Vec<NackError>) {
+    fn decode(
+        kind: ResourceType,
+        resp: &DiscoveryResponse,
+        cs: &ClientState,
+    ) -> (Update, Vec<NackError>) {
         let items = resp
             .resources
             .iter()
             .filter_map(|any| Item::decode(kind, any, None, &resp.version_info))
             .collect();
         let wanted = cs.store.names(kind);
-        sort_resources(kind, items, kind.is_wildcard(), Vec::new(), &wanted)
+        sort_resources(kind, items, kind.is_full_set(), Vec::new(), &wanted)
     }
 }
 
@@ -76,9 +82,10 @@ impl Protocol for SotwStream {
 
     fn initial(&mut self, cs: &ClientState) -> Vec<DiscoveryRequest> {
         let mut out = Vec::new();
-        for kind in Kind::ALL {
+        for kind in ResourceType::ALL {
             let names = cs.store.names(kind);
-            if kind.is_wildcard() || !names.is_empty() {
+            // The full-set types (CDS, LDS) are wildcard subscriptions.
+            if kind.is_full_set() || !names.is_empty() {
                 // After a reconnect, the version held tells the server what we have.
                 out.push(self.request(kind, names, cs.version(kind), None));
             }
@@ -91,12 +98,12 @@ impl Protocol for SotwStream {
         resp: DiscoveryResponse,
         cs: &mut ClientState,
     ) -> Vec<DiscoveryRequest> {
-        let Some(kind) = Kind::from_type_url(&resp.type_url) else {
+        let Some(kind) = ResourceType::from_type_url(&resp.type_url) else {
             warn!(type_url = %resp.type_url, "ignoring a response of a type not subscribed to");
             return Vec::new();
         };
         debug!(r#type = kind.short(), version = %resp.version_info, nonce = %resp.nonce, n = resp.resources.len(), "response");
-        self.nonces[kind.index()] = resp.nonce.clone();
+        self.nonces[kind] = resp.nonce.clone();
         let (update, rejected) = Self::decode(kind, &resp, cs);
         let nack = cs.apply(update, rejected, &resp.version_info).await;
         // The ACK or NACK names the current subscription (a partial NACK may
@@ -113,9 +120,9 @@ impl Protocol for SotwStream {
 
     fn resubscribe(&mut self, cs: &ClientState) -> Vec<DiscoveryRequest> {
         let mut out = Vec::new();
-        for kind in [Kind::Endpoint, Kind::Route] {
+        for kind in [ResourceType::Endpoint, ResourceType::Route] {
             let names = cs.store.names(kind);
-            let changed = match &self.requested[kind.index()] {
+            let changed = match &self.requested[kind] {
                 Some(sent) => *sent != names,
                 None => !names.is_empty(),
             };

@@ -15,9 +15,15 @@
 //!   a listener and answers 503, and waiting would block on a typo forever;
 //! - while a changed cluster or listener warms, the previous version stays in
 //!   force; a new one is simply absent;
-//! - after [`WARMING_TIMEOUT`] (Envoy's `initial_fetch_timeout`, 15 s) a
-//!   warming resource is pushed anyway: an EDS cluster without an assignment
-//!   has no hosts, a listener without its routes has no routes.
+//! - after [`WARMING_TIMEOUT`] (Envoy's `initial_fetch_timeout`, 15 s),
+//!   counted from when the cluster or listener started warming, it is pushed
+//!   anyway: an EDS cluster without an assignment has no hosts, a listener
+//!   without its routes has no routes. A listener's deadline does not move
+//!   when what it waits for (its routes, their clusters) arrives late.
+//!
+//! The store is the only place that decides warming and its deadline: the
+//! runtime uses what the sink is given at once, without a wait of its own
+//! (see `upstream::cluster` and `listener`).
 //!
 //! Assignments and route configurations are kept while a held or pushed
 //! cluster or listener names them, so a warming replacement never removes
@@ -34,6 +40,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use pylon::ResourceType;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
@@ -46,59 +53,6 @@ use crate::model::{
 /// How long a cluster or listener may warm before it is used anyway
 /// (Envoy's default `initial_fetch_timeout`).
 pub const WARMING_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// The four xDS resource types, in make-before-break order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Kind {
-    /// CDS.
-    Cluster,
-    /// EDS.
-    Endpoint,
-    /// LDS.
-    Listener,
-    /// RDS.
-    Route,
-}
-
-impl Kind {
-    /// All kinds, in the order requests are sent.
-    pub const ALL: [Kind; 4] = [Kind::Cluster, Kind::Endpoint, Kind::Listener, Kind::Route];
-
-    /// The type URL.
-    pub fn type_url(self) -> &'static str {
-        match self {
-            Kind::Cluster => pylon::type_url::CLUSTER,
-            Kind::Endpoint => pylon::type_url::ENDPOINT,
-            Kind::Listener => pylon::type_url::LISTENER,
-            Kind::Route => pylon::type_url::ROUTE,
-        }
-    }
-
-    /// The kind of a type URL, if it is one of the four.
-    pub fn from_type_url(url: &str) -> Option<Kind> {
-        Kind::ALL.into_iter().find(|k| k.type_url() == url)
-    }
-
-    /// `cds`, `eds`, `lds`, `rds`.
-    pub fn short(self) -> &'static str {
-        match self {
-            Kind::Cluster => "cds",
-            Kind::Endpoint => "eds",
-            Kind::Listener => "lds",
-            Kind::Route => "rds",
-        }
-    }
-
-    /// LDS and CDS responses carry the full set (in SotW) and are wildcard
-    /// subscriptions; EDS and RDS name what they want.
-    pub fn is_wildcard(self) -> bool {
-        matches!(self, Kind::Cluster | Kind::Listener)
-    }
-
-    pub fn index(self) -> usize {
-        self as usize
-    }
-}
 
 /// An accepted resource and the version it came with.
 #[derive(Debug, Clone, PartialEq)]
@@ -129,7 +83,7 @@ struct Pushed {
 #[derive(Debug, Clone)]
 pub struct Update {
     /// The type.
-    pub kind: Kind,
+    pub kind: ResourceType,
     /// The resources are the full set: anything else of this type is removed
     /// (SotW CDS and LDS), except the names in `keep`.
     pub full_set: bool,
@@ -154,7 +108,7 @@ pub struct Store {
 struct InForce {
     pushed: Pushed,
     /// Clusters and listeners whose held version is not in force yet, since when.
-    warming: BTreeMap<(Kind, String), Instant>,
+    warming: BTreeMap<(ResourceType, String), Instant>,
 }
 
 impl Store {
@@ -181,12 +135,12 @@ impl Store {
     pub async fn reconcile(&mut self, sink: &dyn ConfigSink, now: Instant) -> Vec<NackError> {
         let mut errors = Vec::new();
         for kind in [
-            Kind::Endpoint,
-            Kind::Cluster,
-            Kind::Route,
-            Kind::Listener,
-            Kind::Endpoint,
-            Kind::Route,
+            ResourceType::Endpoint,
+            ResourceType::Cluster,
+            ResourceType::Route,
+            ResourceType::Listener,
+            ResourceType::Endpoint,
+            ResourceType::Route,
         ] {
             if let Err(e) = self.live.push(kind, &self.held, sink, now).await {
                 warn!(r#type = kind.short(), error = %e, "applying an accepted update failed; will retry");
@@ -213,14 +167,14 @@ impl Store {
         let mut warming = BTreeMap::new();
         for (name, h) in &self.held.clusters {
             if self.live.pushed.clusters.get(name) != Some(&h.value) {
-                let key = (Kind::Cluster, name.clone());
+                let key = (ResourceType::Cluster, name.clone());
                 let since = self.live.warming.get(&key).copied().unwrap_or(now);
                 warming.insert(key, since);
             }
         }
         for (name, h) in &self.held.listeners {
             if self.live.pushed.listeners.get(name) != Some(&h.value) {
-                let key = (Kind::Listener, name.clone());
+                let key = (ResourceType::Listener, name.clone());
                 let since = self.live.warming.get(&key).copied().unwrap_or(now);
                 warming.insert(key, since);
             }
@@ -256,27 +210,27 @@ impl Store {
     }
 
     /// The names to subscribe to for `kind` (empty for the wildcard types).
-    pub fn names(&self, kind: Kind) -> BTreeSet<String> {
+    pub fn names(&self, kind: ResourceType) -> BTreeSet<String> {
         match kind {
-            Kind::Endpoint => self.eds_names(),
-            Kind::Route => self.rds_names(),
-            Kind::Cluster | Kind::Listener => BTreeSet::new(),
+            ResourceType::Endpoint => self.eds_names(),
+            ResourceType::Route => self.rds_names(),
+            ResourceType::Cluster | ResourceType::Listener => BTreeSet::new(),
         }
     }
 
     /// The versions of the held resources of `kind`, by name (delta's
     /// `initial_resource_versions`).
-    pub fn versions(&self, kind: Kind) -> BTreeMap<String, String> {
+    pub fn versions(&self, kind: ResourceType) -> BTreeMap<String, String> {
         fn v<T>(m: &BTreeMap<String, Held<T>>) -> BTreeMap<String, String> {
             m.iter()
                 .map(|(n, h)| (n.clone(), h.version.clone()))
                 .collect()
         }
         match kind {
-            Kind::Cluster => v(&self.held.clusters),
-            Kind::Endpoint => v(&self.held.endpoints),
-            Kind::Listener => v(&self.held.listeners),
-            Kind::Route => v(&self.held.routes),
+            ResourceType::Cluster => v(&self.held.clusters),
+            ResourceType::Endpoint => v(&self.held.endpoints),
+            ResourceType::Listener => v(&self.held.listeners),
+            ResourceType::Route => v(&self.held.routes),
         }
     }
 }
@@ -307,13 +261,13 @@ impl InForce {
     /// to the sink if it differs from what is.
     async fn push(
         &mut self,
-        kind: Kind,
+        kind: ResourceType,
         held: &HeldSet,
         sink: &dyn ConfigSink,
         now: Instant,
     ) -> Result<(), NackError> {
         match kind {
-            Kind::Endpoint => {
+            ResourceType::Endpoint => {
                 let eff = self.effective_endpoints(held);
                 replace(
                     &mut self.pushed.endpoints,
@@ -323,21 +277,21 @@ impl InForce {
                 )
                 .await
             }
-            Kind::Cluster => {
+            ResourceType::Cluster => {
                 let eff = self.effective_clusters(held, now);
                 replace(&mut self.pushed.clusters, eff, "set_clusters", |v| {
                     sink.set_clusters(v)
                 })
                 .await
             }
-            Kind::Route => {
+            ResourceType::Route => {
                 let eff = self.effective_routes(held);
                 replace(&mut self.pushed.routes, eff, "set_route_configs", |v| {
                     sink.set_route_configs(v)
                 })
                 .await
             }
-            Kind::Listener => {
+            ResourceType::Listener => {
                 let eff = self.effective_listeners(held, now);
                 replace(&mut self.pushed.listeners, eff, "set_listeners", |v| {
                     sink.set_listeners(v)
@@ -364,7 +318,7 @@ impl InForce {
                 Discovery::Static(_) | Discovery::Dns(_) => true,
                 Discovery::Eds { service_name } => {
                     self.pushed.endpoints.contains_key(service_name)
-                        || self.expired(Kind::Cluster, name, now)
+                        || self.expired(ResourceType::Cluster, name, now)
                 }
             };
             if ready {
@@ -398,7 +352,7 @@ impl InForce {
     }
 
     fn listener_ready(&self, l: &Listener, held: &HeldSet, now: Instant) -> bool {
-        if self.expired(Kind::Listener, &l.name, now) {
+        if self.expired(ResourceType::Listener, &l.name, now) {
             return true;
         }
         let mut clusters: Vec<&str> = Vec::new();
@@ -422,7 +376,7 @@ impl InForce {
         })
     }
 
-    fn expired(&self, kind: Kind, name: &str, now: Instant) -> bool {
+    fn expired(&self, kind: ResourceType, name: &str, now: Instant) -> bool {
         self.warming
             .get(&(kind, name.to_string()))
             .is_some_and(|since| now.saturating_duration_since(*since) >= WARMING_TIMEOUT)
@@ -470,10 +424,10 @@ fn apply_to(held: &mut HeldSet, update: &Update) {
         }
     }
     match kind {
-        Kind::Cluster => merge(&mut held.clusters, full_set, clusters, removed, keep),
-        Kind::Endpoint => merge(&mut held.endpoints, full_set, endpoints, removed, keep),
-        Kind::Listener => merge(&mut held.listeners, full_set, listeners, removed, keep),
-        Kind::Route => merge(&mut held.routes, full_set, routes, removed, keep),
+        ResourceType::Cluster => merge(&mut held.clusters, full_set, clusters, removed, keep),
+        ResourceType::Endpoint => merge(&mut held.endpoints, full_set, endpoints, removed, keep),
+        ResourceType::Listener => merge(&mut held.listeners, full_set, listeners, removed, keep),
+        ResourceType::Route => merge(&mut held.routes, full_set, routes, removed, keep),
     }
 }
 
@@ -520,7 +474,7 @@ mod tests {
     use super::*;
     use crate::xds::testing::{cla, eds, http_rds, route_config, tcp, Call, FakeSink};
 
-    fn update(kind: Kind, full_set: bool, items: Vec<Decoded>) -> Update {
+    fn update(kind: ResourceType, full_set: bool, items: Vec<Decoded>) -> Update {
         Update {
             kind,
             full_set,
@@ -536,7 +490,11 @@ mod tests {
         let mut s = Store::default();
         let t0 = Instant::now();
         s.apply(
-            &update(Kind::Cluster, true, vec![Decoded::Cluster(eds("a"))]),
+            &update(
+                ResourceType::Cluster,
+                true,
+                vec![Decoded::Cluster(eds("a"))],
+            ),
             &sink,
             t0,
         )
@@ -548,7 +506,11 @@ mod tests {
         assert!(!s.is_warm(t0));
         // A listener using it waits too.
         s.apply(
-            &update(Kind::Listener, true, vec![Decoded::Listener(tcp("l", "a"))]),
+            &update(
+                ResourceType::Listener,
+                true,
+                vec![Decoded::Listener(tcp("l", "a"))],
+            ),
             &sink,
             t0,
         )
@@ -557,7 +519,7 @@ mod tests {
         assert_eq!(sink.take(), vec![]);
         s.apply(
             &update(
-                Kind::Endpoint,
+                ResourceType::Endpoint,
                 false,
                 vec![Decoded::LoadAssignment(cla("a", 1))],
             ),
@@ -584,7 +546,7 @@ mod tests {
         let t0 = Instant::now();
         s.apply(
             &update(
-                Kind::Listener,
+                ResourceType::Listener,
                 true,
                 vec![Decoded::Listener(http_rds("front", "r"))],
             ),
@@ -615,7 +577,7 @@ mod tests {
         let t0 = Instant::now();
         s.apply(
             &update(
-                Kind::Listener,
+                ResourceType::Listener,
                 true,
                 vec![Decoded::Listener(http_rds("front", "r1"))],
             ),
@@ -626,7 +588,7 @@ mod tests {
         .unwrap();
         s.apply(
             &update(
-                Kind::Route,
+                ResourceType::Route,
                 false,
                 vec![Decoded::RouteConfig(route_config("r1", "c"))],
             ),
@@ -645,7 +607,7 @@ mod tests {
         // Switch to r2: the old listener (and r1) stay until r2 arrives.
         s.apply(
             &update(
-                Kind::Listener,
+                ResourceType::Listener,
                 true,
                 vec![Decoded::Listener(http_rds("front", "r2"))],
             ),
@@ -661,7 +623,7 @@ mod tests {
         );
         s.apply(
             &update(
-                Kind::Route,
+                ResourceType::Route,
                 false,
                 vec![Decoded::RouteConfig(route_config("r2", "c"))],
             ),
@@ -679,7 +641,7 @@ mod tests {
             ]
         );
         assert_eq!(s.rds_names(), BTreeSet::from(["r2".to_string()]));
-        assert_eq!(s.versions(Kind::Route).len(), 1);
+        assert_eq!(s.versions(ResourceType::Route).len(), 1);
     }
 
     #[tokio::test(start_paused = true)]
@@ -693,7 +655,7 @@ mod tests {
         };
         s.apply(
             &update(
-                Kind::Cluster,
+                ResourceType::Cluster,
                 true,
                 vec![Decoded::Cluster(static_cluster("a"))],
             ),
@@ -704,9 +666,9 @@ mod tests {
         .unwrap();
         assert_eq!(sink.take(), vec![Call::Clusters(vec!["a".into()])]);
         sink.reject(
-            Kind::Cluster,
+            ResourceType::Cluster,
             NackError {
-                kind: crate::model::ResourceKind::Cluster,
+                kind: Some(pylon::ResourceType::Cluster),
                 name: "b".into(),
                 message: "no".into(),
             },
@@ -714,7 +676,7 @@ mod tests {
         let err = s
             .apply(
                 &update(
-                    Kind::Cluster,
+                    ResourceType::Cluster,
                     true,
                     vec![Decoded::Cluster(static_cluster("b"))],
                 ),
@@ -724,7 +686,10 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(err.to_string(), "cluster b: no");
-        assert_eq!(s.versions(Kind::Cluster).keys().collect::<Vec<_>>(), ["a"]);
+        assert_eq!(
+            s.versions(ResourceType::Cluster).keys().collect::<Vec<_>>(),
+            ["a"]
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -733,7 +698,11 @@ mod tests {
         let mut s = Store::default();
         let t0 = Instant::now();
         s.apply(
-            &update(Kind::Cluster, true, vec![Decoded::Cluster(eds("a"))]),
+            &update(
+                ResourceType::Cluster,
+                true,
+                vec![Decoded::Cluster(eds("a"))],
+            ),
             &sink,
             t0,
         )
@@ -741,7 +710,7 @@ mod tests {
         .unwrap();
         s.apply(
             &update(
-                Kind::Endpoint,
+                ResourceType::Endpoint,
                 false,
                 vec![Decoded::LoadAssignment(cla("a", 2))],
             ),
@@ -751,7 +720,7 @@ mod tests {
         .await
         .unwrap();
         sink.take();
-        s.apply(&update(Kind::Cluster, true, vec![]), &sink, t0)
+        s.apply(&update(ResourceType::Cluster, true, vec![]), &sink, t0)
             .await
             .unwrap();
         assert_eq!(
@@ -759,6 +728,6 @@ mod tests {
             vec![Call::Clusters(vec![]), Call::LoadAssignments(vec![])]
         );
         assert!(s.eds_names().is_empty());
-        assert!(s.versions(Kind::Endpoint).is_empty());
+        assert!(s.versions(ResourceType::Endpoint).is_empty());
     }
 }

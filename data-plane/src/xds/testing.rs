@@ -36,9 +36,9 @@ use prost::Message;
 use pylon::type_url;
 use tokio::sync::Notify;
 
-use super::store::Kind;
 use super::ConfigSink;
 use crate::model::*;
+use pylon::ResourceType;
 
 /// One recorded sink call: the names it carried.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,8 +53,8 @@ pub enum Call {
 #[derive(Debug, Default)]
 pub struct FakeSink {
     calls: Mutex<Vec<Call>>,
-    reject: Mutex<HashMap<Kind, NackError>>,
-    reject_named: Mutex<HashMap<Kind, NackError>>,
+    reject: Mutex<HashMap<ResourceType, NackError>>,
+    reject_named: Mutex<HashMap<ResourceType, NackError>>,
     unfit: Mutex<Vec<NackError>>,
     endpoints: Mutex<Vec<LoadAssignment>>,
     clusters: Mutex<Vec<Cluster>>,
@@ -69,6 +69,11 @@ impl FakeSink {
 
     /// Waits (up to 5 s) until `n` calls are recorded, then takes them.
     pub async fn wait_calls(&self, n: usize) -> Vec<Call> {
+        self.wait_calls_within(n, Duration::from_secs(5)).await
+    }
+
+    /// Waits (up to `max`) until `n` calls are recorded, then takes them.
+    pub async fn wait_calls_within(&self, n: usize, max: Duration) -> Vec<Call> {
         let wait = async {
             loop {
                 let notified = self.notify.notified();
@@ -78,10 +83,7 @@ impl FakeSink {
                 notified.await;
             }
         };
-        if tokio::time::timeout(Duration::from_secs(5), wait)
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(max, wait).await.is_err() {
             panic!(
                 "timed out waiting for {n} sink calls; got {:?}",
                 self.calls.lock().unwrap()
@@ -91,13 +93,13 @@ impl FakeSink {
     }
 
     /// Makes the next calls for `kind` fail with `err`.
-    pub fn reject(&self, kind: Kind, err: NackError) {
+    pub fn reject(&self, kind: ResourceType, err: NackError) {
         self.reject.lock().unwrap().insert(kind, err);
     }
 
     /// Makes the next calls for `kind` that carry the resource `err` names
     /// fail with `err`.
-    pub fn reject_named(&self, kind: Kind, err: NackError) {
+    pub fn reject_named(&self, kind: ResourceType, err: NackError) {
         self.reject_named.lock().unwrap().insert(kind, err);
     }
 
@@ -107,7 +109,7 @@ impl FakeSink {
     }
 
     /// Stops rejecting `kind`.
-    pub fn accept(&self, kind: Kind) {
+    pub fn accept(&self, kind: ResourceType) {
         self.reject.lock().unwrap().remove(&kind);
         self.reject_named.lock().unwrap().remove(&kind);
     }
@@ -122,7 +124,7 @@ impl FakeSink {
         self.clusters.lock().unwrap().clone()
     }
 
-    fn record(&self, kind: Kind, call: Call) -> Result<(), NackError> {
+    fn record(&self, kind: ResourceType, call: Call) -> Result<(), NackError> {
         if let Some(e) = self.reject.lock().unwrap().get(&kind) {
             return Err(e.clone());
         }
@@ -147,25 +149,25 @@ impl FakeSink {
 impl ConfigSink for FakeSink {
     async fn set_clusters(&self, v: Vec<Cluster>) -> Result<(), NackError> {
         let names = v.iter().map(|c| c.name.clone()).collect();
-        self.record(Kind::Cluster, Call::Clusters(names))?;
+        self.record(ResourceType::Cluster, Call::Clusters(names))?;
         *self.clusters.lock().unwrap() = v;
         Ok(())
     }
     async fn set_load_assignments(&self, v: Vec<LoadAssignment>) -> Result<(), NackError> {
         let names = v.iter().map(|c| c.name.clone()).collect();
-        self.record(Kind::Endpoint, Call::LoadAssignments(names))?;
+        self.record(ResourceType::Endpoint, Call::LoadAssignments(names))?;
         *self.endpoints.lock().unwrap() = v;
         Ok(())
     }
     async fn set_listeners(&self, v: Vec<Listener>) -> Result<(), NackError> {
         self.record(
-            Kind::Listener,
+            ResourceType::Listener,
             Call::Listeners(v.into_iter().map(|c| c.name).collect()),
         )
     }
     async fn set_route_configs(&self, v: Vec<RouteConfig>) -> Result<(), NackError> {
         self.record(
-            Kind::Route,
+            ResourceType::Route,
             Call::RouteConfigs(v.into_iter().map(|c| c.name).collect()),
         )
     }

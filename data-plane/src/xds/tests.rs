@@ -1,8 +1,15 @@
-//! Client tests against a scripted in-test ADS server: the test reads each
-//! request the client sends and answers with hand-made responses, then checks
-//! the ACKs/NACKs and the calls the client made on a recording sink.
+//! Client tests.
+//!
+//! The protocol (SotW and delta state machines, the store behind them, the
+//! stream loop with its warming deadlines) is driven in memory on paused
+//! time: the test feeds responses into the loop a real stream runs
+//! ([`drive`]) and reads the requests it answers with, checking ACKs, NACKs,
+//! subscriptions and the calls made on a recording sink. A reconnect is the
+//! same `ClientState` on a new stream. Only what the transport itself does
+//! (connecting, failing over between servers, shutdown while the server is
+//! down) runs against a scripted gRPC server on loopback.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +21,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
 };
 use envoy_types::pb::google::protobuf::Any;
-use pylon::type_url;
+use pylon::{type_url, ResourceType};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -22,11 +29,90 @@ use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::store::Kind;
 use super::testing::*;
 use super::*;
 
 const WAIT: Duration = Duration::from_secs(5);
+
+/// One stream in memory: the client's stream loop ([`drive`]) runs in a
+/// task; the test sends it responses and reads the requests it sends.
+struct Wire<P: Protocol> {
+    requests: mpsc::Receiver<P::Request>,
+    responses: mpsc::Sender<Result<P::Response, Status>>,
+    task: JoinHandle<(ClientState, Result<(), StreamError>)>,
+}
+
+impl<P> Wire<P>
+where
+    P: Protocol + 'static,
+    P::Request: std::fmt::Debug,
+{
+    /// Opens a stream for `cs` as `XdsClient::stream` does: the protocol's
+    /// first requests, then the loop.
+    async fn open(mut proto: P, mut cs: ClientState) -> Self {
+        let (tx, requests) = mpsc::channel(64);
+        let (responses, rx) = mpsc::channel(16);
+        send_all(&tx, proto.initial(&cs)).await.unwrap();
+        let task = tokio::spawn(async move {
+            let mut got_response = false;
+            let inbound = ReceiverStream::new(rx);
+            let r = drive(&mut proto, inbound, tx, &mut cs, &mut got_response).await;
+            (cs, r)
+        });
+        Wire {
+            requests,
+            responses,
+            task,
+        }
+    }
+
+    /// The next request (the test fails if none comes).
+    async fn recv(&mut self) -> P::Request {
+        match tokio::time::timeout(WAIT, self.requests.recv()).await {
+            Ok(Some(r)) => r,
+            Ok(None) => panic!("expected a request, the stream ended"),
+            Err(_) => panic!("expected a request, none came"),
+        }
+    }
+
+    /// Asserts that the client has nothing more to send. On paused time the
+    /// wait ends only once the client's task is idle.
+    async fn silent(&mut self) {
+        if let Ok(r) = tokio::time::timeout(Duration::from_millis(1), self.requests.recv()).await {
+            panic!("unexpected request: {r:?}");
+        }
+    }
+
+    async fn send(&self, resp: P::Response) {
+        self.responses.send(Ok(resp)).await.unwrap();
+    }
+
+    /// The server ends the stream: the loop stops, and what outlives a
+    /// stream (held config, versions) is handed back for the next one.
+    async fn close(self) -> ClientState {
+        drop(self.responses);
+        let (cs, r) = self.task.await.unwrap();
+        assert!(matches!(r, Err(StreamError::Closed)), "{r:?}");
+        cs
+    }
+}
+
+/// A client with nothing held: its recording sink, its status, and the
+/// state that outlives streams.
+fn harness() -> (Arc<FakeSink>, Arc<XdsState>, ClientState) {
+    let sink = Arc::new(FakeSink::default());
+    let state = Arc::new(XdsState::default());
+    let cs = ClientState::new(Arc::clone(&sink) as Arc<dyn ConfigSink>, Arc::clone(&state));
+    (sink, state, cs)
+}
+
+async fn sotw(cs: ClientState) -> Wire<sotw::SotwStream> {
+    Wire::open(sotw::SotwStream::new(node("n1", "c1")), cs).await
+}
+
+async fn delta(cs: ClientState) -> Wire<delta::DeltaStream> {
+    Wire::open(delta::DeltaStream::new(node("n1", "c1")), cs).await
+}
 
 /// One accepted stream: the client's requests and our responses.
 struct Conn<Req, Resp> {
@@ -47,15 +133,6 @@ impl<Req, Resp> Conn<Req, Resp> {
                     Ok(Ok(Some(_))) => unreachable!(),
                 }
             ),
-        }
-    }
-
-    /// Asserts that nothing more is sent for a while.
-    async fn silent(&mut self) {
-        if let Ok(r) =
-            tokio::time::timeout(Duration::from_millis(200), self.requests.message()).await
-        {
-            panic!("unexpected request: {:?}", r.map(|o| o.is_some()));
         }
     }
 
@@ -234,11 +311,10 @@ fn check(
     }
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn sotw_warming_order_ack_and_nack() {
-    let mut server = Server::start("127.0.0.1:0".parse().unwrap()).await;
-    let (sink, state, shutdown, task) = start_client(server.addr, false);
-    let mut c = server.sotw_conn().await;
+    let (sink, state, cs) = harness();
+    let mut c = sotw(cs).await;
 
     // Wildcard CDS and LDS; the node in the first request only.
     let r = c.recv().await;
@@ -255,7 +331,6 @@ async fn sotw_warming_order_ack_and_nack() {
     let r = c.recv().await;
     check(&r, type_url::LISTENER, &[], "", "", None);
     assert!(r.node.is_none());
-    eventually("connected", || state.status().connected).await;
 
     // CDS: ACK, then EDS for the new cluster; it warms (no sink call).
     c.send(sotw_resp(type_url::CLUSTER, "c1", "1", vec![pb_eds("a")]))
@@ -324,7 +399,7 @@ async fn sotw_warming_order_ack_and_nack() {
             Call::Listeners(names(&["front"]))
         ]
     );
-    eventually("initialized", || state.status().initialized).await;
+    assert!(state.status().initialized);
 
     // A resource that fails validation: NACK with the previous version; the
     // sink is not called and the previous clusters stay.
@@ -387,9 +462,9 @@ async fn sotw_warming_order_ack_and_nack() {
 
     // The runtime refusing the new set is a NACK as well.
     sink.reject(
-        Kind::Listener,
+        ResourceType::Listener,
         NackError {
-            kind: crate::model::ResourceKind::Listener,
+            kind: Some(pylon::ResourceType::Listener),
             name: "k8s".into(),
             message: "address in use".into(),
         },
@@ -409,14 +484,14 @@ async fn sotw_warming_order_ack_and_nack() {
         "9",
         Some("listener k8s: address in use"),
     );
-    sink.accept(Kind::Listener);
+    sink.accept(ResourceType::Listener);
     let st = state.status();
     assert_eq!(
         st.last_nack.as_deref(),
         Some("listener k8s: address in use")
     );
-    assert_eq!(st.versions.clusters.as_deref(), Some("c1"));
-    assert_eq!(st.versions.listeners.as_deref(), Some("l1"));
+    assert_eq!(st.versions[ResourceType::Cluster].as_deref(), Some("c1"));
+    assert_eq!(st.versions[ResourceType::Listener].as_deref(), Some("l1"));
 
     // CDS without the cluster: removed, then its assignment; EDS unsubscribed.
     c.send(sotw_resp(type_url::CLUSTER, "c6", "10", vec![]))
@@ -438,17 +513,13 @@ async fn sotw_warming_order_ack_and_nack() {
         vec![Call::Listeners(vec![]), Call::RouteConfigs(vec![])]
     );
 
-    shutdown.cancel();
-    tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
-    assert!(!state.status().connected);
+    c.close().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn sotw_reconnect_resends_versions_and_keeps_config() {
-    let mut server = Server::start("127.0.0.1:0".parse().unwrap()).await;
-    let addr = server.addr;
-    let (sink, state, shutdown, task) = start_client(addr, false);
-    let mut c = server.sotw_conn().await;
+    let (sink, state, cs) = harness();
+    let mut c = sotw(cs).await;
     c.recv().await;
     c.recv().await;
     c.send(sotw_resp(type_url::CLUSTER, "c1", "1", vec![pb_eds("a")]))
@@ -466,11 +537,11 @@ async fn sotw_reconnect_resends_versions_and_keeps_config() {
     sink.wait_calls(2).await;
 
     // The control plane goes away: the config stays, the client reconnects.
-    drop(c);
-    server.kill().await;
-    eventually("disconnected", || !state.status().connected).await;
-    let mut server = Server::start(addr).await;
-    let mut c = server.sotw_conn().await;
+    let mut c = sotw(c.close().await).await;
+    assert_eq!(sink.take(), vec![], "nothing removed");
+    let versions = state.status().versions;
+    assert_eq!(versions[ResourceType::Cluster].as_deref(), Some("c1"));
+    assert_eq!(versions[ResourceType::Endpoint].as_deref(), Some("e1"));
     let r = c.recv().await;
     check(&r, type_url::CLUSTER, &[], "c1", "", None);
     assert!(
@@ -479,7 +550,6 @@ async fn sotw_reconnect_resends_versions_and_keeps_config() {
     );
     check(&c.recv().await, type_url::ENDPOINT, &["a"], "e1", "", None);
     check(&c.recv().await, type_url::LISTENER, &[], "", "", None);
-    eventually("connected", || state.status().connected).await;
     // The same content again changes nothing in the runtime.
     c.send(sotw_resp(type_url::CLUSTER, "c1", "1", vec![pb_eds("a")]))
         .await;
@@ -487,8 +557,7 @@ async fn sotw_reconnect_resends_versions_and_keeps_config() {
     c.silent().await;
     assert_eq!(sink.take(), vec![]);
 
-    shutdown.cancel();
-    tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
+    c.close().await;
 }
 
 fn delta_resp(
@@ -541,12 +610,10 @@ fn versions(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         .collect()
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn delta_ack_nack_reconnect_with_initial_versions() {
-    let mut server = Server::start("127.0.0.1:0".parse().unwrap()).await;
-    let addr = server.addr;
-    let (sink, state, shutdown, task) = start_client(addr, true);
-    let mut c = server.delta_conn().await;
+    let (sink, state, cs) = harness();
+    let mut c = delta(cs).await;
     let r = c.recv().await;
     check_delta(&r, type_url::CLUSTER, "", &[], &[], None);
     assert!(r.node.is_some() && r.initial_resource_versions.is_empty());
@@ -633,14 +700,13 @@ async fn delta_ack_nack_reconnect_with_initial_versions() {
         Some("listener k8s: sent under the name \"other\""),
     );
     assert_eq!(sink.take(), vec![]);
-    assert_eq!(state.status().versions.listeners.as_deref(), Some("v3"));
+    assert_eq!(
+        state.status().versions[ResourceType::Listener].as_deref(),
+        Some("v3")
+    );
 
     // Control plane restarts: same config in force; the new stream says what is held.
-    drop(c);
-    server.kill().await;
-    eventually("disconnected", || !state.status().connected).await;
-    let mut server = Server::start(addr).await;
-    let mut c = server.delta_conn().await;
+    let mut c = delta(c.close().await).await;
     let r = c.recv().await;
     check_delta(&r, type_url::CLUSTER, "", &[], &[], None);
     assert_eq!(
@@ -684,15 +750,13 @@ async fn delta_ack_nack_reconnect_with_initial_versions() {
     );
     assert_eq!(sink.endpoints()[0].endpoints.len(), 2);
 
-    shutdown.cancel();
-    tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
+    c.close().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn delta_rds_subscriptions_follow_listeners() {
-    let mut server = Server::start("127.0.0.1:0".parse().unwrap()).await;
-    let (sink, _state, shutdown, task) = start_client(server.addr, true);
-    let mut c = server.delta_conn().await;
+    let (sink, _state, cs) = harness();
+    let mut c = delta(cs).await;
     c.recv().await;
     c.recv().await;
     c.send(delta_resp(
@@ -746,8 +810,7 @@ async fn delta_rds_subscriptions_follow_listeners() {
             Call::RouteConfigs(names(&["r2"])),
         ]
     );
-    shutdown.cancel();
-    tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
+    c.close().await;
 }
 
 /// The number of endpoints of the STATIC cluster `name` last given to the sink.
@@ -764,11 +827,10 @@ fn static_hosts(sink: &FakeSink, name: &str) -> Option<usize> {
 const MAGLEV_RND: &str = "cluster rnd: lb_policy MAGLEV is not supported";
 const MAGLEV_WEB: &str = "cluster web: lb_policy MAGLEV is not supported";
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn sotw_partial_acceptance() {
-    let mut server = Server::start("127.0.0.1:0".parse().unwrap()).await;
-    let (sink, state, shutdown, task) = start_client(server.addr, false);
-    let mut c = server.sotw_conn().await;
+    let (sink, state, cs) = harness();
+    let mut c = sotw(cs).await;
     c.recv().await;
     c.recv().await;
 
@@ -794,7 +856,7 @@ async fn sotw_partial_acceptance() {
         vec![Call::Clusters(names(&["web"]))]
     );
     let st = state.status();
-    assert_eq!(st.versions.clusters, None);
+    assert_eq!(st.versions[ResourceType::Cluster], None);
     assert_eq!(st.last_nack.as_deref(), Some(MAGLEV_RND));
 
     // A listener to `web` starts; CDS and LDS have answered: initialized.
@@ -810,7 +872,7 @@ async fn sotw_partial_acceptance() {
         sink.wait_calls(1).await,
         vec![Call::Listeners(names(&["front"]))]
     );
-    eventually("initialized", || state.status().initialized).await;
+    assert!(state.status().initialized);
 
     // Two errors are both named; an existing cluster made invalid keeps its
     // previous version, a new valid one is added.
@@ -849,7 +911,10 @@ async fn sotw_partial_acceptance() {
         vec![Call::Clusters(names(&["b", "web"]))]
     );
     assert_eq!(static_hosts(&sink, "web"), Some(2));
-    assert_eq!(state.status().versions.clusters.as_deref(), Some("c3"));
+    assert_eq!(
+        state.status().versions[ResourceType::Cluster].as_deref(),
+        Some("c3")
+    );
 
     // A full set still removes what it does not name (`b`), but not a name
     // it carries invalid (`web`); an undecodable resource (no name) makes
@@ -889,15 +954,13 @@ async fn sotw_partial_acceptance() {
     c.silent().await;
     assert_eq!(sink.take(), vec![]);
 
-    shutdown.cancel();
-    tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
+    c.close().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn sink_error_naming_a_resource_rejects_that_one_only() {
-    let mut server = Server::start("127.0.0.1:0".parse().unwrap()).await;
-    let (sink, state, shutdown, task) = start_client(server.addr, false);
-    let mut c = server.sotw_conn().await;
+    let (sink, state, cs) = harness();
+    let mut c = sotw(cs).await;
     c.recv().await;
     c.recv().await;
     c.send(sotw_resp(
@@ -915,9 +978,9 @@ async fn sink_error_naming_a_resource_rejects_that_one_only() {
 
     // `k8s` cannot bind: `b` is applied all the same; NACK naming `k8s`.
     sink.reject_named(
-        Kind::Listener,
+        ResourceType::Listener,
         NackError {
-            kind: crate::model::ResourceKind::Listener,
+            kind: Some(pylon::ResourceType::Listener),
             name: "k8s".into(),
             message: "address in use".into(),
         },
@@ -941,13 +1004,16 @@ async fn sink_error_naming_a_resource_rejects_that_one_only() {
         sink.wait_calls(1).await,
         vec![Call::Listeners(names(&["a", "b"]))]
     );
-    assert_eq!(state.status().versions.listeners.as_deref(), Some("l1"));
+    assert_eq!(
+        state.status().versions[ResourceType::Listener].as_deref(),
+        Some("l1")
+    );
 
     // An error naming nothing of the response rejects all of it.
     sink.reject(
-        Kind::Listener,
+        ResourceType::Listener,
         NackError {
-            kind: crate::model::ResourceKind::Listener,
+            kind: Some(pylon::ResourceType::Listener),
             name: "elsewhere".into(),
             message: "out of file descriptors".into(),
         },
@@ -973,9 +1039,9 @@ async fn sink_error_naming_a_resource_rejects_that_one_only() {
     // A resource the sink's check refuses (a listener that cannot bind) is
     // left out before any set is applied: the rest goes in (`c` added, `b`
     // removed), the NACK names `d`.
-    sink.accept(Kind::Listener);
+    sink.accept(ResourceType::Listener);
     sink.refuse_in_check(NackError {
-        kind: crate::model::ResourceKind::Listener,
+        kind: Some(pylon::ResourceType::Listener),
         name: "d".into(),
         message: "cannot bind".into(),
     });
@@ -999,16 +1065,13 @@ async fn sink_error_naming_a_resource_rejects_that_one_only() {
         vec![Call::Listeners(names(&["a", "c"]))]
     );
 
-    shutdown.cancel();
-    tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
+    c.close().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn delta_partial_acceptance() {
-    let mut server = Server::start("127.0.0.1:0".parse().unwrap()).await;
-    let addr = server.addr;
-    let (sink, state, shutdown, task) = start_client(addr, true);
-    let mut c = server.delta_conn().await;
+    let (sink, state, cs) = harness();
+    let mut c = delta(cs).await;
     c.recv().await;
     c.recv().await;
 
@@ -1034,7 +1097,7 @@ async fn delta_partial_acceptance() {
         sink.wait_calls(1).await,
         vec![Call::Clusters(names(&["web"]))]
     );
-    assert_eq!(state.status().versions.clusters, None);
+    assert_eq!(state.status().versions[ResourceType::Cluster], None);
 
     // `web` made invalid: its previous version stays.
     c.send(delta_resp(
@@ -1058,11 +1121,7 @@ async fn delta_partial_acceptance() {
 
     // After a reconnect the client says it holds `web` at w1 (not w2, and
     // not `rnd`), so the server resends what was rejected.
-    drop(c);
-    server.kill().await;
-    eventually("disconnected", || !state.status().connected).await;
-    let mut server = Server::start(addr).await;
-    let mut c = server.delta_conn().await;
+    let mut c = delta(c.close().await).await;
     let r = c.recv().await;
     check_delta(&r, type_url::CLUSTER, "", &[], &[], None);
     assert_eq!(r.initial_resource_versions, versions(&[("web", "w1")]));
@@ -1082,13 +1141,250 @@ async fn delta_partial_acceptance() {
         vec![Call::Clusters(names(&["web"]))]
     );
     assert_eq!(static_hosts(&sink, "web"), Some(2));
-    assert_eq!(state.status().versions.clusters.as_deref(), Some("v3"));
+    assert_eq!(
+        state.status().versions[ResourceType::Cluster].as_deref(),
+        Some("v3")
+    );
 
-    shutdown.cancel();
-    tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
+    c.close().await;
 }
 
+/// Waits (on paused time: until the client's next timer, if nothing else
+/// happens) for `n` sink calls, and says when they came.
+async fn calls_at(sink: &FakeSink, n: usize, t0: Instant) -> (Duration, Vec<Call>) {
+    let calls = sink.wait_calls_within(n, WARMING_TIMEOUT * 2).await;
+    (Instant::now() - t0, calls)
+}
+
+/// Warming has one owner, the store, and one timeout counted from when the
+/// resource started warming: an EDS cluster whose assignment never comes is
+/// given to the sink exactly [`WARMING_TIMEOUT`] after its CDS response,
+/// without hosts; the initial config then counts as applied.
+#[tokio::test(start_paused = true)]
+async fn eds_cluster_is_used_after_exactly_the_warming_timeout() {
+    let (sink, state, cs) = harness();
+    let mut c = sotw(cs).await;
+    c.recv().await;
+    c.recv().await;
+    c.send(sotw_resp(type_url::LISTENER, "l1", "1", vec![]))
+        .await;
+    check(&c.recv().await, type_url::LISTENER, &[], "l1", "1", None);
+    assert_eq!(sink.take(), vec![], "an empty set changes nothing");
+    let t0 = Instant::now();
+    c.send(sotw_resp(type_url::CLUSTER, "c1", "2", vec![pb_eds("a")]))
+        .await;
+    check(&c.recv().await, type_url::CLUSTER, &[], "c1", "2", None);
+    check(&c.recv().await, type_url::ENDPOINT, &["a"], "", "", None);
+    assert!(!state.status().initialized, "the cluster is warming");
+
+    // Just before the deadline: still warming.
+    tokio::time::advance(WARMING_TIMEOUT - Duration::from_millis(2)).await;
+    c.silent().await;
+    assert_eq!(sink.take(), vec![]);
+    assert!(!state.status().initialized);
+
+    // At the deadline: used without its assignment, and nothing is resent
+    // (the EDS subscription stays).
+    let (after, calls) = calls_at(&sink, 1, t0).await;
+    assert_eq!(after, WARMING_TIMEOUT);
+    assert_eq!(calls, vec![Call::Clusters(names(&["a"]))]);
+    assert!(state.status().initialized);
+    c.silent().await;
+
+    // The assignment arriving later fills it in.
+    c.send(sotw_resp(
+        type_url::ENDPOINT,
+        "e1",
+        "3",
+        vec![pb_cla("a", &[8081])],
+    ))
+    .await;
+    check(&c.recv().await, type_url::ENDPOINT, &["a"], "e1", "3", None);
+    assert_eq!(sink.take(), vec![Call::LoadAssignments(names(&["a"]))]);
+    c.close().await;
+}
+
+/// A listener whose route configuration never comes is used one
+/// [`WARMING_TIMEOUT`] after its LDS response, not later: a cluster its
+/// routes name that arrived meanwhile and is still warming does not restart
+/// the wait. Delta, so that the test also covers that protocol's loop.
+#[tokio::test(start_paused = true)]
+async fn rds_listener_is_used_after_one_timeout_not_two() {
+    let (sink, state, cs) = harness();
+    let mut c = delta(cs).await;
+    c.recv().await;
+    c.recv().await;
+    c.send(delta_resp(type_url::CLUSTER, "1", vec![], &[]))
+        .await;
+    check_delta(&c.recv().await, type_url::CLUSTER, "1", &[], &[], None);
+    assert_eq!(sink.take(), vec![], "an empty set changes nothing");
+    let t0 = Instant::now();
+    c.send(delta_resp(
+        type_url::LISTENER,
+        "2",
+        vec![("front", "l1", pb_http_rds("front", "r"))],
+        &[],
+    ))
+    .await;
+    check_delta(&c.recv().await, type_url::LISTENER, "2", &[], &[], None);
+    check_delta(&c.recv().await, type_url::ROUTE, "", &["r"], &[], None);
+
+    // Late in the listener's warming, a cluster its routes will name
+    // arrives, and starts warming on its own clock.
+    tokio::time::advance(WARMING_TIMEOUT - Duration::from_secs(1)).await;
+    c.silent().await;
+    assert_eq!(sink.take(), vec![]);
+    let t1 = Instant::now();
+    c.send(delta_resp(
+        type_url::CLUSTER,
+        "3",
+        vec![("web", "c1", pb_eds("web"))],
+        &[],
+    ))
+    .await;
+    check_delta(&c.recv().await, type_url::CLUSTER, "3", &[], &[], None);
+    check_delta(&c.recv().await, type_url::ENDPOINT, "", &["web"], &[], None);
+    assert_eq!(sink.take(), vec![]);
+
+    // The listener's deadline: used without its routes (it answers 404),
+    // though the cluster is still warming.
+    let (after, calls) = calls_at(&sink, 1, t0).await;
+    assert_eq!(after, WARMING_TIMEOUT);
+    assert_eq!(calls, vec![Call::Listeners(names(&["front"]))]);
+    // The cluster's own deadline, one timeout after it arrived.
+    let (after, calls) = calls_at(&sink, 1, t1).await;
+    assert_eq!(after, WARMING_TIMEOUT);
+    assert_eq!(calls, vec![Call::Clusters(names(&["web"]))]);
+    assert!(state.status().initialized);
+    c.close().await;
+}
+
+/// What arrives before the timeout ends warming then: the cluster is used
+/// with its assignment, the listener with its routes, and the deadline that
+/// passes later changes nothing.
+#[tokio::test(start_paused = true)]
+async fn arrival_before_the_timeout_ends_warming_then() {
+    let (sink, state, cs) = harness();
+    let mut c = sotw(cs).await;
+    c.recv().await;
+    c.recv().await;
+    let t0 = Instant::now();
+    c.send(sotw_resp(type_url::CLUSTER, "c1", "1", vec![pb_eds("a")]))
+        .await;
+    c.recv().await;
+    c.recv().await;
+    c.send(sotw_resp(
+        type_url::LISTENER,
+        "l1",
+        "2",
+        vec![pb_http_rds("front", "r")],
+    ))
+    .await;
+    c.recv().await;
+    c.recv().await;
+    assert_eq!(sink.take(), vec![]);
+
+    tokio::time::advance(Duration::from_secs(5)).await;
+    c.send(sotw_resp(
+        type_url::ENDPOINT,
+        "e1",
+        "3",
+        vec![pb_cla("a", &[8081])],
+    ))
+    .await;
+    check(&c.recv().await, type_url::ENDPOINT, &["a"], "e1", "3", None);
+    assert_eq!(
+        sink.take(),
+        vec![
+            Call::LoadAssignments(names(&["a"])),
+            Call::Clusters(names(&["a"]))
+        ]
+    );
+    assert!(!state.status().initialized, "the listener is still warming");
+    tokio::time::advance(Duration::from_secs(5)).await;
+    c.send(sotw_resp(
+        type_url::ROUTE,
+        "r1",
+        "4",
+        vec![pb_routes("r", "a")],
+    ))
+    .await;
+    check(&c.recv().await, type_url::ROUTE, &["r"], "r1", "4", None);
+    assert_eq!(
+        sink.take(),
+        vec![
+            Call::RouteConfigs(names(&["r"])),
+            Call::Listeners(names(&["front"]))
+        ]
+    );
+    assert!(state.status().initialized);
+    assert_eq!(Instant::now() - t0, Duration::from_secs(10));
+
+    // Past the deadlines: nothing more happens.
+    tokio::time::advance(WARMING_TIMEOUT * 2).await;
+    c.silent().await;
+    assert_eq!(sink.take(), vec![]);
+    c.close().await;
+}
+
+/// The transport, in each mode, against a scripted gRPC server on loopback:
+/// the first requests carry the node once, a response is applied and ACKed,
+/// the status says which server the client is connected to, and once the
+/// server ends the stream, that it is not; shutdown then stops the client.
 #[tokio::test]
+async fn both_modes_stream_over_grpc() {
+    for delta_mode in [false, true] {
+        let mut server = Server::start("127.0.0.1:0".parse().unwrap()).await;
+        let (sink, state, shutdown, task) = start_client(server.addr, delta_mode);
+        if delta_mode {
+            let mut c = server.delta_conn().await;
+            let r = c.recv().await;
+            check_delta(&r, type_url::CLUSTER, "", &[], &[], None);
+            assert!(r.node.is_some());
+            let r = c.recv().await;
+            check_delta(&r, type_url::LISTENER, "", &[], &[], None);
+            assert!(r.node.is_none());
+            c.send(delta_resp(
+                type_url::CLUSTER,
+                "1",
+                vec![("web", "w1", pb_static("web", &[8081]))],
+                &[],
+            ))
+            .await;
+            check_delta(&c.recv().await, type_url::CLUSTER, "1", &[], &[], None);
+        } else {
+            let mut c = server.sotw_conn().await;
+            let r = c.recv().await;
+            check(&r, type_url::CLUSTER, &[], "", "", None);
+            assert!(r.node.is_some());
+            let r = c.recv().await;
+            check(&r, type_url::LISTENER, &[], "", "", None);
+            assert!(r.node.is_none());
+            c.send(sotw_resp(
+                type_url::CLUSTER,
+                "c1",
+                "1",
+                vec![pb_static("web", &[8081])],
+            ))
+            .await;
+            check(&c.recv().await, type_url::CLUSTER, &[], "c1", "1", None);
+        }
+        assert_eq!(
+            sink.wait_calls(1).await,
+            vec![Call::Clusters(names(&["web"]))]
+        );
+        let st = state.status();
+        assert!(st.connected, "delta: {delta_mode}");
+        assert_eq!(st.server, Some(server.addr.to_string()));
+        // The `Conn` is gone: the server ended the stream.
+        server.kill().await;
+        eventually("disconnected", || !state.status().connected).await;
+        shutdown.cancel();
+        tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn shutdown_while_the_server_is_down() {
     // Nothing listens here: the client keeps backing off until shutdown.
     let addr = {
@@ -1096,7 +1392,9 @@ async fn shutdown_while_the_server_is_down() {
         l.local_addr().unwrap()
     };
     let (_sink, state, shutdown, task) = start_client(addr, false);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Several connect attempts and backoff delays go by (paused time runs
+    // them without waiting).
+    tokio::time::advance(BACKOFF_MAX * 3).await;
     assert!(!state.status().connected);
     shutdown.cancel();
     tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
@@ -1118,26 +1416,15 @@ fn backoff_doubles_with_jitter_up_to_the_cap() {
     assert!(b.next_delay() <= BACKOFF_BASE);
 }
 
-#[test]
-fn kinds_round_trip_their_type_urls() {
-    let urls: BTreeSet<_> = Kind::ALL.iter().map(|k| k.type_url()).collect();
-    assert_eq!(urls.len(), 4);
-    for k in Kind::ALL {
-        assert_eq!(Kind::from_type_url(k.type_url()), Some(k));
-    }
-    assert_eq!(Kind::from_type_url(type_url::TCP_PROXY), None);
-}
-
 /// An `api_listener` (for proxyless gRPC clients sharing the config) is
 /// skipped, as Envoy skips it over LDS: the response is ACKed and the other
 /// listeners are applied.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn api_listeners_are_skipped_not_rejected() {
     use envoy_types::pb::envoy::config::listener::v3::{ApiListener, Listener as PbL};
     use prost::Message as _;
-    let mut server = Server::start("127.0.0.1:0".parse().unwrap()).await;
-    let (sink, _state, shutdown, task) = start_client(server.addr, false);
-    let mut c = server.sotw_conn().await;
+    let (sink, _state, cs) = harness();
+    let mut c = sotw(cs).await;
     c.recv().await;
     c.recv().await;
     c.send(sotw_resp(
@@ -1175,8 +1462,7 @@ async fn api_listeners_are_skipped_not_rejected() {
         sink.wait_calls(1).await,
         vec![Call::Listeners(names(&["front"]))]
     );
-    shutdown.cancel();
-    tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
+    c.close().await;
 }
 
 /// Several servers (replicas): the client reaches a live one whichever it

@@ -39,7 +39,7 @@ impl TryFrom<&PbCluster> for Cluster {
 
     fn try_from(c: &PbCluster) -> Result<Self, NackError> {
         cluster(c).map_err(|message| NackError {
-            kind: crate::model::ResourceKind::Cluster,
+            kind: Some(pylon::ResourceType::Cluster),
             name: c.name.clone(),
             message,
         })

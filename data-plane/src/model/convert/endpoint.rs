@@ -34,7 +34,7 @@ impl TryFrom<&ClusterLoadAssignment> for LoadAssignment {
                 endpoints,
             }),
             Err(message) => Err(NackError {
-                kind: crate::model::ResourceKind::LoadAssignment,
+                kind: Some(pylon::ResourceType::Endpoint),
                 name: cla.cluster_name.clone(),
                 message,
             }),

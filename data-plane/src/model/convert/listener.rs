@@ -43,7 +43,7 @@ impl TryFrom<&PbListener> for Listener {
 
     fn try_from(l: &PbListener) -> Result<Self, NackError> {
         listener(l).map_err(|message| NackError {
-            kind: crate::model::ResourceKind::Listener,
+            kind: Some(pylon::ResourceType::Listener),
             name: l.name.clone(),
             message,
         })

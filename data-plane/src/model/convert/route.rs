@@ -21,7 +21,7 @@ impl TryFrom<&RouteConfiguration> for RouteConfig {
         required_name(&rc.name)
             .and_then(|()| route_config("", rc))
             .map_err(|message| NackError {
-                kind: crate::model::ResourceKind::RouteConfig,
+                kind: Some(pylon::ResourceType::Route),
                 name: rc.name.clone(),
                 message,
             })

@@ -767,7 +767,7 @@ fn decode_checks_bytes_and_type() {
     assert_eq!(got, super::Decoded::Cluster(eds_cluster("a", "a")));
 
     let err = decode(type_url::CLUSTER, &[0xff, 0xff, 0xff]).unwrap_err();
-    assert_eq!(err.kind, crate::model::ResourceKind::Unknown);
+    assert_eq!(err.kind, None);
     assert!(
         err.to_string().starts_with(
             "resource type.googleapis.com/envoy.config.cluster.v3.Cluster: does not decode:"
