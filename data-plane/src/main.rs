@@ -305,10 +305,20 @@ fn parse_bootstrap_child(path: &std::ffi::OsStr) -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     let plan = plan(cli)?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(plan.concurrency)
-        .enable_all()
-        .build()?;
+    // One worker: a single-threaded runtime, which runs ready connections in
+    // the order they became ready. The work-stealing scheduler's last-woken-
+    // first slot let some connections wait several turns: with 1,000
+    // connections its p99 was 53-91 ms against 16-19 ms here (BENCHMARKS.md).
+    let rt = if plan.concurrency == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(plan.concurrency)
+            .enable_all()
+            .build()?
+    };
     rt.block_on(async {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate())?;
