@@ -12,8 +12,8 @@ use tokio::time::Instant;
 
 use super::*;
 use crate::model::{
-    Cluster, Decoded, Discovery, Endpoint, HttpManager, LbPolicy, Listener, ListenerKind,
-    LoadAssignment, PathMatch, Route, RouteAction, RouteConfig, RouteSource, TcpProxy, VirtualHost,
+    Cluster, Decoded, Discovery, Endpoint, HttpManager, Listener, ListenerKind, LoadAssignment,
+    PathMatch, Route, RouteAction, RouteConfig, RouteSource, TcpProxy, VirtualHost,
 };
 
 /// How long an eventually-assertion waits before it fails.
@@ -37,22 +37,19 @@ where
 }
 
 fn static_cluster(name: &str, addrs: &[SocketAddr]) -> Cluster {
+    let endpoints = addrs
+        .iter()
+        .map(|&addr| Endpoint { addr, weight: 1 })
+        .collect();
     Cluster {
-        name: name.into(),
-        discovery: Discovery::Static(LoadAssignment {
-            name: name.into(),
-            endpoints: addrs
-                .iter()
-                .map(|&addr| Endpoint { addr, weight: 1 })
-                .collect(),
-        }),
         connect_timeout: Duration::from_secs(1),
-        lb_policy: LbPolicy::RoundRobin,
-        health_check: None,
-        healthy_panic_threshold: 50.0,
-        circuit_breakers: Default::default(),
-        outlier_detection: None,
-        ignore_health_on_host_removal: false,
+        ..Cluster::new(
+            name,
+            Discovery::Static(LoadAssignment {
+                name: name.into(),
+                endpoints,
+            }),
+        )
     }
 }
 

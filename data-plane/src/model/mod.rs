@@ -66,6 +66,25 @@ pub struct Cluster {
     pub ignore_health_on_host_removal: bool,
 }
 
+impl Cluster {
+    /// A cluster with Envoy's defaults for everything but its name and
+    /// discovery: 5 s connect timeout, round robin, no health checking,
+    /// panic threshold 50%, default circuit breakers, no outlier detection.
+    pub fn new(name: impl Into<String>, discovery: Discovery) -> Self {
+        Cluster {
+            name: name.into(),
+            discovery,
+            connect_timeout: Duration::from_secs(5),
+            lb_policy: LbPolicy::RoundRobin,
+            health_check: None,
+            healthy_panic_threshold: 50.0,
+            circuit_breakers: CircuitBreakers::default(),
+            outlier_detection: None,
+            ignore_health_on_host_removal: false,
+        }
+    }
+}
+
 /// Outlier detection (passive health checking) with Envoy's defaults.
 ///
 /// Consecutive-error detectors eject at once when their count is reached;

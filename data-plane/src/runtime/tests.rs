@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::*;
 use crate::model::{
-    Cluster, Discovery, Endpoint, HealthCheck, HealthCheckKind, HttpManager, LbPolicy, Listener,
+    Cluster, Discovery, Endpoint, HealthCheck, HealthCheckKind, HttpManager, Listener,
     ListenerKind, LoadAssignment, PathMatch, Route, RouteAction, RouteConfig, RouteSource,
     TcpProxy, VirtualHost,
 };
@@ -44,22 +44,19 @@ fn runtime(drain_time: Duration) -> Arc<Runtime> {
 }
 
 fn static_cluster(name: &str, addrs: &[SocketAddr]) -> Cluster {
+    let endpoints = addrs
+        .iter()
+        .map(|&addr| Endpoint { addr, weight: 1 })
+        .collect();
     Cluster {
-        name: name.into(),
-        discovery: Discovery::Static(LoadAssignment {
-            name: name.into(),
-            endpoints: addrs
-                .iter()
-                .map(|&addr| Endpoint { addr, weight: 1 })
-                .collect(),
-        }),
         connect_timeout: Duration::from_secs(1),
-        lb_policy: LbPolicy::RoundRobin,
-        health_check: None,
-        healthy_panic_threshold: 50.0,
-        circuit_breakers: Default::default(),
-        outlier_detection: None,
-        ignore_health_on_host_removal: false,
+        ..Cluster::new(
+            name,
+            Discovery::Static(LoadAssignment {
+                name: name.into(),
+                endpoints,
+            }),
+        )
     }
 }
 

@@ -775,7 +775,7 @@ impl dns::Fed for Cluster {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{HealthCheck, HealthCheckKind, LbPolicy};
+    use crate::model::{HealthCheck, HealthCheckKind};
     use std::time::Duration;
 
     fn ep(port: u16) -> Endpoint {
@@ -786,19 +786,12 @@ mod tests {
     }
 
     fn eds(name: &str) -> model::Cluster {
-        model::Cluster {
-            name: name.into(),
-            discovery: Discovery::Eds {
+        model::Cluster::new(
+            name,
+            Discovery::Eds {
                 service_name: name.into(),
             },
-            connect_timeout: Duration::from_secs(5),
-            lb_policy: LbPolicy::RoundRobin,
-            health_check: None,
-            healthy_panic_threshold: 50.0,
-            circuit_breakers: Default::default(),
-            outlier_detection: None,
-            ignore_health_on_host_removal: false,
-        }
+        )
     }
 
     fn la(name: &str, ports: &[u16]) -> LoadAssignment {

@@ -189,19 +189,12 @@ impl ConfigSink for FakeSink {
 
 /// An EDS cluster whose service name is its name.
 pub fn eds(name: &str) -> Cluster {
-    Cluster {
-        name: name.into(),
-        discovery: Discovery::Eds {
+    Cluster::new(
+        name,
+        Discovery::Eds {
             service_name: name.into(),
         },
-        connect_timeout: Duration::from_secs(5),
-        lb_policy: LbPolicy::RoundRobin,
-        health_check: None,
-        healthy_panic_threshold: 50.0,
-        circuit_breakers: Default::default(),
-        outlier_detection: None,
-        ignore_health_on_host_removal: false,
-    }
+    )
 }
 
 /// A load assignment with `n` loopback endpoints (ports 8081..).
