@@ -13,8 +13,9 @@ use tokio::time::Instant;
 use super::*;
 use crate::model::{
     Cluster, Decoded, Discovery, Endpoint, HttpManager, Listener, ListenerKind, LoadAssignment,
-    PathMatch, Route, RouteAction, RouteConfig, RouteSource, TcpProxy, VirtualHost,
+    RouteConfig, RouteSource, TcpProxy,
 };
+use crate::runtime::tests::static_cluster;
 
 /// How long an eventually-assertion waits before it fails.
 const DEADLINE: Duration = Duration::from_secs(10);
@@ -33,23 +34,6 @@ where
         }
         assert!(Instant::now() < deadline, "never happened: {what}");
         tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-fn static_cluster(name: &str, addrs: &[SocketAddr]) -> Cluster {
-    let endpoints = addrs
-        .iter()
-        .map(|&addr| Endpoint { addr, weight: 1 })
-        .collect();
-    Cluster {
-        connect_timeout: Duration::from_secs(1),
-        ..Cluster::new(
-            name,
-            Discovery::Static(LoadAssignment {
-                name: name.into(),
-                endpoints,
-            }),
-        )
     }
 }
 
@@ -81,25 +65,7 @@ fn http_listener(name: &str, addr: SocketAddr, cluster: &str) -> Listener {
         addr,
         kind: ListenerKind::Http(HttpManager {
             stat_prefix: name.into(),
-            routes: RouteSource::Inline(RouteConfig {
-                name: "inline".into(),
-                virtual_hosts: vec![VirtualHost {
-                    name: "all".into(),
-                    domains: vec!["*".into()],
-                    routes: vec![Route {
-                        path: PathMatch::Prefix("/".into()),
-                        action: RouteAction {
-                            cluster: cluster.into(),
-                            prefix_rewrite: None,
-                            timeout: None,
-                            retry_policy: None,
-                            per_request_buffer_limit_bytes: None,
-                        },
-                    }],
-                    retry_policy: None,
-                    per_request_buffer_limit_bytes: None,
-                }],
-            }),
+            routes: RouteSource::Inline(crate::xds::testing::route_config("inline", cluster)),
             limits: Default::default(),
             normalize_path: false,
             merge_slashes: false,

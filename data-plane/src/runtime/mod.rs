@@ -282,4 +282,4 @@ impl Runtime {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -43,7 +43,8 @@ fn runtime(drain_time: Duration) -> Arc<Runtime> {
     })
 }
 
-fn static_cluster(name: &str, addrs: &[SocketAddr]) -> Cluster {
+/// A static cluster of `addrs` with a 1 s connect timeout.
+pub(crate) fn static_cluster(name: &str, addrs: &[SocketAddr]) -> Cluster {
     let endpoints = addrs
         .iter()
         .map(|&addr| Endpoint { addr, weight: 1 })

@@ -92,7 +92,7 @@ mod sotw;
 mod store;
 
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 #[cfg(test)]
 mod tests;
 
