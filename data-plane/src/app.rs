@@ -168,7 +168,7 @@ struct Sink {
 /// The first of `dynamic` whose name one of `statics` already has, as a NACK
 /// of that resource.
 fn no_shadowing<'a>(
-    kind: Option<pylon::ResourceType>,
+    kind: pylon::ResourceType,
     statics: impl Iterator<Item = &'a str>,
     dynamic: impl Iterator<Item = &'a str>,
 ) -> Result<(), NackError> {
@@ -176,7 +176,7 @@ fn no_shadowing<'a>(
     for name in dynamic {
         if statics.contains(name) {
             return Err(NackError {
-                kind,
+                kind: Some(kind),
                 name: name.to_string(),
                 message: "name already used by static_resources in the bootstrap".into(),
             });
@@ -189,7 +189,7 @@ fn no_shadowing<'a>(
 impl ConfigSink for Sink {
     async fn set_clusters(&self, v: Vec<model::Cluster>) -> Result<(), NackError> {
         no_shadowing(
-            Some(pylon::ResourceType::Cluster),
+            pylon::ResourceType::Cluster,
             self.static_clusters.iter().map(|c| c.name.as_str()),
             v.iter().map(|c| c.name.as_str()),
         )?;
@@ -204,7 +204,7 @@ impl ConfigSink for Sink {
 
     async fn set_listeners(&self, v: Vec<model::Listener>) -> Result<(), NackError> {
         no_shadowing(
-            Some(pylon::ResourceType::Listener),
+            pylon::ResourceType::Listener,
             self.static_listeners.iter().map(|l| l.name.as_str()),
             v.iter().map(|l| l.name.as_str()),
         )?;

@@ -270,17 +270,12 @@ pub fn write_response_headers(
                 if nominated.is_none() && http1::connection_value(h.value).names_headers {
                     nominated = Some(response_nominated(headers));
                 }
-                run.flush(out);
                 continue;
             }
-            n if hop_by_hop(n) => {
-                run.flush(out);
-                continue;
-            }
-            Name::ContentLength if drop_length => {
-                run.flush(out);
-                continue;
-            }
+            // A header left out ends the pending run by itself: the next
+            // kept line no longer follows it in `raw`.
+            n if hop_by_hop(n) => continue,
+            Name::ContentLength if drop_length => continue,
             Name::Date => info.has_date = true,
             _ => {}
         }
