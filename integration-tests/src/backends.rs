@@ -26,6 +26,7 @@ use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -306,8 +307,19 @@ impl TcpEcho {
         let connections = Arc::new(AtomicU64::new(0));
         let counter = connections.clone();
         let serving = Serving::spawn(listener, move |mut stream| {
-            counter.fetch_add(1, Ordering::SeqCst);
+            let counter = counter.clone();
             async move {
+                // Counted on the first byte, so that a TCP health check's
+                // bare connect (which may reconnect at any time) is not.
+                let mut first = [0u8; 4096];
+                let n = match stream.read(&mut first).await {
+                    Ok(n) if n > 0 => n,
+                    _ => return,
+                };
+                counter.fetch_add(1, Ordering::SeqCst);
+                if stream.write_all(&first[..n]).await.is_err() {
+                    return;
+                }
                 let (mut rd, mut wr) = stream.split();
                 let _ = tokio::io::copy(&mut rd, &mut wr).await;
             }
@@ -323,7 +335,8 @@ impl TcpEcho {
         self.addr
     }
 
-    /// Connections accepted so far.
+    /// Connections that have sent at least one byte so far. A TCP health
+    /// check's connect, which carries nothing, is not counted.
     pub fn connections(&self) -> u64 {
         self.connections.load(Ordering::SeqCst)
     }
