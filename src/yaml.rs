@@ -31,6 +31,9 @@
 
 use std::collections::HashMap;
 
+mod shape;
+pub use shape::{check, Mark, Shape};
+
 use yaml_rust2::parser::{Event, Parser};
 use yaml_rust2::scanner::Marker;
 
@@ -402,14 +405,66 @@ enum Frame {
     },
 }
 
+/// The counters behind the bounds of the module docs.
+#[derive(Default)]
+struct Bounds {
+    /// Maps and sequences open, in every document.
+    depth: usize,
+    nodes: usize,
+}
+
+impl Bounds {
+    /// The bounds of the module docs, checked on each event before it is
+    /// looked at: `Err` is the message of the refusal.
+    fn check(&mut self, ev: &Event, limits: &Limits) -> Result<(), String> {
+        match ev {
+            Event::Alias(_) => {
+                return Err(
+                    "YAML aliases (`*name`, `<<: *name`) are not supported: write the value \
+                     out in full (Pylon refuses anchors and aliases so that a small file \
+                     cannot expand into a huge config)"
+                        .to_string(),
+                )
+            }
+            Event::Scalar(..) | Event::MappingStart(..) | Event::SequenceStart(..) => {
+                if anchor(ev).is_some() {
+                    return Err(
+                        "YAML anchors (`&name`) are not supported: write the value out in \
+                         full (Pylon refuses anchors and aliases so that a small file \
+                         cannot expand into a huge config)"
+                            .to_string(),
+                    );
+                }
+                self.nodes += 1;
+                if self.nodes > limits.max_nodes {
+                    return Err(format!(
+                        "the file has more than {} YAML nodes (values, maps and lists)",
+                        limits.max_nodes
+                    ));
+                }
+                if !matches!(ev, Event::Scalar(..)) {
+                    self.depth += 1;
+                    if self.depth > limits.max_depth {
+                        return Err(format!(
+                            "nesting deeper than {} levels of maps and lists",
+                            limits.max_depth
+                        ));
+                    }
+                }
+            }
+            Event::MappingEnd | Event::SequenceEnd => self.depth = self.depth.saturating_sub(1),
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
 #[derive(Default)]
 struct Builder {
     index: PositionIndex,
     stack: Vec<Frame>,
     documents: usize,
-    /// Maps and sequences open, in every document.
-    depth: usize,
-    nodes: usize,
+    bounds: Bounds,
 }
 
 /// Where an event names an anchor, if it does.
@@ -430,54 +485,9 @@ impl Builder {
 
     /// The bounds of the module docs, checked on each event before it is indexed.
     fn check(&mut self, ev: &Event, mark: Marker, limits: &Limits) -> Result<(), Refused> {
-        let at = Self::position(mark);
-        match ev {
-            Event::Alias(_) => {
-                return Err(self.refuse(
-                    at,
-                    "YAML aliases (`*name`, `<<: *name`) are not supported: write the value \
-                     out in full (Pylon refuses anchors and aliases so that a small file \
-                     cannot expand into a huge config)"
-                        .to_string(),
-                ))
-            }
-            Event::Scalar(..) | Event::MappingStart(..) | Event::SequenceStart(..) => {
-                if anchor(ev).is_some() {
-                    return Err(self.refuse(
-                        at,
-                        "YAML anchors (`&name`) are not supported: write the value out in \
-                         full (Pylon refuses anchors and aliases so that a small file \
-                         cannot expand into a huge config)"
-                            .to_string(),
-                    ));
-                }
-                self.nodes += 1;
-                if self.nodes > limits.max_nodes {
-                    return Err(self.refuse(
-                        at,
-                        format!(
-                            "the file has more than {} YAML nodes (values, maps and lists)",
-                            limits.max_nodes
-                        ),
-                    ));
-                }
-                if !matches!(ev, Event::Scalar(..)) {
-                    self.depth += 1;
-                    if self.depth > limits.max_depth {
-                        return Err(self.refuse(
-                            at,
-                            format!(
-                                "nesting deeper than {} levels of maps and lists",
-                                limits.max_depth
-                            ),
-                        ));
-                    }
-                }
-            }
-            Event::MappingEnd | Event::SequenceEnd => self.depth = self.depth.saturating_sub(1),
-            _ => {}
-        }
-        Ok(())
+        self.bounds
+            .check(ev, limits)
+            .map_err(|message| self.refuse(Self::position(mark), message))
     }
 
     /// A [`Refused`] at `position`, for the node being read.
