@@ -83,28 +83,41 @@ pub fn load(
     previous: Option<&Snapshot>,
 ) -> Result<Snapshot, LoadError> {
     let bytes = config::read_file(path, &options.limits)?;
-    build(&path.display().to_string(), &bytes, options, previous, None).map(|(s, _)| s)
+    build(
+        &path.display().to_string(),
+        &bytes,
+        options,
+        previous,
+        None,
+        None,
+    )
+    .map(|(s, _)| s)
 }
 
 /// Loads `bytes`, named `file` in errors, into a snapshot. Host names in
 /// endpoints are not resolved (`apply`, `history`, `diff`).
 pub fn load_bytes(file: &str, bytes: &[u8], options: &Options) -> Result<Snapshot, LoadError> {
-    build(file, bytes, options, None, None).map(|(s, _)| s)
+    build(file, bytes, options, None, None, None).map(|(s, _)| s)
 }
 
 /// Loads the bytes of a config file named `file` into a snapshot. With
 /// `dns`, endpoint host names are tracked (new ones looked up first: this
 /// blocks on the runtime, so it runs on a blocking thread) and filled in;
 /// the resources as loaded, before filling, come back when there are names,
-/// for rebuilding the snapshot when an answer changes.
+/// for rebuilding the snapshot when an answer changes. With `memo`, what did
+/// not change since the revision read before is not read again.
 fn build(
     file: &str,
     bytes: &[u8],
     options: &Options,
     previous: Option<&Snapshot>,
     dns: Option<&Dns>,
+    memo: Option<&mut config::Memo>,
 ) -> Result<(Snapshot, Option<Resources>), LoadError> {
-    let mut resources = config::load_bytes(file, bytes, options)?;
+    let mut resources = match memo {
+        Some(memo) => config::load_bytes_reusing(file, bytes, options, memo)?,
+        None => config::load_bytes(file, bytes, options)?,
+    };
     let template = match dns {
         Some(dns) if !resources.names.is_empty() => {
             let template = resources.clone();
@@ -226,7 +239,7 @@ impl Source {
         let digest = read.as_ref().ok().map(|b| digest(b));
         let dns = self.dns.as_deref();
         let error = match read.and_then(|bytes| {
-            build(&origin.name, &bytes, &self.options, None, dns).map(|s| (s, bytes))
+            build(&origin.name, &bytes, &self.options, None, dns, None).map(|s| (s, bytes))
         }) {
             Ok(((snapshot, template), bytes)) => {
                 let save_error = self.save(origin, &snapshot, &bytes);
@@ -263,7 +276,7 @@ impl Source {
             }
         };
         let saved_name = saved.path.display().to_string();
-        match build(&saved_name, &saved.bytes, &self.options, None, dns) {
+        match build(&saved_name, &saved.bytes, &self.options, None, dns, None) {
             Ok((snapshot, template)) => {
                 error!(
                     error = %error,
@@ -371,8 +384,9 @@ pub struct Reloader {
     /// has some: rebuilt with new answers by [`Reloader::republish`].
     template: Mutex<Option<Resources>>,
     /// Held while a snapshot is built and published, so a reload and a DNS
-    /// republish cannot publish out of order.
-    publishing: Mutex<()>,
+    /// republish cannot publish out of order. It keeps what the last reload
+    /// read, for the next one to reuse.
+    publishing: Mutex<config::Memo>,
 }
 
 impl Reloader {
@@ -409,7 +423,7 @@ impl Reloader {
             status: Mutex::new(status),
             last_attempt: Mutex::new(started.digest),
             template: Mutex::new(started.template.clone()),
-            publishing: Mutex::new(()),
+            publishing: Mutex::new(config::Memo::default()),
         }
     }
 
@@ -498,7 +512,7 @@ impl Reloader {
             }
             *last = Some(d);
         }
-        let _publishing = self
+        let mut memo = self
             .publishing
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
@@ -510,6 +524,7 @@ impl Reloader {
             &self.source.options,
             Some(&previous),
             dns,
+            Some(&mut memo),
         ) {
             Ok((snap, template)) => {
                 *self.template.lock().unwrap_or_else(PoisonError::into_inner) = template;

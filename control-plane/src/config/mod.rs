@@ -24,6 +24,9 @@
 //!   only the health check selects) and its checks.
 //! - `native.rs`: normalising `static_resources` into servable resources,
 //!   plus native-only checks.
+//! - `reuse.rs`: on a reload, cutting the file into its concise clusters
+//!   and the rest, so that clusters whose text did not change are not parsed
+//!   again ([`Memo`]).
 //! - `translate.rs`: pure functions, concise model -> Envoy protos.
 //! - `validate.rs`: semantic checks and cross-references over both forms.
 //! - `mod.rs`: the public API, the pipeline below, and turning problems into
@@ -32,9 +35,12 @@
 //! The pipeline: (0) the bytes are bounded ([`Limits::max_bytes`]), must be
 //! UTF-8 (an invalid byte is an error with its position, at start-up and on
 //! reload alike: [`load_bytes`] is the one way in) and pass the first pass of
-//! [`pylon::yaml`] (depth, node count, no anchors or aliases; it also builds
-//! the path -> line/column index, without recursion). (1) One
-//! serde pass reads both forms. Structural problems (YAML
+//! [`pylon::yaml`] (depth, node count, no anchors or aliases, without
+//! recursion; the path -> line/column index is built only when a position
+//! is asked for). (1) One serde pass reads both forms (on a reload through
+//! a [`Memo`], the clusters whose text is unchanged are taken from the
+//! previous read instead, and any parse failure falls back to reading the
+//! whole file, so errors are the same). Structural problems (YAML
 //! syntax, unknown or misspelt keys, wrong types, bad durations, addresses or
 //! ports) stop it, so only the first one is reported; its path comes from
 //! serde_path_to_error and its position from serde_yaml. (2) Semantic checks
@@ -53,6 +59,7 @@ mod health_tls;
 mod issue;
 mod native;
 mod proto;
+mod reuse;
 mod schema;
 mod translate;
 mod v2;
@@ -67,6 +74,7 @@ use crate::selection::{ClientRule, Glob, IdentityGlob, Names, Policy, Selector};
 use issue::{Catalog, Issue};
 pub use pylon::yaml::Limits;
 use pylon::yaml::{self, PositionIndex};
+pub use reuse::Memo;
 
 /// One problem in a config file.
 ///
@@ -144,8 +152,14 @@ pub fn read_file(path: &Path, limits: &Limits) -> Result<Vec<u8>, ConfigErrors> 
         )])
     };
     let file = std::fs::File::open(path).map_err(cannot)?;
-    let mut bytes = Vec::new();
     let cap = u64::try_from(limits.max_bytes).unwrap_or(u64::MAX);
+    // Sized from the file's length (within the bound), so that reading does
+    // not grow and copy the buffer again and again; the length is only a
+    // hint, the bound is `take`'s.
+    let hint = file
+        .metadata()
+        .map_or(0, |m| m.len().min(cap.saturating_add(1)));
+    let mut bytes = Vec::with_capacity(usize::try_from(hint).unwrap_or(0).saturating_add(1));
     file.take(cap.saturating_add(1))
         .read_to_end(&mut bytes)
         .map_err(cannot)?;
@@ -189,6 +203,27 @@ pub fn load_bytes(
     bytes: &[u8],
     options: &Options,
 ) -> Result<Resources, ConfigErrors> {
+    load_bytes_with(file_name, bytes, options, None)
+}
+
+/// [`load_bytes`] for the next revision of a source read before through
+/// `memo`: concise clusters whose text did not change are not parsed again
+/// (see `config/reuse.rs`). The result, errors included, is the same.
+pub fn load_bytes_reusing(
+    file_name: &str,
+    bytes: &[u8],
+    options: &Options,
+    memo: &mut Memo,
+) -> Result<Resources, ConfigErrors> {
+    load_bytes_with(file_name, bytes, options, Some(memo))
+}
+
+fn load_bytes_with(
+    file_name: &str,
+    bytes: &[u8],
+    options: &Options,
+    memo: Option<&mut Memo>,
+) -> Result<Resources, ConfigErrors> {
     let limits = &options.limits;
     if bytes.len() > limits.max_bytes {
         return Err(too_large(file_name, limits));
@@ -206,21 +241,26 @@ pub fn load_bytes(
             ),
         }])
     })?;
-    load_text(file_name, text, options)
+    load_text(file_name, text, options, memo)
 }
 
 /// Loads config text with the default [`Limits`]; `file_name` is only used
 /// in error messages.
 pub fn load_str(file_name: &str, text: &str) -> Result<Resources, ConfigErrors> {
-    load_text(file_name, text, &Options::default())
+    load_text(file_name, text, &Options::default(), None)
 }
 
-fn load_text(file_name: &str, text: &str, options: &Options) -> Result<Resources, ConfigErrors> {
+fn load_text(
+    file_name: &str,
+    text: &str,
+    options: &Options,
+    memo: Option<&mut Memo>,
+) -> Result<Resources, ConfigErrors> {
     let limits = &options.limits;
     if text.len() > limits.max_bytes {
         return Err(too_large(file_name, limits));
     }
-    let index = yaml::scan(text, limits).map_err(|r| {
+    let shape = yaml::check(text, limits).map_err(|r| {
         ConfigErrors(vec![ConfigError {
             file: file_name.to_string(),
             line: r.position.0,
@@ -229,6 +269,7 @@ fn load_text(file_name: &str, text: &str, options: &Options) -> Result<Resources
             message: r.message,
         }])
     })?;
+    let positions = Positions::new(text, limits);
     // The resource lists, counted before anything is built from them.
     for section in [
         "clusters",
@@ -237,9 +278,9 @@ fn load_text(file_name: &str, text: &str, options: &Options) -> Result<Resources
         "static_resources.clusters",
         "static_resources.listeners",
     ] {
-        if index.items(section) > limits.max_resources {
+        if shape.items(section) > limits.max_resources {
             let path = format!("{section}[{}]", limits.max_resources);
-            let (line, column) = index.value(&path).unwrap_or((0, 0));
+            let (line, column) = positions.get().value(&path).unwrap_or((0, 0));
             return Err(ConfigErrors(vec![ConfigError {
                 file: file_name.to_string(),
                 line,
@@ -252,24 +293,9 @@ fn load_text(file_name: &str, text: &str, options: &Options) -> Result<Resources
             }]));
         }
     }
-    let deserializer = serde_yaml::Deserializer::from_str(text);
-    let file = match serde_path_to_error::deserialize::<_, Option<schema::File>>(deserializer) {
-        Ok(Some(file)) => file,
-        Ok(None) => {
-            // A truncated or emptied file must not be served as "no resources".
-            return Err(ConfigErrors(vec![ConfigError::whole_file(
-                file_name,
-                "file is empty; write `clusters: []` to serve nothing".to_string(),
-            )]));
-        }
-        Err(e) => {
-            // A v2 file stops the v3 reader at its first v2 construct: report
-            // every one instead, each with its v3 spelling.
-            if let Some(errors) = v2_errors(file_name, text, &index) {
-                return Err(errors);
-            }
-            return Err(ConfigErrors(vec![structural(file_name, e, &index)]));
-        }
+    let file = match memo.and_then(|m| reuse::read(reuse::split(text, &shape)?, m)) {
+        Some(file) => file,
+        None => read_whole(file_name, text, &positions)?,
     };
 
     let mut catalog = Catalog::default();
@@ -277,15 +303,10 @@ fn load_text(file_name: &str, text: &str, options: &Options) -> Result<Resources
     validate::concise(&file, &mut catalog, &mut issues);
     let mut resources = Resources::default();
     for c in &file.clusters {
-        let (cluster, endpoints) = translate::cluster(c);
-        let refresh = c
-            .dns_refresh
-            .map_or(translate::DEFAULT_DNS_REFRESH, |d| d.to_std());
-        resources
-            .names
-            .extend(translate::named_assignment(&c.name, &c.endpoints, refresh));
-        resources.clusters.push(cluster);
-        resources.endpoints.push(endpoints);
+        let parts = translate::cluster_parts(c);
+        resources.names.extend(parts.names);
+        resources.clusters.push(parts.cluster);
+        resources.endpoints.push(parts.endpoints);
     }
     for l in &file.listeners {
         let (listener, routes) = translate::listener(l);
@@ -306,7 +327,7 @@ fn load_text(file_name: &str, text: &str, options: &Options) -> Result<Resources
     }
     resources.policy = policy(&file.nodes, &file.clients);
     if let Some(native) = file.static_resources {
-        let written = |path: &str| index.key(path).is_some();
+        let written = |path: &str| positions.get().key(path).is_some();
         native::normalise(native, &written, &mut resources, &mut catalog, &mut issues);
     }
     if !options.allow_inline_secrets {
@@ -351,7 +372,7 @@ fn load_text(file_name: &str, text: &str, options: &Options) -> Result<Resources
     let mut errors: Vec<ConfigError> = issues
         .into_iter()
         .map(|Issue { path, message }| {
-            let (line, column) = index.value(&path).unwrap_or((0, 0));
+            let (line, column) = positions.get().value(&path).unwrap_or((0, 0));
             ConfigError {
                 file: file_name.to_string(),
                 line,
@@ -364,6 +385,63 @@ fn load_text(file_name: &str, text: &str, options: &Options) -> Result<Resources
     // Stable: problems at the same node keep the order they were found in.
     errors.sort_by_key(|e| (e.line, e.column));
     Err(ConfigErrors(errors))
+}
+
+/// Reads the whole of a text that passed the bounded first pass; errors are
+/// placed with `positions`.
+fn read_whole(
+    file_name: &str,
+    text: &str,
+    positions: &Positions<'_>,
+) -> Result<schema::File, ConfigErrors> {
+    let deserializer = serde_yaml::Deserializer::from_str(text);
+    match serde_path_to_error::deserialize::<_, Option<schema::File>>(deserializer) {
+        Ok(Some(file)) => Ok(file),
+        Ok(None) => {
+            // A truncated or emptied file must not be served as "no resources".
+            Err(ConfigErrors(vec![ConfigError::whole_file(
+                file_name,
+                "file is empty; write `clusters: []` to serve nothing".to_string(),
+            )]))
+        }
+        Err(e) => {
+            // A v2 file stops the v3 reader at its first v2 construct: report
+            // every one instead, each with its v3 spelling.
+            if let Some(errors) = v2_errors(file_name, text, positions.get()) {
+                return Err(errors);
+            }
+            Err(ConfigErrors(vec![structural(
+                file_name,
+                e,
+                positions.get(),
+            )]))
+        }
+    }
+}
+
+/// The position index of a text that passed [`yaml::check`], built the first
+/// time a position is asked for: a valid file without Envoy-native resources
+/// never needs one.
+struct Positions<'t> {
+    text: &'t str,
+    limits: &'t Limits,
+    index: std::cell::OnceCell<PositionIndex>,
+}
+
+impl<'t> Positions<'t> {
+    fn new(text: &'t str, limits: &'t Limits) -> Self {
+        Positions {
+            text,
+            limits,
+            index: std::cell::OnceCell::new(),
+        }
+    }
+
+    fn get(&self) -> &PositionIndex {
+        // The text passed the same bounds already, so this cannot fail.
+        self.index
+            .get_or_init(|| yaml::scan(self.text, self.limits).unwrap_or_default())
+    }
 }
 
 /// The file path of the native resource `name` of `kind` (`clusters`,

@@ -164,7 +164,7 @@ impl<'de> Visitor<'de> for NameListVisitor {
 }
 
 /// A concise upstream cluster, served as an EDS cluster plus its endpoints.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Cluster {
     pub name: String,
@@ -262,7 +262,7 @@ pub enum LbPolicy {
 
 /// An active health check. Exactly one of `tcp`, `http` and `https` (checked
 /// by `validate`, so every problem can be reported at once).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheck {
     /// `tcp: {}` (or just `tcp:`): connect, send nothing, expect nothing.
@@ -319,12 +319,12 @@ where
 }
 
 /// A TCP connect check; it has no settings.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TcpCheck {}
 
 /// An HTTP GET check.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpCheck {
     pub path: String,
@@ -339,7 +339,7 @@ pub struct HttpCheck {
 /// An HTTP GET check over TLS (kube-apiserver's `/readyz`): becomes a
 /// `transport_socket_matches` entry that only the health check selects.
 /// Exactly one of `ca` and `insecure_skip_verify: true` (checked by `validate`).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpsCheck {
     pub path: String,

@@ -168,6 +168,26 @@ pub fn lb_endpoint(e: &schema::Endpoint) -> Option<LbEndpoint> {
     })
 }
 
+/// Everything a concise cluster becomes.
+#[derive(Debug, Clone)]
+pub struct ClusterParts {
+    pub cluster: Cluster,
+    pub endpoints: ClusterLoadAssignment,
+    /// The endpoints as written, when some are host names (for `crate::dns`).
+    pub names: Option<NamedAssignment>,
+}
+
+/// A concise cluster's [`ClusterParts`].
+pub fn cluster_parts(c: &schema::Cluster) -> ClusterParts {
+    let (cluster_, endpoints) = cluster(c);
+    let refresh = c.dns_refresh.map_or(DEFAULT_DNS_REFRESH, |d| d.to_std());
+    ClusterParts {
+        cluster: cluster_,
+        endpoints,
+        names: named_assignment(&c.name, &c.endpoints, refresh),
+    }
+}
+
 /// The endpoints of load assignment `assignment` as written, when some are
 /// host names (`None` otherwise): what `crate::dns` resolves.
 pub fn named_assignment(

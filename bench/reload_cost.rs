@@ -1,0 +1,68 @@
+//! What one reload of pylon-xds's config costs, stage by stage, in process:
+//! the bounded first pass over the YAML, the whole load (first pass, serde,
+//! checks, translation), and the snapshot build against the previous
+//! revision. The file is the one `xds-fleet` writes (`--clusters N`
+//! clusters of two endpoints), with one endpoint changed between revisions,
+//! as in the fleet benchmark's edits.
+//!
+//! `cargo run --release -p control-plane --example reload-cost -- [CLUSTERS] [ROUNDS]`
+
+use std::time::{Duration, Instant};
+
+use control_plane::config::{self, Options};
+use control_plane::snapshot::Snapshot;
+
+fn config_text(clusters: usize, generation: usize) -> String {
+    let mut s = String::from("clusters:\n");
+    for i in 0..clusters {
+        let port = if i == 0 {
+            20000 + generation
+        } else {
+            30000 + i % 30000
+        };
+        s.push_str(&format!(
+            "  - name: c-{i}\n    endpoints: [127.0.0.1:{}, 127.0.0.2:{port}]\n",
+            10000 + i % 10000
+        ));
+    }
+    s
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let clusters: usize = args.next().map_or(Ok(1000), |a| a.parse())?;
+    let rounds: usize = args.next().map_or(Ok(50), |a| a.parse())?;
+    let options = Options::default();
+    let texts: Vec<String> = (0..rounds + 1).map(|g| config_text(clusters, g)).collect();
+    let mut memo = config::Memo::default();
+    let first = config::load_bytes_reusing("bench.yaml", texts[0].as_bytes(), &options, &mut memo)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut previous = Snapshot::build(first, None)?;
+    let (mut scan, mut load, mut build) = (Vec::new(), Vec::new(), Vec::new());
+    for text in &texts[1..] {
+        let t = Instant::now();
+        pylon::yaml::check(text, &options.limits).map_err(|r| anyhow::anyhow!("{}", r.message))?;
+        scan.push(t.elapsed());
+        let t = Instant::now();
+        let resources =
+            config::load_bytes_reusing("bench.yaml", text.as_bytes(), &options, &mut memo)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+        load.push(t.elapsed());
+        let t = Instant::now();
+        let snap = Snapshot::build(resources, Some(&previous))?;
+        build.push(t.elapsed());
+        previous = snap;
+    }
+    let (scan, load, build) = (median(scan), median(load), median(build));
+    println!(
+        "{clusters} clusters, {} bytes, median of {rounds}: first pass {scan:?}, load (incl. first pass) {load:?}, snapshot build {build:?}, reload {:?}",
+        texts[0].len(),
+        load + build
+    );
+    Ok(())
+}
