@@ -529,7 +529,6 @@ fn apiserver_response(id: &str, path: &str, ready: bool) -> Response<Full<Bytes>
 mod tests {
     use super::*;
     use crate::ports::loopback;
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
     #[tokio::test]
     async fn http_server_answers_its_id_and_counts() {
