@@ -6,10 +6,11 @@
 # root; the Node proxyless gRPC client's packages with `npm ci` into the
 # git-ignored integration-tests/clients/node/node_modules; from Debian when
 # missing: dnsmasq, etcd (etcd-server) and protoc (protobuf-compiler, which
-# the etcd client's build needs)), checks node, npm, go and kubectl, builds
-# the Go programs into the target directory (the grpc-go client of the
-# interop matrix, and the go-control-plane peer of the fleet benchmark, so
-# that CI proves it builds), builds the binaries (the scenarios run
+# the etcd client's build needs)), checks node, npm, go, java, mvn and
+# kubectl, builds the Go programs into the target directory (the grpc-go
+# client of the interop matrix, and the go-control-plane peer of the fleet
+# benchmark, so that CI proves it builds) and the grpc-java client with Maven
+# (jars from Maven Central into ~/.m2), builds the binaries (the scenarios run
 # `pylon-proxy` and `pylon-xds` from the
 # target directory; cargo does not build another package's binaries for a
 # test), then runs tests, rustfmt and clippy. Under CI=true the end-to-end
@@ -77,6 +78,33 @@ echo "==> go build: integration-tests/clients/go, bench/peers/go-control-plane (
 (cd "$ROOT/integration-tests/clients/go" && go build -o "$TARGET_DIR/clients/grpc-go-client" .)
 (cd "$ROOT/bench/peers/go-control-plane" && go build -o "$TARGET_DIR/peers/go-control-plane/xds-peer" .)
 export PYLON_GRPC_GO="${PYLON_GRPC_GO:-$TARGET_DIR/clients/grpc-go-client}"
+
+# The grpc-java client (and backends) of the interop matrix: a jar built with
+# Maven into the target directory, and a launcher beside it that runs it on
+# the runtime classpath Maven resolved (jars in the local repository ~/.m2;
+# the first build downloads them from Maven Central, later ones take a few
+# seconds). The JVM flags favour start-up time over peak speed: each test
+# starts its own client and backends.
+for tool in java mvn; do
+    if ! command -v "$tool" >/dev/null 2>&1; then
+        echo "error: $tool not found on PATH: the grpc-java interop client needs a JDK >= 17 and Maven" \
+            "(Debian: apt-get install openjdk-17-jdk-headless maven)" >&2
+        exit 1
+    fi
+done
+JAVA_OUT="$TARGET_DIR/clients/java"
+echo "==> mvn package: integration-tests/clients/java ($(java -version 2>&1 | head -1))"
+mvn -B -q -Dstyle.color=never -f "$ROOT/integration-tests/clients/java/pom.xml" package -DskipTests \
+    -Dpylon.build.dir="$JAVA_OUT"
+JAVA_CLASSPATH="$JAVA_OUT/grpc-java-client.jar:$(cat "$JAVA_OUT/classpath.txt")"
+{
+    echo '#!/bin/sh'
+    echo '# Written by scripts/test.sh: runs integration-tests/clients/java.'
+    echo "exec $(printf '%q' "$(command -v java)") -XX:TieredStopAtLevel=1 -XX:+UseSerialGC" \
+        "-Xshare:auto -Xmx256m -cp $(printf '%q' "$JAVA_CLASSPATH") pylon.test.GrpcJavaClient \"\$@\""
+} >"$TARGET_DIR/clients/grpc-java-client"
+chmod +x "$TARGET_DIR/clients/grpc-java-client"
+export PYLON_GRPC_JAVA="${PYLON_GRPC_JAVA:-$TARGET_DIR/clients/grpc-java-client}"
 
 if ! command -v kubectl >/dev/null 2>&1 && [[ ! -x /usr/bin/kubectl ]]; then
     echo "error: kubectl not found (expected /usr/bin/kubectl or on PATH)" >&2

@@ -1,12 +1,12 @@
 //! Real proxyless gRPC peers for one test: gRPC backends ([`GrpcBackends`],
-//! Python grpcio servers, or grpc-go servers for the grpc-go client) and
-//! xDS-resolving gRPC clients ([`GrpcClient`], Python grpcio, Node
-//! `@grpc/grpc-js` + `@grpc/grpc-js-xds`, or grpc-go), each a child process
-//! started from the test process.
+//! Python grpcio servers, or grpc-go (grpc-java) servers for the grpc-go
+//! (grpc-java) client) and xDS-resolving gRPC clients ([`GrpcClient`], Python
+//! grpcio, Node `@grpc/grpc-js` + `@grpc/grpc-js-xds`, grpc-go or grpc-java),
+//! each a child process started from the test process.
 //!
 //! Owns: finding the runtimes (a Python that imports `grpc`, Node with the
 //! client's `node_modules` installed, the grpc-go program built from
-//! `clients/go`), writing the client's xDS bootstrap (`GRPC_XDS_BOOTSTRAP`)
+//! `clients/go`, the grpc-java launcher built from `clients/java`), writing the client's xDS bootstrap (`GRPC_XDS_BOOTSTRAP`)
 //! into a private temp dir, spawning the programs in
 //! `integration-tests/clients/`, speaking their line protocol (one command on
 //! stdin, one JSON answer on stdout, see `clients/grpc_client.py`), capturing
@@ -27,11 +27,17 @@
 //!   (`scripts/test.sh` builds it from `integration-tests/clients/go` with
 //!   `go build`). Its row of the matrix calls grpc-go backends (the same
 //!   program), so it needs no Python.
+//! - grpc-java: `PYLON_GRPC_JAVA` when set, else
+//!   `<target>/clients/grpc-java-client`, a launcher script that
+//!   `scripts/test.sh` writes after building `integration-tests/clients/java`
+//!   with Maven (it runs `java` on the jar and the classpath Maven resolved).
+//!   Like grpc-go, its row calls its own backends (the same program).
 //!
 //! `PYLON_GRPC_TRACE` turns on the clients' own tracing (into their log):
 //! `1` picks xDS and load-balancing tracers; any other value is passed as
 //! `GRPC_TRACE` (Python) or `GRPC_NODE_TRACE` (Node) as is; grpc-go logs
-//! everything at `info` with any value.
+//! everything at `info` with any value; for grpc-java, other values are
+//! `java.util.logging` logger names (comma-separated) to log at every level.
 //!
 //! Everything listens on and dials 127.0.0.1 only.
 
@@ -69,6 +75,10 @@ const PYTHON_TRACERS: &str =
 const NODE_TRACERS: &str =
     "xds_client,xds_resolver,cds_balancer,xds_cluster_impl,xds_cluster_manager,priority,weighted_target,round_robin,resolving_load_balancer";
 
+/// Loggers for `PYLON_GRPC_TRACE=1` (grpc-java: its xDS client and balancers,
+/// and the channels' own log).
+const JAVA_TRACERS: &str = "io.grpc.xds,io.grpc.util,io.grpc.ChannelLogger";
+
 /// Environment variables that would send the clients' traffic (xDS included)
 /// through a proxy instead of straight to 127.0.0.1.
 const PROXY_VARS: &[&str] = &[
@@ -97,18 +107,47 @@ pub fn go_module_dir() -> PathBuf {
     clients_dir().join("go")
 }
 
-/// The grpc-go program, if built (see the module docs for where).
-pub fn grpc_go() -> Option<PathBuf> {
-    let path = match std::env::var_os("PYLON_GRPC_GO") {
+/// The grpc-java program's Maven project directory.
+pub fn java_project_dir() -> PathBuf {
+    clients_dir().join("java")
+}
+
+/// A client program `scripts/test.sh` builds into `<target>/clients/`, or
+/// wherever the variable `var` points.
+fn built_client(var: &str, file: &str) -> Option<PathBuf> {
+    let path = match std::env::var_os(var) {
         Some(p) => PathBuf::from(p),
         None => {
             let target = std::env::var_os("CARGO_TARGET_DIR")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| crate::workspace_root().join("target"));
-            target.join("clients/grpc-go-client")
+            target.join("clients").join(file)
         }
     };
     path.is_file().then_some(path)
+}
+
+/// The grpc-go program, if built (see the module docs for where).
+pub fn grpc_go() -> Option<PathBuf> {
+    built_client("PYLON_GRPC_GO", "grpc-go-client")
+}
+
+/// The grpc-java launcher, if built (see the module docs for where).
+pub fn grpc_java() -> Option<PathBuf> {
+    built_client("PYLON_GRPC_JAVA", "grpc-java-client")
+}
+
+/// The grpc-java launcher, or `None` after reporting it missing (a panic
+/// under CI).
+pub fn grpc_java_or_skip() -> Option<PathBuf> {
+    grpc_java().or_else(|| {
+        crate::missing_tool(
+            "grpc-java-client",
+            "run scripts/test.sh (builds integration-tests/clients/java with Maven into \
+             target/clients/java and writes the launcher target/clients/grpc-java-client; \
+             needs a JDK >= 17 and mvn) or set PYLON_GRPC_JAVA",
+        )
+    })
 }
 
 /// The grpc-go program, or `None` after reporting it missing (a panic under
@@ -193,6 +232,8 @@ pub enum ClientKind {
     Node,
     /// grpc-go with `google.golang.org/grpc/xds` imported.
     Go,
+    /// grpc-java with `io.grpc:grpc-xds` on the classpath.
+    Java,
 }
 
 impl ClientKind {
@@ -202,6 +243,7 @@ impl ClientKind {
             ClientKind::Python => "python",
             ClientKind::Node => "node",
             ClientKind::Go => "go",
+            ClientKind::Java => "java",
         }
     }
 
@@ -216,14 +258,16 @@ impl ClientKind {
                 node_or_skip().map(|n| (n, vec![node_package_dir().join("grpc_client.js")]))
             }
             ClientKind::Go => grpc_go_or_skip().map(|g| (g, vec![PathBuf::from("client")])),
+            ClientKind::Java => grpc_java_or_skip().map(|j| (j, vec![PathBuf::from("client")])),
         }
     }
 
-    /// The backends its tests call: grpc-go's for grpc-go, grpcio's for the
-    /// others.
+    /// The backends its tests call: grpc-go's for grpc-go, grpc-java's for
+    /// grpc-java, grpcio's for the others.
     pub fn backends(self) -> BackendKind {
         match self {
             ClientKind::Go => BackendKind::Go,
+            ClientKind::Java => BackendKind::Java,
             ClientKind::Python | ClientKind::Node => BackendKind::Python,
         }
     }
@@ -236,6 +280,7 @@ impl ClientKind {
             ClientKind::Python => python_or_skip().is_some(),
             ClientKind::Node => python_or_skip().is_some() && node_or_skip().is_some(),
             ClientKind::Go => grpc_go_or_skip().is_some(),
+            ClientKind::Java => grpc_java_or_skip().is_some(),
         }
     }
 
@@ -266,6 +311,9 @@ impl ClientKind {
             ClientKind::Go => {
                 cmd.env("GRPC_GO_LOG_SEVERITY_LEVEL", "info")
                     .env("GRPC_GO_LOG_VERBOSITY_LEVEL", "99");
+            }
+            ClientKind::Java => {
+                cmd.env("PYLON_GRPC_JAVA_TRACE", pick(JAVA_TRACERS));
             }
         }
     }
@@ -374,10 +422,12 @@ pub enum BackendKind {
     Python,
     /// `grpc-go-client backends`.
     Go,
+    /// `grpc-java-client backends`.
+    Java,
 }
 
 /// gRPC servers on loopback, one per name, each answering [`METHOD`] with its
-/// own name, all in one process (grpcio or grpc-go). Killed when dropped.
+/// own name, all in one process (grpcio, grpc-go or grpc-java). Killed when dropped.
 #[derive(Debug)]
 pub struct GrpcBackends {
     child: Child,
@@ -410,6 +460,13 @@ impl GrpcBackends {
                     "grpc-go-client not found: run scripts/test.sh (builds it) or set PYLON_GRPC_GO",
                 )?;
                 (go, vec![PathBuf::from("backends")])
+            }
+            BackendKind::Java => {
+                let java = grpc_java().context(
+                    "grpc-java-client not found: run scripts/test.sh (builds it) or set \
+                     PYLON_GRPC_JAVA",
+                )?;
+                (java, vec![PathBuf::from("backends")])
             }
         };
         anyhow::ensure!(!names.is_empty(), "no backend names");
@@ -583,7 +640,7 @@ impl GrpcClient {
         let log = dir.path().join("stderr");
         let cwd = match kind {
             ClientKind::Node => node_package_dir(),
-            ClientKind::Python | ClientKind::Go => clients_dir(),
+            ClientKind::Python | ClientKind::Go | ClientKind::Java => clients_dir(),
         };
         let mut cmd = script_command(&program, &args, &cwd, &log)?;
         cmd.env("GRPC_XDS_BOOTSTRAP", &bootstrap);
@@ -781,5 +838,9 @@ mod tests {
         assert!(node_package_dir().join("package-lock.json").is_file());
         assert!(go_module_dir().join("main.go").is_file());
         assert!(go_module_dir().join("go.sum").is_file());
+        assert!(java_project_dir().join("pom.xml").is_file());
+        assert!(java_project_dir()
+            .join("src/main/java/pylon/test/GrpcJavaClient.java")
+            .is_file());
     }
 }

@@ -20,11 +20,12 @@ pub enum ClientId {
     Grpcio,
     GrpcJs,
     GrpcGo,
+    GrpcJava,
 }
 
 impl ClientId {
     /// Every client, in table order.
-    pub const ALL: [ClientId; 7] = [
+    pub const ALL: [ClientId; 8] = [
         ClientId::EnvoySotw,
         ClientId::EnvoyDelta,
         ClientId::PylonSotw,
@@ -32,6 +33,7 @@ impl ClientId {
         ClientId::Grpcio,
         ClientId::GrpcJs,
         ClientId::GrpcGo,
+        ClientId::GrpcJava,
     ];
 
     /// The test-name and file-name form, e.g. `envoy_delta`.
@@ -44,6 +46,7 @@ impl ClientId {
             ClientId::Grpcio => "grpcio",
             ClientId::GrpcJs => "grpc_js",
             ClientId::GrpcGo => "grpc_go",
+            ClientId::GrpcJava => "grpc_java",
         }
     }
 
@@ -57,6 +60,7 @@ impl ClientId {
             ClientId::Grpcio => "Python grpcio 1.85 (xds:///)",
             ClientId::GrpcJs => "Node @grpc/grpc-js-xds 1.14",
             ClientId::GrpcGo => "grpc-go 1.84 (xds:///)",
+            ClientId::GrpcJava => "grpc-java 1.85 (xds:///)",
         }
     }
 
@@ -68,7 +72,10 @@ impl ClientId {
     /// Whether it is a proxy (Envoy or pylon-proxy) rather than a proxyless
     /// gRPC client.
     pub fn is_proxy(self) -> bool {
-        !matches!(self, ClientId::Grpcio | ClientId::GrpcJs | ClientId::GrpcGo)
+        !matches!(
+            self,
+            ClientId::Grpcio | ClientId::GrpcJs | ClientId::GrpcGo | ClientId::GrpcJava
+        )
     }
 }
 

@@ -1,8 +1,9 @@
 //! The interop matrix: every xDS client against the same protocol checks.
 //!
 //! Clients (rows): Envoy over SotW and delta ADS, pylon-proxy over SotW and
-//! delta ADS, Python grpcio, Node @grpc/grpc-js-xds and grpc-go (proxyless,
-//! SotW; grpc-go calls grpc-go backends, the others grpcio's).
+//! delta ADS, Python grpcio, Node @grpc/grpc-js-xds, grpc-go and grpc-java
+//! (proxyless, SotW; grpc-go and grpc-java call backends of their own
+//! implementation, the others grpcio's).
 //! Each runs against one pylon-xds whose `nodes:` section gives proxies the
 //! HTTP listener `front` and gRPC clients the service `greeter.example:50051`;
 //! other resources exist that no selection names. Checks (columns), each a
@@ -29,9 +30,10 @@
 //!    for the client's certificate; the client, bootstrapped as `pylon-xds
 //!    bootstrap --tls-*` (`--grpc` for gRPC) prints, syncs and serves, takes
 //!    an edit, and keeps its stream across a renewal of the server's
-//!    certificate. A client that cannot use TLS channel credentials
-//!    (grpc-js-xds 1.14) is recorded as such after checking that it indeed
-//!    never connects.
+//!    certificate. A client that cannot use the bootstrap's TLS channel
+//!    credentials (grpc-js-xds 1.14: no `tls` type; grpc-java 1.85: `tls`
+//!    ignores the files and trusts the JVM's default roots only) is recorded
+//!    as such after checking that it indeed never connects, and why.
 //!
 //! Each cell's result is recorded (`integration_tests::interop`) and
 //! `scripts/test.sh` writes the table into README.md.
@@ -94,6 +96,8 @@ macro_rules! matrix {
             async fn grpc_js() { super::run(ClientId::GrpcJs, CheckId::$id).await }
             #[tokio::test(flavor = "multi_thread")]
             async fn grpc_go() { super::run(ClientId::GrpcGo, CheckId::$id).await }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn grpc_java() { super::run(ClientId::GrpcJava, CheckId::$id).await }
         }
     )*};
 }
@@ -110,13 +114,15 @@ matrix!(
 
 async fn run(client: ClientId, check: CheckId) {
     let recorder = Recorder::start(client, check);
-    if client == ClientId::GrpcJs && check == CheckId::MutualTls {
-        if grpc_js_cannot_use_tls().await {
-            recorder.unsupported();
-        } else {
-            recorder.skip();
+    if check == CheckId::MutualTls {
+        if let Some(limit) = tls_limit(client) {
+            if cannot_use_tls(client, limit).await {
+                recorder.unsupported();
+            } else {
+                recorder.skip();
+            }
+            return;
         }
-        return;
     }
     let Some(world) = World::start(client, check).await else {
         recorder.skip();
@@ -283,6 +289,7 @@ fn grpc_kind(id: ClientId) -> ClientKind {
     match id {
         ClientId::GrpcJs => ClientKind::Node,
         ClientId::GrpcGo => ClientKind::Go,
+        ClientId::GrpcJava => ClientKind::Java,
         _ => ClientKind::Python,
     }
 }
@@ -1246,34 +1253,68 @@ async fn mutual_tls(mut w: World) {
     w.pylon.stop().await;
 }
 
-/// Whether @grpc/grpc-js-xds, bootstrapped with TLS channel credentials,
-/// indeed never reaches a mutual-TLS pylon-xds (its bootstrap accepts only
-/// `google_default` and `insecure`). `false` also when Node is missing
-/// outside CI.
-async fn grpc_js_cannot_use_tls() -> bool {
-    if !ClientKind::Node.tools_or_skip() {
+/// Why a proxyless client cannot reach a mutual-TLS pylon-xds with the
+/// bootstrap `pylon-xds bootstrap --grpc --tls-*` prints.
+#[derive(Debug, Clone, Copy)]
+struct TlsLimit {
+    kind: ClientKind,
+    /// What its log shows of the failed attempt, when it shows anything.
+    evidence: Option<&'static str>,
+}
+
+/// The clients that cannot do check 7, by what the release in the matrix
+/// does with the bootstrap's `{"type": "tls", "config": {...}}`.
+fn tls_limit(id: ClientId) -> Option<TlsLimit> {
+    match id {
+        // @grpc/grpc-js-xds 1.14 accepts only `google_default` and
+        // `insecure` channel credentials: it never dials.
+        ClientId::GrpcJs => Some(TlsLimit {
+            kind: ClientKind::Node,
+            evidence: None,
+        }),
+        // grpc-java 1.85's `tls` channel credentials ignore the config (gRFC
+        // A65's files): TLS with the JVM's default trust roots and no client
+        // certificate, so the handshake fails on pylon-xds's certificate,
+        // which the test CA signed.
+        ClientId::GrpcJava => Some(TlsLimit {
+            kind: ClientKind::Java,
+            evidence: Some("PKIX path building failed"),
+        }),
+        _ => None,
+    }
+}
+
+/// Whether the client `id`, bootstrapped with TLS channel credentials (the
+/// CA that signed pylon-xds's certificate, and a client certificate that a
+/// `clients:` rule accepts), indeed never reaches a mutual-TLS pylon-xds,
+/// for the reason `limit` gives. `false` when its runtime is missing outside
+/// CI.
+async fn cannot_use_tls(id: ClientId, limit: TlsLimit) -> bool {
+    if !limit.kind.tools_or_skip() {
         return false;
     }
+    let node = format!("{}-tls", id.key());
+    let identity = format!("spiffe://pylon.test/interop/{}", id.key());
     let pki = Pki::new("pylon interop CA").unwrap();
     let tls = MutualTls {
         server: pki.server("pylon-xds").unwrap(),
         ca: pki.ca().to_path_buf(),
-        client: pki
-            .client("client", "spiffe://pylon.test/interop/grpc_js")
-            .unwrap(),
+        client: pki.client("client", &identity).unwrap(),
     };
-    let yaml =
-        "grpc_services:\n  - {name: greeter.example, port: 50051, endpoints: [127.0.0.1:9]}\n";
-    let pylon = Pylon::start_with(yaml, Some(tls)).await.unwrap();
+    let yaml = format!(
+        "grpc_services:\n  - {{name: greeter.example, port: 50051, endpoints: [127.0.0.1:9]}}\n\
+         clients:\n  - identity: \"{identity}\"\n    nodes: {{id: \"{node}\"}}\n"
+    );
+    let pylon = Pylon::start_with(&yaml, Some(tls)).await.unwrap();
     let bootstrap = grpc_bootstrap(&BootstrapOptions {
-        node_id: "grpc-js-tls".into(),
+        node_id: node.clone(),
         node_cluster: "grpc".into(),
         xds: vec![pylon.xds_addr().unwrap().to_string().parse().unwrap()],
         delta: false,
         admin: "127.0.0.1:0".parse().unwrap(),
         tls: pylon.client_tls(),
     });
-    let Some(mut c) = GrpcClient::start_with_bootstrap(ClientKind::Node, &bootstrap, "grpc-js-tls")
+    let Some(mut c) = GrpcClient::start_with_bootstrap(limit.kind, &bootstrap, &node)
         .await
         .unwrap()
     else {
@@ -1283,12 +1324,24 @@ async fn grpc_js_cannot_use_tls() -> bool {
     assert_eq!(
         counts.total_ok(),
         0,
-        "grpc-js-xds answered over TLS: {counts:?}"
+        "{} answered over TLS: {counts:?}",
+        id.label()
     );
     assert!(
-        w_absent(&pylon, "grpc-js-tls").await,
-        "grpc-js-xds reached pylon-xds over TLS: the matrix and README are out of date"
+        w_absent(&pylon, &node).await,
+        "{} reached pylon-xds over TLS: the matrix and README are out of date",
+        id.label()
     );
+    if let Some(evidence) = limit.evidence {
+        // The failed call is logged with its cause before it is answered.
+        let log = c.log_tail(200);
+        assert!(
+            log.contains(evidence),
+            "{} failed over TLS, but not with {evidence:?}: the README's reason may be \
+             out of date\n{log}",
+            id.label()
+        );
+    }
     c.stop().await.unwrap();
     pylon.shutdown().await;
     true

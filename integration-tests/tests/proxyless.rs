@@ -1,8 +1,9 @@
 //! Proxyless gRPC: real gRPC clients resolving `xds:///greeter.example:50051`
 //! through pylon-xds, with no proxy in between. Each scenario runs once per
 //! client implementation, grpcio (Python, gRPC C core),
-//! `@grpc/grpc-js-xds` (Node) and grpc-go, against three real gRPC backends
-//! (grpc-go's for grpc-go, grpcio's for the others):
+//! `@grpc/grpc-js-xds` (Node), grpc-go and grpc-java, against three real gRPC
+//! backends (grpc-go's for grpc-go, grpc-java's for grpc-java, grpcio's for
+//! the others):
 //!
 //! 1. 30 calls spread exactly round robin, 10 per backend;
 //! 2. the client's node is selected by a `nodes:` entry and shows up in
@@ -53,6 +54,11 @@ async fn node_round_robin_and_endpoint_changes() {
 #[tokio::test(flavor = "multi_thread")]
 async fn go_round_robin_and_endpoint_changes() {
     round_robin_and_endpoint_changes(ClientKind::Go, "grpc-go-1").await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn java_round_robin_and_endpoint_changes() {
+    round_robin_and_endpoint_changes(ClientKind::Java, "grpc-java-1").await
 }
 
 /// pylon-xds YAML serving one gRPC service over `endpoints`, and a `nodes:`
