@@ -12,21 +12,8 @@ use std::time::{Duration, Instant};
 use control_plane::config::{self, Options};
 use control_plane::snapshot::Snapshot;
 
-fn config_text(clusters: usize, generation: usize) -> String {
-    let mut s = String::from("clusters:\n");
-    for i in 0..clusters {
-        let port = if i == 0 {
-            20000 + generation
-        } else {
-            30000 + i % 30000
-        };
-        s.push_str(&format!(
-            "  - name: c-{i}\n    endpoints: [127.0.0.1:{}, 127.0.0.2:{port}]\n",
-            10000 + i % 10000
-        ));
-    }
-    s
-}
+#[path = "fleet_config.rs"]
+mod fleet_config;
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
@@ -38,7 +25,9 @@ fn main() -> anyhow::Result<()> {
     let clusters: usize = args.next().map_or(Ok(1000), |a| a.parse())?;
     let rounds: usize = args.next().map_or(Ok(50), |a| a.parse())?;
     let options = Options::default();
-    let texts: Vec<String> = (0..rounds + 1).map(|g| config_text(clusters, g)).collect();
+    let texts: Vec<String> = (0..rounds + 1)
+        .map(|g| fleet_config::config(clusters, g, false))
+        .collect();
     let mut memo = config::Memo::default();
     let first = config::load_bytes_reusing("bench.yaml", texts[0].as_bytes(), &options, &mut memo)
         .map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -43,10 +43,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
+
+#[path = "fleet_config.rs"]
+mod fleet_config;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
+use fleet_config::config;
 use prost::bytes::{Buf, BufMut, Bytes, BytesMut};
 use prost::Message;
 use tokio::sync::{mpsc, watch};
@@ -215,25 +219,6 @@ fn args() -> anyhow::Result<Option<Args>> {
 /// The YAML: `clusters` clusters with two endpoints each. `generation`
 /// moves the first cluster's second endpoint (an EDS change), or with
 /// `cds_only` changes its connect timeout (a CDS change).
-fn config(clusters: usize, generation: usize, cds_only: bool) -> String {
-    let mut s = String::from("clusters:\n");
-    for i in 0..clusters {
-        let port = if i == 0 && !cds_only {
-            20000 + generation
-        } else {
-            30000 + i % 30000
-        };
-        s.push_str(&format!(
-            "  - name: c-{i}\n    endpoints: [127.0.0.1:{}, 127.0.0.2:{port}]\n",
-            10000 + i % 10000
-        ));
-        if i == 0 && cds_only {
-            s.push_str(&format!("    connect_timeout: {}s\n", 1 + generation));
-        }
-    }
-    s
-}
-
 fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, bytes)?;

@@ -20,6 +20,19 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
+# require WHY TOOL...: stops the run (whatever CI says: a missing tool is a
+# failure, never a skip) when a tool is not on PATH.
+require() {
+    local why="$1" tool
+    shift
+    for tool in "$@"; do
+        if ! command -v "$tool" >/dev/null 2>&1; then
+            echo "error: $tool not found on PATH: $why" >&2
+            exit 1
+        fi
+    done
+}
+
 ENVOY_VERSION="1.40.0"
 VENV="$ROOT/.venv"
 
@@ -45,13 +58,8 @@ echo "==> grpcio: $("$PYLON_PYTHON" -c 'import grpc; print(grpc.__version__)')"
 
 # ... and @grpc/grpc-js-xds the Node client, installed from its lock file.
 NODE_CLIENT="$ROOT/integration-tests/clients/node"
-for tool in node npm; do
-    if ! command -v "$tool" >/dev/null 2>&1; then
-        echo "error: $tool not found on PATH: the proxyless gRPC tests need Node.js >= 18 with npm" \
-            "(Debian: apt-get install nodejs npm)" >&2
-        exit 1
-    fi
-done
+require "the proxyless gRPC tests need Node.js >= 18 with npm (Debian: apt-get install nodejs npm)" \
+    node npm
 if ! node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 18 ? 0 : 1)'; then
     echo "error: node $(node --version) is too old: the proxyless gRPC tests need Node.js >= 18" >&2
     exit 1
@@ -69,10 +77,7 @@ echo "==> node: $("$PYLON_NODE" --version), $NODE_CLIENT/node_modules"
 # target directory: the grpc-go client (and backends) of the interop matrix,
 # and the go-control-plane peer of bench/xds_fleet.rs. The first build
 # downloads the modules through the Go module proxy; later ones take a second.
-if ! command -v go >/dev/null 2>&1; then
-    echo "error: go not found on PATH: the grpc-go interop client and the benchmark peer need Go >= 1.26" >&2
-    exit 1
-fi
+require "the grpc-go interop client and the benchmark peer need Go >= 1.26" go
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 echo "==> go build: integration-tests/clients/go, bench/peers/go-control-plane ($(go version | cut -d' ' -f3))"
 (cd "$ROOT/integration-tests/clients/go" && go build -o "$TARGET_DIR/clients/grpc-go-client" .)
@@ -85,13 +90,8 @@ export PYLON_GRPC_GO="${PYLON_GRPC_GO:-$TARGET_DIR/clients/grpc-go-client}"
 # the first build downloads them from Maven Central, later ones take a few
 # seconds). The JVM flags favour start-up time over peak speed: each test
 # starts its own client and backends.
-for tool in java mvn; do
-    if ! command -v "$tool" >/dev/null 2>&1; then
-        echo "error: $tool not found on PATH: the grpc-java interop client needs a JDK >= 17 and Maven" \
-            "(Debian: apt-get install openjdk-17-jdk-headless maven)" >&2
-        exit 1
-    fi
-done
+require "the grpc-java interop client needs a JDK >= 17 and Maven (Debian: apt-get install openjdk-17-jdk-headless maven)" \
+    java mvn
 JAVA_OUT="$TARGET_DIR/clients/java"
 echo "==> mvn package: integration-tests/clients/java ($(java -version 2>&1 | head -1))"
 mvn -B -q -Dstyle.color=never -f "$ROOT/integration-tests/clients/java/pom.xml" package -DskipTests \

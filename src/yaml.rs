@@ -467,6 +467,20 @@ struct Builder {
     bounds: Bounds,
 }
 
+/// Follows the nesting inside a node used as a map key (`depth` open
+/// collections): `true` once the key has ended.
+fn complex_key_ends(depth: &mut usize, ev: &Event) -> bool {
+    match ev {
+        Event::MappingStart(..) | Event::SequenceStart(..) => *depth += 1,
+        Event::MappingEnd | Event::SequenceEnd => {
+            *depth = depth.saturating_sub(1);
+            return *depth == 0;
+        }
+        _ => {}
+    }
+    false
+}
+
 /// Where an event names an anchor, if it does.
 fn anchor(ev: &Event) -> Option<usize> {
     match ev {
@@ -569,22 +583,15 @@ impl Builder {
             return;
         }
         if let Some(Frame::ComplexKey { depth }) = self.stack.last_mut() {
-            match ev {
-                Event::MappingStart(..) | Event::SequenceStart(..) => *depth += 1,
-                Event::MappingEnd | Event::SequenceEnd => {
-                    *depth -= 1;
-                    if *depth == 0 {
-                        self.stack.pop();
-                        // The complex key is done; its value comes next.
-                        if let Some(Frame::Map { node, .. }) = self.stack.last() {
-                            let entry = self.index.child(*node, Segment::Key("?".into()));
-                            if let Some(Frame::Map { key, .. }) = self.stack.last_mut() {
-                                *key = Some(entry);
-                            }
-                        }
+            if complex_key_ends(depth, &ev) {
+                self.stack.pop();
+                // The complex key is done; its value comes next.
+                if let Some(Frame::Map { node, .. }) = self.stack.last() {
+                    let entry = self.index.child(*node, Segment::Key("?".into()));
+                    if let Some(Frame::Map { key, .. }) = self.stack.last_mut() {
+                        *key = Some(entry);
                     }
                 }
-                _ => {}
             }
             return;
         }

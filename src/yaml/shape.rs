@@ -10,7 +10,7 @@
 use yaml_rust2::parser::{Event, Parser};
 use yaml_rust2::scanner::Marker;
 
-use super::{Bounds, Limits, Refused};
+use super::{complex_key_ends, Bounds, Limits, Refused};
 
 /// A place in the text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,23 +130,16 @@ impl Walker {
             return;
         }
         if let Some(Frame::ComplexKey { depth }) = self.stack.last_mut() {
-            match ev {
-                Event::MappingStart(..) | Event::SequenceStart(..) => *depth += 1,
-                Event::MappingEnd | Event::SequenceEnd => {
-                    *depth -= 1;
-                    if *depth == 0 {
-                        self.stack.pop();
-                        // Its value comes next.
-                        if let Some(Frame::Map {
-                            key, expecting_key, ..
-                        }) = self.stack.last_mut()
-                        {
-                            *key = None;
-                            *expecting_key = false;
-                        }
-                    }
+            if complex_key_ends(depth, ev) {
+                self.stack.pop();
+                // Its value comes next.
+                if let Some(Frame::Map {
+                    key, expecting_key, ..
+                }) = self.stack.last_mut()
+                {
+                    *key = None;
+                    *expecting_key = false;
                 }
-                _ => {}
             }
             return;
         }
