@@ -28,6 +28,12 @@
 //! found under the same path as one written with the proto field names
 //! (`filter_chains`). Only the first document is indexed (serde_yaml refuses
 //! a file with several).
+//!
+//! **Two ways in.** [`scan`] checks the bounds and builds the index;
+//! [`check`] (module `shape`) checks the same bounds without it and returns
+//! only the layout of the top of the document, for a loader that builds the
+//! index only when it needs a position (pylon-xds on a reload: a valid file
+//! never does).
 
 use std::collections::HashMap;
 

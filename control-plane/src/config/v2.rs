@@ -13,7 +13,8 @@
 //!
 //! Owned here: the v2 -> v3 table for the constructs above. Not owned: reading
 //! or checking v3 (`native`). The walk is over a `serde_yaml::Value` of a file
-//! that already passed the bounded first pass (`pylon::yaml::scan`), so its depth is bounded.
+//! that already passed the bounded first pass (`pylon::yaml::check` or `scan`), so its depth is
+//! bounded.
 
 use serde_yaml::{Mapping, Value};
 
