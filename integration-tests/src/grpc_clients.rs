@@ -6,8 +6,9 @@
 //!
 //! Owns: finding the runtimes (a Python that imports `grpc`, Node with the
 //! client's `node_modules` installed, the grpc-go program built from
-//! `clients/go`, the grpc-java launcher built from `clients/java`), writing the client's xDS bootstrap (`GRPC_XDS_BOOTSTRAP`)
-//! into a private temp dir, spawning the programs in
+//! `clients/go`, the grpc-java launcher built from `clients/java`), writing
+//! the client's xDS bootstrap (`GRPC_XDS_BOOTSTRAP`) into a private temp
+//! dir, spawning the programs in
 //! `integration-tests/clients/`, speaking their line protocol (one command on
 //! stdin, one JSON answer on stdout, see `clients/grpc_client.py`), capturing
 //! their stderr into a log whose tail goes into errors and panics, and killing

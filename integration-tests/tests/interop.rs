@@ -1257,7 +1257,6 @@ async fn mutual_tls(mut w: World) {
 /// bootstrap `pylon-xds bootstrap --grpc --tls-*` prints.
 #[derive(Debug, Clone, Copy)]
 struct TlsLimit {
-    kind: ClientKind,
     /// What its log shows of the failed attempt, when it shows anything.
     evidence: Option<&'static str>,
 }
@@ -1268,16 +1267,12 @@ fn tls_limit(id: ClientId) -> Option<TlsLimit> {
     match id {
         // @grpc/grpc-js-xds 1.14 accepts only `google_default` and
         // `insecure` channel credentials: it never dials.
-        ClientId::GrpcJs => Some(TlsLimit {
-            kind: ClientKind::Node,
-            evidence: None,
-        }),
+        ClientId::GrpcJs => Some(TlsLimit { evidence: None }),
         // grpc-java 1.85's `tls` channel credentials ignore the config (gRFC
         // A65's files): TLS with the JVM's default trust roots and no client
         // certificate, so the handshake fails on pylon-xds's certificate,
         // which the test CA signed.
         ClientId::GrpcJava => Some(TlsLimit {
-            kind: ClientKind::Java,
             evidence: Some("PKIX path building failed"),
         }),
         _ => None,
@@ -1290,7 +1285,8 @@ fn tls_limit(id: ClientId) -> Option<TlsLimit> {
 /// for the reason `limit` gives. `false` when its runtime is missing outside
 /// CI.
 async fn cannot_use_tls(id: ClientId, limit: TlsLimit) -> bool {
-    if !limit.kind.tools_or_skip() {
+    let kind = grpc_kind(id);
+    if !kind.tools_or_skip() {
         return false;
     }
     let node = format!("{}-tls", id.key());
@@ -1314,7 +1310,7 @@ async fn cannot_use_tls(id: ClientId, limit: TlsLimit) -> bool {
         admin: "127.0.0.1:0".parse().unwrap(),
         tls: pylon.client_tls(),
     });
-    let Some(mut c) = GrpcClient::start_with_bootstrap(limit.kind, &bootstrap, &node)
+    let Some(mut c) = GrpcClient::start_with_bootstrap(kind, &bootstrap, &node)
         .await
         .unwrap()
     else {
