@@ -22,18 +22,12 @@ use pylon::yaml::Shape;
 
 use super::schema;
 
-/// What a cluster item's text gave the last time it was read.
-#[derive(Debug)]
-pub struct Item {
-    /// The item as parsed.
-    pub cluster: schema::Cluster,
-}
-
-/// The items of the previous revision, by text. Held by whoever reloads
-/// the same source over and over (the file watcher, the etcd watcher).
+/// The clusters of the previous revision, as parsed, by the text of their
+/// item. Held by whoever reloads the same source over and over (the file
+/// watcher, the etcd watcher).
 #[derive(Debug, Default)]
 pub struct Memo {
-    clusters: HashMap<String, Arc<Item>>,
+    clusters: HashMap<String, Arc<schema::Cluster>>,
 }
 
 impl Memo {
@@ -134,12 +128,10 @@ pub fn read(split: Split, memo: &mut Memo) -> Option<schema::File> {
     let mut clusters = Vec::with_capacity(split.items.len());
     for text in split.items {
         let item = match memo.clusters.get(&text).or_else(|| kept.get(&text)) {
-            Some(item) => Arc::clone(item),
-            None => Arc::new(Item {
-                cluster: serde_yaml::from_str::<schema::Cluster>(&text).ok()?,
-            }),
+            Some(cluster) => Arc::clone(cluster),
+            None => Arc::new(serde_yaml::from_str::<schema::Cluster>(&text).ok()?),
         };
-        clusters.push(item.cluster.clone());
+        clusters.push(schema::Cluster::clone(&item));
         kept.insert(text, item);
     }
     memo.clusters = kept;

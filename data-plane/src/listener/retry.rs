@@ -169,7 +169,7 @@ impl RetryState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{self, Discovery, LbPolicy, LoadAssignment, RetryOn};
+    use crate::model::{self, Discovery, LoadAssignment, RetryOn};
     use crate::upstream::ClusterStats;
     use tokio_util::sync::CancellationToken;
 
@@ -270,18 +270,12 @@ mod tests {
 
     fn cluster(max_retries: u32) -> Arc<Cluster> {
         let cfg = model::Cluster {
-            name: "c".into(),
-            discovery: Discovery::Static(LoadAssignment::default()),
             connect_timeout: Duration::from_secs(1),
-            lb_policy: LbPolicy::RoundRobin,
-            health_check: None,
-            healthy_panic_threshold: 50.0,
             circuit_breakers: model::CircuitBreakers {
                 max_retries,
                 ..Default::default()
             },
-            outlier_detection: None,
-            ignore_health_on_host_removal: false,
+            ..model::Cluster::new("c", Discovery::Static(LoadAssignment::default()))
         };
         Cluster::new(
             cfg,
