@@ -4,6 +4,10 @@
 //! encoded resources out): `config` produces a [`Resources`], `snapshot` checks
 //! it for consistency and encodes it once.
 
+use std::sync::Arc;
+
+use prost::Message as _;
+
 use crate::selection::Policy;
 
 /// The longest resource name served, in bytes. Validation refuses a config
@@ -38,6 +42,44 @@ pub struct Resources {
     /// holds their IP endpoints only until `crate::dns` fills in the
     /// names' addresses.
     pub names: Vec<NamedAssignment>,
+    /// Concise clusters already translated and encoded, kept by the reload
+    /// memo from one revision to the next (`config::reuse`): each is an EDS
+    /// cluster with a load assignment of its own name.
+    pub encoded: Vec<Arc<Encoded>>,
+}
+
+/// A concise cluster as it is served: its EDS `Cluster` and its
+/// `ClusterLoadAssignment` (of the same name), encoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Encoded {
+    /// The cluster's name, which is its load assignment's too.
+    pub name: String,
+    /// The `Cluster`, encoded.
+    pub cluster: Vec<u8>,
+    /// The `ClusterLoadAssignment`, encoded.
+    pub endpoints: Vec<u8>,
+    /// Where the cluster holds inline secrets (`crate::secrets::in_cluster`).
+    pub inline_secrets: Vec<String>,
+}
+
+impl Resources {
+    /// The same resources with every [`Encoded`] cluster decoded back into
+    /// protos, and each kind in name order: what two reads of one revision
+    /// are compared by (the order of a kind is not served).
+    pub fn comparable(mut self) -> Resources {
+        for e in std::mem::take(&mut self.encoded) {
+            self.clusters
+                .push(Cluster::decode(e.cluster.as_slice()).unwrap_or_default());
+            self.endpoints
+                .push(ClusterLoadAssignment::decode(e.endpoints.as_slice()).unwrap_or_default());
+        }
+        self.clusters.sort_by(|a, b| a.name.cmp(&b.name));
+        self.endpoints
+            .sort_by(|a, b| a.cluster_name.cmp(&b.cluster_name));
+        self.listeners.sort_by(|a, b| a.name.cmp(&b.name));
+        self.routes.sort_by(|a, b| a.name.cmp(&b.name));
+        self
+    }
 }
 
 /// A load assignment (of a concise cluster or gRPC service) with endpoints

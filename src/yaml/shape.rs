@@ -44,6 +44,9 @@ pub struct Shape {
     /// mapping there (`static_resources.clusters`), and where each of their
     /// items starts (for an item that is a mapping, its first key).
     pub lists: Vec<(String, Vec<Mark>)>,
+    /// How many YAML nodes (scalars, maps and lists) the text has: what
+    /// [`Limits::max_nodes`] bounds.
+    pub nodes: usize,
 }
 
 impl Shape {
@@ -71,7 +74,9 @@ pub fn check(text: &str, limits: &Limits) -> Result<Shape, Refused> {
             return Err(refusal(text, limits));
         };
         if matches!(ev, Event::StreamEnd) {
-            return Ok(walker.shape);
+            let mut shape = walker.shape;
+            shape.nodes = bounds.nodes;
+            return Ok(shape);
         }
         if bounds.check(&ev, limits).is_err() {
             return Err(refusal(text, limits));

@@ -260,15 +260,21 @@ fn load_text(
     if text.len() > limits.max_bytes {
         return Err(too_large(file_name, limits));
     }
-    let shape = yaml::check(text, limits).map_err(|r| {
-        ConfigErrors(vec![ConfigError {
-            file: file_name.to_string(),
-            line: r.position.0,
-            column: r.position.1,
-            path: r.path,
-            message: r.message,
-        }])
-    })?;
+    let edited = memo
+        .as_deref()
+        .and_then(|m| reuse::check_edit(m, text, limits));
+    let shape = match edited {
+        Some(shape) => shape,
+        None => yaml::check(text, limits).map_err(|r| {
+            ConfigErrors(vec![ConfigError {
+                file: file_name.to_string(),
+                line: r.position.0,
+                column: r.position.1,
+                path: r.path,
+                message: r.message,
+            }])
+        })?,
+    };
     let positions = Positions::new(text, limits);
     // The resource lists, counted before anything is built from them.
     for section in [
@@ -293,16 +299,24 @@ fn load_text(
             }]));
         }
     }
-    let file = match memo.and_then(|m| reuse::read(reuse::split(text, &shape)?, m)) {
-        Some(file) => file,
-        None => read_whole(file_name, text, &positions)?,
+    let (file, entries) = match memo.and_then(|m| reuse::load(text, &shape, limits, m)) {
+        Some((file, entries)) => (file, entries),
+        None => (read_whole(file_name, text, &positions)?, Vec::new()),
     };
 
     let mut catalog = Catalog::default();
     let mut issues = Vec::new();
     validate::concise(&file, &mut catalog, &mut issues);
     let mut resources = Resources::default();
+    // Through the memo, a cluster is translated and encoded once, and
+    // later revisions that keep its text share it.
+    let kept = entries.iter().map(|e| e.encoded());
+    let mut kept = kept.chain(std::iter::repeat(None));
     for c in &file.clusters {
+        if let Some(encoded) = kept.next().flatten() {
+            resources.encoded.push(encoded);
+            continue;
+        }
         let parts = translate::cluster_parts(c);
         resources.names.extend(parts.names);
         resources.clusters.push(parts.cluster);
@@ -331,6 +345,14 @@ fn load_text(
         native::normalise(native, &written, &mut resources, &mut catalog, &mut issues);
     }
     if !options.allow_inline_secrets {
+        for e in &resources.encoded {
+            for at in &e.inline_secrets {
+                issues.push(inline_secret(
+                    native_path("clusters", &e.name, &catalog),
+                    at,
+                ));
+            }
+        }
         for c in &resources.clusters {
             for at in crate::secrets::in_cluster(c) {
                 issues.push(inline_secret(
@@ -350,8 +372,14 @@ fn load_text(
     }
     validate::cross_references(&catalog, &mut issues);
     for (count, kind) in [
-        (resources.clusters.len(), "clusters"),
-        (resources.endpoints.len(), "load assignments"),
+        (
+            resources.clusters.len() + resources.encoded.len(),
+            "clusters",
+        ),
+        (
+            resources.endpoints.len() + resources.encoded.len(),
+            "load assignments",
+        ),
         (resources.listeners.len(), "listeners"),
         (resources.routes.len(), "route configurations"),
     ] {

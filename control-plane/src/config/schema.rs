@@ -28,7 +28,9 @@ use super::duration::Duration;
 /// One config file: concise clusters and listeners plus Envoy-native ones.
 #[derive(Debug, Default)]
 pub struct File {
-    pub clusters: Vec<Cluster>,
+    /// Shared: a reload keeps the clusters whose text did not change
+    /// (`super::reuse`).
+    pub clusters: Vec<std::sync::Arc<Cluster>>,
     pub listeners: Vec<Listener>,
     pub grpc_services: Vec<GrpcService>,
     pub nodes: Vec<NodeSelection>,
@@ -597,7 +599,12 @@ impl<'de> Visitor<'de> for FileVisitor {
             seen.push(key);
             match key {
                 "clusters" => {
-                    file.clusters = map.next_value::<Option<Vec<_>>>()?.unwrap_or_default()
+                    file.clusters = map
+                        .next_value::<Option<Vec<Cluster>>>()?
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(std::sync::Arc::new)
+                        .collect()
                 }
                 "listeners" => {
                     file.listeners = map.next_value::<Option<Vec<_>>>()?.unwrap_or_default()

@@ -512,7 +512,7 @@ mod tests {
 
     fn clusters(yaml: &str) -> Vec<(Cluster, ClusterLoadAssignment)> {
         let file: schema::File = serde_yaml::from_str(yaml).unwrap();
-        file.clusters.iter().map(cluster).collect()
+        file.clusters.iter().map(|c| cluster(c)).collect()
     }
 
     fn listeners(yaml: &str) -> Vec<(Listener, Option<RouteConfiguration>)> {

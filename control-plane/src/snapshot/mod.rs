@@ -242,53 +242,51 @@ impl Snapshot {
             policy,
             // Already resolved into `endpoints` (crate::dns).
             names: _,
+            encoded,
         } = resources;
         let mut types: PerType<TypeSnapshot> = PerType::default();
-        let encoded: PerType<Vec<(String, Vec<u8>)>> = PerType::from_array([
-            clusters
-                .iter()
-                .map(|r| (r.name.clone(), r.encode_to_vec()))
-                .collect(),
-            endpoints
-                .iter()
-                .map(|r| (r.cluster_name.clone(), r.encode_to_vec()))
-                .collect(),
-            listeners
-                .iter()
-                .map(|r| (r.name.clone(), r.encode_to_vec()))
-                .collect(),
-            routes
-                .iter()
-                .map(|r| (r.name.clone(), r.encode_to_vec()))
-                .collect(),
-        ]);
-        for (ty, items) in encoded {
-            let slot = &mut types[ty];
-            let mut map = BTreeMap::new();
-            for (name, bytes) in items {
-                let before = previous.and_then(|p| p.get(ty).resources.get(name.as_str()));
-                // The same bytes as before: the same resource, without
-                // hashing it again (an edit usually changes one resource of
-                // many, and the canonical hash is most of a rebuild's cost).
-                let same_bytes = before.filter(|r| r.body.value == bytes).cloned();
-                let resource = same_bytes.unwrap_or_else(|| {
-                    let version = content_version(ty, &bytes);
-                    before
-                        .filter(|r| *r.version == *version)
-                        .cloned()
-                        .unwrap_or_else(|| {
-                            Arc::new(Resource {
-                                name: Arc::from(name),
-                                version: Arc::from(version),
-                                body: Any {
-                                    type_url: ty.type_url().to_string(),
-                                    value: bytes,
-                                },
-                            })
-                        })
-                });
-                map.insert(Arc::clone(&resource.name), resource);
+        let mut bytes = Vec::new();
+        for ty in ResourceType::ALL {
+            let before = previous.map(|p| &p.get(ty).resources);
+            let mut items = Vec::new();
+            let mut add = |name: &str, bytes: &[u8]| {
+                let resource = shared(ty, before, name, bytes);
+                items.push((Arc::clone(&resource.name), resource));
+            };
+            match ty {
+                ResourceType::Cluster => {
+                    for e in &encoded {
+                        add(&e.name, &e.cluster);
+                    }
+                    for r in &clusters {
+                        encode_into(r, &mut bytes);
+                        add(&r.name, &bytes);
+                    }
+                }
+                ResourceType::Endpoint => {
+                    for e in &encoded {
+                        add(&e.name, &e.endpoints);
+                    }
+                    for r in &endpoints {
+                        encode_into(r, &mut bytes);
+                        add(&r.cluster_name, &bytes);
+                    }
+                }
+                ResourceType::Listener => {
+                    for r in &listeners {
+                        encode_into(r, &mut bytes);
+                        add(&r.name, &bytes);
+                    }
+                }
+                ResourceType::Route => {
+                    for r in &routes {
+                        encode_into(r, &mut bytes);
+                        add(&r.name, &bytes);
+                    }
+                }
             }
+            // Names are unique (checked above).
+            let map: BTreeMap<Arc<str>, Arc<Resource>> = items.into_iter().collect();
             let content: Arc<str> = Arc::from(content_hash(&map));
             // Unchanged: the previous map, so that streams holding it see
             // at once that there is nothing to send.
@@ -296,7 +294,7 @@ impl Snapshot {
                 Some(p) if p.content == content => Arc::clone(&p.resources),
                 _ => Arc::new(map),
             };
-            *slot = TypeSnapshot::new(Arc::clone(&content), content, resources);
+            types[ty] = TypeSnapshot::new(Arc::clone(&content), content, resources);
         }
         let mut h = Sha256::new();
         for t in types.values() {
@@ -463,17 +461,66 @@ fn content_version(ty: ResourceType, bytes: &[u8]) -> String {
     }
 }
 
+/// `m` encoded into `buf` (cleared first).
+fn encode_into(m: &impl Message, buf: &mut Vec<u8>) {
+    buf.clear();
+    buf.reserve(m.encoded_len());
+    m.encode_raw(buf);
+}
+
+/// The resource `name` of type `ty` encoded as `bytes`: the previous
+/// revision's when it has the same bytes or the same version (without
+/// hashing it again: an edit usually changes one resource of many, and the
+/// canonical hash is most of a rebuild's cost), a new one otherwise.
+fn shared(
+    ty: ResourceType,
+    before: Option<&ResourceMap>,
+    name: &str,
+    bytes: &[u8],
+) -> Arc<Resource> {
+    let before = before.and_then(|m| m.get(name));
+    if let Some(r) = before.filter(|r| r.body.value == bytes) {
+        return Arc::clone(r);
+    }
+    let version = content_version(ty, bytes);
+    if let Some(r) = before.filter(|r| *r.version == *version) {
+        return Arc::clone(r);
+    }
+    Arc::new(Resource {
+        name: Arc::from(name),
+        version: Arc::from(version),
+        body: Any {
+            type_url: ty.type_url().to_string(),
+            value: bytes.to_vec(),
+        },
+    })
+}
+
 /// Rule 9 of `docs/xds-protocol.md`: every reference inside the revision
 /// resolves within it. Returns the references, for narrowing to node
 /// selections.
 fn check_consistency(r: &Resources) -> Result<Graph, SnapshotError> {
     let mut graph = Graph::default();
+    let encoded = || r.encoded.iter().map(|e| e.name.as_str());
     let known = Known {
-        clusters: unique("cds", r.clusters.iter().map(|c| c.name.as_str()))?,
+        clusters: unique(
+            "cds",
+            encoded().chain(r.clusters.iter().map(|c| c.name.as_str())),
+        )?,
         routes: unique("rds", r.routes.iter().map(|rc| rc.name.as_str()))?,
     };
-    let cla = unique("eds", r.endpoints.iter().map(|e| e.cluster_name.as_str()))?;
+    let cla = unique(
+        "eds",
+        encoded().chain(r.endpoints.iter().map(|e| e.cluster_name.as_str())),
+    )?;
     let _ = unique("lds", r.listeners.iter().map(|l| l.name.as_str()))?;
+    // Only node selections narrow by the graph: without any, it is not kept.
+    let narrowed = !r.policy.selectors.is_empty();
+    if narrowed {
+        for name in encoded() {
+            graph.cluster_cla.insert(name.to_string(), name.to_string());
+        }
+    }
 
     for c in &r.clusters {
         if is_eds(c) {
@@ -490,9 +537,11 @@ fn check_consistency(r: &Resources) -> Result<Graph, SnapshotError> {
                     service,
                 ));
             }
-            graph
-                .cluster_cla
-                .insert(c.name.clone(), service.to_string());
+            if narrowed {
+                graph
+                    .cluster_cla
+                    .insert(c.name.clone(), service.to_string());
+            }
         }
     }
     for l in &r.listeners {
@@ -690,6 +739,7 @@ mod tests {
             routes: vec![],
             policy: Policy::default(),
             names: Vec::new(),
+            encoded: Vec::new(),
         }
     }
 
