@@ -4,8 +4,9 @@
 //! encoded resources out): `config` produces a [`Resources`], `snapshot` checks
 //! it for consistency and encodes it once.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
+use envoy_types::pb::google::protobuf::Any;
 use prost::Message as _;
 
 use crate::selection::Policy;
@@ -48,9 +49,22 @@ pub struct Resources {
     pub encoded: Vec<Arc<Encoded>>,
 }
 
+/// One encoded resource, shared by every stream that sends it. Its name and
+/// version are shared too: streams keep them (as subscribed names, as what a
+/// client holds) without allocating copies. Built by `snapshot`.
+#[derive(Debug, PartialEq)]
+pub struct Resource {
+    /// The resource name.
+    pub name: Arc<str>,
+    /// Content hash of the resource.
+    pub version: Arc<str>,
+    /// The encoded resource, ready for a response.
+    pub body: Any,
+}
+
 /// A concise cluster as it is served: its EDS `Cluster` and its
 /// `ClusterLoadAssignment` (of the same name), encoded.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Encoded {
     /// The cluster's name, which is its load assignment's too.
     pub name: String,
@@ -60,6 +74,9 @@ pub struct Encoded {
     pub endpoints: Vec<u8>,
     /// Where the cluster holds inline secrets (`crate::secrets::in_cluster`).
     pub inline_secrets: Vec<String>,
+    /// The two as [`Resource`]s, once a snapshot has served them: later
+    /// snapshots share them without looking at the bytes again.
+    pub served: OnceLock<[Arc<Resource>; 2]>,
 }
 
 impl Resources {

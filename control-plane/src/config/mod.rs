@@ -260,11 +260,11 @@ fn load_text(
     if text.len() > limits.max_bytes {
         return Err(too_large(file_name, limits));
     }
-    let edited = memo
+    let edit = memo
         .as_deref()
         .and_then(|m| reuse::check_edit(m, text, limits));
-    let shape = match edited {
-        Some(shape) => shape,
+    let shape = match &edit {
+        Some(edit) => edit.shape.clone(),
         None => yaml::check(text, limits).map_err(|r| {
             ConfigErrors(vec![ConfigError {
                 file: file_name.to_string(),
@@ -299,10 +299,11 @@ fn load_text(
             }]));
         }
     }
-    let (file, entries) = match memo.and_then(|m| reuse::load(text, &shape, limits, m)) {
-        Some((file, entries)) => (file, entries),
-        None => (read_whole(file_name, text, &positions)?, Vec::new()),
-    };
+    let (file, entries) =
+        match memo.and_then(|m| reuse::load(text, &shape, limits, m, edit.as_ref())) {
+            Some((file, entries)) => (file, entries),
+            None => (read_whole(file_name, text, &positions)?, Vec::new()),
+        };
 
     let mut catalog = Catalog::default();
     let mut issues = Vec::new();

@@ -70,6 +70,7 @@ impl Entry {
                 cluster: cluster.encode_to_vec(),
                 endpoints: endpoints.encode_to_vec(),
                 inline_secrets: crate::secrets::in_cluster(&cluster),
+                served: OnceLock::new(),
             })
         });
         Some(Arc::clone(encoded))
@@ -86,6 +87,8 @@ struct Last {
     lines: Vec<(usize, usize)>,
     /// Where the `clusters` entry ends.
     end: usize,
+    /// The memo's entry of each item, once they all parsed (empty until).
+    entries: Vec<Arc<Entry>>,
 }
 
 impl Memo {
@@ -195,7 +198,7 @@ pub fn split(text: &str, shape: &Shape) -> Option<Split> {
 ///   nothing in it closes the list or starts another item;
 /// - so the rest of the file reads as before, with its places moved by the
 ///   change in length, and the file's node count changes by the item's.
-pub fn check_edit(memo: &Memo, text: &str, limits: &Limits) -> Option<Shape> {
+pub fn check_edit(memo: &Memo, text: &str, limits: &Limits) -> Option<Edit> {
     let last = memo.last.as_ref()?;
     if last.limits != *limits || text.len() > limits.max_bytes {
         return None;
@@ -203,7 +206,10 @@ pub fn check_edit(memo: &Memo, text: &str, limits: &Limits) -> Option<Shape> {
     let (old, new) = (last.text.as_bytes(), text.as_bytes());
     let p = common_prefix(old, new);
     if p == old.len() && p == new.len() {
-        return Some(last.shape.clone());
+        return Some(Edit {
+            shape: last.shape.clone(),
+            item: None,
+        });
     }
     let room = old.len().min(new.len()) - p;
     let old_end = old.len() - common_suffix(&old[p..], &new[p..]).min(room);
@@ -292,7 +298,19 @@ pub fn check_edit(memo: &Memo, text: &str, limits: &Limits) -> Option<Shape> {
         line: item.line + start.line - 1,
         col: start.col,
     };
-    Some(shape)
+    Some(Edit {
+        shape,
+        item: Some(k),
+    })
+}
+
+/// What [`check_edit`] found.
+#[derive(Debug)]
+pub struct Edit {
+    /// The shape of the new text.
+    pub shape: Shape,
+    /// The item of `clusters` that changed (`None`: the text did not).
+    item: Option<usize>,
 }
 
 /// How many leading bytes `a` and `b` share.
@@ -334,7 +352,11 @@ pub fn load(
     shape: &Shape,
     limits: &Limits,
     memo: &mut Memo,
+    edit: Option<&Edit>,
 ) -> Option<(schema::File, Vec<Arc<Entry>>)> {
+    if let Some(read) = edit.and_then(|edit| read_edit(text, shape, edit.item, memo)) {
+        return Some(read);
+    }
     let Some(split) = split(text, shape) else {
         memo.last = None;
         return None;
@@ -345,8 +367,83 @@ pub fn load(
         limits: *limits,
         lines: split.lines.clone(),
         end: split.end,
+        entries: Vec::new(),
     });
-    read(split, memo)
+    let read = read(split, memo)?;
+    if let Some(last) = &mut memo.last {
+        last.entries.clone_from(&read.1);
+    }
+    Some(read)
+}
+
+/// [`load`] after [`check_edit`] found that only `item` changed (or
+/// nothing): the other items are the last revision's entries, without
+/// cutting or looking up their text again. `None` when the edited item or
+/// the rest does not parse, or its first line is not the plain layout (the
+/// caller cuts and reads the usual way).
+fn read_edit(
+    text: &str,
+    shape: &Shape,
+    item: Option<usize>,
+    memo: &mut Memo,
+) -> Option<(schema::File, Vec<Arc<Entry>>)> {
+    let last = memo.last.as_mut()?;
+    if last.entries.len() != last.lines.len() {
+        return None;
+    }
+    let moved = |at: usize| (at + text.len()).checked_sub(last.text.len());
+    let end = moved(last.end)?;
+    let mut lines = last.lines.clone();
+    let mut entries = last.entries.clone();
+    if let Some(k) = item {
+        let (line, dash) = *lines.get(k)?;
+        for l in lines.iter_mut().skip(k + 1) {
+            l.0 = moved(l.0)?;
+        }
+        let until = lines.get(k + 1).map_or(end, |l| l.0);
+        let old_until = last.lines.get(k + 1).map_or(last.end, |l| l.0);
+        // Between the `-` and the item's first key: spaces only.
+        let (_, starts) = shape.lists.iter().find(|(p, _)| p == "clusters")?;
+        let lead = text.get(line + dash + 1..starts.get(k)?.index)?;
+        if !lead.bytes().all(|b| b == b' ') || until > text.len() {
+            return None;
+        }
+        let doc = |t: &str, until: usize| {
+            let mut d = String::with_capacity(until - line);
+            d.push_str(&t[line..line + dash]);
+            d.push(' ');
+            d.push_str(&t[line + dash + 1..until]);
+            d
+        };
+        let new = doc(text, until);
+        let entry = match memo.clusters.get(&new) {
+            Some(entry) => Arc::clone(entry),
+            None => Arc::new(Entry::new(serde_yaml::from_str(&new).ok()?)),
+        };
+        memo.clusters.remove(&doc(&last.text, old_until));
+        memo.clusters.insert(new, Arc::clone(&entry));
+        *entries.get_mut(k)? = entry;
+    }
+    let key = shape.keys.iter().find(|(k, _)| k == "clusters")?.1.index;
+    let mut rest = String::with_capacity(text.len() - (end - key));
+    rest.push_str(&text[..key]);
+    rest.push_str(&text[end..]);
+    let mut file = match serde_yaml::from_str::<Option<schema::File>>(&rest) {
+        Ok(Some(file)) => file,
+        Ok(None) => schema::File::default(),
+        Err(_) => return None,
+    };
+    if !file.clusters.is_empty() {
+        return None;
+    }
+    file.clusters = entries.iter().map(|e| Arc::clone(&e.cluster)).collect();
+    last.text.clear();
+    last.text.push_str(text);
+    last.shape = shape.clone();
+    last.lines = lines;
+    last.end = end;
+    last.entries.clone_from(&entries);
+    Some((file, entries))
 }
 
 /// The file read from a [`Split`]: the rest parsed, and each item taken from
@@ -444,6 +541,27 @@ nodes: []
                 assert!(read(s, &mut memo).is_none(), "{text}");
             }
         }
+    }
+
+    #[test]
+    fn an_edit_inside_one_item_reads_only_that_item() {
+        let limits = Limits::default();
+        let one = "clusters:\n  - name: a\n    endpoints: [127.0.0.1:1]\n  - name: b\nnodes: []\n";
+        let mut memo = Memo::default();
+        let shape = check(one, &limits).unwrap();
+        let (_, before) = load(one, &shape, &limits, &mut memo, None).unwrap();
+        let two = one.replace("127.0.0.1:1]", "127.0.0.1:2, 127.0.0.2:2]");
+        let edit = check_edit(&memo, &two, &limits).unwrap();
+        assert_eq!(edit.item, Some(0));
+        assert_eq!(Ok(&edit.shape), check(&two, &limits).as_ref());
+        let (file, after) = read_edit(&two, &edit.shape, edit.item, &mut memo).unwrap();
+        assert_eq!(file.clusters[0].endpoints.len(), 2);
+        assert!(!Arc::ptr_eq(&before[0], &after[0]));
+        assert!(Arc::ptr_eq(&before[1], &after[1]));
+        assert_eq!(memo.len(), 2);
+        // An edit that adds an item is not one item's edit.
+        let three = two.replace("nodes", "  - name: c\nnodes");
+        assert!(check_edit(&memo, &three, &limits).is_none());
     }
 
     #[test]
@@ -621,8 +739,8 @@ mod same_result {
             }
             text = String::from_utf8(bytes).unwrap();
             let whole_pass = pylon::yaml::check(&text, &options.limits);
-            if let Some(shape) = super::check_edit(&memo, &text, &options.limits) {
-                assert_eq!(Ok(shape), whole_pass, "round {round}:\n{text}");
+            if let Some(edit) = super::check_edit(&memo, &text, &options.limits) {
+                assert_eq!(Ok(edit.shape), whole_pass, "round {round}:\n{text}");
                 edits += 1;
             } else if whole_pass.is_err() {
                 refused += 1;
@@ -736,9 +854,9 @@ listeners:
             let text = lines.join("\n") + "\n";
             // The first pass over the edited item alone gives what the
             // whole pass gives.
-            if let Some(shape) = super::check_edit(&memo, &text, &options.limits) {
+            if let Some(edit) = super::check_edit(&memo, &text, &options.limits) {
                 assert_eq!(
-                    Ok(shape),
+                    Ok(edit.shape),
                     pylon::yaml::check(&text, &options.limits),
                     "round {round}:\n{text}"
                 );

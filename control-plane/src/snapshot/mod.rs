@@ -34,24 +34,12 @@ use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
 use sha2::{Digest, Sha256};
 
+pub use crate::resources::Resource;
 use crate::resources::Resources;
 use crate::selection::{Names, Policy, Selector, DEFAULT_SELECTION};
 
 use pylon::PerType;
 pub use pylon::ResourceType;
-
-/// One encoded resource, shared by every stream that sends it. Its name and
-/// version are shared too: streams keep them (as subscribed names, as what a
-/// client holds) without allocating copies.
-#[derive(Debug, PartialEq)]
-pub struct Resource {
-    /// The resource name.
-    pub name: Arc<str>,
-    /// Content hash of the resource.
-    pub version: Arc<str>,
-    /// The encoded resource, ready for a response.
-    pub body: Any,
-}
 
 /// Resources of one type by name. Shared: a snapshot's map is handed as is to
 /// every wildcard stream, which keeps it as "what the client was sent".
@@ -246,43 +234,63 @@ impl Snapshot {
         } = resources;
         let mut types: PerType<TypeSnapshot> = PerType::default();
         let mut bytes = Vec::new();
+        let before = |ty: ResourceType| previous.map(|p| &p.get(ty).resources);
         for ty in ResourceType::ALL {
-            let before = previous.map(|p| &p.get(ty).resources);
             let mut items = Vec::new();
-            let mut add = |name: &str, bytes: &[u8]| {
-                let resource = shared(ty, before, name, bytes);
-                items.push((Arc::clone(&resource.name), resource));
+            let one = |name: &str, bytes: &[u8]| {
+                let resource = shared(ty, before(ty), name, bytes);
+                (Arc::clone(&resource.name), resource)
             };
             match ty {
                 ResourceType::Cluster => {
-                    for e in &encoded {
-                        add(&e.name, &e.cluster);
-                    }
                     for r in &clusters {
                         encode_into(r, &mut bytes);
-                        add(&r.name, &bytes);
+                        items.push(one(&r.name, &bytes));
                     }
                 }
                 ResourceType::Endpoint => {
-                    for e in &encoded {
-                        add(&e.name, &e.endpoints);
-                    }
                     for r in &endpoints {
                         encode_into(r, &mut bytes);
-                        add(&r.cluster_name, &bytes);
+                        items.push(one(&r.cluster_name, &bytes));
                     }
                 }
                 ResourceType::Listener => {
                     for r in &listeners {
                         encode_into(r, &mut bytes);
-                        add(&r.name, &bytes);
+                        items.push(one(&r.name, &bytes));
                     }
                 }
                 ResourceType::Route => {
                     for r in &routes {
                         encode_into(r, &mut bytes);
-                        add(&r.name, &bytes);
+                        items.push(one(&r.name, &bytes));
                     }
+                }
+            }
+            // A kept cluster's two resources are built once, by the first
+            // snapshot that serves it, and shared by later ones as they are.
+            if let Some(at) = [ResourceType::Cluster, ResourceType::Endpoint]
+                .iter()
+                .position(|t| *t == ty)
+            {
+                for e in &encoded {
+                    let pair = e.served.get_or_init(|| {
+                        [
+                            shared(
+                                ResourceType::Cluster,
+                                before(ResourceType::Cluster),
+                                &e.name,
+                                &e.cluster,
+                            ),
+                            shared(
+                                ResourceType::Endpoint,
+                                before(ResourceType::Endpoint),
+                                &e.name,
+                                &e.endpoints,
+                            ),
+                        ]
+                    });
+                    items.push((Arc::clone(&pair[at].name), Arc::clone(&pair[at])));
                 }
             }
             // Names are unique (checked above).
