@@ -221,18 +221,15 @@ impl Snapshot {
     /// Checks and encodes `resources`. Resources whose content did not change
     /// since `previous` are shared with it rather than kept twice.
     pub fn build(resources: Resources, previous: Option<&Snapshot>) -> Result<Self, SnapshotError> {
-        let graph = check_consistency(&resources)?;
         let Resources {
             clusters,
             endpoints,
             listeners,
             routes,
-            policy,
-            // Already resolved into `endpoints` (crate::dns).
-            names: _,
             encoded,
-        } = resources;
-        let mut types: PerType<TypeSnapshot> = PerType::default();
+            ..
+        } = &resources;
+        let mut maps: PerType<Map> = PerType::default();
         let mut bytes = Vec::new();
         let before = |ty: ResourceType| previous.map(|p| &p.get(ty).resources);
         for ty in ResourceType::ALL {
@@ -243,25 +240,25 @@ impl Snapshot {
             };
             match ty {
                 ResourceType::Cluster => {
-                    for r in &clusters {
+                    for r in clusters {
                         encode_into(r, &mut bytes);
                         items.push(one(&r.name, &bytes));
                     }
                 }
                 ResourceType::Endpoint => {
-                    for r in &endpoints {
+                    for r in endpoints {
                         encode_into(r, &mut bytes);
                         items.push(one(&r.cluster_name, &bytes));
                     }
                 }
                 ResourceType::Listener => {
-                    for r in &listeners {
+                    for r in listeners {
                         encode_into(r, &mut bytes);
                         items.push(one(&r.name, &bytes));
                     }
                 }
                 ResourceType::Route => {
-                    for r in &routes {
+                    for r in routes {
                         encode_into(r, &mut bytes);
                         items.push(one(&r.name, &bytes));
                     }
@@ -273,7 +270,7 @@ impl Snapshot {
                 .iter()
                 .position(|t| *t == ty)
             {
-                for e in &encoded {
+                for e in encoded {
                     let pair = e.served.get_or_init(|| {
                         [
                             shared(
@@ -293,8 +290,14 @@ impl Snapshot {
                     items.push((Arc::clone(&pair[at].name), Arc::clone(&pair[at])));
                 }
             }
-            // Names are unique (checked above).
-            let map: BTreeMap<Arc<str>, Arc<Resource>> = items.into_iter().collect();
+            // A repeated name leaves the map short (refused below).
+            maps[ty] = items.into_iter().collect();
+        }
+        let graph = check_consistency(&resources, &maps)?;
+        let policy = resources.policy;
+        let mut types: PerType<TypeSnapshot> = PerType::default();
+        for ty in ResourceType::ALL {
+            let map = std::mem::take(&mut maps[ty]);
             let content: Arc<str> = Arc::from(content_hash(&map));
             // Unchanged: the previous map, so that streams holding it see
             // at once that there is nothing to send.
@@ -504,24 +507,55 @@ fn shared(
     })
 }
 
-/// Rule 9 of `docs/xds-protocol.md`: every reference inside the revision
-/// resolves within it. Returns the references, for narrowing to node
-/// selections.
-fn check_consistency(r: &Resources) -> Result<Graph, SnapshotError> {
+/// One type's resources by name, as built.
+type Map = BTreeMap<Arc<str>, Arc<Resource>>;
+
+/// Rule 9 of `docs/xds-protocol.md`: names are unique per type and every
+/// reference inside the revision resolves within it (looked up in `maps`,
+/// the revision's resources by type and name). Returns the references, for
+/// narrowing to node selections.
+fn check_consistency(r: &Resources, maps: &PerType<Map>) -> Result<Graph, SnapshotError> {
     let mut graph = Graph::default();
     let encoded = || r.encoded.iter().map(|e| e.name.as_str());
-    let known = Known {
-        clusters: unique(
-            "cds",
-            encoded().chain(r.clusters.iter().map(|c| c.name.as_str())),
-        )?,
-        routes: unique("rds", r.routes.iter().map(|rc| rc.name.as_str()))?,
+    // A map shorter than its list: some name is repeated (found the slow
+    // way, in list order).
+    let once = |kind, ty, count: usize, names: &mut dyn Iterator<Item = &str>| {
+        if maps[ty].len() == count {
+            Ok(())
+        } else {
+            unique(kind, names).map(drop)
+        }
     };
-    let cla = unique(
-        "eds",
-        encoded().chain(r.endpoints.iter().map(|e| e.cluster_name.as_str())),
+    let n = r.encoded.len();
+    once(
+        "cds",
+        ResourceType::Cluster,
+        n + r.clusters.len(),
+        &mut encoded().chain(r.clusters.iter().map(|c| c.name.as_str())),
     )?;
-    let _ = unique("lds", r.listeners.iter().map(|l| l.name.as_str()))?;
+    once(
+        "rds",
+        ResourceType::Route,
+        r.routes.len(),
+        &mut r.routes.iter().map(|rc| rc.name.as_str()),
+    )?;
+    once(
+        "eds",
+        ResourceType::Endpoint,
+        n + r.endpoints.len(),
+        &mut encoded().chain(r.endpoints.iter().map(|c| c.cluster_name.as_str())),
+    )?;
+    once(
+        "lds",
+        ResourceType::Listener,
+        r.listeners.len(),
+        &mut r.listeners.iter().map(|l| l.name.as_str()),
+    )?;
+    let known = Known {
+        clusters: &maps[ResourceType::Cluster],
+        routes: &maps[ResourceType::Route],
+    };
+    let cla = &maps[ResourceType::Endpoint];
     // Only node selections narrow by the graph: without any, it is not kept.
     let narrowed = !r.policy.selectors.is_empty();
     if narrowed {
@@ -538,7 +572,7 @@ fn check_consistency(r: &Resources) -> Result<Graph, SnapshotError> {
                 .map(|e| e.service_name.as_str())
                 .filter(|s| !s.is_empty())
                 .unwrap_or(&c.name);
-            if !cla.contains(service) {
+            if !cla.contains_key(service) {
                 return Err(dangling(
                     format!("cluster {:?}", c.name),
                     "ClusterLoadAssignment",
@@ -609,13 +643,13 @@ fn check_consistency(r: &Resources) -> Result<Graph, SnapshotError> {
 
 /// The names references may point at.
 struct Known<'a> {
-    clusters: BTreeSet<&'a str>,
-    routes: BTreeSet<&'a str>,
+    clusters: &'a Map,
+    routes: &'a Map,
 }
 
 impl Known<'_> {
     fn cluster(&self, from: &str, name: &str, out: &mut Vec<String>) -> Result<(), SnapshotError> {
-        if self.clusters.contains(name) {
+        if self.clusters.contains_key(name) {
             out.push(name.to_string());
             Ok(())
         } else {
@@ -624,7 +658,7 @@ impl Known<'_> {
     }
 
     fn route(&self, from: &str, name: &str) -> Result<(), SnapshotError> {
-        if self.routes.contains(name) {
+        if self.routes.contains_key(name) {
             Ok(())
         } else {
             Err(dangling(from.to_string(), "RouteConfiguration", name))
@@ -909,6 +943,19 @@ mod tests {
         assert_eq!(
             Snapshot::build(r, None).unwrap_err().to_string(),
             "duplicate cds name \"a\""
+        );
+        // A kept (encoded) cluster counts as any other.
+        let mut r = resources();
+        r.encoded.push(Arc::new(crate::resources::Encoded {
+            name: "b".into(),
+            cluster: eds_cluster("b").encode_to_vec(),
+            endpoints: cla("b").encode_to_vec(),
+            inline_secrets: Vec::new(),
+            served: OnceLock::new(),
+        }));
+        assert_eq!(
+            Snapshot::build(r, None).unwrap_err().to_string(),
+            "duplicate cds name \"b\""
         );
     }
 
