@@ -773,6 +773,18 @@ mod tests {
         }
     }
 
+    /// EDS cluster `name` and its load assignment, as the reload memo keeps
+    /// them.
+    fn kept(name: &str) -> Arc<crate::resources::Encoded> {
+        Arc::new(crate::resources::Encoded {
+            name: name.into(),
+            cluster: eds_cluster(name).encode_to_vec(),
+            endpoints: cla(name).encode_to_vec(),
+            inline_secrets: Vec::new(),
+            served: OnceLock::new(),
+        })
+    }
+
     fn resources() -> Resources {
         Resources {
             clusters: vec![eds_cluster("a"), eds_cluster("b")],
@@ -797,52 +809,60 @@ mod tests {
             clusters,
         };
         let only = |n: &str| Names::Only([n.to_string()].into());
-        let mut r = resources();
-        r.policy = Policy {
-            selectors: vec![
-                selector("front", only("l"), Names::default()),
-                selector("b", Names::default(), only("b")),
-                selector("all", Names::All, Names::All),
-            ],
-            clients: Vec::new(),
-        };
-        let full = Arc::new(Snapshot::build(r, None).unwrap());
-        let names = |s: &Snapshot, ty: ResourceType| -> Vec<String> {
-            s.get(ty).resources.keys().map(|k| k.to_string()).collect()
-        };
-        let node = |id: &str| envoy_types::pb::envoy::config::core::v3::Node {
-            id: id.into(),
-            ..Default::default()
-        };
-        let view = |id: &str| full.view(full.policy().select(&node(id)));
+        // Cluster b as protos, then as a kept (encoded) cluster.
+        for as_kept in [false, true] {
+            let mut r = resources();
+            if as_kept {
+                r.clusters.retain(|c| c.name != "b");
+                r.endpoints.retain(|e| e.cluster_name != "b");
+                r.encoded.push(kept("b"));
+            }
+            r.policy = Policy {
+                selectors: vec![
+                    selector("front", only("l"), Names::default()),
+                    selector("b", Names::default(), only("b")),
+                    selector("all", Names::All, Names::All),
+                ],
+                clients: Vec::new(),
+            };
+            let full = Arc::new(Snapshot::build(r, None).unwrap());
+            let names = |s: &Snapshot, ty: ResourceType| -> Vec<String> {
+                s.get(ty).resources.keys().map(|k| k.to_string()).collect()
+            };
+            let node = |id: &str| envoy_types::pb::envoy::config::core::v3::Node {
+                id: id.into(),
+                ..Default::default()
+            };
+            let view = |id: &str| full.view(full.policy().select(&node(id)));
 
-        let front = view("front-1");
-        assert_eq!(front.selection, "front");
-        assert_eq!(names(&front, ResourceType::Listener), ["l"]);
-        // The listener brings the cluster it proxies to, and its endpoints.
-        assert_eq!(names(&front, ResourceType::Cluster), ["a"]);
-        assert_eq!(names(&front, ResourceType::Endpoint), ["a"]);
-        assert_eq!(front.version, full.version);
-        assert_eq!(
-            front.get(ResourceType::Cluster).version,
-            full.get(ResourceType::Cluster).version
-        );
-        assert_eq!(
-            front.get(ResourceType::Cluster).resources["a"],
-            full.get(ResourceType::Cluster).resources["a"]
-        );
-        // Built once, shared by every stream of the selection.
-        assert!(Arc::ptr_eq(&front, &view("front-2")));
+            let front = view("front-1");
+            assert_eq!(front.selection, "front");
+            assert_eq!(names(&front, ResourceType::Listener), ["l"]);
+            // The listener brings the cluster it proxies to, and its endpoints.
+            assert_eq!(names(&front, ResourceType::Cluster), ["a"]);
+            assert_eq!(names(&front, ResourceType::Endpoint), ["a"]);
+            assert_eq!(front.version, full.version);
+            assert_eq!(
+                front.get(ResourceType::Cluster).version,
+                full.get(ResourceType::Cluster).version
+            );
+            assert_eq!(
+                front.get(ResourceType::Cluster).resources["a"],
+                full.get(ResourceType::Cluster).resources["a"]
+            );
+            // Built once, shared by every stream of the selection.
+            assert!(Arc::ptr_eq(&front, &view("front-2")));
 
-        let b = view("b-1");
-        assert!(names(&b, ResourceType::Listener).is_empty());
-        assert_eq!(names(&b, ResourceType::Cluster), ["b"]);
-        assert_eq!(names(&b, ResourceType::Endpoint), ["b"]);
+            let b = view("b-1");
+            assert!(names(&b, ResourceType::Listener).is_empty());
+            assert_eq!(names(&b, ResourceType::Cluster), ["b"]);
+            assert_eq!(names(&b, ResourceType::Endpoint), ["b"]);
 
-        assert!(Arc::ptr_eq(&view("all-1"), &full));
-        let default = view("nobody");
-        assert!(Arc::ptr_eq(&default, &full));
-        assert_eq!(default.selection, DEFAULT_SELECTION);
+            assert!(Arc::ptr_eq(&view("all-1"), &full));
+            let default = view("nobody");
+            assert!(Arc::ptr_eq(&default, &full));
+            assert_eq!(default.selection, DEFAULT_SELECTION);
+        }
     }
 
     #[test]
@@ -946,13 +966,7 @@ mod tests {
         );
         // A kept (encoded) cluster counts as any other.
         let mut r = resources();
-        r.encoded.push(Arc::new(crate::resources::Encoded {
-            name: "b".into(),
-            cluster: eds_cluster("b").encode_to_vec(),
-            endpoints: cla("b").encode_to_vec(),
-            inline_secrets: Vec::new(),
-            served: OnceLock::new(),
-        }));
+        r.encoded.push(kept("b"));
         assert_eq!(
             Snapshot::build(r, None).unwrap_err().to_string(),
             "duplicate cds name \"b\""
