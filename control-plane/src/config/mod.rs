@@ -265,15 +265,7 @@ fn load_text(
         .and_then(|m| reuse::check_edit(m, text, limits));
     let shape = match &edit {
         Some(edit) => edit.shape.clone(),
-        None => yaml::check(text, limits).map_err(|r| {
-            ConfigErrors(vec![ConfigError {
-                file: file_name.to_string(),
-                line: r.position.0,
-                column: r.position.1,
-                path: r.path,
-                message: r.message,
-            }])
-        })?,
+        None => yaml::check(text, limits).map_err(|r| refused(file_name, r))?,
     };
     let positions = Positions::new(text, limits);
     // The resource lists, counted before anything is built from them.
@@ -301,7 +293,7 @@ fn load_text(
     }
     let (file, entries) =
         match memo.and_then(|m| reuse::load(text, &shape, limits, m, edit.as_ref())) {
-            Some((file, entries)) => (file, entries),
+            Some(read) => read,
             None => (read_whole(file_name, text, &positions)?, Vec::new()),
         };
 
@@ -309,12 +301,10 @@ fn load_text(
     let mut issues = Vec::new();
     validate::concise(&file, &mut catalog, &mut issues);
     let mut resources = Resources::default();
-    // Through the memo, a cluster is translated and encoded once, and
-    // later revisions that keep its text share it.
-    let kept = entries.iter().map(|e| e.encoded());
-    let mut kept = kept.chain(std::iter::repeat(None));
-    for c in &file.clusters {
-        if let Some(encoded) = kept.next().flatten() {
+    for (i, c) in file.clusters.iter().enumerate() {
+        // Read through the memo, a cluster is translated and encoded once,
+        // and later revisions that keep its text share it.
+        if let Some(encoded) = entries.get(i).and_then(|e| e.encoded()) {
             resources.encoded.push(encoded);
             continue;
         }
@@ -414,6 +404,17 @@ fn load_text(
     // Stable: problems at the same node keep the order they were found in.
     errors.sort_by_key(|e| (e.line, e.column));
     Err(ConfigErrors(errors))
+}
+
+/// The first pass's refusal of `file_name`, as the one error of the load.
+fn refused(file_name: &str, r: yaml::Refused) -> ConfigErrors {
+    ConfigErrors(vec![ConfigError {
+        file: file_name.to_string(),
+        line: r.position.0,
+        column: r.position.1,
+        path: r.path,
+        message: r.message,
+    }])
 }
 
 /// Reads the whole of a text that passed the bounded first pass; errors are
@@ -558,15 +559,7 @@ pub fn migrate(
             "invalid UTF-8: a config file must be UTF-8 text".to_string(),
         )
     })?;
-    let index = yaml::scan(text, limits).map_err(|r| {
-        ConfigErrors(vec![ConfigError {
-            file: file_name.to_string(),
-            line: r.position.0,
-            column: r.position.1,
-            path: r.path,
-            message: r.message,
-        }])
-    })?;
+    let index = yaml::scan(text, limits).map_err(|r| refused(file_name, r))?;
     let doc: serde_yaml::Value =
         serde_yaml::from_str(text).map_err(|e| one(0, 0, yaml::bare_message(&e)))?;
     let mut m = v2::migrate(v2::snake_keys(doc));

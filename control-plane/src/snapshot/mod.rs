@@ -420,6 +420,20 @@ impl Snapshot {
         }
     }
 
+    /// Every resource served, by type then name, with its version and
+    /// bytes: what two snapshots are compared by.
+    pub fn served(&self) -> Vec<(ResourceType, &str, &str, &[u8])> {
+        ResourceType::ALL
+            .into_iter()
+            .flat_map(|ty| {
+                self.types[ty]
+                    .resources
+                    .values()
+                    .map(move |r| (ty, &*r.name, &*r.version, r.body.value.as_slice()))
+            })
+            .collect()
+    }
+
     /// The resources of one type.
     pub fn get(&self, ty: ResourceType) -> &TypeSnapshot {
         &self.types[ty]
