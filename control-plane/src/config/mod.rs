@@ -263,9 +263,13 @@ fn load_text(
     let edit = memo
         .as_deref()
         .and_then(|m| reuse::check_edit(m, text, limits));
+    let checked;
     let shape = match &edit {
-        Some(edit) => edit.shape.clone(),
-        None => yaml::check(text, limits).map_err(|r| refused(file_name, r))?,
+        Some(edit) => &edit.shape,
+        None => {
+            checked = yaml::check(text, limits).map_err(|r| refused(file_name, r))?;
+            &checked
+        }
     };
     let positions = Positions::new(text, limits);
     // The resource lists, counted before anything is built from them.
@@ -292,7 +296,7 @@ fn load_text(
         }
     }
     let (file, entries) =
-        match memo.and_then(|m| reuse::load(text, &shape, limits, m, edit.as_ref())) {
+        match memo.and_then(|m| reuse::load(text, shape, limits, m, edit.as_ref())) {
             Some(read) => read,
             None => (read_whole(file_name, text, &positions)?, Vec::new()),
         };

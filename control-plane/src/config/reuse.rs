@@ -47,7 +47,7 @@ pub struct Memo {
 pub struct Entry {
     /// The item, parsed.
     pub cluster: Arc<schema::Cluster>,
-    encoded: OnceLock<Arc<Encoded>>,
+    encoded: OnceLock<Option<Arc<Encoded>>>,
 }
 
 impl Entry {
@@ -62,24 +62,25 @@ impl Entry {
     /// it); `None` when some of its endpoints are host names, whose
     /// addresses `crate::dns` fills into its load assignment.
     pub fn encoded(&self) -> Option<Arc<Encoded>> {
-        let c = &self.cluster;
-        if c.endpoints
-            .iter()
-            .any(|e| matches!(e.address, Target::Name(_)))
-        {
-            return None;
-        }
-        let encoded = self.encoded.get_or_init(|| {
-            let (cluster, endpoints) = translate::cluster(c);
-            Arc::new(Encoded {
-                name: c.name.clone(),
-                cluster: cluster.encode_to_vec(),
-                endpoints: endpoints.encode_to_vec(),
-                inline_secrets: crate::secrets::in_cluster(&cluster),
-                served: OnceLock::new(),
+        self.encoded
+            .get_or_init(|| {
+                let c = &self.cluster;
+                if c.endpoints
+                    .iter()
+                    .any(|e| matches!(e.address, Target::Name(_)))
+                {
+                    return None;
+                }
+                let (cluster, endpoints) = translate::cluster(c);
+                Some(Arc::new(Encoded {
+                    name: c.name.clone(),
+                    cluster: cluster.encode_to_vec(),
+                    endpoints: endpoints.encode_to_vec(),
+                    inline_secrets: crate::secrets::in_cluster(&cluster),
+                    served: OnceLock::new(),
+                }))
             })
-        });
-        Some(Arc::clone(encoded))
+            .clone()
     }
 }
 
@@ -170,21 +171,44 @@ pub fn split(text: &str, shape: &Shape) -> Option<Split> {
         if until <= line || until > end {
             return None;
         }
-        let mut item = String::with_capacity(until - line);
-        item.push_str(&text[line..line + dash]);
-        item.push(' ');
-        item.push_str(&text[line + dash + 1..until]);
-        items.push(item);
+        items.push(item_doc(text, line, dash, until));
     }
-    let mut rest = String::with_capacity(text.len() - (end - key.index));
-    rest.push_str(&text[..key.index]);
-    rest.push_str(&text[end..]);
+    let rest = without(text, key.index, end);
     Some(Split {
         rest,
         items,
         lines,
         end,
     })
+}
+
+/// The item whose line starts at `line` with its `-` at column `dash`, to
+/// `until`, as a document of its own: the `-` turned into a space.
+fn item_doc(text: &str, line: usize, dash: usize, until: usize) -> String {
+    let mut doc = String::with_capacity(until - line);
+    doc.push_str(&text[line..line + dash]);
+    doc.push(' ');
+    doc.push_str(&text[line + dash + 1..until]);
+    doc
+}
+
+/// `text` without the `clusters` entry, which runs from `key` to `end`.
+fn without(text: &str, key: usize, end: usize) -> String {
+    let mut rest = String::with_capacity(text.len() - (end - key));
+    rest.push_str(&text[..key]);
+    rest.push_str(&text[end..]);
+    rest
+}
+
+/// The rest of the file (without `clusters`), parsed; `None` when it does
+/// not parse or holds a `clusters` entry after all.
+fn read_rest(rest: &str) -> Option<schema::File> {
+    let file = match serde_yaml::from_str::<Option<schema::File>>(rest) {
+        Ok(Some(file)) => file,
+        Ok(None) => schema::File::default(),
+        Err(_) => return None,
+    };
+    file.clusters.is_empty().then_some(file)
 }
 
 /// The [`Shape`] of `text` without running the first pass over all of it,
@@ -396,63 +420,56 @@ fn read_edit(
     item: Option<usize>,
     memo: &mut Memo,
 ) -> Option<(schema::File, Vec<Arc<Entry>>)> {
-    let last = memo.last.as_mut()?;
+    let Memo { clusters, last } = memo;
+    let last = last.as_mut()?;
     if last.entries.len() != last.lines.len() {
         return None;
     }
     let moved = |at: usize| (at + text.len()).checked_sub(last.text.len());
     let end = moved(last.end)?;
-    let mut lines = last.lines.clone();
-    let mut entries = last.entries.clone();
-    if let Some(k) = item {
-        let (line, dash) = *lines.get(k)?;
-        for l in lines.iter_mut().skip(k + 1) {
-            l.0 = moved(l.0)?;
+    // The edited item, read before anything is changed.
+    let edited = match item {
+        Some(k) => {
+            let (line, dash) = *last.lines.get(k)?;
+            let old_until = last.lines.get(k + 1).map_or(last.end, |l| l.0);
+            let until = moved(old_until)?;
+            // Between the `-` and the item's first key: spaces only.
+            let (_, starts) = shape.lists.iter().find(|(p, _)| p == "clusters")?;
+            let lead = text.get(line + dash + 1..starts.get(k)?.index)?;
+            if !lead.bytes().all(|b| b == b' ') || until > text.len() {
+                return None;
+            }
+            let doc = item_doc(text, line, dash, until);
+            let entry = match clusters.get(&doc) {
+                Some(entry) => Arc::clone(entry),
+                None => Arc::new(Entry::new(serde_yaml::from_str(&doc).ok()?)),
+            };
+            Some((k, item_doc(&last.text, line, dash, old_until), doc, entry))
         }
-        let until = lines.get(k + 1).map_or(end, |l| l.0);
-        let old_until = last.lines.get(k + 1).map_or(last.end, |l| l.0);
-        // Between the `-` and the item's first key: spaces only.
-        let (_, starts) = shape.lists.iter().find(|(p, _)| p == "clusters")?;
-        let lead = text.get(line + dash + 1..starts.get(k)?.index)?;
-        if !lead.bytes().all(|b| b == b' ') || until > text.len() {
-            return None;
-        }
-        let doc = |t: &str, until: usize| {
-            let mut d = String::with_capacity(until - line);
-            d.push_str(&t[line..line + dash]);
-            d.push(' ');
-            d.push_str(&t[line + dash + 1..until]);
-            d
-        };
-        let new = doc(text, until);
-        let entry = match memo.clusters.get(&new) {
-            Some(entry) => Arc::clone(entry),
-            None => Arc::new(Entry::new(serde_yaml::from_str(&new).ok()?)),
-        };
-        memo.clusters.remove(&doc(&last.text, old_until));
-        memo.clusters.insert(new, Arc::clone(&entry));
-        *entries.get_mut(k)? = entry;
-    }
-    let key = shape.keys.iter().find(|(k, _)| k == "clusters")?.1.index;
-    let mut rest = String::with_capacity(text.len() - (end - key));
-    rest.push_str(&text[..key]);
-    rest.push_str(&text[end..]);
-    let mut file = match serde_yaml::from_str::<Option<schema::File>>(&rest) {
-        Ok(Some(file)) => file,
-        Ok(None) => schema::File::default(),
-        Err(_) => return None,
+        None => None,
     };
-    if !file.clusters.is_empty() {
-        return None;
+    let key = shape.keys.iter().find(|(k, _)| k == "clusters")?.1.index;
+    let mut file = read_rest(&without(text, key, end))?;
+    if let Some((k, old_doc, doc, entry)) = edited {
+        clusters.remove(&old_doc);
+        clusters.insert(doc, Arc::clone(&entry));
+        last.entries[k] = entry;
+        // At or after the item's old end, which moved without underflow.
+        let (new_len, old_len) = (text.len(), last.text.len());
+        for l in last.lines.iter_mut().skip(k + 1) {
+            l.0 = l.0 + new_len - old_len;
+        }
     }
-    file.clusters = entries.iter().map(|e| Arc::clone(&e.cluster)).collect();
     last.text.clear();
     last.text.push_str(text);
-    last.shape = shape.clone();
-    last.lines = lines;
+    last.shape.clone_from(shape);
     last.end = end;
-    last.entries.clone_from(&entries);
-    Some((file, entries))
+    file.clusters = last
+        .entries
+        .iter()
+        .map(|e| Arc::clone(&e.cluster))
+        .collect();
+    Some((file, last.entries.clone()))
 }
 
 /// The file read from a [`Split`]: the rest parsed, and each item taken from
@@ -460,14 +477,7 @@ fn read_edit(
 /// the whole file instead, for its error messages). `memo` ends up holding
 /// exactly the items of this revision.
 pub fn read(split: Split, memo: &mut Memo) -> Option<(schema::File, Vec<Arc<Entry>>)> {
-    let mut file = match serde_yaml::from_str::<Option<schema::File>>(&split.rest) {
-        Ok(Some(file)) => file,
-        Ok(None) => schema::File::default(),
-        Err(_) => return None,
-    };
-    if !file.clusters.is_empty() {
-        return None;
-    }
+    let mut file = read_rest(&split.rest)?;
     let mut kept = HashMap::with_capacity(split.items.len());
     let mut entries = Vec::with_capacity(split.items.len());
     for text in split.items {

@@ -166,7 +166,7 @@ impl<'de> Visitor<'de> for NameListVisitor {
 }
 
 /// A concise upstream cluster, served as an EDS cluster plus its endpoints.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Cluster {
     pub name: String,
@@ -264,7 +264,7 @@ pub enum LbPolicy {
 
 /// An active health check. Exactly one of `tcp`, `http` and `https` (checked
 /// by `validate`, so every problem can be reported at once).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheck {
     /// `tcp: {}` (or just `tcp:`): connect, send nothing, expect nothing.
@@ -321,12 +321,12 @@ where
 }
 
 /// A TCP connect check; it has no settings.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TcpCheck {}
 
 /// An HTTP GET check.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpCheck {
     pub path: String,
@@ -341,7 +341,7 @@ pub struct HttpCheck {
 /// An HTTP GET check over TLS (kube-apiserver's `/readyz`): becomes a
 /// `transport_socket_matches` entry that only the health check selects.
 /// Exactly one of `ca` and `insecure_skip_verify: true` (checked by `validate`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpsCheck {
     pub path: String,

@@ -169,7 +169,7 @@ pub fn lb_endpoint(e: &schema::Endpoint) -> Option<LbEndpoint> {
 }
 
 /// Everything a concise cluster becomes.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ClusterParts {
     pub cluster: Cluster,
     pub endpoints: ClusterLoadAssignment,

@@ -35,7 +35,7 @@ use prost::Message;
 use sha2::{Digest, Sha256};
 
 pub use crate::resources::Resource;
-use crate::resources::Resources;
+use crate::resources::{Encoded, Resources};
 use crate::selection::{Names, Policy, Selector, DEFAULT_SELECTION};
 
 use pylon::PerType;
@@ -244,11 +244,19 @@ impl Snapshot {
                         encode_into(r, &mut bytes);
                         items.push(one(&r.name, &bytes));
                     }
+                    for e in encoded {
+                        let [r, _] = kept(e, previous);
+                        items.push((Arc::clone(&r.name), Arc::clone(r)));
+                    }
                 }
                 ResourceType::Endpoint => {
                     for r in endpoints {
                         encode_into(r, &mut bytes);
                         items.push(one(&r.cluster_name, &bytes));
+                    }
+                    for e in encoded {
+                        let [_, r] = kept(e, previous);
+                        items.push((Arc::clone(&r.name), Arc::clone(r)));
                     }
                 }
                 ResourceType::Listener => {
@@ -262,32 +270,6 @@ impl Snapshot {
                         encode_into(r, &mut bytes);
                         items.push(one(&r.name, &bytes));
                     }
-                }
-            }
-            // A kept cluster's two resources are built once, by the first
-            // snapshot that serves it, and shared by later ones as they are.
-            if let Some(at) = [ResourceType::Cluster, ResourceType::Endpoint]
-                .iter()
-                .position(|t| *t == ty)
-            {
-                for e in encoded {
-                    let pair = e.served.get_or_init(|| {
-                        [
-                            shared(
-                                ResourceType::Cluster,
-                                before(ResourceType::Cluster),
-                                &e.name,
-                                &e.cluster,
-                            ),
-                            shared(
-                                ResourceType::Endpoint,
-                                before(ResourceType::Endpoint),
-                                &e.name,
-                                &e.endpoints,
-                            ),
-                        ]
-                    });
-                    items.push((Arc::clone(&pair[at].name), Arc::clone(&pair[at])));
                 }
             }
             // A repeated name leaves the map short (refused below).
@@ -491,6 +473,29 @@ fn encode_into(m: &impl Message, buf: &mut Vec<u8>) {
     buf.clear();
     buf.reserve(m.encoded_len());
     m.encode_raw(buf);
+}
+
+/// A kept cluster's `Cluster` and `ClusterLoadAssignment` resources: built
+/// once, by the first snapshot that serves it, and shared by later ones as
+/// they are.
+fn kept<'a>(e: &'a Encoded, previous: Option<&Snapshot>) -> &'a [Arc<Resource>; 2] {
+    e.served.get_or_init(|| {
+        let before = |ty: ResourceType| previous.map(|p| &p.get(ty).resources);
+        [
+            shared(
+                ResourceType::Cluster,
+                before(ResourceType::Cluster),
+                &e.name,
+                &e.cluster,
+            ),
+            shared(
+                ResourceType::Endpoint,
+                before(ResourceType::Endpoint),
+                &e.name,
+                &e.endpoints,
+            ),
+        ]
+    })
 }
 
 /// The resource `name` of type `ty` encoded as `bytes`: the previous
